@@ -1,0 +1,282 @@
+//! The federated catalog: an immutable snapshot of the local services (with their endpoint
+//! pools) and the last verified catalog of every peer, swapped atomically on every change so
+//! that the call path reads it without a lock.
+//!
+//! This module also produces the node's own signed catalog (what peers receive) and checks
+//! the ones peers send.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use prost::Message;
+use rustls::pki_types::CertificateDer;
+use tokio::sync::watch;
+use tongban_proto::federation::v1::{Catalog as WireCatalog, CatalogEntry, SignedCatalog};
+
+use crate::config::validate_org_id;
+use crate::registry::{validate_catalog_code, validate_service_name, ServiceRecord};
+use crate::trust::{self, NodeIdentity, TrustError};
+use crate::upstream::{Endpoint, EndpointSet};
+
+/// A local service with its live endpoint pool.
+#[derive(Debug)]
+pub struct LocalService {
+    pub record: ServiceRecord,
+    pub endpoints: Arc<EndpointSet>,
+}
+
+/// A service offered by a peer city, as its signed catalog says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerService {
+    pub organisation: String,
+    pub service: String,
+    pub catalog_codes: Vec<String>,
+    pub personal_data: bool,
+    pub description: String,
+}
+
+/// The last verified catalog of a peer.
+#[derive(Debug, Clone)]
+pub struct PeerCatalog {
+    pub city: String,
+    pub version: u64,
+    pub issued_at_ms: i64,
+    pub services: Vec<PeerService>,
+}
+
+/// One consistent view of everything the call path routes by.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub city: String,
+    pub local_version: u64,
+    pub local: Vec<Arc<LocalService>>,
+    pub peers: BTreeMap<String, Arc<PeerCatalog>>,
+    pub signed_local: Arc<SignedCatalog>,
+}
+
+impl Snapshot {
+    /// Local providers of `service` (one per organisation offering it).
+    pub fn local_providers<'a>(
+        &'a self,
+        service: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<LocalService>> + 'a {
+        self.local
+            .iter()
+            .filter(move |s| s.record.service == service)
+    }
+
+    /// Whether the peer `city` offers `service` (by its last catalog).
+    pub fn peer_offers(&self, city: &str, service: &str) -> bool {
+        self.peers
+            .get(city)
+            .is_some_and(|c| c.services.iter().any(|s| s.service == service))
+    }
+
+    /// Every city (this one included) whose catalog offers `service`.
+    pub fn cities_offering(&self, service: &str) -> Vec<&str> {
+        let mut out = Vec::new();
+        if self.local_providers(service).next().is_some() {
+            out.push(self.city.as_str());
+        }
+        for (city, c) in &self.peers {
+            if c.services.iter().any(|s| s.service == service) {
+                out.push(city.as_str());
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("peer catalog does not decode: {0}")]
+    Decode(String),
+    #[error("peer catalog is for city `{got}`, expected `{expected}`")]
+    WrongCity { expected: String, got: String },
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Owns the current snapshot and publishes changes.
+pub struct Catalog {
+    identity: Arc<NodeIdentity>,
+    current: ArcSwap<Snapshot>,
+    /// Serialises read-modify-write updates (never taken on the call path).
+    update: Mutex<()>,
+    /// Notified with the new snapshot after every swap (tests, WatchCatalog).
+    changes: watch::Sender<Arc<Snapshot>>,
+    /// Endpoint pools survive snapshot swaps: same URL, same connection.
+    endpoints: Mutex<HashMap<String, Weak<Endpoint>>>,
+}
+
+impl Catalog {
+    pub fn new(identity: Arc<NodeIdentity>, version: u64, records: Vec<ServiceRecord>) -> Self {
+        let empty = Arc::new(Snapshot {
+            city: identity.city.clone(),
+            local_version: 0,
+            local: Vec::new(),
+            peers: BTreeMap::new(),
+            signed_local: Arc::new(SignedCatalog::default()),
+        });
+        let (changes, _) = watch::channel(empty.clone());
+        let catalog = Catalog {
+            identity,
+            current: ArcSwap::new(empty),
+            update: Mutex::new(()),
+            changes,
+            endpoints: Mutex::new(HashMap::new()),
+        };
+        catalog.set_local(version, records);
+        catalog
+    }
+
+    /// The current snapshot (lock-free).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// A receiver that sees every new snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.changes.subscribe()
+    }
+
+    fn swap(&self, next: Snapshot) {
+        let next = Arc::new(next);
+        self.current.store(next.clone());
+        self.changes.send_replace(next);
+    }
+
+    fn endpoint(&self, url: &str) -> Option<Arc<Endpoint>> {
+        let mut map = self.endpoints.lock().ok()?;
+        if let Some(ep) = map.get(url).and_then(Weak::upgrade) {
+            return Some(ep);
+        }
+        // Registration validated the URL, so this only fails on a corrupt store.
+        let ep = Arc::new(Endpoint::provider(url).ok()?);
+        map.retain(|_, w| w.strong_count() > 0);
+        map.insert(url.to_string(), Arc::downgrade(&ep));
+        Some(ep)
+    }
+
+    /// Installs the local registry content at `version` and re-signs the local catalog.
+    pub fn set_local(&self, version: u64, records: Vec<ServiceRecord>) {
+        let Ok(_g) = self.update.lock() else { return };
+        let local: Vec<Arc<LocalService>> = records
+            .into_iter()
+            .map(|record| {
+                let eps = record
+                    .endpoints
+                    .iter()
+                    .filter_map(|u| self.endpoint(u))
+                    .collect();
+                Arc::new(LocalService {
+                    record,
+                    endpoints: Arc::new(EndpointSet::new(eps)),
+                })
+            })
+            .collect();
+        let wire = WireCatalog {
+            city: self.identity.city.clone(),
+            version,
+            issued_at_ms: now_ms(),
+            entries: local
+                .iter()
+                .map(|s| CatalogEntry {
+                    organisation: s.record.organisation.clone(),
+                    service: s.record.service.clone(),
+                    catalog_codes: s.record.catalog_codes.clone(),
+                    personal_data: s.record.personal_data,
+                    description: s.record.description.clone(),
+                })
+                .collect(),
+        };
+        let bytes = wire.encode_to_vec();
+        let signed = SignedCatalog {
+            signature: self.identity.sign(&bytes),
+            catalog: bytes,
+        };
+        let cur = self.current.load();
+        self.swap(Snapshot {
+            city: cur.city.clone(),
+            local_version: version,
+            local,
+            peers: cur.peers.clone(),
+            signed_local: Arc::new(signed),
+        });
+    }
+
+    /// Installs a verified peer catalog.
+    pub fn set_peer(&self, catalog: PeerCatalog) {
+        let Ok(_g) = self.update.lock() else { return };
+        let cur = self.current.load();
+        let mut peers = cur.peers.clone();
+        peers.insert(catalog.city.clone(), Arc::new(catalog));
+        self.swap(Snapshot {
+            city: cur.city.clone(),
+            local_version: cur.local_version,
+            local: cur.local.clone(),
+            peers,
+            signed_local: cur.signed_local.clone(),
+        });
+    }
+}
+
+/// Verifies a signed catalog from `city` against its node certificate (already verified
+/// against the trust bundle) and turns it into the domain form. Entries that fail validation
+/// are dropped with a warning rather than poisoning the whole catalog.
+pub fn verify_peer_catalog(
+    city: &str,
+    node_cert: &CertificateDer<'_>,
+    signed: &SignedCatalog,
+) -> Result<PeerCatalog, CatalogError> {
+    trust::verify_signature(node_cert, &signed.catalog, &signed.signature)?;
+    let wire = WireCatalog::decode(signed.catalog.as_slice())
+        .map_err(|e| CatalogError::Decode(e.to_string()))?;
+    if wire.city != city {
+        return Err(CatalogError::WrongCity {
+            expected: city.to_string(),
+            got: wire.city,
+        });
+    }
+    let services = wire
+        .entries
+        .into_iter()
+        .filter_map(|e| {
+            let check = validate_org_id(&e.organisation)
+                .and_then(|()| validate_service_name(&e.service))
+                .and_then(|()| {
+                    e.catalog_codes
+                        .iter()
+                        .try_for_each(|c| validate_catalog_code(c))
+                });
+            match check {
+                Ok(()) => Some(PeerService {
+                    organisation: e.organisation,
+                    service: e.service,
+                    catalog_codes: e.catalog_codes,
+                    personal_data: e.personal_data,
+                    description: e.description,
+                }),
+                Err(reason) => {
+                    tracing::warn!(peer = %city, %reason, "dropping invalid peer catalog entry");
+                    None
+                }
+            }
+        })
+        .collect();
+    Ok(PeerCatalog {
+        city: city.to_string(),
+        version: wire.version,
+        issued_at_ms: wire.issued_at_ms,
+        services,
+    })
+}

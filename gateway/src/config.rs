@@ -1,0 +1,440 @@
+//! Node configuration: one TOML file per node, parsed and validated before any port is bound.
+//!
+//! Relative paths are resolved against the directory of the config file, so a config and the
+//! certificates it names can move together. A few environment variables override the file
+//! (see [`ENV_OVERRIDES`]). Every error names the key that is wrong.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Environment variables that override a key of the file, applied after parsing and before
+/// validation.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("TONGBAN_LISTEN_CALLER", "listen.caller"),
+    ("TONGBAN_LISTEN_PEER", "listen.peer"),
+    ("TONGBAN_DATA_DIR", "storage.data_dir"),
+];
+
+/// A config that cannot be used, with the key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("invalid config key `{key}`: {message}")]
+    Key { key: String, message: String },
+}
+
+impl ConfigError {
+    fn key(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Key {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The file as written, before validation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    city: String,
+    listen: RawListen,
+    storage: RawStorage,
+    tls: RawTls,
+    #[serde(default)]
+    peers: Vec<RawPeer>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    caller: String,
+    peer: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    data_dir: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+    trust_bundle: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    city: String,
+    address: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    max_message_bytes: u64,
+    default_timeout_ms: u64,
+    max_timeout_ms: u64,
+    connect_timeout_ms: u64,
+    max_concurrent_streams_per_connection: u32,
+    catalog_retry_ms: u64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        let l = Limits::default();
+        RawLimits {
+            max_message_bytes: l.max_message_bytes,
+            default_timeout_ms: millis(l.default_timeout),
+            max_timeout_ms: millis(l.max_timeout),
+            connect_timeout_ms: millis(l.connect_timeout),
+            max_concurrent_streams_per_connection: l.max_concurrent_streams_per_connection,
+            catalog_retry_ms: millis(l.catalog_retry),
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A validated node configuration.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's city id (lowercase ascii).
+    pub city: String,
+    /// Where city systems call the node (plaintext h2c for now; TLS comes with caller auth).
+    pub caller_addr: SocketAddr,
+    /// Where peer nodes call this node (mTLS only).
+    pub peer_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    pub trust_bundle_path: PathBuf,
+    pub peers: Vec<PeerConfig>,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    pub city: String,
+    /// `host:port` of the peer's peer listener.
+    pub address: String,
+}
+
+/// Bounds that keep one caller or one peer from exhausting the node.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest gRPC message (either direction) passed through; larger → RESOURCE_EXHAUSTED.
+    pub max_message_bytes: u64,
+    /// Deadline applied when the caller sends no `grpc-timeout`.
+    pub default_timeout: Duration,
+    /// Longest deadline honoured; a longer `grpc-timeout` is cut to this.
+    pub max_timeout: Duration,
+    /// How long to wait for a TCP (+TLS) connection to a provider or peer.
+    pub connect_timeout: Duration,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS on both listeners.
+    pub max_concurrent_streams_per_connection: u32,
+    /// Back-off before a lost peer is contacted again.
+    pub catalog_retry: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 4 * 1024 * 1024,
+            default_timeout: Duration::from_secs(30),
+            max_timeout: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(2),
+            max_concurrent_streams_per_connection: 1024,
+            catalog_retry: Duration::from_millis(500),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Reads, parses, applies environment overrides and validates a config file.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base, path, |k| std::env::var(k).ok())
+    }
+
+    /// Parses config text. `base` resolves relative paths; `env` looks up overrides.
+    pub fn parse(
+        text: &str,
+        base: &Path,
+        path_for_errors: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<NodeConfig, ConfigError> {
+        let mut raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path_for_errors.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        if let Some(v) = env("TONGBAN_LISTEN_CALLER") {
+            raw.listen.caller = v;
+        }
+        if let Some(v) = env("TONGBAN_LISTEN_PEER") {
+            raw.listen.peer = v;
+        }
+        if let Some(v) = env("TONGBAN_DATA_DIR") {
+            raw.storage.data_dir = PathBuf::from(v);
+        }
+        Self::validate(raw, base)
+    }
+
+    fn validate(raw: RawConfig, base: &Path) -> Result<NodeConfig, ConfigError> {
+        validate_city_id(&raw.city).map_err(|m| ConfigError::key("city", m))?;
+        let caller_addr = parse_addr("listen.caller", &raw.listen.caller)?;
+        let peer_addr = parse_addr("listen.peer", &raw.listen.peer)?;
+        if caller_addr == peer_addr && caller_addr.port() != 0 {
+            return Err(ConfigError::key(
+                "listen.peer",
+                "must differ from listen.caller",
+            ));
+        }
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        if raw.storage.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::key("storage.data_dir", "must not be empty"));
+        }
+        let mut peers: Vec<PeerConfig> = Vec::new();
+        for (i, p) in raw.peers.into_iter().enumerate() {
+            let key = format!("peers[{i}]");
+            validate_city_id(&p.city).map_err(|m| ConfigError::key(format!("{key}.city"), m))?;
+            if p.city == raw.city {
+                return Err(ConfigError::key(
+                    format!("{key}.city"),
+                    "a node cannot peer with its own city",
+                ));
+            }
+            if peers.iter().any(|q| q.city == p.city) {
+                return Err(ConfigError::key(
+                    format!("{key}.city"),
+                    format!("city `{}` is listed twice", p.city),
+                ));
+            }
+            validate_host_port(&p.address)
+                .map_err(|m| ConfigError::key(format!("{key}.address"), m))?;
+            peers.push(PeerConfig {
+                city: p.city,
+                address: p.address,
+            });
+        }
+        let l = raw.limits;
+        let positive = |key: &str, v: u64| {
+            if v == 0 {
+                Err(ConfigError::key(
+                    format!("limits.{key}"),
+                    "must be greater than 0",
+                ))
+            } else {
+                Ok(v)
+            }
+        };
+        let limits = Limits {
+            max_message_bytes: positive("max_message_bytes", l.max_message_bytes)?,
+            default_timeout: Duration::from_millis(positive(
+                "default_timeout_ms",
+                l.default_timeout_ms,
+            )?),
+            max_timeout: Duration::from_millis(positive("max_timeout_ms", l.max_timeout_ms)?),
+            connect_timeout: Duration::from_millis(positive(
+                "connect_timeout_ms",
+                l.connect_timeout_ms,
+            )?),
+            max_concurrent_streams_per_connection: u32::try_from(positive(
+                "max_concurrent_streams_per_connection",
+                u64::from(l.max_concurrent_streams_per_connection),
+            )?)
+            .unwrap_or(u32::MAX),
+            catalog_retry: Duration::from_millis(positive("catalog_retry_ms", l.catalog_retry_ms)?),
+        };
+        if limits.max_message_bytes > u64::from(u32::MAX) {
+            return Err(ConfigError::key(
+                "limits.max_message_bytes",
+                "must fit a gRPC length prefix (at most 4294967295)",
+            ));
+        }
+        if limits.default_timeout > limits.max_timeout {
+            return Err(ConfigError::key(
+                "limits.default_timeout_ms",
+                "must not exceed limits.max_timeout_ms",
+            ));
+        }
+        Ok(NodeConfig {
+            city: raw.city,
+            caller_addr,
+            peer_addr,
+            data_dir: resolve(&raw.storage.data_dir),
+            cert_path: resolve(&raw.tls.cert),
+            key_path: resolve(&raw.tls.key),
+            trust_bundle_path: resolve(&raw.tls.trust_bundle),
+            peers,
+            limits,
+        })
+    }
+}
+
+fn parse_addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
+    v.parse().map_err(|_| {
+        ConfigError::key(
+            key,
+            format!("`{v}` is not a socket address (expected ip:port, e.g. 127.0.0.1:7000)"),
+        )
+    })
+}
+
+fn validate_host_port(v: &str) -> Result<(), String> {
+    let Some((host, port)) = v.rsplit_once(':') else {
+        return Err(format!("`{v}` is not host:port"));
+    };
+    if host.is_empty() {
+        return Err(format!("`{v}` has no host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("`{v}` has no valid port")),
+    }
+}
+
+/// A city id is lowercase ascii letters, digits and '-', 1 to 32 characters, starting with a
+/// letter: it appears in certificate names, metadata and file names.
+pub fn validate_city_id(v: &str) -> Result<(), String> {
+    validate_ident(v, 32).map_err(|m| format!("city id {m}"))
+}
+
+/// Organisation ids follow the same rule as city ids (64 characters at most).
+pub fn validate_org_id(v: &str) -> Result<(), String> {
+    validate_ident(v, 64).map_err(|m| format!("organisation id {m}"))
+}
+
+fn validate_ident(v: &str, max: usize) -> Result<(), String> {
+    if v.is_empty() || v.len() > max {
+        return Err(format!("`{v}` must have 1 to {max} characters"));
+    }
+    let first_ok = v.as_bytes()[0].is_ascii_lowercase();
+    let rest_ok = v
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !first_ok || !rest_ok {
+        return Err(format!(
+            "`{v}` must be lowercase ascii letters, digits and '-', starting with a letter"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+city = "jinan"
+[listen]
+caller = "127.0.0.1:7000"
+peer = "127.0.0.1:7100"
+[storage]
+data_dir = "data"
+[tls]
+cert = "certs/jinan/node.pem"
+key = "certs/jinan/node.key"
+trust_bundle = "certs/trust-bundle.toml"
+[[peers]]
+city = "qingdao"
+address = "127.0.0.1:8100"
+"#;
+
+    fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
+        NodeConfig::parse(
+            text,
+            Path::new("/etc/tongban"),
+            Path::new("node.toml"),
+            |_| None,
+        )
+    }
+
+    #[test]
+    fn good_config_parses_with_defaults_and_resolved_paths() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.city, "jinan");
+        assert_eq!(c.data_dir, PathBuf::from("/etc/tongban/data"));
+        assert_eq!(c.peers.len(), 1);
+        assert_eq!(c.limits.max_message_bytes, 4 * 1024 * 1024);
+    }
+
+    fn key_of(err: ConfigError) -> String {
+        match err {
+            ConfigError::Key { key, .. } => key,
+            other => panic!("expected a key error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("city = \"jinan\"", "city = \"Jinan\"", "city"),
+            (
+                "caller = \"127.0.0.1:7000\"",
+                "caller = \"nowhere\"",
+                "listen.caller",
+            ),
+            (
+                "address = \"127.0.0.1:8100\"",
+                "address = \"127.0.0.1\"",
+                "peers[0].address",
+            ),
+            ("city = \"qingdao\"", "city = \"jinan\"", "peers[0].city"),
+        ];
+        for (from, to, key) in cases {
+            let text = GOOD.replacen(from, to, 1);
+            assert_eq!(key_of(parse(&text).unwrap_err()), key, "case {to}");
+        }
+        let zero = format!("{GOOD}\n[limits]\nmax_message_bytes = 0\n");
+        assert_eq!(
+            key_of(parse(&zero).unwrap_err()),
+            "limits.max_message_bytes"
+        );
+    }
+
+    #[test]
+    fn unknown_and_missing_keys_are_syntax_errors_naming_the_key() {
+        let text = format!("{GOOD}\n[limits]\nmax_mesage_bytes = 1\n");
+        let msg = parse(&text).unwrap_err().to_string();
+        assert!(msg.contains("max_mesage_bytes"), "{msg}");
+        let text = GOOD.replace("city = \"jinan\"\n", "");
+        let msg = parse(&text).unwrap_err().to_string();
+        assert!(msg.contains("city"), "{msg}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let c = NodeConfig::parse(GOOD, Path::new("/x"), Path::new("n.toml"), |k| {
+            (k == "TONGBAN_LISTEN_CALLER").then(|| "127.0.0.1:9999".to_string())
+        })
+        .unwrap();
+        assert_eq!(c.caller_addr.port(), 9999);
+    }
+}

@@ -1,0 +1,257 @@
+//! Node-to-node federation: the `tongban.federation.v1.Federation` server (peer listener
+//! only) and, for every configured peer, a task that handshakes, watches the peer's signed
+//! catalog and keeps it current — reconnecting with back-off when the peer goes away, so a
+//! peer that comes back is picked up without a restart.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use rustls::pki_types::CertificateDer;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tongban_proto::federation::v1::federation_client::FederationClient;
+use tongban_proto::federation::v1::federation_server::Federation;
+use tongban_proto::federation::v1::{
+    GetCatalogRequest, HandshakeRequest, HandshakeResponse, SignedCatalog,
+};
+use tonic::{Request, Response, Status};
+use tonic_health::server::HealthReporter;
+
+use crate::catalog::{verify_peer_catalog, Catalog, CatalogError};
+use crate::trust::{NodeIdentity, PeerIdentity, TrustBundle, TrustError};
+use crate::upstream::{Endpoint, EndpointChannel};
+
+/// Version of the node-to-node protocol spoken here.
+pub const PROTOCOL_VERSION: &str = "tongban-federation/1";
+
+/// Health-check service name of a peer: `tongban.peer.<city>`.
+pub fn peer_health_name(city: &str) -> String {
+    format!("tongban.peer.{city}")
+}
+
+/// A configured peer city and the channel to its node.
+pub struct Peer {
+    pub city: String,
+    pub endpoint: Arc<Endpoint>,
+    up: AtomicBool,
+}
+
+impl Peer {
+    pub fn new(city: String, endpoint: Arc<Endpoint>) -> Self {
+        Peer {
+            city,
+            endpoint,
+            up: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the catalog stream with this peer is established.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    async fn set_up(&self, up: bool, health: &HealthReporter) {
+        let was = self.up.swap(up, Ordering::Relaxed);
+        let status = if up {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        health
+            .set_service_status(peer_health_name(&self.city), status)
+            .await;
+        if was != up {
+            if up {
+                tracing::info!(peer = %self.city, "peer connected");
+            } else {
+                tracing::warn!(peer = %self.city, "peer lost");
+            }
+        }
+    }
+}
+
+/// The Federation API served to peer nodes.
+pub struct FederationApi {
+    pub identity: Arc<NodeIdentity>,
+    pub bundle: TrustBundle,
+    pub catalog: Arc<Catalog>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+fn peer_of<T>(req: &Request<T>) -> Result<PeerIdentity, Status> {
+    req.extensions()
+        .get::<PeerIdentity>()
+        .cloned()
+        .ok_or_else(|| Status::permission_denied("federation api is for peer nodes over mtls only"))
+}
+
+type CatalogStream = Pin<Box<dyn Stream<Item = Result<SignedCatalog, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Federation for FederationApi {
+    async fn handshake(
+        &self,
+        req: Request<HandshakeRequest>,
+    ) -> Result<Response<HandshakeResponse>, Status> {
+        let peer = peer_of(&req)?;
+        let msg = req.into_inner();
+        if msg.city != peer.city {
+            return Err(Status::permission_denied(format!(
+                "handshake claims city `{}` but the certificate is of `{}`",
+                msg.city, peer.city
+            )));
+        }
+        let cert = CertificateDer::from(msg.node_certificate);
+        self.bundle
+            .verify_node_cert(&peer.city, &[cert])
+            .map_err(|e| Status::permission_denied(e.to_string()))?;
+        tracing::info!(peer = %peer.city, "handshake from peer");
+        Ok(Response::new(HandshakeResponse {
+            city: self.identity.city.clone(),
+            node_certificate: self
+                .identity
+                .chain
+                .first()
+                .map(|c| c.to_vec())
+                .unwrap_or_default(),
+            protocol_version: PROTOCOL_VERSION.to_string(),
+            catalog_version: self.catalog.snapshot().local_version,
+        }))
+    }
+
+    async fn get_catalog(
+        &self,
+        req: Request<GetCatalogRequest>,
+    ) -> Result<Response<SignedCatalog>, Status> {
+        peer_of(&req)?;
+        Ok(Response::new(
+            (*self.catalog.snapshot().signed_local).clone(),
+        ))
+    }
+
+    type WatchCatalogStream = CatalogStream;
+
+    async fn watch_catalog(
+        &self,
+        req: Request<GetCatalogRequest>,
+    ) -> Result<Response<CatalogStream>, Status> {
+        let peer = peer_of(&req)?;
+        let mut changes = self.catalog.subscribe();
+        let mut shutdown = self.shutdown.clone();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                let snap = changes.borrow_and_update().clone();
+                if last != Some(snap.local_version) {
+                    last = Some(snap.local_version);
+                    if tx.send(Ok((*snap.signed_local).clone())).await.is_err() {
+                        break;
+                    }
+                }
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() { break },
+                    _ = shutdown.changed() => break,
+                    _ = tx.closed() => break,
+                }
+            }
+            tracing::debug!(peer = %peer.city, "catalog watch ended");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SyncError {
+    #[error("{0}")]
+    Rpc(#[from] Status),
+    #[error("handshake timed out")]
+    Timeout,
+    #[error("peer answered as city `{0}`")]
+    WrongCity(String),
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+}
+
+/// Everything the sync task of one peer needs.
+pub struct PeerSync {
+    pub peer: Arc<Peer>,
+    pub identity: Arc<NodeIdentity>,
+    pub bundle: TrustBundle,
+    pub catalog: Arc<Catalog>,
+    pub health: HealthReporter,
+    pub connect_timeout: std::time::Duration,
+    pub retry: std::time::Duration,
+}
+
+impl PeerSync {
+    /// Keeps the peer's catalog current until shutdown.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        self.peer.set_up(false, &self.health).await;
+        loop {
+            let result = tokio::select! {
+                r = self.sync_once() => r,
+                _ = shutdown.changed() => return,
+            };
+            self.peer.set_up(false, &self.health).await;
+            match result {
+                Ok(()) => tracing::info!(peer = %self.peer.city, "peer ended the catalog stream"),
+                Err(error) => {
+                    tracing::debug!(peer = %self.peer.city, %error, "catalog sync with peer failed")
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.retry) => {},
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn sync_once(&self) -> Result<(), SyncError> {
+        let city = &self.peer.city;
+        let channel = EndpointChannel::new(self.peer.endpoint.clone(), self.connect_timeout);
+        let mut client = FederationClient::new(channel);
+        let hello = HandshakeRequest {
+            city: self.identity.city.clone(),
+            node_certificate: self
+                .identity
+                .chain
+                .first()
+                .map(|c| c.to_vec())
+                .unwrap_or_default(),
+            protocol_version: PROTOCOL_VERSION.to_string(),
+        };
+        let answer = tokio::time::timeout(self.connect_timeout * 2, client.handshake(hello))
+            .await
+            .map_err(|_| SyncError::Timeout)??
+            .into_inner();
+        if &answer.city != city {
+            return Err(SyncError::WrongCity(answer.city));
+        }
+        let cert = CertificateDer::from(answer.node_certificate);
+        self.bundle
+            .verify_node_cert(city, std::slice::from_ref(&cert))?;
+        let mut stream = client
+            .watch_catalog(GetCatalogRequest {})
+            .await?
+            .into_inner();
+        while let Some(signed) = stream.message().await? {
+            let catalog = verify_peer_catalog(city, &cert, &signed)?;
+            tracing::info!(
+                peer = %city,
+                version = catalog.version,
+                services = catalog.services.len(),
+                "peer catalog updated"
+            );
+            self.catalog.set_peer(catalog);
+            if !self.peer.is_up() {
+                self.peer.set_up(true, &self.health).await;
+            }
+        }
+        Ok(())
+    }
+}

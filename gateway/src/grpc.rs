@@ -1,0 +1,372 @@
+//! gRPC wire plumbing for a proxy that never decodes payloads: status replies, `grpc-timeout`,
+//! and body wrappers that read only the 5-byte message prefixes (to enforce the message size
+//! limit) and end a response stream with a proper status when the deadline passes or the
+//! upstream breaks.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http::{HeaderMap, HeaderValue};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
+use tonic::body::Body;
+use tonic::{Code, Status};
+
+/// Metadata key carrying the exchange's request id on every request and response.
+pub const REQUEST_ID: &str = "x-tongban-request-id";
+
+/// A trailers-only gRPC response carrying `status` and the request id.
+pub fn status_response(status: Status, request_id: &str) -> http::Response<Body> {
+    let mut resp = status.into_http::<Body>();
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    resp
+}
+
+/// Parses a `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n).
+pub fn parse_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Formats a duration as a `grpc-timeout` value, in the finest unit that fits 8 digits.
+pub fn format_timeout(d: Duration) -> String {
+    const MAX: u128 = 99_999_999;
+    let micros = d.as_micros();
+    if micros <= MAX {
+        return format!("{}u", micros.max(1));
+    }
+    let millis = d.as_millis();
+    if millis <= MAX {
+        return format!("{millis}m");
+    }
+    format!("{}S", d.as_secs().min(MAX as u64))
+}
+
+/// Maps a non-200 HTTP status of an upstream to a gRPC code (gRPC's http-grpc-status-mapping).
+pub fn code_for_http_status(s: http::StatusCode) -> Code {
+    match s.as_u16() {
+        400 => Code::Internal,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::Unimplemented,
+        429 | 502 | 503 | 504 => Code::Unavailable,
+        _ => Code::Unknown,
+    }
+}
+
+/// Follows the gRPC length-prefixed message framing across arbitrary chunk boundaries.
+#[derive(Debug, Clone)]
+pub struct FrameScanner {
+    limit: u64,
+    header: [u8; 5],
+    filled: usize,
+    remaining: u64,
+    /// Messages whose prefix has been seen.
+    pub messages: u64,
+    /// Bytes seen, prefixes included.
+    pub bytes: u64,
+}
+
+impl FrameScanner {
+    pub fn new(limit: u64) -> Self {
+        FrameScanner {
+            limit,
+            header: [0; 5],
+            filled: 0,
+            remaining: 0,
+            messages: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Scans one chunk. Returns the length of the first message that exceeds the limit.
+    pub fn scan(&mut self, mut chunk: &[u8]) -> Result<(), u64> {
+        self.bytes += chunk.len() as u64;
+        while !chunk.is_empty() {
+            if self.remaining > 0 {
+                let take = usize::try_from(self.remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(chunk.len());
+                self.remaining -= take as u64;
+                chunk = &chunk[take..];
+                continue;
+            }
+            let take = (5 - self.filled).min(chunk.len());
+            self.header[self.filled..self.filled + take].copy_from_slice(&chunk[..take]);
+            self.filled += take;
+            chunk = &chunk[take..];
+            if self.filled == 5 {
+                self.filled = 0;
+                let len = u64::from(u32::from_be_bytes([
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                    self.header[4],
+                ]));
+                self.messages += 1;
+                if len > self.limit {
+                    return Err(len);
+                }
+                self.remaining = len;
+            }
+        }
+        Ok(())
+    }
+
+    fn too_large(&self, len: u64, what: &str) -> Status {
+        Status::resource_exhausted(format!(
+            "{what} message of {len} bytes exceeds the limit of {} bytes (limits.max_message_bytes)",
+            self.limit
+        ))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The caller's request body on its way upstream. On an oversized message it reports the
+    /// violation on `violation` (so the proxy answers RESOURCE_EXHAUSTED) and fails the
+    /// upstream stream, so the provider never receives the message.
+    pub struct RequestGuard<B> {
+        #[pin]
+        inner: B,
+        scanner: FrameScanner,
+        violation: Option<oneshot::Sender<Status>>,
+    }
+}
+
+impl<B> RequestGuard<B> {
+    pub fn new(inner: B, limit: u64) -> (Self, oneshot::Receiver<Status>) {
+        let (tx, rx) = oneshot::channel();
+        (
+            RequestGuard {
+                inner,
+                scanner: FrameScanner::new(limit),
+                violation: Some(tx),
+            },
+            rx,
+        )
+    }
+}
+
+impl<B> HttpBody for RequestGuard<B>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.project();
+        match ready!(this.inner.poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    if let Err(len) = this.scanner.scan(data.chunk()) {
+                        let status = this.scanner.too_large(len, "request");
+                        if let Some(tx) = this.violation.take() {
+                            let _ = tx.send(status.clone());
+                        }
+                        return Poll::Ready(Some(Err(status)));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => Poll::Ready(Some(Err(Status::cancelled(format!(
+                "caller request stream failed: {e}"
+            ))))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An upstream response body on its way to the caller. It ends the stream with a gRPC
+    /// status of its own (instead of an HTTP/2 reset the caller cannot interpret) when a
+    /// message exceeds the limit, the deadline passes, or the upstream stream breaks.
+    pub struct ResponseGuard<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        deadline: Sleep,
+        scanner: FrameScanner,
+        upstream: String,
+        request_id: String,
+        done: bool,
+    }
+}
+
+impl<B> ResponseGuard<B> {
+    pub fn new(
+        inner: B,
+        limit: u64,
+        deadline: Instant,
+        upstream: String,
+        request_id: String,
+    ) -> Self {
+        ResponseGuard {
+            inner,
+            deadline: tokio::time::sleep_until(deadline),
+            scanner: FrameScanner::new(limit),
+            upstream,
+            request_id,
+            done: false,
+        }
+    }
+}
+
+fn trailers(status: &Status, request_id: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    let _ = status.add_header(&mut h);
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert(REQUEST_ID, v);
+    }
+    h
+}
+
+impl<B> HttpBody for ResponseGuard<B>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.project();
+        if *this.done {
+            return Poll::Ready(None);
+        }
+        let status = match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let checked = match frame.data_ref() {
+                    Some(data) => this.scanner.scan(data.chunk()),
+                    None => Ok(()),
+                };
+                match checked {
+                    Ok(()) => {
+                        if frame.is_trailers() {
+                            *this.done = true;
+                        }
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                    Err(len) => this.scanner.too_large(len, "response"),
+                }
+            }
+            Poll::Ready(Some(Err(e))) => Status::unavailable(format!(
+                "{} failed while streaming the response: {e}",
+                this.upstream
+            )),
+            Poll::Ready(None) => {
+                *this.done = true;
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {
+                ready!(this.deadline.poll(cx));
+                Status::deadline_exceeded(format!(
+                    "deadline exceeded while streaming the response of {}",
+                    this.upstream
+                ))
+            }
+        };
+        *this.done = true;
+        Poll::Ready(Some(Ok(Frame::trailers(trailers(
+            &status,
+            this.request_id,
+        )))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
+/// Wraps any body into tonic's boxed body.
+pub fn boxed<B>(b: B) -> Body
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    Body::new(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_round_trip() {
+        assert_eq!(parse_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_timeout("5n"), Some(Duration::from_nanos(5)));
+        for bad in ["", "m", "10", "10x", "-1m", "123456789m", "1.5S"] {
+            assert_eq!(parse_timeout(bad), None, "{bad}");
+        }
+        for d in [
+            Duration::from_millis(1),
+            Duration::from_secs(30),
+            Duration::from_secs(100_000),
+        ] {
+            let back = parse_timeout(&format_timeout(d)).unwrap();
+            assert!(back <= d && d - back < Duration::from_secs(1), "{d:?}");
+        }
+    }
+
+    fn frame(len: u32) -> Vec<u8> {
+        let mut v = vec![0u8];
+        v.extend_from_slice(&len.to_be_bytes());
+        v.extend(std::iter::repeat_n(7u8, len as usize));
+        v
+    }
+
+    #[test]
+    fn scanner_follows_frames_split_anywhere() {
+        let mut all = frame(10);
+        all.extend(frame(0));
+        all.extend(frame(300));
+        for split in 1..all.len() {
+            let mut s = FrameScanner::new(300);
+            s.scan(&all[..split]).unwrap();
+            s.scan(&all[split..]).unwrap();
+            assert_eq!(s.messages, 3);
+        }
+        let mut s = FrameScanner::new(299);
+        let mut data = frame(1);
+        data.extend(frame(300));
+        assert_eq!(s.scan(&data), Err(300));
+    }
+}

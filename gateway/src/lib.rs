@@ -1,0 +1,22 @@
+//! The Tongban node: a gRPC gateway that federates city governments' service registries and
+//! routes calls across the administrative boundary over mutual TLS.
+//!
+//! One module, one job; [`proxy`] reads top to bottom as the path of one call (DESIGN §2).
+
+pub mod catalog;
+pub mod certs;
+pub mod config;
+pub mod demo;
+pub mod federation;
+pub mod grpc;
+pub mod local;
+pub mod node;
+pub mod proxy;
+pub mod registry;
+pub mod registry_api;
+pub mod server;
+pub mod trust;
+pub mod upstream;
+
+pub use config::NodeConfig;
+pub use node::{Listeners, NodeError, PreparedNode, RunningNode};

@@ -1,0 +1,286 @@
+//! A whole federation on loopback in one process: fresh certificates, one node and one
+//! cross-city provider per city, every listener bound on `127.0.0.1:0` before anything
+//! starts. The demo runs on it, and so do the integration tests.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tongban_crosscity::Provider;
+use tongban_proto::registry::v1::registry_client::RegistryClient;
+use tongban_proto::registry::v1::{RegisterServiceRequest, ServiceRegistration};
+use tonic::transport::Channel;
+
+use crate::certs::{self, Generated};
+use crate::config::{Limits, NodeConfig, PeerConfig};
+use crate::node::{Listeners, PreparedNode, RunningNode};
+
+/// Full name of the reference provider's service.
+pub const CROSSCITY_SERVICE: &str = "tongban.crosscity.v1.CrossCityService";
+
+/// A provider running on loopback.
+pub struct RunningProvider {
+    pub provider: Provider,
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl RunningProvider {
+    /// Starts a cross-city provider of `city` on a fresh loopback port.
+    pub async fn start(city: &str) -> std::io::Result<RunningProvider> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let provider = Provider::new(city);
+        let (stop, rx) = oneshot::channel::<()>();
+        let p = provider.clone();
+        let task = tokio::spawn(async move {
+            if let Err(error) = p
+                .serve(listener, async {
+                    let _ = rx.await;
+                })
+                .await
+            {
+                tracing::error!(%error, "provider stopped with an error");
+            }
+        });
+        Ok(RunningProvider {
+            provider,
+            addr,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = self.task.await;
+    }
+}
+
+/// One city of a local federation.
+pub struct LocalCity {
+    pub city: String,
+    pub config: NodeConfig,
+    pub node: Option<RunningNode>,
+    pub provider: RunningProvider,
+}
+
+impl LocalCity {
+    /// The running node (panics in tests only if the test stopped it and forgot).
+    pub fn node(&self) -> Option<&RunningNode> {
+        self.node.as_ref()
+    }
+
+    /// URL of the node's caller listener, for clients.
+    pub fn caller_url(&self) -> String {
+        format!("http://{}", self.config.caller_addr)
+    }
+}
+
+/// A federation of cities on loopback.
+pub struct LocalFederation {
+    pub root: PathBuf,
+    pub certs: Generated,
+    pub cities: Vec<LocalCity>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error(transparent)]
+    Certs(#[from] certs::CertsError),
+    #[error(transparent)]
+    Node(#[from] crate::node::NodeError),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("no city `{0}` in this federation")]
+    NoCity(String),
+    #[error("registry call failed: {0}")]
+    Registry(#[from] tonic::Status),
+    #[error("cannot connect to a node: {0}")]
+    Connect(#[from] tonic::transport::Error),
+}
+
+impl LocalFederation {
+    /// Generates certificates under `root` and starts one node and one provider per city,
+    /// each node peering with every other.
+    pub async fn start(
+        root: &Path,
+        cities: &[&str],
+        limits: Limits,
+    ) -> Result<LocalFederation, LocalError> {
+        let names: Vec<String> = cities.iter().map(|c| c.to_string()).collect();
+        let certs = certs::init(&root.join("certs"), &names, false)?;
+        let mut bound = Vec::new();
+        for _ in cities {
+            let caller = TcpListener::bind("127.0.0.1:0").await?;
+            let peer = TcpListener::bind("127.0.0.1:0").await?;
+            bound.push(Listeners { caller, peer });
+        }
+        let mut peer_addrs = Vec::new();
+        for l in &bound {
+            peer_addrs.push(l.peer.local_addr()?);
+        }
+        let mut out = Vec::new();
+        for (i, listeners) in bound.into_iter().enumerate() {
+            let city = names[i].clone();
+            let files = certs
+                .city(&city)
+                .ok_or_else(|| LocalError::NoCity(city.clone()))?;
+            let config = NodeConfig {
+                city: city.clone(),
+                caller_addr: listeners.caller.local_addr()?,
+                peer_addr: listeners.peer.local_addr()?,
+                data_dir: root.join(&city).join("data"),
+                cert_path: files.node_cert.clone(),
+                key_path: files.node_key.clone(),
+                trust_bundle_path: certs.trust_bundle.clone(),
+                peers: names
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(j, c)| PeerConfig {
+                        city: c.clone(),
+                        address: peer_addrs[j].to_string(),
+                    })
+                    .collect(),
+                limits: limits.clone(),
+            };
+            let provider = RunningProvider::start(&city).await?;
+            let node = PreparedNode::prepare(config.clone())?
+                .start(listeners)
+                .await?;
+            out.push(LocalCity {
+                city,
+                config,
+                node: Some(node),
+                provider,
+            });
+        }
+        Ok(LocalFederation {
+            root: root.to_path_buf(),
+            certs,
+            cities: out,
+        })
+    }
+
+    pub fn city(&self, city: &str) -> Result<&LocalCity, LocalError> {
+        self.cities
+            .iter()
+            .find(|c| c.city == city)
+            .ok_or_else(|| LocalError::NoCity(city.to_string()))
+    }
+
+    fn city_mut(&mut self, city: &str) -> Result<&mut LocalCity, LocalError> {
+        self.cities
+            .iter_mut()
+            .find(|c| c.city == city)
+            .ok_or_else(|| LocalError::NoCity(city.to_string()))
+    }
+
+    /// A channel to `city`'s caller listener.
+    pub async fn channel(&self, city: &str) -> Result<Channel, LocalError> {
+        let url = self.city(city)?.caller_url();
+        Ok(Channel::from_shared(url)
+            .map_err(|e| LocalError::NoCity(e.to_string()))?
+            .connect()
+            .await?)
+    }
+
+    /// Registers the city's reference provider as `organisation` through the Registry API.
+    pub async fn register_crosscity(
+        &self,
+        city: &str,
+        organisation: &str,
+        catalog_codes: &[&str],
+    ) -> Result<u64, LocalError> {
+        let endpoint = self.city(city)?.provider.url();
+        let mut client = RegistryClient::new(self.channel(city).await?);
+        let resp = client
+            .register_service(RegisterServiceRequest {
+                registration: Some(ServiceRegistration {
+                    organisation: organisation.to_string(),
+                    service: CROSSCITY_SERVICE.to_string(),
+                    endpoints: vec![endpoint],
+                    catalog_codes: catalog_codes.iter().map(|c| c.to_string()).collect(),
+                    personal_data: true,
+                    description: format!("cross-city services of {city}"),
+                }),
+            })
+            .await?;
+        Ok(resp.into_inner().catalog_version)
+    }
+
+    /// Waits until every node holds a catalog from every peer in which `pred` holds.
+    pub async fn wait_until_federated(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&str, &crate::catalog::PeerCatalog) -> bool + Copy,
+    ) -> bool {
+        for c in &self.cities {
+            let Some(node) = &c.node else { continue };
+            let others: Vec<String> = self
+                .cities
+                .iter()
+                .filter(|o| o.city != c.city && o.node.is_some())
+                .map(|o| o.city.clone())
+                .collect();
+            let ok = node
+                .wait_for_catalog(timeout, |s| {
+                    others
+                        .iter()
+                        .all(|o| s.peers.get(o).is_some_and(|p| pred(o, p)))
+                })
+                .await;
+            if !ok {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Stops `city`'s node (its provider keeps running).
+    pub async fn stop_node(&mut self, city: &str) -> Result<(), LocalError> {
+        if let Some(node) = self.city_mut(city)?.node.take() {
+            node.shutdown().await;
+        }
+        Ok(())
+    }
+
+    /// Starts `city`'s node again on the same addresses and data directory.
+    pub async fn restart_node(&mut self, city: &str) -> Result<(), LocalError> {
+        let c = self.city_mut(city)?;
+        let prepared = PreparedNode::prepare(c.config.clone())?;
+        let listeners = Listeners::bind(&c.config).await?;
+        c.node = Some(prepared.start(listeners).await?);
+        Ok(())
+    }
+
+    /// Stops every node and provider.
+    pub async fn shutdown(self) {
+        for c in self.cities {
+            if let Some(n) = c.node {
+                n.shutdown().await;
+            }
+            c.provider.stop().await;
+        }
+    }
+}
+
+/// Short limits for loopback: a lost peer is retried quickly.
+pub fn loopback_limits() -> Limits {
+    Limits {
+        catalog_retry: Duration::from_millis(200),
+        connect_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    }
+}

@@ -1,0 +1,408 @@
+//! `tongban`: run a node, generate a federation's certificates, run the demo, manage a node's
+//! registry, or run the reference provider. `main` only parses and wires.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use tongban_gateway::{certs, demo, NodeConfig};
+use tongban_proto::registry::v1::registry_client::RegistryClient;
+use tongban_proto::registry::v1::{
+    ListServicesRequest, RegisterServiceRequest, Scope, ServiceRegistration, WithdrawServiceRequest,
+};
+
+/// Exit code for a bad config or bad arguments (sysexits EX_USAGE).
+const EX_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "tongban",
+    version,
+    about = "Tongban: a federated gRPC gateway between city governments"
+)]
+struct Cli {
+    /// Log filter (tracing env-filter syntax); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a node from its TOML config.
+    Node {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Certificates of a federation.
+    #[command(subcommand)]
+    Certs(CertsCmd),
+    /// Start a Jinan and a Qingdao node with providers on loopback and make cross-city calls.
+    Demo {
+        /// Keep the federation running and print where to point a client.
+        #[arg(long)]
+        serve: bool,
+    },
+    /// Manage the registry of a node (through its Registry API).
+    #[command(subcommand)]
+    Registry(RegistryCmd),
+    /// Run a reference provider behind a node.
+    #[command(subcommand)]
+    Provider(ProviderCmd),
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// Generate a CA and a node certificate per city, and the trust bundle.
+    Init {
+        #[arg(long)]
+        out: PathBuf,
+        /// A city of the federation (repeat for each).
+        #[arg(long = "city", required = true)]
+        cities: Vec<String>,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RegistryCmd {
+    /// Register (or replace) a service of an organisation.
+    Register {
+        /// The node's caller address, e.g. http://127.0.0.1:7000
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        service: String,
+        /// Provider endpoint, e.g. http://127.0.0.1:7101 (repeat for several).
+        #[arg(long = "endpoint", required = true)]
+        endpoints: Vec<String>,
+        /// Catalog code (repeat for several).
+        #[arg(long = "catalog-code")]
+        catalog_codes: Vec<String>,
+        #[arg(long)]
+        personal_data: bool,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Withdraw a service.
+    Withdraw {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        service: String,
+    },
+    /// List the catalog.
+    List {
+        #[arg(long)]
+        node: String,
+        #[arg(long, value_enum, default_value = "all")]
+        scope: ScopeArg,
+        #[arg(long, default_value = "")]
+        city: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ScopeArg {
+    All,
+    Local,
+    Federated,
+}
+
+#[derive(Subcommand)]
+enum ProviderCmd {
+    /// The reference cross-city services provider (h2c).
+    Crosscity {
+        #[arg(long)]
+        city: String,
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let log = match &cli.cmd {
+        // The demo's output is its table: keep the logs to warnings unless asked.
+        Cmd::Demo { .. } if cli.log == "info" => "warn".to_string(),
+        _ => cli.log.clone(),
+    };
+    init_tracing(&log);
+    match cli.cmd {
+        Cmd::Node { config } => run_node(config),
+        Cmd::Certs(CertsCmd::Init { out, cities, force }) => {
+            match certs::init(&out, &cities, force) {
+                Ok(g) => {
+                    println!("trust bundle: {}", g.trust_bundle.display());
+                    for c in g.cities {
+                        println!(
+                            "{}: node certificate {}, key {}",
+                            c.city,
+                            c.node_cert.display(),
+                            c.node_key.display()
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tongban: {e}");
+                    ExitCode::from(EX_CONFIG)
+                }
+            }
+        }
+        other => match runtime().and_then(|rt| rt.block_on(run_async(other))) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("tongban: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Parses and loads everything the config names before a port is bound; a bad config exits
+/// with 64 and a message naming the key.
+fn run_node(path: PathBuf) -> ExitCode {
+    let config = match NodeConfig::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tongban: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let prepared = match tongban_gateway::PreparedNode::prepare(config.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("tongban: {e}");
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1));
+        }
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tongban: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let started = async {
+            let listeners = tongban_gateway::Listeners::bind(&config).await?;
+            prepared.start(listeners).await
+        };
+        let node = match started.await {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("tongban: {e}");
+                return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1));
+            }
+        };
+        wait_for_signal().await;
+        node.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn registry(node: &str) -> anyhow::Result<RegistryClient<tonic::transport::Channel>> {
+    let channel = tonic::transport::Channel::from_shared(node.to_string())
+        .with_context(|| format!("`{node}` is not a node url (e.g. http://127.0.0.1:7000)"))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the node at {node}"))?;
+    Ok(RegistryClient::new(channel))
+}
+
+async fn run_async(cmd: Cmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Cmd::Demo { serve } => run_demo(serve).await,
+        Cmd::Registry(r) => run_registry(r).await,
+        Cmd::Provider(ProviderCmd::Crosscity { city, listen }) => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            tracing::info!(%city, %listen, "cross-city provider started");
+            tongban_crosscity::Provider::new(city)
+                .serve(listener, wait_for_signal())
+                .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Node { .. } | Cmd::Certs(_) => Ok(ExitCode::FAILURE),
+    }
+}
+
+async fn run_registry(cmd: RegistryCmd) -> anyhow::Result<ExitCode> {
+    let result = match cmd {
+        RegistryCmd::Register {
+            node,
+            org,
+            service,
+            endpoints,
+            catalog_codes,
+            personal_data,
+            description,
+        } => {
+            let r = registry(&node)
+                .await?
+                .register_service(RegisterServiceRequest {
+                    registration: Some(ServiceRegistration {
+                        organisation: org,
+                        service,
+                        endpoints,
+                        catalog_codes,
+                        personal_data,
+                        description,
+                    }),
+                })
+                .await;
+            r.map(|r| {
+                println!(
+                    "registered; catalog version {}",
+                    r.into_inner().catalog_version
+                )
+            })
+        }
+        RegistryCmd::Withdraw { node, org, service } => {
+            let r = registry(&node)
+                .await?
+                .withdraw_service(WithdrawServiceRequest {
+                    organisation: org,
+                    service,
+                })
+                .await;
+            r.map(|r| {
+                println!(
+                    "withdrawn; catalog version {}",
+                    r.into_inner().catalog_version
+                )
+            })
+        }
+        RegistryCmd::List { node, scope, city } => {
+            let scope = match scope {
+                ScopeArg::All => Scope::Unspecified,
+                ScopeArg::Local => Scope::Local,
+                ScopeArg::Federated => Scope::Federated,
+            };
+            let r = registry(&node)
+                .await?
+                .list_services(ListServicesRequest {
+                    scope: scope as i32,
+                    city,
+                })
+                .await;
+            r.map(|r| {
+                for s in r.into_inner().services {
+                    println!(
+                        "{:<10} {:<16} {:<44} {:<9} {}",
+                        s.city,
+                        s.organisation,
+                        s.service,
+                        if s.available { "up" } else { "down" },
+                        s.catalog_codes.join(",")
+                    );
+                }
+            })
+        }
+    };
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(status) => {
+            eprintln!("tongban: {:?}: {}", status.code(), status.message());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn run_demo(serve: bool) -> anyhow::Result<ExitCode> {
+    let dir = tempfile::Builder::new()
+        .prefix("tongban-demo-")
+        .tempdir()
+        .context("cannot create a temporary directory")?;
+    println!(
+        "tongban demo: jinan and qingdao nodes on loopback (certificates and data in {})",
+        dir.path().display()
+    );
+    let fed = demo::start(dir.path()).await?;
+    for c in &fed.cities {
+        println!(
+            "  {:<8} node: callers {}  peers {}   provider {}",
+            c.city, c.config.caller_addr, c.config.peer_addr, c.provider.addr
+        );
+    }
+    println!();
+    let rows = demo::run_calls(&fed).await?;
+    println!("{}", demo::table(&rows));
+    println!();
+    let checked = demo::check(&rows);
+    match &checked {
+        Ok(()) => println!("ok: each cross-city call was answered by the other city's provider"),
+        Err(e) => println!("FAILED: {e}"),
+    }
+    if serve {
+        println!();
+        println!("serving until ctrl-c; point a gRPC client at a node's caller address, e.g.:");
+        for c in &fed.cities {
+            println!(
+                "  {}: {}  (x-tongban-target-city: jinan | qingdao)",
+                c.city,
+                c.caller_url()
+            );
+        }
+        wait_for_signal().await;
+    }
+    fed.shutdown().await;
+    Ok(if checked.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,313 @@
+//! Wiring of one node: load what the config names (before any port is bound), bind, start the
+//! listeners and the peer sync tasks, and shut everything down on request.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tongban_proto::federation::v1::federation_server::FederationServer;
+use tongban_proto::registry::v1::registry_server::RegistryServer;
+use tonic::service::Routes;
+
+use crate::catalog::{Catalog, Snapshot};
+use crate::config::NodeConfig;
+use crate::federation::{FederationApi, Peer, PeerSync};
+use crate::proxy::Proxy;
+use crate::registry::{Registry, RegistryError};
+use crate::registry_api::RegistryApi;
+use crate::server::{self, Side};
+use crate::trust::{NodeIdentity, TrustBundle, TrustError};
+use crate::upstream::Endpoint;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    #[error("cannot open the store in {path}: {source}")]
+    Store { path: String, source: sled::Error },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(String),
+    #[error("peer `{0}` is not in the trust bundle")]
+    UnknownPeer(String),
+}
+
+impl NodeError {
+    /// sysexits: 64 for anything the config names wrongly, 74 for i/o, 70 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            NodeError::Trust(_) | NodeError::UnknownPeer(_) => 64,
+            NodeError::Store { .. } | NodeError::Bind { .. } => 74,
+            NodeError::Registry(_) | NodeError::Reflection(_) => 70,
+        }
+    }
+}
+
+/// The two listening sockets of a node.
+pub struct Listeners {
+    pub caller: TcpListener,
+    pub peer: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses of `config`.
+    pub async fn bind(config: &NodeConfig) -> Result<Listeners, NodeError> {
+        let bind = |key, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| NodeError::Bind { key, addr, source })
+        };
+        Ok(Listeners {
+            caller: bind("listen.caller", config.caller_addr).await?,
+            peer: bind("listen.peer", config.peer_addr).await?,
+        })
+    }
+}
+
+/// A node whose config, certificates and store are loaded, not yet listening.
+pub struct PreparedNode {
+    config: NodeConfig,
+    bundle: TrustBundle,
+    identity: Arc<NodeIdentity>,
+    registry: Registry,
+}
+
+impl PreparedNode {
+    /// Loads the trust bundle and node identity and opens the store. Nothing is bound yet,
+    /// so a bad certificate or data dir is reported before any port is taken.
+    pub fn prepare(config: NodeConfig) -> Result<PreparedNode, NodeError> {
+        let bundle = TrustBundle::load(&config.trust_bundle_path)?;
+        if !bundle.contains(&config.city) {
+            return Err(TrustError::Invalid {
+                what: "trust bundle",
+                message: format!("does not list this node's city `{}`", config.city),
+            }
+            .into());
+        }
+        for p in &config.peers {
+            if !bundle.contains(&p.city) {
+                return Err(NodeError::UnknownPeer(p.city.clone()));
+            }
+        }
+        let identity = Arc::new(NodeIdentity::load(
+            &config.city,
+            &config.cert_path,
+            &config.key_path,
+            &bundle,
+        )?);
+        let store = config.data_dir.join("state");
+        let db = sled::open(&store).map_err(|source| NodeError::Store {
+            path: store.display().to_string(),
+            source,
+        })?;
+        let registry = Registry::open(&db)?;
+        Ok(PreparedNode {
+            config,
+            bundle,
+            identity,
+            registry,
+        })
+    }
+
+    /// Starts serving on `listeners`.
+    pub async fn start(self, listeners: Listeners) -> Result<RunningNode, NodeError> {
+        let PreparedNode {
+            config,
+            bundle,
+            identity,
+            registry,
+        } = self;
+        let caller_addr = local_addr(&listeners.caller, "listen.caller", config.caller_addr)?;
+        let peer_addr = local_addr(&listeners.peer, "listen.peer", config.peer_addr)?;
+        let (shutdown_tx, shutdown) = watch::channel(false);
+
+        let catalog = Arc::new(Catalog::new(
+            identity.clone(),
+            registry.version()?,
+            registry.list()?,
+        ));
+        let mut peers = BTreeMap::new();
+        for p in &config.peers {
+            let tls = identity.peer_client_config(&bundle, &p.city)?;
+            let name = bundle.node_name_of(&p.city)?;
+            let endpoint = Endpoint::peer(&p.city, &p.address, tls, name)
+                .map_err(|e| NodeError::UnknownPeer(format!("{}: {e}", p.city)))?;
+            peers.insert(
+                p.city.clone(),
+                Arc::new(Peer::new(p.city.clone(), Arc::new(endpoint))),
+            );
+        }
+
+        let (health, health_svc) = tonic_health::server::health_reporter();
+        health
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        let reflection = |b: tonic_reflection::server::Builder<'static>| {
+            b.register_encoded_file_descriptor_set(tongban_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
+            .build_v1()
+            .map_err(|e| NodeError::Reflection(e.to_string()))?;
+        let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
+            .build_v1alpha()
+            .map_err(|e| NodeError::Reflection(e.to_string()))?;
+
+        let caller_routes = Routes::new(RegistryServer::new(RegistryApi {
+            city: config.city.clone(),
+            registry,
+            catalog: catalog.clone(),
+            peers: peers.clone(),
+        }))
+        .add_service(health_svc.clone())
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .prepare();
+        let peer_routes = Routes::new(FederationServer::new(FederationApi {
+            identity: identity.clone(),
+            bundle: bundle.clone(),
+            catalog: catalog.clone(),
+            shutdown: shutdown.clone(),
+        }))
+        .add_service(health_svc)
+        .prepare();
+
+        let proxy = Arc::new(Proxy {
+            city: config.city.clone(),
+            catalog: catalog.clone(),
+            peers: peers.clone(),
+            limits: config.limits.clone(),
+        });
+        let peer_side = Side::Peer {
+            tls: tokio_rustls::TlsAcceptor::from(identity.peer_server_config(&bundle)?),
+            bundle: bundle.clone(),
+        };
+
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(server::serve(
+            listeners.caller,
+            Side::Caller,
+            caller_routes,
+            proxy.clone(),
+            config.limits.clone(),
+            shutdown.clone(),
+        )));
+        tasks.push(tokio::spawn(server::serve(
+            listeners.peer,
+            peer_side,
+            peer_routes,
+            proxy,
+            config.limits.clone(),
+            shutdown.clone(),
+        )));
+        for peer in peers.values() {
+            let sync = PeerSync {
+                peer: peer.clone(),
+                identity: identity.clone(),
+                bundle: bundle.clone(),
+                catalog: catalog.clone(),
+                health: health.clone(),
+                connect_timeout: config.limits.connect_timeout,
+                retry: config.limits.catalog_retry,
+            };
+            tasks.push(tokio::spawn(sync.run(shutdown.clone())));
+        }
+        tracing::info!(
+            city = %config.city,
+            caller = %caller_addr,
+            peer = %peer_addr,
+            peers = peers.len(),
+            "node started"
+        );
+        Ok(RunningNode {
+            city: config.city,
+            caller_addr,
+            peer_addr,
+            shutdown: shutdown_tx,
+            tasks,
+            catalog,
+            peers,
+        })
+    }
+}
+
+fn local_addr(
+    l: &TcpListener,
+    key: &'static str,
+    addr: SocketAddr,
+) -> Result<SocketAddr, NodeError> {
+    l.local_addr()
+        .map_err(|source| NodeError::Bind { key, addr, source })
+}
+
+/// A running node.
+pub struct RunningNode {
+    pub city: String,
+    pub caller_addr: SocketAddr,
+    pub peer_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    catalog: Arc<Catalog>,
+    peers: BTreeMap<String, Arc<Peer>>,
+}
+
+impl RunningNode {
+    /// Starts a node from a config: prepare, bind, start.
+    pub async fn launch(config: NodeConfig) -> Result<RunningNode, NodeError> {
+        let prepared = PreparedNode::prepare(config)?;
+        let listeners = Listeners::bind(&prepared.config).await?;
+        prepared.start(listeners).await
+    }
+
+    /// The current catalog snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.catalog.snapshot()
+    }
+
+    /// Whether the catalog stream with peer `city` is up.
+    pub fn peer_up(&self, city: &str) -> bool {
+        self.peers.get(city).is_some_and(|p| p.is_up())
+    }
+
+    /// Waits until the catalog satisfies `pred`, or `timeout` passes (false then). Driven by
+    /// catalog change notifications, not polling.
+    pub async fn wait_for_catalog(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&Snapshot) -> bool,
+    ) -> bool {
+        let mut rx = self.catalog.subscribe();
+        tokio::time::timeout(timeout, async {
+            loop {
+                if pred(&rx.borrow_and_update()) {
+                    return true;
+                }
+                if rx.changed().await.is_err() {
+                    return false;
+                }
+            }
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Stops accepting, lets open calls finish (bounded), and waits for every task.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        tracing::info!(city = %self.city, "node stopped");
+    }
+}

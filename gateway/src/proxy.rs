@@ -1,0 +1,494 @@
+//! The data plane: a transparent gRPC proxy. It reads the path and metadata of a call, never
+//! its payload, and forwards HTTP/2 frames to a local provider or across the boundary to the
+//! peer node of the target city.
+//!
+//! The two entry points read top to bottom as the path of one call in DESIGN §2:
+//! [`Proxy::from_caller`] is the home node (steps 1–4), [`Proxy::from_peer`] the providing
+//! node (steps 5–8).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Request, Response};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+use tonic::body::Body;
+use tonic::{Code, Status};
+
+use crate::catalog::Catalog;
+use crate::catalog::{LocalService, Snapshot};
+use crate::config::Limits;
+use crate::federation::Peer;
+use crate::grpc::{
+    self, code_for_http_status, format_timeout, parse_timeout, status_response, RequestGuard,
+    ResponseGuard, REQUEST_ID,
+};
+use crate::trust::PeerIdentity;
+use crate::upstream::EndpointSet;
+
+/// Metadata naming the city that should serve the call.
+pub const TARGET_CITY: &str = "x-tongban-target-city";
+/// Metadata naming the organisation, when several of one city offer the service.
+pub const TARGET_ORG: &str = "x-tongban-target-org";
+/// Set by the node that hands the call to a provider: the city the call came from. Taken
+/// from the peer certificate (or this node's own city), never from the caller.
+pub const ORIGIN_CITY: &str = "x-tongban-origin-city";
+
+/// Headers that describe one HTTP connection, not the call, and are never forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+/// Caller credentials stay in the caller's city.
+const NEVER_ACROSS: &[&str] = &["authorization", "cookie"];
+
+/// Why a call was refused or failed, mapped to a gRPC status in one place ([`Self::status`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("unknown city `{city}`: this federation knows {known}")]
+    UnknownCity { city: String, known: String },
+    #[error("service `{service}` is not offered by city `{city}`")]
+    UnknownService { service: String, city: String },
+    #[error("service `{service}` is not offered by any city of the federation")]
+    UnknownServiceAnywhere { service: String },
+    #[error("service `{service}` is offered by {cities}: set x-tongban-target-city")]
+    AmbiguousCity { service: String, cities: String },
+    #[error("service `{service}` is offered by organisations {orgs} of `{city}`: set x-tongban-target-org")]
+    AmbiguousOrg {
+        service: String,
+        city: String,
+        orgs: String,
+    },
+    #[error("this node serves only city `{own}`, not `{target}`: calls are not relayed through a third city")]
+    NotRelayed { own: String, target: String },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Deadline(String),
+    #[error("{}", .0.message())]
+    Passthrough(Status),
+}
+
+impl ProxyError {
+    /// The one mapping from proxy errors to gRPC status codes.
+    pub fn status(&self) -> Status {
+        let code = match self {
+            ProxyError::BadRequest(_) | ProxyError::AmbiguousCity { .. } => Code::InvalidArgument,
+            ProxyError::AmbiguousOrg { .. } => Code::InvalidArgument,
+            ProxyError::UnknownCity { .. }
+            | ProxyError::UnknownService { .. }
+            | ProxyError::UnknownServiceAnywhere { .. } => Code::NotFound,
+            ProxyError::NotRelayed { .. } => Code::PermissionDenied,
+            ProxyError::Unavailable(_) => Code::Unavailable,
+            ProxyError::Deadline(_) => Code::DeadlineExceeded,
+            ProxyError::Passthrough(s) => return s.clone(),
+        };
+        Status::new(code, self.to_string())
+    }
+}
+
+/// What a call asks for, read from its path and metadata only.
+#[derive(Debug)]
+struct Call {
+    service: String,
+    method: String,
+    path: PathAndQuery,
+    request_id: String,
+    started: Instant,
+    deadline: Instant,
+    target_city: Option<String>,
+    target_org: Option<String>,
+}
+
+impl Call {
+    fn parse(parts: &Parts, limits: &Limits, request_id: String) -> Result<Call, ProxyError> {
+        let bad = |m: String| ProxyError::BadRequest(m);
+        let ct = parts
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !ct.starts_with("application/grpc") {
+            return Err(bad(format!(
+                "content-type `{ct}` is not gRPC (application/grpc)"
+            )));
+        }
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .ok_or_else(|| bad("request has no path".into()))?;
+        let (service, method) = path
+            .path()
+            .strip_prefix('/')
+            .and_then(|p| p.split_once('/'))
+            .filter(|(s, m)| !s.is_empty() && !m.is_empty() && !m.contains('/'))
+            .ok_or_else(|| {
+                bad(format!(
+                    "path `{}` is not /package.Service/Method",
+                    path.path()
+                ))
+            })?;
+        crate::registry::validate_service_name(service).map_err(bad)?;
+        let timeout = match parts.headers.get("grpc-timeout") {
+            None => limits.default_timeout,
+            Some(v) => v
+                .to_str()
+                .ok()
+                .and_then(parse_timeout)
+                .ok_or_else(|| bad(format!("grpc-timeout `{v:?}` is malformed")))?
+                .min(limits.max_timeout),
+        };
+        let started = Instant::now();
+        Ok(Call {
+            service: service.to_string(),
+            method: method.to_string(),
+            request_id,
+            started,
+            deadline: started + timeout,
+            target_city: header_str(&parts.headers, TARGET_CITY)?,
+            target_org: header_str(&parts.headers, TARGET_ORG)?,
+            path,
+        })
+    }
+
+    fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+}
+
+fn header_str(h: &HeaderMap, name: &str) -> Result<Option<String>, ProxyError> {
+    match h.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !s.is_empty())
+            .map(Some)
+            .ok_or_else(|| ProxyError::BadRequest(format!("{name} is empty or not ascii"))),
+    }
+}
+
+/// The caller's request id, or a new one. A caller-supplied id must be 1 to 64 characters of
+/// `[A-Za-z0-9._-]`, since it keys the audit records of both cities.
+fn request_id_of(h: &HeaderMap) -> Result<String, (String, ProxyError)> {
+    match h.get(REQUEST_ID) {
+        None => Ok(uuid::Uuid::new_v4().to_string()),
+        Some(v) => {
+            let ok = v.len() <= 64
+                && !v.is_empty()
+                && v.as_bytes()
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            match v.to_str() {
+                Ok(s) if ok => Ok(s.to_string()),
+                _ => Err((
+                    uuid::Uuid::new_v4().to_string(),
+                    ProxyError::BadRequest(format!(
+                        "{REQUEST_ID} must be 1 to 64 characters of letters, digits, '.', '_' and '-'"
+                    )),
+                )),
+            }
+        }
+    }
+}
+
+/// Where a call goes.
+enum Route {
+    Local(Arc<LocalService>),
+    Peer(Arc<Peer>),
+}
+
+/// The proxy of one node.
+pub struct Proxy {
+    pub city: String,
+    pub catalog: Arc<Catalog>,
+    pub peers: BTreeMap<String, Arc<Peer>>,
+    pub limits: Limits,
+}
+
+impl Proxy {
+    /// Home ingress: a call from a system of this node's city.
+    pub async fn from_caller(&self, req: Request<Incoming>) -> Response<Body> {
+        let (mut parts, body) = req.into_parts();
+        let request_id = match request_id_of(&parts.headers) {
+            Ok(id) => id,
+            Err((id, e)) => return self.refuse(e, &id),
+        };
+        let call = match Call::parse(&parts, &self.limits, request_id.clone()) {
+            Ok(c) => c,
+            Err(e) => return self.refuse(e, &request_id),
+        };
+        // 1. Authenticate the caller (JWT against this city's JWKS): the trust issue adds it
+        //    here. Until then the caller listener is for trusted systems of the city only.
+        // 2. Route through the federated catalog.
+        let snapshot = self.catalog.snapshot();
+        let route = match self.route(&snapshot, &call) {
+            Ok(r) => r,
+            Err(e) => return self.refuse(e, &call.request_id),
+        };
+        // 3. Home policy (caller × target city × service × purpose): the trust issue.
+        strip(&mut parts.headers, HOP_BY_HOP);
+        parts.headers.remove(ORIGIN_CITY);
+        // 4. Forward: to a local provider, or over the mTLS channel to the peer node.
+        let result = match route {
+            Route::Local(svc) => {
+                set(&mut parts.headers, ORIGIN_CITY, &self.city);
+                self.forward(&call, parts, body, Target::Provider(&svc.endpoints))
+                    .await
+            }
+            Route::Peer(peer) => {
+                strip(&mut parts.headers, NEVER_ACROSS);
+                set(&mut parts.headers, TARGET_CITY, &peer.city);
+                self.forward(&call, parts, body, Target::Peer(&peer)).await
+            }
+        };
+        // Audit of the home side (with the peer's receipt): the audit issue.
+        self.finish(result, &call)
+    }
+
+    /// Peer ingress: a call forwarded by the node of another city.
+    pub async fn from_peer(&self, peer: PeerIdentity, req: Request<Incoming>) -> Response<Body> {
+        let (mut parts, body) = req.into_parts();
+        let request_id = match request_id_of(&parts.headers) {
+            Ok(id) => id,
+            Err((id, e)) => return self.refuse(e, &id),
+        };
+        let mut call = match Call::parse(&parts, &self.limits, request_id.clone()) {
+            Ok(c) => c,
+            Err(e) => return self.refuse(e, &request_id),
+        };
+        // 5. The peer node is authenticated by its mTLS certificate (`peer.city` comes from
+        //    it, see trust::identify_peer). Verifying the caller assertion: the trust issue.
+        let target = call.target_city.get_or_insert_with(|| self.city.clone());
+        if *target != self.city {
+            let e = ProxyError::NotRelayed {
+                own: self.city.clone(),
+                target: target.clone(),
+            };
+            return self.refuse(e, &call.request_id);
+        }
+        let snapshot = self.catalog.snapshot();
+        let svc = match self.local_provider(&snapshot, &call) {
+            Ok(s) => s,
+            Err(e) => return self.refuse(e, &call.request_id),
+        };
+        // 6. Provider policy and consent (the providing city has the final say): the trust issue.
+        strip(&mut parts.headers, HOP_BY_HOP);
+        set(&mut parts.headers, ORIGIN_CITY, &peer.city);
+        // 7. Forward to the provider registered in this city.
+        let result = self
+            .forward(&call, parts, body, Target::Provider(&svc.endpoints))
+            .await;
+        // 8. Audit, durable before the response leaves, and a signed receipt: the audit issue.
+        self.finish(result, &call)
+    }
+
+    fn refuse(&self, e: ProxyError, request_id: &str) -> Response<Body> {
+        let status = e.status();
+        tracing::debug!(request_id, code = ?status.code(), error = %e, "call refused");
+        status_response(status, request_id)
+    }
+
+    fn finish(&self, result: Result<Response<Body>, ProxyError>, call: &Call) -> Response<Body> {
+        match result {
+            Ok(resp) => {
+                tracing::debug!(
+                    request_id = %call.request_id,
+                    service = %call.service,
+                    method = %call.method,
+                    elapsed_us = call.started.elapsed().as_micros() as u64,
+                    "call forwarded"
+                );
+                resp
+            }
+            Err(e) => self.refuse(e, &call.request_id),
+        }
+    }
+
+    /// Step 2: which city, then which provider or peer.
+    fn route(&self, snap: &Snapshot, call: &Call) -> Result<Route, ProxyError> {
+        let city = match &call.target_city {
+            Some(c) => c.clone(),
+            None => {
+                let cities = snap.cities_offering(&call.service);
+                match cities.as_slice() {
+                    [] => {
+                        return Err(ProxyError::UnknownServiceAnywhere {
+                            service: call.service.clone(),
+                        })
+                    }
+                    [one] => one.to_string(),
+                    many => {
+                        return Err(ProxyError::AmbiguousCity {
+                            service: call.service.clone(),
+                            cities: many.join(", "),
+                        })
+                    }
+                }
+            }
+        };
+        if city == self.city {
+            return self.local_provider(snap, call).map(Route::Local);
+        }
+        let Some(peer) = self.peers.get(&city) else {
+            let mut known: Vec<&str> = vec![self.city.as_str()];
+            known.extend(self.peers.keys().map(String::as_str));
+            return Err(ProxyError::UnknownCity {
+                city,
+                known: known.join(", "),
+            });
+        };
+        match snap.peers.get(&city) {
+            // Never heard from the peer: it is down, not lacking the service.
+            None => Err(ProxyError::Unavailable(format!(
+                "peer city `{city}` is unreachable (no catalog received from it yet)"
+            ))),
+            Some(_) if !snap.peer_offers(&city, &call.service) => Err(ProxyError::UnknownService {
+                service: call.service.clone(),
+                city,
+            }),
+            Some(_) => Ok(Route::Peer(peer.clone())),
+        }
+    }
+
+    fn local_provider(
+        &self,
+        snap: &Snapshot,
+        call: &Call,
+    ) -> Result<Arc<LocalService>, ProxyError> {
+        let mut offers = snap.local_providers(&call.service).filter(|s| {
+            call.target_org
+                .as_ref()
+                .is_none_or(|o| *o == s.record.organisation)
+        });
+        let first = offers.next().ok_or_else(|| ProxyError::UnknownService {
+            service: match &call.target_org {
+                Some(o) => format!("{} (organisation {o})", call.service),
+                None => call.service.clone(),
+            },
+            city: self.city.clone(),
+        })?;
+        let rest: Vec<_> = offers.collect();
+        if !rest.is_empty() {
+            let mut orgs = vec![first.record.organisation.clone()];
+            orgs.extend(rest.iter().map(|s| s.record.organisation.clone()));
+            return Err(ProxyError::AmbiguousOrg {
+                service: call.service.clone(),
+                city: self.city.clone(),
+                orgs: orgs.join(", "),
+            });
+        }
+        Ok(first.clone())
+    }
+
+    /// Sends the call upstream once a connection is up, within the deadline, and wraps the
+    /// response so that limits and the deadline hold while it streams back.
+    async fn forward(
+        &self,
+        call: &Call,
+        mut parts: Parts,
+        body: Incoming,
+        target: Target<'_>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let budget = self.limits.connect_timeout.min(call.remaining());
+        let picked = match target {
+            Target::Provider(set) => set.pick(budget).await,
+            Target::Peer(peer) => peer
+                .endpoint
+                .ready_sender(budget)
+                .await
+                .map(|s| (peer.endpoint.clone(), s)),
+        };
+        let (endpoint, mut sender) = picked.map_err(|e| match target {
+            Target::Peer(p) => {
+                ProxyError::Unavailable(format!("peer city `{}` is unreachable: {e}", p.city))
+            }
+            Target::Provider(_) => ProxyError::Unavailable(format!(
+                "provider of `{}` is unreachable: {e}",
+                call.service
+            )),
+        })?;
+        if call.remaining().is_zero() {
+            return Err(ProxyError::Deadline(format!(
+                "deadline exceeded before reaching {}",
+                endpoint.label()
+            )));
+        }
+        parts.uri = endpoint.uri_for(&call.path);
+        set(
+            &mut parts.headers,
+            "grpc-timeout",
+            &format_timeout(call.remaining()),
+        );
+        set(&mut parts.headers, REQUEST_ID, &call.request_id);
+        let (guarded, mut violation) = RequestGuard::new(body, self.limits.max_message_bytes);
+        let req = Request::from_parts(parts, grpc::boxed(guarded));
+        let label = endpoint.label().to_string();
+        let send = async {
+            sender.ready().await?;
+            sender.send_request(req).await
+        };
+        let resp = tokio::select! {
+            r = tokio::time::timeout_at(call.deadline, send) => match r {
+                Err(_) => return Err(ProxyError::Deadline(format!(
+                    "deadline exceeded waiting for {label}"
+                ))),
+                Ok(Err(e)) => {
+                    if let Ok(status) = violation.try_recv() {
+                        return Err(ProxyError::Passthrough(status));
+                    }
+                    return Err(ProxyError::Unavailable(format!("{label} failed: {e}")));
+                }
+                Ok(Ok(resp)) => resp,
+            },
+            Ok(status) = &mut violation => return Err(ProxyError::Passthrough(status)),
+        };
+        if resp.status() != http::StatusCode::OK {
+            let code = code_for_http_status(resp.status());
+            return Err(ProxyError::Passthrough(Status::new(
+                code,
+                format!("{label} answered http {}", resp.status()),
+            )));
+        }
+        let (mut rparts, rbody) = resp.into_parts();
+        set(&mut rparts.headers, REQUEST_ID, &call.request_id);
+        let guarded = ResponseGuard::new(
+            rbody,
+            self.limits.max_message_bytes,
+            call.deadline,
+            label,
+            call.request_id.clone(),
+        );
+        Ok(Response::from_parts(rparts, grpc::boxed(guarded)))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Provider(&'a EndpointSet),
+    Peer(&'a Peer),
+}
+
+fn strip(h: &mut HeaderMap, names: &[&str]) {
+    for n in names {
+        h.remove(*n);
+    }
+}
+
+fn set(h: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(HeaderName::from_static(name), v);
+    }
+}

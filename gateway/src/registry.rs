@@ -1,0 +1,269 @@
+//! The node's registry of local services, stored in sled so that it survives a restart.
+//!
+//! [`ServiceRecord`] is the validated domain type; the prost `ServiceRegistration` is only
+//! the wire (and storage) form, converted with `TryFrom` so that nothing unvalidated reaches
+//! the routing tables.
+
+use prost::Message;
+use tongban_proto::registry::v1::ServiceRegistration;
+
+use crate::config::validate_org_id;
+use crate::upstream::parse_endpoint_url;
+
+/// Services a provider may not register: they are the node's own.
+const RESERVED_PREFIXES: &[&str] = &[
+    "tongban.registry.",
+    "tongban.federation.",
+    "grpc.health.",
+    "grpc.reflection.",
+];
+
+const MAX_ENDPOINTS: usize = 16;
+const MAX_CODES: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("invalid registration: {0}")]
+    Invalid(String),
+    #[error("service {service} of organisation {organisation} is not registered")]
+    NotFound {
+        organisation: String,
+        service: String,
+    },
+    #[error("registry storage failed: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("registry storage holds an undecodable record: {0}")]
+    Corrupt(String),
+}
+
+/// A validated registration of one service of one organisation of this city.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRecord {
+    pub organisation: String,
+    pub service: String,
+    pub endpoints: Vec<String>,
+    pub catalog_codes: Vec<String>,
+    pub personal_data: bool,
+    pub description: String,
+}
+
+/// Checks a full proto service name: dot-separated identifiers, at least a package and a name.
+pub fn validate_service_name(s: &str) -> Result<(), String> {
+    let parts: Vec<&str> = s.split('.').collect();
+    let ident_ok = |p: &str| {
+        let mut b = p.bytes();
+        matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
+            && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+    };
+    if s.len() > 256 || parts.len() < 2 || !parts.iter().all(|p| ident_ok(p)) {
+        return Err(format!(
+            "service `{s}` is not a full proto service name (e.g. tongban.crosscity.v1.CrossCityService)"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a catalog code such as `JQ-HRSS-003`.
+pub fn validate_catalog_code(c: &str) -> Result<(), String> {
+    let ok = !c.is_empty()
+        && c.len() <= 32
+        && c.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "catalog code `{c}` must be 1 to 32 uppercase letters, digits and '-'"
+        ))
+    }
+}
+
+impl TryFrom<ServiceRegistration> for ServiceRecord {
+    type Error = RegistryError;
+
+    fn try_from(r: ServiceRegistration) -> Result<Self, Self::Error> {
+        let invalid = RegistryError::Invalid;
+        validate_org_id(&r.organisation).map_err(invalid)?;
+        validate_service_name(&r.service).map_err(invalid)?;
+        if RESERVED_PREFIXES.iter().any(|p| r.service.starts_with(p)) {
+            return Err(invalid(format!(
+                "service `{}` is reserved for the node itself",
+                r.service
+            )));
+        }
+        if r.endpoints.is_empty() || r.endpoints.len() > MAX_ENDPOINTS {
+            return Err(invalid(format!(
+                "a service needs 1 to {MAX_ENDPOINTS} endpoints, got {}",
+                r.endpoints.len()
+            )));
+        }
+        for e in &r.endpoints {
+            parse_endpoint_url(e).map_err(invalid)?;
+        }
+        if r.catalog_codes.len() > MAX_CODES {
+            return Err(invalid(format!("at most {MAX_CODES} catalog codes")));
+        }
+        for c in &r.catalog_codes {
+            validate_catalog_code(c).map_err(invalid)?;
+        }
+        if r.description.chars().count() > 512 {
+            return Err(invalid("description is longer than 512 characters".into()));
+        }
+        Ok(ServiceRecord {
+            organisation: r.organisation,
+            service: r.service,
+            endpoints: r.endpoints,
+            catalog_codes: r.catalog_codes,
+            personal_data: r.personal_data,
+            description: r.description,
+        })
+    }
+}
+
+impl From<&ServiceRecord> for ServiceRegistration {
+    fn from(r: &ServiceRecord) -> Self {
+        ServiceRegistration {
+            organisation: r.organisation.clone(),
+            service: r.service.clone(),
+            endpoints: r.endpoints.clone(),
+            catalog_codes: r.catalog_codes.clone(),
+            personal_data: r.personal_data,
+            description: r.description.clone(),
+        }
+    }
+}
+
+/// The sled-backed registry. Writes are flushed before they are acknowledged.
+#[derive(Clone)]
+pub struct Registry {
+    db: sled::Db,
+    services: sled::Tree,
+    meta: sled::Tree,
+}
+
+const VERSION_KEY: &[u8] = b"catalog_version";
+
+fn key(organisation: &str, service: &str) -> Vec<u8> {
+    format!("{organisation}/{service}").into_bytes()
+}
+
+impl Registry {
+    pub fn open(db: &sled::Db) -> Result<Registry, RegistryError> {
+        Ok(Registry {
+            db: db.clone(),
+            services: db.open_tree("registry.services")?,
+            meta: db.open_tree("registry.meta")?,
+        })
+    }
+
+    /// The local catalog version; it only grows, across restarts too.
+    pub fn version(&self) -> Result<u64, RegistryError> {
+        Ok(self
+            .meta
+            .get(VERSION_KEY)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0))
+    }
+
+    fn bump(&self) -> Result<u64, RegistryError> {
+        let next = self.version()? + 1;
+        self.meta.insert(VERSION_KEY, &next.to_be_bytes())?;
+        Ok(next)
+    }
+
+    /// Registers or replaces a service; returns the new catalog version.
+    pub async fn register(&self, rec: &ServiceRecord) -> Result<u64, RegistryError> {
+        let value = ServiceRegistration::from(rec).encode_to_vec();
+        self.services
+            .insert(key(&rec.organisation, &rec.service), value)?;
+        let v = self.bump()?;
+        self.db.flush_async().await?;
+        Ok(v)
+    }
+
+    /// Withdraws a service; returns the new catalog version.
+    pub async fn withdraw(&self, organisation: &str, service: &str) -> Result<u64, RegistryError> {
+        if self.services.remove(key(organisation, service))?.is_none() {
+            return Err(RegistryError::NotFound {
+                organisation: organisation.to_string(),
+                service: service.to_string(),
+            });
+        }
+        let v = self.bump()?;
+        self.db.flush_async().await?;
+        Ok(v)
+    }
+
+    /// Every registered service, ordered by organisation and service.
+    pub fn list(&self) -> Result<Vec<ServiceRecord>, RegistryError> {
+        self.services
+            .iter()
+            .values()
+            .map(|v| {
+                let v = v?;
+                let reg = ServiceRegistration::decode(v.as_ref())
+                    .map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+                ServiceRecord::try_from(reg)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg() -> ServiceRegistration {
+        ServiceRegistration {
+            organisation: "hrss".into(),
+            service: "tongban.crosscity.v1.CrossCityService".into(),
+            endpoints: vec!["http://127.0.0.1:7001".into()],
+            catalog_codes: vec!["JQ-HRSS-003".into()],
+            personal_data: true,
+            description: String::new(),
+        }
+    }
+
+    #[test]
+    fn registrations_are_validated() {
+        assert!(ServiceRecord::try_from(reg()).is_ok());
+        let bad: Vec<fn(&mut ServiceRegistration)> = vec![
+            |r| r.organisation = "HRSS".into(),
+            |r| r.service = "NoPackage".into(),
+            |r| r.service = "tongban.registry.v1.Registry".into(),
+            |r| r.endpoints.clear(),
+            |r| r.endpoints = vec!["https://x:1".into()],
+            |r| r.endpoints = vec!["http://x".into()],
+            |r| r.catalog_codes = vec!["jq 1".into()],
+        ];
+        for (i, f) in bad.into_iter().enumerate() {
+            let mut r = reg();
+            f(&mut r);
+            assert!(
+                matches!(ServiceRecord::try_from(r), Err(RegistryError::Invalid(_))),
+                "case {i}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn registry_survives_reopen_and_versions_grow() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = ServiceRecord::try_from(reg()).unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let r = Registry::open(&db).unwrap();
+            assert_eq!(r.register(&rec).await.unwrap(), 1);
+            assert!(matches!(
+                r.withdraw("hrss", "a.B").await,
+                Err(RegistryError::NotFound { .. })
+            ));
+        }
+        let db = sled::open(dir.path()).unwrap();
+        let r = Registry::open(&db).unwrap();
+        assert_eq!(r.list().unwrap(), vec![rec.clone()]);
+        assert_eq!(r.withdraw("hrss", &rec.service).await.unwrap(), 2);
+        assert!(r.list().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,122 @@
+//! `tongban.registry.v1.Registry` on the caller listener: organisations register and
+//! withdraw their services; anyone lists the local and federated catalog.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tongban_proto::registry::v1::registry_server::Registry as RegistryRpc;
+use tongban_proto::registry::v1::{
+    CatalogService, ListServicesRequest, ListServicesResponse, RegisterServiceRequest,
+    RegisterServiceResponse, Scope, WithdrawServiceRequest, WithdrawServiceResponse,
+};
+use tonic::{Request, Response, Status};
+
+use crate::catalog::Catalog;
+use crate::federation::Peer;
+use crate::registry::{Registry, RegistryError, ServiceRecord};
+
+impl From<RegistryError> for Status {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Invalid(_) => Status::invalid_argument(e.to_string()),
+            RegistryError::NotFound { .. } => Status::not_found(e.to_string()),
+            RegistryError::Storage(_) | RegistryError::Corrupt(_) => {
+                tracing::error!(error = %e, "registry storage failure");
+                Status::internal(e.to_string())
+            }
+        }
+    }
+}
+
+pub struct RegistryApi {
+    pub city: String,
+    pub registry: Registry,
+    pub catalog: Arc<Catalog>,
+    pub peers: BTreeMap<String, Arc<Peer>>,
+}
+
+impl RegistryApi {
+    /// Re-reads the registry into a new catalog snapshot (which peers then receive).
+    fn publish(&self, version: u64) -> Result<(), Status> {
+        let records = self.registry.list()?;
+        self.catalog.set_local(version, records);
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl RegistryRpc for RegistryApi {
+    async fn register_service(
+        &self,
+        req: Request<RegisterServiceRequest>,
+    ) -> Result<Response<RegisterServiceResponse>, Status> {
+        let reg = req
+            .into_inner()
+            .registration
+            .ok_or_else(|| Status::invalid_argument("registration is missing"))?;
+        let rec = ServiceRecord::try_from(reg)?;
+        let version = self.registry.register(&rec).await?;
+        self.publish(version)?;
+        tracing::info!(organisation = %rec.organisation, service = %rec.service, version, "service registered");
+        Ok(Response::new(RegisterServiceResponse {
+            catalog_version: version,
+        }))
+    }
+
+    async fn withdraw_service(
+        &self,
+        req: Request<WithdrawServiceRequest>,
+    ) -> Result<Response<WithdrawServiceResponse>, Status> {
+        let r = req.into_inner();
+        let version = self.registry.withdraw(&r.organisation, &r.service).await?;
+        self.publish(version)?;
+        tracing::info!(organisation = %r.organisation, service = %r.service, version, "service withdrawn");
+        Ok(Response::new(WithdrawServiceResponse {
+            catalog_version: version,
+        }))
+    }
+
+    async fn list_services(
+        &self,
+        req: Request<ListServicesRequest>,
+    ) -> Result<Response<ListServicesResponse>, Status> {
+        let r = req.into_inner();
+        let scope = Scope::try_from(r.scope)
+            .map_err(|_| Status::invalid_argument(format!("unknown scope {}", r.scope)))?;
+        let city = r.city.trim().to_ascii_lowercase();
+        let wants = |c: &str| city.is_empty() || city == c;
+        let snap = self.catalog.snapshot();
+        let mut services = Vec::new();
+        if scope != Scope::Federated && wants(&self.city) {
+            services.extend(snap.local.iter().map(|s| CatalogService {
+                city: self.city.clone(),
+                organisation: s.record.organisation.clone(),
+                service: s.record.service.clone(),
+                catalog_codes: s.record.catalog_codes.clone(),
+                personal_data: s.record.personal_data,
+                description: s.record.description.clone(),
+                endpoints: s.record.endpoints.clone(),
+                available: true,
+            }));
+        }
+        if scope != Scope::Local {
+            for (c, cat) in &snap.peers {
+                if !wants(c) {
+                    continue;
+                }
+                let available = self.peers.get(c).is_some_and(|p| p.is_up());
+                services.extend(cat.services.iter().map(|s| CatalogService {
+                    city: c.clone(),
+                    organisation: s.organisation.clone(),
+                    service: s.service.clone(),
+                    catalog_codes: s.catalog_codes.clone(),
+                    personal_data: s.personal_data,
+                    description: s.description.clone(),
+                    endpoints: Vec::new(),
+                    available,
+                }));
+            }
+        }
+        Ok(Response::new(ListServicesResponse { services }))
+    }
+}

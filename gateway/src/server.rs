@@ -1,0 +1,198 @@
+//! The two listeners of a node, both HTTP/2 only:
+//! - the **caller listener** (h2c for now; TLS with the trust issue) serves the node's own
+//!   control plane (Registry, Health, Reflection) and proxies every other call;
+//! - the **peer listener** (mTLS) identifies the peer city from its certificate, then serves
+//!   the Federation API and proxies calls to this city's providers.
+//!
+//! Listeners are bound by the caller of [`serve`] and handed over, so tests bind
+//! `127.0.0.1:0` without races.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::body::Body;
+use tonic::service::Routes;
+use tower::ServiceExt;
+
+use crate::config::Limits;
+use crate::proxy::Proxy;
+use crate::trust::{PeerIdentity, TrustBundle};
+
+/// Paths the caller listener serves itself instead of proxying.
+const CALLER_CONTROL: &[&str] = &[
+    "/tongban.registry.v1.Registry/",
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+];
+/// Paths the peer listener serves itself.
+const PEER_CONTROL: &[&str] = &[
+    "/tongban.federation.v1.Federation/",
+    "/grpc.health.v1.Health/",
+];
+
+/// How long a TLS handshake may take before the connection is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long open calls may finish after shutdown is requested.
+const GRACE: Duration = Duration::from_secs(5);
+/// Cap on the metadata (header list) of one call.
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
+/// Which listener a connection arrived on.
+#[derive(Clone)]
+pub enum Side {
+    Caller,
+    Peer {
+        tls: tokio_rustls::TlsAcceptor,
+        bundle: TrustBundle,
+    },
+}
+
+#[derive(Clone)]
+struct Dispatch {
+    routes: Routes,
+    proxy: Arc<Proxy>,
+    control: &'static [&'static str],
+    peer: Option<PeerIdentity>,
+}
+
+impl Dispatch {
+    async fn call(self, mut req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path();
+        if self.control.iter().any(|p| path.starts_with(p)) {
+            if let Some(peer) = &self.peer {
+                req.extensions_mut().insert(peer.clone());
+            }
+            return match self.routes.oneshot(req).await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            };
+        }
+        match self.peer {
+            None => self.proxy.from_caller(req).await,
+            Some(peer) => self.proxy.from_peer(peer, req).await,
+        }
+    }
+}
+
+/// Serves `listener` until `shutdown` turns true, then lets open calls finish for a grace
+/// period.
+pub async fn serve(
+    listener: TcpListener,
+    side: Side,
+    routes: Routes,
+    proxy: Arc<Proxy>,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    let control = match side {
+        Side::Caller => CALLER_CONTROL,
+        Side::Peer { .. } => PEER_CONTROL,
+    };
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams_per_connection)
+        .max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .adaptive_window(true);
+    let builder = Arc::new(builder);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let dispatch = Dispatch {
+            routes: routes.clone(),
+            proxy: proxy.clone(),
+            control,
+            peer: None,
+        };
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let side = side.clone();
+        tokio::spawn(async move {
+            match side {
+                Side::Caller => serve_conn(&builder, watcher, tcp, dispatch).await,
+                Side::Peer { tls, bundle } => {
+                    let accepted =
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await;
+                    let stream = match accepted {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(error)) => {
+                            tracing::warn!(%remote, %error, "peer tls handshake refused");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::warn!(%remote, "peer tls handshake timed out");
+                            return;
+                        }
+                    };
+                    let chain: Vec<_> = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                        .unwrap_or_default();
+                    let city = match bundle.identify_peer(&chain) {
+                        Ok(c) => c,
+                        Err(error) => {
+                            tracing::warn!(%remote, %error, "peer refused");
+                            return;
+                        }
+                    };
+                    tracing::debug!(%remote, peer = %city, "peer connection");
+                    let dispatch = Dispatch {
+                        peer: Some(PeerIdentity { city }),
+                        ..dispatch
+                    };
+                    serve_conn(&builder, watcher, stream, dispatch).await
+                }
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("open calls did not finish within the grace period");
+    }
+}
+
+async fn serve_conn<I>(
+    builder: &hyper::server::conn::http2::Builder<TokioExecutor>,
+    watcher: Watcher,
+    io: I,
+    dispatch: Dispatch,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let d = dispatch.clone();
+        async move { Ok::<_, Infallible>(d.call(req).await) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    if let Err(error) = watcher.watch(conn).await {
+        tracing::debug!(%error, "connection closed with an error");
+    }
+}

@@ -1,0 +1,387 @@
+//! Federation trust: the trust bundle (one CA per city), this node's identity (certificate and
+//! ed25519 key), the rustls configurations of the mTLS peer channel, and the one place where a
+//! peer's city is derived — from its verified certificate, never from a header.
+//!
+//! A node certificate carries the DNS name `node.<city>.tongban` (the bundle may name another)
+//! and must chain to *that city's* CA: a certificate issued by Jinan's CA that claims to be
+//! Qingdao is refused even though Jinan's CA is in the bundle.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use aws_lc_rs::signature::{self, Ed25519KeyPair, KeyPair as _};
+use rustls::client::danger::ServerCertVerifier;
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+use serde::{Deserialize, Serialize};
+
+use crate::config::validate_city_id;
+
+/// ALPN id of HTTP/2, the only protocol on both listeners.
+pub const ALPN_H2: &[u8] = b"h2";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error("cannot read {what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid {what}: {message}")]
+    Invalid { what: &'static str, message: String },
+    #[error("peer certificate refused: {0}")]
+    PeerRefused(String),
+    #[error("bad signature: {0}")]
+    Signature(String),
+}
+
+fn invalid(what: &'static str, message: impl Into<String>) -> TrustError {
+    TrustError::Invalid {
+        what,
+        message: message.into(),
+    }
+}
+
+/// The conventional node identity name of a city.
+pub fn node_name(city: &str) -> String {
+    format!("node.{city}.tongban")
+}
+
+/// The file format of the trust bundle (`trust-bundle.toml`).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustBundleFile {
+    pub cities: Vec<CityEntryFile>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CityEntryFile {
+    pub id: String,
+    /// DNS name in the SAN of the city's node certificates.
+    pub node_name: String,
+    /// PEM of the city's CA certificate.
+    pub ca_pem: String,
+}
+
+/// One city of the federation as trusted by this node.
+struct CityTrust {
+    node_name: String,
+    ca: CertificateDer<'static>,
+    /// Verifies a certificate against this city's CA only, name included.
+    verifier: Arc<WebPkiServerVerifier>,
+}
+
+/// The validated trust bundle of the federation.
+#[derive(Clone)]
+pub struct TrustBundle {
+    cities: Arc<BTreeMap<String, CityTrust>>,
+}
+
+impl std::fmt::Debug for TrustBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustBundle")
+            .field("cities", &self.cities.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+impl TrustBundle {
+    pub fn load(path: &Path) -> Result<TrustBundle, TrustError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TrustError::Read {
+            what: "trust bundle",
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<TrustBundle, TrustError> {
+        let file: TrustBundleFile =
+            toml::from_str(text).map_err(|e| invalid("trust bundle", e.to_string()))?;
+        let mut cities = BTreeMap::new();
+        for c in file.cities {
+            validate_city_id(&c.id).map_err(|m| invalid("trust bundle", m))?;
+            let ca = CertificateDer::from_pem_slice(c.ca_pem.as_bytes())
+                .map_err(|e| invalid("trust bundle", format!("ca_pem of city `{}`: {e}", c.id)))?;
+            let mut roots = RootCertStore::empty();
+            roots
+                .add(ca.clone())
+                .map_err(|e| invalid("trust bundle", format!("ca_pem of city `{}`: {e}", c.id)))?;
+            let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| invalid("trust bundle", format!("city `{}`: {e}", c.id)))?;
+            ServerName::try_from(c.node_name.clone()).map_err(|_| {
+                invalid(
+                    "trust bundle",
+                    format!(
+                        "node_name `{}` of city `{}` is not a dns name",
+                        c.node_name, c.id
+                    ),
+                )
+            })?;
+            let entry = CityTrust {
+                node_name: c.node_name,
+                ca,
+                verifier,
+            };
+            if cities.insert(c.id.clone(), entry).is_some() {
+                return Err(invalid(
+                    "trust bundle",
+                    format!("city `{}` is listed twice", c.id),
+                ));
+            }
+        }
+        if cities.is_empty() {
+            return Err(invalid("trust bundle", "lists no city"));
+        }
+        Ok(TrustBundle {
+            cities: Arc::new(cities),
+        })
+    }
+
+    pub fn contains(&self, city: &str) -> bool {
+        self.cities.contains_key(city)
+    }
+
+    pub fn cities(&self) -> impl Iterator<Item = &str> {
+        self.cities.keys().map(String::as_str)
+    }
+
+    fn city(&self, city: &str) -> Result<&CityTrust, TrustError> {
+        self.cities.get(city).ok_or_else(|| {
+            TrustError::PeerRefused(format!("city `{city}` is not in the trust bundle"))
+        })
+    }
+
+    /// The identity name that `city`'s node certificates carry.
+    pub fn node_name_of(&self, city: &str) -> Result<ServerName<'static>, TrustError> {
+        let name = self.city(city)?.node_name.clone();
+        ServerName::try_from(name).map_err(|e| invalid("trust bundle", e.to_string()))
+    }
+
+    /// Verifies that `chain[0]` is a node certificate of `city`: it chains to that city's CA,
+    /// is valid now and carries the city's node name.
+    pub fn verify_node_cert(
+        &self,
+        city: &str,
+        chain: &[CertificateDer<'static>],
+    ) -> Result<(), TrustError> {
+        let trust = self.city(city)?;
+        let (ee, intermediates) = chain
+            .split_first()
+            .ok_or_else(|| TrustError::PeerRefused("no certificate".into()))?;
+        let name = ServerName::try_from(trust.node_name.clone())
+            .map_err(|e| invalid("trust bundle", e.to_string()))?;
+        trust
+            .verifier
+            .verify_server_cert(ee, intermediates, &name, &[], UnixTime::now())
+            .map_err(|e| {
+                TrustError::PeerRefused(format!("not a node certificate of city `{city}`: {e}"))
+            })?;
+        Ok(())
+    }
+
+    /// Derives the city of a peer from its verified client certificate chain: the SAN names
+    /// the city, and the chain must verify against that city's CA.
+    pub fn identify_peer(&self, chain: &[CertificateDer<'static>]) -> Result<String, TrustError> {
+        let ee = chain
+            .first()
+            .ok_or_else(|| TrustError::PeerRefused("no client certificate".into()))?;
+        let names = dns_names(ee)?;
+        let city = self
+            .cities
+            .iter()
+            .find(|(_, t)| names.iter().any(|n| n == &t.node_name))
+            .map(|(id, _)| id.clone())
+            .ok_or_else(|| {
+                TrustError::PeerRefused(format!(
+                    "certificate names {names:?} match no city of the trust bundle"
+                ))
+            })?;
+        self.verify_node_cert(&city, chain)?;
+        Ok(city)
+    }
+
+    fn roots(&self, only: Option<&str>) -> RootCertStore {
+        let mut roots = RootCertStore::empty();
+        for (id, t) in self.cities.iter() {
+            if only.is_none_or(|c| c == id) {
+                // The CA was added to a store once already in `parse`, so this cannot fail.
+                let _ = roots.add(t.ca.clone());
+            }
+        }
+        roots
+    }
+}
+
+fn dns_names(cert: &CertificateDer<'_>) -> Result<Vec<String>, TrustError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| TrustError::PeerRefused(format!("unparsable certificate: {e}")))?;
+    let mut out = Vec::new();
+    if let Ok(Some(san)) = parsed.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(d) = n {
+                out.push((*d).to_string());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// This node's certificate and key.
+pub struct NodeIdentity {
+    pub city: String,
+    pub chain: Vec<CertificateDer<'static>>,
+    key_der: Vec<u8>,
+    signer: Ed25519KeyPair,
+}
+
+impl std::fmt::Debug for NodeIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeIdentity")
+            .field("city", &self.city)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeIdentity {
+    /// Loads the node certificate (PEM chain) and ed25519 key (PKCS#8 PEM) and checks that
+    /// they belong together and to `city` under the trust bundle.
+    pub fn load(
+        city: &str,
+        cert_path: &Path,
+        key_path: &Path,
+        bundle: &TrustBundle,
+    ) -> Result<NodeIdentity, TrustError> {
+        let read = |what, p: &Path| {
+            std::fs::read(p).map_err(|source| TrustError::Read {
+                what,
+                path: p.display().to_string(),
+                source,
+            })
+        };
+        let cert_pem = read("node certificate", cert_path)?;
+        let key_pem = read("node key", key_path)?;
+        Self::from_pem(city, &cert_pem, &key_pem, bundle)
+    }
+
+    pub fn from_pem(
+        city: &str,
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        bundle: &TrustBundle,
+    ) -> Result<NodeIdentity, TrustError> {
+        let chain = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid("node certificate", e.to_string()))?;
+        if chain.is_empty() {
+            return Err(invalid("node certificate", "no certificate in file"));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|e| invalid("node key", e.to_string()))?;
+        let key_der = key.secret_der().to_vec();
+        let signer = Ed25519KeyPair::from_pkcs8(&key_der)
+            .map_err(|e| invalid("node key", format!("not an ed25519 pkcs#8 key: {e}")))?;
+        bundle
+            .verify_node_cert(city, &chain)
+            .map_err(|e| invalid("node certificate", e.to_string()))?;
+        let cert_key = public_key_of(&chain[0])?;
+        if cert_key.as_slice() != signer.public_key().as_ref() {
+            return Err(invalid("node key", "does not match the node certificate"));
+        }
+        Ok(NodeIdentity {
+            city: city.to_string(),
+            chain,
+            key_der,
+            signer,
+        })
+    }
+
+    fn private_key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(self.key_der.clone().into())
+    }
+
+    /// Signs `msg` with the node key (ed25519).
+    pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        self.signer.sign(msg).as_ref().to_vec()
+    }
+
+    /// The server side of the peer listener: TLS 1.3/1.2, h2 only, a client certificate from
+    /// any city of the bundle required (the city itself is checked after the handshake).
+    pub fn peer_server_config(
+        &self,
+        bundle: &TrustBundle,
+    ) -> Result<Arc<rustls::ServerConfig>, TrustError> {
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(bundle.roots(None)), provider())
+                .build()
+                .map_err(|e| invalid("trust bundle", e.to_string()))?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid("tls", e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.private_key())
+            .map_err(|e| invalid("node certificate", e.to_string()))?;
+        cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+        Ok(Arc::new(cfg))
+    }
+
+    /// The client side of the channel to `peer_city`: only that city's CA is trusted, so a
+    /// certificate from any other CA of the bundle cannot impersonate the peer.
+    pub fn peer_client_config(
+        &self,
+        bundle: &TrustBundle,
+        peer_city: &str,
+    ) -> Result<Arc<rustls::ClientConfig>, TrustError> {
+        bundle.city(peer_city)?;
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid("tls", e.to_string()))?
+            .with_root_certificates(bundle.roots(Some(peer_city)))
+            .with_client_auth_cert(self.chain.clone(), self.private_key())
+            .map_err(|e| invalid("node certificate", e.to_string()))?;
+        cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+        Ok(Arc::new(cfg))
+    }
+}
+
+/// The raw ed25519 public key of a certificate.
+pub fn public_key_of(cert: &CertificateDer<'_>) -> Result<Vec<u8>, TrustError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| invalid("certificate", e.to_string()))?;
+    let spki = parsed.public_key();
+    if spki.algorithm.algorithm != x509_parser::oid_registry::OID_SIG_ED25519 {
+        return Err(invalid("certificate", "node keys must be ed25519"));
+    }
+    Ok(spki.subject_public_key.data.to_vec())
+}
+
+/// Verifies an ed25519 signature made by the holder of `cert`.
+pub fn verify_signature(
+    cert: &CertificateDer<'_>,
+    msg: &[u8],
+    sig: &[u8],
+) -> Result<(), TrustError> {
+    let key = public_key_of(cert)?;
+    signature::UnparsedPublicKey::new(&signature::ED25519, key)
+        .verify(msg, sig)
+        .map_err(|_| TrustError::Signature("ed25519 signature does not verify".into()))
+}
+
+/// The city of the node at the other end of a peer-listener connection, derived from its
+/// verified certificate by [`TrustBundle::identify_peer`]. Attached to every request of that
+/// connection as an extension; nothing a client sends can set it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    pub city: String,
+}

@@ -1,0 +1,355 @@
+//! Long-lived HTTP/2 connections to upstreams: provider endpoints (h2c inside the city) and
+//! peer nodes (mTLS across the boundary). One connection per endpoint carries many streams;
+//! it is opened on first use and re-opened after it breaks.
+//!
+//! The connection is established *before* a request is handed over, so a provider endpoint
+//! that cannot be reached is skipped for the next one without consuming the request body.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::Uri;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tonic::body::Body;
+
+/// How long an endpoint that refused a connection is passed over while others are available.
+const DOWN_FOR: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to {endpoint}: {reason}")]
+    Connect { endpoint: String, reason: String },
+    #[error("timed out connecting to {endpoint}")]
+    ConnectTimeout { endpoint: String },
+    #[error("{0}")]
+    BadEndpoint(String),
+}
+
+/// How the connection to an endpoint is secured.
+#[derive(Clone)]
+pub enum Security {
+    /// h2c: providers inside the city, on the node's own network.
+    Plain,
+    /// TLS with this node's client certificate, verifying the server as `name`.
+    Tls {
+        config: Arc<rustls::ClientConfig>,
+        name: ServerName<'static>,
+    },
+}
+
+/// One upstream address and its (lazily opened) HTTP/2 connection.
+pub struct Endpoint {
+    label: String,
+    addr: String,
+    scheme: Scheme,
+    authority: Authority,
+    security: Security,
+    sender: Mutex<Option<SendRequest<Body>>>,
+    connecting: tokio::sync::Mutex<()>,
+    down_until: Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("label", &self.label)
+            .finish()
+    }
+}
+
+/// Splits a provider endpoint URL (`http://host:port`) into its parts.
+pub fn parse_endpoint_url(url: &str) -> Result<(String, Authority), String> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|_| format!("endpoint `{url}` is not a url"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!(
+            "endpoint `{url}` must use http:// (h2c to a provider inside the city)"
+        ));
+    }
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("endpoint `{url}` has no host"))?;
+    if authority.port_u16().is_none() {
+        return Err(format!("endpoint `{url}` has no port"));
+    }
+    if uri.path() != "/" && !uri.path().is_empty() {
+        return Err(format!("endpoint `{url}` must not have a path"));
+    }
+    Ok((authority.as_str().to_string(), authority))
+}
+
+impl Endpoint {
+    /// A provider endpoint inside the city.
+    pub fn provider(url: &str) -> Result<Endpoint, UpstreamError> {
+        let (addr, authority) = parse_endpoint_url(url).map_err(UpstreamError::BadEndpoint)?;
+        Ok(Endpoint::new(
+            url.to_string(),
+            addr,
+            Scheme::HTTP,
+            authority,
+            Security::Plain,
+        ))
+    }
+
+    /// The peer node of `city` at `addr` (host:port), over mTLS.
+    pub fn peer(
+        city: &str,
+        addr: &str,
+        config: Arc<rustls::ClientConfig>,
+        name: ServerName<'static>,
+    ) -> Result<Endpoint, UpstreamError> {
+        let authority: Authority = name
+            .to_str()
+            .parse()
+            .map_err(|_| UpstreamError::BadEndpoint(format!("bad node name for {city}")))?;
+        Ok(Endpoint::new(
+            format!("peer {city} ({addr})"),
+            addr.to_string(),
+            Scheme::HTTPS,
+            authority,
+            Security::Tls { config, name },
+        ))
+    }
+
+    fn new(
+        label: String,
+        addr: String,
+        scheme: Scheme,
+        authority: Authority,
+        security: Security,
+    ) -> Endpoint {
+        Endpoint {
+            label,
+            addr,
+            scheme,
+            authority,
+            security,
+            sender: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            down_until: Mutex::new(None),
+        }
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The absolute URI of `path` on this endpoint (HTTP/2 needs scheme and authority).
+    pub fn uri_for(&self, path: &PathAndQuery) -> Uri {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path.clone())
+            .build()
+            .unwrap_or_default()
+    }
+
+    fn cached(&self) -> Option<SendRequest<Body>> {
+        let guard = self.sender.lock().ok()?;
+        guard.as_ref().filter(|s| !s.is_closed()).cloned()
+    }
+
+    /// Whether this endpoint refused a connection recently.
+    pub fn is_down(&self) -> bool {
+        self.down_until
+            .lock()
+            .ok()
+            .and_then(|g| *g)
+            .is_some_and(|t| Instant::now() < t)
+    }
+
+    fn set_down(&self, down: bool) {
+        if let Ok(mut g) = self.down_until.lock() {
+            *g = down.then(|| Instant::now() + DOWN_FOR);
+        }
+    }
+
+    /// Drops the cached connection (after a peer was found broken).
+    pub fn reset(&self) {
+        if let Ok(mut g) = self.sender.lock() {
+            *g = None;
+        }
+    }
+
+    /// A sender on a live connection, connecting first if needed.
+    pub async fn ready_sender(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<SendRequest<Body>, UpstreamError> {
+        if let Some(s) = self.cached() {
+            return Ok(s);
+        }
+        let _one_connect_at_a_time = self.connecting.lock().await;
+        if let Some(s) = self.cached() {
+            return Ok(s);
+        }
+        let result = tokio::time::timeout(connect_timeout, self.connect()).await;
+        let sender = match result {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                self.set_down(true);
+                return Err(e);
+            }
+            Err(_) => {
+                self.set_down(true);
+                return Err(UpstreamError::ConnectTimeout {
+                    endpoint: self.label.clone(),
+                });
+            }
+        };
+        self.set_down(false);
+        if let Ok(mut g) = self.sender.lock() {
+            *g = Some(sender.clone());
+        }
+        Ok(sender)
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Body>, UpstreamError> {
+        let fail = |reason: String| UpstreamError::Connect {
+            endpoint: self.label.clone(),
+            reason,
+        };
+        let tcp = TcpStream::connect(&self.addr)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        match &self.security {
+            Security::Plain => handshake(tcp).await.map_err(fail),
+            Security::Tls { config, name } => {
+                let tls = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| fail(format!("tls: {e}")))?;
+                handshake(tls).await.map_err(fail)
+            }
+        }
+    }
+}
+
+async fn handshake<I>(io: I) -> Result<SendRequest<Body>, String>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+        .adaptive_window(true)
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| format!("http/2 handshake: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(error) = conn.await {
+            tracing::debug!(%error, "upstream connection closed");
+        }
+    });
+    Ok(sender)
+}
+
+/// Several endpoints of one service, load-balanced round robin; endpoints that refused a
+/// connection recently are tried last.
+#[derive(Debug)]
+pub struct EndpointSet {
+    endpoints: Vec<Arc<Endpoint>>,
+    next: AtomicUsize,
+}
+
+impl EndpointSet {
+    pub fn new(endpoints: Vec<Arc<Endpoint>>) -> Self {
+        EndpointSet {
+            endpoints,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn endpoints(&self) -> &[Arc<Endpoint>] {
+        &self.endpoints
+    }
+
+    /// A connected endpoint, or the last connection error when none can be reached.
+    pub async fn pick(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<(Arc<Endpoint>, SendRequest<Body>), UpstreamError> {
+        let n = self.endpoints.len();
+        if n == 0 {
+            return Err(UpstreamError::BadEndpoint("service has no endpoint".into()));
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut order: Vec<&Arc<Endpoint>> =
+            (0..n).map(|i| &self.endpoints[(start + i) % n]).collect();
+        // Healthy endpoints first; the sort is stable so round robin holds among them.
+        order.sort_by_key(|e| e.is_down());
+        let mut last = None;
+        for ep in order {
+            match ep.ready_sender(connect_timeout).await {
+                Ok(s) => return Ok((ep.clone(), s)),
+                Err(e) => {
+                    tracing::warn!(endpoint = %ep.label(), error = %e, "endpoint unreachable, trying the next");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| UpstreamError::BadEndpoint("no endpoint".into())))
+    }
+}
+
+/// A tower service over one endpoint's connection, so generated tonic clients (the
+/// federation client) share the long-lived channel the data plane uses.
+#[derive(Clone)]
+pub struct EndpointChannel {
+    endpoint: Arc<Endpoint>,
+    connect_timeout: Duration,
+}
+
+impl EndpointChannel {
+    pub fn new(endpoint: Arc<Endpoint>, connect_timeout: Duration) -> Self {
+        EndpointChannel {
+            endpoint,
+            connect_timeout,
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<http::Request<Body>> for EndpointChannel {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
+        let endpoint = self.endpoint.clone();
+        let connect_timeout = self.connect_timeout;
+        Box::pin(async move {
+            let mut sender = endpoint.ready_sender(connect_timeout).await?;
+            let path = req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            *req.uri_mut() = endpoint.uri_for(&path);
+            sender.ready().await?;
+            Ok(sender.send_request(req).await?)
+        })
+    }
+}
