@@ -197,6 +197,9 @@ impl PeerSync {
                 r = self.sync_once() => r,
                 _ = shutdown.changed() => return,
             };
+            if *shutdown.borrow() {
+                return;
+            }
             self.peer.set_up(false, &self.health).await;
             match result {
                 Ok(()) => tracing::info!(peer = %self.peer.city, "peer ended the catalog stream"),

@@ -267,6 +267,12 @@ impl LocalFederation {
 
     /// Stops every node and provider.
     pub async fn shutdown(self) {
+        // Signal every node first, so none reports its peers as lost while they all stop.
+        for c in &self.cities {
+            if let Some(n) = &c.node {
+                n.begin_shutdown();
+            }
+        }
         for c in self.cities {
             if let Some(n) = c.node {
                 n.shutdown().await;

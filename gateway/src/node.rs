@@ -302,9 +302,14 @@ impl RunningNode {
         .unwrap_or(false)
     }
 
+    /// Asks the node to stop without waiting for it (see [`Self::shutdown`]).
+    pub fn begin_shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
     /// Stops accepting, lets open calls finish (bounded), and waits for every task.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
+        self.begin_shutdown();
         for t in self.tasks {
             let _ = t.await;
         }

@@ -1,1 +1,142 @@
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+//! Helpers for the integration tests: a federation on loopback (every listener bound on
+//! `127.0.0.1:0` and handed over), clients pointed at a node, and raw gRPC calls for
+//! services that have no stub here.
 
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tongban_gateway::config::Limits;
+use tongban_gateway::local::{loopback_limits, LocalFederation};
+use tongban_proto::crosscity::v1::cross_city_service_client::CrossCityServiceClient;
+use tongban_proto::crosscity::v1::{
+    ApplicationStatus, GetStatusRequest, SubmitRequest, SubmitResponse,
+};
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+pub use tongban_gateway::local::CROSSCITY_SERVICE;
+
+/// How long a test waits for the federation to converge before failing.
+pub const CONVERGE: Duration = Duration::from_secs(10);
+
+/// A running federation and the directory it lives in (removed on drop).
+pub struct Fed {
+    pub fed: LocalFederation,
+    pub dir: TempDir,
+}
+
+impl Fed {
+    /// Starts `cities` with the loopback limits, registers each city's provider as `hrss`
+    /// and waits until every node sees every peer's service.
+    pub async fn start(cities: &[&str]) -> Fed {
+        Self::start_with(cities, loopback_limits()).await
+    }
+
+    pub async fn start_with(cities: &[&str], limits: Limits) -> Fed {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fed = LocalFederation::start(dir.path(), cities, limits)
+            .await
+            .expect("federation starts");
+        for c in cities {
+            fed.register_crosscity(c, "hrss", &["JQ-HRSS-003", "JQ-GJJ-001"])
+                .await
+                .expect("register provider");
+        }
+        assert!(
+            fed.wait_until_federated(CONVERGE, |_, p| !p.services.is_empty())
+                .await,
+            "federation did not converge"
+        );
+        Fed { fed, dir }
+    }
+
+    pub async fn channel(&self, city: &str) -> Channel {
+        self.fed.channel(city).await.expect("channel to node")
+    }
+
+    pub async fn crosscity(&self, city: &str) -> CrossCityServiceClient<Channel> {
+        CrossCityServiceClient::new(self.channel(city).await)
+    }
+
+    /// Calls received by `city`'s provider so far.
+    pub fn provider_calls(&self, city: &str) -> u64 {
+        self.fed.city(city).expect("city").provider.provider.calls()
+    }
+
+    /// Submits an application from `from`'s node to `to` (None: no target header).
+    pub async fn submit(
+        &self,
+        from: &str,
+        to: Option<&str>,
+        code: &str,
+    ) -> Result<SubmitResponse, Status> {
+        let msg = SubmitRequest {
+            catalog_code: code.to_string(),
+            fields: Default::default(),
+            attachment: Vec::new(),
+        };
+        self.crosscity(from)
+            .await
+            .submit(targeted(msg, to, Duration::from_secs(5)))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// Streams an application's states through `from`'s node from `to`.
+    pub async fn watch(
+        &self,
+        from: &str,
+        to: &str,
+        id: &str,
+    ) -> Result<Vec<ApplicationStatus>, Status> {
+        let msg = GetStatusRequest {
+            application_id: id.to_string(),
+        };
+        let mut stream = self
+            .crosscity(from)
+            .await
+            .watch_status(targeted(msg, Some(to), Duration::from_secs(5)))
+            .await?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(s) = stream.message().await? {
+            out.push(s);
+        }
+        Ok(out)
+    }
+
+    pub async fn shutdown(self) {
+        self.fed.shutdown().await;
+    }
+}
+
+/// A request with `x-tongban-target-city` (when given) and a deadline.
+pub fn targeted<T>(msg: T, to: Option<&str>, timeout: Duration) -> Request<T> {
+    let mut r = Request::new(msg);
+    if let Some(to) = to {
+        r.metadata_mut().insert(
+            "x-tongban-target-city",
+            MetadataValue::try_from(to).expect("ascii city"),
+        );
+    }
+    r.set_timeout(timeout);
+    r
+}
+
+/// A unary call to any path with an empty message, for services without a stub here.
+pub async fn raw_unary(
+    channel: Channel,
+    path: &'static str,
+    req: Request<()>,
+) -> Result<(), Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    grpc.unary(req, http::uri::PathAndQuery::from_static(path), codec)
+        .await
+        .map(|r| r.into_inner())
+}
