@@ -184,9 +184,18 @@ impl NodeConfig {
         path_for_errors: &Path,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<NodeConfig, ConfigError> {
-        let mut raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
-            path: path_for_errors.to_path_buf(),
-            message: e.to_string().trim_end().replace('\n', " "),
+        let mut raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            ConfigError::Syntax {
+                path: path_for_errors.to_path_buf(),
+                message: format!("{}{at}", e.message().trim_end()),
+            }
         })?;
         if let Some(v) = env("TONGBAN_LISTEN_CALLER") {
             raw.listen.caller = v;
@@ -427,6 +436,16 @@ address = "127.0.0.1:8100"
         let text = GOOD.replace("city = \"jinan\"\n", "");
         let msg = parse(&text).unwrap_err().to_string();
         assert!(msg.contains("city"), "{msg}");
+    }
+
+    #[test]
+    fn the_deploy_examples_parse() {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        for city in ["jinan", "qingdao"] {
+            let c = NodeConfig::load(&deploy.join(format!("{city}.toml"))).unwrap();
+            assert_eq!(c.city, city);
+            assert_eq!(c.peers.len(), 1);
+        }
     }
 
     #[test]

@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 //! Real nodes and providers on loopback: routing across the boundary, catalog federation,
 //! failures, limits and the trust boundary.
 

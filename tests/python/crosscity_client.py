@@ -1,0 +1,55 @@
+"""A city system written in Python calling a Tongban node with stubs generated from the
+provider's own proto (grpcio-tools, in a temporary directory). Prints one JSON document.
+
+usage: crosscity_client.py PROTO_ROOT NODE_ADDR TARGET_CITY
+"""
+import json
+import sys
+import tempfile
+
+import grpc
+from grpc_tools import protoc
+
+
+def main() -> int:
+    proto_root, addr, target = sys.argv[1], sys.argv[2], sys.argv[3]
+    out = tempfile.mkdtemp(prefix="tongban-py-")
+    rc = protoc.main([
+        "protoc", f"-I{proto_root}", f"--python_out={out}", f"--grpc_python_out={out}",
+        "tongban/crosscity/v1/crosscity.proto",
+    ])
+    if rc != 0:
+        print(json.dumps({"error": f"protoc failed with {rc}"}))
+        return 1
+    sys.path.insert(0, out)
+    from tongban.crosscity.v1 import crosscity_pb2 as pb, crosscity_pb2_grpc as pbg
+
+    result = {}
+    with grpc.insecure_channel(addr) as channel:
+        stub = pbg.CrossCityServiceStub(channel)
+        md = [("x-tongban-target-city", target), ("x-tongban-request-id", "py-req-1")]
+        resp, call = stub.Submit.with_call(
+            pb.SubmitRequest(catalog_code="JQ-HRSS-003", fields={"applicant": "python"}),
+            metadata=md, timeout=5)
+        result["submit"] = {
+            "application_id": resp.application_id,
+            "provider_city": resp.provider_city,
+            "origin_city": resp.origin_city,
+            "request_id": dict(call.initial_metadata()).get("x-tongban-request-id"),
+        }
+        states = [s.state for s in stub.WatchStatus(
+            pb.GetStatusRequest(application_id=resp.application_id),
+            metadata=[("x-tongban-target-city", target)], timeout=5)]
+        result["watch"] = states
+        try:
+            stub.Submit(pb.SubmitRequest(catalog_code="JQ-HRSS-003"),
+                        metadata=[("x-tongban-target-city", "beijing")], timeout=5)
+            result["unknown_city"] = {"code": "OK"}
+        except grpc.RpcError as e:
+            result["unknown_city"] = {"code": e.code().name, "details": e.details()}
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

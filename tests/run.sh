@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The test command: prepares the Python client environment, then runs every test of the
+# workspace (unit and integration) with cargo-nextest.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+bash tests/setup-python.sh
+export TONGBAN_PYTHON="$root/target/pyenv/bin/python"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  echo "cargo-nextest not found; falling back to cargo test" >&2
+  cargo test --workspace --no-fail-fast "$@"
+fi
