@@ -14,6 +14,7 @@ use rcgen::{
 };
 
 use crate::config::validate_city_id;
+use crate::idp::DevIdp;
 use crate::trust::{node_name, CityEntryFile, TrustBundleFile};
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,9 @@ pub struct CityFiles {
     pub ca_cert: PathBuf,
     pub node_cert: PathBuf,
     pub node_key: PathBuf,
+    /// The dev identity provider's signing key and its JWKS.
+    pub idp_key: PathBuf,
+    pub jwks: PathBuf,
 }
 
 /// What `init` produced.
@@ -155,7 +159,13 @@ pub fn init(out: &Path, cities: &[String], force: bool) -> Result<Generated, Cer
             ca_cert: dir.join("ca.pem"),
             node_cert: dir.join("node.pem"),
             node_key: dir.join("node.key"),
+            idp_key: dir.join("idp.key"),
+            jwks: dir.join("jwks.json"),
         };
+        let idp = DevIdp::generate(&ca.city, &crate::idp::kid(&ca.city, 1))
+            .map_err(|e| CertsError::BadCity(e.to_string()))?;
+        write(&f.idp_key, &idp.key_pem(), true, force)?;
+        write(&f.jwks, &DevIdp::jwks(&[&idp]), false, force)?;
         write(&f.ca_cert, &ca.cert_pem, false, force)?;
         write(&dir.join("ca.key"), &ca.key_pem, true, force)?;
         write(&f.node_cert, &node_cert, false, force)?;

@@ -49,6 +49,9 @@ struct RawConfig {
     listen: RawListen,
     storage: RawStorage,
     tls: RawTls,
+    caller_tls: Option<RawCallerTls>,
+    auth: RawAuth,
+    policy: RawPolicy,
     #[serde(default)]
     peers: Vec<RawPeer>,
     #[serde(default)]
@@ -60,6 +63,48 @@ struct RawConfig {
 struct RawListen {
     caller: String,
     peer: String,
+    #[serde(default)]
+    caller_plaintext: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCallerTls {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    jwks_file: PathBuf,
+    issuer: String,
+    audience: String,
+    #[serde(default = "default_leeway")]
+    leeway_s: u64,
+    #[serde(default = "default_refresh")]
+    refresh_interval_s: u64,
+}
+
+fn default_leeway() -> u64 {
+    30
+}
+
+fn default_refresh() -> u64 {
+    300
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    file: PathBuf,
+    #[serde(default = "default_policy_reload")]
+    reload_interval_ms: u64,
+}
+
+fn default_policy_reload() -> u64 {
+    1000
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +137,9 @@ struct RawLimits {
     connect_timeout_ms: u64,
     max_concurrent_streams_per_connection: u32,
     catalog_retry_ms: u64,
+    caller_rate_per_s: u64,
+    caller_burst: u64,
+    max_metadata_bytes: u64,
 }
 
 impl Default for RawLimits {
@@ -104,6 +152,9 @@ impl Default for RawLimits {
             connect_timeout_ms: millis(l.connect_timeout),
             max_concurrent_streams_per_connection: l.max_concurrent_streams_per_connection,
             catalog_retry_ms: millis(l.catalog_retry),
+            caller_rate_per_s: l.caller_rate_per_s,
+            caller_burst: l.caller_burst,
+            max_metadata_bytes: l.max_metadata_bytes,
         }
     }
 }
@@ -127,6 +178,30 @@ pub struct NodeConfig {
     pub trust_bundle_path: PathBuf,
     pub peers: Vec<PeerConfig>,
     pub limits: Limits,
+    /// TLS of the caller listener; `None` only with `listen.caller_plaintext = true`.
+    pub caller_tls: Option<CallerTls>,
+    pub auth: AuthConfig,
+    pub policy_file: PathBuf,
+    pub policy_reload: Duration,
+}
+
+/// TLS of the caller listener.
+#[derive(Debug, Clone)]
+pub struct CallerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, callers must present a client certificate issued by this CA.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Caller authentication settings (`[auth]`).
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub jwks_file: PathBuf,
+    pub issuer: String,
+    pub audience: String,
+    pub leeway: Duration,
+    pub refresh_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,6 +226,12 @@ pub struct Limits {
     pub max_concurrent_streams_per_connection: u32,
     /// Back-off before a lost peer is contacted again.
     pub catalog_retry: Duration,
+    /// Sustained calls per second per caller (city/org); token bucket.
+    pub caller_rate_per_s: u64,
+    /// Burst size of the per-caller token bucket.
+    pub caller_burst: u64,
+    /// Largest total metadata (header names and values) of one call.
+    pub max_metadata_bytes: u64,
 }
 
 impl Default for Limits {
@@ -162,6 +243,9 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(2),
             max_concurrent_streams_per_connection: 1024,
             catalog_retry: Duration::from_millis(500),
+            caller_rate_per_s: 1000,
+            caller_burst: 2000,
+            max_metadata_bytes: 8 * 1024,
         }
     }
 }
@@ -280,7 +364,64 @@ impl NodeConfig {
             )?)
             .unwrap_or(u32::MAX),
             catalog_retry: Duration::from_millis(positive("catalog_retry_ms", l.catalog_retry_ms)?),
+            caller_rate_per_s: positive("caller_rate_per_s", l.caller_rate_per_s)?,
+            caller_burst: positive("caller_burst", l.caller_burst)?,
+            max_metadata_bytes: positive("max_metadata_bytes", l.max_metadata_bytes)?,
         };
+        if limits.max_metadata_bytes > 60 * 1024 {
+            return Err(ConfigError::key(
+                "limits.max_metadata_bytes",
+                "must be at most 61440 (the listeners' header limit)",
+            ));
+        }
+        let caller_tls = match (raw.caller_tls, raw.listen.caller_plaintext) {
+            (Some(_), true) => {
+                return Err(ConfigError::key(
+                    "listen.caller_plaintext",
+                    "cannot be true together with [caller_tls]",
+                ))
+            }
+            (None, false) => {
+                return Err(ConfigError::key(
+                    "caller_tls",
+                    "is required unless listen.caller_plaintext = true says so explicitly",
+                ))
+            }
+            (Some(t), false) => Some(CallerTls {
+                cert: resolve(&t.cert),
+                key: resolve(&t.key),
+                client_ca: t.client_ca.as_deref().map(resolve),
+            }),
+            (None, true) => None,
+        };
+        if raw.auth.issuer.trim().is_empty() {
+            return Err(ConfigError::key("auth.issuer", "must not be empty"));
+        }
+        if raw.auth.audience.trim().is_empty() {
+            return Err(ConfigError::key("auth.audience", "must not be empty"));
+        }
+        if raw.auth.leeway_s > 300 {
+            return Err(ConfigError::key("auth.leeway_s", "must be at most 300"));
+        }
+        if raw.auth.refresh_interval_s < 10 {
+            return Err(ConfigError::key(
+                "auth.refresh_interval_s",
+                "must be at least 10",
+            ));
+        }
+        let auth = AuthConfig {
+            jwks_file: resolve(&raw.auth.jwks_file),
+            issuer: raw.auth.issuer,
+            audience: raw.auth.audience,
+            leeway: Duration::from_secs(raw.auth.leeway_s),
+            refresh_interval: Duration::from_secs(raw.auth.refresh_interval_s),
+        };
+        if raw.policy.reload_interval_ms < 100 {
+            return Err(ConfigError::key(
+                "policy.reload_interval_ms",
+                "must be at least 100",
+            ));
+        }
         if limits.max_message_bytes > u64::from(u32::MAX) {
             return Err(ConfigError::key(
                 "limits.max_message_bytes",
@@ -303,6 +444,10 @@ impl NodeConfig {
             trust_bundle_path: resolve(&raw.tls.trust_bundle),
             peers,
             limits,
+            caller_tls,
+            auth,
+            policy_file: resolve(&raw.policy.file),
+            policy_reload: Duration::from_millis(raw.policy.reload_interval_ms),
         })
     }
 }
@@ -365,12 +510,19 @@ city = "jinan"
 [listen]
 caller = "127.0.0.1:7000"
 peer = "127.0.0.1:7100"
+caller_plaintext = true
 [storage]
 data_dir = "data"
 [tls]
 cert = "certs/jinan/node.pem"
 key = "certs/jinan/node.key"
 trust_bundle = "certs/trust-bundle.toml"
+[auth]
+jwks_file = "certs/jinan/jwks.json"
+issuer = "https://idp.jinan.tongban"
+audience = "tongban:jinan"
+[policy]
+file = "policy-jinan.toml"
 [[peers]]
 city = "qingdao"
 address = "127.0.0.1:8100"

@@ -37,13 +37,28 @@ pub enum DemoError {
     Check(String),
 }
 
-fn request<T>(msg: T, target: &str) -> Request<T> {
+/// A call from a system of `from` (organisation `hrss`, with its own city's JWT) to `target`,
+/// for case handling.
+fn request<T>(
+    fed: &LocalFederation,
+    msg: T,
+    from: &str,
+    target: &str,
+) -> Result<Request<T>, DemoError> {
     let mut r = Request::new(msg);
-    if let Ok(v) = MetadataValue::try_from(target) {
-        r.metadata_mut().insert("x-tongban-target-city", v);
+    let token = fed.token(from, "hrss")?;
+    let md = r.metadata_mut();
+    for (k, v) in [
+        ("x-tongban-target-city", target.to_string()),
+        ("x-tongban-purpose", "case-handling".to_string()),
+        ("authorization", format!("Bearer {token}")),
+    ] {
+        if let Ok(v) = MetadataValue::try_from(v.as_str()) {
+            md.insert(k, v);
+        }
     }
     r.set_timeout(Duration::from_secs(5));
-    r
+    Ok(r)
 }
 
 async fn submit(
@@ -59,7 +74,7 @@ async fn submit(
         attachment: vec![0u8; 256],
     };
     let t = Instant::now();
-    let r = client.submit(request(msg, to)).await;
+    let r = client.submit(request(fed, msg, from, to)?).await;
     let latency = t.elapsed();
     let (status, answered_by, detail, id) = match r {
         Ok(resp) => {
@@ -74,7 +89,7 @@ async fn submit(
     };
     Ok((
         Row {
-            caller: format!("{from} system"),
+            caller: format!("{from}/hrss"),
             route: format!("{from} → {to}"),
             call: format!("Submit {code}"),
             status,
@@ -91,11 +106,13 @@ async fn watch(fed: &LocalFederation, from: &str, to: &str, id: &str) -> Result<
     let t = Instant::now();
     let r = client
         .watch_status(request(
+            fed,
             GetStatusRequest {
                 application_id: id.to_string(),
             },
+            from,
             to,
-        ))
+        )?)
         .await;
     let mut states = Vec::new();
     let mut answered_by = "-".to_string();
@@ -128,7 +145,7 @@ async fn watch(fed: &LocalFederation, from: &str, to: &str, id: &str) -> Result<
         detail = format!("{} messages: {}", states.len(), states.join(" → "));
     }
     Ok(Row {
-        caller: format!("{from} system"),
+        caller: format!("{from}/hrss"),
         route: format!("{from} → {to}"),
         call: "WatchStatus (stream)".into(),
         status,

@@ -3,18 +3,24 @@
 //!
 //! One module, one job; [`proxy`] reads top to bottom as the path of one call (DESIGN §2).
 
+pub mod assertion;
+pub mod auth;
 pub mod catalog;
 pub mod certs;
 pub mod config;
 pub mod demo;
 pub mod federation;
 pub mod grpc;
+pub mod idp;
 pub mod local;
 pub mod node;
+pub mod policy;
 pub mod proxy;
+pub mod ratelimit;
 pub mod registry;
 pub mod registry_api;
 pub mod server;
+pub mod subject;
 pub mod trust;
 pub mod upstream;
 

@@ -15,7 +15,8 @@ use tongban_proto::registry::v1::{RegisterServiceRequest, ServiceRegistration};
 use tonic::transport::Channel;
 
 use crate::certs::{self, Generated};
-use crate::config::{Limits, NodeConfig, PeerConfig};
+use crate::config::{AuthConfig, Limits, NodeConfig, PeerConfig};
+use crate::idp::{self, DevIdp};
 use crate::node::{Listeners, PreparedNode, RunningNode};
 
 /// Full name of the reference provider's service.
@@ -133,28 +134,23 @@ impl LocalFederation {
         let mut out = Vec::new();
         for (i, listeners) in bound.into_iter().enumerate() {
             let city = names[i].clone();
-            let files = certs
-                .city(&city)
-                .ok_or_else(|| LocalError::NoCity(city.clone()))?;
-            let config = NodeConfig {
-                city: city.clone(),
-                caller_addr: listeners.caller.local_addr()?,
-                peer_addr: listeners.peer.local_addr()?,
-                data_dir: root.join(&city).join("data"),
-                cert_path: files.node_cert.clone(),
-                key_path: files.node_key.clone(),
-                trust_bundle_path: certs.trust_bundle.clone(),
-                peers: names
-                    .iter()
-                    .enumerate()
-                    .filter(|(j, _)| *j != i)
-                    .map(|(j, c)| PeerConfig {
-                        city: c.clone(),
-                        address: peer_addrs[j].to_string(),
-                    })
-                    .collect(),
-                limits: limits.clone(),
-            };
+            let peers = names
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(j, c)| PeerConfig {
+                    city: c.clone(),
+                    address: peer_addrs[j].to_string(),
+                })
+                .collect();
+            let config = node_config(
+                &certs,
+                &city,
+                root,
+                (listeners.caller.local_addr()?, listeners.peer.local_addr()?),
+                peers,
+                limits.clone(),
+            )?;
             let provider = RunningProvider::start(&city).await?;
             let node = PreparedNode::prepare(config.clone())?
                 .start(listeners)
@@ -185,6 +181,21 @@ impl LocalFederation {
             .iter_mut()
             .find(|c| c.city == city)
             .ok_or_else(|| LocalError::NoCity(city.to_string()))
+    }
+
+    /// The dev identity provider of `city`.
+    pub fn idp(&self, city: &str) -> Result<DevIdp, LocalError> {
+        let files = self
+            .certs
+            .city(city)
+            .ok_or_else(|| LocalError::NoCity(city.to_string()))?;
+        DevIdp::load(city, &idp::kid(city, 1), &files.idp_key)
+            .map_err(|e| LocalError::NoCity(e.to_string()))
+    }
+
+    /// A bearer token of `org` of `city`, valid for an hour.
+    pub fn token(&self, city: &str, org: &str) -> Result<String, LocalError> {
+        dev_token(&self.certs, city, org)
     }
 
     /// A channel to `city`'s caller listener.
@@ -280,6 +291,82 @@ impl LocalFederation {
             c.provider.stop().await;
         }
     }
+}
+
+/// The config of `city`'s node on loopback, with data under `root/<city>`, its dev identity
+/// provider's JWKS, and the [`open_policy`] of the federation written to
+/// `root/<city>/policy.toml`.
+pub fn node_config(
+    certs: &Generated,
+    city: &str,
+    root: &Path,
+    (caller_addr, peer_addr): (SocketAddr, SocketAddr),
+    peers: Vec<PeerConfig>,
+    limits: Limits,
+) -> Result<NodeConfig, LocalError> {
+    let files = certs
+        .city(city)
+        .ok_or_else(|| LocalError::NoCity(city.to_string()))?;
+    let dir = root.join(city);
+    std::fs::create_dir_all(&dir)?;
+    let mut cities: Vec<String> = certs.cities.iter().map(|c| c.city.clone()).collect();
+    cities.sort();
+    let policy_file = dir.join("policy.toml");
+    std::fs::write(&policy_file, open_policy(&cities))?;
+    Ok(NodeConfig {
+        city: city.to_string(),
+        caller_addr,
+        peer_addr,
+        data_dir: dir.join("data"),
+        cert_path: files.node_cert.clone(),
+        key_path: files.node_key.clone(),
+        trust_bundle_path: certs.trust_bundle.clone(),
+        peers,
+        limits,
+        caller_tls: None,
+        auth: AuthConfig {
+            jwks_file: files.jwks.clone(),
+            issuer: idp::issuer(city),
+            audience: idp::audience(city),
+            leeway: Duration::from_secs(30),
+            refresh_interval: Duration::from_secs(300),
+        },
+        policy_file,
+        policy_reload: Duration::from_secs(1),
+    })
+}
+
+/// A bearer token of `org` of `city` from the dev identity provider in `certs`.
+pub fn dev_token(certs: &Generated, city: &str, org: &str) -> Result<String, LocalError> {
+    let files = certs
+        .city(city)
+        .ok_or_else(|| LocalError::NoCity(city.to_string()))?;
+    DevIdp::load(city, &idp::kid(city, 1), &files.idp_key)
+        .and_then(|i| {
+            i.issue(
+                org,
+                &[],
+                Duration::from_secs(3600),
+                &format!("{org}-system"),
+            )
+        })
+        .map_err(|e| LocalError::NoCity(e.to_string()))
+}
+
+/// The policy every local node starts with: any organisation of any city of the federation
+/// may call any Tongban service for case handling or medical treatment.
+pub fn open_policy(cities: &[String]) -> String {
+    let callers: Vec<String> = cities.iter().map(|c| format!("\"{c}/*\"")).collect();
+    format!(
+        "# local federation: federation callers, tongban services, two purposes\n\
+         [[rules]]\n\
+         name = \"federation callers for case handling and treatment\"\n\
+         effect = \"allow\"\n\
+         callers = [{}]\n\
+         services = [\"tongban.*\"]\n\
+         purposes = [\"case-handling\", \"medical-treatment\"]\n",
+        callers.join(", ")
+    )
 }
 
 /// Short limits for loopback: a lost peer is retried quickly.

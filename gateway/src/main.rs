@@ -51,6 +51,61 @@ enum Cmd {
     /// Run a reference provider behind a node.
     #[command(subcommand)]
     Provider(ProviderCmd),
+    /// Caller tokens from the dev identity provider made by `certs init`.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Inspect a node's policy.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Print a JWT for an organisation of a city.
+    Issue {
+        /// The directory given to `certs init --out`.
+        #[arg(long, default_value = "deploy/certs")]
+        certs: PathBuf,
+        #[arg(long)]
+        city: String,
+        #[arg(long)]
+        org: String,
+        /// A role (repeat for several).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Lifetime, e.g. 15m, 1h, 1d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// The `sub` claim (the calling system); defaults to `<org>-system`.
+        #[arg(long)]
+        sub: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Say whether a call would pass the node's policy, and which rule decides.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+        /// city/org of the caller.
+        #[arg(long)]
+        caller: String,
+        /// A role of the caller (repeat for several).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// The city that serves the call.
+        #[arg(long)]
+        target: String,
+        #[arg(long)]
+        service: String,
+        #[arg(long, default_value = "")]
+        method: String,
+        #[arg(long)]
+        purpose: String,
+        #[arg(long)]
+        catalog_code: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -168,6 +223,53 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Token(TokenCmd::Issue {
+            certs,
+            city,
+            org,
+            roles,
+            ttl,
+            sub,
+        }) => {
+            let Some(ttl) = tongban_gateway::idp::parse_ttl(&ttl) else {
+                eprintln!("tongban: --ttl `{ttl}` is not a duration like 90s, 15m, 1h or 1d");
+                return ExitCode::from(EX_CONFIG);
+            };
+            let key = certs.join(&city).join("idp.key");
+            let kid = tongban_gateway::idp::kid(&city, 1);
+            let sub = sub.unwrap_or_else(|| format!("{org}-system"));
+            let token = tongban_gateway::idp::DevIdp::load(&city, &kid, &key)
+                .and_then(|idp| idp.issue(&org, &roles, ttl, &sub));
+            match token {
+                Ok(t) => {
+                    println!("{t}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tongban: {e}");
+                    ExitCode::from(EX_CONFIG)
+                }
+            }
+        }
+        Cmd::Policy(PolicyCmd::Check {
+            config,
+            caller,
+            roles,
+            target,
+            service,
+            method,
+            purpose,
+            catalog_code,
+        }) => policy_check(
+            config,
+            caller,
+            roles,
+            target,
+            service,
+            method,
+            purpose,
+            catalog_code,
+        ),
         other => match runtime().and_then(|rt| rt.block_on(run_async(other))) {
             Ok(code) => code,
             Err(e) => {
@@ -175,6 +277,54 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// `tongban policy check`: exit 0 when allowed, 1 when denied, 64 on a bad config.
+#[allow(clippy::too_many_arguments)]
+fn policy_check(
+    config: PathBuf,
+    caller: String,
+    roles: Vec<String>,
+    target: String,
+    service: String,
+    method: String,
+    purpose: String,
+    catalog_code: Option<String>,
+) -> ExitCode {
+    let policy = NodeConfig::load(&config)
+        .map_err(|e| e.to_string())
+        .and_then(|c| {
+            tongban_gateway::policy::Policy::load(&c.policy_file).map_err(|e| e.to_string())
+        });
+    let policy = match policy {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("tongban: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let Some((caller_city, caller_org)) = caller.split_once('/') else {
+        eprintln!("tongban: --caller must be city/org, e.g. jinan/hrss");
+        return ExitCode::from(EX_CONFIG);
+    };
+    let req = tongban_gateway::policy::PolicyRequest {
+        caller_city,
+        caller_org,
+        roles: &roles,
+        target_city: &target,
+        service: &service,
+        method: &method,
+        purpose: &purpose,
+        catalog_code: catalog_code.as_deref(),
+    };
+    let decision = policy.decide(&req);
+    println!("{}", if decision.allowed { "ALLOW" } else { "DENY" });
+    println!("{}", decision.explain(&req));
+    if decision.allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -265,7 +415,7 @@ async fn run_async(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 .await?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Node { .. } | Cmd::Certs(_) => Ok(ExitCode::FAILURE),
+        Cmd::Node { .. } | Cmd::Certs(_) | Cmd::Token(_) | Cmd::Policy(_) => Ok(ExitCode::FAILURE),
     }
 }
 

@@ -13,13 +13,19 @@ use tongban_proto::federation::v1::federation_server::FederationServer;
 use tongban_proto::registry::v1::registry_server::RegistryServer;
 use tonic::service::Routes;
 
+use crate::assertion::{self, ReplayCache};
+use crate::auth::{AuthSettings, Authenticator, JwksSource};
 use crate::catalog::{Catalog, Snapshot};
 use crate::config::NodeConfig;
 use crate::federation::{FederationApi, Peer, PeerSync};
+use crate::policy::PolicyStore;
 use crate::proxy::Proxy;
+use crate::proxy::TrustChecks;
+use crate::ratelimit::RateLimiter;
 use crate::registry::{Registry, RegistryError};
 use crate::registry_api::RegistryApi;
 use crate::server::{self, Side};
+use crate::subject::Pseudonymizer;
 use crate::trust::{NodeIdentity, TrustBundle, TrustError};
 use crate::upstream::Endpoint;
 
@@ -41,14 +47,23 @@ pub enum NodeError {
     Reflection(String),
     #[error("peer `{0}` is not in the trust bundle")]
     UnknownPeer(String),
+    #[error("auth.jwks_file: {0}")]
+    Jwks(#[from] crate::auth::JwksError),
+    #[error("policy.file: {0}")]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error(transparent)]
+    SubjectKey(#[from] crate::subject::SubjectKeyError),
 }
 
 impl NodeError {
     /// sysexits: 64 for anything the config names wrongly, 74 for i/o, 70 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            NodeError::Trust(_) | NodeError::UnknownPeer(_) => 64,
-            NodeError::Store { .. } | NodeError::Bind { .. } => 74,
+            NodeError::Trust(_)
+            | NodeError::UnknownPeer(_)
+            | NodeError::Jwks(_)
+            | NodeError::Policy(_) => 64,
+            NodeError::Store { .. } | NodeError::Bind { .. } | NodeError::SubjectKey(_) => 74,
             NodeError::Registry(_) | NodeError::Reflection(_) => 70,
         }
     }
@@ -81,6 +96,8 @@ pub struct PreparedNode {
     bundle: TrustBundle,
     identity: Arc<NodeIdentity>,
     registry: Registry,
+    checks: TrustChecks,
+    caller_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl PreparedNode {
@@ -112,11 +129,40 @@ impl PreparedNode {
             source,
         })?;
         let registry = Registry::open(&db)?;
+        let caller_tls = match &config.caller_tls {
+            Some(t) => Some(NodeIdentity::caller_server_config(
+                &t.cert,
+                &t.key,
+                t.client_ca.as_deref(),
+            )?),
+            None => None,
+        };
+        let auth = Authenticator::new(AuthSettings {
+            city: config.city.clone(),
+            source: JwksSource::File(config.auth.jwks_file.clone()),
+            issuer: config.auth.issuer.clone(),
+            audience: config.auth.audience.clone(),
+            leeway: config.auth.leeway,
+            refresh_interval: config.auth.refresh_interval,
+        })?;
+        let checks = TrustChecks {
+            auth: Arc::new(auth),
+            policy: Arc::new(PolicyStore::open(&config.policy_file)?),
+            signer: assertion::Signer::new(identity.key_pkcs8()),
+            replay: ReplayCache::open(&db).map_err(|source| NodeError::Store {
+                path: store.display().to_string(),
+                source,
+            })?,
+            pseudonyms: Pseudonymizer::open(&config.data_dir)?,
+            rate: RateLimiter::new(config.limits.caller_rate_per_s, config.limits.caller_burst),
+        };
         Ok(PreparedNode {
             config,
             bundle,
             identity,
             registry,
+            checks,
+            caller_tls,
         })
     }
 
@@ -127,6 +173,8 @@ impl PreparedNode {
             bundle,
             identity,
             registry,
+            checks,
+            caller_tls,
         } = self;
         let caller_addr = local_addr(&listeners.caller, "listen.caller", config.caller_addr)?;
         let peer_addr = local_addr(&listeners.peer, "listen.peer", config.peer_addr)?;
@@ -183,21 +231,40 @@ impl PreparedNode {
         .add_service(health_svc)
         .prepare();
 
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(
+            checks
+                .policy
+                .clone()
+                .watch(config.policy_reload, shutdown.clone()),
+        ));
+        tasks.push(tokio::spawn(refresh_jwks(
+            checks.auth.clone(),
+            shutdown.clone(),
+        )));
+        tasks.push(tokio::spawn(purge_replays(
+            checks.replay.clone(),
+            shutdown.clone(),
+        )));
+        let policy = checks.policy.clone();
+        let auth = checks.auth.clone();
         let proxy = Arc::new(Proxy {
             city: config.city.clone(),
             catalog: catalog.clone(),
             peers: peers.clone(),
             limits: config.limits.clone(),
+            trust: checks,
         });
         let peer_side = Side::Peer {
             tls: tokio_rustls::TlsAcceptor::from(identity.peer_server_config(&bundle)?),
             bundle: bundle.clone(),
         };
 
-        let mut tasks = Vec::new();
         tasks.push(tokio::spawn(server::serve(
             listeners.caller,
-            Side::Caller,
+            Side::Caller {
+                tls: caller_tls.map(tokio_rustls::TlsAcceptor::from),
+            },
             caller_routes,
             proxy.clone(),
             config.limits.clone(),
@@ -238,7 +305,35 @@ impl PreparedNode {
             tasks,
             catalog,
             peers,
+            policy,
+            auth,
         })
+    }
+}
+
+/// Reloads the caller JWKS every `auth.refresh_interval_s`.
+async fn refresh_jwks(auth: Arc<Authenticator>, mut shutdown: watch::Receiver<bool>) {
+    let every = auth.settings().refresh_interval;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {},
+            _ = shutdown.changed() => return,
+        }
+        if let Err(error) = auth.refresh() {
+            tracing::warn!(%error, "periodic jwks refresh failed; keeping the current keys");
+        }
+    }
+}
+
+/// Forgets expired caller-assertion ids.
+async fn purge_replays(replay: ReplayCache, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {},
+            _ = shutdown.changed() => return,
+        }
+        let r = replay.clone();
+        let _ = tokio::task::spawn_blocking(move || r.purge()).await;
     }
 }
 
@@ -260,9 +355,21 @@ pub struct RunningNode {
     tasks: Vec<JoinHandle<()>>,
     catalog: Arc<Catalog>,
     peers: BTreeMap<String, Arc<Peer>>,
+    policy: Arc<PolicyStore>,
+    auth: Arc<Authenticator>,
 }
 
 impl RunningNode {
+    /// Re-reads the policy file now (an operator's file edit is also picked up by itself).
+    pub fn reload_policy(&self) -> Result<usize, crate::policy::PolicyError> {
+        self.policy.reload()
+    }
+
+    /// Re-reads the caller JWKS now.
+    pub fn refresh_jwks(&self) -> Result<usize, crate::auth::JwksError> {
+        self.auth.refresh()
+    }
+
     /// Starts a node from a config: prepare, bind, start.
     pub async fn launch(config: NodeConfig) -> Result<RunningNode, NodeError> {
         let prepared = PreparedNode::prepare(config)?;

@@ -19,14 +19,21 @@ use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::{Code, Status};
 
+use crate::assertion::{self, AssertionClaims, ReplayCache};
+use crate::auth::Authenticator;
 use crate::catalog::Catalog;
 use crate::catalog::{LocalService, Snapshot};
+use crate::config::validate_org_id;
 use crate::config::Limits;
 use crate::federation::Peer;
 use crate::grpc::{
     self, code_for_http_status, format_timeout, parse_timeout, status_response, RequestGuard,
     ResponseGuard, REQUEST_ID,
 };
+use crate::policy::{PolicyRequest, PolicyStore};
+use crate::ratelimit::RateLimiter;
+use crate::registry::validate_catalog_code;
+use crate::subject::{self, Pseudonymizer};
 use crate::trust::PeerIdentity;
 use crate::upstream::EndpointSet;
 
@@ -47,8 +54,16 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
     "host",
 ];
-/// Caller credentials stay in the caller's city.
+/// Caller credentials stay with the node that verified them.
 const NEVER_ACROSS: &[&str] = &["authorization", "cookie"];
+/// Set by nodes only; whatever a caller (or the peer, for the first two) sends is dropped.
+const NODE_ONLY: &[&str] = &[ORIGIN_CITY, CALLER, assertion::HEADER];
+/// Set by the node that hands the call to a provider: `city/org` of the authenticated caller.
+pub const CALLER: &str = "x-tongban-caller";
+/// Why the call is made; part of every authorisation.
+pub const PURPOSE: &str = "x-tongban-purpose";
+/// The catalog item the call is for, when a policy rule names catalog codes.
+pub const CATALOG_CODE: &str = "x-tongban-catalog-code";
 
 /// Why a call was refused or failed, mapped to a gRPC status in one place ([`Self::status`]).
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +87,14 @@ pub enum ProxyError {
     #[error("this node serves only city `{own}`, not `{target}`: calls are not relayed through a third city")]
     NotRelayed { own: String, target: String },
     #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     Deadline(String),
@@ -88,7 +111,12 @@ impl ProxyError {
             ProxyError::UnknownCity { .. }
             | ProxyError::UnknownService { .. }
             | ProxyError::UnknownServiceAnywhere { .. } => Code::NotFound,
-            ProxyError::NotRelayed { .. } => Code::PermissionDenied,
+            ProxyError::NotRelayed { .. } | ProxyError::PermissionDenied(_) => {
+                Code::PermissionDenied
+            }
+            ProxyError::Unauthenticated(_) => Code::Unauthenticated,
+            ProxyError::ResourceExhausted(_) => Code::ResourceExhausted,
+            ProxyError::Internal(_) => Code::Internal,
             ProxyError::Unavailable(_) => Code::Unavailable,
             ProxyError::Deadline(_) => Code::DeadlineExceeded,
             ProxyError::Passthrough(s) => return s.clone(),
@@ -204,10 +232,63 @@ fn request_id_of(h: &HeaderMap) -> Result<String, (String, ProxyError)> {
     }
 }
 
+/// Why a call is made and about whom, from its metadata.
+#[derive(Debug)]
+struct Intent {
+    purpose: String,
+    catalog_code: Option<String>,
+    /// Pseudonym of `x-tongban-subject` (the clear id is never kept).
+    subject: Option<String>,
+}
+
+impl Intent {
+    fn parse(h: &HeaderMap, pseudonyms: &Pseudonymizer) -> Result<Intent, ProxyError> {
+        let bad = ProxyError::BadRequest;
+        let purpose = header_str(h, PURPOSE)?
+            .ok_or_else(|| bad(format!("{PURPOSE} is required (e.g. case-handling)")))?;
+        validate_org_id(&purpose).map_err(|_| {
+            bad(format!(
+                "{PURPOSE} must be lowercase ascii letters, digits and '-'"
+            ))
+        })?;
+        let catalog_code = match h.get(CATALOG_CODE).map(|v| v.to_str()) {
+            None => None,
+            Some(Ok(c)) => {
+                validate_catalog_code(c).map_err(bad)?;
+                Some(c.to_string())
+            }
+            Some(Err(_)) => return Err(bad(format!("{CATALOG_CODE} is not ascii"))),
+        };
+        let subject = match h.get(subject::HEADER).map(|v| v.to_str()) {
+            None => None,
+            Some(Ok(id)) => {
+                subject::validate_resident_id(id).map_err(bad)?;
+                Some(pseudonyms.pseudonym(id))
+            }
+            Some(Err(_)) => return Err(bad(format!("{} is not ascii", subject::HEADER))),
+        };
+        Ok(Intent {
+            purpose,
+            catalog_code,
+            subject,
+        })
+    }
+}
+
 /// Where a call goes.
 enum Route {
     Local(Arc<LocalService>),
     Peer(Arc<Peer>),
+}
+
+/// What the proxy checks calls with (DESIGN §6).
+pub struct TrustChecks {
+    pub auth: Arc<Authenticator>,
+    pub policy: Arc<PolicyStore>,
+    pub signer: assertion::Signer,
+    pub replay: ReplayCache,
+    pub pseudonyms: Pseudonymizer,
+    pub rate: RateLimiter,
 }
 
 /// The proxy of one node.
@@ -216,6 +297,7 @@ pub struct Proxy {
     pub catalog: Arc<Catalog>,
     pub peers: BTreeMap<String, Arc<Peer>>,
     pub limits: Limits,
+    pub trust: TrustChecks,
 }
 
 impl Proxy {
@@ -230,28 +312,86 @@ impl Proxy {
             Ok(c) => c,
             Err(e) => return self.refuse(e, &request_id),
         };
-        // 1. Authenticate the caller (JWT against this city's JWKS): the trust issue adds it
-        //    here. Until then the caller listener is for trusted systems of the city only.
+        let checked = self.check_metadata(&parts.headers);
+        // 1. Authenticate the caller: a JWT from this city's identity provider.
+        let caller = match checked.and_then(|()| {
+            let auth = parts
+                .headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            self.trust
+                .auth
+                .authenticate(auth)
+                .map_err(|e| ProxyError::Unauthenticated(e.to_string()))
+        }) {
+            Ok(c) => c,
+            Err(e) => return self.refuse(e, &call.request_id),
+        };
+        let intent = match self
+            .trust
+            .rate
+            .check(&caller.id())
+            .and_then(|()| Intent::parse(&parts.headers, &self.trust.pseudonyms))
+        {
+            Ok(i) => i,
+            Err(e) => return self.refuse(e, &call.request_id),
+        };
         // 2. Route through the federated catalog.
         let snapshot = self.catalog.snapshot();
         let route = match self.route(&snapshot, &call) {
             Ok(r) => r,
             Err(e) => return self.refuse(e, &call.request_id),
         };
-        // 3. Home policy (caller × target city × service × purpose): the trust issue.
+        // 3. Home policy: may this caller call that service in that city for this purpose?
+        let target_city = match &route {
+            Route::Local(_) => self.city.as_str(),
+            Route::Peer(p) => p.city.as_str(),
+        };
+        if let Err(e) = self.authorise(
+            &caller.city,
+            &caller.org,
+            &caller.roles,
+            target_city,
+            &call,
+            &intent,
+        ) {
+            return self.refuse(e, &call.request_id);
+        }
         strip(&mut parts.headers, HOP_BY_HOP);
-        parts.headers.remove(ORIGIN_CITY);
-        // 4. Forward: to a local provider, or over the mTLS channel to the peer node.
+        strip(&mut parts.headers, NODE_ONLY);
+        strip(&mut parts.headers, NEVER_ACROSS);
+        // 4. Forward: to a local provider, or over the mTLS channel to the peer node with a
+        //    caller assertion signed by this node.
         let result = match route {
             Route::Local(svc) => {
                 set(&mut parts.headers, ORIGIN_CITY, &self.city);
+                set(&mut parts.headers, CALLER, &caller.id());
                 self.forward(&call, parts, body, Target::Provider(&svc.endpoints))
                     .await
             }
             Route::Peer(peer) => {
-                strip(&mut parts.headers, NEVER_ACROSS);
                 set(&mut parts.headers, TARGET_CITY, &peer.city);
-                self.forward(&call, parts, body, Target::Peer(&peer)).await
+                let claims = AssertionClaims {
+                    iss: self.city.clone(),
+                    aud: peer.city.clone(),
+                    sub: caller.org.clone(),
+                    roles: caller.roles.clone(),
+                    purpose: intent.purpose.clone(),
+                    subj: intent.subject.clone(),
+                    rid: call.request_id.clone(),
+                    svc: call.service.clone(),
+                    mth: call.method.clone(),
+                    iat: assertion::now_s(),
+                    exp: assertion::now_s() + assertion::TTL.as_secs(),
+                    jti: uuid::Uuid::new_v4().to_string(),
+                };
+                match self.trust.signer.sign(&claims) {
+                    Ok(token) => {
+                        set(&mut parts.headers, assertion::HEADER, &token);
+                        self.forward(&call, parts, body, Target::Peer(&peer)).await
+                    }
+                    Err(e) => Err(ProxyError::Internal(e.to_string())),
+                }
             }
         };
         // Audit of the home side (with the peer's receipt): the audit issue.
@@ -270,7 +410,30 @@ impl Proxy {
             Err(e) => return self.refuse(e, &request_id),
         };
         // 5. The peer node is authenticated by its mTLS certificate (`peer.city` comes from
-        //    it, see trust::identify_peer). Verifying the caller assertion: the trust issue.
+        //    it, see trust::identify_peer); the caller by the assertion that node signed.
+        let claims = match self.check_metadata(&parts.headers).and_then(|()| {
+            let token = parts
+                .headers
+                .get(assertion::HEADER)
+                .and_then(|v| v.to_str().ok());
+            let expected = assertion::Expected {
+                peer_city: &peer.city,
+                own_city: &self.city,
+                request_id: &call.request_id,
+                service: &call.service,
+                method: &call.method,
+            };
+            let claims = assertion::verify(token, &peer.public_key, &expected)
+                .map_err(|e| ProxyError::Unauthenticated(e.to_string()))?;
+            self.trust
+                .replay
+                .check_and_remember(&claims.jti, claims.exp)
+                .map_err(|e| ProxyError::Unauthenticated(e.to_string()))?;
+            Ok(claims)
+        }) {
+            Ok(c) => c,
+            Err(e) => return self.refuse(e, &call.request_id),
+        };
         let target = call.target_city.get_or_insert_with(|| self.city.clone());
         if *target != self.city {
             let e = ProxyError::NotRelayed {
@@ -284,15 +447,86 @@ impl Proxy {
             Ok(s) => s,
             Err(e) => return self.refuse(e, &call.request_id),
         };
-        // 6. Provider policy and consent (the providing city has the final say): the trust issue.
+        // 6. Provider policy (the providing city has the final say), on what the home node
+        //    vouched for: caller organisation, roles and purpose from the assertion.
+        let intent = match Intent::parse(&parts.headers, &self.trust.pseudonyms) {
+            Ok(mut i) => {
+                i.purpose = claims.purpose.clone();
+                i
+            }
+            Err(e) => return self.refuse(e, &call.request_id),
+        };
+        if let Err(e) = self.authorise(
+            &peer.city,
+            &claims.sub,
+            &claims.roles,
+            &self.city,
+            &call,
+            &intent,
+        ) {
+            return self.refuse(e, &call.request_id);
+        }
+        // Consent for personal-data services: the trust issue, next part.
         strip(&mut parts.headers, HOP_BY_HOP);
+        strip(&mut parts.headers, NODE_ONLY);
         set(&mut parts.headers, ORIGIN_CITY, &peer.city);
+        set(
+            &mut parts.headers,
+            CALLER,
+            &format!("{}/{}", peer.city, claims.sub),
+        );
         // 7. Forward to the provider registered in this city.
         let result = self
             .forward(&call, parts, body, Target::Provider(&svc.endpoints))
             .await;
         // 8. Audit, durable before the response leaves, and a signed receipt: the audit issue.
         self.finish(result, &call)
+    }
+
+    /// Steps 3 and 6: this node's policy on one call.
+    fn authorise(
+        &self,
+        caller_city: &str,
+        caller_org: &str,
+        roles: &[String],
+        target_city: &str,
+        call: &Call,
+        intent: &Intent,
+    ) -> Result<(), ProxyError> {
+        let req = PolicyRequest {
+            caller_city,
+            caller_org,
+            roles,
+            target_city,
+            service: &call.service,
+            method: &call.method,
+            purpose: &intent.purpose,
+            catalog_code: intent.catalog_code.as_deref(),
+        };
+        let decision = self.trust.policy.current().decide(&req);
+        if decision.allowed {
+            Ok(())
+        } else {
+            Err(ProxyError::PermissionDenied(format!(
+                "{}: {}",
+                self.city,
+                decision.explain(&req)
+            )))
+        }
+    }
+
+    fn check_metadata(&self, h: &HeaderMap) -> Result<(), ProxyError> {
+        let size: u64 = h
+            .iter()
+            .map(|(k, v)| (k.as_str().len() + v.len()) as u64)
+            .sum();
+        if size > self.limits.max_metadata_bytes {
+            return Err(ProxyError::ResourceExhausted(format!(
+                "metadata of {size} bytes exceeds the limit of {} bytes (limits.max_metadata_bytes)",
+                self.limits.max_metadata_bytes
+            )));
+        }
+        Ok(())
     }
 
     fn refuse(&self, e: ProxyError, request_id: &str) -> Response<Body> {

@@ -43,13 +43,17 @@ const PEER_CONTROL: &[&str] = &[
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open calls may finish after shutdown is requested.
 const GRACE: Duration = Duration::from_secs(5);
-/// Cap on the metadata (header list) of one call.
-pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// Hard cap on the header list of one HTTP/2 request; the proxy enforces the (smaller)
+/// `limits.max_metadata_bytes` itself so that callers get RESOURCE_EXHAUSTED, not a reset.
+pub const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 
 /// Which listener a connection arrived on.
 #[derive(Clone)]
 pub enum Side {
-    Caller,
+    /// Plaintext h2c only when the config says so; otherwise TLS.
+    Caller {
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    },
     Peer {
         tls: tokio_rustls::TlsAcceptor,
         bundle: TrustBundle,
@@ -95,7 +99,7 @@ pub async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let control = match side {
-        Side::Caller => CALLER_CONTROL,
+        Side::Caller { .. } => CALLER_CONTROL,
         Side::Peer { .. } => PEER_CONTROL,
     };
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -132,7 +136,16 @@ pub async fn serve(
         let side = side.clone();
         tokio::spawn(async move {
             match side {
-                Side::Caller => serve_conn(&builder, watcher, tcp, dispatch).await,
+                Side::Caller { tls: None } => serve_conn(&builder, watcher, tcp, dispatch).await,
+                Side::Caller { tls: Some(tls) } => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+                        Ok(Ok(stream)) => serve_conn(&builder, watcher, stream, dispatch).await,
+                        Ok(Err(error)) => {
+                            tracing::warn!(%remote, %error, "caller tls handshake refused")
+                        }
+                        Err(_) => tracing::warn!(%remote, "caller tls handshake timed out"),
+                    }
+                }
                 Side::Peer { tls, bundle } => {
                     let accepted =
                         tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await;
@@ -160,9 +173,16 @@ pub async fn serve(
                             return;
                         }
                     };
+                    let public_key = match crate::trust::public_key_of(&chain[0]) {
+                        Ok(k) => std::sync::Arc::new(k),
+                        Err(error) => {
+                            tracing::warn!(%remote, %error, "peer refused");
+                            return;
+                        }
+                    };
                     tracing::debug!(%remote, peer = %city, "peer connection");
                     let dispatch = Dispatch {
-                        peer: Some(PeerIdentity { city }),
+                        peer: Some(PeerIdentity { city, public_key }),
                         ..dispatch
                     };
                     serve_conn(&builder, watcher, stream, dispatch).await

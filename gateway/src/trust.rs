@@ -338,6 +338,56 @@ impl NodeIdentity {
 
     /// The client side of the channel to `peer_city`: only that city's CA is trusted, so a
     /// certificate from any other CA of the bundle cannot impersonate the peer.
+    /// TLS for the caller listener: this node's certificate chain and key from `cert`/`key`
+    /// files, and, with `client_ca`, client certificates required from that CA.
+    pub fn caller_server_config(
+        cert: &Path,
+        key: &Path,
+        client_ca: Option<&Path>,
+    ) -> Result<Arc<rustls::ServerConfig>, TrustError> {
+        let read = |what, p: &Path| {
+            std::fs::read(p).map_err(|source| TrustError::Read {
+                what,
+                path: p.display().to_string(),
+                source,
+            })
+        };
+        let chain = CertificateDer::pem_slice_iter(&read("caller tls certificate", cert)?)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid("caller tls certificate", e.to_string()))?;
+        let key = PrivateKeyDer::from_pem_slice(&read("caller tls key", key)?)
+            .map_err(|e| invalid("caller tls key", e.to_string()))?;
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid("tls", e.to_string()))?;
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = RootCertStore::empty();
+                for c in CertificateDer::pem_slice_iter(&read("caller client ca", ca)?) {
+                    let c = c.map_err(|e| invalid("caller client ca", e.to_string()))?;
+                    roots
+                        .add(c)
+                        .map_err(|e| invalid("caller client ca", e.to_string()))?;
+                }
+                let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                    .build()
+                    .map_err(|e| invalid("caller client ca", e.to_string()))?;
+                builder.with_client_cert_verifier(v)
+            }
+        };
+        let mut cfg = builder
+            .with_single_cert(chain, key)
+            .map_err(|e| invalid("caller tls certificate", e.to_string()))?;
+        cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+        Ok(Arc::new(cfg))
+    }
+
+    /// The node key (PKCS#8 DER), for signing caller assertions.
+    pub fn key_pkcs8(&self) -> &[u8] {
+        &self.key_der
+    }
+
     pub fn peer_client_config(
         &self,
         bundle: &TrustBundle,
@@ -384,4 +434,6 @@ pub fn verify_signature(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerIdentity {
     pub city: String,
+    /// Raw ed25519 public key of the peer's node certificate: verifies its caller assertions.
+    pub public_key: Arc<Vec<u8>>,
 }

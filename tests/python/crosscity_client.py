@@ -1,7 +1,7 @@
 """A city system written in Python calling a Tongban node with stubs generated from the
 provider's own proto (grpcio-tools, in a temporary directory). Prints one JSON document.
 
-usage: crosscity_client.py PROTO_ROOT NODE_ADDR TARGET_CITY
+usage: crosscity_client.py PROTO_ROOT NODE_ADDR TARGET_CITY TOKEN
 """
 import json
 import sys
@@ -12,7 +12,8 @@ from grpc_tools import protoc
 
 
 def main() -> int:
-    proto_root, addr, target = sys.argv[1], sys.argv[2], sys.argv[3]
+    proto_root, addr, target, token = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+    auth = [("authorization", f"Bearer {token}"), ("x-tongban-purpose", "case-handling")]
     out = tempfile.mkdtemp(prefix="tongban-py-")
     rc = protoc.main([
         "protoc", f"-I{proto_root}", f"--python_out={out}", f"--grpc_python_out={out}",
@@ -27,7 +28,7 @@ def main() -> int:
     result = {}
     with grpc.insecure_channel(addr) as channel:
         stub = pbg.CrossCityServiceStub(channel)
-        md = [("x-tongban-target-city", target), ("x-tongban-request-id", "py-req-1")]
+        md = auth + [("x-tongban-target-city", target), ("x-tongban-request-id", "py-req-1")]
         resp, call = stub.Submit.with_call(
             pb.SubmitRequest(catalog_code="JQ-HRSS-003", fields={"applicant": "python"}),
             metadata=md, timeout=5)
@@ -39,11 +40,11 @@ def main() -> int:
         }
         states = [s.state for s in stub.WatchStatus(
             pb.GetStatusRequest(application_id=resp.application_id),
-            metadata=[("x-tongban-target-city", target)], timeout=5)]
+            metadata=auth + [("x-tongban-target-city", target)], timeout=5)]
         result["watch"] = states
         try:
             stub.Submit(pb.SubmitRequest(catalog_code="JQ-HRSS-003"),
-                        metadata=[("x-tongban-target-city", "beijing")], timeout=5)
+                        metadata=auth + [("x-tongban-target-city", "beijing")], timeout=5)
             result["unknown_city"] = {"code": "OK"}
         except grpc.RpcError as e:
             result["unknown_city"] = {"code": e.code().name, "details": e.details()}

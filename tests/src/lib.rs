@@ -79,7 +79,7 @@ impl Fed {
         };
         self.crosscity(from)
             .await
-            .submit(targeted(msg, to, Duration::from_secs(5)))
+            .submit(self.req(from, msg, to, Duration::from_secs(5)))
             .await
             .map(|r| r.into_inner())
     }
@@ -97,7 +97,7 @@ impl Fed {
         let mut stream = self
             .crosscity(from)
             .await
-            .watch_status(targeted(msg, Some(to), Duration::from_secs(5)))
+            .watch_status(self.req(from, msg, Some(to), Duration::from_secs(5)))
             .await?
             .into_inner();
         let mut out = Vec::new();
@@ -110,6 +110,26 @@ impl Fed {
     pub async fn shutdown(self) {
         self.fed.shutdown().await;
     }
+
+    /// A request from a system of `from`'s `hrss`, authenticated with its city's JWT, for
+    /// case handling, to `to` (None: no target header).
+    pub fn req<T>(&self, from: &str, msg: T, to: Option<&str>, timeout: Duration) -> Request<T> {
+        let mut r = targeted(msg, to, timeout);
+        authorize(&mut r, &self.fed.token(from, "hrss").expect("token"));
+        r.metadata_mut().insert(
+            "x-tongban-purpose",
+            MetadataValue::from_static("case-handling"),
+        );
+        r
+    }
+}
+
+/// Adds `authorization: Bearer <token>`.
+pub fn authorize<T>(r: &mut Request<T>, token: &str) {
+    r.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(format!("Bearer {token}")).expect("ascii token"),
+    );
 }
 
 /// A request with `x-tongban-target-city` (when given) and a deadline.

@@ -62,7 +62,8 @@ async fn cross_city_calls_both_ways_and_a_local_call() {
 
     // Every answer and every error carries the request id; a caller-chosen one is kept.
     let mut client = f.crosscity("jinan").await;
-    let mut req = targeted(
+    let mut req = f.req(
+        "jinan",
         SubmitRequest {
             catalog_code: "JQ-HRSS-003".into(),
             ..Default::default()
@@ -80,7 +81,8 @@ async fn cross_city_calls_both_ways_and_a_local_call() {
     assert!(e.metadata().get("x-tongban-request-id").is_some());
 
     // A caller cannot pretend to be another city: the node overwrites the origin header.
-    let mut req = targeted(
+    let mut req = f.req(
+        "jinan",
         SubmitRequest {
             catalog_code: "JQ-HRSS-003".into(),
             ..Default::default()
@@ -183,7 +185,7 @@ async fn catalog_propagation_and_withdrawal_within_five_seconds() {
     let e = raw_unary(
         f.channel("jinan").await,
         "/tongban.medical.v1.ResultRegistry/Query",
-        targeted((), Some("qingdao"), Duration::from_secs(5)),
+        f.req("jinan", (), Some("qingdao"), Duration::from_secs(5)),
     )
     .await
     .unwrap_err();
@@ -375,7 +377,7 @@ async fn unknown_service_and_unknown_city_are_not_found() {
         let e = raw_unary(
             f.channel("jinan").await,
             path,
-            targeted((), to, Duration::from_secs(5)),
+            f.req("jinan", (), to, Duration::from_secs(5)),
         )
         .await
         .unwrap_err();
@@ -388,7 +390,7 @@ async fn unknown_service_and_unknown_city_are_not_found() {
         assert!(e.metadata().get("x-tongban-request-id").is_some());
     }
     // Malformed metadata is INVALID_ARGUMENT, naming the header.
-    let mut req = targeted((), Some("qingdao"), Duration::from_secs(5));
+    let mut req = f.req("jinan", (), Some("qingdao"), Duration::from_secs(5));
     req.metadata_mut()
         .insert("x-tongban-request-id", "has spaces!".parse().unwrap());
     let e = raw_unary(
@@ -476,7 +478,7 @@ async fn a_peer_that_never_answers_does_not_hang_the_caller() {
     let e = raw_unary(
         channel,
         "/tongban.crosscity.v1.CrossCityService/Submit",
-        targeted((), Some("qingdao"), Duration::from_millis(1500)),
+        req_from(&g, "jinan", "qingdao", Duration::from_millis(1500)),
     )
     .await
     .unwrap_err();
@@ -493,18 +495,21 @@ fn node_config(
     root: &std::path::Path,
     peers: Vec<PeerConfig>,
 ) -> NodeConfig {
-    let files = g.city(city).unwrap();
-    NodeConfig {
-        city: city.into(),
-        caller_addr: "127.0.0.1:0".parse().unwrap(),
-        peer_addr: "127.0.0.1:0".parse().unwrap(),
-        data_dir: root.join(city),
-        cert_path: files.node_cert.clone(),
-        key_path: files.node_key.clone(),
-        trust_bundle_path: g.trust_bundle.clone(),
-        peers,
-        limits: loopback_limits(),
-    }
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    tongban_gateway::local::node_config(g, city, root, (any, any), peers, loopback_limits())
+        .unwrap()
+}
+
+/// A call with a dev token of `city`'s hrss, for case handling.
+fn req_from(g: &certs::Generated, city: &str, to: &str, timeout: Duration) -> Request<()> {
+    let mut r = targeted((), Some(to), timeout);
+    tongban_tests::authorize(
+        &mut r,
+        &tongban_gateway::local::dev_token(g, city, "hrss").unwrap(),
+    );
+    r.metadata_mut()
+        .insert("x-tongban-purpose", "case-handling".parse().unwrap());
+    r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -523,7 +528,7 @@ async fn oversized_messages_are_resource_exhausted_and_never_reach_the_provider(
         let e = f
             .crosscity("jinan")
             .await
-            .submit(targeted(msg, Some(to), Duration::from_secs(5)))
+            .submit(f.req("jinan", msg, Some(to), Duration::from_secs(5)))
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::ResourceExhausted, "to {to}: {e:?}");
@@ -540,7 +545,7 @@ async fn oversized_messages_are_resource_exhausted_and_never_reach_the_provider(
     let r = f
         .crosscity("jinan")
         .await
-        .submit(targeted(msg, Some("qingdao"), Duration::from_secs(5)))
+        .submit(f.req("jinan", msg, Some("qingdao"), Duration::from_secs(5)))
         .await
         .unwrap();
     assert_eq!(r.into_inner().provider_city, "qingdao");
@@ -661,7 +666,8 @@ async fn deadlines_propagate_to_a_slow_provider() {
         .await
         .unwrap();
     let slow_request = |timeout| {
-        let mut req = targeted(
+        let mut req = f.req(
+            "jinan",
             SubmitRequest {
                 catalog_code: "JQ-HRSS-003".into(),
                 ..Default::default()
@@ -829,17 +835,18 @@ async fn a_node_certified_outside_the_trust_bundle_is_refused() {
         caller: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         peer: TcpListener::bind("127.0.0.1:0").await.unwrap(),
     };
-    let rogue_cfg = NodeConfig {
-        city: "qingdao".into(),
-        caller_addr: listeners.caller.local_addr().unwrap(),
-        peer_addr: listeners.peer.local_addr().unwrap(),
-        data_dir: rogue_dir.path().join("data"),
-        cert_path: rogue_files.node_cert.clone(),
-        key_path: rogue_files.node_key.clone(),
-        trust_bundle_path: rogue.trust_bundle.clone(),
-        peers: vec![],
-        limits: loopback_limits(),
-    };
+    let rogue_cfg = tongban_gateway::local::node_config(
+        &rogue,
+        "qingdao",
+        &rogue_dir.path().join("run"),
+        (
+            listeners.caller.local_addr().unwrap(),
+            listeners.peer.local_addr().unwrap(),
+        ),
+        vec![],
+        loopback_limits(),
+    )
+    .unwrap();
     let rogue_node = PreparedNode::prepare(rogue_cfg.clone())
         .unwrap()
         .start(listeners)
@@ -868,7 +875,7 @@ async fn a_node_certified_outside_the_trust_bundle_is_refused() {
     let e = raw_unary(
         channel,
         "/tongban.crosscity.v1.CrossCityService/Submit",
-        targeted((), Some("qingdao"), Duration::from_secs(3)),
+        req_from(&f.fed.certs, "jinan", "qingdao", Duration::from_secs(3)),
     )
     .await
     .unwrap_err();

@@ -30,12 +30,14 @@ async fn python_grpcio_client_calls_across_the_boundary() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let script = root.join("python/crosscity_client.py");
     let protos = root.join("../proto");
+    let token = f.fed.token("jinan", "hrss").unwrap();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python)
             .arg(script)
             .arg(protos)
             .arg(addr)
             .arg("qingdao")
+            .arg(token)
             .output()
     })
     .await

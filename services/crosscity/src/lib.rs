@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::Stream;
 use tongban_proto::crosscity::v1::cross_city_service_server::{
     CrossCityService, CrossCityServiceServer,
@@ -20,6 +19,7 @@ use tongban_proto::crosscity::v1::{
     ApplicationStatus, GetStatusRequest, SubmitRequest, SubmitResponse,
 };
 use tonic::metadata::MetadataMap;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 /// The states an application walks through, in order.
@@ -111,7 +111,10 @@ impl Provider {
     ) -> Result<(), tonic::transport::Error> {
         tonic::transport::Server::builder()
             .add_service(CrossCityServiceServer::new(self))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                shutdown,
+            )
             .await
     }
 }

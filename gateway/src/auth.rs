@@ -1,0 +1,321 @@
+//! Caller authentication (DESIGN §2 step 1): a JWT from the city's own identity provider,
+//! verified against its JWKS.
+//!
+//! - Algorithms are pinned per key: a JWK must carry `kid` and `alg` (RS256, ES256 or EdDSA),
+//!   and a token is verified only with the algorithm of the key its `kid` names. `alg: none`
+//!   and HMAC tokens never pass (no HMAC key is ever loaded).
+//! - `exp`, `iss` and `aud` are required; `nbf` is checked when present; leeway is bounded.
+//! - An unknown `kid` triggers at most one JWKS reload per [`REFRESH_MIN_INTERVAL`], so a key
+//!   rotation at the identity provider is picked up without a restart.
+//! - Verified tokens are cached by a SHA-256 of the whole token until their `exp`, in a
+//!   bounded map; the token itself is never stored or logged.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use jsonwebtoken::jwk::{JwkSet, KeyAlgorithm};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::validate_org_id;
+
+/// Shortest interval between two JWKS reloads caused by unknown `kid`s.
+pub const REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(10);
+/// Most verified tokens kept in the cache.
+const CACHE_CAPACITY: usize = 10_000;
+
+/// Why a caller was not authenticated. Every variant maps to UNAUTHENTICATED.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing authorization metadata (expected `Bearer <jwt>`)")]
+    Missing,
+    #[error("authorization metadata is not `Bearer <jwt>`")]
+    NotBearer,
+    #[error("token is malformed: {0}")]
+    Malformed(String),
+    #[error("token header has no `kid`")]
+    MissingKid,
+    #[error("token key `{0}` is not in the identity provider's key set")]
+    UnknownKid(String),
+    #[error("token algorithm {got:?} does not match the key's pinned algorithm {pinned:?}")]
+    AlgorithmMismatch { got: Algorithm, pinned: Algorithm },
+    #[error("token is invalid: {0}")]
+    Invalid(String),
+    #[error("token is for city `{got}`, this node serves `{expected}`")]
+    WrongCity { expected: String, got: String },
+    #[error("token claim `org` is invalid: {0}")]
+    BadOrg(String),
+}
+
+/// Why a key set could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    #[error("cannot read jwks {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid jwks: {0}")]
+    Invalid(String),
+}
+
+/// An authenticated caller: a system of an organisation of this city.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub city: String,
+    pub org: String,
+    pub roles: Vec<String>,
+    /// The token's `sub` (the calling system or user), for audit.
+    pub subject: String,
+}
+
+impl Caller {
+    /// `city/org`, the form policy rules use.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.city, self.org)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    #[serde(default)]
+    sub: String,
+    exp: u64,
+    city: String,
+    org: String,
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+struct Key {
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+/// A JWKS with every key's algorithm pinned.
+#[derive(Default)]
+pub struct KeySet {
+    keys: HashMap<String, Key>,
+}
+
+impl KeySet {
+    /// Parses a JWKS document. Keys without `kid` or `alg`, or with an algorithm other than
+    /// RS256, ES256 or EdDSA, are refused: nothing is guessed.
+    pub fn parse(json: &str) -> Result<KeySet, JwksError> {
+        let set: JwkSet =
+            serde_json::from_str(json).map_err(|e| JwksError::Invalid(e.to_string()))?;
+        let mut keys = HashMap::new();
+        for jwk in set.keys {
+            let kid = jwk
+                .common
+                .key_id
+                .clone()
+                .ok_or_else(|| JwksError::Invalid("a key has no `kid`".into()))?;
+            let alg = match jwk.common.key_algorithm {
+                Some(KeyAlgorithm::RS256) => Algorithm::RS256,
+                Some(KeyAlgorithm::ES256) => Algorithm::ES256,
+                Some(KeyAlgorithm::EdDSA) => Algorithm::EdDSA,
+                Some(other) => {
+                    return Err(JwksError::Invalid(format!(
+                    "key `{kid}` has algorithm {other:?}; only RS256, ES256 and EdDSA are accepted"
+                )))
+                }
+                None => {
+                    return Err(JwksError::Invalid(format!(
+                        "key `{kid}` has no `alg`: algorithms are pinned per key"
+                    )))
+                }
+            };
+            let key = DecodingKey::from_jwk(&jwk)
+                .map_err(|e| JwksError::Invalid(format!("key `{kid}`: {e}")))?;
+            if key.family() != alg.family() {
+                return Err(JwksError::Invalid(format!(
+                    "key `{kid}` is not a key for {alg:?}"
+                )));
+            }
+            keys.insert(kid, Key { alg, key });
+        }
+        Ok(KeySet { keys })
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// Where the key set comes from.
+#[derive(Debug, Clone)]
+pub enum JwksSource {
+    File(PathBuf),
+}
+
+impl JwksSource {
+    pub fn load(&self) -> Result<KeySet, JwksError> {
+        match self {
+            JwksSource::File(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| JwksError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })?;
+                KeySet::parse(&text)
+            }
+        }
+    }
+}
+
+/// Settings of caller authentication.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub city: String,
+    pub source: JwksSource,
+    pub issuer: String,
+    pub audience: String,
+    pub leeway: Duration,
+    pub refresh_interval: Duration,
+}
+
+/// Verifies callers' JWTs.
+pub struct Authenticator {
+    settings: AuthSettings,
+    keys: ArcSwap<KeySet>,
+    last_refresh: Mutex<Instant>,
+    cache: Mutex<HashMap<[u8; 32], (Caller, u64)>>,
+}
+
+fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Authenticator {
+    /// Loads the key set once; a node does not start without it.
+    pub fn new(settings: AuthSettings) -> Result<Authenticator, JwksError> {
+        let keys = settings.source.load()?;
+        if keys.is_empty() {
+            return Err(JwksError::Invalid("the key set has no key".into()));
+        }
+        Ok(Authenticator {
+            settings,
+            keys: ArcSwap::from_pointee(keys),
+            last_refresh: Mutex::new(Instant::now()),
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn settings(&self) -> &AuthSettings {
+        &self.settings
+    }
+
+    /// Reloads the key set now (the periodic refresh and unknown `kid`s call this). A key set
+    /// that fails to load leaves the current one in place.
+    pub fn refresh(&self) -> Result<usize, JwksError> {
+        if let Ok(mut t) = self.last_refresh.lock() {
+            *t = Instant::now();
+        }
+        let keys = self.settings.source.load()?;
+        let n = keys.len();
+        self.keys.store(Arc::new(keys));
+        Ok(n)
+    }
+
+    fn refresh_for_unknown_kid(&self) {
+        let due = self
+            .last_refresh
+            .lock()
+            .map(|t| t.elapsed() >= REFRESH_MIN_INTERVAL)
+            .unwrap_or(false);
+        if due {
+            match self.refresh() {
+                Ok(n) => tracing::info!(keys = n, "jwks reloaded for an unknown kid"),
+                Err(error) => tracing::warn!(%error, "jwks reload failed"),
+            }
+        }
+    }
+
+    /// Authenticates the value of an `authorization` header.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, AuthError> {
+        let value = authorization.ok_or(AuthError::Missing)?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(AuthError::NotBearer)?;
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = now_s();
+        if let Ok(cache) = self.cache.lock() {
+            if let Some((caller, exp)) = cache.get(&digest) {
+                if *exp > now {
+                    return Ok(caller.clone());
+                }
+            }
+        }
+        let (caller, exp) = self.verify(token)?;
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= CACHE_CAPACITY {
+                cache.retain(|_, (_, e)| *e > now);
+                if cache.len() >= CACHE_CAPACITY {
+                    cache.clear();
+                }
+            }
+            cache.insert(digest, (caller.clone(), exp));
+        }
+        Ok(caller)
+    }
+
+    fn verify(&self, token: &str) -> Result<(Caller, u64), AuthError> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
+        let kid = header.kid.clone().ok_or(AuthError::MissingKid)?;
+        let mut keys = self.keys.load_full();
+        if !keys.keys.contains_key(&kid) {
+            self.refresh_for_unknown_kid();
+            keys = self.keys.load_full();
+        }
+        let key = keys
+            .keys
+            .get(&kid)
+            .ok_or_else(|| AuthError::UnknownKid(kid.clone()))?;
+        if header.alg != key.alg {
+            return Err(AuthError::AlgorithmMismatch {
+                got: header.alg,
+                pinned: key.alg,
+            });
+        }
+        let mut v = Validation::new(key.alg);
+        v.leeway = self.settings.leeway.as_secs();
+        v.validate_nbf = true;
+        v.set_required_spec_claims(&["exp", "iss", "aud"]);
+        v.set_issuer(&[&self.settings.issuer]);
+        v.set_audience(&[&self.settings.audience]);
+        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &v)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let c = data.claims;
+        if c.city != self.settings.city {
+            return Err(AuthError::WrongCity {
+                expected: self.settings.city.clone(),
+                got: c.city,
+            });
+        }
+        validate_org_id(&c.org).map_err(AuthError::BadOrg)?;
+        Ok((
+            Caller {
+                city: c.city,
+                org: c.org,
+                roles: c.roles,
+                subject: c.sub,
+            },
+            c.exp,
+        ))
+    }
+}
