@@ -242,10 +242,19 @@ struct Intent {
 }
 
 impl Intent {
-    fn parse(h: &HeaderMap, pseudonyms: &Pseudonymizer) -> Result<Intent, ProxyError> {
+    /// `vouched_purpose`: at the providing node, the purpose from the caller assertion,
+    /// which overrides the metadata.
+    fn parse(
+        h: &HeaderMap,
+        pseudonyms: &Pseudonymizer,
+        vouched_purpose: Option<&str>,
+    ) -> Result<Intent, ProxyError> {
         let bad = ProxyError::BadRequest;
-        let purpose = header_str(h, PURPOSE)?
-            .ok_or_else(|| bad(format!("{PURPOSE} is required (e.g. case-handling)")))?;
+        let purpose = match vouched_purpose {
+            Some(p) => p.to_string(),
+            None => header_str(h, PURPOSE)?
+                .ok_or_else(|| bad(format!("{PURPOSE} is required (e.g. case-handling)")))?,
+        };
         validate_org_id(&purpose).map_err(|_| {
             bad(format!(
                 "{PURPOSE} must be lowercase ascii letters, digits and '-'"
@@ -331,7 +340,7 @@ impl Proxy {
             .trust
             .rate
             .check(&caller.id())
-            .and_then(|()| Intent::parse(&parts.headers, &self.trust.pseudonyms))
+            .and_then(|()| Intent::parse(&parts.headers, &self.trust.pseudonyms, None))
         {
             Ok(i) => i,
             Err(e) => return self.refuse(e, &call.request_id),
@@ -449,11 +458,12 @@ impl Proxy {
         };
         // 6. Provider policy (the providing city has the final say), on what the home node
         //    vouched for: caller organisation, roles and purpose from the assertion.
-        let intent = match Intent::parse(&parts.headers, &self.trust.pseudonyms) {
-            Ok(mut i) => {
-                i.purpose = claims.purpose.clone();
-                i
-            }
+        let intent = match Intent::parse(
+            &parts.headers,
+            &self.trust.pseudonyms,
+            Some(&claims.purpose),
+        ) {
+            Ok(i) => i,
             Err(e) => return self.refuse(e, &call.request_id),
         };
         if let Err(e) = self.authorise(
