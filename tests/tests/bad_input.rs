@@ -190,11 +190,9 @@ async fn caller_and_request_refusals() {
     // Tampering.
     let mut parts: Vec<String> = valid.split('.').map(String::from).collect();
     let sig = parts[2].clone();
-    let flipped = if sig.starts_with('A') {
-        format!("B{}", &sig[1..])
-    } else {
-        format!("A{}", &sig[1..])
-    };
+    // Change the first signature character (never to itself).
+    let first = if sig.starts_with('A') { 'B' } else { 'A' };
+    let flipped = format!("{first}{}", sig.get(1..).unwrap_or_default());
     parts[2] = flipped;
     let tampered_sig = parts.join(".");
     let mut other_claims = good(600);
