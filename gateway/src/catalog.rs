@@ -5,7 +5,7 @@
 //! This module also produces the node's own signed catalog (what peers receive) and checks
 //! the ones peers send.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -13,10 +13,15 @@ use arc_swap::ArcSwap;
 use prost::Message;
 use rustls::pki_types::CertificateDer;
 use tokio::sync::watch;
-use tongban_proto::federation::v1::{Catalog as WireCatalog, CatalogEntry, SignedCatalog};
+use tongban_proto::federation::v1::{
+    Catalog as WireCatalog, CatalogEntry, RevokedConsent, SignedCatalog,
+};
 
 use crate::config::validate_org_id;
-use crate::registry::{validate_catalog_code, validate_service_name, ServiceRecord};
+use crate::consent::ConsentStore;
+use crate::registry::{
+    validate_catalog_code, validate_service_name, Registry, RegistryError, ServiceRecord,
+};
 use crate::trust::{self, NodeIdentity, TrustError};
 use crate::upstream::{Endpoint, EndpointSet};
 
@@ -44,6 +49,8 @@ pub struct PeerCatalog {
     pub version: u64,
     pub issued_at_ms: i64,
     pub services: Vec<PeerService>,
+    /// Consent ids the peer issued and revoked.
+    pub revoked_consents: HashSet<String>,
 }
 
 /// One consistent view of everything the call path routes by.
@@ -54,9 +61,21 @@ pub struct Snapshot {
     pub local: Vec<Arc<LocalService>>,
     pub peers: BTreeMap<String, Arc<PeerCatalog>>,
     pub signed_local: Arc<SignedCatalog>,
+    /// Consent ids this node issued and revoked.
+    pub revoked_consents: HashSet<String>,
 }
 
 impl Snapshot {
+    /// Whether `city` revoked the consent `id` (this node's own revocations included).
+    pub fn consent_revoked(&self, city: &str, id: &str) -> bool {
+        if city == self.city {
+            return self.revoked_consents.contains(id);
+        }
+        self.peers
+            .get(city)
+            .is_some_and(|c| c.revoked_consents.contains(id))
+    }
+
     /// Local providers of `service` (one per organisation offering it).
     pub fn local_providers<'a>(
         &'a self,
@@ -119,13 +138,19 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    pub fn new(identity: Arc<NodeIdentity>, version: u64, records: Vec<ServiceRecord>) -> Self {
+    pub fn new(
+        identity: Arc<NodeIdentity>,
+        version: u64,
+        records: Vec<ServiceRecord>,
+        revoked: Vec<RevokedConsent>,
+    ) -> Self {
         let empty = Arc::new(Snapshot {
             city: identity.city.clone(),
             local_version: 0,
             local: Vec::new(),
             peers: BTreeMap::new(),
             signed_local: Arc::new(SignedCatalog::default()),
+            revoked_consents: HashSet::new(),
         });
         let (changes, _) = watch::channel(empty.clone());
         let catalog = Catalog {
@@ -135,7 +160,7 @@ impl Catalog {
             changes,
             endpoints: Mutex::new(HashMap::new()),
         };
-        catalog.set_local(version, records);
+        catalog.set_local(version, records, revoked);
         catalog
     }
 
@@ -168,7 +193,12 @@ impl Catalog {
     }
 
     /// Installs the local registry content at `version` and re-signs the local catalog.
-    pub fn set_local(&self, version: u64, records: Vec<ServiceRecord>) {
+    pub fn set_local(
+        &self,
+        version: u64,
+        records: Vec<ServiceRecord>,
+        revoked: Vec<RevokedConsent>,
+    ) {
         let Ok(_g) = self.update.lock() else { return };
         let local: Vec<Arc<LocalService>> = records
             .into_iter()
@@ -198,6 +228,7 @@ impl Catalog {
                     description: s.record.description.clone(),
                 })
                 .collect(),
+            revoked_consents: revoked,
         };
         let bytes = wire.encode_to_vec();
         let signed = SignedCatalog {
@@ -211,6 +242,7 @@ impl Catalog {
             local,
             peers: cur.peers.clone(),
             signed_local: Arc::new(signed),
+            revoked_consents: crate::consent::revoked_set(&wire.revoked_consents),
         });
     }
 
@@ -226,6 +258,7 @@ impl Catalog {
             local: cur.local.clone(),
             peers,
             signed_local: cur.signed_local.clone(),
+            revoked_consents: cur.revoked_consents.clone(),
         });
     }
 }
@@ -278,5 +311,55 @@ pub fn verify_peer_catalog(
         version: wire.version,
         issued_at_ms: wire.issued_at_ms,
         services,
+        revoked_consents: crate::consent::revoked_set(&wire.revoked_consents),
     })
+}
+
+/// Publishes this node's state (registry and consent revocations) as a new signed catalog.
+/// Changes go through one lock, so a newer version is never overtaken by an older one.
+pub struct Publisher {
+    pub registry: Registry,
+    pub consents: ConsentStore,
+    pub catalog: Arc<Catalog>,
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl Publisher {
+    pub fn new(registry: Registry, consents: ConsentStore, catalog: Arc<Catalog>) -> Self {
+        Publisher {
+            registry,
+            consents,
+            catalog,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn install(&self, version: u64) -> Result<(), RegistryError> {
+        let records = self.registry.list()?;
+        self.catalog
+            .set_local(version, records, self.consents.revocations());
+        Ok(())
+    }
+
+    pub async fn register(&self, rec: &ServiceRecord) -> Result<u64, RegistryError> {
+        let _g = self.lock.lock().await;
+        let v = self.registry.register(rec).await?;
+        self.install(v)?;
+        Ok(v)
+    }
+
+    pub async fn withdraw(&self, organisation: &str, service: &str) -> Result<u64, RegistryError> {
+        let _g = self.lock.lock().await;
+        let v = self.registry.withdraw(organisation, service).await?;
+        self.install(v)?;
+        Ok(v)
+    }
+
+    /// A new version with unchanged services (after a consent revocation).
+    pub async fn republish(&self) -> Result<u64, RegistryError> {
+        let _g = self.lock.lock().await;
+        let v = self.registry.bump_version().await?;
+        self.install(v)?;
+        Ok(v)
+    }
 }

@@ -1,8 +1,10 @@
 //! `tongban demo`: the main job on embedded defaults. A Jinan and a Qingdao node with their
-//! providers on loopback, fresh certificates in a temporary directory; services registered
-//! through the Registry API; cross-city calls both ways, a server-streaming call and a local
-//! call; a table of what happened; exit 0 only if each cross-city call was answered by the
-//! other city's provider.
+//! providers on loopback, fresh certificates and dev identity providers in a temporary
+//! directory; services registered through the Registry API as personal-data services;
+//! citizens' consents granted on their home nodes; cross-city calls both ways with real JWTs,
+//! policy and consent, a server-streaming call, a local call, and refusals (no consent, a
+//! revoked consent, an unknown city); a table of what happened; exit 0 only if each
+//! cross-city call was answered by the other city's provider and each refusal was refused.
 
 use std::time::{Duration, Instant};
 
@@ -37,22 +39,35 @@ pub enum DemoError {
     Check(String),
 }
 
+/// Who a demo call is about and with which consent.
+#[derive(Clone, Copy)]
+pub struct About<'a> {
+    pub subject: &'a str,
+    pub consent: Option<&'a str>,
+}
+
 /// A call from a system of `from` (organisation `hrss`, with its own city's JWT) to `target`,
-/// for case handling.
+/// for case handling, about a citizen.
 fn request<T>(
     fed: &LocalFederation,
     msg: T,
     from: &str,
     target: &str,
+    about: About<'_>,
 ) -> Result<Request<T>, DemoError> {
     let mut r = Request::new(msg);
     let token = fed.token(from, "hrss")?;
     let md = r.metadata_mut();
-    for (k, v) in [
+    let mut pairs = vec![
         ("x-tongban-target-city", target.to_string()),
         ("x-tongban-purpose", "case-handling".to_string()),
+        ("x-tongban-subject", about.subject.to_string()),
         ("authorization", format!("Bearer {token}")),
-    ] {
+    ];
+    if let Some(c) = about.consent {
+        pairs.push(("x-tongban-consent", c.to_string()));
+    }
+    for (k, v) in pairs {
         if let Ok(v) = MetadataValue::try_from(v.as_str()) {
             md.insert(k, v);
         }
@@ -66,6 +81,7 @@ async fn submit(
     from: &str,
     to: &str,
     code: &str,
+    about: About<'_>,
 ) -> Result<(Row, String), DemoError> {
     let mut client = CrossCityServiceClient::new(fed.channel(from).await?);
     let msg = SubmitRequest {
@@ -74,7 +90,7 @@ async fn submit(
         attachment: vec![0u8; 256],
     };
     let t = Instant::now();
-    let r = client.submit(request(fed, msg, from, to)?).await;
+    let r = client.submit(request(fed, msg, from, to, about)?).await;
     let latency = t.elapsed();
     let (status, answered_by, detail, id) = match r {
         Ok(resp) => {
@@ -101,7 +117,13 @@ async fn submit(
     ))
 }
 
-async fn watch(fed: &LocalFederation, from: &str, to: &str, id: &str) -> Result<Row, DemoError> {
+async fn watch(
+    fed: &LocalFederation,
+    from: &str,
+    to: &str,
+    id: &str,
+    about: About<'_>,
+) -> Result<Row, DemoError> {
     let mut client = CrossCityServiceClient::new(fed.channel(from).await?);
     let t = Instant::now();
     let r = client
@@ -112,6 +134,7 @@ async fn watch(fed: &LocalFederation, from: &str, to: &str, id: &str) -> Result<
             },
             from,
             to,
+            about,
         )?)
         .await;
     let mut states = Vec::new();
@@ -155,23 +178,116 @@ async fn watch(fed: &LocalFederation, from: &str, to: &str, id: &str) -> Result<
     })
 }
 
+/// A demo resident identity number with a valid check digit (region 3701 Jinan, 3702
+/// Qingdao).
+pub fn demo_subject(first17: &str) -> String {
+    let check = crate::subject::check_digit(first17).unwrap_or('0');
+    format!("{first17}{check}")
+}
+
 /// Runs the demo calls against a running two-city federation.
 pub async fn run_calls(fed: &LocalFederation) -> Result<Vec<Row>, DemoError> {
+    let jinan_citizen = demo_subject("37010219850312002");
+    let qingdao_citizen = demo_subject("37020219920704003");
+    // Each citizen consents on their home node, for one organisation, city and purpose.
+    let (jq_id, jq_consent) = fed
+        .grant_consent(
+            "jinan",
+            &jinan_citizen,
+            "jinan/hrss",
+            "qingdao",
+            "case-handling",
+        )
+        .await?;
+    let (_, qj_consent) = fed
+        .grant_consent(
+            "qingdao",
+            &qingdao_citizen,
+            "qingdao/hrss",
+            "jinan",
+            "case-handling",
+        )
+        .await?;
+    let (_, jj_consent) = fed
+        .grant_consent(
+            "jinan",
+            &jinan_citizen,
+            "jinan/hrss",
+            "jinan",
+            "case-handling",
+        )
+        .await?;
+    let jinan = |consent| About {
+        subject: &jinan_citizen,
+        consent,
+    };
+    let qingdao = About {
+        subject: &qingdao_citizen,
+        consent: Some(&qj_consent),
+    };
+
     let mut rows = Vec::new();
-    let (row, jq_app) = submit(fed, "jinan", "qingdao", "JQ-HRSS-003").await?;
+    let (row, jq_app) = submit(
+        fed,
+        "jinan",
+        "qingdao",
+        "JQ-HRSS-003",
+        jinan(Some(&jq_consent)),
+    )
+    .await?;
     rows.push(row);
-    let (row, _) = submit(fed, "qingdao", "jinan", "JQ-GJJ-001").await?;
+    let (row, _) = submit(fed, "qingdao", "jinan", "JQ-GJJ-001", qingdao).await?;
     rows.push(row);
-    let (row, _) = submit(fed, "jinan", "jinan", "JQ-HJ-002").await?;
+    let (row, _) = submit(fed, "jinan", "jinan", "JQ-HJ-002", jinan(Some(&jj_consent))).await?;
     rows.push(row);
-    rows.push(watch(fed, "jinan", "qingdao", &jq_app).await?);
-    let (row, _) = submit(fed, "jinan", "beijing", "JQ-HRSS-003").await?;
+    rows.push(watch(fed, "jinan", "qingdao", &jq_app, jinan(Some(&jq_consent))).await?);
+    let (mut row, _) = submit(fed, "jinan", "qingdao", "JQ-HRSS-003", jinan(None)).await?;
+    row.call.push_str(" (no consent)");
+    rows.push(row);
+    // The citizen revokes; Qingdao learns it from Jinan's signed catalog within moments.
+    fed.revoke_consent("jinan", &jinan_citizen, &jq_id).await?;
+    let qingdao_node = fed.city("qingdao")?.node();
+    if let Some(n) = qingdao_node {
+        n.wait_for_catalog(Duration::from_secs(5), |s| {
+            s.consent_revoked("jinan", &jq_id)
+        })
+        .await;
+    }
+    let (mut row, _) = submit(
+        fed,
+        "jinan",
+        "qingdao",
+        "JQ-HRSS-003",
+        jinan(Some(&jq_consent)),
+    )
+    .await?;
+    row.call.push_str(" (revoked)");
+    rows.push(row);
+    let (row, _) = submit(
+        fed,
+        "jinan",
+        "beijing",
+        "JQ-HRSS-003",
+        jinan(Some(&jq_consent)),
+    )
+    .await?;
     rows.push(row);
     Ok(rows)
 }
 
-/// Checks that each cross-city direction was answered by the other city's provider.
+/// Checks that each cross-city direction was answered by the other city's provider, and
+/// that the calls without a valid consent were refused.
 pub fn check(rows: &[Row]) -> Result<(), DemoError> {
+    for suffix in [" (no consent)", " (revoked)"] {
+        let refused = rows
+            .iter()
+            .any(|r| r.call.ends_with(suffix) && r.status == Code::PermissionDenied);
+        if !refused {
+            return Err(DemoError::Check(format!(
+                "the call{suffix} was not refused"
+            )));
+        }
+    }
     for (from, to) in [("jinan", "qingdao"), ("qingdao", "jinan")] {
         let route = format!("{from} → {to}");
         let ok = rows
@@ -243,14 +359,11 @@ pub fn table(rows: &[Row]) -> String {
 /// Starts the two-city federation and registers its providers.
 pub async fn start(root: &std::path::Path) -> Result<LocalFederation, DemoError> {
     let fed = LocalFederation::start(root, &["jinan", "qingdao"], loopback_limits()).await?;
-    fed.register_crosscity("jinan", "hrss", &["JQ-HRSS-003", "JQ-GJJ-001", "JQ-HJ-002"])
+    let codes = ["JQ-HRSS-003", "JQ-GJJ-001", "JQ-HJ-002"];
+    fed.register_crosscity("jinan", "hrss", &codes, true)
         .await?;
-    fed.register_crosscity(
-        "qingdao",
-        "hrss",
-        &["JQ-HRSS-003", "JQ-GJJ-001", "JQ-HJ-002"],
-    )
-    .await?;
+    fed.register_crosscity("qingdao", "hrss", &codes, true)
+        .await?;
     let wait = Duration::from_secs(10);
     let federated = fed
         .wait_until_federated(wait, |_, c| !c.services.is_empty())

@@ -36,6 +36,9 @@ pub struct Peer {
     pub city: String,
     pub endpoint: Arc<Endpoint>,
     up: AtomicBool,
+    /// Raw ed25519 key of the peer's node certificate, learnt (and verified) in the
+    /// handshake: it verifies the consents that city issues.
+    node_key: arc_swap::ArcSwapOption<Vec<u8>>,
 }
 
 impl Peer {
@@ -44,7 +47,13 @@ impl Peer {
             city,
             endpoint,
             up: AtomicBool::new(false),
+            node_key: arc_swap::ArcSwapOption::empty(),
         }
+    }
+
+    /// The peer node's public key, once a handshake succeeded.
+    pub fn node_key(&self) -> Option<Arc<Vec<u8>>> {
+        self.node_key.load_full()
     }
 
     /// Whether the catalog stream with this peer is established.
@@ -238,6 +247,9 @@ impl PeerSync {
         let cert = CertificateDer::from(answer.node_certificate);
         self.bundle
             .verify_node_cert(city, std::slice::from_ref(&cert))?;
+        self.peer
+            .node_key
+            .store(Some(Arc::new(crate::trust::public_key_of(&cert)?)));
         let mut stream = client
             .watch_catalog(GetCatalogRequest {})
             .await?

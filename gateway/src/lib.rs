@@ -8,6 +8,7 @@ pub mod auth;
 pub mod catalog;
 pub mod certs;
 pub mod config;
+pub mod consent;
 pub mod demo;
 pub mod federation;
 pub mod grpc;

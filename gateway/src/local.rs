@@ -10,6 +10,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tongban_crosscity::Provider;
+use tongban_proto::consent::v1::consent_client::ConsentClient;
+use tongban_proto::consent::v1::{GrantRequest, RevokeRequest};
 use tongban_proto::registry::v1::registry_client::RegistryClient;
 use tongban_proto::registry::v1::{RegisterServiceRequest, ServiceRegistration};
 use tonic::transport::Channel;
@@ -18,6 +20,13 @@ use crate::certs::{self, Generated};
 use crate::config::{AuthConfig, Limits, NodeConfig, PeerConfig};
 use crate::idp::{self, DevIdp};
 use crate::node::{Listeners, PreparedNode, RunningNode};
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
 
 /// Full name of the reference provider's service.
 pub const CROSSCITY_SERVICE: &str = "tongban.crosscity.v1.CrossCityService";
@@ -207,12 +216,14 @@ impl LocalFederation {
             .await?)
     }
 
-    /// Registers the city's reference provider as `organisation` through the Registry API.
+    /// Registers the city's reference provider as `organisation` through the Registry API;
+    /// with `personal_data`, every call needs the subject's consent.
     pub async fn register_crosscity(
         &self,
         city: &str,
         organisation: &str,
         catalog_codes: &[&str],
+        personal_data: bool,
     ) -> Result<u64, LocalError> {
         let endpoint = self.city(city)?.provider.url();
         let mut client = RegistryClient::new(self.channel(city).await?);
@@ -223,12 +234,63 @@ impl LocalFederation {
                     service: CROSSCITY_SERVICE.to_string(),
                     endpoints: vec![endpoint],
                     catalog_codes: catalog_codes.iter().map(|c| c.to_string()).collect(),
-                    personal_data: true,
+                    personal_data,
                     description: format!("cross-city services of {city}"),
                 }),
             })
             .await?;
         Ok(resp.into_inner().catalog_version)
+    }
+
+    /// Grants a consent on `home`'s node through its Consent API, as that city's consent
+    /// portal (`home/portal`, role `consent-portal`). Returns (consent id, token).
+    pub async fn grant_consent(
+        &self,
+        home: &str,
+        subject: &str,
+        grantee: &str,
+        target_city: &str,
+        purpose: &str,
+    ) -> Result<(String, String), LocalError> {
+        let mut client = ConsentClient::new(self.channel(home).await?);
+        let mut req = tonic::Request::new(GrantRequest {
+            subject: subject.to_string(),
+            grantee: grantee.to_string(),
+            target_city: target_city.to_string(),
+            service: CROSSCITY_SERVICE.to_string(),
+            purpose: purpose.to_string(),
+            expires_at_ms: now_ms() + 24 * 3600 * 1000,
+        });
+        self.as_portal(home, &mut req)?;
+        let r = client.grant(req).await?.into_inner();
+        let id = r.consent.map(|c| c.id).unwrap_or_default();
+        Ok((id, r.token))
+    }
+
+    /// Revokes a consent on `home`'s node, as its consent portal.
+    pub async fn revoke_consent(
+        &self,
+        home: &str,
+        subject: &str,
+        id: &str,
+    ) -> Result<(), LocalError> {
+        let mut client = ConsentClient::new(self.channel(home).await?);
+        let mut req = tonic::Request::new(RevokeRequest {
+            subject: subject.to_string(),
+            id: id.to_string(),
+        });
+        self.as_portal(home, &mut req)?;
+        client.revoke(req).await?;
+        Ok(())
+    }
+
+    fn as_portal<T>(&self, city: &str, req: &mut tonic::Request<T>) -> Result<(), LocalError> {
+        let token =
+            dev_token_with_roles(&self.certs, city, "portal", &[crate::consent::PORTAL_ROLE])?;
+        let v = tonic::metadata::MetadataValue::try_from(format!("Bearer {token}"))
+            .map_err(|e| LocalError::NoCity(e.to_string()))?;
+        req.metadata_mut().insert("authorization", v);
+        Ok(())
     }
 
     /// Waits until every node holds a catalog from every peer in which `pred` holds.
@@ -338,18 +400,23 @@ pub fn node_config(
 
 /// A bearer token of `org` of `city` from the dev identity provider in `certs`.
 pub fn dev_token(certs: &Generated, city: &str, org: &str) -> Result<String, LocalError> {
+    dev_token_with_roles(certs, city, org, &[])
+}
+
+/// A bearer token of `org` of `city` with `roles`.
+pub fn dev_token_with_roles(
+    certs: &Generated,
+    city: &str,
+    org: &str,
+    roles: &[&str],
+) -> Result<String, LocalError> {
     let files = certs
         .city(city)
         .ok_or_else(|| LocalError::NoCity(city.to_string()))?;
+    let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+    let sub = format!("{org}-system");
     DevIdp::load(city, &idp::kid(city, 1), &files.idp_key)
-        .and_then(|i| {
-            i.issue(
-                org,
-                &[],
-                Duration::from_secs(3600),
-                &format!("{org}-system"),
-            )
-        })
+        .and_then(|i| i.issue(org, &roles, Duration::from_secs(3600), &sub))
         .map_err(|e| LocalError::NoCity(e.to_string()))
 }
 

@@ -15,8 +15,9 @@ use tonic::service::Routes;
 
 use crate::assertion::{self, ReplayCache};
 use crate::auth::{AuthSettings, Authenticator, JwksSource};
-use crate::catalog::{Catalog, Snapshot};
+use crate::catalog::{Catalog, Publisher, Snapshot};
 use crate::config::NodeConfig;
+use crate::consent::{ConsentApi, ConsentStore};
 use crate::federation::{FederationApi, Peer, PeerSync};
 use crate::policy::PolicyStore;
 use crate::proxy::Proxy;
@@ -28,6 +29,7 @@ use crate::server::{self, Side};
 use crate::subject::Pseudonymizer;
 use crate::trust::{NodeIdentity, TrustBundle, TrustError};
 use crate::upstream::Endpoint;
+use tongban_proto::consent::v1::consent_server::ConsentServer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -96,6 +98,7 @@ pub struct PreparedNode {
     bundle: TrustBundle,
     identity: Arc<NodeIdentity>,
     registry: Registry,
+    consents: ConsentStore,
     checks: TrustChecks,
     caller_tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -153,14 +156,20 @@ impl PreparedNode {
                 path: store.display().to_string(),
                 source,
             })?,
-            pseudonyms: Pseudonymizer::open(&config.data_dir)?,
+            pseudonyms: Arc::new(Pseudonymizer::open(&config.data_dir)?),
             rate: RateLimiter::new(config.limits.caller_rate_per_s, config.limits.caller_burst),
+            own_key: Arc::new(crate::trust::public_key_of(&identity.chain[0])?),
         };
+        let consents = ConsentStore::open(&db).map_err(|source| NodeError::Store {
+            path: store.display().to_string(),
+            source,
+        })?;
         Ok(PreparedNode {
             config,
             bundle,
             identity,
             registry,
+            consents,
             checks,
             caller_tls,
         })
@@ -173,6 +182,7 @@ impl PreparedNode {
             bundle,
             identity,
             registry,
+            consents,
             checks,
             caller_tls,
         } = self;
@@ -184,7 +194,9 @@ impl PreparedNode {
             identity.clone(),
             registry.version()?,
             registry.list()?,
+            consents.revocations(),
         ));
+        let publisher = Arc::new(Publisher::new(registry, consents.clone(), catalog.clone()));
         let mut peers = BTreeMap::new();
         for p in &config.peers {
             let tls = identity.peer_client_config(&bundle, &p.city)?;
@@ -212,12 +224,20 @@ impl PreparedNode {
             .build_v1alpha()
             .map_err(|e| NodeError::Reflection(e.to_string()))?;
 
+        let consent_api = ConsentApi {
+            city: config.city.clone(),
+            auth: checks.auth.clone(),
+            store: consents,
+            pseudonyms: checks.pseudonyms.clone(),
+            key: jsonwebtoken::EncodingKey::from_ed_der(identity.key_pkcs8()),
+            publisher: publisher.clone(),
+        };
         let caller_routes = Routes::new(RegistryServer::new(RegistryApi {
             city: config.city.clone(),
-            registry,
-            catalog: catalog.clone(),
+            publisher,
             peers: peers.clone(),
         }))
+        .add_service(ConsentServer::new(consent_api))
         .add_service(health_svc.clone())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

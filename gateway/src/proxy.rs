@@ -25,6 +25,7 @@ use crate::catalog::Catalog;
 use crate::catalog::{LocalService, Snapshot};
 use crate::config::validate_org_id;
 use crate::config::Limits;
+use crate::consent;
 use crate::federation::Peer;
 use crate::grpc::{
     self, code_for_http_status, format_timeout, parse_timeout, status_response, RequestGuard,
@@ -296,8 +297,10 @@ pub struct TrustChecks {
     pub policy: Arc<PolicyStore>,
     pub signer: assertion::Signer,
     pub replay: ReplayCache,
-    pub pseudonyms: Pseudonymizer,
+    pub pseudonyms: Arc<Pseudonymizer>,
     pub rate: RateLimiter,
+    /// This node's raw ed25519 public key (verifies the consents it issued).
+    pub own_key: Arc<Vec<u8>>,
 }
 
 /// The proxy of one node.
@@ -373,10 +376,16 @@ impl Proxy {
         //    caller assertion signed by this node.
         let result = match route {
             Route::Local(svc) => {
-                set(&mut parts.headers, ORIGIN_CITY, &self.city);
-                set(&mut parts.headers, CALLER, &caller.id());
-                self.forward(&call, parts, body, Target::Provider(&svc.endpoints))
-                    .await
+                // This node is also the providing node: it checks the consent itself.
+                match self.check_consent(&parts.headers, &svc, &caller.id(), &call, &intent) {
+                    Ok(()) => {
+                        set(&mut parts.headers, ORIGIN_CITY, &self.city);
+                        set(&mut parts.headers, CALLER, &caller.id());
+                        self.forward(&call, parts, body, Target::Provider(&svc.endpoints))
+                            .await
+                    }
+                    Err(e) => Err(e),
+                }
             }
             Route::Peer(peer) => {
                 set(&mut parts.headers, TARGET_CITY, &peer.city);
@@ -476,7 +485,10 @@ impl Proxy {
         ) {
             return self.refuse(e, &call.request_id);
         }
-        // Consent for personal-data services: the trust issue, next part.
+        let caller_id = format!("{}/{}", peer.city, claims.sub);
+        if let Err(e) = self.check_consent(&parts.headers, &svc, &caller_id, &call, &intent) {
+            return self.refuse(e, &call.request_id);
+        }
         strip(&mut parts.headers, HOP_BY_HOP);
         strip(&mut parts.headers, NODE_ONLY);
         set(&mut parts.headers, ORIGIN_CITY, &peer.city);
@@ -523,6 +535,46 @@ impl Proxy {
                 decision.explain(&req)
             )))
         }
+    }
+
+    /// The providing node's consent check for personal-data services: signature (by the
+    /// issuing city's node), subject, grantee, target city, service, purpose, expiry and
+    /// revocation.
+    fn check_consent(
+        &self,
+        h: &HeaderMap,
+        svc: &LocalService,
+        caller: &str,
+        call: &Call,
+        intent: &Intent,
+    ) -> Result<(), ProxyError> {
+        if !svc.record.personal_data {
+            return Ok(());
+        }
+        let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+        let scope = consent::ConsentScope {
+            subject: text(subject::HEADER),
+            caller,
+            target_city: &self.city,
+            service: &call.service,
+            purpose: &intent.purpose,
+        };
+        let snap = self.catalog.snapshot();
+        let key = |city: &str| {
+            if city == self.city {
+                Some(self.trust.own_key.clone())
+            } else {
+                self.peers.get(city).and_then(|p| p.node_key())
+            }
+        };
+        consent::verify(text(consent::HEADER), &scope, key, |city, id| {
+            snap.consent_revoked(city, id)
+        })
+        .map(|_| ())
+        .map_err(|e| match e {
+            consent::ConsentError::NoSubject(_) => ProxyError::BadRequest(e.to_string()),
+            _ => ProxyError::PermissionDenied(format!("{}: {e}", self.city)),
+        })
     }
 
     fn check_metadata(&self, h: &HeaderMap) -> Result<(), ProxyError> {

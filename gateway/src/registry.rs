@@ -13,6 +13,7 @@ use crate::upstream::parse_endpoint_url;
 /// Services a provider may not register: they are the node's own.
 const RESERVED_PREFIXES: &[&str] = &[
     "tongban.registry.",
+    "tongban.consent.",
     "tongban.federation.",
     "grpc.health.",
     "grpc.reflection.",
@@ -164,6 +165,14 @@ impl Registry {
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0))
+    }
+
+    /// A new catalog version without a registry change (consent revocations are published
+    /// with the catalog).
+    pub async fn bump_version(&self) -> Result<u64, RegistryError> {
+        let v = self.bump()?;
+        self.db.flush_async().await?;
+        Ok(v)
     }
 
     fn bump(&self) -> Result<u64, RegistryError> {

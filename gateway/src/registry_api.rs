@@ -11,9 +11,9 @@ use tongban_proto::registry::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::catalog::Catalog;
+use crate::catalog::Publisher;
 use crate::federation::Peer;
-use crate::registry::{Registry, RegistryError, ServiceRecord};
+use crate::registry::{RegistryError, ServiceRecord};
 
 impl From<RegistryError> for Status {
     fn from(e: RegistryError) -> Self {
@@ -30,18 +30,8 @@ impl From<RegistryError> for Status {
 
 pub struct RegistryApi {
     pub city: String,
-    pub registry: Registry,
-    pub catalog: Arc<Catalog>,
+    pub publisher: Arc<Publisher>,
     pub peers: BTreeMap<String, Arc<Peer>>,
-}
-
-impl RegistryApi {
-    /// Re-reads the registry into a new catalog snapshot (which peers then receive).
-    fn publish(&self, version: u64) -> Result<(), Status> {
-        let records = self.registry.list()?;
-        self.catalog.set_local(version, records);
-        Ok(())
-    }
 }
 
 #[tonic::async_trait]
@@ -55,8 +45,7 @@ impl RegistryRpc for RegistryApi {
             .registration
             .ok_or_else(|| Status::invalid_argument("registration is missing"))?;
         let rec = ServiceRecord::try_from(reg)?;
-        let version = self.registry.register(&rec).await?;
-        self.publish(version)?;
+        let version = self.publisher.register(&rec).await?;
         tracing::info!(organisation = %rec.organisation, service = %rec.service, version, "service registered");
         Ok(Response::new(RegisterServiceResponse {
             catalog_version: version,
@@ -68,8 +57,7 @@ impl RegistryRpc for RegistryApi {
         req: Request<WithdrawServiceRequest>,
     ) -> Result<Response<WithdrawServiceResponse>, Status> {
         let r = req.into_inner();
-        let version = self.registry.withdraw(&r.organisation, &r.service).await?;
-        self.publish(version)?;
+        let version = self.publisher.withdraw(&r.organisation, &r.service).await?;
         tracing::info!(organisation = %r.organisation, service = %r.service, version, "service withdrawn");
         Ok(Response::new(WithdrawServiceResponse {
             catalog_version: version,
@@ -85,7 +73,7 @@ impl RegistryRpc for RegistryApi {
             .map_err(|_| Status::invalid_argument(format!("unknown scope {}", r.scope)))?;
         let city = r.city.trim().to_ascii_lowercase();
         let wants = |c: &str| city.is_empty() || city == c;
-        let snap = self.catalog.snapshot();
+        let snap = self.publisher.catalog.snapshot();
         let mut services = Vec::new();
         if scope != Scope::Federated && wants(&self.city) {
             services.extend(snap.local.iter().map(|s| CatalogService {

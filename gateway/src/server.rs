@@ -29,6 +29,7 @@ use crate::trust::{PeerIdentity, TrustBundle};
 /// Paths the caller listener serves itself instead of proxying.
 const CALLER_CONTROL: &[&str] = &[
     "/tongban.registry.v1.Registry/",
+    "/tongban.consent.v1.Consent/",
     "/grpc.health.v1.Health/",
     "/grpc.reflection.v1.ServerReflection/",
     "/grpc.reflection.v1alpha.ServerReflection/",

@@ -25,3 +25,9 @@ pub mod crosscity {
         tonic::include_proto!("tongban.crosscity.v1");
     }
 }
+
+pub mod consent {
+    pub mod v1 {
+        tonic::include_proto!("tongban.consent.v1");
+    }
+}

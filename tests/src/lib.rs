@@ -40,7 +40,7 @@ impl Fed {
             .await
             .expect("federation starts");
         for c in cities {
-            fed.register_crosscity(c, "hrss", &["JQ-HRSS-003", "JQ-GJJ-001"])
+            fed.register_crosscity(c, "hrss", &["JQ-HRSS-003", "JQ-GJJ-001"], false)
                 .await
                 .expect("register provider");
         }

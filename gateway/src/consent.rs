@@ -1,0 +1,365 @@
+//! Citizens' consents (DESIGN §6): granted on the subject's home node, carried by the grantee
+//! as `x-tongban-consent`, checked by the providing node for every call to a personal-data
+//! service.
+//!
+//! A consent token is an EdDSA JWT signed with the issuing node's key. It names the grantee
+//! (`city/org`), the target city, the service, the purpose, the expiry and a unique id. The
+//! subject appears only as `sbj = SHA-256(domain ‖ id ‖ subject)`: the providing node, which
+//! has the clear id in flight (`x-tongban-subject`), can check it; nobody holding only the
+//! token learns who it is about. The issuing node stores its records under its keyed
+//! pseudonym of the subject, and publishes revocations with its signed catalog.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tongban_proto::consent::v1::consent_server::Consent as ConsentRpc;
+use tongban_proto::consent::v1::{
+    ConsentRecord, GrantRequest, GrantResponse, ListRequest, ListResponse, RevokeRequest,
+    RevokeResponse,
+};
+use tongban_proto::federation::v1::RevokedConsent;
+use tonic::{Request, Response, Status};
+
+use crate::auth::{Authenticator, Caller};
+use crate::catalog::Publisher;
+use crate::config::{validate_city_id, validate_org_id};
+use crate::registry::validate_service_name;
+use crate::subject::{validate_resident_id, Pseudonymizer};
+
+/// Metadata carrying the consent token.
+pub const HEADER: &str = "x-tongban-consent";
+/// Longest consent a node grants.
+const MAX_VALIDITY_MS: i64 = 366 * 24 * 3600 * 1000;
+/// Role of a portal that manages consents on behalf of citizens.
+pub const PORTAL_ROLE: &str = "consent-portal";
+/// Role of a citizen token (its `sub` is the citizen's resident identity number).
+pub const CITIZEN_ROLE: &str = "citizen";
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The subject binding of a consent.
+pub fn subject_digest(id: &str, subject: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"tongban-consent-subject\0");
+    h.update(id.as_bytes());
+    h.update(b"\0");
+    h.update(subject.to_ascii_uppercase().as_bytes());
+    hex::encode(h.finalize())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConsentClaims {
+    /// Issuing (home) city.
+    pub iss: String,
+    pub jti: String,
+    pub sbj: String,
+    /// Grantee `city/org`.
+    pub gnt: String,
+    /// Target city.
+    pub tgt: String,
+    pub svc: String,
+    pub pur: String,
+    pub iat: u64,
+    pub exp: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsentError {
+    #[error("service {0} handles personal data: x-tongban-consent is required")]
+    Missing(String),
+    #[error("service {0} handles personal data: x-tongban-subject is required")]
+    NoSubject(String),
+    #[error("consent is invalid: {0}")]
+    Invalid(String),
+    #[error("consent was issued by `{0}`, whose node key is not known here")]
+    UnknownIssuer(String),
+    #[error("consent does not cover this call: {0}")]
+    OutOfScope(String),
+    #[error("consent {0} was revoked")]
+    Revoked(String),
+}
+
+/// What a call needs a consent for.
+pub struct ConsentScope<'a> {
+    pub subject: Option<&'a str>,
+    pub caller: &'a str,
+    pub target_city: &'a str,
+    pub service: &'a str,
+    pub purpose: &'a str,
+}
+
+/// Checks a consent token against the call. `issuer_key` gives the raw ed25519 key of a
+/// city's node; `revoked` says whether that city revoked a consent id.
+pub fn verify(
+    token: Option<&str>,
+    scope: &ConsentScope<'_>,
+    issuer_key: impl Fn(&str) -> Option<Arc<Vec<u8>>>,
+    revoked: impl Fn(&str, &str) -> bool,
+) -> Result<ConsentClaims, ConsentError> {
+    let token = token.ok_or_else(|| ConsentError::Missing(scope.service.to_string()))?;
+    let subject = scope
+        .subject
+        .ok_or_else(|| ConsentError::NoSubject(scope.service.to_string()))?;
+    let unverified = jsonwebtoken::dangerous::insecure_decode::<ConsentClaims>(token)
+        .map_err(|e| ConsentError::Invalid(e.to_string()))?;
+    let issuer = unverified.claims.iss;
+    let key = issuer_key(&issuer).ok_or_else(|| ConsentError::UnknownIssuer(issuer.clone()))?;
+    let mut v = Validation::new(Algorithm::EdDSA);
+    v.leeway = 5;
+    v.validate_aud = false;
+    v.set_required_spec_claims(&["exp", "iss", "jti"]);
+    v.set_issuer(&[&issuer]);
+    let c = jsonwebtoken::decode::<ConsentClaims>(token, &DecodingKey::from_ed_der(&key), &v)
+        .map_err(|e| ConsentError::Invalid(e.to_string()))?
+        .claims;
+    let out = |what: &str, got: &str, want: &str| {
+        ConsentError::OutOfScope(format!("{what} is `{got}`, the call needs `{want}`"))
+    };
+    if c.sbj != subject_digest(&c.jti, subject) {
+        return Err(ConsentError::OutOfScope("it is for another subject".into()));
+    }
+    if c.gnt != scope.caller {
+        return Err(out("grantee", &c.gnt, scope.caller));
+    }
+    if c.tgt != scope.target_city {
+        return Err(out("target city", &c.tgt, scope.target_city));
+    }
+    if c.svc != scope.service {
+        return Err(out("service", &c.svc, scope.service));
+    }
+    if c.pur != scope.purpose {
+        return Err(out("purpose", &c.pur, scope.purpose));
+    }
+    if revoked(&c.iss, &c.jti) {
+        return Err(ConsentError::Revoked(c.jti));
+    }
+    Ok(c)
+}
+
+/// Consent records of this node's subjects, in sled.
+#[derive(Clone)]
+pub struct ConsentStore {
+    db: sled::Db,
+    /// `pseudonym/id` → ConsentRecord
+    records: sled::Tree,
+    /// `id` → expiry (ms), for the revocations this node publishes
+    revoked: sled::Tree,
+}
+
+impl ConsentStore {
+    pub fn open(db: &sled::Db) -> Result<ConsentStore, sled::Error> {
+        Ok(ConsentStore {
+            db: db.clone(),
+            records: db.open_tree("consent.records")?,
+            revoked: db.open_tree("consent.revoked")?,
+        })
+    }
+
+    fn key(pseudonym: &str, id: &str) -> Vec<u8> {
+        format!("{pseudonym}/{id}").into_bytes()
+    }
+
+    pub async fn insert(&self, pseudonym: &str, r: &ConsentRecord) -> Result<(), sled::Error> {
+        self.records
+            .insert(Self::key(pseudonym, &r.id), r.encode_to_vec())?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn list(&self, pseudonym: &str) -> Result<Vec<ConsentRecord>, sled::Error> {
+        let prefix = format!("{pseudonym}/");
+        let mut out = Vec::new();
+        for kv in self.records.scan_prefix(prefix.as_bytes()) {
+            let (_, v) = kv?;
+            if let Ok(r) = ConsentRecord::decode(v.as_ref()) {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks a consent revoked; `None` when the subject has no such consent.
+    pub async fn revoke(
+        &self,
+        pseudonym: &str,
+        id: &str,
+    ) -> Result<Option<ConsentRecord>, sled::Error> {
+        let key = Self::key(pseudonym, id);
+        let Some(v) = self.records.get(&key)? else {
+            return Ok(None);
+        };
+        let Ok(mut r) = ConsentRecord::decode(v.as_ref()) else {
+            return Ok(None);
+        };
+        r.revoked = true;
+        self.records.insert(key, r.encode_to_vec())?;
+        self.revoked
+            .insert(id.as_bytes(), &r.expires_at_ms.to_be_bytes())?;
+        self.db.flush_async().await?;
+        Ok(Some(r))
+    }
+
+    /// Revocations still worth publishing (not yet expired).
+    pub fn revocations(&self) -> Vec<RevokedConsent> {
+        let now = now_ms();
+        self.revoked
+            .iter()
+            .flatten()
+            .filter_map(|(k, v)| {
+                let exp = <[u8; 8]>::try_from(v.as_ref())
+                    .map(i64::from_be_bytes)
+                    .ok()?;
+                (exp > now).then(|| RevokedConsent {
+                    id: String::from_utf8_lossy(&k).into_owned(),
+                    expires_at_ms: exp,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The set of revoked ids of one city, as published.
+pub fn revoked_set(list: &[RevokedConsent]) -> HashSet<String> {
+    list.iter().map(|r| r.id.clone()).collect()
+}
+
+/// The Consent API on the caller listener.
+pub struct ConsentApi {
+    pub city: String,
+    pub auth: Arc<Authenticator>,
+    pub store: ConsentStore,
+    pub pseudonyms: Arc<Pseudonymizer>,
+    pub key: EncodingKey,
+    pub publisher: Arc<Publisher>,
+}
+
+impl ConsentApi {
+    /// A portal acts for any subject; a citizen only for itself.
+    fn authorise<T>(&self, req: &Request<T>, subject: &str) -> Result<Caller, Status> {
+        let auth = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        let caller = self
+            .auth
+            .authenticate(auth)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        validate_resident_id(subject).map_err(Status::invalid_argument)?;
+        let portal = caller.roles.iter().any(|r| r == PORTAL_ROLE);
+        let citizen = caller.roles.iter().any(|r| r == CITIZEN_ROLE)
+            && caller.subject.eq_ignore_ascii_case(subject);
+        if portal || citizen {
+            Ok(caller)
+        } else {
+            Err(Status::permission_denied(format!(
+                "{} may not manage this subject's consents (needs role {PORTAL_ROLE}, or a {CITIZEN_ROLE} token of the subject)",
+                caller.id()
+            )))
+        }
+    }
+}
+
+fn storage(e: sled::Error) -> Status {
+    tracing::error!(error = %e, "consent storage failure");
+    Status::internal(format!("consent storage failed: {e}"))
+}
+
+#[tonic::async_trait]
+impl ConsentRpc for ConsentApi {
+    async fn grant(&self, req: Request<GrantRequest>) -> Result<Response<GrantResponse>, Status> {
+        let subject = req.get_ref().subject.clone();
+        let caller = self.authorise(&req, &subject)?;
+        let g = req.into_inner();
+        let bad = |m: String| Status::invalid_argument(m);
+        let (gcity, gorg) = g
+            .grantee
+            .split_once('/')
+            .ok_or_else(|| bad("grantee must be city/org".into()))?;
+        validate_city_id(gcity).map_err(bad)?;
+        validate_org_id(gorg).map_err(bad)?;
+        validate_city_id(&g.target_city).map_err(bad)?;
+        validate_service_name(&g.service).map_err(bad)?;
+        validate_org_id(&g.purpose)
+            .map_err(|_| bad("purpose must be lowercase ascii letters, digits and '-'".into()))?;
+        let now = now_ms();
+        if g.expires_at_ms <= now || g.expires_at_ms > now + MAX_VALIDITY_MS {
+            return Err(bad(
+                "expires_at_ms must be in the future and at most a year ahead".into(),
+            ));
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let claims = ConsentClaims {
+            iss: self.city.clone(),
+            jti: id.clone(),
+            sbj: subject_digest(&id, &subject),
+            gnt: g.grantee.clone(),
+            tgt: g.target_city.clone(),
+            svc: g.service.clone(),
+            pur: g.purpose.clone(),
+            iat: u64::try_from(now / 1000).unwrap_or(0),
+            exp: u64::try_from(g.expires_at_ms / 1000).unwrap_or(0),
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.key)
+            .map_err(|e| Status::internal(format!("cannot sign the consent: {e}")))?;
+        let record = ConsentRecord {
+            id,
+            grantee: g.grantee,
+            target_city: g.target_city,
+            service: g.service,
+            purpose: g.purpose,
+            expires_at_ms: g.expires_at_ms,
+            revoked: false,
+            granted_at_ms: now,
+        };
+        let pseudonym = self.pseudonyms.pseudonym(&subject);
+        self.store
+            .insert(&pseudonym, &record)
+            .await
+            .map_err(storage)?;
+        tracing::info!(consent = %record.id, by = %caller.id(), grantee = %record.grantee, "consent granted");
+        Ok(Response::new(GrantResponse {
+            consent: Some(record),
+            token,
+        }))
+    }
+
+    async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let subject = req.get_ref().subject.clone();
+        self.authorise(&req, &subject)?;
+        let consents = self
+            .store
+            .list(&self.pseudonyms.pseudonym(&subject))
+            .map_err(storage)?;
+        Ok(Response::new(ListResponse { consents }))
+    }
+
+    async fn revoke(
+        &self,
+        req: Request<RevokeRequest>,
+    ) -> Result<Response<RevokeResponse>, Status> {
+        let subject = req.get_ref().subject.clone();
+        let caller = self.authorise(&req, &subject)?;
+        let id = req.into_inner().id;
+        let record = self
+            .store
+            .revoke(&self.pseudonyms.pseudonym(&subject), &id)
+            .await
+            .map_err(storage)?
+            .ok_or_else(|| Status::not_found(format!("this subject has no consent `{id}`")))?;
+        self.publisher.republish().await?;
+        tracing::info!(consent = %id, by = %caller.id(), "consent revoked");
+        Ok(Response::new(RevokeResponse {
+            consent: Some(record),
+        }))
+    }
+}
