@@ -568,7 +568,7 @@ async fn endpoints_are_load_balanced_and_a_dead_one_is_skipped() {
                 service: CROSSCITY_SERVICE.into(),
                 endpoints: vec![first, dead_url, second.url()],
                 catalog_codes: vec!["JQ-HRSS-003".into()],
-                personal_data: true,
+                personal_data: false,
                 description: String::new(),
             }),
         })
