@@ -22,6 +22,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::validate_org_id;
+use crate::jwks_fetch::JwksUrl;
 
 /// Shortest interval between two JWKS reloads caused by unknown `kid`s.
 pub const REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(10);
@@ -61,6 +62,8 @@ pub enum JwksError {
     },
     #[error("invalid jwks: {0}")]
     Invalid(String),
+    #[error("{0}")]
+    Fetch(String),
 }
 
 /// An authenticated caller: a system of an organisation of this city.
@@ -155,19 +158,26 @@ impl KeySet {
 #[derive(Debug, Clone)]
 pub enum JwksSource {
     File(PathBuf),
+    Url(JwksUrl),
 }
 
 impl JwksSource {
-    pub fn load(&self) -> Result<KeySet, JwksError> {
-        match self {
+    pub async fn load(&self) -> Result<KeySet, JwksError> {
+        let text = match self {
             JwksSource::File(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| JwksError::Read {
-                    path: p.display().to_string(),
-                    source,
-                })?;
-                KeySet::parse(&text)
+                tokio::fs::read_to_string(p)
+                    .await
+                    .map_err(|source| JwksError::Read {
+                        path: p.display().to_string(),
+                        source,
+                    })?
             }
-        }
+            JwksSource::Url(u) => u
+                .fetch()
+                .await
+                .map_err(|e| JwksError::Fetch(e.to_string()))?,
+        };
+        KeySet::parse(&text)
     }
 }
 
@@ -199,15 +209,19 @@ fn now_s() -> u64 {
 
 impl Authenticator {
     /// Loads the key set once; a node does not start without it.
-    pub fn new(settings: AuthSettings) -> Result<Authenticator, JwksError> {
-        let keys = settings.source.load()?;
+    pub async fn new(settings: AuthSettings) -> Result<Authenticator, JwksError> {
+        let keys = settings.source.load().await?;
         if keys.is_empty() {
             return Err(JwksError::Invalid("the key set has no key".into()));
         }
+        // The first unknown kid may refresh at once (a rotation right after start).
+        let past = Instant::now()
+            .checked_sub(REFRESH_MIN_INTERVAL)
+            .unwrap_or_else(Instant::now);
         Ok(Authenticator {
             settings,
             keys: ArcSwap::from_pointee(keys),
-            last_refresh: Mutex::new(Instant::now()),
+            last_refresh: Mutex::new(past),
             cache: Mutex::new(HashMap::new()),
         })
     }
@@ -218,24 +232,32 @@ impl Authenticator {
 
     /// Reloads the key set now (the periodic refresh and unknown `kid`s call this). A key set
     /// that fails to load leaves the current one in place.
-    pub fn refresh(&self) -> Result<usize, JwksError> {
+    pub async fn refresh(&self) -> Result<usize, JwksError> {
         if let Ok(mut t) = self.last_refresh.lock() {
             *t = Instant::now();
         }
-        let keys = self.settings.source.load()?;
+        let keys = self.settings.source.load().await?;
         let n = keys.len();
         self.keys.store(Arc::new(keys));
         Ok(n)
     }
 
-    fn refresh_for_unknown_kid(&self) {
+    async fn refresh_for_unknown_kid(&self) {
+        // Check and claim the refresh slot in one step, so concurrent unknown kids make one
+        // fetch, not many.
         let due = self
             .last_refresh
             .lock()
-            .map(|t| t.elapsed() >= REFRESH_MIN_INTERVAL)
+            .map(|mut t| {
+                let due = t.elapsed() >= REFRESH_MIN_INTERVAL;
+                if due {
+                    *t = Instant::now();
+                }
+                due
+            })
             .unwrap_or(false);
         if due {
-            match self.refresh() {
+            match self.refresh().await {
                 Ok(n) => tracing::info!(keys = n, "jwks reloaded for an unknown kid"),
                 Err(error) => tracing::warn!(%error, "jwks reload failed"),
             }
@@ -243,7 +265,7 @@ impl Authenticator {
     }
 
     /// Authenticates the value of an `authorization` header.
-    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, AuthError> {
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, AuthError> {
         let value = authorization.ok_or(AuthError::Missing)?;
         let token = value
             .strip_prefix("Bearer ")
@@ -260,7 +282,7 @@ impl Authenticator {
                 }
             }
         }
-        let (caller, exp) = self.verify(token)?;
+        let (caller, exp) = self.verify(token).await?;
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= CACHE_CAPACITY {
                 cache.retain(|_, (_, e)| *e > now);
@@ -273,13 +295,13 @@ impl Authenticator {
         Ok(caller)
     }
 
-    fn verify(&self, token: &str) -> Result<(Caller, u64), AuthError> {
+    async fn verify(&self, token: &str) -> Result<(Caller, u64), AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
         let kid = header.kid.clone().ok_or(AuthError::MissingKid)?;
         let mut keys = self.keys.load_full();
         if !keys.keys.contains_key(&kid) {
-            self.refresh_for_unknown_kid();
+            self.refresh_for_unknown_kid().await;
             keys = self.keys.load_full();
         }
         let key = keys

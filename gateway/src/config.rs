@@ -78,7 +78,9 @@ struct RawCallerTls {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAuth {
-    jwks_file: PathBuf,
+    jwks_file: Option<PathBuf>,
+    jwks_url: Option<String>,
+    jwks_ca_file: Option<PathBuf>,
     issuer: String,
     audience: String,
     #[serde(default = "default_leeway")]
@@ -197,7 +199,12 @@ pub struct CallerTls {
 /// Caller authentication settings (`[auth]`).
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
-    pub jwks_file: PathBuf,
+    /// Exactly one of `jwks_file` and `jwks_url` is set.
+    pub jwks_file: Option<PathBuf>,
+    /// An https:// URL of the identity provider's JWKS.
+    pub jwks_url: Option<String>,
+    /// PEM roots for `jwks_url` instead of the public web PKI.
+    pub jwks_ca_file: Option<PathBuf>,
     pub issuer: String,
     pub audience: String,
     pub leeway: Duration,
@@ -409,8 +416,28 @@ impl NodeConfig {
                 "must be at least 10",
             ));
         }
+        match (&raw.auth.jwks_file, &raw.auth.jwks_url) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::key(
+                    "auth.jwks_url",
+                    "set either auth.jwks_file or auth.jwks_url, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(ConfigError::key(
+                    "auth.jwks_file",
+                    "one of auth.jwks_file or auth.jwks_url is required",
+                ))
+            }
+            (None, Some(u)) if !u.starts_with("https://") => {
+                return Err(ConfigError::key("auth.jwks_url", "must be an https:// url"))
+            }
+            _ => {}
+        }
         let auth = AuthConfig {
-            jwks_file: resolve(&raw.auth.jwks_file),
+            jwks_file: raw.auth.jwks_file.as_deref().map(resolve),
+            jwks_url: raw.auth.jwks_url,
+            jwks_ca_file: raw.auth.jwks_ca_file.as_deref().map(resolve),
             issuer: raw.auth.issuer,
             audience: raw.auth.audience,
             leeway: Duration::from_secs(raw.auth.leeway_s),

@@ -245,7 +245,7 @@ pub struct ConsentApi {
 
 impl ConsentApi {
     /// A portal acts for any subject; a citizen only for itself.
-    fn authorise<T>(&self, req: &Request<T>, subject: &str) -> Result<Caller, Status> {
+    async fn authorise<T>(&self, req: &Request<T>, subject: &str) -> Result<Caller, Status> {
         let auth = req
             .metadata()
             .get("authorization")
@@ -253,6 +253,7 @@ impl ConsentApi {
         let caller = self
             .auth
             .authenticate(auth)
+            .await
             .map_err(|e| Status::unauthenticated(e.to_string()))?;
         validate_resident_id(subject).map_err(Status::invalid_argument)?;
         let portal = caller.roles.iter().any(|r| r == PORTAL_ROLE);
@@ -278,7 +279,7 @@ fn storage(e: sled::Error) -> Status {
 impl ConsentRpc for ConsentApi {
     async fn grant(&self, req: Request<GrantRequest>) -> Result<Response<GrantResponse>, Status> {
         let subject = req.get_ref().subject.clone();
-        let caller = self.authorise(&req, &subject)?;
+        let caller = self.authorise(&req, &subject).await?;
         let g = req.into_inner();
         let bad = |m: String| Status::invalid_argument(m);
         let (gcity, gorg) = g
@@ -335,7 +336,7 @@ impl ConsentRpc for ConsentApi {
 
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         let subject = req.get_ref().subject.clone();
-        self.authorise(&req, &subject)?;
+        self.authorise(&req, &subject).await?;
         let consents = self
             .store
             .list(&self.pseudonyms.pseudonym(&subject))
@@ -348,7 +349,7 @@ impl ConsentRpc for ConsentApi {
         req: Request<RevokeRequest>,
     ) -> Result<Response<RevokeResponse>, Status> {
         let subject = req.get_ref().subject.clone();
-        let caller = self.authorise(&req, &subject)?;
+        let caller = self.authorise(&req, &subject).await?;
         let id = req.into_inner().id;
         let record = self
             .store

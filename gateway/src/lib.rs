@@ -13,6 +13,7 @@ pub mod demo;
 pub mod federation;
 pub mod grpc;
 pub mod idp;
+pub mod jwks_fetch;
 pub mod local;
 pub mod node;
 pub mod policy;

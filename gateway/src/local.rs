@@ -14,6 +14,7 @@ use tongban_proto::consent::v1::consent_client::ConsentClient;
 use tongban_proto::consent::v1::{GrantRequest, RevokeRequest};
 use tongban_proto::registry::v1::registry_client::RegistryClient;
 use tongban_proto::registry::v1::{RegisterServiceRequest, ServiceRegistration};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::certs::{self, Generated};
@@ -26,6 +27,25 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// Adds `authorization: Bearer <token>` to every call of a client.
+#[derive(Clone)]
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl Bearer {
+    pub fn new(token: &str) -> Result<Bearer, LocalError> {
+        tonic::metadata::MetadataValue::try_from(format!("Bearer {token}"))
+            .map(Bearer)
+            .map_err(|_| LocalError::NoCity("token is not ascii".into()))
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
 }
 
 /// Full name of the reference provider's service.
@@ -161,7 +181,8 @@ impl LocalFederation {
                 limits.clone(),
             )?;
             let provider = RunningProvider::start(&city).await?;
-            let node = PreparedNode::prepare(config.clone())?
+            let node = PreparedNode::prepare(config.clone())
+                .await?
                 .start(listeners)
                 .await?;
             out.push(LocalCity {
@@ -207,6 +228,32 @@ impl LocalFederation {
         dev_token(&self.certs, city, org)
     }
 
+    /// A Registry client of `city`'s node acting as `org` of that city.
+    pub async fn registry(
+        &self,
+        city: &str,
+        org: &str,
+    ) -> Result<RegistryClient<InterceptedService<Channel, Bearer>>, LocalError> {
+        let bearer = Bearer::new(&self.token(city, org)?)?;
+        Ok(RegistryClient::with_interceptor(
+            self.channel(city).await?,
+            bearer,
+        ))
+    }
+
+    /// A Registry client of `city`'s node with the `registry-admin` role.
+    pub async fn admin_registry(
+        &self,
+        city: &str,
+    ) -> Result<RegistryClient<InterceptedService<Channel, Bearer>>, LocalError> {
+        let token =
+            dev_token_with_roles(&self.certs, city, "ops", &[crate::registry_api::ADMIN_ROLE])?;
+        Ok(RegistryClient::with_interceptor(
+            self.channel(city).await?,
+            Bearer::new(&token)?,
+        ))
+    }
+
     /// A channel to `city`'s caller listener.
     pub async fn channel(&self, city: &str) -> Result<Channel, LocalError> {
         let url = self.city(city)?.caller_url();
@@ -226,7 +273,7 @@ impl LocalFederation {
         personal_data: bool,
     ) -> Result<u64, LocalError> {
         let endpoint = self.city(city)?.provider.url();
-        let mut client = RegistryClient::new(self.channel(city).await?);
+        let mut client = self.registry(city, organisation).await?;
         let resp = client
             .register_service(RegisterServiceRequest {
                 registration: Some(ServiceRegistration {
@@ -332,7 +379,7 @@ impl LocalFederation {
     /// Starts `city`'s node again on the same addresses and data directory.
     pub async fn restart_node(&mut self, city: &str) -> Result<(), LocalError> {
         let c = self.city_mut(city)?;
-        let prepared = PreparedNode::prepare(c.config.clone())?;
+        let prepared = PreparedNode::prepare(c.config.clone()).await?;
         let listeners = Listeners::bind(&c.config).await?;
         c.node = Some(prepared.start(listeners).await?);
         Ok(())
@@ -387,7 +434,9 @@ pub fn node_config(
         limits,
         caller_tls: None,
         auth: AuthConfig {
-            jwks_file: files.jwks.clone(),
+            jwks_file: Some(files.jwks.clone()),
+            jwks_url: None,
+            jwks_ca_file: None,
             issuer: idp::issuer(city),
             audience: idp::audience(city),
             leeway: Duration::from_secs(30),

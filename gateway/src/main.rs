@@ -130,6 +130,9 @@ enum RegistryCmd {
         /// The node's caller address, e.g. http://127.0.0.1:7000
         #[arg(long)]
         node: String,
+        /// A caller JWT of the node's city (`tongban token issue`); env TONGBAN_TOKEN.
+        #[arg(long, env = "TONGBAN_TOKEN", hide_env_values = true)]
+        token: String,
         #[arg(long)]
         org: String,
         #[arg(long)]
@@ -147,8 +150,12 @@ enum RegistryCmd {
     },
     /// Withdraw a service.
     Withdraw {
+        /// The node's caller address, e.g. http://127.0.0.1:7000
         #[arg(long)]
         node: String,
+        /// A caller JWT of the node's city (`tongban token issue`); env TONGBAN_TOKEN.
+        #[arg(long, env = "TONGBAN_TOKEN", hide_env_values = true)]
+        token: String,
         #[arg(long)]
         org: String,
         #[arg(long)]
@@ -156,8 +163,12 @@ enum RegistryCmd {
     },
     /// List the catalog.
     List {
+        /// The node's caller address, e.g. http://127.0.0.1:7000
         #[arg(long)]
         node: String,
+        /// A caller JWT of the node's city (`tongban token issue`); env TONGBAN_TOKEN.
+        #[arg(long, env = "TONGBAN_TOKEN", hide_env_values = true)]
+        token: String,
         #[arg(long, value_enum, default_value = "all")]
         scope: ScopeArg,
         #[arg(long, default_value = "")]
@@ -345,13 +356,6 @@ fn run_node(path: PathBuf) -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
-    let prepared = match tongban_gateway::PreparedNode::prepare(config.clone()) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("tongban: {e}");
-            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1));
-        }
-    };
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -360,6 +364,14 @@ fn run_node(path: PathBuf) -> ExitCode {
         }
     };
     rt.block_on(async move {
+        // Certificates, keys, JWKS, policy and store, all before any port is bound.
+        let prepared = match tongban_gateway::PreparedNode::prepare(config.clone()).await {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("tongban: {e}");
+                return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1));
+            }
+        };
         let started = async {
             let listeners = tongban_gateway::Listeners::bind(&config).await?;
             prepared.start(listeners).await
@@ -392,13 +404,22 @@ async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-async fn registry(node: &str) -> anyhow::Result<RegistryClient<tonic::transport::Channel>> {
+type Client = RegistryClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        tongban_gateway::local::Bearer,
+    >,
+>;
+
+async fn registry(node: &str, token: &str) -> anyhow::Result<Client> {
     let channel = tonic::transport::Channel::from_shared(node.to_string())
         .with_context(|| format!("`{node}` is not a node url (e.g. http://127.0.0.1:7000)"))?
         .connect()
         .await
         .with_context(|| format!("cannot reach the node at {node}"))?;
-    Ok(RegistryClient::new(channel))
+    let bearer = tongban_gateway::local::Bearer::new(token.trim())
+        .map_err(|_| anyhow::anyhow!("--token is not a jwt"))?;
+    Ok(RegistryClient::with_interceptor(channel, bearer))
 }
 
 async fn run_async(cmd: Cmd) -> anyhow::Result<ExitCode> {
@@ -423,6 +444,7 @@ async fn run_registry(cmd: RegistryCmd) -> anyhow::Result<ExitCode> {
     let result = match cmd {
         RegistryCmd::Register {
             node,
+            token,
             org,
             service,
             endpoints,
@@ -430,7 +452,7 @@ async fn run_registry(cmd: RegistryCmd) -> anyhow::Result<ExitCode> {
             personal_data,
             description,
         } => {
-            let r = registry(&node)
+            let r = registry(&node, &token)
                 .await?
                 .register_service(RegisterServiceRequest {
                     registration: Some(ServiceRegistration {
@@ -450,8 +472,13 @@ async fn run_registry(cmd: RegistryCmd) -> anyhow::Result<ExitCode> {
                 )
             })
         }
-        RegistryCmd::Withdraw { node, org, service } => {
-            let r = registry(&node)
+        RegistryCmd::Withdraw {
+            node,
+            token,
+            org,
+            service,
+        } => {
+            let r = registry(&node, &token)
                 .await?
                 .withdraw_service(WithdrawServiceRequest {
                     organisation: org,
@@ -465,13 +492,18 @@ async fn run_registry(cmd: RegistryCmd) -> anyhow::Result<ExitCode> {
                 )
             })
         }
-        RegistryCmd::List { node, scope, city } => {
+        RegistryCmd::List {
+            node,
+            token,
+            scope,
+            city,
+        } => {
             let scope = match scope {
                 ScopeArg::All => Scope::Unspecified,
                 ScopeArg::Local => Scope::Local,
                 ScopeArg::Federated => Scope::Federated,
             };
-            let r = registry(&node)
+            let r = registry(&node, &token)
                 .await?
                 .list_services(ListServicesRequest {
                     scope: scope as i32,

@@ -19,6 +19,7 @@ use crate::catalog::{Catalog, Publisher, Snapshot};
 use crate::config::NodeConfig;
 use crate::consent::{ConsentApi, ConsentStore};
 use crate::federation::{FederationApi, Peer, PeerSync};
+use crate::jwks_fetch::JwksUrl;
 use crate::policy::PolicyStore;
 use crate::proxy::Proxy;
 use crate::proxy::TrustChecks;
@@ -106,7 +107,7 @@ pub struct PreparedNode {
 impl PreparedNode {
     /// Loads the trust bundle and node identity and opens the store. Nothing is bound yet,
     /// so a bad certificate or data dir is reported before any port is taken.
-    pub fn prepare(config: NodeConfig) -> Result<PreparedNode, NodeError> {
+    pub async fn prepare(config: NodeConfig) -> Result<PreparedNode, NodeError> {
         let bundle = TrustBundle::load(&config.trust_bundle_path)?;
         if !bundle.contains(&config.city) {
             return Err(TrustError::Invalid {
@@ -140,14 +141,25 @@ impl PreparedNode {
             )?),
             None => None,
         };
+        let source = match (&config.auth.jwks_file, &config.auth.jwks_url) {
+            (Some(f), _) => JwksSource::File(f.clone()),
+            (None, Some(u)) => JwksSource::Url(
+                JwksUrl::new(u, config.auth.jwks_ca_file.as_deref())
+                    .map_err(|e| crate::auth::JwksError::Fetch(e.to_string()))?,
+            ),
+            (None, None) => {
+                return Err(crate::auth::JwksError::Invalid("no jwks source".into()).into())
+            }
+        };
         let auth = Authenticator::new(AuthSettings {
             city: config.city.clone(),
-            source: JwksSource::File(config.auth.jwks_file.clone()),
+            source,
             issuer: config.auth.issuer.clone(),
             audience: config.auth.audience.clone(),
             leeway: config.auth.leeway,
             refresh_interval: config.auth.refresh_interval,
-        })?;
+        })
+        .await?;
         let checks = TrustChecks {
             auth: Arc::new(auth),
             policy: Arc::new(PolicyStore::open(&config.policy_file)?),
@@ -236,6 +248,7 @@ impl PreparedNode {
             city: config.city.clone(),
             publisher,
             peers: peers.clone(),
+            auth: checks.auth.clone(),
         }))
         .add_service(ConsentServer::new(consent_api))
         .add_service(health_svc.clone())
@@ -339,7 +352,7 @@ async fn refresh_jwks(auth: Arc<Authenticator>, mut shutdown: watch::Receiver<bo
             _ = tokio::time::sleep(every) => {},
             _ = shutdown.changed() => return,
         }
-        if let Err(error) = auth.refresh() {
+        if let Err(error) = auth.refresh().await {
             tracing::warn!(%error, "periodic jwks refresh failed; keeping the current keys");
         }
     }
@@ -386,13 +399,13 @@ impl RunningNode {
     }
 
     /// Re-reads the caller JWKS now.
-    pub fn refresh_jwks(&self) -> Result<usize, crate::auth::JwksError> {
-        self.auth.refresh()
+    pub async fn refresh_jwks(&self) -> Result<usize, crate::auth::JwksError> {
+        self.auth.refresh().await
     }
 
     /// Starts a node from a config: prepare, bind, start.
     pub async fn launch(config: NodeConfig) -> Result<RunningNode, NodeError> {
-        let prepared = PreparedNode::prepare(config)?;
+        let prepared = PreparedNode::prepare(config).await?;
         let listeners = Listeners::bind(&prepared.config).await?;
         prepared.start(listeners).await
     }

@@ -324,20 +324,20 @@ impl Proxy {
             Ok(c) => c,
             Err(e) => return self.refuse(e, &request_id),
         };
-        let checked = self.check_metadata(&parts.headers);
+        if let Err(e) = self.check_metadata(&parts.headers) {
+            return self.refuse(e, &call.request_id);
+        }
         // 1. Authenticate the caller: a JWT from this city's identity provider.
-        let caller = match checked.and_then(|()| {
-            let auth = parts
-                .headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok());
-            self.trust
-                .auth
-                .authenticate(auth)
-                .map_err(|e| ProxyError::Unauthenticated(e.to_string()))
-        }) {
+        let auth = parts
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        let caller = match self.trust.auth.authenticate(auth).await {
             Ok(c) => c,
-            Err(e) => return self.refuse(e, &call.request_id),
+            Err(e) => {
+                let e = ProxyError::Unauthenticated(e.to_string());
+                return self.refuse(e, &call.request_id);
+            }
         };
         let intent = match self
             .trust

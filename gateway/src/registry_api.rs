@@ -11,6 +11,7 @@ use tongban_proto::registry::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Authenticator, Caller};
 use crate::catalog::Publisher;
 use crate::federation::Peer;
 use crate::registry::{RegistryError, ServiceRecord};
@@ -28,10 +29,41 @@ impl From<RegistryError> for Status {
     }
 }
 
+/// Role that may manage every organisation's registrations.
+pub const ADMIN_ROLE: &str = "registry-admin";
+
+/// The Registry API. Every call is authenticated with a caller JWT of this city; an
+/// organisation registers and withdraws only its own services (or holds `registry-admin`).
 pub struct RegistryApi {
     pub city: String,
     pub publisher: Arc<Publisher>,
     pub peers: BTreeMap<String, Arc<Peer>>,
+    pub auth: Arc<Authenticator>,
+}
+
+impl RegistryApi {
+    async fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        let auth = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        self.auth
+            .authenticate(auth)
+            .await
+            .map_err(|e| Status::unauthenticated(e.to_string()))
+    }
+
+    async fn may_manage<T>(&self, req: &Request<T>, organisation: &str) -> Result<Caller, Status> {
+        let caller = self.caller(req).await?;
+        if caller.org == organisation || caller.roles.iter().any(|r| r == ADMIN_ROLE) {
+            Ok(caller)
+        } else {
+            Err(Status::permission_denied(format!(
+                "{} may not manage the services of organisation `{organisation}` (needs role {ADMIN_ROLE})",
+                caller.id()
+            )))
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -40,13 +72,20 @@ impl RegistryRpc for RegistryApi {
         &self,
         req: Request<RegisterServiceRequest>,
     ) -> Result<Response<RegisterServiceResponse>, Status> {
+        let org = req
+            .get_ref()
+            .registration
+            .as_ref()
+            .map(|r| r.organisation.clone())
+            .unwrap_or_default();
+        let caller = self.may_manage(&req, &org).await?;
         let reg = req
             .into_inner()
             .registration
             .ok_or_else(|| Status::invalid_argument("registration is missing"))?;
         let rec = ServiceRecord::try_from(reg)?;
         let version = self.publisher.register(&rec).await?;
-        tracing::info!(organisation = %rec.organisation, service = %rec.service, version, "service registered");
+        tracing::info!(organisation = %rec.organisation, service = %rec.service, version, by = %caller.id(), "service registered");
         Ok(Response::new(RegisterServiceResponse {
             catalog_version: version,
         }))
@@ -56,6 +95,8 @@ impl RegistryRpc for RegistryApi {
         &self,
         req: Request<WithdrawServiceRequest>,
     ) -> Result<Response<WithdrawServiceResponse>, Status> {
+        let org = req.get_ref().organisation.clone();
+        self.may_manage(&req, &org).await?;
         let r = req.into_inner();
         let version = self.publisher.withdraw(&r.organisation, &r.service).await?;
         tracing::info!(organisation = %r.organisation, service = %r.service, version, "service withdrawn");
@@ -68,6 +109,7 @@ impl RegistryRpc for RegistryApi {
         &self,
         req: Request<ListServicesRequest>,
     ) -> Result<Response<ListServicesResponse>, Status> {
+        self.caller(&req).await?;
         let r = req.into_inner();
         let scope = Scope::try_from(r.scope)
             .map_err(|_| Status::invalid_argument(format!("unknown scope {}", r.scope)))?;

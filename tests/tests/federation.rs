@@ -16,7 +16,6 @@ use tongban_gateway::{Listeners, PreparedNode};
 use tongban_proto::crosscity::v1::SubmitRequest;
 use tongban_proto::federation::v1::federation_client::FederationClient;
 use tongban_proto::federation::v1::HandshakeRequest;
-use tongban_proto::registry::v1::registry_client::RegistryClient;
 use tongban_proto::registry::v1::{
     ListServicesRequest, RegisterServiceRequest, Scope, ServiceRegistration, WithdrawServiceRequest,
 };
@@ -124,7 +123,7 @@ async fn server_streaming_crosses_the_boundary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catalog_propagation_and_withdrawal_within_five_seconds() {
     let f = Fed::start(&["jinan", "qingdao"]).await;
-    let mut registry = RegistryClient::new(f.channel("qingdao").await);
+    let mut registry = f.fed.registry("qingdao", "ybj").await.unwrap();
     let provider = f.fed.city("qingdao").unwrap().provider.url();
     registry
         .register_service(RegisterServiceRequest {
@@ -148,7 +147,7 @@ async fn catalog_propagation_and_withdrawal_within_five_seconds() {
     let seen_after = t.elapsed();
 
     // Jinan lists it as a federated service, without Qingdao's internal endpoints.
-    let mut jinan_registry = RegistryClient::new(f.channel("jinan").await);
+    let mut jinan_registry = f.fed.registry("jinan", "hrss").await.unwrap();
     let list = jinan_registry
         .list_services(ListServicesRequest {
             scope: Scope::Federated as i32,
@@ -206,7 +205,7 @@ async fn catalog_propagation_and_withdrawal_within_five_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_registrations_are_invalid_argument() {
     let f = Fed::start(&["jinan", "qingdao"]).await;
-    let mut registry = RegistryClient::new(f.channel("jinan").await);
+    let mut registry = f.fed.admin_registry("jinan").await.unwrap();
     let good = ServiceRegistration {
         organisation: "hrss".into(),
         service: CROSSCITY_SERVICE.into(),
@@ -271,6 +270,33 @@ async fn bad_registrations_are_invalid_argument() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
+    // Registering needs this city's token, and an organisation manages only its own.
+    let mut anonymous =
+        tongban_proto::registry::v1::registry_client::RegistryClient::new(f.channel("jinan").await);
+    let e = anonymous
+        .register_service(RegisterServiceRequest {
+            registration: Some(good.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let mut ybj = f.fed.registry("jinan", "ybj").await.unwrap();
+    let e = ybj
+        .register_service(RegisterServiceRequest {
+            registration: Some(good.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("jinan/ybj"), "{}", e.message());
+    let e = ybj
+        .withdraw_service(WithdrawServiceRequest {
+            organisation: "hrss".into(),
+            service: CROSSCITY_SERVICE.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
     f.shutdown().await;
 }
 
@@ -560,7 +586,7 @@ async fn endpoints_are_load_balanced_and_a_dead_one_is_skipped() {
     let dead_url = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);
     let first = f.fed.city("jinan").unwrap().provider.url();
-    let mut registry = RegistryClient::new(f.channel("jinan").await);
+    let mut registry = f.fed.registry("jinan", "hrss").await.unwrap();
     registry
         .register_service(RegisterServiceRequest {
             registration: Some(ServiceRegistration {
@@ -653,7 +679,7 @@ async fn deadlines_propagate_to_a_slow_provider() {
                 },
             ),
     );
-    let mut registry = RegistryClient::new(f.channel("qingdao").await);
+    let mut registry = f.fed.registry("qingdao", "slow").await.unwrap();
     registry
         .register_service(RegisterServiceRequest {
             registration: Some(ServiceRegistration {
@@ -848,6 +874,7 @@ async fn a_node_certified_outside_the_trust_bundle_is_refused() {
     )
     .unwrap();
     let rogue_node = PreparedNode::prepare(rogue_cfg.clone())
+        .await
         .unwrap()
         .start(listeners)
         .await
