@@ -160,3 +160,18 @@ pub async fn raw_unary(
         .await
         .map(|r| r.into_inner())
 }
+
+/// The Python of the test environment: `TONGBAN_PYTHON`, or `target/pyenv` as made by
+/// `tests/setup-python.sh` (which `tests/run.sh` runs). Fails with instructions otherwise.
+pub fn python() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("TONGBAN_PYTHON") {
+        return std::path::PathBuf::from(p);
+    }
+    let venv =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python");
+    assert!(
+        venv.exists(),
+        "no python test environment: run `bash tests/setup-python.sh` (tests/run.sh does) or set TONGBAN_PYTHON"
+    );
+    venv
+}

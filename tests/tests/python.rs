@@ -7,20 +7,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use tongban_tests::Fed;
-
-fn python() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    if let Some(p) = std::env::var_os("TONGBAN_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = root.join("target/pyenv/bin/python");
-    assert!(
-        venv.exists(),
-        "no python test environment: run `bash tests/setup-python.sh` (tests/run.sh does) or set TONGBAN_PYTHON"
-    );
-    venv
-}
+use tongban_tests::{python, Fed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_grpcio_client_calls_across_the_boundary() {
