@@ -142,6 +142,7 @@ struct RawLimits {
     caller_rate_per_s: u64,
     caller_burst: u64,
     max_metadata_bytes: u64,
+    max_streams_per_peer: u64,
 }
 
 impl Default for RawLimits {
@@ -157,6 +158,7 @@ impl Default for RawLimits {
             caller_rate_per_s: l.caller_rate_per_s,
             caller_burst: l.caller_burst,
             max_metadata_bytes: l.max_metadata_bytes,
+            max_streams_per_peer: l.max_streams_per_peer,
         }
     }
 }
@@ -239,6 +241,8 @@ pub struct Limits {
     pub caller_burst: u64,
     /// Largest total metadata (header names and values) of one call.
     pub max_metadata_bytes: u64,
+    /// Calls from one peer city in flight at this node (streams included until they end).
+    pub max_streams_per_peer: u64,
 }
 
 impl Default for Limits {
@@ -253,6 +257,7 @@ impl Default for Limits {
             caller_rate_per_s: 1000,
             caller_burst: 2000,
             max_metadata_bytes: 8 * 1024,
+            max_streams_per_peer: 512,
         }
     }
 }
@@ -374,6 +379,7 @@ impl NodeConfig {
             caller_rate_per_s: positive("caller_rate_per_s", l.caller_rate_per_s)?,
             caller_burst: positive("caller_burst", l.caller_burst)?,
             max_metadata_bytes: positive("max_metadata_bytes", l.max_metadata_bytes)?,
+            max_streams_per_peer: positive("max_streams_per_peer", l.max_streams_per_peer)?,
         };
         if limits.max_metadata_bytes > 60 * 1024 {
             return Err(ConfigError::key(

@@ -287,6 +287,15 @@ impl PreparedNode {
             peers: peers.clone(),
             limits: config.limits.clone(),
             trust: checks,
+            peer_streams: bundle
+                .cities()
+                .filter(|c| *c != config.city)
+                .map(|c| {
+                    let n =
+                        usize::try_from(config.limits.max_streams_per_peer).unwrap_or(usize::MAX);
+                    (c.to_string(), Arc::new(tokio::sync::Semaphore::new(n)))
+                })
+                .collect(),
         });
         let peer_side = Side::Peer {
             tls: tokio_rustls::TlsAcceptor::from(identity.peer_server_config(&bundle)?),

@@ -6,7 +6,7 @@
 //! [`Proxy::from_caller`] is the home node (steps 1–4), [`Proxy::from_peer`] the providing
 //! node (steps 5–8).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Request, Response};
 use hyper::body::Incoming;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::{Code, Status};
@@ -310,6 +311,8 @@ pub struct Proxy {
     pub peers: BTreeMap<String, Arc<Peer>>,
     pub limits: Limits,
     pub trust: TrustChecks,
+    /// Calls in flight from each peer city (limits.max_streams_per_peer).
+    pub peer_streams: HashMap<String, Arc<Semaphore>>,
 }
 
 impl Proxy {
@@ -489,6 +492,10 @@ impl Proxy {
         if let Err(e) = self.check_consent(&parts.headers, &svc, &caller_id, &call, &intent) {
             return self.refuse(e, &call.request_id);
         }
+        let permit = match self.peer_slot(&peer.city) {
+            Ok(p) => p,
+            Err(e) => return self.refuse(e, &call.request_id),
+        };
         strip(&mut parts.headers, HOP_BY_HOP);
         strip(&mut parts.headers, NODE_ONLY);
         set(&mut parts.headers, ORIGIN_CITY, &peer.city);
@@ -500,7 +507,8 @@ impl Proxy {
         // 7. Forward to the provider registered in this city.
         let result = self
             .forward(&call, parts, body, Target::Provider(&svc.endpoints))
-            .await;
+            .await
+            .map(|resp| resp.map(|b| grpc::boxed(HoldPermit { body: b, permit })));
         // 8. Audit, durable before the response leaves, and a signed receipt: the audit issue.
         self.finish(result, &call)
     }
@@ -574,6 +582,19 @@ impl Proxy {
         .map_err(|e| match e {
             consent::ConsentError::NoSubject(_) => ProxyError::BadRequest(e.to_string()),
             _ => ProxyError::PermissionDenied(format!("{}: {e}", self.city)),
+        })
+    }
+
+    /// One of the peer city's concurrency slots, or RESOURCE_EXHAUSTED.
+    fn peer_slot(&self, city: &str) -> Result<Option<OwnedSemaphorePermit>, ProxyError> {
+        let Some(sem) = self.peer_streams.get(city) else {
+            return Ok(None);
+        };
+        sem.clone().try_acquire_owned().map(Some).map_err(|_| {
+            ProxyError::ResourceExhausted(format!(
+                "{}: peer city `{city}` already has {} calls in flight (limits.max_streams_per_peer)",
+                self.city, self.limits.max_streams_per_peer
+            ))
         })
     }
 
@@ -786,5 +807,30 @@ fn strip(h: &mut HeaderMap, names: &[&str]) {
 fn set(h: &mut HeaderMap, name: &'static str, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         h.insert(HeaderName::from_static(name), v);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that holds a concurrency slot until it is dropped.
+    struct HoldPermit {
+        #[pin]
+        body: Body,
+        permit: Option<OwnedSemaphorePermit>,
+    }
+}
+
+impl http_body::Body for HoldPermit {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Status>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
     }
 }

@@ -175,3 +175,101 @@ pub fn python() -> std::path::PathBuf {
     );
     venv
 }
+
+/// A provider whose Submit holds until released (or 30 s), reporting the `grpc-timeout` it
+/// was handed: for deadlines and concurrency limits.
+pub struct SlowProvider {
+    pub url: String,
+    /// The `grpc-timeout` of every Submit that reached it, as it arrived.
+    pub seen: tokio::sync::mpsc::UnboundedReceiver<String>,
+    release: tokio::sync::watch::Sender<bool>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Slow {
+    seen: tokio::sync::mpsc::UnboundedSender<String>,
+    release: tokio::sync::watch::Receiver<bool>,
+}
+
+#[tonic::async_trait]
+impl tongban_proto::crosscity::v1::cross_city_service_server::CrossCityService for Slow {
+    async fn submit(
+        &self,
+        r: Request<SubmitRequest>,
+    ) -> Result<tonic::Response<SubmitResponse>, Status> {
+        let t = r
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let _ = self.seen.send(t);
+        let mut release = self.release.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(30), release.wait_for(|r| *r)).await;
+        Err(Status::internal("slow provider released"))
+    }
+    async fn get_status(
+        &self,
+        _: Request<GetStatusRequest>,
+    ) -> Result<tonic::Response<ApplicationStatus>, Status> {
+        Err(Status::unimplemented("slow provider"))
+    }
+    type WatchStatusStream = tokio_stream::Empty<Result<ApplicationStatus, Status>>;
+    async fn watch_status(
+        &self,
+        _: Request<GetStatusRequest>,
+    ) -> Result<tonic::Response<Self::WatchStatusStream>, Status> {
+        Err(Status::unimplemented("slow provider"))
+    }
+}
+
+impl SlowProvider {
+    pub async fn start() -> SlowProvider {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, seen) = tokio::sync::mpsc::unbounded_channel();
+        let (release, release_rx) = tokio::sync::watch::channel(false);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let svc =
+            tongban_proto::crosscity::v1::cross_city_service_server::CrossCityServiceServer::new(
+                Slow {
+                    seen: tx,
+                    release: release_rx,
+                },
+            );
+        let task = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async {
+                        let _ = stopped.await;
+                    },
+                )
+                .await;
+        });
+        SlowProvider {
+            url,
+            seen,
+            release,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Lets every held call finish.
+    pub fn release(&self) {
+        let _ = self.release.send(true);
+    }
+
+    pub async fn stop(mut self) {
+        self.release();
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = self.task.await;
+    }
+}

@@ -601,3 +601,55 @@ async fn caller_assertion_refusals() {
     assert_eq!(f.provider_calls("qingdao"), 1);
     f.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_per_peer_are_capped() {
+    let limits = Limits {
+        max_streams_per_peer: 1,
+        ..loopback_limits()
+    };
+    let f = Fed::start_with(&["jinan", "qingdao"], limits).await;
+    let mut slow = tongban_tests::SlowProvider::start().await;
+    let mut registry = f.fed.registry("qingdao", "slow").await.unwrap();
+    registry
+        .register_service(tongban_proto::registry::v1::RegisterServiceRequest {
+            registration: Some(tongban_proto::registry::v1::ServiceRegistration {
+                organisation: "slow".into(),
+                service: tongban_gateway::local::CROSSCITY_SERVICE.into(),
+                endpoints: vec![slow.url.clone()],
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    // One call from jinan is held by the slow provider ...
+    let mut held = f.req("jinan", submit(), Some("qingdao"), Duration::from_secs(10));
+    held.metadata_mut()
+        .insert("x-tongban-target-org", MetadataValue::from_static("slow"));
+    let mut client = f.crosscity("jinan").await;
+    let first = tokio::spawn(async move { client.submit(held).await });
+    slow.seen.recv().await.unwrap();
+    // ... so the next one from jinan finds no slot at qingdao.
+    let mut next = f.req("jinan", submit(), Some("qingdao"), Duration::from_secs(5));
+    next.metadata_mut()
+        .insert("x-tongban-target-org", MetadataValue::from_static("hrss"));
+    let e = f.crosscity("jinan").await.submit(next).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("max_streams_per_peer"),
+        "{}",
+        e.message()
+    );
+    assert_eq!(f.provider_calls("qingdao"), 0);
+    // Released, the slot is free again.
+    slow.release();
+    let _ = first.await.unwrap();
+    let mut again = f.req("jinan", submit(), Some("qingdao"), Duration::from_secs(5));
+    again
+        .metadata_mut()
+        .insert("x-tongban-target-org", MetadataValue::from_static("hrss"));
+    f.crosscity("jinan").await.submit(again).await.unwrap();
+    assert_eq!(f.provider_calls("qingdao"), 1);
+    slow.stop().await;
+    f.shutdown().await;
+}

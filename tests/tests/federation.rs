@@ -620,43 +620,6 @@ async fn endpoints_are_load_balanced_and_a_dead_one_is_skipped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadlines_propagate_to_a_slow_provider() {
-    use tongban_proto::crosscity::v1::cross_city_service_server::{
-        CrossCityService, CrossCityServiceServer,
-    };
-    use tongban_proto::crosscity::v1::*;
-
-    /// A provider whose Submit takes far longer than any caller waits, and which reports the
-    /// `grpc-timeout` the node handed it.
-    struct Slow(tokio::sync::mpsc::UnboundedSender<String>);
-    #[tonic::async_trait]
-    impl CrossCityService for Slow {
-        async fn submit(
-            &self,
-            r: Request<SubmitRequest>,
-        ) -> Result<tonic::Response<SubmitResponse>, tonic::Status> {
-            let t = r
-                .metadata()
-                .get("grpc-timeout")
-                .map(|v| v.to_str().unwrap().to_string());
-            let _ = self.0.send(t.unwrap_or_default());
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            Err(tonic::Status::internal("too late"))
-        }
-        async fn get_status(
-            &self,
-            _: Request<GetStatusRequest>,
-        ) -> Result<tonic::Response<ApplicationStatus>, tonic::Status> {
-            Err(tonic::Status::unimplemented("no"))
-        }
-        type WatchStatusStream = tokio_stream::Empty<Result<ApplicationStatus, tonic::Status>>;
-        async fn watch_status(
-            &self,
-            _: Request<GetStatusRequest>,
-        ) -> Result<tonic::Response<Self::WatchStatusStream>, tonic::Status> {
-            Err(tonic::Status::unimplemented("no"))
-        }
-    }
-
     // The node cuts every deadline to limits.max_timeout (800 ms here), so the node's own
     // deadline fires first, well before the caller's 10 s.
     let limits = Limits {
@@ -665,20 +628,8 @@ async fn deadlines_propagate_to_a_slow_provider() {
         ..loopback_limits()
     };
     let f = Fed::start_with(&["jinan", "qingdao"], limits).await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(CrossCityServiceServer::new(Slow(tx)))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async {
-                    let _ = stopped.await;
-                },
-            ),
-    );
+    let mut slow = tongban_tests::SlowProvider::start().await;
+    let url = slow.url.clone();
     let mut registry = f.fed.registry("qingdao", "slow").await.unwrap();
     registry
         .register_service(RegisterServiceRequest {
@@ -715,7 +666,7 @@ async fn deadlines_propagate_to_a_slow_provider() {
     assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
     assert!(e.metadata().get("x-tongban-request-id").is_some());
     assert!(took < Duration::from_secs(3), "took {took:?}");
-    let seen = tongban_gateway::grpc::parse_timeout(&rx.recv().await.unwrap())
+    let seen = tongban_gateway::grpc::parse_timeout(&slow.seen.recv().await.unwrap())
         .expect("provider got a grpc-timeout");
     assert!(
         seen <= Duration::from_millis(800) && seen > Duration::from_millis(100),
@@ -731,14 +682,13 @@ async fn deadlines_propagate_to_a_slow_provider() {
         matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
         "{e:?}"
     );
-    let seen = tongban_gateway::grpc::parse_timeout(&rx.recv().await.unwrap())
+    let seen = tongban_gateway::grpc::parse_timeout(&slow.seen.recv().await.unwrap())
         .expect("provider got a grpc-timeout");
     assert!(
         seen <= Duration::from_millis(500) && seen > Duration::from_millis(50),
         "{seen:?}"
     );
-    let _ = stop.send(());
-    let _ = server.await;
+    slow.stop().await;
     f.shutdown().await;
 }
 
