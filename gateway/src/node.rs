@@ -402,6 +402,11 @@ pub struct RunningNode {
 }
 
 impl RunningNode {
+    /// Changes every time a new policy is installed (by the file watcher or a reload).
+    pub fn policy_changes(&self) -> watch::Receiver<u64> {
+        self.policy.subscribe()
+    }
+
     /// Re-reads the policy file now (an operator's file edit is also picked up by itself).
     pub fn reload_policy(&self) -> Result<usize, crate::policy::PolicyError> {
         self.policy.reload()

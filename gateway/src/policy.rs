@@ -232,6 +232,8 @@ pub struct PolicyStore {
     path: PathBuf,
     current: ArcSwap<Policy>,
     modified: Mutex<Option<SystemTime>>,
+    /// Counts the policies installed (tests and operators can await a reload).
+    generation: watch::Sender<u64>,
 }
 
 fn mtime(path: &Path) -> Option<SystemTime> {
@@ -246,7 +248,13 @@ impl PolicyStore {
             path: path.to_path_buf(),
             current: ArcSwap::from_pointee(policy),
             modified: Mutex::new(modified),
+            generation: watch::channel(0).0,
         })
+    }
+
+    /// A receiver that changes every time a new policy is installed.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     pub fn current(&self) -> Arc<Policy> {
@@ -262,6 +270,7 @@ impl PolicyStore {
         if let Ok(mut m) = self.modified.lock() {
             *m = modified;
         }
+        self.generation.send_modify(|g| *g += 1);
         Ok(n)
     }
 

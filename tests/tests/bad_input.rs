@@ -653,3 +653,28 @@ async fn concurrent_calls_per_peer_are_capped() {
     slow.stop().await;
     f.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_file_edit_applies_without_restart() {
+    let f = Fed::start(&["jinan", "qingdao"]).await;
+    f.submit("jinan", Some("qingdao"), "JQ-HRSS-003")
+        .await
+        .unwrap();
+    let qd = f.fed.city("qingdao").unwrap();
+    let mut changes = qd.node().unwrap().policy_changes();
+    changes.borrow_and_update();
+    // The operator closes Qingdao to everyone by editing the file; the watcher installs it.
+    std::fs::write(&qd.config.policy_file, "# closed\n").unwrap();
+    tokio::time::timeout(Duration::from_secs(5), changes.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    let e = f
+        .submit("jinan", Some("qingdao"), "JQ-HRSS-003")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("deny by default"), "{}", e.message());
+    assert_eq!(f.provider_calls("qingdao"), 1);
+    f.shutdown().await;
+}

@@ -862,3 +862,102 @@ async fn a_node_certified_outside_the_trust_bundle_is_refused() {
     rogue_node.shutdown().await;
     f.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_caller_listener_serves_tls_and_can_require_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = certs::init(&dir.path().join("certs"), &["jinan".into()], false).unwrap();
+    let files = g.city("jinan").unwrap();
+    let mut config = node_config(&g, "jinan", dir.path(), vec![]);
+    config.caller_tls = Some(tongban_gateway::config::CallerTls {
+        cert: files.node_cert.clone(),
+        key: files.node_key.clone(),
+        client_ca: Some(files.ca_cert.clone()),
+    });
+    let node = tongban_gateway::RunningNode::launch(config).await.unwrap();
+    let provider = RunningProvider::start("jinan").await.unwrap();
+    let bundle = TrustBundle::load(&g.trust_bundle).unwrap();
+    let id = NodeIdentity::load("jinan", &files.node_cert, &files.node_key, &bundle).unwrap();
+    let name = bundle.node_name_of("jinan").unwrap();
+    let addr = node.caller_addr.to_string();
+    let token = tongban_gateway::local::dev_token(&g, "jinan", "hrss").unwrap();
+
+    // With a client certificate from the configured CA: served.
+    let tls = id.peer_client_config(&bundle, "jinan").unwrap();
+    let ep = std::sync::Arc::new(Endpoint::peer("jinan", &addr, tls, name.clone()).unwrap());
+    let channel = EndpointChannel::new(ep, Duration::from_secs(2));
+    let mut reg = tonic::Request::new(RegisterServiceRequest {
+        registration: Some(ServiceRegistration {
+            organisation: "hrss".into(),
+            service: CROSSCITY_SERVICE.into(),
+            endpoints: vec![provider.url()],
+            ..Default::default()
+        }),
+    });
+    tongban_tests::authorize(&mut reg, &token);
+    tongban_proto::registry::v1::registry_client::RegistryClient::new(channel.clone())
+        .register_service(reg)
+        .await
+        .unwrap();
+    let mut req = targeted(
+        SubmitRequest {
+            catalog_code: "JQ-HRSS-003".into(),
+            ..Default::default()
+        },
+        Some("jinan"),
+        Duration::from_secs(5),
+    );
+    tongban_tests::authorize(&mut req, &token);
+    req.metadata_mut()
+        .insert("x-tongban-purpose", "case-handling".parse().unwrap());
+    let mut client =
+        tongban_proto::crosscity::v1::cross_city_service_client::CrossCityServiceClient::new(
+            channel,
+        );
+    assert_eq!(
+        client.submit(req).await.unwrap().into_inner().provider_city,
+        "jinan"
+    );
+
+    // Without a client certificate: the handshake is refused.
+    let roots = {
+        let mut r = rustls::RootCertStore::empty();
+        let pem = std::fs::read(&files.ca_cert).unwrap();
+        for c in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+            r.add(c.unwrap()).unwrap();
+        }
+        r
+    };
+    let mut anon = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    anon.alpn_protocols = vec![b"h2".to_vec()];
+    let ep = std::sync::Arc::new(
+        Endpoint::peer("jinan", &addr, std::sync::Arc::new(anon), name).unwrap(),
+    );
+    let mut anon_client =
+        tongban_proto::crosscity::v1::cross_city_service_client::CrossCityServiceClient::new(
+            EndpointChannel::new(ep, Duration::from_secs(2)),
+        );
+    assert!(anon_client.submit(SubmitRequest::default()).await.is_err());
+
+    // Plaintext h2c to a TLS listener: refused too.
+    let plain = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(ch) = plain {
+        let mut c =
+            tongban_proto::crosscity::v1::cross_city_service_client::CrossCityServiceClient::new(
+                ch,
+            );
+        assert!(c.submit(SubmitRequest::default()).await.is_err());
+    }
+    assert_eq!(provider.provider.calls(), 1);
+    node.shutdown().await;
+    provider.stop().await;
+}
