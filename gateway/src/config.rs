@@ -56,6 +56,30 @@ struct RawConfig {
     peers: Vec<RawPeer>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAudit {
+    durability: String,
+    batch_window_ms: u64,
+    segment_bytes: u64,
+    checkpoint_every: u64,
+    checkpoint_interval_s: u64,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        RawAudit {
+            durability: "sync".into(),
+            batch_window_ms: 10,
+            segment_bytes: 64 * 1024 * 1024,
+            checkpoint_every: 1000,
+            checkpoint_interval_s: 10,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,6 +211,30 @@ pub struct NodeConfig {
     pub auth: AuthConfig,
     pub policy_file: PathBuf,
     pub policy_reload: Duration,
+    pub audit: AuditConfig,
+}
+
+/// The audit log (`[audit]`).
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// `None`: sync (fsync before the response is released); `Some(w)`: batch, synced every w.
+    pub batch_window: Option<Duration>,
+    pub segment_bytes: u64,
+    /// Sign a checkpoint every this many records ...
+    pub checkpoint_every: u64,
+    /// ... or this often, whichever comes first (also how often peers' are fetched).
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            batch_window: None,
+            segment_bytes: 64 * 1024 * 1024,
+            checkpoint_every: 1000,
+            checkpoint_interval: Duration::from_secs(10),
+        }
+    }
 }
 
 /// TLS of the caller listener.
@@ -449,6 +497,43 @@ impl NodeConfig {
             leeway: Duration::from_secs(raw.auth.leeway_s),
             refresh_interval: Duration::from_secs(raw.auth.refresh_interval_s),
         };
+        let a = &raw.audit;
+        let batch_window = match a.durability.as_str() {
+            "sync" => None,
+            "batch" if (1..=1000).contains(&a.batch_window_ms) => {
+                Some(Duration::from_millis(a.batch_window_ms))
+            }
+            "batch" => {
+                return Err(ConfigError::key(
+                    "audit.batch_window_ms",
+                    "must be 1 to 1000 (it bounds what a machine crash can lose)",
+                ))
+            }
+            other => {
+                return Err(ConfigError::key(
+                    "audit.durability",
+                    format!("`{other}` is not \"sync\" or \"batch\""),
+                ))
+            }
+        };
+        if a.segment_bytes < 4096 {
+            return Err(ConfigError::key(
+                "audit.segment_bytes",
+                "must be at least 4096",
+            ));
+        }
+        let audit = AuditConfig {
+            batch_window,
+            segment_bytes: a.segment_bytes,
+            checkpoint_every: positive("checkpoint_every", a.checkpoint_every).map_err(|_| {
+                ConfigError::key("audit.checkpoint_every", "must be greater than 0")
+            })?,
+            checkpoint_interval: Duration::from_secs(
+                positive("checkpoint_interval_s", a.checkpoint_interval_s).map_err(|_| {
+                    ConfigError::key("audit.checkpoint_interval_s", "must be greater than 0")
+                })?,
+            ),
+        };
         if raw.policy.reload_interval_ms < 100 {
             return Err(ConfigError::key(
                 "policy.reload_interval_ms",
@@ -481,6 +566,7 @@ impl NodeConfig {
             auth,
             policy_file: resolve(&raw.policy.file),
             policy_reload: Duration::from_millis(raw.policy.reload_interval_ms),
+            audit,
         })
     }
 }

@@ -98,6 +98,16 @@ pub struct ConsentScope<'a> {
     pub purpose: &'a str,
 }
 
+/// The id of the consent a call presents, unverified (the providing node verifies it); for
+/// the home side's audit record.
+pub fn presented_id(h: &http::HeaderMap) -> Option<String> {
+    let token = h.get(HEADER)?.to_str().ok()?;
+    jsonwebtoken::dangerous::insecure_decode::<ConsentClaims>(token)
+        .ok()
+        .map(|d| d.claims.jti)
+        .filter(|id| id.len() <= 64)
+}
+
 /// Checks a consent token against the call. `issuer_key` gives the raw ed25519 key of a
 /// city's node; `revoked` says whether that city revoked a consent id.
 pub fn verify(

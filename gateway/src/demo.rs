@@ -275,6 +275,57 @@ pub async fn run_calls(fed: &LocalFederation) -> Result<Vec<Row>, DemoError> {
     Ok(rows)
 }
 
+/// One city's audit at the end of the demo.
+#[derive(Debug, Clone)]
+pub struct AuditHead {
+    pub city: String,
+    pub records: u64,
+    pub head_seq: u64,
+    pub head_hash: String,
+    pub verified: Result<(), String>,
+    pub receipts_verified: usize,
+}
+
+/// Verifies each node's audit chain and counts the verified receipts of its home side.
+pub fn audit_heads(fed: &LocalFederation) -> Vec<AuditHead> {
+    let mut out = Vec::new();
+    for c in &fed.cities {
+        let Some(node) = c.node() else { continue };
+        let auditor = node.auditor();
+        let (records, head_seq, head_hash, verified) = match auditor.verify() {
+            Ok(r) => (
+                r.records,
+                r.head.seq,
+                hex::encode(&r.head.hash[..8]),
+                match r.first_bad {
+                    None => Ok(()),
+                    Some((seq, why)) => Err(format!("seq {seq}: {why}")),
+                },
+            ),
+            Err(e) => (0, 0, String::new(), Err(e.to_string())),
+        };
+        let filter = crate::audit::index::Filter {
+            limit: 1000,
+            ..Default::default()
+        };
+        let receipts_verified = auditor
+            .query(&filter)
+            .0
+            .iter()
+            .filter(|r| r.receipt_verified)
+            .count();
+        out.push(AuditHead {
+            city: c.city.clone(),
+            records,
+            head_seq,
+            head_hash,
+            verified,
+            receipts_verified,
+        });
+    }
+    out
+}
+
 /// Checks that each cross-city direction was answered by the other city's provider, and
 /// that the calls without a valid consent were refused.
 pub fn check(rows: &[Row]) -> Result<(), DemoError> {

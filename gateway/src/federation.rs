@@ -11,11 +11,15 @@ use rustls::pki_types::CertificateDer;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
+use tongban_proto::audit::v1::SignedCheckpoint;
 use tongban_proto::federation::v1::federation_client::FederationClient;
 use tongban_proto::federation::v1::federation_server::Federation;
 use tongban_proto::federation::v1::{
-    GetCatalogRequest, HandshakeRequest, HandshakeResponse, SignedCatalog,
+    GetAuditRecordsRequest, GetAuditRecordsResponse, GetCatalogRequest, GetCheckpointRequest,
+    HandshakeRequest, HandshakeResponse, SignedCatalog,
 };
+
+use crate::audit::Auditor;
 use tonic::{Request, Response, Status};
 use tonic_health::server::HealthReporter;
 
@@ -86,6 +90,7 @@ pub struct FederationApi {
     pub identity: Arc<NodeIdentity>,
     pub bundle: TrustBundle,
     pub catalog: Arc<Catalog>,
+    pub auditor: Arc<Auditor>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -138,6 +143,35 @@ impl Federation for FederationApi {
         Ok(Response::new(
             (*self.catalog.snapshot().signed_local).clone(),
         ))
+    }
+
+    async fn get_checkpoint(
+        &self,
+        req: Request<GetCheckpointRequest>,
+    ) -> Result<Response<SignedCheckpoint>, Status> {
+        peer_of(&req)?;
+        // Sign the current head if it moved, so the peer always gets an up-to-date one.
+        let _ = self.auditor.checkpoint_now();
+        self.auditor
+            .latest_checkpoint()
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found("no audit checkpoint yet (the log is empty)"))
+    }
+
+    /// A peer reads this node's records of the exchanges it took part in (and only those).
+    async fn get_audit_records(
+        &self,
+        req: Request<GetAuditRecordsRequest>,
+    ) -> Result<Response<GetAuditRecordsResponse>, Status> {
+        let peer = peer_of(&req)?;
+        let rid = req.into_inner().request_id;
+        let records = self
+            .auditor
+            .records_for_request(&rid)
+            .into_iter()
+            .filter(|r| r.peer_city == peer.city)
+            .collect();
+        Ok(Response::new(GetAuditRecordsResponse { records }))
     }
 
     type WatchCatalogStream = CatalogStream;
@@ -193,8 +227,11 @@ pub struct PeerSync {
     pub bundle: TrustBundle,
     pub catalog: Arc<Catalog>,
     pub health: HealthReporter,
+    pub auditor: Arc<Auditor>,
     pub connect_timeout: std::time::Duration,
     pub retry: std::time::Duration,
+    /// How often the peer's audit checkpoint is fetched.
+    pub checkpoint_interval: std::time::Duration,
 }
 
 impl PeerSync {
@@ -254,19 +291,54 @@ impl PeerSync {
             .watch_catalog(GetCatalogRequest {})
             .await?
             .into_inner();
-        while let Some(signed) = stream.message().await? {
-            let catalog = verify_peer_catalog(city, &cert, &signed)?;
-            tracing::info!(
-                peer = %city,
-                version = catalog.version,
-                services = catalog.services.len(),
-                "peer catalog updated"
-            );
-            self.catalog.set_peer(catalog);
-            if !self.peer.is_up() {
-                self.peer.set_up(true, &self.health).await;
+        let mut checkpoints = tokio::time::interval(self.checkpoint_interval);
+        loop {
+            tokio::select! {
+                msg = stream.message() => {
+                    let Some(signed) = msg? else { return Ok(()) };
+                    let catalog = verify_peer_catalog(city, &cert, &signed)?;
+                    tracing::info!(
+                        peer = %city,
+                        version = catalog.version,
+                        services = catalog.services.len(),
+                        "peer catalog updated"
+                    );
+                    self.catalog.set_peer(catalog);
+                    if !self.peer.is_up() {
+                        self.peer.set_up(true, &self.health).await;
+                    }
+                }
+                _ = checkpoints.tick() => self.fetch_checkpoint(&mut client, &cert).await,
             }
         }
-        Ok(())
+    }
+
+    /// Keeps the peer's latest signed audit checkpoint; a contradiction is reported loudly.
+    async fn fetch_checkpoint(
+        &self,
+        client: &mut FederationClient<EndpointChannel>,
+        cert: &CertificateDer<'static>,
+    ) {
+        let fetched = tokio::time::timeout(
+            self.connect_timeout * 2,
+            client.get_checkpoint(GetCheckpointRequest {}),
+        )
+        .await;
+        match fetched {
+            Ok(Ok(signed)) => {
+                let city = &self.peer.city;
+                if let Err(error) =
+                    self.auditor
+                        .store_peer_checkpoint(city, cert, &signed.into_inner())
+                {
+                    tracing::error!(peer = %city, %error, "peer audit checkpoint refused");
+                }
+            }
+            Ok(Err(s)) if s.code() == tonic::Code::NotFound => {}
+            Ok(Err(s)) => {
+                tracing::debug!(peer = %self.peer.city, error = %s, "checkpoint fetch failed")
+            }
+            Err(_) => tracing::debug!(peer = %self.peer.city, "checkpoint fetch timed out"),
+        }
     }
 }

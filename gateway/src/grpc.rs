@@ -142,6 +142,47 @@ impl FrameScanner {
     }
 }
 
+/// SHA-256 and size of a message stream as framed on the wire (the audit's digests).
+#[derive(Clone, Default)]
+pub struct Tally {
+    hasher: sha2::Sha256,
+    pub bytes: u64,
+}
+
+impl Tally {
+    pub fn update(&mut self, chunk: &[u8]) {
+        use sha2::Digest;
+        self.hasher.update(chunk);
+        self.bytes += chunk.len() as u64;
+    }
+
+    /// The digest of what was seen so far.
+    pub fn digest(&self) -> [u8; 32] {
+        use sha2::Digest;
+        self.hasher.clone().finalize().into()
+    }
+}
+
+/// A tally shared between a body and whoever reads it at the end of the exchange.
+pub type SharedTally = std::sync::Arc<std::sync::Mutex<Tally>>;
+
+/// How an exchange ended, as the response guard saw it.
+pub struct End {
+    pub code: i32,
+    pub message: String,
+    /// The upstream's trailers, when it sent them (a receipt may be in there).
+    pub trailers: HeaderMap,
+    pub response: Tally,
+}
+
+/// What to do when a response ends, before its trailers are released: the audit record is
+/// made durable here, and may add trailers (a receipt) or replace the status (when the record
+/// cannot be written, the caller must not see a success).
+pub type OnEnd = Box<
+    dyn FnOnce(End) -> std::pin::Pin<Box<dyn Future<Output = Result<HeaderMap, Status>> + Send>>
+        + Send,
+>;
+
 pin_project_lite::pin_project! {
     /// The caller's request body on its way upstream. On an oversized message it reports the
     /// violation on `violation` (so the proxy answers RESOURCE_EXHAUSTED) and fails the
@@ -151,17 +192,19 @@ pin_project_lite::pin_project! {
         inner: B,
         scanner: FrameScanner,
         violation: Option<oneshot::Sender<Status>>,
+        tally: SharedTally,
     }
 }
 
 impl<B> RequestGuard<B> {
-    pub fn new(inner: B, limit: u64) -> (Self, oneshot::Receiver<Status>) {
+    pub fn new(inner: B, limit: u64, tally: SharedTally) -> (Self, oneshot::Receiver<Status>) {
         let (tx, rx) = oneshot::channel();
         (
             RequestGuard {
                 inner,
                 scanner: FrameScanner::new(limit),
                 violation: Some(tx),
+                tally,
             },
             rx,
         )
@@ -184,6 +227,9 @@ where
         match ready!(this.inner.poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
+                    if let Ok(mut t) = this.tally.lock() {
+                        t.update(data.chunk());
+                    }
                     if let Err(len) = this.scanner.scan(data.chunk()) {
                         let status = this.scanner.too_large(len, "request");
                         if let Some(tx) = this.violation.take() {
@@ -213,7 +259,8 @@ where
 pin_project_lite::pin_project! {
     /// An upstream response body on its way to the caller. It ends the stream with a gRPC
     /// status of its own (instead of an HTTP/2 reset the caller cannot interpret) when a
-    /// message exceeds the limit, the deadline passes, or the upstream stream breaks.
+    /// message exceeds the limit, the deadline passes, or the upstream stream breaks; and it
+    /// holds the final trailers until its [`OnEnd`] (the audit) has finished.
     pub struct ResponseGuard<B> {
         #[pin]
         inner: B,
@@ -223,6 +270,9 @@ pin_project_lite::pin_project! {
         upstream: String,
         request_id: String,
         done: bool,
+        tally: Tally,
+        on_end: Option<OnEnd>,
+        ending: Option<(HeaderMap, std::pin::Pin<Box<dyn Future<Output = Result<HeaderMap, Status>> + Send>>)>,
     }
 }
 
@@ -241,11 +291,42 @@ impl<B> ResponseGuard<B> {
             upstream,
             request_id,
             done: false,
+            tally: Tally::default(),
+            on_end: None,
+            ending: None,
         }
+    }
+
+    /// Runs `on_end` before the final trailers are released.
+    pub fn on_end(mut self, on_end: OnEnd) -> Self {
+        self.on_end = Some(on_end);
+        self
     }
 }
 
-fn trailers(status: &Status, request_id: &str) -> HeaderMap {
+/// The gRPC status carried by a header map, if any.
+pub fn status_of(h: &HeaderMap) -> Option<(i32, String)> {
+    let code = h
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<i32>()
+        .ok()?;
+    let message = h
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .map(|m| {
+            percent_encoding::percent_decode_str(m)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .unwrap_or_default();
+    Some((code, message))
+}
+
+/// Trailers carrying `status` and the request id.
+pub fn trailers(status: &Status, request_id: &str) -> HeaderMap {
     let mut h = HeaderMap::new();
     let _ = status.add_header(&mut h);
     if let Ok(v) = HeaderValue::from_str(request_id) {
@@ -270,43 +351,81 @@ where
         if *this.done {
             return Poll::Ready(None);
         }
-        let status = match this.inner.poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                let checked = match frame.data_ref() {
-                    Some(data) => this.scanner.scan(data.chunk()),
-                    None => Ok(()),
-                };
-                match checked {
-                    Ok(()) => {
-                        if frame.is_trailers() {
-                            *this.done = true;
-                        }
-                        return Poll::Ready(Some(Ok(frame)));
-                    }
-                    Err(len) => this.scanner.too_large(len, "response"),
+        if let Some((trailers, fut)) = this.ending.as_mut() {
+            // Hold the trailers until the end hook (the audit) has finished.
+            let out = match ready!(fut.as_mut().poll(cx)) {
+                Ok(extra) => {
+                    let mut t = std::mem::take(trailers);
+                    t.extend(extra);
+                    t
                 }
+                Err(status) => crate::grpc::trailers(&status, this.request_id),
+            };
+            *this.ending = None;
+            *this.done = true;
+            return Poll::Ready(Some(Ok(Frame::trailers(out))));
+        }
+        // The upstream's own trailers, or ours when something went wrong.
+        let (trailers, upstream_trailers) = match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => match this.scanner.scan(data.chunk()) {
+                    Ok(()) => {
+                        this.tally.update(data.chunk());
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    Err(len) => {
+                        let s = this.scanner.too_large(len, "response");
+                        (trailers(&s, this.request_id), HeaderMap::new())
+                    }
+                },
+                Err(frame) => match frame.into_trailers() {
+                    Ok(t) => (t.clone(), t),
+                    // Neither data nor trailers: nothing to pass on.
+                    Err(_) => return Poll::Ready(Some(Ok(Frame::data(Bytes::new())))),
+                },
+            },
+            Poll::Ready(Some(Err(e))) => {
+                let s = Status::unavailable(format!(
+                    "{} failed while streaming the response: {e}",
+                    this.upstream
+                ));
+                (trailers(&s, this.request_id), HeaderMap::new())
             }
-            Poll::Ready(Some(Err(e))) => Status::unavailable(format!(
-                "{} failed while streaming the response: {e}",
-                this.upstream
-            )),
             Poll::Ready(None) => {
-                *this.done = true;
-                return Poll::Ready(None);
+                let s = Status::internal(format!(
+                    "{} ended the response without a status",
+                    this.upstream
+                ));
+                (trailers(&s, this.request_id), HeaderMap::new())
             }
             Poll::Pending => {
                 ready!(this.deadline.poll(cx));
-                Status::deadline_exceeded(format!(
+                let s = Status::deadline_exceeded(format!(
                     "deadline exceeded while streaming the response of {}",
                     this.upstream
-                ))
+                ));
+                (trailers(&s, this.request_id), HeaderMap::new())
             }
         };
-        *this.done = true;
-        Poll::Ready(Some(Ok(Frame::trailers(trailers(
-            &status,
-            this.request_id,
-        )))))
+        match this.on_end.take() {
+            Some(hook) => {
+                let (code, message) =
+                    status_of(&trailers).unwrap_or((Code::Unknown as i32, String::new()));
+                let fut = hook(End {
+                    code,
+                    message,
+                    trailers: upstream_trailers,
+                    response: this.tally.clone(),
+                });
+                *this.ending = Some((trailers, fut));
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            None => {
+                *this.done = true;
+                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {

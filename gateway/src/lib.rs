@@ -4,6 +4,7 @@
 //! One module, one job; [`proxy`] reads top to bottom as the path of one call (DESIGN §2).
 
 pub mod assertion;
+pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod certs;

@@ -444,6 +444,7 @@ pub fn node_config(
         },
         policy_file,
         policy_reload: Duration::from_secs(1),
+        audit: crate::config::AuditConfig::default(),
     })
 }
 

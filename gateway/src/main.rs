@@ -553,7 +553,32 @@ async fn run_demo(serve: bool) -> anyhow::Result<ExitCode> {
     let rows = demo::run_calls(&fed).await?;
     println!("{}", demo::table(&rows));
     println!();
-    let checked = demo::check(&rows);
+    println!("audit chains:");
+    let heads = demo::audit_heads(&fed);
+    for h in &heads {
+        println!(
+            "  {:<8} {} records, head seq {} hash {}…, {} verified receipts: {}",
+            h.city,
+            h.records,
+            h.head_seq,
+            h.head_hash,
+            h.receipts_verified,
+            match &h.verified {
+                Ok(()) => "chain verifies".to_string(),
+                Err(e) => format!("BROKEN at {e}"),
+            }
+        );
+    }
+    println!();
+    let checked = demo::check(&rows).and_then(|()| {
+        match heads.iter().find(|h| h.verified.is_err() || h.records == 0) {
+            Some(h) => Err(demo::DemoError::Check(format!(
+                "the audit chain of {} does not verify",
+                h.city
+            ))),
+            None => Ok(()),
+        }
+    });
     match &checked {
         Ok(()) => println!("ok: each cross-city call was answered by the other city's provider"),
         Err(e) => println!("FAILED: {e}"),

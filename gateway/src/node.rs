@@ -14,6 +14,9 @@ use tongban_proto::registry::v1::registry_server::RegistryServer;
 use tonic::service::Routes;
 
 use crate::assertion::{self, ReplayCache};
+use crate::audit::api::AuditApi;
+use crate::audit::log::{Durability, LogOptions};
+use crate::audit::Auditor;
 use crate::auth::{AuthSettings, Authenticator, JwksSource};
 use crate::catalog::{Catalog, Publisher, Snapshot};
 use crate::config::NodeConfig;
@@ -30,6 +33,7 @@ use crate::server::{self, Side};
 use crate::subject::Pseudonymizer;
 use crate::trust::{NodeIdentity, TrustBundle, TrustError};
 use crate::upstream::Endpoint;
+use tongban_proto::audit::v1::audit_server::AuditServer;
 use tongban_proto::consent::v1::consent_server::ConsentServer;
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +60,8 @@ pub enum NodeError {
     Policy(#[from] crate::policy::PolicyError),
     #[error(transparent)]
     SubjectKey(#[from] crate::subject::SubjectKeyError),
+    #[error("audit log: {0}")]
+    Audit(#[from] crate::audit::log::AuditError),
 }
 
 impl NodeError {
@@ -68,6 +74,9 @@ impl NodeError {
             | NodeError::Policy(_) => 64,
             NodeError::Store { .. } | NodeError::Bind { .. } | NodeError::SubjectKey(_) => 74,
             NodeError::Registry(_) | NodeError::Reflection(_) => 70,
+            // A log that does not verify: the node refuses to write on top of it.
+            NodeError::Audit(crate::audit::log::AuditError::Corrupt { .. }) => 65,
+            NodeError::Audit(_) => 74,
         }
     }
 }
@@ -102,6 +111,7 @@ pub struct PreparedNode {
     consents: ConsentStore,
     checks: TrustChecks,
     caller_tls: Option<Arc<rustls::ServerConfig>>,
+    auditor: Arc<Auditor>,
 }
 
 impl PreparedNode {
@@ -176,6 +186,14 @@ impl PreparedNode {
             path: store.display().to_string(),
             source,
         })?;
+        let opts = LogOptions {
+            durability: match config.audit.batch_window {
+                None => Durability::Sync,
+                Some(w) => Durability::Batch(w),
+            },
+            segment_bytes: config.audit.segment_bytes,
+        };
+        let auditor = Auditor::open(&config.data_dir.join("audit"), &db, opts, identity.clone())?;
         Ok(PreparedNode {
             config,
             bundle,
@@ -184,6 +202,7 @@ impl PreparedNode {
             consents,
             checks,
             caller_tls,
+            auditor,
         })
     }
 
@@ -197,6 +216,7 @@ impl PreparedNode {
             consents,
             checks,
             caller_tls,
+            auditor,
         } = self;
         let caller_addr = local_addr(&listeners.caller, "listen.caller", config.caller_addr)?;
         let peer_addr = local_addr(&listeners.peer, "listen.peer", config.peer_addr)?;
@@ -251,6 +271,13 @@ impl PreparedNode {
             auth: checks.auth.clone(),
         }))
         .add_service(ConsentServer::new(consent_api))
+        .add_service(AuditServer::new(AuditApi {
+            auditor: auditor.clone(),
+            auth: checks.auth.clone(),
+            pseudonyms: checks.pseudonyms.clone(),
+            peers: peers.clone(),
+            connect_timeout: config.limits.connect_timeout,
+        }))
         .add_service(health_svc.clone())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -259,6 +286,7 @@ impl PreparedNode {
             identity: identity.clone(),
             bundle: bundle.clone(),
             catalog: catalog.clone(),
+            auditor: auditor.clone(),
             shutdown: shutdown.clone(),
         }))
         .add_service(health_svc)
@@ -281,8 +309,15 @@ impl PreparedNode {
         )));
         let policy = checks.policy.clone();
         let auth = checks.auth.clone();
+        tasks.push(tokio::spawn(crate::audit::run_checkpoints(
+            auditor.clone(),
+            config.audit.checkpoint_every,
+            config.audit.checkpoint_interval,
+            shutdown.clone(),
+        )));
         let proxy = Arc::new(Proxy {
             city: config.city.clone(),
+            auditor: auditor.clone(),
             catalog: catalog.clone(),
             peers: peers.clone(),
             limits: config.limits.clone(),
@@ -327,8 +362,10 @@ impl PreparedNode {
                 bundle: bundle.clone(),
                 catalog: catalog.clone(),
                 health: health.clone(),
+                auditor: auditor.clone(),
                 connect_timeout: config.limits.connect_timeout,
                 retry: config.limits.catalog_retry,
+                checkpoint_interval: config.audit.checkpoint_interval,
             };
             tasks.push(tokio::spawn(sync.run(shutdown.clone())));
         }
@@ -349,6 +386,7 @@ impl PreparedNode {
             peers,
             policy,
             auth,
+            auditor,
         })
     }
 }
@@ -399,9 +437,15 @@ pub struct RunningNode {
     peers: BTreeMap<String, Arc<Peer>>,
     policy: Arc<PolicyStore>,
     auth: Arc<Authenticator>,
+    auditor: Arc<Auditor>,
 }
 
 impl RunningNode {
+    /// This node's audit.
+    pub fn auditor(&self) -> &Arc<Auditor> {
+        &self.auditor
+    }
+
     /// Changes every time a new policy is installed (by the file watcher or a reload).
     pub fn policy_changes(&self) -> watch::Receiver<u64> {
         self.policy.subscribe()

@@ -21,6 +21,8 @@ use tonic::body::Body;
 use tonic::{Code, Status};
 
 use crate::assertion::{self, AssertionClaims, ReplayCache};
+use crate::audit::exchange::{self, Exchange, Receipts};
+use crate::audit::Auditor;
 use crate::auth::Authenticator;
 use crate::catalog::Catalog;
 use crate::catalog::{LocalService, Snapshot};
@@ -29,8 +31,8 @@ use crate::config::Limits;
 use crate::consent;
 use crate::federation::Peer;
 use crate::grpc::{
-    self, code_for_http_status, format_timeout, parse_timeout, status_response, RequestGuard,
-    ResponseGuard, REQUEST_ID,
+    self, code_for_http_status, format_timeout, parse_timeout, RequestGuard, ResponseGuard,
+    REQUEST_ID,
 };
 use crate::policy::{PolicyRequest, PolicyStore};
 use crate::ratelimit::RateLimiter;
@@ -38,6 +40,7 @@ use crate::registry::validate_catalog_code;
 use crate::subject::{self, Pseudonymizer};
 use crate::trust::PeerIdentity;
 use crate::upstream::EndpointSet;
+use tongban_proto::audit::v1::Side;
 
 /// Metadata naming the city that should serve the call.
 pub const TARGET_CITY: &str = "x-tongban-target-city";
@@ -286,6 +289,15 @@ impl Intent {
     }
 }
 
+impl Intent {
+    /// Writes what the audit record keeps of the intent (never the clear subject id).
+    fn describe(&self, ex: &mut Exchange) {
+        ex.record.purpose = self.purpose.clone();
+        ex.record.catalog_code = self.catalog_code.clone().unwrap_or_default();
+        ex.record.subject_pseudonym = self.subject.clone().unwrap_or_default();
+    }
+}
+
 /// Where a call goes.
 enum Route {
     Local(Arc<LocalService>),
@@ -307,6 +319,7 @@ pub struct TrustChecks {
 /// The proxy of one node.
 pub struct Proxy {
     pub city: String,
+    pub auditor: Arc<Auditor>,
     pub catalog: Arc<Catalog>,
     pub peers: BTreeMap<String, Arc<Peer>>,
     pub limits: Limits,
@@ -319,16 +332,22 @@ impl Proxy {
     /// Home ingress: a call from a system of this node's city.
     pub async fn from_caller(&self, req: Request<Incoming>) -> Response<Body> {
         let (mut parts, body) = req.into_parts();
-        let request_id = match request_id_of(&parts.headers) {
-            Ok(id) => id,
-            Err((id, e)) => return self.refuse(e, &id),
+        let (request_id, bad_id) = match request_id_of(&parts.headers) {
+            Ok(id) => (id, None),
+            Err((id, e)) => (id, Some(e)),
         };
-        let call = match Call::parse(&parts, &self.limits, request_id.clone()) {
+        let mut ex = Exchange::new(&self.city, &request_id, Side::Local, &parts.headers);
+        if let Some(e) = bad_id {
+            return self.reject(ex, e, Receipts::None).await;
+        }
+        let call = match Call::parse(&parts, &self.limits, request_id) {
             Ok(c) => c,
-            Err(e) => return self.refuse(e, &request_id),
+            Err(e) => return self.reject(ex, e, Receipts::None).await,
         };
+        ex.record.service = call.service.clone();
+        ex.record.method = call.method.clone();
         if let Err(e) = self.check_metadata(&parts.headers) {
-            return self.refuse(e, &call.request_id);
+            return self.reject(ex, e, Receipts::None).await;
         }
         // 1. Authenticate the caller: a JWT from this city's identity provider.
         let auth = parts
@@ -339,9 +358,11 @@ impl Proxy {
             Ok(c) => c,
             Err(e) => {
                 let e = ProxyError::Unauthenticated(e.to_string());
-                return self.refuse(e, &call.request_id);
+                return self.reject(ex, e, Receipts::None).await;
             }
         };
+        ex.record.caller_city = caller.city.clone();
+        ex.record.caller_org = caller.org.clone();
         let intent = match self
             .trust
             .rate
@@ -349,45 +370,59 @@ impl Proxy {
             .and_then(|()| Intent::parse(&parts.headers, &self.trust.pseudonyms, None))
         {
             Ok(i) => i,
-            Err(e) => return self.refuse(e, &call.request_id),
+            Err(e) => return self.reject(ex, e, Receipts::None).await,
         };
+        intent.describe(&mut ex);
         // 2. Route through the federated catalog.
         let snapshot = self.catalog.snapshot();
         let route = match self.route(&snapshot, &call) {
             Ok(r) => r,
-            Err(e) => return self.refuse(e, &call.request_id),
+            Err(e) => return self.reject(ex, e, Receipts::None).await,
         };
-        // 3. Home policy: may this caller call that service in that city for this purpose?
         let target_city = match &route {
-            Route::Local(_) => self.city.as_str(),
-            Route::Peer(p) => p.city.as_str(),
+            Route::Local(svc) => {
+                ex.record.target_org = svc.record.organisation.clone();
+                self.city.clone()
+            }
+            Route::Peer(p) => {
+                ex.record.side = Side::Home as i32;
+                ex.record.peer_city = p.city.clone();
+                ex.record.target_org = call.target_org.clone().unwrap_or_default();
+                ex.record.consent_id = consent::presented_id(&parts.headers).unwrap_or_default();
+                p.city.clone()
+            }
         };
+        ex.record.target_city = target_city.clone();
+        // 3. Home policy: may this caller call that service in that city for this purpose?
         if let Err(e) = self.authorise(
             &caller.city,
             &caller.org,
             &caller.roles,
-            target_city,
+            &target_city,
             &call,
             &intent,
         ) {
-            return self.refuse(e, &call.request_id);
+            return self.reject(ex, e, Receipts::None).await;
         }
         strip(&mut parts.headers, HOP_BY_HOP);
         strip(&mut parts.headers, NODE_ONLY);
         strip(&mut parts.headers, NEVER_ACROSS);
         // 4. Forward: to a local provider, or over the mTLS channel to the peer node with a
-        //    caller assertion signed by this node.
-        let result = match route {
+        //    caller assertion signed by this node. The home side's record (with the peer's
+        //    receipt) is durable before the final status reaches the caller.
+        match route {
             Route::Local(svc) => {
                 // This node is also the providing node: it checks the consent itself.
                 match self.check_consent(&parts.headers, &svc, &caller.id(), &call, &intent) {
-                    Ok(()) => {
+                    Ok(consent_id) => {
+                        ex.record.consent_id = consent_id;
                         set(&mut parts.headers, ORIGIN_CITY, &self.city);
                         set(&mut parts.headers, CALLER, &caller.id());
-                        self.forward(&call, parts, body, Target::Provider(&svc.endpoints))
+                        let target = Target::Provider(&svc.endpoints);
+                        self.forward(&call, parts, body, target, ex, Receipts::None)
                             .await
                     }
-                    Err(e) => Err(e),
+                    Err(e) => self.reject(ex, e, Receipts::None).await,
                 }
             }
             Route::Peer(peer) => {
@@ -406,30 +441,43 @@ impl Proxy {
                     exp: assertion::now_s() + assertion::TTL.as_secs(),
                     jti: uuid::Uuid::new_v4().to_string(),
                 };
+                let receipts = Receipts::Take(peer.city.clone(), peer.node_key());
                 match self.trust.signer.sign(&claims) {
                     Ok(token) => {
                         set(&mut parts.headers, assertion::HEADER, &token);
-                        self.forward(&call, parts, body, Target::Peer(&peer)).await
+                        self.forward(&call, parts, body, Target::Peer(&peer), ex, receipts)
+                            .await
                     }
-                    Err(e) => Err(ProxyError::Internal(e.to_string())),
+                    Err(e) => {
+                        self.reject(ex, ProxyError::Internal(e.to_string()), Receipts::None)
+                            .await
+                    }
                 }
             }
-        };
-        // Audit of the home side (with the peer's receipt): the audit issue.
-        self.finish(result, &call)
+        }
     }
 
     /// Peer ingress: a call forwarded by the node of another city.
     pub async fn from_peer(&self, peer: PeerIdentity, req: Request<Incoming>) -> Response<Body> {
         let (mut parts, body) = req.into_parts();
-        let request_id = match request_id_of(&parts.headers) {
-            Ok(id) => id,
-            Err((id, e)) => return self.refuse(e, &id),
+        let (request_id, bad_id) = match request_id_of(&parts.headers) {
+            Ok(id) => (id, None),
+            Err((id, e)) => (id, Some(e)),
         };
-        let mut call = match Call::parse(&parts, &self.limits, request_id.clone()) {
+        let mut ex = Exchange::new(&self.city, &request_id, Side::Provider, &parts.headers);
+        ex.record.peer_city = peer.city.clone();
+        ex.record.caller_city = peer.city.clone();
+        ex.record.target_city = self.city.clone();
+        let give = Receipts::Give;
+        if let Some(e) = bad_id {
+            return self.reject(ex, e, give).await;
+        }
+        let mut call = match Call::parse(&parts, &self.limits, request_id) {
             Ok(c) => c,
-            Err(e) => return self.refuse(e, &request_id),
+            Err(e) => return self.reject(ex, e, give).await,
         };
+        ex.record.service = call.service.clone();
+        ex.record.method = call.method.clone();
         // 5. The peer node is authenticated by its mTLS certificate (`peer.city` comes from
         //    it, see trust::identify_peer); the caller by the assertion that node signed.
         let claims = match self.check_metadata(&parts.headers).and_then(|()| {
@@ -453,21 +501,23 @@ impl Proxy {
             Ok(claims)
         }) {
             Ok(c) => c,
-            Err(e) => return self.refuse(e, &call.request_id),
+            Err(e) => return self.reject(ex, e, give).await,
         };
+        ex.record.caller_org = claims.sub.clone();
         let target = call.target_city.get_or_insert_with(|| self.city.clone());
         if *target != self.city {
             let e = ProxyError::NotRelayed {
                 own: self.city.clone(),
                 target: target.clone(),
             };
-            return self.refuse(e, &call.request_id);
+            return self.reject(ex, e, give).await;
         }
         let snapshot = self.catalog.snapshot();
         let svc = match self.local_provider(&snapshot, &call) {
             Ok(s) => s,
-            Err(e) => return self.refuse(e, &call.request_id),
+            Err(e) => return self.reject(ex, e, give).await,
         };
+        ex.record.target_org = svc.record.organisation.clone();
         // 6. Provider policy (the providing city has the final say), on what the home node
         //    vouched for: caller organisation, roles and purpose from the assertion.
         let intent = match Intent::parse(
@@ -476,8 +526,9 @@ impl Proxy {
             Some(&claims.purpose),
         ) {
             Ok(i) => i,
-            Err(e) => return self.refuse(e, &call.request_id),
+            Err(e) => return self.reject(ex, e, give).await,
         };
+        intent.describe(&mut ex);
         if let Err(e) = self.authorise(
             &peer.city,
             &claims.sub,
@@ -486,31 +537,28 @@ impl Proxy {
             &call,
             &intent,
         ) {
-            return self.refuse(e, &call.request_id);
+            return self.reject(ex, e, give).await;
         }
         let caller_id = format!("{}/{}", peer.city, claims.sub);
-        if let Err(e) = self.check_consent(&parts.headers, &svc, &caller_id, &call, &intent) {
-            return self.refuse(e, &call.request_id);
+        match self.check_consent(&parts.headers, &svc, &caller_id, &call, &intent) {
+            Ok(id) => ex.record.consent_id = id,
+            Err(e) => return self.reject(ex, e, give).await,
         }
         let permit = match self.peer_slot(&peer.city) {
             Ok(p) => p,
-            Err(e) => return self.refuse(e, &call.request_id),
+            Err(e) => return self.reject(ex, e, give).await,
         };
         strip(&mut parts.headers, HOP_BY_HOP);
         strip(&mut parts.headers, NODE_ONLY);
         set(&mut parts.headers, ORIGIN_CITY, &peer.city);
-        set(
-            &mut parts.headers,
-            CALLER,
-            &format!("{}/{}", peer.city, claims.sub),
-        );
+        set(&mut parts.headers, CALLER, &caller_id);
         // 7. Forward to the provider registered in this city.
-        let result = self
-            .forward(&call, parts, body, Target::Provider(&svc.endpoints))
+        // 8. The audit record is durable before the final status leaves, and a signed
+        //    receipt travels back in the trailers.
+        let target = Target::Provider(&svc.endpoints);
+        self.forward(&call, parts, body, target, ex, give)
             .await
-            .map(|resp| resp.map(|b| grpc::boxed(HoldPermit { body: b, permit })));
-        // 8. Audit, durable before the response leaves, and a signed receipt: the audit issue.
-        self.finish(result, &call)
+            .map(|b| grpc::boxed(HoldPermit { body: b, permit }))
     }
 
     /// Steps 3 and 6: this node's policy on one call.
@@ -555,9 +603,9 @@ impl Proxy {
         caller: &str,
         call: &Call,
         intent: &Intent,
-    ) -> Result<(), ProxyError> {
+    ) -> Result<String, ProxyError> {
         if !svc.record.personal_data {
-            return Ok(());
+            return Ok(String::new());
         }
         let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
         let scope = consent::ConsentScope {
@@ -578,7 +626,7 @@ impl Proxy {
         consent::verify(text(consent::HEADER), &scope, key, |city, id| {
             snap.consent_revoked(city, id)
         })
-        .map(|_| ())
+        .map(|c| c.jti)
         .map_err(|e| match e {
             consent::ConsentError::NoSubject(_) => ProxyError::BadRequest(e.to_string()),
             _ => ProxyError::PermissionDenied(format!("{}: {e}", self.city)),
@@ -612,26 +660,11 @@ impl Proxy {
         Ok(())
     }
 
-    fn refuse(&self, e: ProxyError, request_id: &str) -> Response<Body> {
+    /// Refuses a call with `e`, after its audit record is durable.
+    async fn reject(&self, ex: Exchange, e: ProxyError, receipts: Receipts) -> Response<Body> {
         let status = e.status();
-        tracing::debug!(request_id, code = ?status.code(), error = %e, "call refused");
-        status_response(status, request_id)
-    }
-
-    fn finish(&self, result: Result<Response<Body>, ProxyError>, call: &Call) -> Response<Body> {
-        match result {
-            Ok(resp) => {
-                tracing::debug!(
-                    request_id = %call.request_id,
-                    service = %call.service,
-                    method = %call.method,
-                    elapsed_us = call.started.elapsed().as_micros() as u64,
-                    "call forwarded"
-                );
-                resp
-            }
-            Err(e) => self.refuse(e, &call.request_id),
-        }
+        tracing::debug!(request_id = %ex.record.request_id, code = ?status.code(), error = %e, "call refused");
+        exchange::refuse(self.auditor.clone(), ex, status, receipts).await
     }
 
     /// Step 2: which city, then which provider or peer.
@@ -711,14 +744,17 @@ impl Proxy {
     }
 
     /// Sends the call upstream once a connection is up, within the deadline, and wraps the
-    /// response so that limits and the deadline hold while it streams back.
+    /// response so that limits and the deadline hold while it streams back and the exchange
+    /// is audited before its final status is released. Failures are audited refusals.
     async fn forward(
         &self,
         call: &Call,
         mut parts: Parts,
         body: Incoming,
         target: Target<'_>,
-    ) -> Result<Response<Body>, ProxyError> {
+        ex: Exchange,
+        receipts: Receipts,
+    ) -> Response<Body> {
         let budget = self.limits.connect_timeout.min(call.remaining());
         let picked = match target {
             Target::Provider(set) => set.pick(budget).await,
@@ -728,20 +764,28 @@ impl Proxy {
                 .await
                 .map(|s| (peer.endpoint.clone(), s)),
         };
-        let (endpoint, mut sender) = picked.map_err(|e| match target {
-            Target::Peer(p) => {
-                ProxyError::Unavailable(format!("peer city `{}` is unreachable: {e}", p.city))
+        let (endpoint, mut sender) = match picked {
+            Ok(p) => p,
+            Err(e) => {
+                let e = match target {
+                    Target::Peer(p) => ProxyError::Unavailable(format!(
+                        "peer city `{}` is unreachable: {e}",
+                        p.city
+                    )),
+                    Target::Provider(_) => ProxyError::Unavailable(format!(
+                        "provider of `{}` is unreachable: {e}",
+                        call.service
+                    )),
+                };
+                return self.reject(ex, e, receipts).await;
             }
-            Target::Provider(_) => ProxyError::Unavailable(format!(
-                "provider of `{}` is unreachable: {e}",
-                call.service
-            )),
-        })?;
+        };
         if call.remaining().is_zero() {
-            return Err(ProxyError::Deadline(format!(
+            let e = ProxyError::Deadline(format!(
                 "deadline exceeded before reaching {}",
                 endpoint.label()
-            )));
+            ));
+            return self.reject(ex, e, receipts).await;
         }
         parts.uri = endpoint.uri_for(&call.path);
         set(
@@ -750,45 +794,71 @@ impl Proxy {
             &format_timeout(call.remaining()),
         );
         set(&mut parts.headers, REQUEST_ID, &call.request_id);
-        let (guarded, mut violation) = RequestGuard::new(body, self.limits.max_message_bytes);
+        let (guarded, mut violation) =
+            RequestGuard::new(body, self.limits.max_message_bytes, ex.request.clone());
         let req = Request::from_parts(parts, grpc::boxed(guarded));
         let label = endpoint.label().to_string();
         let send = async {
             sender.ready().await?;
             sender.send_request(req).await
         };
-        let resp = tokio::select! {
+        let sent = tokio::select! {
             r = tokio::time::timeout_at(call.deadline, send) => match r {
-                Err(_) => return Err(ProxyError::Deadline(format!(
-                    "deadline exceeded waiting for {label}"
-                ))),
-                Ok(Err(e)) => {
-                    if let Ok(status) = violation.try_recv() {
-                        return Err(ProxyError::Passthrough(status));
-                    }
-                    return Err(ProxyError::Unavailable(format!("{label} failed: {e}")));
-                }
-                Ok(Ok(resp)) => resp,
+                Err(_) => Err(ProxyError::Deadline(format!("deadline exceeded waiting for {label}"))),
+                Ok(Err(e)) => match violation.try_recv() {
+                    Ok(status) => Err(ProxyError::Passthrough(status)),
+                    Err(_) => Err(ProxyError::Unavailable(format!("{label} failed: {e}"))),
+                },
+                Ok(Ok(resp)) => Ok(resp),
             },
-            Ok(status) = &mut violation => return Err(ProxyError::Passthrough(status)),
+            Ok(status) = &mut violation => Err(ProxyError::Passthrough(status)),
         };
-        if resp.status() != http::StatusCode::OK {
-            let code = code_for_http_status(resp.status());
-            return Err(ProxyError::Passthrough(Status::new(
-                code,
-                format!("{label} answered http {}", resp.status()),
-            )));
-        }
+        let resp = match sent {
+            Ok(r) if r.status() == http::StatusCode::OK => r,
+            Ok(r) => {
+                let code = code_for_http_status(r.status());
+                let e = ProxyError::Passthrough(Status::new(
+                    code,
+                    format!("{label} answered http {}", r.status()),
+                ));
+                return self.reject(ex, e, receipts).await;
+            }
+            Err(e) => return self.reject(ex, e, receipts).await,
+        };
         let (mut rparts, rbody) = resp.into_parts();
         set(&mut rparts.headers, REQUEST_ID, &call.request_id);
+        tracing::debug!(
+            request_id = %call.request_id,
+            service = %call.service,
+            method = %call.method,
+            elapsed_us = call.started.elapsed().as_micros() as u64,
+            "call forwarded"
+        );
+        if let Some((code, message)) = grpc::status_of(&rparts.headers) {
+            // Trailers-only response: audit now, before the headers (the status) leave.
+            let end = grpc::End {
+                code,
+                message,
+                trailers: rparts.headers.clone(),
+                response: grpc::Tally::default(),
+            };
+            return match exchange::complete(self.auditor.clone(), ex, end, receipts).await {
+                Ok(extra) => {
+                    rparts.headers.extend(extra);
+                    Response::from_parts(rparts, Body::empty())
+                }
+                Err(status) => grpc::status_response(status, &call.request_id),
+            };
+        }
         let guarded = ResponseGuard::new(
             rbody,
             self.limits.max_message_bytes,
             call.deadline,
             label,
             call.request_id.clone(),
-        );
-        Ok(Response::from_parts(rparts, grpc::boxed(guarded)))
+        )
+        .on_end(exchange::on_end(self.auditor.clone(), ex, receipts));
+        Response::from_parts(rparts, grpc::boxed(guarded))
     }
 }
 

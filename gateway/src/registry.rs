@@ -14,6 +14,7 @@ use crate::upstream::parse_endpoint_url;
 const RESERVED_PREFIXES: &[&str] = &[
     "tongban.registry.",
     "tongban.consent.",
+    "tongban.audit.",
     "tongban.federation.",
     "grpc.health.",
     "grpc.reflection.",

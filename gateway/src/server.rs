@@ -30,6 +30,7 @@ use crate::trust::{PeerIdentity, TrustBundle};
 const CALLER_CONTROL: &[&str] = &[
     "/tongban.registry.v1.Registry/",
     "/tongban.consent.v1.Consent/",
+    "/tongban.audit.v1.Audit/",
     "/grpc.health.v1.Health/",
     "/grpc.reflection.v1.ServerReflection/",
     "/grpc.reflection.v1alpha.ServerReflection/",

@@ -31,3 +31,9 @@ pub mod consent {
         tonic::include_proto!("tongban.consent.v1");
     }
 }
+
+pub mod audit {
+    pub mod v1 {
+        tonic::include_proto!("tongban.audit.v1");
+    }
+}

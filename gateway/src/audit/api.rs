@@ -1,0 +1,216 @@
+//! `tongban.audit.v1.Audit` on the caller listener. Operators (role `audit-operator`) query,
+//! fetch both sides of an exchange, verify the chain and read checkpoints; a citizen (role
+//! `citizen`, `sub` = their resident id) reads only their own access log.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tongban_proto::audit::v1::audit_server::Audit;
+use tongban_proto::audit::v1::{
+    Access, AccessLogRequest, AccessLogResponse, CheckpointsRequest, CheckpointsResponse,
+    GetRequest, GetResponse, QueryRequest, QueryResponse, VerifyRequest, VerifyResponse,
+};
+use tongban_proto::federation::v1::federation_client::FederationClient;
+use tongban_proto::federation::v1::GetAuditRecordsRequest;
+use tonic::{Request, Response, Status};
+
+use super::index::Filter;
+use super::Auditor;
+use crate::auth::{Authenticator, Caller};
+use crate::federation::Peer;
+use crate::subject::{validate_resident_id, Pseudonymizer};
+use crate::upstream::EndpointChannel;
+
+/// Role of the operators who read the audit.
+pub const OPERATOR_ROLE: &str = "audit-operator";
+const MAX_PAGE: u32 = 1000;
+
+pub struct AuditApi {
+    pub auditor: Arc<Auditor>,
+    pub auth: Arc<Authenticator>,
+    pub pseudonyms: Arc<Pseudonymizer>,
+    pub peers: BTreeMap<String, Arc<Peer>>,
+    pub connect_timeout: std::time::Duration,
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+impl AuditApi {
+    async fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        let auth = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        self.auth
+            .authenticate(auth)
+            .await
+            .map_err(|e| Status::unauthenticated(e.to_string()))
+    }
+
+    async fn operator<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        let c = self.caller(req).await?;
+        if c.roles.iter().any(|r| r == OPERATOR_ROLE) {
+            Ok(c)
+        } else {
+            Err(Status::permission_denied(format!(
+                "{} is not an audit operator (needs role {OPERATOR_ROLE})",
+                c.id()
+            )))
+        }
+    }
+}
+
+fn page_token(next: Option<(i64, u64)>) -> String {
+    next.map(|(ts, seq)| format!("{ts:x}.{seq:x}"))
+        .unwrap_or_default()
+}
+
+fn parse_page_token(t: &str) -> Result<Option<(i64, u64)>, Status> {
+    if t.is_empty() {
+        return Ok(None);
+    }
+    let bad = || Status::invalid_argument("page_token is not one this node returned");
+    let (a, b) = t.split_once('.').ok_or_else(bad)?;
+    let ts = i64::from_str_radix(a, 16).map_err(|_| bad())?;
+    let seq = u64::from_str_radix(b, 16).map_err(|_| bad())?;
+    Ok(Some((ts, seq)))
+}
+
+#[tonic::async_trait]
+impl Audit for AuditApi {
+    async fn query(&self, req: Request<QueryRequest>) -> Result<Response<QueryResponse>, Status> {
+        self.operator(&req).await?;
+        let q = req.into_inner();
+        if q.to_ms != 0 && q.to_ms < q.from_ms {
+            return Err(Status::invalid_argument("to_ms is before from_ms"));
+        }
+        let filter = Filter {
+            from_ms: q.from_ms,
+            to_ms: q.to_ms,
+            caller: Some(q.caller).filter(|c| !c.is_empty()),
+            service: Some(q.service.clone()).filter(|s| !s.is_empty()),
+            after: parse_page_token(&q.page_token)?,
+            limit: q.limit.clamp(1, MAX_PAGE) as usize,
+        };
+        let (mut records, next) = self.auditor.query(&filter);
+        // The index used the most selective filter; apply the others.
+        if filter.caller.is_some() && !q.service.is_empty() {
+            records.retain(|r| r.service == q.service);
+        }
+        Ok(Response::new(QueryResponse {
+            records,
+            next_page_token: page_token(next),
+        }))
+    }
+
+    async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        self.operator(&req).await?;
+        let rid = req.into_inner().request_id;
+        if rid.is_empty() || rid.len() > 64 {
+            return Err(Status::invalid_argument(
+                "request_id must be 1 to 64 characters",
+            ));
+        }
+        let local = self.auditor.records_for_request(&rid);
+        let mut peer = Vec::new();
+        let mut peer_error = String::new();
+        let peer_cities: Vec<String> = local
+            .iter()
+            .map(|r| r.peer_city.clone())
+            .filter(|c| !c.is_empty())
+            .collect();
+        for city in peer_cities.iter().take(1) {
+            match self.peers.get(city) {
+                None => peer_error = format!("`{city}` is not a configured peer"),
+                Some(p) => {
+                    let ch = EndpointChannel::new(p.endpoint.clone(), self.connect_timeout);
+                    let fetched = FederationClient::new(ch)
+                        .get_audit_records(GetAuditRecordsRequest {
+                            request_id: rid.clone(),
+                        })
+                        .await;
+                    match fetched {
+                        Ok(r) => peer = r.into_inner().records,
+                        Err(s) => peer_error = format!("peer `{city}`: {}", s.message()),
+                    }
+                }
+            }
+        }
+        Ok(Response::new(GetResponse {
+            local,
+            peer,
+            peer_error,
+        }))
+    }
+
+    async fn verify(
+        &self,
+        req: Request<VerifyRequest>,
+    ) -> Result<Response<VerifyResponse>, Status> {
+        self.operator(&req).await?;
+        let auditor = self.auditor.clone();
+        let report = tokio::task::spawn_blocking(move || auditor.verify())
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+        let (first_bad_seq, reason) = report.first_bad.clone().unwrap_or((0, String::new()));
+        Ok(Response::new(VerifyResponse {
+            ok: report.first_bad.is_none(),
+            records: report.records,
+            head_seq: report.head.seq,
+            head_hash: report.head.hash.to_vec(),
+            first_bad_seq,
+            reason,
+        }))
+    }
+
+    async fn checkpoints(
+        &self,
+        req: Request<CheckpointsRequest>,
+    ) -> Result<Response<CheckpointsResponse>, Status> {
+        self.operator(&req).await?;
+        Ok(Response::new(CheckpointsResponse {
+            own: self.auditor.own_checkpoints(),
+            peers: self.auditor.peer_checkpoints(),
+        }))
+    }
+
+    async fn access_log(
+        &self,
+        req: Request<AccessLogRequest>,
+    ) -> Result<Response<AccessLogResponse>, Status> {
+        let caller = self.caller(&req).await?;
+        let r = req.into_inner();
+        validate_resident_id(&r.subject).map_err(Status::invalid_argument)?;
+        let operator = caller.roles.iter().any(|x| x == OPERATOR_ROLE);
+        let own = caller.roles.iter().any(|x| x == "citizen")
+            && caller.subject.eq_ignore_ascii_case(&r.subject);
+        if !operator && !own {
+            return Err(Status::permission_denied(
+                "a citizen may read only their own access log",
+            ));
+        }
+        let pseudonym = self.pseudonyms.pseudonym(&r.subject);
+        let limit = r.limit.clamp(1, MAX_PAGE) as usize;
+        let accesses = self
+            .auditor
+            .for_subject(&pseudonym, limit)
+            .into_iter()
+            .map(|a| Access {
+                at_ms: a.started_at_ms,
+                caller_city: a.caller_city,
+                caller_org: a.caller_org,
+                target_city: a.target_city,
+                service: a.service,
+                method: a.method,
+                purpose: a.purpose,
+                catalog_code: a.catalog_code,
+                grpc_status: a.grpc_status,
+                request_id: a.request_id,
+            })
+            .collect();
+        Ok(Response::new(AccessLogResponse { accesses }))
+    }
+}

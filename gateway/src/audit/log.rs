@@ -1,0 +1,648 @@
+//! The audit log: append-only, hash-chained segment files, group-committed by one writer
+//! thread.
+//!
+//! Frame of one entry: `len: u32 BE | crc32: u32 BE | payload`, where payload is a prost
+//! [`LogEntry`] `{seq, prev_hash, record}` and `hash(entry) = SHA-256(payload)`. The first
+//! entry has seq 1 and a zero `prev_hash`. Segments are `seg-<first seq>.log` and rotate at a
+//! size limit.
+//!
+//! Durability (`sync`, the default): an append is acknowledged only after the batch holding it
+//! was written and `fsync`ed, so an acknowledged record survives `kill -9`. In `batch` mode
+//! appends are acknowledged once written and the file is synced every window: a crash of the
+//! machine (not of the process) can lose at most that window. A torn tail (a crash in the
+//! middle of a write) is cut at the next open; everything before it verifies.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot, watch};
+use tongban_proto::audit::v1::{AuditRecord, LogEntry};
+
+/// Largest payload of one entry.
+const MAX_ENTRY: u32 = 1024 * 1024;
+/// Most entries in one group commit.
+const MAX_BATCH: usize = 4096;
+
+pub type Hash = [u8; 32];
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit log i/o on {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("audit log is corrupt at seq {seq}: {reason}")]
+    Corrupt { seq: u64, reason: String },
+    #[error("audit writer stopped")]
+    Stopped,
+    #[error("audit record too large ({0} bytes)")]
+    TooLarge(usize),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
+    move |source| AuditError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// How appends are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync before acknowledging (group commit).
+    Sync,
+    /// Acknowledge after write; fsync every window.
+    Batch(Duration),
+}
+
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    pub durability: Durability,
+    pub segment_bytes: u64,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            durability: Durability::Sync,
+            segment_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Where an appended entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    /// The segment's first seq (its name).
+    pub segment: u64,
+    pub offset: u64,
+}
+
+/// A committed entry.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub seq: u64,
+    pub hash: Hash,
+    pub location: Location,
+    pub record: AuditRecord,
+}
+
+/// The head of the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    pub seq: u64,
+    pub hash: Hash,
+}
+
+fn segment_name(first_seq: u64) -> String {
+    format!("seg-{first_seq:012}.log")
+}
+
+/// Segments of `dir`, ordered by first seq.
+pub fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, AuditError> {
+    let mut out = Vec::new();
+    if !dir.exists() {
+        return Ok(out);
+    }
+    for e in fs::read_dir(dir).map_err(io(dir))? {
+        let e = e.map_err(io(dir))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(n) = name
+            .strip_prefix("seg-")
+            .and_then(|n| n.strip_suffix(".log"))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            out.push((n, e.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Encodes one frame.
+fn frame(entry: &LogEntry) -> Result<(Vec<u8>, Hash), AuditError> {
+    let payload = entry.encode_to_vec();
+    if payload.len() > MAX_ENTRY as usize {
+        return Err(AuditError::TooLarge(payload.len()));
+    }
+    let hash: Hash = Sha256::digest(&payload).into();
+    let mut out = Vec::with_capacity(payload.len() + 8);
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_be_bytes());
+    out.extend_from_slice(&payload);
+    Ok((out, hash))
+}
+
+/// One entry read back, with where it was.
+#[derive(Debug, Clone)]
+pub struct ReadEntry {
+    pub entry: LogEntry,
+    pub hash: Hash,
+    pub location: Location,
+    /// Offset just past the frame.
+    pub end: u64,
+}
+
+/// Why reading stopped before the end of a segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// The segment ended cleanly.
+    End,
+    /// A frame was cut short (a torn write or a truncation) at this offset.
+    Truncated { offset: u64 },
+    /// A frame's checksum or encoding was wrong at this offset.
+    Bad { offset: u64, reason: String },
+}
+
+/// Reads the frames of one segment in order, until its end or the first broken frame.
+pub fn read_segment(
+    segment: u64,
+    path: &Path,
+    mut each: impl FnMut(ReadEntry) -> bool,
+) -> Result<Stop, AuditError> {
+    let mut data = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut data))
+        .map_err(io(path))?;
+    let mut off = 0usize;
+    while off < data.len() {
+        if data.len() - off < 8 {
+            return Ok(Stop::Truncated { offset: off as u64 });
+        }
+        let len = u32::from_be_bytes([data[off], data[off + 1], data[off + 2], data[off + 3]]);
+        let crc = u32::from_be_bytes([data[off + 4], data[off + 5], data[off + 6], data[off + 7]]);
+        if len > MAX_ENTRY {
+            return Ok(Stop::Bad {
+                offset: off as u64,
+                reason: format!("frame length {len} is impossible"),
+            });
+        }
+        let start = off + 8;
+        let end = start + len as usize;
+        if end > data.len() {
+            return Ok(Stop::Truncated { offset: off as u64 });
+        }
+        let payload = &data[start..end];
+        if crc32fast::hash(payload) != crc {
+            return Ok(Stop::Bad {
+                offset: off as u64,
+                reason: "checksum mismatch".into(),
+            });
+        }
+        let entry = match LogEntry::decode(payload) {
+            Ok(e) => e,
+            Err(e) => {
+                return Ok(Stop::Bad {
+                    offset: off as u64,
+                    reason: format!("undecodable entry: {e}"),
+                })
+            }
+        };
+        let read = ReadEntry {
+            entry,
+            hash: Sha256::digest(payload).into(),
+            location: Location {
+                segment,
+                offset: off as u64,
+            },
+            end: end as u64,
+        };
+        if !each(read) {
+            return Ok(Stop::End);
+        }
+        off = end;
+    }
+    Ok(Stop::End)
+}
+
+/// The result of verifying (part of) a chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub records: u64,
+    pub head: Head,
+    /// The first sequence that does not verify, and why.
+    pub first_bad: Option<(u64, String)>,
+}
+
+/// Walks the whole log from seq 1, checking frames, sequence and chain; calls `each` on every
+/// good entry. Stops at the first problem. `checkpoints` are (seq, hash) pairs this node
+/// signed: a chain that disagrees with one was rewritten.
+pub fn verify_dir(
+    dir: &Path,
+    checkpoints: &[(u64, Hash)],
+    mut each: impl FnMut(&ReadEntry),
+) -> Result<VerifyReport, AuditError> {
+    let mut head = Head {
+        seq: 0,
+        hash: [0; 32],
+    };
+    let mut records = 0;
+    let mut bad: Option<(u64, String)> = None;
+    let segs = segments(dir)?;
+    for (i, (first, path)) in segs.iter().enumerate() {
+        if *first != head.seq + 1 {
+            bad = Some((
+                head.seq + 1,
+                format!(
+                    "segment {} starts at seq {first}, expected {}",
+                    path.display(),
+                    head.seq + 1
+                ),
+            ));
+            break;
+        }
+        let stop = read_segment(*first, path, |r| {
+            let expected = head.seq + 1;
+            if r.entry.seq != expected {
+                bad = Some((
+                    expected,
+                    format!("sequence gap: expected {expected}, found {}", r.entry.seq),
+                ));
+                return false;
+            }
+            if r.entry.prev_hash.as_slice() != head.hash {
+                bad = Some((expected, "chain broken: prev_hash does not match".into()));
+                return false;
+            }
+            if let Some((_, h)) = checkpoints.iter().find(|(s, _)| *s == r.entry.seq) {
+                if *h != r.hash {
+                    bad = Some((expected, "does not match a signed checkpoint".into()));
+                    return false;
+                }
+            }
+            each(&r);
+            head = Head {
+                seq: r.entry.seq,
+                hash: r.hash,
+            };
+            records += 1;
+            true
+        })?;
+        if bad.is_some() {
+            break;
+        }
+        match stop {
+            Stop::End => {}
+            Stop::Truncated { offset } => {
+                let last = i + 1 == segs.len();
+                let what = if last {
+                    "torn or truncated record"
+                } else {
+                    "truncated record"
+                };
+                bad = Some((head.seq + 1, format!("{what} at offset {offset}")));
+                break;
+            }
+            Stop::Bad { offset, reason } => {
+                bad = Some((head.seq + 1, format!("{reason} at offset {offset}")));
+                break;
+            }
+        }
+    }
+    Ok(VerifyReport {
+        records,
+        head,
+        first_bad: bad,
+    })
+}
+
+/// Reads the entry at `loc`.
+pub fn read_at(dir: &Path, loc: Location) -> Result<ReadEntry, AuditError> {
+    let path = dir.join(segment_name(loc.segment));
+    let mut f = File::open(&path).map_err(io(&path))?;
+    f.seek(SeekFrom::Start(loc.offset)).map_err(io(&path))?;
+    let mut hdr = [0u8; 8];
+    f.read_exact(&mut hdr).map_err(io(&path))?;
+    let len = u32::from_be_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
+    if len > MAX_ENTRY {
+        return Err(AuditError::Corrupt {
+            seq: 0,
+            reason: format!("bad frame length at {}:{}", path.display(), loc.offset),
+        });
+    }
+    let mut payload = vec![0u8; len as usize];
+    f.read_exact(&mut payload).map_err(io(&path))?;
+    let crc = u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
+    let entry = LogEntry::decode(payload.as_slice())
+        .ok()
+        .filter(|_| crc32fast::hash(&payload) == crc)
+        .ok_or_else(|| AuditError::Corrupt {
+            seq: 0,
+            reason: format!("bad frame at {}:{}", path.display(), loc.offset),
+        })?;
+    Ok(ReadEntry {
+        hash: Sha256::digest(&payload).into(),
+        entry,
+        location: loc,
+        end: loc.offset + 8 + u64::from(len),
+    })
+}
+
+struct Pending {
+    record: AuditRecord,
+    done: oneshot::Sender<Result<Appended, AuditError>>,
+}
+
+/// Handle of the audit log; cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Pending>,
+    head: watch::Receiver<Head>,
+    dir: PathBuf,
+}
+
+impl AuditLog {
+    /// Opens (or creates) the log in `dir`: verifies the chain, cuts a torn tail of the last
+    /// segment, and starts the writer thread. `committed` receives every committed batch (for
+    /// the indexes). A chain broken anywhere but in a torn tail refuses to open: the node
+    /// must not write on top of a tampered log.
+    pub fn open(
+        dir: &Path,
+        opts: LogOptions,
+        committed: std::sync::mpsc::Sender<Vec<Appended>>,
+    ) -> Result<AuditLog, AuditError> {
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let report = verify_dir(dir, &[], |_| {})?;
+        let segs = segments(dir)?;
+        let (mut seg_first, mut file_len) = (report.head.seq + 1, 0u64);
+        if let Some((seq, reason)) = &report.first_bad {
+            // Only a torn tail of the last segment is a crash artefact we may cut.
+            let last = segs.last().cloned();
+            let torn = reason.starts_with("torn or truncated record");
+            match (torn, last) {
+                (true, Some((_, path))) => {
+                    let offset = reason
+                        .rsplit(' ')
+                        .next()
+                        .and_then(|o| o.parse::<u64>().ok())
+                        .unwrap_or(0);
+                    tracing::warn!(seq, offset, segment = %path.display(), "cutting a torn audit record left by a crash");
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(io(&path))?;
+                    f.set_len(offset).map_err(io(&path))?;
+                    f.sync_all().map_err(io(&path))?;
+                }
+                _ => {
+                    return Err(AuditError::Corrupt {
+                        seq: *seq,
+                        reason: reason.clone(),
+                    })
+                }
+            }
+        }
+        if let Some((first, path)) = segments(dir)?.last() {
+            seg_first = *first;
+            file_len = fs::metadata(path).map_err(io(path))?.len();
+        }
+        let path = dir.join(segment_name(seg_first));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        sync_dir(dir)?;
+        let (tx, rx) = mpsc::channel::<Pending>(8192);
+        let (head_tx, head_rx) = watch::channel(report.head);
+        let writer = Writer {
+            dir: dir.to_path_buf(),
+            opts,
+            file,
+            seg_first,
+            file_len,
+            head: report.head,
+            head_tx,
+            committed,
+            last_sync: Instant::now(),
+            dirty: false,
+        };
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(io(dir))?;
+        Ok(AuditLog {
+            tx,
+            head: head_rx,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Appends a record; resolves once it is durable (per the durability mode).
+    pub async fn append(&self, record: AuditRecord) -> Result<Appended, AuditError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Pending { record, done })
+            .await
+            .map_err(|_| AuditError::Stopped)?;
+        rx.await.map_err(|_| AuditError::Stopped)?
+    }
+
+    pub fn head(&self) -> Head {
+        *self.head.borrow()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Head> {
+        self.head.clone()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), AuditError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+struct Writer {
+    dir: PathBuf,
+    opts: LogOptions,
+    file: File,
+    seg_first: u64,
+    file_len: u64,
+    head: Head,
+    head_tx: watch::Sender<Head>,
+    committed: std::sync::mpsc::Sender<Vec<Appended>>,
+    last_sync: Instant,
+    dirty: bool,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Pending>) {
+        loop {
+            let first = match self.opts.durability {
+                Durability::Sync => rx.blocking_recv(),
+                Durability::Batch(window) => {
+                    // Wake at least once per window to sync what was written.
+                    match self.recv_within(&mut rx, window) {
+                        Ok(p) => p,
+                        Err(()) => return,
+                    }
+                }
+            };
+            let Some(first) = first else {
+                if self.dirty {
+                    self.sync_now();
+                }
+                if rx.is_closed() {
+                    return;
+                }
+                continue;
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch);
+        }
+    }
+
+    /// Batch mode: the next append, or None when the window passed (to sync).
+    fn recv_within(
+        &mut self,
+        rx: &mut mpsc::Receiver<Pending>,
+        window: Duration,
+    ) -> Result<Option<Pending>, ()> {
+        let deadline = self.last_sync + window;
+        loop {
+            match rx.try_recv() {
+                Ok(p) => return Ok(Some(p)),
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.sync_now();
+                    return Err(());
+                }
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    fn sync_now(&mut self) {
+        if let Err(error) = self.file.sync_data() {
+            tracing::error!(%error, "audit fsync failed");
+        }
+        self.last_sync = Instant::now();
+        self.dirty = false;
+    }
+
+    fn commit(&mut self, batch: Vec<Pending>) {
+        let mut buf = Vec::new();
+        let mut done = Vec::with_capacity(batch.len());
+        let mut appended = Vec::with_capacity(batch.len());
+        let mut head = self.head;
+        let mut offset = self.file_len;
+        let mut refused = Vec::new();
+        for p in batch {
+            let entry = LogEntry {
+                seq: head.seq + 1,
+                prev_hash: head.hash.to_vec(),
+                record: Some(p.record),
+            };
+            match frame(&entry) {
+                Ok((bytes, hash)) => {
+                    let loc = Location {
+                        segment: self.seg_first,
+                        offset,
+                    };
+                    offset += bytes.len() as u64;
+                    buf.extend_from_slice(&bytes);
+                    head = Head {
+                        seq: entry.seq,
+                        hash,
+                    };
+                    let mut record = entry.record.unwrap_or_default();
+                    record.seq = entry.seq;
+                    appended.push(Appended {
+                        seq: entry.seq,
+                        hash,
+                        location: loc,
+                        record,
+                    });
+                    done.push(p.done);
+                }
+                Err(e) => refused.push((p.done, e)),
+            }
+        }
+        for (tx, e) in refused {
+            let _ = tx.send(Err(e));
+        }
+        if buf.is_empty() {
+            return;
+        }
+        let written = self
+            .file
+            .write_all(&buf)
+            .and_then(|()| match self.opts.durability {
+                Durability::Sync => self.file.sync_data(),
+                Durability::Batch(_) => Ok(()),
+            });
+        if let Err(source) = written {
+            // Nothing of this batch is acknowledged; the bytes (if any reached the file) are
+            // a torn tail that the next open cuts.
+            tracing::error!(error = %source, "audit write failed; refusing the batch");
+            for tx in done {
+                let _ = tx.send(Err(AuditError::Io {
+                    path: self.dir.display().to_string(),
+                    source: std::io::Error::new(source.kind(), source.to_string()),
+                }));
+            }
+            return;
+        }
+        if matches!(self.opts.durability, Durability::Sync) {
+            self.last_sync = Instant::now();
+        } else {
+            self.dirty = true;
+            if self.last_sync.elapsed() >= self.window() {
+                self.sync_now();
+            }
+        }
+        self.file_len = offset;
+        self.head = head;
+        let _ = self.head_tx.send(head);
+        for (tx, a) in done.into_iter().zip(appended.iter()) {
+            let _ = tx.send(Ok(a.clone()));
+        }
+        let _ = self.committed.send(appended);
+        if self.file_len >= self.opts.segment_bytes {
+            self.rotate();
+        }
+    }
+
+    fn window(&self) -> Duration {
+        match self.opts.durability {
+            Durability::Batch(w) => w,
+            Durability::Sync => Duration::ZERO,
+        }
+    }
+
+    fn rotate(&mut self) {
+        self.sync_now();
+        let first = self.head.seq + 1;
+        let path = self.dir.join(segment_name(first));
+        match OpenOptions::new().create(true).append(true).open(&path) {
+            Ok(f) => {
+                self.file = f;
+                self.seg_first = first;
+                self.file_len = 0;
+                if let Err(error) = sync_dir(&self.dir) {
+                    tracing::error!(%error, "audit directory sync failed");
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "audit segment rotation failed; continuing in the current segment")
+            }
+        }
+    }
+}

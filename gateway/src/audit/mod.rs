@@ -1,0 +1,325 @@
+//! Tamper-evident audit (DESIGN §5): one record per exchange on every node it passes, in an
+//! append-only hash-chained log ([`log`]), indexed in sled ([`index`]), with signed
+//! checkpoints of the log head exchanged between nodes and signed receipts ([`receipt`]).
+
+pub mod api;
+pub mod exchange;
+pub mod index;
+pub mod log;
+pub mod receipt;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::EncodingKey;
+use prost::Message;
+use rustls::pki_types::CertificateDer;
+use tokio::sync::watch;
+use tongban_proto::audit::v1::{AuditRecord, Checkpoint, SignedCheckpoint};
+
+use crate::trust::{self, NodeIdentity};
+use index::{AuditIndex, Filter};
+use log::{Appended, AuditError, AuditLog, Hash, LogOptions, VerifyReport};
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The audit of one node.
+pub struct Auditor {
+    pub city: String,
+    log: AuditLog,
+    index: AuditIndex,
+    identity: Arc<NodeIdentity>,
+    receipt_key: EncodingKey,
+    /// seq → SignedCheckpoint (this node's)
+    checkpoints: sled::Tree,
+    /// city → latest SignedCheckpoint received from that peer
+    peer_checkpoints: sled::Tree,
+    /// city → evidence of a peer contradicting an earlier checkpoint
+    conflicts: sled::Tree,
+}
+
+fn storage(e: sled::Error) -> AuditError {
+    AuditError::Io {
+        path: "sled".into(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+/// Walks the log from seq 1 and (re)indexes every entry after `after`.
+pub fn index_log(dir: &Path, index: &AuditIndex, after: u64) -> Result<VerifyReport, AuditError> {
+    let mut failed = None;
+    let report = log::verify_dir(dir, &[], |r| {
+        if r.entry.seq > after && failed.is_none() {
+            let record = r.entry.record.clone().unwrap_or_default();
+            if let Err(e) = index.insert_parts(r.entry.seq, r.location, &record) {
+                failed = Some(e);
+            }
+        }
+    })?;
+    match failed {
+        Some(e) => Err(storage(e)),
+        None => Ok(report),
+    }
+}
+
+impl Auditor {
+    /// Opens the log in `dir` (recovering a torn tail) and its indexes in `db`, indexing any
+    /// entries committed but not yet indexed before a crash.
+    pub fn open(
+        dir: &Path,
+        db: &sled::Db,
+        opts: LogOptions,
+        identity: Arc<NodeIdentity>,
+    ) -> Result<Arc<Auditor>, AuditError> {
+        let index = AuditIndex::open(db).map_err(storage)?;
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<Appended>>();
+        let log = AuditLog::open(dir, opts, tx)?;
+        let up_to = index.indexed_up_to();
+        if up_to < log.head().seq {
+            index_log(dir, &index, up_to)?;
+        }
+        let idx = index.clone();
+        std::thread::Builder::new()
+            .name("audit-index".into())
+            .spawn(move || {
+                for batch in rx {
+                    for a in &batch {
+                        if let Err(error) = idx.insert(a) {
+                            tracing::error!(%error, seq = a.seq, "audit index update failed (tongban audit reindex rebuilds it)");
+                        }
+                    }
+                }
+            })
+            .map_err(|source| AuditError::Io {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        Ok(Arc::new(Auditor {
+            city: identity.city.clone(),
+            log,
+            index,
+            receipt_key: EncodingKey::from_ed_der(identity.key_pkcs8()),
+            identity,
+            checkpoints: db.open_tree("audit.checkpoints").map_err(storage)?,
+            peer_checkpoints: db.open_tree("audit.peer_checkpoints").map_err(storage)?,
+            conflicts: db
+                .open_tree("audit.checkpoint_conflicts")
+                .map_err(storage)?,
+        }))
+    }
+
+    /// Appends a record; resolves once it is durable.
+    pub async fn record(&self, r: AuditRecord) -> Result<Appended, AuditError> {
+        self.log.append(r).await
+    }
+
+    /// This node's signed receipt for a committed provider-side record.
+    pub fn receipt(&self, a: &Appended) -> Option<String> {
+        let claims = receipt::ReceiptClaims {
+            iss: self.city.clone(),
+            rid: a.record.request_id.clone(),
+            rqd: hex::encode(&a.record.request_digest),
+            rsd: hex::encode(&a.record.response_digest),
+            st: a.record.grpc_status,
+            seq: a.seq,
+            iat: u64::try_from(now_ms() / 1000).unwrap_or(0),
+        };
+        match receipt::sign(&self.receipt_key, &claims) {
+            Ok(r) => Some(r),
+            Err(error) => {
+                tracing::error!(%error, "receipt signing failed");
+                None
+            }
+        }
+    }
+
+    pub fn head(&self) -> log::Head {
+        self.log.head()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<log::Head> {
+        self.log.subscribe()
+    }
+
+    pub fn read(&self, seq: u64) -> Result<AuditRecord, AuditError> {
+        let loc = self
+            .index
+            .location(seq)
+            .ok_or_else(|| AuditError::Corrupt {
+                seq,
+                reason: "not in the index (tongban audit reindex)".into(),
+            })?;
+        let r = log::read_at(self.log.dir(), loc)?;
+        let mut rec = r.entry.record.unwrap_or_default();
+        rec.seq = r.entry.seq;
+        Ok(rec)
+    }
+
+    fn read_all(&self, seqs: impl IntoIterator<Item = u64>) -> Vec<AuditRecord> {
+        seqs.into_iter().filter_map(|s| self.read(s).ok()).collect()
+    }
+
+    pub fn records_for_request(&self, request_id: &str) -> Vec<AuditRecord> {
+        self.read_all(self.index.by_request(request_id))
+    }
+
+    pub fn query(&self, f: &Filter) -> (Vec<AuditRecord>, Option<(i64, u64)>) {
+        let (hits, next) = self.index.query(f);
+        (self.read_all(hits.into_iter().map(|(_, s)| s)), next)
+    }
+
+    /// A subject's records, newest first.
+    pub fn for_subject(&self, pseudonym: &str, limit: usize) -> Vec<AuditRecord> {
+        self.read_all(self.index.by_subject(pseudonym, limit))
+    }
+
+    fn own_checkpoint_hashes(&self) -> Vec<(u64, Hash)> {
+        self.checkpoints
+            .iter()
+            .values()
+            .flatten()
+            .filter_map(|v| SignedCheckpoint::decode(v.as_ref()).ok())
+            .filter_map(|s| Checkpoint::decode(s.checkpoint.as_slice()).ok())
+            .filter_map(|c| Some((c.seq, <Hash>::try_from(c.head_hash.as_slice()).ok()?)))
+            .collect()
+    }
+
+    /// Verifies the whole chain, including against this node's own signed checkpoints.
+    pub fn verify(&self) -> Result<VerifyReport, AuditError> {
+        log::verify_dir(self.log.dir(), &self.own_checkpoint_hashes(), |_| {})
+    }
+
+    /// Signs the current head if it moved since the last checkpoint.
+    pub fn checkpoint_now(&self) -> Result<Option<SignedCheckpoint>, AuditError> {
+        let head = self.head();
+        let last = self
+            .checkpoints
+            .last()
+            .map_err(storage)?
+            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        if head.seq == 0 || head.seq <= last {
+            return Ok(None);
+        }
+        let cp = Checkpoint {
+            city: self.city.clone(),
+            seq: head.seq,
+            head_hash: head.hash.to_vec(),
+            at_ms: now_ms(),
+        };
+        let bytes = cp.encode_to_vec();
+        let signed = SignedCheckpoint {
+            signature: self.identity.sign(&bytes),
+            checkpoint: bytes,
+        };
+        self.checkpoints
+            .insert(head.seq.to_be_bytes(), signed.encode_to_vec())
+            .map_err(storage)?;
+        Ok(Some(signed))
+    }
+
+    pub fn own_checkpoints(&self) -> Vec<SignedCheckpoint> {
+        self.checkpoints
+            .iter()
+            .values()
+            .flatten()
+            .filter_map(|v| SignedCheckpoint::decode(v.as_ref()).ok())
+            .collect()
+    }
+
+    pub fn latest_checkpoint(&self) -> Option<SignedCheckpoint> {
+        let (_, v) = self.checkpoints.last().ok()??;
+        SignedCheckpoint::decode(v.as_ref()).ok()
+    }
+
+    /// Keeps a peer's checkpoint after checking its signature. A checkpoint that contradicts
+    /// one received earlier (same seq, other hash; or a lower seq) is kept as evidence and
+    /// reported: the peer rewrote or rolled back its history.
+    pub fn store_peer_checkpoint(
+        &self,
+        city: &str,
+        node_cert: &CertificateDer<'_>,
+        signed: &SignedCheckpoint,
+    ) -> Result<Checkpoint, String> {
+        trust::verify_signature(node_cert, &signed.checkpoint, &signed.signature)
+            .map_err(|e| e.to_string())?;
+        let cp = Checkpoint::decode(signed.checkpoint.as_slice()).map_err(|e| e.to_string())?;
+        if cp.city != city {
+            return Err(format!("checkpoint of `{}` from peer `{city}`", cp.city));
+        }
+        let previous = self
+            .peer_checkpoints
+            .get(city)
+            .ok()
+            .flatten()
+            .and_then(|v| SignedCheckpoint::decode(v.as_ref()).ok())
+            .and_then(|s| Checkpoint::decode(s.checkpoint.as_slice()).ok());
+        if let Some(prev) = previous {
+            let rewritten = prev.seq == cp.seq && prev.head_hash != cp.head_hash;
+            if rewritten || cp.seq < prev.seq {
+                let _ = self
+                    .conflicts
+                    .insert(format!("{city}/{}", now_ms()), signed.encode_to_vec());
+                return Err(format!(
+                    "peer `{city}` contradicts its earlier checkpoint (seq {} then {}): its audit history was rewritten or rolled back",
+                    prev.seq, cp.seq
+                ));
+            }
+        }
+        self.peer_checkpoints
+            .insert(city, signed.encode_to_vec())
+            .map_err(|e| e.to_string())?;
+        Ok(cp)
+    }
+
+    pub fn peer_checkpoints(&self) -> Vec<SignedCheckpoint> {
+        self.peer_checkpoints
+            .iter()
+            .values()
+            .flatten()
+            .filter_map(|v| SignedCheckpoint::decode(v.as_ref()).ok())
+            .collect()
+    }
+
+    /// Evidence of peers contradicting their checkpoints.
+    pub fn conflicts(&self) -> usize {
+        self.conflicts.len()
+    }
+}
+
+/// Signs a checkpoint every `every` records or `interval`, whichever comes first.
+pub async fn run_checkpoints(
+    auditor: Arc<Auditor>,
+    every: u64,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut heads = auditor.subscribe();
+    let mut last = auditor.head().seq;
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {},
+            r = heads.changed() => {
+                if r.is_err() { return; }
+                if heads.borrow().seq < last + every { continue; }
+            },
+            _ = shutdown.changed() => {
+                let _ = auditor.checkpoint_now();
+                return;
+            }
+        }
+        match auditor.checkpoint_now() {
+            Ok(Some(_)) => last = auditor.head().seq,
+            Ok(None) => {}
+            Err(error) => tracing::error!(%error, "audit checkpoint failed"),
+        }
+    }
+}
