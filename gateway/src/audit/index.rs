@@ -41,6 +41,9 @@ fn ts_of(k: &[u8]) -> Option<i64> {
     Some(u64::from_be_bytes(b) as i64)
 }
 
+/// A position in an index: (start time ms, seq).
+pub type Cursor = (i64, u64);
+
 /// A query over the indexes.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
@@ -50,7 +53,7 @@ pub struct Filter {
     pub caller: Option<String>,
     pub service: Option<String>,
     /// (ts, seq) of the last entry of the previous page.
-    pub after: Option<(i64, u64)>,
+    pub after: Option<Cursor>,
     pub limit: usize,
 }
 
@@ -156,7 +159,7 @@ impl AuditIndex {
     }
 
     /// Sequences matching `f` in time order, with the (ts, seq) to continue after.
-    pub fn query(&self, f: &Filter) -> (Vec<(i64, u64)>, Option<(i64, u64)>) {
+    pub fn query(&self, f: &Filter) -> (Vec<Cursor>, Option<Cursor>) {
         let (tree, prefix) = match (&f.caller, &f.service) {
             (Some(c), _) => (&self.by_caller, c.as_str()),
             (None, Some(s)) => (&self.by_service, s.as_str()),

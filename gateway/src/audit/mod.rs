@@ -169,7 +169,7 @@ impl Auditor {
         self.read_all(self.index.by_request(request_id))
     }
 
-    pub fn query(&self, f: &Filter) -> (Vec<AuditRecord>, Option<(i64, u64)>) {
+    pub fn query(&self, f: &Filter) -> (Vec<AuditRecord>, Option<index::Cursor>) {
         let (hits, next) = self.index.query(f);
         (self.read_all(hits.into_iter().map(|(_, s)| s)), next)
     }
