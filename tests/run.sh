@@ -6,6 +6,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 bash tests/setup-python.sh
 export TONGBAN_PYTHON="$root/target/pyenv/bin/python"
+# Some tests run the `tongban` binary itself (audit verify, a node killed with SIGKILL).
+cargo build --quiet -p tongban-gateway --bin tongban
+export TONGBAN_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/tongban"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else

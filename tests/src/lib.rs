@@ -273,3 +273,22 @@ impl SlowProvider {
         let _ = self.task.await;
     }
 }
+
+/// The `tongban` binary of this workspace (built by `cargo nextest run --workspace`), or
+/// `TONGBAN_BIN`.
+pub fn tongban_bin() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("TONGBAN_BIN") {
+        return std::path::PathBuf::from(p);
+    }
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target.join("debug").join("tongban");
+    assert!(
+        bin.exists(),
+        "no tongban binary at {} (cargo build -p tongban-gateway, or set TONGBAN_BIN)",
+        bin.display()
+    );
+    bin
+}

@@ -294,6 +294,46 @@ impl Auditor {
     }
 }
 
+/// Verifies a node's log offline (`tongban audit verify`): the chain, and this node's signed
+/// checkpoints when its store can be opened (the node stopped). Returns the report and
+/// whether checkpoints were used.
+pub fn verify_offline(data_dir: &Path) -> Result<(VerifyReport, bool), AuditError> {
+    let dir = data_dir.join("audit");
+    if !dir.exists() {
+        return Err(AuditError::Io {
+            path: dir.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no audit log here"),
+        });
+    }
+    let checkpoints: Option<Vec<(u64, Hash)>> = sled::Config::new()
+        .path(data_dir.join("state"))
+        .open()
+        .ok()
+        .and_then(|db| db.open_tree("audit.checkpoints").ok())
+        .map(|t| {
+            t.iter()
+                .values()
+                .flatten()
+                .filter_map(|v| SignedCheckpoint::decode(v.as_ref()).ok())
+                .filter_map(|s| Checkpoint::decode(s.checkpoint.as_slice()).ok())
+                .filter_map(|c| Some((c.seq, <Hash>::try_from(c.head_hash.as_slice()).ok()?)))
+                .collect()
+        });
+    let used = checkpoints.is_some();
+    let report = log::verify_dir(&dir, &checkpoints.unwrap_or_default(), |_| {})?;
+    Ok((report, used))
+}
+
+/// Rebuilds the indexes from the log (`tongban audit reindex`; the node must be stopped).
+pub fn reindex_offline(data_dir: &Path) -> Result<VerifyReport, AuditError> {
+    let db = sled::open(data_dir.join("state")).map_err(storage)?;
+    let index = AuditIndex::open(&db).map_err(storage)?;
+    index.clear().map_err(storage)?;
+    let report = index_log(&data_dir.join("audit"), &index, 0)?;
+    db.flush().map_err(storage)?;
+    Ok(report)
+}
+
 /// Signs a checkpoint every `every` records or `interval`, whichever comes first.
 pub async fn run_checkpoints(
     auditor: Arc<Auditor>,
