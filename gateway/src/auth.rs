@@ -105,6 +105,14 @@ pub struct KeySet {
     keys: HashMap<String, Key>,
 }
 
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut kids: Vec<_> = self.keys.iter().map(|(k, v)| (k, v.alg)).collect();
+        kids.sort_by(|a, b| a.0.cmp(b.0));
+        f.debug_struct("KeySet").field("keys", &kids).finish()
+    }
+}
+
 impl KeySet {
     /// Parses a JWKS document. Keys without `kid` or `alg`, or with an algorithm other than
     /// RS256, ES256 or EdDSA, are refused: nothing is guessed.
@@ -339,5 +347,109 @@ impl Authenticator {
             },
             c.exp,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::jwk::Jwk;
+    use jsonwebtoken::{EncodingKey, Header};
+
+    fn claims(city: &str) -> serde_json::Value {
+        let now = now_s();
+        serde_json::json!({
+            "iss": "https://idp.test", "aud": "tongban:test", "sub": "s",
+            "exp": now + 600, "city": city, "org": "hrss", "roles": ["r"],
+        })
+    }
+
+    fn token(alg: Algorithm, kid: &str, key: &EncodingKey, city: &str) -> String {
+        let mut h = Header::new(alg);
+        h.kid = Some(kid.to_string());
+        jsonwebtoken::encode(&h, &claims(city), key).unwrap()
+    }
+
+    async fn authenticator(jwks: serde_json::Value) -> Authenticator {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, jwks.to_string()).unwrap();
+        let a = Authenticator::new(AuthSettings {
+            city: "test".into(),
+            source: JwksSource::File(path),
+            issuer: "https://idp.test".into(),
+            audience: "tongban:test".into(),
+            leeway: Duration::from_secs(30),
+            refresh_interval: Duration::from_secs(300),
+        })
+        .await
+        .unwrap();
+        drop(dir);
+        a
+    }
+
+    fn jwk(key: &EncodingKey, alg: Algorithm, kid: &str) -> serde_json::Value {
+        let mut j = serde_json::to_value(Jwk::from_encoding_key(key, alg).unwrap()).unwrap();
+        j["kid"] = serde_json::json!(kid);
+        j
+    }
+
+    #[tokio::test]
+    async fn es256_rs256_and_eddsa_keys_each_pin_their_algorithm() {
+        let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let ec = EncodingKey::from_ec_der(&ec.serialize_der());
+        let rsa = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+        let rsa = EncodingKey::from_rsa_pem(rsa.serialize_pem().as_bytes()).unwrap();
+        let ed = crate::idp::DevIdp::generate("test", "ed").unwrap();
+        let jwks = serde_json::json!({ "keys": [
+            jwk(&ec, Algorithm::ES256, "ec"),
+            jwk(&rsa, Algorithm::RS256, "rsa"),
+            ed.jwk(),
+        ]});
+        let auth = authenticator(jwks).await;
+        let bearer = |t: String| format!("Bearer {t}");
+        for (alg, kid, key) in [
+            (Algorithm::ES256, "ec", &ec),
+            (Algorithm::RS256, "rsa", &rsa),
+        ] {
+            let c = auth
+                .authenticate(Some(&bearer(token(alg, kid, key, "test"))))
+                .await
+                .unwrap();
+            assert_eq!(
+                (c.org.as_str(), c.roles.as_slice()),
+                ("hrss", &["r".to_string()][..])
+            );
+        }
+        let ed_token = ed.sign_claims(&claims("test")).unwrap();
+        auth.authenticate(Some(&bearer(ed_token))).await.unwrap();
+        // A token naming the EC key but made with RS256: refused before any signature check.
+        let confused = token(Algorithm::RS256, "ec", &rsa, "test");
+        assert!(matches!(
+            auth.authenticate(Some(&bearer(confused))).await,
+            Err(AuthError::AlgorithmMismatch { .. })
+        ));
+        // Right key, wrong city claim.
+        let other = token(Algorithm::ES256, "ec", &ec, "elsewhere");
+        assert!(matches!(
+            auth.authenticate(Some(&bearer(other))).await,
+            Err(AuthError::WrongCity { .. })
+        ));
+    }
+
+    #[test]
+    fn key_sets_without_pinned_algorithms_or_with_hmac_are_refused() {
+        let no_alg = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"a","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+        assert!(KeySet::parse(no_alg)
+            .unwrap_err()
+            .to_string()
+            .contains("alg"));
+        let hmac = r#"{"keys":[{"kty":"oct","kid":"h","alg":"HS256","k":"c2VjcmV0"}]}"#;
+        assert!(KeySet::parse(hmac).is_err());
+        let no_kid = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","alg":"EdDSA","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+        assert!(KeySet::parse(no_kid)
+            .unwrap_err()
+            .to_string()
+            .contains("kid"));
     }
 }

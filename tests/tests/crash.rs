@@ -195,6 +195,25 @@ async fn sigkill_under_load_loses_no_acknowledged_record() {
     let v = api.verify(verify).await.unwrap().into_inner();
     assert!(v.ok, "chain broken at {}: {}", v.first_bad_seq, v.reason);
     assert!(v.records as usize >= acked.len());
+    // The operator's CLI shows one of them through the API.
+    let out = Command::new(tongban_bin())
+        .args([
+            "audit",
+            "show",
+            "--node",
+            &format!("http://{addr}"),
+            "--token",
+            &op,
+        ])
+        .arg(&acked[0])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&acked[0]));
     for rid in &acked {
         let mut get = tonic::Request::new(GetRequest {
             request_id: rid.clone(),
@@ -221,5 +240,23 @@ async fn sigkill_under_load_loses_no_acknowledged_record() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // The indexes are derived data: rebuilt from the log, the same records are found.
+    let out = Command::new(tongban_bin())
+        .args(["audit", "reindex", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let n: usize = stdout
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(n >= acked.len(), "{stdout}");
     provider.stop().await;
 }

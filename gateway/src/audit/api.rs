@@ -150,11 +150,16 @@ impl Audit for AuditApi {
         req: Request<VerifyRequest>,
     ) -> Result<Response<VerifyResponse>, Status> {
         self.operator(&req).await?;
+        let r = req.into_inner();
+        if r.to_seq != 0 && r.to_seq < r.from_seq {
+            return Err(Status::invalid_argument("to_seq is before from_seq"));
+        }
         let auditor = self.auditor.clone();
-        let report = tokio::task::spawn_blocking(move || auditor.verify())
-            .await
-            .map_err(internal)?
-            .map_err(internal)?;
+        let report =
+            tokio::task::spawn_blocking(move || auditor.verify_range(r.from_seq, r.to_seq))
+                .await
+                .map_err(internal)?
+                .map_err(internal)?;
         let (first_bad_seq, reason) = report.first_bad.clone().unwrap_or((0, String::new()));
         Ok(Response::new(VerifyResponse {
             ok: report.first_bad.is_none(),

@@ -235,6 +235,16 @@ pub struct VerifyReport {
 pub fn verify_dir(
     dir: &Path,
     checkpoints: &[(u64, Hash)],
+    each: impl FnMut(&ReadEntry),
+) -> Result<VerifyReport, AuditError> {
+    verify_dir_until(dir, checkpoints, None, each)
+}
+
+/// [`verify_dir`], stopping after seq `until` when given.
+pub fn verify_dir_until(
+    dir: &Path,
+    checkpoints: &[(u64, Hash)],
+    until: Option<u64>,
     mut each: impl FnMut(&ReadEntry),
 ) -> Result<VerifyReport, AuditError> {
     let mut head = Head {
@@ -281,9 +291,9 @@ pub fn verify_dir(
                 hash: r.hash,
             };
             records += 1;
-            true
+            until.is_none_or(|u| r.entry.seq < u)
         })?;
-        if bad.is_some() {
+        if bad.is_some() || until.is_some_and(|u| head.seq >= u) {
             break;
         }
         match stop {
