@@ -287,7 +287,7 @@ pub struct AuditHead {
 }
 
 /// Verifies each node's audit chain and counts the verified receipts of its home side.
-pub fn audit_heads(fed: &LocalFederation) -> Vec<AuditHead> {
+pub async fn audit_heads(fed: &LocalFederation) -> Vec<AuditHead> {
     let mut out = Vec::new();
     for c in &fed.cities {
         let Some(node) = c.node() else { continue };
@@ -310,6 +310,7 @@ pub fn audit_heads(fed: &LocalFederation) -> Vec<AuditHead> {
         };
         let receipts_verified = auditor
             .query(&filter)
+            .await
             .0
             .iter()
             .filter(|r| r.receipt_verified)

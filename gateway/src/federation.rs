@@ -168,6 +168,7 @@ impl Federation for FederationApi {
         let records = self
             .auditor
             .records_for_request(&rid)
+            .await
             .into_iter()
             .filter(|r| r.peer_city == peer.city)
             .collect();

@@ -753,7 +753,7 @@ async fn run_demo(serve: bool) -> anyhow::Result<ExitCode> {
     println!("{}", demo::table(&rows));
     println!();
     println!("audit chains:");
-    let heads = demo::audit_heads(&fed);
+    let heads = demo::audit_heads(&fed).await;
     for h in &heads {
         println!(
             "  {:<8} {} records, head seq {} hash {}…, {} verified receipts: {}",

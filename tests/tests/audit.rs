@@ -89,8 +89,8 @@ async fn both_sides_record_the_exchange_and_receipts_verify() {
         .clone();
 
     // Both records exist as soon as the caller has its answer (durable before release).
-    let home = jinan.records_for_request(&rid);
-    let provider = qingdao.records_for_request(&rid);
+    let home = jinan.records_for_request(&rid).await;
+    let provider = qingdao.records_for_request(&rid).await;
     assert_eq!((home.len(), provider.len()), (1, 1));
     let (home, provider) = (&home[0], &provider[0]);
     assert_eq!(home.side, Side::Home as i32);
@@ -162,7 +162,7 @@ async fn both_sides_record_the_exchange_and_receipts_verify() {
         .unwrap()
         .to_str()
         .unwrap();
-    let refused = jinan.records_for_request(rid);
+    let refused = jinan.records_for_request(rid).await;
     assert_eq!(refused.len(), 1);
     assert_eq!(refused[0].grpc_status, Code::NotFound as i32);
 
@@ -258,7 +258,8 @@ async fn citizens_see_who_accessed_their_data_and_only_theirs() {
         .node()
         .unwrap()
         .auditor()
-        .records_for_request(&rid)[0];
+        .records_for_request(&rid)
+        .await[0];
     assert_eq!(rec.subject_pseudonym.len(), 32);
     assert!(!rec
         .encode_to_vec()

@@ -94,7 +94,7 @@ impl Audit for AuditApi {
             after: parse_page_token(&q.page_token)?,
             limit: q.limit.clamp(1, MAX_PAGE) as usize,
         };
-        let (mut records, next) = self.auditor.query(&filter);
+        let (mut records, next) = self.auditor.query(&filter).await;
         // The index used the most selective filter; apply the others.
         if filter.caller.is_some() && !q.service.is_empty() {
             records.retain(|r| r.service == q.service);
@@ -113,7 +113,7 @@ impl Audit for AuditApi {
                 "request_id must be 1 to 64 characters",
             ));
         }
-        let local = self.auditor.records_for_request(&rid);
+        let local = self.auditor.records_for_request(&rid).await;
         let mut peer = Vec::new();
         let mut peer_error = String::new();
         let peer_cities: Vec<String> = local
@@ -202,6 +202,7 @@ impl Audit for AuditApi {
         let accesses = self
             .auditor
             .for_subject(&pseudonym, limit)
+            .await
             .into_iter()
             .map(|a| Access {
                 at_ms: a.started_at_ms,

@@ -42,7 +42,12 @@ pub struct Auditor {
     peer_checkpoints: sled::Tree,
     /// city → evidence of a peer contradicting an earlier checkpoint
     conflicts: sled::Tree,
+    /// The last seq the index thread has indexed.
+    indexed: watch::Receiver<u64>,
 }
+
+/// Longest a read waits for the index to reach the committed head.
+const INDEX_CATCH_UP: Duration = Duration::from_secs(2);
 
 fn storage(e: sled::Error) -> AuditError {
     AuditError::Io {
@@ -85,6 +90,7 @@ impl Auditor {
             index_log(dir, &index, up_to)?;
         }
         let idx = index.clone();
+        let (indexed_tx, indexed) = watch::channel(log.head().seq);
         std::thread::Builder::new()
             .name("audit-index".into())
             .spawn(move || {
@@ -93,6 +99,9 @@ impl Auditor {
                         if let Err(error) = idx.insert(a) {
                             tracing::error!(%error, seq = a.seq, "audit index update failed (tongban audit reindex rebuilds it)");
                         }
+                    }
+                    if let Some(last) = batch.last() {
+                        indexed_tx.send_replace(last.seq);
                     }
                 }
             })
@@ -111,6 +120,7 @@ impl Auditor {
             conflicts: db
                 .open_tree("audit.checkpoint_conflicts")
                 .map_err(storage)?,
+            indexed,
         }))
     }
 
@@ -161,21 +171,32 @@ impl Auditor {
         Ok(rec)
     }
 
+    /// Waits (bounded) until the index covers everything committed so far, so that a read
+    /// sees every exchange whose answer has already been released.
+    pub async fn caught_up(&self) {
+        let head = self.head().seq;
+        let mut rx = self.indexed.clone();
+        let _ = tokio::time::timeout(INDEX_CATCH_UP, rx.wait_for(|s| *s >= head)).await;
+    }
+
     fn read_all(&self, seqs: impl IntoIterator<Item = u64>) -> Vec<AuditRecord> {
         seqs.into_iter().filter_map(|s| self.read(s).ok()).collect()
     }
 
-    pub fn records_for_request(&self, request_id: &str) -> Vec<AuditRecord> {
+    pub async fn records_for_request(&self, request_id: &str) -> Vec<AuditRecord> {
+        self.caught_up().await;
         self.read_all(self.index.by_request(request_id))
     }
 
-    pub fn query(&self, f: &Filter) -> (Vec<AuditRecord>, Option<index::Cursor>) {
+    pub async fn query(&self, f: &Filter) -> (Vec<AuditRecord>, Option<index::Cursor>) {
+        self.caught_up().await;
         let (hits, next) = self.index.query(f);
         (self.read_all(hits.into_iter().map(|(_, s)| s)), next)
     }
 
     /// A subject's records, newest first.
-    pub fn for_subject(&self, pseudonym: &str, limit: usize) -> Vec<AuditRecord> {
+    pub async fn for_subject(&self, pseudonym: &str, limit: usize) -> Vec<AuditRecord> {
+        self.caught_up().await;
         self.read_all(self.index.by_subject(pseudonym, limit))
     }
 
