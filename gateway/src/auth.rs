@@ -272,6 +272,18 @@ impl Authenticator {
         }
     }
 
+    /// Authenticates a control-plane call (Registry, Consent, Audit) by its `authorization`
+    /// metadata; UNAUTHENTICATED with the reason otherwise.
+    pub async fn caller_of<T>(&self, req: &tonic::Request<T>) -> Result<Caller, tonic::Status> {
+        let auth = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        self.authenticate(auth)
+            .await
+            .map_err(|e| tonic::Status::unauthenticated(e.to_string()))
+    }
+
     /// Authenticates the value of an `authorization` header.
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, AuthError> {
         let value = authorization.ok_or(AuthError::Missing)?;

@@ -256,15 +256,7 @@ pub struct ConsentApi {
 impl ConsentApi {
     /// A portal acts for any subject; a citizen only for itself.
     async fn authorise<T>(&self, req: &Request<T>, subject: &str) -> Result<Caller, Status> {
-        let auth = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        let caller = self
-            .auth
-            .authenticate(auth)
-            .await
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let caller = self.auth.caller_of(req).await?;
         validate_resident_id(subject).map_err(Status::invalid_argument)?;
         let portal = caller.roles.iter().any(|r| r == PORTAL_ROLE);
         let citizen = caller.roles.iter().any(|r| r == CITIZEN_ROLE)

@@ -124,12 +124,7 @@ impl Federation for FederationApi {
         tracing::info!(peer = %peer.city, "handshake from peer");
         Ok(Response::new(HandshakeResponse {
             city: self.identity.city.clone(),
-            node_certificate: self
-                .identity
-                .chain
-                .first()
-                .map(|c| c.to_vec())
-                .unwrap_or_default(),
+            node_certificate: self.identity.cert_der(),
             protocol_version: PROTOCOL_VERSION.to_string(),
             catalog_version: self.catalog.snapshot().local_version,
         }))
@@ -267,12 +262,7 @@ impl PeerSync {
         let mut client = FederationClient::new(channel);
         let hello = HandshakeRequest {
             city: self.identity.city.clone(),
-            node_certificate: self
-                .identity
-                .chain
-                .first()
-                .map(|c| c.to_vec())
-                .unwrap_or_default(),
+            node_certificate: self.identity.cert_der(),
             protocol_version: PROTOCOL_VERSION.to_string(),
         };
         let answer = tokio::time::timeout(self.connect_timeout * 2, client.handshake(hello))

@@ -469,14 +469,13 @@ async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-type Client = RegistryClient<
-    tonic::service::interceptor::InterceptedService<
-        tonic::transport::Channel,
-        tongban_gateway::local::Bearer,
-    >,
+/// A channel to a node's caller listener that sends `--token` with every call.
+type Authed = tonic::service::interceptor::InterceptedService<
+    tonic::transport::Channel,
+    tongban_gateway::local::Bearer,
 >;
 
-async fn registry(node: &str, token: &str) -> anyhow::Result<Client> {
+async fn connect(node: &str, token: &str) -> anyhow::Result<Authed> {
     let channel = tonic::transport::Channel::from_shared(node.to_string())
         .with_context(|| format!("`{node}` is not a node url (e.g. http://127.0.0.1:7000)"))?
         .connect()
@@ -484,7 +483,7 @@ async fn registry(node: &str, token: &str) -> anyhow::Result<Client> {
         .with_context(|| format!("cannot reach the node at {node}"))?;
     let bearer = tongban_gateway::local::Bearer::new(token.trim())
         .map_err(|_| anyhow::anyhow!("--token is not a jwt"))?;
-    Ok(RegistryClient::with_interceptor(channel, bearer))
+    Ok(Authed::new(channel, bearer))
 }
 
 async fn run_async(cmd: Cmd) -> anyhow::Result<ExitCode> {
@@ -573,16 +572,6 @@ fn print_record(r: &tongban_proto::audit::v1::AuditRecord) {
 async fn run_audit(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
     use tongban_proto::audit::v1::audit_client::AuditClient;
     use tongban_proto::audit::v1::{GetRequest, QueryRequest};
-    let connect = |node: String, token: String| async move {
-        let channel = tonic::transport::Channel::from_shared(node.clone())
-            .with_context(|| format!("`{node}` is not a node url"))?
-            .connect()
-            .await
-            .with_context(|| format!("cannot reach the node at {node}"))?;
-        let bearer = tongban_gateway::local::Bearer::new(token.trim())
-            .map_err(|_| anyhow::anyhow!("--token is not a jwt"))?;
-        anyhow::Ok(AuditClient::with_interceptor(channel, bearer))
-    };
     let result = match cmd {
         AuditCmd::Query {
             node,
@@ -592,8 +581,7 @@ async fn run_audit(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             from_ms,
             to_ms,
             limit,
-        } => connect(node, token)
-            .await?
+        } => AuditClient::new(connect(&node, &token).await?)
             .query(QueryRequest {
                 from_ms,
                 to_ms,
@@ -614,8 +602,7 @@ async fn run_audit(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             node,
             token,
             request_id,
-        } => connect(node, token)
-            .await?
+        } => AuditClient::new(connect(&node, &token).await?)
             .get(GetRequest { request_id })
             .await
             .map(|r| {
@@ -651,8 +638,7 @@ async fn run_registry(cmd: RegistryCmd) -> anyhow::Result<ExitCode> {
             personal_data,
             description,
         } => {
-            let r = registry(&node, &token)
-                .await?
+            let r = RegistryClient::new(connect(&node, &token).await?)
                 .register_service(RegisterServiceRequest {
                     registration: Some(ServiceRegistration {
                         organisation: org,
@@ -677,8 +663,7 @@ async fn run_registry(cmd: RegistryCmd) -> anyhow::Result<ExitCode> {
             org,
             service,
         } => {
-            let r = registry(&node, &token)
-                .await?
+            let r = RegistryClient::new(connect(&node, &token).await?)
                 .withdraw_service(WithdrawServiceRequest {
                     organisation: org,
                     service,
@@ -702,8 +687,7 @@ async fn run_registry(cmd: RegistryCmd) -> anyhow::Result<ExitCode> {
                 ScopeArg::Local => Scope::Local,
                 ScopeArg::Federated => Scope::Federated,
             };
-            let r = registry(&node, &token)
-                .await?
+            let r = RegistryClient::new(connect(&node, &token).await?)
                 .list_services(ListServicesRequest {
                     scope: scope as i32,
                     city,

@@ -42,19 +42,8 @@ pub struct RegistryApi {
 }
 
 impl RegistryApi {
-    async fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
-        let auth = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        self.auth
-            .authenticate(auth)
-            .await
-            .map_err(|e| Status::unauthenticated(e.to_string()))
-    }
-
     async fn may_manage<T>(&self, req: &Request<T>, organisation: &str) -> Result<Caller, Status> {
-        let caller = self.caller(req).await?;
+        let caller = self.auth.caller_of(req).await?;
         if caller.org == organisation || caller.roles.iter().any(|r| r == ADMIN_ROLE) {
             Ok(caller)
         } else {
@@ -109,7 +98,7 @@ impl RegistryRpc for RegistryApi {
         &self,
         req: Request<ListServicesRequest>,
     ) -> Result<Response<ListServicesResponse>, Status> {
-        self.caller(&req).await?;
+        self.auth.caller_of(&req).await?;
         let r = req.into_inner();
         let scope = Scope::try_from(r.scope)
             .map_err(|_| Status::invalid_argument(format!("unknown scope {}", r.scope)))?;

@@ -307,6 +307,11 @@ impl NodeIdentity {
         })
     }
 
+    /// DER of this node's certificate (sent in the federation handshake).
+    pub fn cert_der(&self) -> Vec<u8> {
+        self.chain.first().map(|c| c.to_vec()).unwrap_or_default()
+    }
+
     fn private_key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(self.key_der.clone().into())
     }

@@ -38,19 +38,8 @@ fn internal(e: impl std::fmt::Display) -> Status {
 }
 
 impl AuditApi {
-    async fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
-        let auth = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        self.auth
-            .authenticate(auth)
-            .await
-            .map_err(|e| Status::unauthenticated(e.to_string()))
-    }
-
     async fn operator<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
-        let c = self.caller(req).await?;
+        let c = self.auth.caller_of(req).await?;
         if c.roles.iter().any(|r| r == OPERATOR_ROLE) {
             Ok(c)
         } else {
@@ -186,7 +175,7 @@ impl Audit for AuditApi {
         &self,
         req: Request<AccessLogRequest>,
     ) -> Result<Response<AccessLogResponse>, Status> {
-        let caller = self.caller(&req).await?;
+        let caller = self.auth.caller_of(&req).await?;
         let r = req.into_inner();
         validate_resident_id(&r.subject).map_err(Status::invalid_argument)?;
         let operator = caller.roles.iter().any(|x| x == OPERATOR_ROLE);
