@@ -776,6 +776,25 @@ async fn run_demo(serve: bool) -> anyhow::Result<ExitCode> {
                 c.caller_url()
             );
         }
+        println!();
+        println!("callers need a JWT of their city and x-tongban-purpose: case-handling; e.g. for jinan/hrss (1 h):");
+        if let Ok(t) = fed.token("jinan", "hrss") {
+            println!("  authorization: Bearer {t}");
+        }
+        let certs = fed
+            .certs
+            .trust_bundle
+            .parent()
+            .map(|p| p.display().to_string());
+        println!("more tokens (roles: consent-portal, audit-operator, registry-admin, citizen):");
+        println!(
+            "  tongban token issue --certs {} --city jinan --org hrss [--role R]",
+            certs.unwrap_or_default()
+        );
+        println!("the demo's services hold personal data: calls also need x-tongban-subject and a");
+        println!(
+            "consent granted through tongban.consent.v1.Consent/Grant on the subject's home node."
+        );
         wait_for_signal().await;
     }
     fed.shutdown().await;
