@@ -346,6 +346,9 @@ impl Proxy {
         };
         ex.record.service = call.service.clone();
         ex.record.method = call.method.clone();
+        // What the caller asked for, even if routing refuses it.
+        ex.record.target_city = call.target_city.clone().unwrap_or_default();
+        ex.record.target_org = call.target_org.clone().unwrap_or_default();
         if let Err(e) = self.check_metadata(&parts.headers) {
             return self.reject(ex, e, Receipts::None).await;
         }

@@ -165,6 +165,7 @@ async fn both_sides_record_the_exchange_and_receipts_verify() {
     let refused = jinan.records_for_request(rid).await;
     assert_eq!(refused.len(), 1);
     assert_eq!(refused[0].grpc_status, Code::NotFound as i32);
+    assert_eq!(refused[0].target_city, "beijing");
 
     let v = api
         .verify(with_token(VerifyRequest::default(), &operator(&f, "jinan")))
