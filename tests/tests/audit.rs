@@ -325,6 +325,31 @@ async fn operators_query_by_service_and_time_with_pages() {
         .unwrap()
         .into_inner();
     assert_eq!(r.records.len(), 5);
+    // Verify over a range: the walk starts at seq 1, the report covers 2..=3.
+    let v = api
+        .verify(with_token(
+            VerifyRequest {
+                from_seq: 2,
+                to_seq: 3,
+            },
+            &op,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(v.ok, "{}", v.reason);
+    assert_eq!((v.records, v.head_seq), (2, 3));
+    let e = api
+        .verify(with_token(
+            VerifyRequest {
+                from_seq: 3,
+                to_seq: 2,
+            },
+            &op,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
     // Not an operator: refused.
     let e = api
         .query(with_token(
