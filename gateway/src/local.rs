@@ -37,7 +37,7 @@ impl Bearer {
     pub fn new(token: &str) -> Result<Bearer, LocalError> {
         tonic::metadata::MetadataValue::try_from(format!("Bearer {token}"))
             .map(Bearer)
-            .map_err(|_| LocalError::NoCity("token is not ascii".into()))
+            .map_err(|_| LocalError::Other("token is not ascii".into()))
     }
 }
 
@@ -134,6 +134,8 @@ pub enum LocalError {
     Io(#[from] std::io::Error),
     #[error("no city `{0}` in this federation")]
     NoCity(String),
+    #[error("{0}")]
+    Other(String),
     #[error("registry call failed: {0}")]
     Registry(#[from] tonic::Status),
     #[error("cannot connect to a node: {0}")]
@@ -220,7 +222,7 @@ impl LocalFederation {
             .city(city)
             .ok_or_else(|| LocalError::NoCity(city.to_string()))?;
         DevIdp::load(city, &idp::kid(city, 1), &files.idp_key)
-            .map_err(|e| LocalError::NoCity(e.to_string()))
+            .map_err(|e| LocalError::Other(e.to_string()))
     }
 
     /// A bearer token of `org` of `city`, valid for an hour.
@@ -258,7 +260,7 @@ impl LocalFederation {
     pub async fn channel(&self, city: &str) -> Result<Channel, LocalError> {
         let url = self.city(city)?.caller_url();
         Ok(Channel::from_shared(url)
-            .map_err(|e| LocalError::NoCity(e.to_string()))?
+            .map_err(|e| LocalError::Other(e.to_string()))?
             .connect()
             .await?)
     }
@@ -335,7 +337,7 @@ impl LocalFederation {
         let token =
             dev_token_with_roles(&self.certs, city, "portal", &[crate::consent::PORTAL_ROLE])?;
         let v = tonic::metadata::MetadataValue::try_from(format!("Bearer {token}"))
-            .map_err(|e| LocalError::NoCity(e.to_string()))?;
+            .map_err(|e| LocalError::Other(e.to_string()))?;
         req.metadata_mut().insert("authorization", v);
         Ok(())
     }
@@ -467,7 +469,7 @@ pub fn dev_token_with_roles(
     let sub = format!("{org}-system");
     DevIdp::load(city, &idp::kid(city, 1), &files.idp_key)
         .and_then(|i| i.issue(org, &roles, Duration::from_secs(3600), &sub))
-        .map_err(|e| LocalError::NoCity(e.to_string()))
+        .map_err(|e| LocalError::Other(e.to_string()))
 }
 
 /// The policy every local node starts with: any organisation of any city of the federation
