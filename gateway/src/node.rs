@@ -138,10 +138,7 @@ impl PreparedNode {
             &bundle,
         )?);
         let store = config.data_dir.join("state");
-        let db = sled::open(&store).map_err(|source| NodeError::Store {
-            path: store.display().to_string(),
-            source,
-        })?;
+        let db = open_store(&store).await?;
         let registry = Registry::open(&db)?;
         let caller_tls = match &config.caller_tls {
             Some(t) => Some(NodeIdentity::caller_server_config(
@@ -414,6 +411,37 @@ async fn purge_replays(replay: ReplayCache, mut shutdown: watch::Receiver<bool>)
         }
         let r = replay.clone();
         let _ = tokio::task::spawn_blocking(move || r.purge()).await;
+    }
+}
+
+/// How long a node waits for a previous instance on the same data dir to let go of it.
+const STORE_RELEASE_WAIT: Duration = Duration::from_secs(10);
+
+/// Opens the sled store. Its file lock is what keeps two nodes (and so two audit writers)
+/// off one data dir; a previous instance that is still closing gets a bounded wait.
+async fn open_store(path: &std::path::Path) -> Result<sled::Db, NodeError> {
+    let started = tokio::time::Instant::now();
+    let mut announced = false;
+    loop {
+        match sled::open(path) {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && started.elapsed() < STORE_RELEASE_WAIT =>
+            {
+                if !announced {
+                    tracing::warn!(store = %path.display(), "the store is locked, waiting for the previous instance to close it");
+                    announced = true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(source) => {
+                return Err(NodeError::Store {
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
+        }
     }
 }
 
