@@ -336,7 +336,13 @@ impl Proxy {
             Ok(id) => (id, None),
             Err((id, e)) => (id, Some(e)),
         };
-        let mut ex = Exchange::new(&self.city, &request_id, Side::Local, &parts.headers);
+        let mut ex = Exchange::new(
+            self.auditor.clone(),
+            &self.city,
+            &request_id,
+            Side::Local,
+            &parts.headers,
+        );
         if let Some(e) = bad_id {
             return self.reject(ex, e, Receipts::None).await;
         }
@@ -467,7 +473,13 @@ impl Proxy {
             Ok(id) => (id, None),
             Err((id, e)) => (id, Some(e)),
         };
-        let mut ex = Exchange::new(&self.city, &request_id, Side::Provider, &parts.headers);
+        let mut ex = Exchange::new(
+            self.auditor.clone(),
+            &self.city,
+            &request_id,
+            Side::Provider,
+            &parts.headers,
+        );
         ex.record.peer_city = peer.city.clone();
         ex.record.caller_city = peer.city.clone();
         ex.record.target_city = self.city.clone();

@@ -437,3 +437,74 @@ async fn peers_hold_each_others_signed_checkpoints_and_see_a_rewrite() {
     assert_eq!(report.first_bad, None);
     f.shutdown().await;
 }
+
+/// Waits until `auditor` has a record of `rid` (appended in the background), or 5 s.
+async fn wait_for_record(
+    auditor: &tongban_gateway::audit::Auditor,
+    rid: &str,
+) -> Vec<tongban_proto::audit::v1::AuditRecord> {
+    let mut heads = auditor.subscribe();
+    let found = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let r = auditor.records_for_request(rid).await;
+            if !r.is_empty() {
+                return r;
+            }
+            if heads.changed().await.is_err() {
+                return r;
+            }
+        }
+    })
+    .await;
+    found.unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_the_caller_abandons_is_still_audited_on_both_nodes() {
+    let f = Fed::start(&["jinan", "qingdao"]).await;
+    let mut slow = tongban_tests::SlowProvider::start().await;
+    let mut registry = f.fed.registry("qingdao", "slow").await.unwrap();
+    registry
+        .register_service(tongban_proto::registry::v1::RegisterServiceRequest {
+            registration: Some(tongban_proto::registry::v1::ServiceRegistration {
+                organisation: "slow".into(),
+                service: CROSSCITY_SERVICE.into(),
+                endpoints: vec![slow.url.clone()],
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let msg = SubmitRequest {
+        catalog_code: "JQ-HRSS-003".into(),
+        ..Default::default()
+    };
+    // The caller drops the call (its client resets the stream) while the provider works.
+    let mut req = f.req("jinan", msg, Some("qingdao"), Duration::from_secs(30));
+    let md = req.metadata_mut();
+    md.insert("x-tongban-target-org", MetadataValue::from_static("slow"));
+    md.insert(
+        "x-tongban-request-id",
+        MetadataValue::from_static("abandoned-1"),
+    );
+    md.remove("grpc-timeout");
+    let mut client = f.crosscity("jinan").await;
+    let call = tokio::spawn(async move { client.submit(req).await });
+    slow.seen.recv().await.unwrap();
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+
+    for city in ["jinan", "qingdao"] {
+        let auditor = f.fed.city(city).unwrap().node().unwrap().auditor().clone();
+        let records = wait_for_record(&auditor, "abandoned-1").await;
+        assert_eq!(
+            records.len(),
+            1,
+            "{city} has no record of the abandoned call"
+        );
+        assert_eq!(records[0].grpc_status, Code::Cancelled as i32, "{city}");
+        assert!(auditor.verify().unwrap().first_bad.is_none());
+    }
+    slow.stop().await;
+    f.shutdown().await;
+}

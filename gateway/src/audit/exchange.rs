@@ -15,11 +15,45 @@ use super::Auditor;
 use crate::grpc::{self, End, OnEnd, SharedTally, Tally};
 
 /// The record of one exchange in the making.
+///
+/// An exchange dropped before it was completed — the caller cancelled (reset the stream)
+/// while the node waited for the upstream or streamed the response — still leaves its
+/// record, with status CANCELLED: no exchange passes a node unaudited.
 pub struct Exchange {
     pub record: AuditRecord,
     started: Instant,
     /// The request stream's digest, filled while it passes.
     pub request: SharedTally,
+    /// Set until the exchange is completed; on drop, a CANCELLED record is written with it.
+    auditor: Option<Arc<Auditor>>,
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let Some(auditor) = self.auditor.take() else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(request_id = %self.record.request_id, "exchange dropped outside a runtime; its record is lost");
+            return;
+        };
+        let pending = Exchange {
+            record: std::mem::take(&mut self.record),
+            started: self.started,
+            request: self.request.clone(),
+            auditor: None,
+        };
+        let record = pending.into_record(
+            tonic::Code::Cancelled as i32,
+            "the caller went away before the exchange completed",
+            &Tally::default(),
+        );
+        rt.spawn(async move {
+            if let Err(error) = auditor.record(record).await {
+                tracing::error!(%error, "audit append of a cancelled exchange failed");
+            }
+        });
+    }
 }
 
 /// The trace id of a W3C `traceparent` header.
@@ -33,8 +67,15 @@ pub fn trace_id(h: &HeaderMap) -> String {
 }
 
 impl Exchange {
-    pub fn new(node_city: &str, request_id: &str, side: Side, headers: &HeaderMap) -> Exchange {
+    pub fn new(
+        auditor: Arc<Auditor>,
+        node_city: &str,
+        request_id: &str,
+        side: Side,
+        headers: &HeaderMap,
+    ) -> Exchange {
         Exchange {
+            auditor: Some(auditor),
             record: AuditRecord {
                 request_id: request_id.to_string(),
                 side: side as i32,
@@ -50,6 +91,8 @@ impl Exchange {
 
     /// The finished record.
     pub fn into_record(mut self, code: i32, message: &str, response: &Tally) -> AuditRecord {
+        // Completed: no CANCELLED record on drop.
+        self.auditor = None;
         let r = &mut self.record;
         r.ended_at_ms = super::now_ms();
         r.duration_us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -61,7 +104,7 @@ impl Exchange {
         r.response_bytes = response.bytes;
         r.grpc_status = code;
         r.grpc_message = message.chars().take(512).collect();
-        self.record
+        std::mem::take(&mut self.record)
     }
 }
 
