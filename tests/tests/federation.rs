@@ -961,3 +961,44 @@ async fn the_caller_listener_serves_tls_and_can_require_client_certificates() {
     node.shutdown().await;
     provider.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_response_ends_with_resource_exhausted() {
+    // A limit between the request (~13 bytes) and the provider's answer (~42 bytes).
+    let limits = Limits {
+        max_message_bytes: 30,
+        ..loopback_limits()
+    };
+    let f = Fed::start_with(&["jinan", "qingdao"], limits).await;
+    let msg = SubmitRequest {
+        catalog_code: "JQ-HRSS-003".into(),
+        ..Default::default()
+    };
+    let e = f
+        .crosscity("jinan")
+        .await
+        .submit(f.req("jinan", msg, Some("qingdao"), Duration::from_secs(5)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("response message"), "{}", e.message());
+    assert_eq!(
+        f.provider_calls("qingdao"),
+        1,
+        "the request itself was within the limit"
+    );
+    // Both nodes audited the exchange with the status the caller got.
+    let rid = e
+        .metadata()
+        .get("x-tongban-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    for city in ["jinan", "qingdao"] {
+        let auditor = f.fed.city(city).unwrap().node().unwrap().auditor().clone();
+        let r = auditor.records_for_request(rid).await;
+        assert_eq!(r.len(), 1, "{city}");
+        assert_eq!(r[0].grpc_status, Code::ResourceExhausted as i32, "{city}");
+    }
+    f.shutdown().await;
+}
