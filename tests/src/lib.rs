@@ -111,6 +111,26 @@ impl Fed {
         self.fed.shutdown().await;
     }
 
+    /// Registers `endpoint` as the cross-city service of `org` of `city` (as that
+    /// organisation, through the Registry API).
+    pub async fn register(&self, city: &str, org: &str, endpoint: &str) {
+        use tongban_proto::registry::v1::{RegisterServiceRequest, ServiceRegistration};
+        self.fed
+            .registry(city, org)
+            .await
+            .expect("registry client")
+            .register_service(RegisterServiceRequest {
+                registration: Some(ServiceRegistration {
+                    organisation: org.to_string(),
+                    service: CROSSCITY_SERVICE.to_string(),
+                    endpoints: vec![endpoint.to_string()],
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("registration");
+    }
+
     /// A request from a system of `from`'s `hrss`, authenticated with its city's JWT, for
     /// case handling, to `to` (None: no target header).
     pub fn req<T>(&self, from: &str, msg: T, to: Option<&str>, timeout: Duration) -> Request<T> {

@@ -463,18 +463,7 @@ async fn wait_for_record(
 async fn a_call_the_caller_abandons_is_still_audited_on_both_nodes() {
     let f = Fed::start(&["jinan", "qingdao"]).await;
     let mut slow = tongban_tests::SlowProvider::start().await;
-    let mut registry = f.fed.registry("qingdao", "slow").await.unwrap();
-    registry
-        .register_service(tongban_proto::registry::v1::RegisterServiceRequest {
-            registration: Some(tongban_proto::registry::v1::ServiceRegistration {
-                organisation: "slow".into(),
-                service: CROSSCITY_SERVICE.into(),
-                endpoints: vec![slow.url.clone()],
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
+    f.register("qingdao", "slow", &slow.url).await;
     let msg = SubmitRequest {
         catalog_code: "JQ-HRSS-003".into(),
         ..Default::default()

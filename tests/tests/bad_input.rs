@@ -618,18 +618,7 @@ async fn concurrent_calls_per_peer_are_capped() {
     };
     let f = Fed::start_with(&["jinan", "qingdao"], limits).await;
     let mut slow = tongban_tests::SlowProvider::start().await;
-    let mut registry = f.fed.registry("qingdao", "slow").await.unwrap();
-    registry
-        .register_service(tongban_proto::registry::v1::RegisterServiceRequest {
-            registration: Some(tongban_proto::registry::v1::ServiceRegistration {
-                organisation: "slow".into(),
-                service: tongban_gateway::local::CROSSCITY_SERVICE.into(),
-                endpoints: vec![slow.url.clone()],
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
+    f.register("qingdao", "slow", &slow.url).await;
     // One call from jinan is held by the slow provider ...
     let mut held = f.req("jinan", submit(), Some("qingdao"), Duration::from_secs(10));
     held.metadata_mut()

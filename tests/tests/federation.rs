@@ -629,19 +629,7 @@ async fn deadlines_propagate_to_a_slow_provider() {
     };
     let f = Fed::start_with(&["jinan", "qingdao"], limits).await;
     let mut slow = tongban_tests::SlowProvider::start().await;
-    let url = slow.url.clone();
-    let mut registry = f.fed.registry("qingdao", "slow").await.unwrap();
-    registry
-        .register_service(RegisterServiceRequest {
-            registration: Some(ServiceRegistration {
-                organisation: "slow".into(),
-                service: "tongban.crosscity.v1.CrossCityService".into(),
-                endpoints: vec![url],
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
+    f.register("qingdao", "slow", &slow.url).await;
     let slow_request = |timeout| {
         let mut req = f.req(
             "jinan",
