@@ -128,27 +128,30 @@ enum TokenCmd {
 #[derive(Subcommand)]
 enum PolicyCmd {
     /// Say whether a call would pass the node's policy, and which rule decides.
-    Check {
-        #[arg(long)]
-        config: PathBuf,
-        /// city/org of the caller.
-        #[arg(long)]
-        caller: String,
-        /// A role of the caller (repeat for several).
-        #[arg(long = "role")]
-        roles: Vec<String>,
-        /// The city that serves the call.
-        #[arg(long)]
-        target: String,
-        #[arg(long)]
-        service: String,
-        #[arg(long, default_value = "")]
-        method: String,
-        #[arg(long)]
-        purpose: String,
-        #[arg(long)]
-        catalog_code: Option<String>,
-    },
+    Check(PolicyCheck),
+}
+
+#[derive(clap::Args)]
+struct PolicyCheck {
+    #[arg(long)]
+    config: PathBuf,
+    /// city/org of the caller.
+    #[arg(long)]
+    caller: String,
+    /// A role of the caller (repeat for several).
+    #[arg(long = "role")]
+    roles: Vec<String>,
+    /// The city that serves the call.
+    #[arg(long)]
+    target: String,
+    #[arg(long)]
+    service: String,
+    #[arg(long, default_value = "")]
+    method: String,
+    #[arg(long)]
+    purpose: String,
+    #[arg(long)]
+    catalog_code: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -308,25 +311,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Policy(PolicyCmd::Check {
-            config,
-            caller,
-            roles,
-            target,
-            service,
-            method,
-            purpose,
-            catalog_code,
-        }) => policy_check(
-            config,
-            caller,
-            roles,
-            target,
-            service,
-            method,
-            purpose,
-            catalog_code,
-        ),
+        Cmd::Policy(PolicyCmd::Check(args)) => policy_check(args),
         Cmd::Audit(AuditCmd::Verify { data_dir }) => audit_verify(&data_dir),
         Cmd::Audit(AuditCmd::Reindex { data_dir }) => {
             match tongban_gateway::audit::reindex_offline(&data_dir) {
@@ -357,17 +342,17 @@ fn main() -> ExitCode {
 }
 
 /// `tongban policy check`: exit 0 when allowed, 1 when denied, 64 on a bad config.
-#[allow(clippy::too_many_arguments)]
-fn policy_check(
-    config: PathBuf,
-    caller: String,
-    roles: Vec<String>,
-    target: String,
-    service: String,
-    method: String,
-    purpose: String,
-    catalog_code: Option<String>,
-) -> ExitCode {
+fn policy_check(args: PolicyCheck) -> ExitCode {
+    let PolicyCheck {
+        config,
+        caller,
+        roles,
+        target,
+        service,
+        method,
+        purpose,
+        catalog_code,
+    } = args;
     let policy = NodeConfig::load(&config)
         .map_err(|e| e.to_string())
         .and_then(|c| {
