@@ -153,6 +153,22 @@ impl Federation for FederationApi {
             .ok_or_else(|| Status::not_found("no audit checkpoint yet (the log is empty)"))
     }
 
+    async fn get_held_checkpoint(
+        &self,
+        req: Request<GetCheckpointRequest>,
+    ) -> Result<Response<SignedCheckpoint>, Status> {
+        let peer = peer_of(&req)?;
+        self.auditor
+            .peer_checkpoint(&peer.city)
+            .map(Response::new)
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "this node holds no checkpoint of `{}` yet",
+                    peer.city
+                ))
+            })
+    }
+
     /// A peer reads this node's records of the exchanges it took part in (and only those).
     async fn get_audit_records(
         &self,
@@ -278,6 +294,7 @@ impl PeerSync {
         self.peer
             .node_key
             .store(Some(Arc::new(crate::trust::public_key_of(&cert)?)));
+        self.check_anchor(&mut client).await;
         let mut stream = client
             .watch_catalog(GetCatalogRequest {})
             .await?
@@ -300,6 +317,32 @@ impl PeerSync {
                     }
                 }
                 _ = checkpoints.tick() => self.fetch_checkpoint(&mut client, &cert).await,
+            }
+        }
+    }
+
+    /// Checks this node's log against the newest checkpoint of it that the peer holds; a
+    /// contradiction stops this node from serving (see [`Auditor::contradict`]).
+    async fn check_anchor(&self, client: &mut FederationClient<EndpointChannel>) {
+        let city = &self.peer.city;
+        let held = tokio::time::timeout(
+            self.connect_timeout * 2,
+            client.get_held_checkpoint(GetCheckpointRequest {}),
+        )
+        .await;
+        match held {
+            Ok(Ok(signed)) => match self.auditor.check_anchor(city, &signed.into_inner()) {
+                Ok(()) => {
+                    tracing::debug!(peer = %city, "audit log agrees with the checkpoint the peer holds of it")
+                }
+                Err(reason) => self.auditor.contradict(reason),
+            },
+            Ok(Err(s)) if s.code() == tonic::Code::NotFound => {}
+            Ok(Err(s)) => {
+                tracing::warn!(peer = %city, error = %s, "cannot fetch the checkpoint the peer holds of this node")
+            }
+            Err(_) => {
+                tracing::warn!(peer = %city, "timed out fetching the checkpoint the peer holds of this node")
             }
         }
     }

@@ -14,6 +14,8 @@ use tongban_proto::registry::v1::{
 
 /// Exit code for a bad config or bad arguments (sysexits EX_USAGE).
 const EX_CONFIG: u8 = 64;
+/// sysexits EX_DATAERR: the audit log does not verify (or a peer contradicts it).
+const EX_DATAERR: u8 = 65;
 
 #[derive(Parser)]
 #[command(
@@ -433,9 +435,19 @@ fn run_node(path: PathBuf) -> ExitCode {
                 return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1));
             }
         };
-        wait_for_signal().await;
+        let mut contradiction = node.auditor().watch_contradiction();
+        let contradicted = tokio::select! {
+            () = wait_for_signal() => None,
+            Ok(c) = contradiction.wait_for(Option::is_some) => c.clone(),
+        };
         node.shutdown().await;
-        ExitCode::SUCCESS
+        match contradicted {
+            None => ExitCode::SUCCESS,
+            Some(why) => {
+                eprintln!("tongban: the audit log is contradicted by a peer: {why}");
+                ExitCode::from(EX_DATAERR)
+            }
+        }
     })
 }
 
@@ -500,6 +512,22 @@ fn audit_verify(data_dir: &std::path::Path) -> ExitCode {
             } else {
                 "verifies (signed checkpoints not checked: the store is in use or absent)"
             };
+            if let (Some(torn), Some((_, why))) = (&report.torn_tail, &report.first_bad) {
+                // Not a break in the chain: what a crash leaves, cut at the next start.
+                println!(
+                    "ok: {} records, head seq {} hash {}; the chain {cps}",
+                    report.records,
+                    report.head.seq,
+                    hex::encode(report.head.hash)
+                );
+                println!(
+                    "note: {} has a {why} (bytes {}..{})",
+                    torn.segment.display(),
+                    torn.start,
+                    torn.end
+                );
+                return ExitCode::SUCCESS;
+            }
             match report.first_bad {
                 None => {
                     println!(

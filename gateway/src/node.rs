@@ -290,6 +290,19 @@ impl PreparedNode {
         .prepare();
 
         let mut tasks = Vec::new();
+        if let Some(repair) = auditor.repaired() {
+            tracing::warn!(
+                seq = repair.torn.seq,
+                bytes = %format!("{}..{}", repair.torn.start, repair.torn.end),
+                quarantine = %repair.quarantine.display(),
+                "audit log: a torn final frame left by a crash was cut at start"
+            );
+        }
+        tasks.push(tokio::spawn(not_serving_when_contradicted(
+            auditor.watch_contradiction(),
+            health.clone(),
+            shutdown.clone(),
+        )));
         tasks.push(tokio::spawn(
             checks
                 .policy
@@ -386,6 +399,21 @@ impl PreparedNode {
             auditor,
         })
     }
+}
+
+/// Reports the whole node NOT_SERVING once a peer contradicts its audit log.
+async fn not_serving_when_contradicted(
+    mut contradiction: watch::Receiver<Option<String>>,
+    health: tonic_health::server::HealthReporter,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    tokio::select! {
+        r = contradiction.wait_for(Option::is_some) => if r.is_err() { return },
+        _ = shutdown.changed() => return,
+    }
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
 }
 
 /// Reloads the caller JWKS every `auth.refresh_interval_s`.

@@ -343,7 +343,7 @@ impl Proxy {
             Side::Local,
             &parts.headers,
         );
-        if let Some(e) = bad_id {
+        if let Some(e) = bad_id.or_else(|| self.refusing()) {
             return self.reject(ex, e, Receipts::None).await;
         }
         let call = match Call::parse(&parts, &self.limits, request_id) {
@@ -484,7 +484,7 @@ impl Proxy {
         ex.record.caller_city = peer.city.clone();
         ex.record.target_city = self.city.clone();
         let give = Receipts::Give;
-        if let Some(e) = bad_id {
+        if let Some(e) = bad_id.or_else(|| self.refusing()) {
             return self.reject(ex, e, give).await;
         }
         let mut call = match Call::parse(&parts, &self.limits, request_id) {
@@ -574,6 +574,14 @@ impl Proxy {
         self.forward(&call, parts, body, target, ex, give)
             .await
             .map(|b| grpc::boxed(HoldPermit { body: b, permit }))
+    }
+
+    /// Set once a peer holds a checkpoint that this node's audit log contradicts: the node
+    /// serves nothing until an operator has looked.
+    fn refusing(&self) -> Option<ProxyError> {
+        self.auditor
+            .contradicted()
+            .map(|why| ProxyError::Unavailable(format!("{} refuses to serve: {why}", self.city)))
     }
 
     /// Steps 3 and 6: this node's policy on one call.

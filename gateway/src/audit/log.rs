@@ -227,6 +227,86 @@ pub struct VerifyReport {
     pub head: Head,
     /// The first sequence that does not verify, and why.
     pub first_bad: Option<(u64, String)>,
+    /// Set when the only problem is a torn final frame: what a crash in the middle of a write
+    /// leaves (and the one thing [`AuditLog::open`] repairs). `first_bad` names it too.
+    pub torn_tail: Option<TornTail>,
+}
+
+/// An incomplete final frame after the last complete, checksummed record of the newest
+/// segment, with no complete frame after it and no signed checkpoint covering it: a write
+/// that a crash interrupted, never acknowledged (an append is acknowledged only once its
+/// whole frame is written, and in `sync` mode, fsynced).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    /// The sequence the frame would have had.
+    pub seq: u64,
+    pub segment: PathBuf,
+    /// Byte range `start..end` of the torn bytes in the segment (`end` = its length).
+    pub start: u64,
+    pub end: u64,
+}
+
+/// What opening the log repaired: a torn tail cut off, its bytes kept in `quarantine`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repair {
+    pub torn: TornTail,
+    pub quarantine: PathBuf,
+}
+
+/// Smallest payload of a real entry: the seq tag and varint, and the 32-byte prev_hash.
+const MIN_ENTRY: u32 = 2 + 34;
+
+/// The seq of a complete, checksummed frame of a record after `after` starting at `p`, if
+/// there is one. Cheap tests first: a real payload opens with the `seq` field tag.
+fn frame_at(data: &[u8], p: usize, after: u64) -> Option<u64> {
+    let hdr = data.get(p..p + 8)?;
+    let len = u32::from_be_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
+    if !(MIN_ENTRY..=MAX_ENTRY).contains(&len) {
+        return None;
+    }
+    let payload = data.get(p + 8..p + 8 + len as usize)?;
+    if payload[0] != 0x08 {
+        return None;
+    }
+    let crc = u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
+    if crc32fast::hash(payload) != crc {
+        return None;
+    }
+    LogEntry::decode(payload)
+        .ok()
+        .map(|e| e.seq)
+        .filter(|s| *s > after)
+}
+
+/// Tells a torn final frame from damage, for a frame at `offset` whose length runs past the
+/// end of the newest segment. `None`: torn (a crash leftover). `Some(why)`: damage — the
+/// bytes after the header are a complete payload matching the frame's checksum (so only
+/// the length field is wrong), or a complete frame of a later record follows.
+fn damage_beyond(path: &Path, offset: u64, head_seq: u64) -> Result<Option<String>, AuditError> {
+    let data = fs::read(path).map_err(io(path))?;
+    let off = usize::try_from(offset).unwrap_or(usize::MAX);
+    if off >= data.len() {
+        return Ok(None);
+    }
+    if data.len() - off > 8 {
+        let hdr = &data[off..off + 8];
+        let crc = u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
+        let rest = &data[off + 8..];
+        if crc32fast::hash(rest) == crc && LogEntry::decode(rest).is_ok() {
+            return Ok(Some(format!(
+                "damaged frame at offset {offset}: its length field runs past the end of the segment, but the {} bytes after it are a complete record matching its checksum (the length was altered, this is not a torn write)",
+                rest.len()
+            )));
+        }
+    }
+    for p in off + 1..data.len() {
+        if let Some(seq) = frame_at(&data, p, head_seq) {
+            return Ok(Some(format!(
+                "damaged frame at offset {offset}: its length runs past the end of the segment, but a complete record (seq {seq}) follows at offset {p} (not a torn write: records after it would be lost)"
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// Walks the whole log from seq 1, checking frames, sequence and chain; calls `each` on every
@@ -253,6 +333,7 @@ pub fn verify_dir_until(
     };
     let mut records = 0;
     let mut bad: Option<(u64, String)> = None;
+    let mut torn: Option<TornTail> = None;
     let segs = segments(dir)?;
     for (i, (first, path)) in segs.iter().enumerate() {
         if *first != head.seq + 1 {
@@ -300,12 +381,32 @@ pub fn verify_dir_until(
             Stop::End => {}
             Stop::Truncated { offset } => {
                 let last = i + 1 == segs.len();
-                let what = if last {
-                    "torn or truncated record"
-                } else {
-                    "truncated record"
-                };
-                bad = Some((head.seq + 1, format!("{what} at offset {offset}")));
+                if !last {
+                    bad = Some((
+                        head.seq + 1,
+                        format!("truncated record at offset {offset} of a segment that is not the newest"),
+                    ));
+                    break;
+                }
+                match damage_beyond(path, offset, head.seq)? {
+                    Some(why) => bad = Some((head.seq + 1, why)),
+                    None => {
+                        let end = fs::metadata(path).map_err(io(path))?.len();
+                        bad = Some((
+                            head.seq + 1,
+                            format!(
+                                "torn final frame at offset {offset}: truncated after {} bytes, no complete record after it (a crash leftover, never acknowledged: the node cuts it at its next start and keeps the bytes in quarantine)",
+                                end - offset
+                            ),
+                        ));
+                        torn = Some(TornTail {
+                            seq: head.seq + 1,
+                            segment: path.clone(),
+                            start: offset,
+                            end,
+                        });
+                    }
+                }
                 break;
             }
             Stop::Bad { offset, reason } => {
@@ -314,11 +415,35 @@ pub fn verify_dir_until(
             }
         }
     }
+    // The newest signed checkpoint anchors the tail: records it covers that are no longer
+    // in the log were removed (cut from the end, a deleted segment, a rollback). A crash
+    // cannot do this: a checkpoint only ever covers durable records.
+    let anchored = until.is_none_or(|u| u > head.seq);
+    if let Some(&(cp_seq, _)) = checkpoints.iter().max_by_key(|(s, _)| *s) {
+        if anchored && cp_seq > head.seq && (bad.is_none() || torn.is_some()) {
+            torn = None;
+            bad = Some((
+                head.seq + 1,
+                format!(
+                    "the log ends at seq {} (hash {}) but this node signed a checkpoint at seq {cp_seq}: {} records it covers are missing (cut from the end, a deleted segment or a rollback)",
+                    head.seq,
+                    short(&head.hash),
+                    cp_seq - head.seq
+                ),
+            ));
+        }
+    }
     Ok(VerifyReport {
         records,
         head,
         first_bad: bad,
+        torn_tail: torn,
     })
+}
+
+/// The first 16 hex digits of a hash, for messages.
+pub fn short(h: &Hash) -> String {
+    hex::encode(&h[..8])
 }
 
 /// Reads the entry at `loc`.
@@ -363,7 +488,9 @@ struct Pending {
 pub struct AuditLog {
     tx: mpsc::Sender<Pending>,
     head: watch::Receiver<Head>,
+    durable: watch::Receiver<Head>,
     dir: PathBuf,
+    repaired: Option<Repair>,
 }
 
 impl AuditLog {
@@ -376,30 +503,26 @@ impl AuditLog {
         opts: LogOptions,
         committed: std::sync::mpsc::Sender<Vec<Appended>>,
     ) -> Result<AuditLog, AuditError> {
+        Self::open_anchored(dir, opts, committed, &[])
+    }
+
+    /// [`Self::open`], with the (seq, hash) of every checkpoint this node signed: a log that
+    /// disagrees with one, or ends before the newest, refuses to open, and a torn tail is
+    /// cut only if no checkpoint covers it.
+    pub fn open_anchored(
+        dir: &Path,
+        opts: LogOptions,
+        committed: std::sync::mpsc::Sender<Vec<Appended>>,
+        checkpoints: &[(u64, Hash)],
+    ) -> Result<AuditLog, AuditError> {
         fs::create_dir_all(dir).map_err(io(dir))?;
-        let report = verify_dir(dir, &[], |_| {})?;
-        let segs = segments(dir)?;
+        let report = verify_dir(dir, checkpoints, |_| {})?;
         let (mut seg_first, mut file_len) = (report.head.seq + 1, 0u64);
+        let mut repaired = None;
         if let Some((seq, reason)) = &report.first_bad {
-            // Only a torn tail of the last segment is a crash artefact we may cut.
-            let last = segs.last().cloned();
-            let torn = reason.starts_with("torn or truncated record");
-            match (torn, last) {
-                (true, Some((_, path))) => {
-                    let offset = reason
-                        .rsplit(' ')
-                        .next()
-                        .and_then(|o| o.parse::<u64>().ok())
-                        .unwrap_or(0);
-                    tracing::warn!(seq, offset, segment = %path.display(), "cutting a torn audit record left by a crash");
-                    let f = OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .map_err(io(&path))?;
-                    f.set_len(offset).map_err(io(&path))?;
-                    f.sync_all().map_err(io(&path))?;
-                }
-                _ => {
+            match &report.torn_tail {
+                Some(torn) => repaired = Some(cut_torn_tail(dir, torn)?),
+                None => {
                     return Err(AuditError::Corrupt {
                         seq: *seq,
                         reason: reason.clone(),
@@ -420,6 +543,7 @@ impl AuditLog {
         sync_dir(dir)?;
         let (tx, rx) = mpsc::channel::<Pending>(8192);
         let (head_tx, head_rx) = watch::channel(report.head);
+        let (durable_tx, durable_rx) = watch::channel(report.head);
         let writer = Writer {
             dir: dir.to_path_buf(),
             opts,
@@ -428,6 +552,7 @@ impl AuditLog {
             file_len,
             head: report.head,
             head_tx,
+            durable_tx,
             committed,
             last_sync: Instant::now(),
             dirty: false,
@@ -439,8 +564,22 @@ impl AuditLog {
         Ok(AuditLog {
             tx,
             head: head_rx,
+            durable: durable_rx,
             dir: dir.to_path_buf(),
+            repaired,
         })
+    }
+
+    /// What opening the log repaired, if anything.
+    pub fn repaired(&self) -> Option<&Repair> {
+        self.repaired.as_ref()
+    }
+
+    /// The newest head known to be on disk (fsynced): in `sync` mode the head itself, in
+    /// `batch` mode the head as of the last sync. Checkpoints sign this one, so that no crash
+    /// can leave a log shorter than a checkpoint.
+    pub fn durable_head(&self) -> Head {
+        *self.durable.borrow()
     }
 
     /// Appends a record; resolves once it is durable (per the durability mode).
@@ -470,6 +609,59 @@ fn sync_dir(dir: &Path) -> Result<(), AuditError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
+/// Where the bytes of cut torn tails are kept, inside the log directory.
+pub const QUARANTINE_DIR: &str = "quarantine";
+
+/// Moves a torn tail out of the log: its bytes are written (and synced) to a quarantine file
+/// first, then the segment is truncated to the last complete record.
+fn cut_torn_tail(dir: &Path, torn: &TornTail) -> Result<Repair, AuditError> {
+    let path = &torn.segment;
+    let data = fs::read(path).map_err(io(path))?;
+    let start = usize::try_from(torn.start).unwrap_or(usize::MAX);
+    let bytes = data.get(start..).unwrap_or_default();
+    let qdir = dir.join(QUARANTINE_DIR);
+    fs::create_dir_all(&qdir).map_err(io(&qdir))?;
+    let seg = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let quarantine = qdir.join(format!(
+        "{seg}.{}-{}.at-{}.torn",
+        torn.start,
+        torn.end,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    ));
+    let mut q = OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(&quarantine)
+        .map_err(io(&quarantine))?;
+    q.write_all(bytes)
+        .and_then(|()| q.sync_all())
+        .map_err(io(&quarantine))?;
+    sync_dir(&qdir)?;
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io(path))?;
+    f.set_len(torn.start).map_err(io(path))?;
+    f.sync_all().map_err(io(path))?;
+    tracing::warn!(
+        seq = torn.seq,
+        segment = %path.display(),
+        bytes = %format!("{}..{}", torn.start, torn.end),
+        quarantine = %quarantine.display(),
+        "cut a torn final audit frame left by a crash (never acknowledged); its bytes are kept in quarantine"
+    );
+    Ok(Repair {
+        torn: torn.clone(),
+        quarantine,
+    })
+}
+
 struct Writer {
     dir: PathBuf,
     opts: LogOptions,
@@ -478,6 +670,7 @@ struct Writer {
     file_len: u64,
     head: Head,
     head_tx: watch::Sender<Head>,
+    durable_tx: watch::Sender<Head>,
     committed: std::sync::mpsc::Sender<Vec<Appended>>,
     last_sync: Instant,
     dirty: bool,
@@ -485,25 +678,43 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Pending>) {
+        // Batch mode waits for the next append with a timeout (the sync window) on a small
+        // timer-only runtime of this thread, instead of polling: an idle node costs nothing.
+        let timer = match self.opts.durability {
+            Durability::Sync => None,
+            Durability::Batch(_) => match tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+            {
+                Ok(rt) => Some(rt),
+                Err(error) => {
+                    tracing::error!(%error, "audit writer cannot start its timer; syncing every append");
+                    self.opts.durability = Durability::Sync;
+                    None
+                }
+            },
+        };
         loop {
-            let first = match self.opts.durability {
-                Durability::Sync => rx.blocking_recv(),
-                Durability::Batch(window) => {
-                    // Wake at least once per window to sync what was written.
-                    match self.recv_within(&mut rx, window) {
+            let first = match (&timer, self.opts.durability) {
+                (Some(rt), Durability::Batch(window)) if self.dirty => {
+                    let wait = (self.last_sync + window).saturating_duration_since(Instant::now());
+                    match rt.block_on(tokio::time::timeout(wait, rx.recv())) {
                         Ok(p) => p,
-                        Err(()) => return,
+                        // The window passed: sync what was written.
+                        Err(_) => {
+                            self.sync_now();
+                            continue;
+                        }
                     }
                 }
+                _ => rx.blocking_recv(),
             };
             let Some(first) = first else {
+                // Every sender is gone: the node is stopping.
                 if self.dirty {
                     self.sync_now();
                 }
-                if rx.is_closed() {
-                    return;
-                }
-                continue;
+                return;
             };
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
@@ -516,32 +727,12 @@ impl Writer {
         }
     }
 
-    /// Batch mode: the next append, or None when the window passed (to sync).
-    fn recv_within(
-        &mut self,
-        rx: &mut mpsc::Receiver<Pending>,
-        window: Duration,
-    ) -> Result<Option<Pending>, ()> {
-        let deadline = self.last_sync + window;
-        loop {
-            match rx.try_recv() {
-                Ok(p) => return Ok(Some(p)),
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    self.sync_now();
-                    return Err(());
-                }
-                Err(mpsc::error::TryRecvError::Empty) => {}
-            }
-            if Instant::now() >= deadline {
-                return Ok(None);
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
-    }
-
     fn sync_now(&mut self) {
-        if let Err(error) = self.file.sync_data() {
-            tracing::error!(%error, "audit fsync failed");
+        match self.file.sync_data() {
+            Ok(()) => {
+                self.durable_tx.send_replace(self.head);
+            }
+            Err(error) => tracing::error!(%error, "audit fsync failed"),
         }
         self.last_sync = Instant::now();
         self.dirty = false;
@@ -610,16 +801,17 @@ impl Writer {
             }
             return;
         }
+        self.file_len = offset;
+        self.head = head;
         if matches!(self.opts.durability, Durability::Sync) {
             self.last_sync = Instant::now();
+            self.durable_tx.send_replace(head);
         } else {
             self.dirty = true;
             if self.last_sync.elapsed() >= self.window() {
                 self.sync_now();
             }
         }
-        self.file_len = offset;
-        self.head = head;
         let _ = self.head_tx.send(head);
         for (tx, a) in done.into_iter().zip(appended.iter()) {
             let _ = tx.send(Ok(a.clone()));

@@ -44,6 +44,8 @@ pub struct Auditor {
     conflicts: sled::Tree,
     /// The last seq the index thread has indexed.
     indexed: watch::Receiver<u64>,
+    /// Set when a peer holds a checkpoint this log contradicts: the node stops serving.
+    contradiction: watch::Sender<Option<String>>,
 }
 
 /// Longest a read waits for the index to reach the committed head.
@@ -83,8 +85,11 @@ impl Auditor {
         identity: Arc<NodeIdentity>,
     ) -> Result<Arc<Auditor>, AuditError> {
         let index = AuditIndex::open(db).map_err(storage)?;
+        let checkpoints = db.open_tree("audit.checkpoints").map_err(storage)?;
         let (tx, rx) = std::sync::mpsc::channel::<Vec<Appended>>();
-        let log = AuditLog::open(dir, opts, tx)?;
+        // The node's own signed checkpoints anchor the log: one it disagrees with, or ends
+        // before, refuses to open.
+        let log = AuditLog::open_anchored(dir, opts, tx, &checkpoint_hashes(&checkpoints))?;
         let up_to = index.indexed_up_to();
         if up_to < log.head().seq {
             index_log(dir, &index, up_to)?;
@@ -115,12 +120,13 @@ impl Auditor {
             index,
             receipt_key: EncodingKey::from_ed_der(identity.key_pkcs8()),
             identity,
-            checkpoints: db.open_tree("audit.checkpoints").map_err(storage)?,
+            checkpoints,
             peer_checkpoints: db.open_tree("audit.peer_checkpoints").map_err(storage)?,
             conflicts: db
                 .open_tree("audit.checkpoint_conflicts")
                 .map_err(storage)?,
             indexed,
+            contradiction: watch::Sender::new(None),
         }))
     }
 
@@ -201,14 +207,78 @@ impl Auditor {
     }
 
     fn own_checkpoint_hashes(&self) -> Vec<(u64, Hash)> {
-        self.checkpoints
-            .iter()
-            .values()
-            .flatten()
-            .filter_map(|v| SignedCheckpoint::decode(v.as_ref()).ok())
-            .filter_map(|s| Checkpoint::decode(s.checkpoint.as_slice()).ok())
-            .filter_map(|c| Some((c.seq, <Hash>::try_from(c.head_hash.as_slice()).ok()?)))
-            .collect()
+        checkpoint_hashes(&self.checkpoints)
+    }
+
+    /// What opening the log repaired (a torn tail cut and quarantined), if anything.
+    pub fn repaired(&self) -> Option<&log::Repair> {
+        self.log.repaired()
+    }
+
+    /// Checks a checkpoint of *this* node that peer `peer` holds against the log: signed by
+    /// this node, and the log has the same record at that seq. A peer that saw a longer or
+    /// different log means this node's log was cut, rolled back or rewritten; the error
+    /// names both heads.
+    pub fn check_anchor(&self, peer: &str, signed: &SignedCheckpoint) -> Result<(), String> {
+        let own_cert = self.identity.chain.first().ok_or("no node certificate")?;
+        trust::verify_signature(own_cert, &signed.checkpoint, &signed.signature).map_err(|e| {
+            format!(
+                "peer `{peer}` returned a checkpoint of this node that this node did not sign: {e}"
+            )
+        })?;
+        let cp = Checkpoint::decode(signed.checkpoint.as_slice()).map_err(|e| e.to_string())?;
+        if cp.city != self.city {
+            return Err(format!(
+                "peer `{peer}` returned a checkpoint of `{}`, not of `{}`",
+                cp.city, self.city
+            ));
+        }
+        let head = self.head();
+        let theirs = format!(
+            "seq {} hash {}",
+            cp.seq,
+            hex::encode(&cp.head_hash[..cp.head_hash.len().min(8)])
+        );
+        let ours = format!("seq {} hash {}", head.seq, log::short(&head.hash));
+        if cp.seq > head.seq {
+            return Err(format!(
+                "peer `{peer}` holds a checkpoint of this node's audit log at {theirs}, but the log here ends at {ours}: records were removed or the log was rolled back"
+            ));
+        }
+        if cp.seq == 0 {
+            return Ok(());
+        }
+        let here = self.entry_hash(cp.seq).map_err(|e| e.to_string())?;
+        if here.as_slice() != cp.head_hash.as_slice() {
+            return Err(format!(
+                "peer `{peer}` holds a checkpoint of this node's audit log at {theirs}, but the record here at seq {} has hash {} (head {ours}): the log was rewritten or replaced",
+                cp.seq,
+                log::short(&here)
+            ));
+        }
+        Ok(())
+    }
+
+    /// The hash of the entry at `seq`.
+    fn entry_hash(&self, seq: u64) -> Result<Hash, AuditError> {
+        if let Some(loc) = self.index.location(seq) {
+            if let Ok(r) = log::read_at(self.log.dir(), loc) {
+                if r.entry.seq == seq {
+                    return Ok(r.hash);
+                }
+            }
+        }
+        // Not indexed (yet): walk the log.
+        let mut found = None;
+        log::verify_dir_until(self.log.dir(), &[], Some(seq), |r| {
+            if r.entry.seq == seq {
+                found = Some(r.hash);
+            }
+        })?;
+        found.ok_or_else(|| AuditError::Corrupt {
+            seq,
+            reason: "not in the log".into(),
+        })
     }
 
     /// Verifies the whole chain, including against this node's own signed checkpoints.
@@ -236,7 +306,8 @@ impl Auditor {
 
     /// Signs the current head if it moved since the last checkpoint.
     pub fn checkpoint_now(&self) -> Result<Option<SignedCheckpoint>, AuditError> {
-        let head = self.head();
+        // Only what is on disk: no crash may leave the log shorter than a checkpoint.
+        let head = self.log.durable_head();
         let last = self
             .checkpoints
             .last()
@@ -318,6 +389,37 @@ impl Auditor {
         Ok(cp)
     }
 
+    /// The newest checkpoint of `city`'s log that this node holds.
+    pub fn peer_checkpoint(&self, city: &str) -> Option<SignedCheckpoint> {
+        let v = self.peer_checkpoints.get(city).ok()??;
+        SignedCheckpoint::decode(v.as_ref()).ok()
+    }
+
+    /// Records that a peer has seen a longer or different log than this one: from now on
+    /// the node refuses every call (UNAVAILABLE, naming both heads) and reports NOT_SERVING;
+    /// `tongban node` exits 65.
+    pub fn contradict(&self, reason: String) {
+        tracing::error!(%reason, "audit log contradicted by a peer's checkpoint: refusing to serve");
+        self.contradiction.send_if_modified(|c| {
+            if c.is_none() {
+                *c = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Why this node must not serve, once a peer contradicted its log.
+    pub fn contradicted(&self) -> Option<String> {
+        self.contradiction.borrow().clone()
+    }
+
+    /// Notified when a peer contradicts this node's log.
+    pub fn watch_contradiction(&self) -> watch::Receiver<Option<String>> {
+        self.contradiction.subscribe()
+    }
+
     pub fn peer_checkpoints(&self) -> Vec<SignedCheckpoint> {
         self.peer_checkpoints
             .iter()
@@ -331,6 +433,17 @@ impl Auditor {
     pub fn conflicts(&self) -> usize {
         self.conflicts.len()
     }
+}
+
+/// (seq, hash) of every checkpoint in a tree of signed checkpoints.
+fn checkpoint_hashes(tree: &sled::Tree) -> Vec<(u64, Hash)> {
+    tree.iter()
+        .values()
+        .flatten()
+        .filter_map(|v| SignedCheckpoint::decode(v.as_ref()).ok())
+        .filter_map(|s| Checkpoint::decode(s.checkpoint.as_slice()).ok())
+        .filter_map(|c| Some((c.seq, <Hash>::try_from(c.head_hash.as_slice()).ok()?)))
+        .collect()
 }
 
 /// Verifies a node's log offline (`tongban audit verify`): the chain, and this node's signed
@@ -349,15 +462,7 @@ pub fn verify_offline(data_dir: &Path) -> Result<(VerifyReport, bool), AuditErro
         .open()
         .ok()
         .and_then(|db| db.open_tree("audit.checkpoints").ok())
-        .map(|t| {
-            t.iter()
-                .values()
-                .flatten()
-                .filter_map(|v| SignedCheckpoint::decode(v.as_ref()).ok())
-                .filter_map(|s| Checkpoint::decode(s.checkpoint.as_slice()).ok())
-                .filter_map(|c| Some((c.seq, <Hash>::try_from(c.head_hash.as_slice()).ok()?)))
-                .collect()
-        });
+        .map(|t| checkpoint_hashes(&t));
     let used = checkpoints.is_some();
     let report = log::verify_dir(&dir, &checkpoints.unwrap_or_default(), |_| {})?;
     Ok((report, used))
