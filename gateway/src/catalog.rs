@@ -23,7 +23,7 @@ use crate::registry::{
     validate_catalog_code, validate_service_name, Registry, RegistryError, ServiceRecord,
 };
 use crate::trust::{self, NodeIdentity, TrustError};
-use crate::upstream::{Endpoint, EndpointSet};
+use crate::upstream::{Endpoint, EndpointSet, Keepalive};
 
 /// A local service with its live endpoint pool.
 #[derive(Debug)]
@@ -135,6 +135,8 @@ pub struct Catalog {
     changes: watch::Sender<Arc<Snapshot>>,
     /// Endpoint pools survive snapshot swaps: same URL, same connection.
     endpoints: Mutex<HashMap<String, Weak<Endpoint>>>,
+    /// Keepalive of the provider connections.
+    keepalive: Keepalive,
 }
 
 impl Catalog {
@@ -143,6 +145,7 @@ impl Catalog {
         version: u64,
         records: Vec<ServiceRecord>,
         revoked: Vec<RevokedConsent>,
+        keepalive: Keepalive,
     ) -> Self {
         let empty = Arc::new(Snapshot {
             city: identity.city.clone(),
@@ -159,6 +162,7 @@ impl Catalog {
             update: Mutex::new(()),
             changes,
             endpoints: Mutex::new(HashMap::new()),
+            keepalive,
         };
         catalog.set_local(version, records, revoked);
         catalog
@@ -186,7 +190,7 @@ impl Catalog {
             return Some(ep);
         }
         // Registration validated the URL, so this only fails on a corrupt store.
-        let ep = Arc::new(Endpoint::provider(url).ok()?);
+        let ep = Arc::new(Endpoint::provider(url, self.keepalive).ok()?);
         map.retain(|_, w| w.strong_count() > 0);
         map.insert(url.to_string(), Arc::downgrade(&ep));
         Some(ep)

@@ -167,6 +167,8 @@ struct RawLimits {
     caller_burst: u64,
     max_metadata_bytes: u64,
     max_streams_per_peer: u64,
+    keepalive_interval_ms: u64,
+    keepalive_timeout_ms: u64,
 }
 
 impl Default for RawLimits {
@@ -183,6 +185,8 @@ impl Default for RawLimits {
             caller_burst: l.caller_burst,
             max_metadata_bytes: l.max_metadata_bytes,
             max_streams_per_peer: l.max_streams_per_peer,
+            keepalive_interval_ms: millis(l.keepalive_interval),
+            keepalive_timeout_ms: millis(l.keepalive_timeout),
         }
     }
 }
@@ -291,6 +295,13 @@ pub struct Limits {
     pub max_metadata_bytes: u64,
     /// Calls from one peer city in flight at this node (streams included until they end).
     pub max_streams_per_peer: u64,
+    /// HTTP/2 keepalive PING interval on every connection to a peer node or provider (and
+    /// on the listeners): a frozen peer (a hung machine, a cut link) is noticed within
+    /// interval + timeout instead of costing every call its whole deadline.
+    pub keepalive_interval: Duration,
+    /// How long a keepalive PING may go unanswered before the connection is closed and the
+    /// peer marked down.
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -306,6 +317,8 @@ impl Default for Limits {
             caller_burst: 2000,
             max_metadata_bytes: 8 * 1024,
             max_streams_per_peer: 512,
+            keepalive_interval: Duration::from_secs(1),
+            keepalive_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -428,6 +441,14 @@ impl NodeConfig {
             caller_burst: positive("caller_burst", l.caller_burst)?,
             max_metadata_bytes: positive("max_metadata_bytes", l.max_metadata_bytes)?,
             max_streams_per_peer: positive("max_streams_per_peer", l.max_streams_per_peer)?,
+            keepalive_interval: Duration::from_millis(positive(
+                "keepalive_interval_ms",
+                l.keepalive_interval_ms,
+            )?),
+            keepalive_timeout: Duration::from_millis(positive(
+                "keepalive_timeout_ms",
+                l.keepalive_timeout_ms,
+            )?),
         };
         if limits.max_metadata_bytes > 60 * 1024 {
             return Err(ConfigError::key(

@@ -32,7 +32,7 @@ use crate::registry_api::RegistryApi;
 use crate::server::{self, Side};
 use crate::subject::Pseudonymizer;
 use crate::trust::{NodeIdentity, TrustBundle, TrustError};
-use crate::upstream::Endpoint;
+use crate::upstream::{Endpoint, Keepalive};
 use tongban_proto::audit::v1::audit_server::AuditServer;
 use tongban_proto::consent::v1::consent_server::ConsentServer;
 
@@ -224,14 +224,21 @@ impl PreparedNode {
             registry.version()?,
             registry.list()?,
             consents.revocations(),
+            Keepalive::of(&config.limits),
         ));
         let publisher = Arc::new(Publisher::new(registry, consents.clone(), catalog.clone()));
         let mut peers = BTreeMap::new();
         for p in &config.peers {
             let tls = identity.peer_client_config(&bundle, &p.city)?;
             let name = bundle.node_name_of(&p.city)?;
-            let endpoint = Endpoint::peer(&p.city, &p.address, tls, name)
-                .map_err(|e| NodeError::UnknownPeer(format!("{}: {e}", p.city)))?;
+            let endpoint = Endpoint::peer(
+                &p.city,
+                &p.address,
+                tls,
+                name,
+                Keepalive::of(&config.limits),
+            )
+            .map_err(|e| NodeError::UnknownPeer(format!("{}: {e}", p.city)))?;
             peers.insert(
                 p.city.clone(),
                 Arc::new(Peer::new(p.city.clone(), Arc::new(endpoint))),

@@ -732,6 +732,11 @@ impl Proxy {
                 service: call.service.clone(),
                 city,
             }),
+            // Lost (its keepalive went unanswered, or the link broke): fail now rather than
+            // spend the caller's deadline; the peer's sync task reconnects in the background.
+            Some(_) if !peer.is_up() => Err(ProxyError::Unavailable(format!(
+                "peer city `{city}` is unreachable (its node stopped answering; reconnecting)"
+            ))),
             Some(_) => Ok(Route::Peer(peer.clone())),
         }
     }

@@ -104,13 +104,19 @@ pub async fn serve(
         Side::Caller { .. } => CALLER_CONTROL,
         Side::Peer { .. } => PEER_CONTROL,
     };
+    // Peer nodes are pinged like they ping us (limits.keepalive_*), so a frozen peer's
+    // streams are released on this side too; callers get a gentler pace.
+    let (ping_every, ping_timeout) = match side {
+        Side::Caller { .. } => (Duration::from_secs(20), Duration::from_secs(10)),
+        Side::Peer { .. } => (limits.keepalive_interval, limits.keepalive_timeout),
+    };
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams_per_connection)
         .max_header_list_size(MAX_HEADER_LIST_BYTES)
-        .keep_alive_interval(Some(Duration::from_secs(20)))
-        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_interval(Some(ping_every))
+        .keep_alive_timeout(ping_timeout)
         .adaptive_window(true);
     let builder = Arc::new(builder);
     loop {

@@ -32,6 +32,29 @@ pub enum UpstreamError {
     BadEndpoint(String),
 }
 
+/// HTTP/2 keepalive of upstream connections: a PING every `interval` (idle or not); a PING
+/// unanswered for `timeout` closes the connection, failing its streams at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl Keepalive {
+    pub fn of(limits: &crate::config::Limits) -> Keepalive {
+        Keepalive {
+            interval: limits.keepalive_interval,
+            timeout: limits.keepalive_timeout,
+        }
+    }
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive::of(&crate::config::Limits::default())
+    }
+}
+
 /// How the connection to an endpoint is secured.
 #[derive(Clone)]
 pub enum Security {
@@ -51,6 +74,7 @@ pub struct Endpoint {
     scheme: Scheme,
     authority: Authority,
     security: Security,
+    keepalive: Keepalive,
     sender: Mutex<Option<SendRequest<Body>>>,
     connecting: tokio::sync::Mutex<()>,
     down_until: Mutex<Option<Instant>>,
@@ -89,7 +113,7 @@ pub fn parse_endpoint_url(url: &str) -> Result<(String, Authority), String> {
 
 impl Endpoint {
     /// A provider endpoint inside the city.
-    pub fn provider(url: &str) -> Result<Endpoint, UpstreamError> {
+    pub fn provider(url: &str, keepalive: Keepalive) -> Result<Endpoint, UpstreamError> {
         let (addr, authority) = parse_endpoint_url(url).map_err(UpstreamError::BadEndpoint)?;
         Ok(Endpoint::new(
             url.to_string(),
@@ -97,6 +121,7 @@ impl Endpoint {
             Scheme::HTTP,
             authority,
             Security::Plain,
+            keepalive,
         ))
     }
 
@@ -106,6 +131,7 @@ impl Endpoint {
         addr: &str,
         config: Arc<rustls::ClientConfig>,
         name: ServerName<'static>,
+        keepalive: Keepalive,
     ) -> Result<Endpoint, UpstreamError> {
         let authority: Authority = name
             .to_str()
@@ -117,6 +143,7 @@ impl Endpoint {
             Scheme::HTTPS,
             authority,
             Security::Tls { config, name },
+            keepalive,
         ))
     }
 
@@ -126,6 +153,7 @@ impl Endpoint {
         scheme: Scheme,
         authority: Authority,
         security: Security,
+        keepalive: Keepalive,
     ) -> Endpoint {
         Endpoint {
             label,
@@ -133,6 +161,7 @@ impl Endpoint {
             scheme,
             authority,
             security,
+            keepalive,
             sender: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             down_until: Mutex::new(None),
@@ -223,34 +252,41 @@ impl Endpoint {
             .map_err(|e| fail(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         match &self.security {
-            Security::Plain => handshake(tcp).await.map_err(fail),
+            Security::Plain => handshake(tcp, self.keepalive, &self.label)
+                .await
+                .map_err(fail),
             Security::Tls { config, name } => {
                 let tls = tokio_rustls::TlsConnector::from(config.clone())
                     .connect(name.clone(), tcp)
                     .await
                     .map_err(|e| fail(format!("tls: {e}")))?;
-                handshake(tls).await.map_err(fail)
+                handshake(tls, self.keepalive, &self.label)
+                    .await
+                    .map_err(fail)
             }
         }
     }
 }
 
-async fn handshake<I>(io: I) -> Result<SendRequest<Body>, String>
+async fn handshake<I>(io: I, keepalive: Keepalive, label: &str) -> Result<SendRequest<Body>, String>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_interval(keepalive.interval)
+        .keep_alive_timeout(keepalive.timeout)
         .keep_alive_while_idle(true)
         .adaptive_window(true)
         .handshake(TokioIo::new(io))
         .await
         .map_err(|e| format!("http/2 handshake: {e}"))?;
+    let label = label.to_string();
     tokio::spawn(async move {
         if let Err(error) = conn.await {
-            tracing::debug!(%error, "upstream connection closed");
+            // A keepalive PING left unanswered ends here too: every stream on the
+            // connection fails at once, and the next call reconnects.
+            tracing::warn!(upstream = %label, %error, "upstream connection lost");
         }
     });
     Ok(sender)

@@ -312,3 +312,82 @@ pub fn tongban_bin() -> std::path::PathBuf {
     );
     bin
 }
+
+/// A TCP relay in front of a listener that can be frozen: while frozen it accepts
+/// connections (as the kernel of a SIGSTOPped process does) but moves no byte either way,
+/// on old or new connections — a black hole, as a hung machine or a cut link looks. Thawed,
+/// everything flows again.
+pub struct FreezableRelay {
+    pub addr: std::net::SocketAddr,
+    frozen: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FreezableRelay {
+    pub async fn start(target: std::net::SocketAddr) -> FreezableRelay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind relay");
+        let addr = listener.local_addr().expect("relay addr");
+        let (frozen, watch) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let watch = watch.clone();
+                tokio::spawn(async move {
+                    let mut w = watch.clone();
+                    if w.wait_for(|f| !*f).await.is_err() {
+                        return;
+                    }
+                    let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (ri, wi) = inbound.into_split();
+                    let (ro, wo) = outbound.into_split();
+                    tokio::join!(relay_half(ri, wo, watch.clone()), relay_half(ro, wi, watch));
+                });
+            }
+        });
+        FreezableRelay { addr, frozen, task }
+    }
+
+    pub fn freeze(&self) {
+        let _ = self.frozen.send(true);
+    }
+
+    pub fn thaw(&self) {
+        let _ = self.frozen.send(false);
+    }
+
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+async fn relay_half(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if frozen.wait_for(|f| !*f).await.is_err() {
+            return;
+        }
+        let n = tokio::select! {
+            r = from.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            // Frozen while waiting: stop reading (what was not read stays unread).
+            _ = frozen.wait_for(|f| *f) => continue,
+        };
+        // Bytes read just before a freeze are held until the thaw.
+        if frozen.wait_for(|f| !*f).await.is_err() {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
