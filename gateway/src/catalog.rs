@@ -190,7 +190,7 @@ impl Catalog {
             return Some(ep);
         }
         // Registration validated the URL, so this only fails on a corrupt store.
-        let ep = Arc::new(Endpoint::provider(url, self.keepalive).ok()?);
+        let ep = Arc::new(Endpoint::provider(url).ok()?.with_keepalive(self.keepalive));
         map.retain(|_, w| w.strong_count() > 0);
         map.insert(url.to_string(), Arc::downgrade(&ep));
         Some(ep)

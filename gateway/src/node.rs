@@ -231,14 +231,9 @@ impl PreparedNode {
         for p in &config.peers {
             let tls = identity.peer_client_config(&bundle, &p.city)?;
             let name = bundle.node_name_of(&p.city)?;
-            let endpoint = Endpoint::peer(
-                &p.city,
-                &p.address,
-                tls,
-                name,
-                Keepalive::of(&config.limits),
-            )
-            .map_err(|e| NodeError::UnknownPeer(format!("{}: {e}", p.city)))?;
+            let endpoint = Endpoint::peer(&p.city, &p.address, tls, name)
+                .map_err(|e| NodeError::UnknownPeer(format!("{}: {e}", p.city)))?
+                .with_keepalive(Keepalive::of(&config.limits));
             peers.insert(
                 p.city.clone(),
                 Arc::new(Peer::new(p.city.clone(), Arc::new(endpoint))),

@@ -425,6 +425,8 @@ impl Proxy {
                 match self.check_consent(&parts.headers, &svc, &caller.id(), &call, &intent) {
                     Ok(consent_id) => {
                         ex.record.consent_id = consent_id;
+                        let org = svc.record.organisation.as_str();
+                        pin_authorised(&mut parts.headers, &intent, &self.city, Some(org));
                         set(&mut parts.headers, ORIGIN_CITY, &self.city);
                         set(&mut parts.headers, CALLER, &caller.id());
                         let target = Target::Provider(&svc.endpoints);
@@ -435,7 +437,8 @@ impl Proxy {
                 }
             }
             Route::Peer(peer) => {
-                set(&mut parts.headers, TARGET_CITY, &peer.city);
+                let org = call.target_org.as_deref();
+                pin_authorised(&mut parts.headers, &intent, &peer.city, org);
                 let claims = AssertionClaims {
                     iss: self.city.clone(),
                     aud: peer.city.clone(),
@@ -565,6 +568,8 @@ impl Proxy {
         };
         strip(&mut parts.headers, HOP_BY_HOP);
         strip(&mut parts.headers, NODE_ONLY);
+        let org = svc.record.organisation.as_str();
+        pin_authorised(&mut parts.headers, &intent, &self.city, Some(org));
         set(&mut parts.headers, ORIGIN_CITY, &peer.city);
         set(&mut parts.headers, CALLER, &caller_id);
         // 7. Forward to the provider registered in this city.
@@ -894,6 +899,29 @@ impl Proxy {
 enum Target<'a> {
     Provider(&'a EndpointSet),
     Peer(&'a Peer),
+}
+
+/// Rewrites the metadata this node decided on to exactly the values it authorised, so that
+/// the peer and the provider see what was checked, never the caller's own spelling of it
+/// (`CASE-HANDLING` was authorised as `case-handling`; at the providing node the purpose is
+/// the one the caller assertion vouches for).
+fn pin_authorised(h: &mut HeaderMap, intent: &Intent, target_city: &str, target_org: Option<&str>) {
+    set(h, PURPOSE, &intent.purpose);
+    if let Some(code) = &intent.catalog_code {
+        set(h, CATALOG_CODE, code);
+    }
+    // Validated (GB 11643) when parsed; the check character is upper case everywhere.
+    let subject = h
+        .get(subject::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_uppercase);
+    if let Some(id) = subject {
+        set(h, subject::HEADER, &id);
+    }
+    set(h, TARGET_CITY, target_city);
+    if let Some(org) = target_org {
+        set(h, TARGET_ORG, org);
+    }
 }
 
 fn strip(h: &mut HeaderMap, names: &[&str]) {

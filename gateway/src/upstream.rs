@@ -113,7 +113,7 @@ pub fn parse_endpoint_url(url: &str) -> Result<(String, Authority), String> {
 
 impl Endpoint {
     /// A provider endpoint inside the city.
-    pub fn provider(url: &str, keepalive: Keepalive) -> Result<Endpoint, UpstreamError> {
+    pub fn provider(url: &str) -> Result<Endpoint, UpstreamError> {
         let (addr, authority) = parse_endpoint_url(url).map_err(UpstreamError::BadEndpoint)?;
         Ok(Endpoint::new(
             url.to_string(),
@@ -121,7 +121,7 @@ impl Endpoint {
             Scheme::HTTP,
             authority,
             Security::Plain,
-            keepalive,
+            Keepalive::default(),
         ))
     }
 
@@ -131,7 +131,6 @@ impl Endpoint {
         addr: &str,
         config: Arc<rustls::ClientConfig>,
         name: ServerName<'static>,
-        keepalive: Keepalive,
     ) -> Result<Endpoint, UpstreamError> {
         let authority: Authority = name
             .to_str()
@@ -143,8 +142,14 @@ impl Endpoint {
             Scheme::HTTPS,
             authority,
             Security::Tls { config, name },
-            keepalive,
+            Keepalive::default(),
         ))
+    }
+
+    /// The same endpoint with another keepalive (limits.keepalive_*).
+    pub fn with_keepalive(mut self, keepalive: Keepalive) -> Endpoint {
+        self.keepalive = keepalive;
+        self
     }
 
     fn new(
