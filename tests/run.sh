@@ -5,6 +5,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 bash tests/setup-python.sh
+bash tests/setup-tools.sh
 export TONGBAN_PYTHON="$root/target/pyenv/bin/python"
 # Some tests run the `tongban` binary itself (audit verify, a node killed with SIGKILL).
 cargo build --quiet -p tongban-gateway --bin tongban

@@ -6,7 +6,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use crate::trust::{jwt_decoding_key, NodeJwtSigner};
+use jsonwebtoken::Validation;
 use serde::{Deserialize, Serialize};
 
 /// Metadata carrying the assertion from the home node to the providing node.
@@ -67,19 +68,20 @@ pub fn now_s() -> u64 {
 
 /// Signs assertions with the node key.
 pub struct Signer {
-    key: EncodingKey,
+    key: NodeJwtSigner,
 }
 
 impl Signer {
-    /// `pkcs8` is the node's ed25519 key.
+    /// `pkcs8` is the node's key (Ed25519: EdDSA; P-256: ES256).
     pub fn new(pkcs8: &[u8]) -> Self {
         Signer {
-            key: EncodingKey::from_ed_der(pkcs8),
+            key: NodeJwtSigner::from_pkcs8(pkcs8),
         }
     }
 
     pub fn sign(&self, claims: &AssertionClaims) -> Result<String, AssertionError> {
-        jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), claims, &self.key)
+        self.key
+            .sign(claims)
             .map_err(|e| AssertionError::Invalid(e.to_string()))
     }
 }
@@ -93,15 +95,15 @@ pub struct Expected<'a> {
     pub method: &'a str,
 }
 
-/// Verifies an assertion with the peer node's raw ed25519 public key.
+/// Verifies an assertion with the peer node's raw public key (its type pins the algorithm).
 pub fn verify(
     token: Option<&str>,
     peer_public_key: &[u8],
     expected: &Expected<'_>,
 ) -> Result<AssertionClaims, AssertionError> {
     let token = token.ok_or(AssertionError::Missing)?;
-    let key = DecodingKey::from_ed_der(peer_public_key);
-    let mut v = Validation::new(Algorithm::EdDSA);
+    let (key, alg) = jwt_decoding_key(peer_public_key);
+    let mut v = Validation::new(alg);
     v.leeway = LEEWAY_S;
     v.set_required_spec_claims(&["exp", "iss", "aud"]);
     v.set_issuer(&[expected.peer_city]);

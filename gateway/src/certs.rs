@@ -1,8 +1,11 @@
 //! `tongban certs init`: a development PKI for a federation — one CA per city, one node
 //! certificate per city carrying the city's node name, and the trust bundle listing them.
 //!
-//! All keys are ed25519. CA keys are written too (mode 0600) so that an operator can issue
-//! more node certificates; in production the CA key stays with the city's PKI, not the node.
+//! Keys are Ed25519 by default, or ECDSA P-256 (`--key-type p256`) for federations whose
+//! peers run TLS stacks without Ed25519 certificates. Private keys are written as PKCS#8 v1,
+//! which OpenSSL 3 and Python `cryptography` read. CA keys are written too (mode 0600) so
+//! that an operator can issue more node certificates; in production the CA key stays with
+//! the city's PKI, not the node.
 
 use std::fs;
 use std::io::Write;
@@ -10,12 +13,13 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PKCS_ED25519,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_ED25519,
 };
+use rustls::pki_types::PrivatePkcs8KeyDer;
 
 use crate::config::validate_city_id;
 use crate::idp::DevIdp;
-use crate::trust::{node_name, CityEntryFile, TrustBundleFile};
+use crate::trust::{node_name, CityEntryFile, NodeKeyType, TrustBundleFile};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertsError {
@@ -61,9 +65,25 @@ impl Generated {
 
 const DAY: time::Duration = time::Duration::days(1);
 
+/// A new key pair of `kind`; Ed25519 keys are made as PKCS#8 v1 so that they are written so.
+fn new_key(kind: NodeKeyType) -> Result<KeyPair, CertsError> {
+    match kind {
+        NodeKeyType::Ed25519 => {
+            let der = crate::trust::generate_ed25519_pkcs8_v1()
+                .map_err(|e| CertsError::BadCity(e.to_string()))?;
+            Ok(KeyPair::from_pkcs8_der_and_sign_algo(
+                &PrivatePkcs8KeyDer::from(der),
+                &PKCS_ED25519,
+            )?)
+        }
+        NodeKeyType::P256 => Ok(KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?),
+    }
+}
+
 /// A city's CA: its certificate PEM and the issuer that signs node certificates.
 pub struct CityCa {
     pub city: String,
+    pub kind: NodeKeyType,
     pub cert_pem: String,
     key_pem: String,
     issuer: Issuer<'static, KeyPair>,
@@ -71,8 +91,13 @@ pub struct CityCa {
 
 impl CityCa {
     pub fn generate(city: &str) -> Result<CityCa, CertsError> {
+        Self::generate_with(city, NodeKeyType::Ed25519)
+    }
+
+    /// A CA whose key, and the node keys it issues, are of `kind`.
+    pub fn generate_with(city: &str, kind: NodeKeyType) -> Result<CityCa, CertsError> {
         validate_city_id(city).map_err(CertsError::BadCity)?;
-        let key = KeyPair::generate_for(&PKCS_ED25519)?;
+        let key = new_key(kind)?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params
             .distinguished_name
@@ -94,6 +119,7 @@ impl CityCa {
         let key_pem = key.serialize_pem();
         Ok(CityCa {
             city: city.to_string(),
+            kind,
             cert_pem: cert.pem(),
             key_pem,
             issuer: Issuer::new(params, key),
@@ -103,7 +129,7 @@ impl CityCa {
     /// Issues a node certificate for `cert_city` (normally the CA's own city; a different one
     /// only in tests that check a CA cannot vouch for another city). Returns (cert, key) PEM.
     pub fn issue_node(&self, cert_city: &str) -> Result<(String, String), CertsError> {
-        let key = KeyPair::generate_for(&PKCS_ED25519)?;
+        let key = new_key(self.kind)?;
         let mut params = CertificateParams::new(vec![node_name(cert_city)])?;
         params
             .distinguished_name
@@ -137,8 +163,18 @@ pub fn trust_bundle_text(cas: &[&CityCa]) -> String {
     format!("# tongban federation trust bundle: one ca certificate per city\n{body}")
 }
 
-/// Generates the PKI of a federation of `cities` under `out`.
+/// Generates the PKI of a federation of `cities` under `out` (Ed25519 keys).
 pub fn init(out: &Path, cities: &[String], force: bool) -> Result<Generated, CertsError> {
+    init_with(out, cities, force, NodeKeyType::Ed25519)
+}
+
+/// [`init`] with CA and node keys of `kind`.
+pub fn init_with(
+    out: &Path,
+    cities: &[String],
+    force: bool,
+    kind: NodeKeyType,
+) -> Result<Generated, CertsError> {
     if cities.is_empty() {
         return Err(CertsError::NoCity);
     }
@@ -147,7 +183,7 @@ pub fn init(out: &Path, cities: &[String], force: bool) -> Result<Generated, Cer
         if cas.iter().any(|ca: &CityCa| &ca.city == c) {
             return Err(CertsError::BadCity(format!("city `{c}` is given twice")));
         }
-        cas.push(CityCa::generate(c)?);
+        cas.push(CityCa::generate_with(c, kind)?);
     }
     let trust_bundle = out.join("trust-bundle.toml");
     let mut files = Vec::new();

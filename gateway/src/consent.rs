@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::Validation;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -124,12 +124,13 @@ pub fn verify(
         .map_err(|e| ConsentError::Invalid(e.to_string()))?;
     let issuer = unverified.claims.iss;
     let key = issuer_key(&issuer).ok_or_else(|| ConsentError::UnknownIssuer(issuer.clone()))?;
-    let mut v = Validation::new(Algorithm::EdDSA);
+    let (decoding, alg) = crate::trust::jwt_decoding_key(&key);
+    let mut v = Validation::new(alg);
     v.leeway = 5;
     v.validate_aud = false;
     v.set_required_spec_claims(&["exp", "iss", "jti"]);
     v.set_issuer(&[&issuer]);
-    let c = jsonwebtoken::decode::<ConsentClaims>(token, &DecodingKey::from_ed_der(&key), &v)
+    let c = jsonwebtoken::decode::<ConsentClaims>(token, &decoding, &v)
         .map_err(|e| ConsentError::Invalid(e.to_string()))?
         .claims;
     let out = |what: &str, got: &str, want: &str| {
@@ -249,7 +250,7 @@ pub struct ConsentApi {
     pub auth: Arc<Authenticator>,
     pub store: ConsentStore,
     pub pseudonyms: Arc<Pseudonymizer>,
-    pub key: EncodingKey,
+    pub key: crate::trust::NodeJwtSigner,
     pub publisher: Arc<Publisher>,
 }
 
@@ -312,7 +313,9 @@ impl ConsentRpc for ConsentApi {
             iat: u64::try_from(now / 1000).unwrap_or(0),
             exp: u64::try_from(g.expires_at_ms / 1000).unwrap_or(0),
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.key)
+        let token = self
+            .key
+            .sign(&claims)
             .map_err(|e| Status::internal(format!("cannot sign the consent: {e}")))?;
         let record = ConsentRecord {
             id,

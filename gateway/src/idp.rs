@@ -55,17 +55,8 @@ impl DevIdp {
     /// A new key with the given key id, written as PKCS#8 v1 (RFC 8410) so that every
     /// common JWT library (PyJWT's `cryptography` included) reads it.
     pub fn generate(city: &str, kid: &str) -> Result<DevIdp, IdpError> {
-        use aws_lc_rs::rand::SecureRandom;
-        let mut seed = [0u8; 32];
-        aws_lc_rs::rand::SystemRandom::new()
-            .fill(&mut seed)
-            .map_err(|_| IdpError::Key("no randomness".into()))?;
-        // SEQUENCE { INTEGER 0, SEQUENCE { OID 1.3.101.112 }, OCTET STRING { OCTET STRING seed } }
-        let mut der = vec![
-            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
-            0x04, 0x20,
-        ];
-        der.extend_from_slice(&seed);
+        let der =
+            crate::trust::generate_ed25519_pkcs8_v1().map_err(|e| IdpError::Key(e.to_string()))?;
         Self::from_pkcs8(city, kid, der)
     }
 

@@ -150,8 +150,18 @@ impl LocalFederation {
         cities: &[&str],
         limits: Limits,
     ) -> Result<LocalFederation, LocalError> {
+        Self::start_with_keys(root, cities, limits, crate::trust::NodeKeyType::Ed25519).await
+    }
+
+    /// [`Self::start`] with node certificates of `kind`.
+    pub async fn start_with_keys(
+        root: &Path,
+        cities: &[&str],
+        limits: Limits,
+        kind: crate::trust::NodeKeyType,
+    ) -> Result<LocalFederation, LocalError> {
         let names: Vec<String> = cities.iter().map(|c| c.to_string()).collect();
-        let certs = certs::init(&root.join("certs"), &names, false)?;
+        let certs = certs::init_with(&root.join("certs"), &names, false, kind)?;
         let mut bound = Vec::new();
         for _ in cities {
             let caller = TcpListener::bind("127.0.0.1:0").await?;

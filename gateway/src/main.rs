@@ -168,7 +168,17 @@ enum CertsCmd {
         /// Overwrite existing files.
         #[arg(long)]
         force: bool,
+        /// Key type of the CAs and node certificates: ed25519 (default) or p256 (ECDSA
+        /// P-256, for peers whose TLS stack has no Ed25519 certificates, e.g. gRPC C core).
+        #[arg(long, value_enum, default_value_t = KeyTypeArg::Ed25519)]
+        key_type: KeyTypeArg,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KeyTypeArg {
+    Ed25519,
+    P256,
 }
 
 #[derive(Subcommand)]
@@ -265,8 +275,17 @@ fn main() -> ExitCode {
     init_tracing(&log);
     match cli.cmd {
         Cmd::Node { config } => run_node(config),
-        Cmd::Certs(CertsCmd::Init { out, cities, force }) => {
-            match certs::init(&out, &cities, force) {
+        Cmd::Certs(CertsCmd::Init {
+            out,
+            cities,
+            force,
+            key_type,
+        }) => {
+            let kind = match key_type {
+                KeyTypeArg::Ed25519 => tongban_gateway::trust::NodeKeyType::Ed25519,
+                KeyTypeArg::P256 => tongban_gateway::trust::NodeKeyType::P256,
+            };
+            match certs::init_with(&out, &cities, force, kind) {
                 Ok(g) => {
                     println!("trust bundle: {}", g.trust_bundle.display());
                     for c in g.cities {

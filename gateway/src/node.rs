@@ -260,7 +260,7 @@ impl PreparedNode {
             auth: checks.auth.clone(),
             store: consents,
             pseudonyms: checks.pseudonyms.clone(),
-            key: jsonwebtoken::EncodingKey::from_ed_der(identity.key_pkcs8()),
+            key: identity.jwt_signer(),
             publisher: publisher.clone(),
         };
         let caller_routes = Routes::new(RegistryServer::new(RegistryApi {

@@ -739,9 +739,11 @@ impl Proxy {
             }),
             // Lost (its keepalive went unanswered, or the link broke): fail now rather than
             // spend the caller's deadline; the peer's sync task reconnects in the background.
-            Some(_) if !peer.is_up() => Err(ProxyError::Unavailable(format!(
-                "peer city `{city}` is unreachable (its node stopped answering; reconnecting)"
-            ))),
+            Some(_) if !peer.is_up() && peer.endpoint.has_failed() => {
+                Err(ProxyError::Unavailable(format!(
+                    "peer city `{city}` is unreachable (its node stopped answering; reconnecting)"
+                )))
+            }
             Some(_) => Ok(Route::Peer(peer.clone())),
         }
     }

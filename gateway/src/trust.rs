@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use aws_lc_rs::signature::{self, Ed25519KeyPair, KeyPair as _};
+use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use rustls::client::danger::ServerCertVerifier;
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
@@ -238,12 +239,125 @@ fn dns_names(cert: &CertificateDer<'_>) -> Result<Vec<String>, TrustError> {
     Ok(out)
 }
 
+/// The key types of node certificates. Ed25519 is the default; ECDSA P-256 is for
+/// federations whose peers run TLS stacks without Ed25519 certificates (gRPC's C core).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKeyType {
+    Ed25519,
+    P256,
+}
+
+impl NodeKeyType {
+    /// The one JWT algorithm a node key of this type signs with and is verified with.
+    pub fn jwt_algorithm(self) -> Algorithm {
+        match self {
+            NodeKeyType::Ed25519 => Algorithm::EdDSA,
+            NodeKeyType::P256 => Algorithm::ES256,
+        }
+    }
+
+    /// The type of a raw public key as [`public_key_of`] returns it: 32 bytes for Ed25519,
+    /// a 65-byte uncompressed SEC1 point for P-256.
+    pub fn of_public_key(raw: &[u8]) -> Option<NodeKeyType> {
+        match (raw.len(), raw.first()) {
+            (32, _) => Some(NodeKeyType::Ed25519),
+            (65, Some(0x04)) => Some(NodeKeyType::P256),
+            _ => None,
+        }
+    }
+}
+
+/// A new Ed25519 private key as PKCS#8 v1 DER (RFC 8410: the seed only, no public key).
+/// v1 is what OpenSSL 3, Python `cryptography`, PyJWT and most tools read; the v2 documents
+/// aws-lc writes by default are refused by several of them. Both load here.
+pub fn generate_ed25519_pkcs8_v1() -> Result<Vec<u8>, TrustError> {
+    use aws_lc_rs::rand::SecureRandom;
+    let mut seed = [0u8; 32];
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(&mut seed)
+        .map_err(|_| invalid("key generation", "no randomness"))?;
+    // SEQUENCE { INTEGER 0, SEQUENCE { OID 1.3.101.112 }, OCTET STRING { OCTET STRING seed } }
+    let mut der = vec![
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    der.extend_from_slice(&seed);
+    Ok(der)
+}
+
+/// A JWT verification key for a node's raw public key, with the only algorithm that key
+/// may sign with (algorithms are pinned by key type, never taken from a token header).
+pub fn jwt_decoding_key(raw: &[u8]) -> (DecodingKey, Algorithm) {
+    match NodeKeyType::of_public_key(raw) {
+        Some(NodeKeyType::P256) => (DecodingKey::from_ec_der(raw), Algorithm::ES256),
+        _ => (DecodingKey::from_ed_der(raw), Algorithm::EdDSA),
+    }
+}
+
+/// Signs JWTs (caller assertions, receipts, consents) with a node key, in the algorithm of
+/// its type.
+pub struct NodeJwtSigner {
+    key: EncodingKey,
+    alg: Algorithm,
+}
+
+impl NodeJwtSigner {
+    /// `pkcs8`: the node key (Ed25519 or P-256), PKCS#8 DER v1 or v2.
+    pub fn from_pkcs8(pkcs8: &[u8]) -> NodeJwtSigner {
+        if EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8).is_ok() {
+            NodeJwtSigner {
+                key: EncodingKey::from_ec_der(pkcs8),
+                alg: Algorithm::ES256,
+            }
+        } else {
+            NodeJwtSigner {
+                key: EncodingKey::from_ed_der(pkcs8),
+                alg: Algorithm::EdDSA,
+            }
+        }
+    }
+
+    pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, jsonwebtoken::errors::Error> {
+        jsonwebtoken::encode(&Header::new(self.alg), claims, &self.key)
+    }
+}
+
+/// The private half of a node key.
+enum KeySigner {
+    Ed25519(Ed25519KeyPair),
+    P256(EcdsaKeyPair),
+}
+
+impl KeySigner {
+    /// Reads an Ed25519 or P-256 key, PKCS#8 v1 or v2.
+    fn from_pkcs8(der: &[u8]) -> Result<KeySigner, TrustError> {
+        if let Ok(k) = Ed25519KeyPair::from_pkcs8(der) {
+            return Ok(KeySigner::Ed25519(k));
+        }
+        EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der)
+            .map(KeySigner::P256)
+            .map_err(|e| {
+                invalid(
+                    "node key",
+                    format!("not an ed25519 or ecdsa p-256 pkcs#8 key: {e}"),
+                )
+            })
+    }
+
+    fn public_key(&self) -> &[u8] {
+        match self {
+            KeySigner::Ed25519(k) => k.public_key().as_ref(),
+            KeySigner::P256(k) => k.public_key().as_ref(),
+        }
+    }
+}
+
 /// This node's certificate and key.
 pub struct NodeIdentity {
     pub city: String,
     pub chain: Vec<CertificateDer<'static>>,
     key_der: Vec<u8>,
-    signer: Ed25519KeyPair,
+    signer: KeySigner,
 }
 
 impl std::fmt::Debug for NodeIdentity {
@@ -255,7 +369,8 @@ impl std::fmt::Debug for NodeIdentity {
 }
 
 impl NodeIdentity {
-    /// Loads the node certificate (PEM chain) and ed25519 key (PKCS#8 PEM) and checks that
+    /// Loads the node certificate (PEM chain) and key (Ed25519 or P-256, PKCS#8 PEM v1 or
+    /// v2) and checks that
     /// they belong together and to `city` under the trust bundle.
     pub fn load(
         city: &str,
@@ -290,13 +405,12 @@ impl NodeIdentity {
         let key = PrivateKeyDer::from_pem_slice(key_pem)
             .map_err(|e| invalid("node key", e.to_string()))?;
         let key_der = key.secret_der().to_vec();
-        let signer = Ed25519KeyPair::from_pkcs8(&key_der)
-            .map_err(|e| invalid("node key", format!("not an ed25519 pkcs#8 key: {e}")))?;
+        let signer = KeySigner::from_pkcs8(&key_der)?;
         bundle
             .verify_node_cert(city, &chain)
             .map_err(|e| invalid("node certificate", e.to_string()))?;
         let cert_key = public_key_of(&chain[0])?;
-        if cert_key.as_slice() != signer.public_key().as_ref() {
+        if cert_key.as_slice() != signer.public_key() {
             return Err(invalid("node key", "does not match the node certificate"));
         }
         Ok(NodeIdentity {
@@ -316,9 +430,32 @@ impl NodeIdentity {
         PrivateKeyDer::Pkcs8(self.key_der.clone().into())
     }
 
-    /// Signs `msg` with the node key (ed25519).
+    /// The type of this node's key.
+    pub fn key_type(&self) -> NodeKeyType {
+        match self.signer {
+            KeySigner::Ed25519(_) => NodeKeyType::Ed25519,
+            KeySigner::P256(_) => NodeKeyType::P256,
+        }
+    }
+
+    /// Signs JWTs with the node key.
+    pub fn jwt_signer(&self) -> NodeJwtSigner {
+        NodeJwtSigner::from_pkcs8(&self.key_der)
+    }
+
+    /// Signs `msg` with the node key (Ed25519, or ECDSA P-256 with SHA-256 as r‖s).
     pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
-        self.signer.sign(msg).as_ref().to_vec()
+        match &self.signer {
+            KeySigner::Ed25519(k) => k.sign(msg).as_ref().to_vec(),
+            KeySigner::P256(k) => match k.sign(&aws_lc_rs::rand::SystemRandom::new(), msg) {
+                Ok(sig) => sig.as_ref().to_vec(),
+                Err(error) => {
+                    // Cannot happen short of a broken RNG; an empty signature fails to verify.
+                    tracing::error!(%error, "ecdsa signing failed");
+                    Vec::new()
+                }
+            },
+        }
     }
 
     /// The server side of the peer listener: TLS 1.3/1.2, h2 only, a client certificate from
@@ -410,27 +547,43 @@ impl NodeIdentity {
     }
 }
 
-/// The raw ed25519 public key of a certificate.
+/// The raw public key of a node certificate: 32 bytes of Ed25519, or the 65-byte
+/// uncompressed point of a P-256 key.
 pub fn public_key_of(cert: &CertificateDer<'_>) -> Result<Vec<u8>, TrustError> {
+    use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_SIG_ED25519};
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
         .map_err(|e| invalid("certificate", e.to_string()))?;
     let spki = parsed.public_key();
-    if spki.algorithm.algorithm != x509_parser::oid_registry::OID_SIG_ED25519 {
-        return Err(invalid("certificate", "node keys must be ed25519"));
+    let alg = &spki.algorithm;
+    let p256 = alg.algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY
+        && alg
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .is_some_and(|c| c == OID_EC_P256);
+    if alg.algorithm != OID_SIG_ED25519 && !p256 {
+        return Err(invalid(
+            "certificate",
+            "node keys must be ed25519 or ecdsa p-256",
+        ));
     }
     Ok(spki.subject_public_key.data.to_vec())
 }
 
-/// Verifies an ed25519 signature made by the holder of `cert`.
+/// Verifies a signature made by the holder of `cert` ([`NodeIdentity::sign`]).
 pub fn verify_signature(
     cert: &CertificateDer<'_>,
     msg: &[u8],
     sig: &[u8],
 ) -> Result<(), TrustError> {
     let key = public_key_of(cert)?;
-    signature::UnparsedPublicKey::new(&signature::ED25519, key)
+    let alg: &dyn signature::VerificationAlgorithm = match NodeKeyType::of_public_key(&key) {
+        Some(NodeKeyType::P256) => &signature::ECDSA_P256_SHA256_FIXED,
+        _ => &signature::ED25519,
+    };
+    signature::UnparsedPublicKey::new(alg, key)
         .verify(msg, sig)
-        .map_err(|_| TrustError::Signature("ed25519 signature does not verify".into()))
+        .map_err(|_| TrustError::Signature("node key signature does not verify".into()))
 }
 
 /// The city of the node at the other end of a peer-listener connection, derived from its
@@ -439,6 +592,6 @@ pub fn verify_signature(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerIdentity {
     pub city: String,
-    /// Raw ed25519 public key of the peer's node certificate: verifies its caller assertions.
+    /// Raw public key of the peer's node certificate: verifies its caller assertions.
     pub public_key: Arc<Vec<u8>>,
 }

@@ -5,7 +5,7 @@
 //! The connection is established *before* a request is handed over, so a provider endpoint
 //! that cannot be reached is skipped for the next one without consuming the request body.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -78,6 +78,9 @@ pub struct Endpoint {
     sender: Mutex<Option<SendRequest<Body>>>,
     connecting: tokio::sync::Mutex<()>,
     down_until: Mutex<Option<Instant>>,
+    /// Set when a connection attempt failed or the connection died of an error (a keepalive
+    /// PING left unanswered, a reset); cleared by the next established connection.
+    failed: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -170,6 +173,7 @@ impl Endpoint {
             sender: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             down_until: Mutex::new(None),
+            failed: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -202,9 +206,16 @@ impl Endpoint {
     }
 
     fn set_down(&self, down: bool) {
+        self.failed.store(down, Ordering::Relaxed);
         if let Ok(mut g) = self.down_until.lock() {
             *g = down.then(|| Instant::now() + DOWN_FOR);
         }
+    }
+
+    /// Whether the last connection to this endpoint failed (to open, or while open) and no
+    /// new one has been established since. A connection closed gracefully does not count.
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
     }
 
     /// Drops the cached connection (after a peer was found broken).
@@ -257,7 +268,7 @@ impl Endpoint {
             .map_err(|e| fail(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         match &self.security {
-            Security::Plain => handshake(tcp, self.keepalive, &self.label)
+            Security::Plain => handshake(tcp, self.keepalive, &self.label, self.failed.clone())
                 .await
                 .map_err(fail),
             Security::Tls { config, name } => {
@@ -265,7 +276,7 @@ impl Endpoint {
                     .connect(name.clone(), tcp)
                     .await
                     .map_err(|e| fail(format!("tls: {e}")))?;
-                handshake(tls, self.keepalive, &self.label)
+                handshake(tls, self.keepalive, &self.label, self.failed.clone())
                     .await
                     .map_err(fail)
             }
@@ -273,7 +284,12 @@ impl Endpoint {
     }
 }
 
-async fn handshake<I>(io: I, keepalive: Keepalive, label: &str) -> Result<SendRequest<Body>, String>
+async fn handshake<I>(
+    io: I,
+    keepalive: Keepalive,
+    label: &str,
+    failed: Arc<AtomicBool>,
+) -> Result<SendRequest<Body>, String>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -292,6 +308,7 @@ where
             // A keepalive PING left unanswered ends here too: every stream on the
             // connection fails at once, and the next call reconnects.
             tracing::warn!(upstream = %label, %error, "upstream connection lost");
+            failed.store(true, Ordering::Relaxed);
         }
     });
     Ok(sender)

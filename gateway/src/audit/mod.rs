@@ -12,7 +12,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::EncodingKey;
 use prost::Message;
 use rustls::pki_types::CertificateDer;
 use tokio::sync::watch;
@@ -35,7 +34,7 @@ pub struct Auditor {
     log: AuditLog,
     index: AuditIndex,
     identity: Arc<NodeIdentity>,
-    receipt_key: EncodingKey,
+    receipt_key: trust::NodeJwtSigner,
     /// seq → SignedCheckpoint (this node's)
     checkpoints: sled::Tree,
     /// city → latest SignedCheckpoint received from that peer
@@ -118,7 +117,7 @@ impl Auditor {
             city: identity.city.clone(),
             log,
             index,
-            receipt_key: EncodingKey::from_ed_der(identity.key_pkcs8()),
+            receipt_key: identity.jwt_signer(),
             identity,
             checkpoints,
             peer_checkpoints: db.open_tree("audit.peer_checkpoints").map_err(storage)?,
@@ -146,7 +145,7 @@ impl Auditor {
             seq: a.seq,
             iat: u64::try_from(now_ms() / 1000).unwrap_or(0),
         };
-        match receipt::sign(&self.receipt_key, &claims) {
+        match receipt::sign_with(&self.receipt_key, &claims) {
             Ok(r) => Some(r),
             Err(error) => {
                 tracing::error!(%error, "receipt signing failed");

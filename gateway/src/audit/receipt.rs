@@ -3,7 +3,8 @@
 //! travels back in the trailers (`x-tongban-receipt`) and the home node keeps it in its own
 //! record, so each side can prove what the other answered.
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use crate::trust::{jwt_decoding_key, NodeJwtSigner};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 /// Trailer carrying the receipt.
@@ -32,19 +33,27 @@ pub enum ReceiptError {
     Invalid(String),
 }
 
+/// Signs a receipt with an Ed25519 node key (see [`sign_with`] for any node key).
 pub fn sign(key: &EncodingKey, claims: &ReceiptClaims) -> Result<String, ReceiptError> {
     jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), claims, key)
         .map_err(|e| ReceiptError::Sign(e.to_string()))
 }
 
-/// Verifies a receipt with the providing node's raw ed25519 key, for `issuer`.
+/// Signs a receipt with the node key, in the algorithm of its type.
+pub fn sign_with(key: &NodeJwtSigner, claims: &ReceiptClaims) -> Result<String, ReceiptError> {
+    key.sign(claims)
+        .map_err(|e| ReceiptError::Sign(e.to_string()))
+}
+
+/// Verifies a receipt with the providing node's raw public key, for `issuer`.
 pub fn verify(token: &str, issuer: &str, public_key: &[u8]) -> Result<ReceiptClaims, ReceiptError> {
-    let mut v = Validation::new(Algorithm::EdDSA);
+    let (key, alg) = jwt_decoding_key(public_key);
+    let mut v = Validation::new(alg);
     v.validate_exp = false;
     v.validate_aud = false;
     v.required_spec_claims.clear();
     v.set_issuer(&[issuer]);
-    jsonwebtoken::decode::<ReceiptClaims>(token, &DecodingKey::from_ed_der(public_key), &v)
+    jsonwebtoken::decode::<ReceiptClaims>(token, &key, &v)
         .map(|d| d.claims)
         .map_err(|e| ReceiptError::Invalid(e.to_string()))
 }

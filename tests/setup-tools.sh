@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs (once) the command-line tools some tests run as independent checks: `openssl`
+# reads the keys `tongban certs init` writes. From Debian's packages when missing.
+set -euo pipefail
+missing=()
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+sudo=""
+if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+echo "installed: ${missing[*]}"
