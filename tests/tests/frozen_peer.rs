@@ -113,6 +113,23 @@ async fn a_frozen_peer_is_noticed_failed_fast_and_healed() {
         .unwrap()
         .peer_up("qingdao"));
 
+    // Its catalog entries are listed as unavailable.
+    let listed = f
+        .fed
+        .registry("jinan", "hrss")
+        .await
+        .unwrap()
+        .list_services(tongban_proto::registry::v1::ListServicesRequest {
+            city: "qingdao".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .services;
+    assert!(!listed.is_empty());
+    assert!(listed.iter().all(|s| !s.available), "{listed:?}");
+
     // Now the peer is known to be down: calls fail at once, naming it.
     for _ in 0..3 {
         let t = Instant::now();
