@@ -698,7 +698,8 @@ impl Writer {
             let first = match (&timer, self.opts.durability) {
                 (Some(rt), Durability::Batch(window)) if self.dirty => {
                     let wait = (self.last_sync + window).saturating_duration_since(Instant::now());
-                    match rt.block_on(tokio::time::timeout(wait, rx.recv())) {
+                    // The timer must be made inside the runtime (it registers with it).
+                    match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
                         Ok(p) => p,
                         // The window passed: sync what was written.
                         Err(_) => {
