@@ -420,35 +420,24 @@ impl NodeConfig {
                 Ok(v)
             }
         };
+        let ms = |key: &str, v: u64| positive(key, v).map(Duration::from_millis);
         let limits = Limits {
             max_message_bytes: positive("max_message_bytes", l.max_message_bytes)?,
-            default_timeout: Duration::from_millis(positive(
-                "default_timeout_ms",
-                l.default_timeout_ms,
-            )?),
-            max_timeout: Duration::from_millis(positive("max_timeout_ms", l.max_timeout_ms)?),
-            connect_timeout: Duration::from_millis(positive(
-                "connect_timeout_ms",
-                l.connect_timeout_ms,
-            )?),
+            default_timeout: ms("default_timeout_ms", l.default_timeout_ms)?,
+            max_timeout: ms("max_timeout_ms", l.max_timeout_ms)?,
+            connect_timeout: ms("connect_timeout_ms", l.connect_timeout_ms)?,
             max_concurrent_streams_per_connection: u32::try_from(positive(
                 "max_concurrent_streams_per_connection",
                 u64::from(l.max_concurrent_streams_per_connection),
             )?)
             .unwrap_or(u32::MAX),
-            catalog_retry: Duration::from_millis(positive("catalog_retry_ms", l.catalog_retry_ms)?),
+            catalog_retry: ms("catalog_retry_ms", l.catalog_retry_ms)?,
             caller_rate_per_s: positive("caller_rate_per_s", l.caller_rate_per_s)?,
             caller_burst: positive("caller_burst", l.caller_burst)?,
             max_metadata_bytes: positive("max_metadata_bytes", l.max_metadata_bytes)?,
             max_streams_per_peer: positive("max_streams_per_peer", l.max_streams_per_peer)?,
-            keepalive_interval: Duration::from_millis(positive(
-                "keepalive_interval_ms",
-                l.keepalive_interval_ms,
-            )?),
-            keepalive_timeout: Duration::from_millis(positive(
-                "keepalive_timeout_ms",
-                l.keepalive_timeout_ms,
-            )?),
+            keepalive_interval: ms("keepalive_interval_ms", l.keepalive_interval_ms)?,
+            keepalive_timeout: ms("keepalive_timeout_ms", l.keepalive_timeout_ms)?,
         };
         if limits.max_metadata_bytes > 60 * 1024 {
             return Err(ConfigError::key(

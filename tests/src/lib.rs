@@ -111,6 +111,17 @@ impl Fed {
         self.fed.shutdown().await;
     }
 
+    /// The audit of `city`'s running node.
+    pub fn auditor(&self, city: &str) -> std::sync::Arc<tongban_gateway::audit::Auditor> {
+        self.fed
+            .city(city)
+            .expect("city")
+            .node()
+            .expect("node running")
+            .auditor()
+            .clone()
+    }
+
     /// Registers `endpoint` as the cross-city service of `org` of `city` (as that
     /// organisation, through the Registry API).
     pub async fn register(&self, city: &str, org: &str, endpoint: &str) {

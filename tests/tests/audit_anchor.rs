@@ -140,14 +140,7 @@ async fn a_rolled_back_node_is_caught_by_its_peer_and_refuses_to_serve() {
             .await
             .unwrap();
     }
-    let head = f
-        .fed
-        .city("qingdao")
-        .unwrap()
-        .node()
-        .unwrap()
-        .auditor()
-        .head();
+    let head = f.auditor("qingdao").head();
     assert!(head.seq >= 3);
     // Jinan fetches a checkpoint of qingdao's log when it (re)connects.
     f.fed.stop_node("qingdao").await.unwrap();

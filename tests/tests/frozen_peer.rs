@@ -43,6 +43,26 @@ async fn peer_health_becomes(f: &Fed, want: ServingStatus) -> Duration {
     t.elapsed()
 }
 
+/// A jinan → qingdao call with an 8 s deadline that must fail UNAVAILABLE naming qingdao;
+/// returns how long it took.
+async fn call_fails_unavailable(f: &Fed) -> Duration {
+    let t = Instant::now();
+    let msg = tongban_proto::crosscity::v1::SubmitRequest {
+        catalog_code: "JQ-HRSS-003".into(),
+        ..Default::default()
+    };
+    let e = f
+        .crosscity("jinan")
+        .await
+        .submit(f.req("jinan", msg, Some("qingdao"), Duration::from_secs(8)))
+        .await
+        .unwrap_err();
+    let took = t.elapsed();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("qingdao"), "{}", e.message());
+    took
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_peer_is_noticed_failed_fast_and_healed() {
     let mut f = Fed::start(&["jinan", "qingdao"]).await;
@@ -83,23 +103,7 @@ async fn a_frozen_peer_is_noticed_failed_fast_and_healed() {
     relay.freeze();
     // A call in flight when the peer froze, with a long deadline: it fails once the
     // keepalive gives up (interval + timeout), not after its 8 s.
-    let t = Instant::now();
-    let mut client = f.crosscity("jinan").await;
-    let msg = tongban_proto::crosscity::v1::SubmitRequest {
-        catalog_code: "JQ-HRSS-003".into(),
-        ..Default::default()
-    };
-    let e = client
-        .submit(f.req(
-            "jinan",
-            msg.clone(),
-            Some("qingdao"),
-            Duration::from_secs(8),
-        ))
-        .await
-        .unwrap_err();
-    let in_flight = t.elapsed();
-    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    let in_flight = call_fails_unavailable(&f).await;
     assert!(
         in_flight < Duration::from_secs(5),
         "a call to a frozen peer took {in_flight:?} (deadline 8 s)"
@@ -132,19 +136,7 @@ async fn a_frozen_peer_is_noticed_failed_fast_and_healed() {
 
     // Now the peer is known to be down: calls fail at once, naming it.
     for _ in 0..3 {
-        let t = Instant::now();
-        let e = client
-            .submit(f.req(
-                "jinan",
-                msg.clone(),
-                Some("qingdao"),
-                Duration::from_secs(8),
-            ))
-            .await
-            .unwrap_err();
-        let fast = t.elapsed();
-        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
-        assert!(e.message().contains("qingdao"), "{}", e.message());
+        let fast = call_fails_unavailable(&f).await;
         assert!(fast < Duration::from_millis(500), "took {fast:?}");
     }
 

@@ -169,14 +169,7 @@ async fn a_p256_federation_calls_across_the_boundary_with_consent_and_receipts()
     assert_eq!(answer.into_inner().provider_city, "qingdao");
     // The caller assertion (ES256) was accepted by qingdao, and qingdao's receipt (ES256)
     // verified at jinan.
-    let jinan = f
-        .fed
-        .city("jinan")
-        .unwrap()
-        .node()
-        .unwrap()
-        .auditor()
-        .clone();
+    let jinan = f.auditor("jinan");
     let records = jinan.records_for_request("p256-call-1").await;
     assert_eq!(records.len(), 1);
     assert!(!records[0].receipt.is_empty());
