@@ -8,7 +8,7 @@ bash tests/setup-python.sh
 bash tests/setup-tools.sh
 export TONGBAN_PYTHON="$root/target/pyenv/bin/python"
 # Some tests run the `tongban` binary itself (audit verify, a node killed with SIGKILL).
-cargo build --quiet -p tongban-gateway --bin tongban
+cargo build --quiet -p tongban --bin tongban
 export TONGBAN_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/tongban"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"

@@ -11,7 +11,7 @@ use jsonwebtoken::Validation;
 use serde::{Deserialize, Serialize};
 
 /// Metadata carrying the assertion from the home node to the providing node.
-pub const HEADER: &str = "x-tongban-caller-assertion";
+pub use tongban_proto::metadata::CALLER_ASSERTION as HEADER;
 /// Lifetime of an assertion the home node signs.
 pub const TTL: Duration = Duration::from_secs(30);
 /// Longest lifetime a providing node accepts.

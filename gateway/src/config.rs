@@ -615,19 +615,7 @@ pub fn validate_org_id(v: &str) -> Result<(), String> {
 }
 
 fn validate_ident(v: &str, max: usize) -> Result<(), String> {
-    if v.is_empty() || v.len() > max {
-        return Err(format!("`{v}` must have 1 to {max} characters"));
-    }
-    let first_ok = v.as_bytes()[0].is_ascii_lowercase();
-    let rest_ok = v
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if !first_ok || !rest_ok {
-        return Err(format!(
-            "`{v}` must be lowercase ascii letters, digits and '-', starting with a letter"
-        ));
-    }
-    Ok(())
+    tongban_proto::metadata::check_lowercase_id(v, max)
 }
 
 #[cfg(test)]

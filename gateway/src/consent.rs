@@ -32,7 +32,7 @@ use crate::registry::validate_service_name;
 use crate::subject::{validate_resident_id, Pseudonymizer};
 
 /// Metadata carrying the consent token.
-pub const HEADER: &str = "x-tongban-consent";
+pub use tongban_proto::metadata::CONSENT as HEADER;
 /// Longest consent a node grants.
 const MAX_VALIDITY_MS: i64 = 366 * 24 * 3600 * 1000;
 /// Role of a portal that manages consents on behalf of citizens.

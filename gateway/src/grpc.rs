@@ -17,7 +17,7 @@ use tonic::body::Body;
 use tonic::{Code, Status};
 
 /// Metadata key carrying the exchange's request id on every request and response.
-pub const REQUEST_ID: &str = "x-tongban-request-id";
+pub use tongban_proto::metadata::REQUEST_ID;
 
 /// A trailers-only gRPC response carrying `status` and the request id.
 pub fn status_response(status: Status, request_id: &str) -> http::Response<Body> {

@@ -42,13 +42,13 @@ use crate::trust::PeerIdentity;
 use crate::upstream::EndpointSet;
 use tongban_proto::audit::v1::Side;
 
-/// Metadata naming the city that should serve the call.
-pub const TARGET_CITY: &str = "x-tongban-target-city";
-/// Metadata naming the organisation, when several of one city offer the service.
-pub const TARGET_ORG: &str = "x-tongban-target-org";
 /// Set by the node that hands the call to a provider: the city the call came from. Taken
 /// from the peer certificate (or this node's own city), never from the caller.
-pub const ORIGIN_CITY: &str = "x-tongban-origin-city";
+pub use tongban_proto::metadata::ORIGIN_CITY;
+/// Metadata naming the city that should serve the call.
+pub use tongban_proto::metadata::TARGET_CITY;
+/// Metadata naming the organisation, when several of one city offer the service.
+pub use tongban_proto::metadata::TARGET_ORG;
 
 /// Headers that describe one HTTP connection, not the call, and are never forwarded.
 const HOP_BY_HOP: &[&str] = &[
@@ -64,11 +64,11 @@ const NEVER_ACROSS: &[&str] = &["authorization", "cookie"];
 /// Set by nodes only; whatever a caller (or the peer, for the first two) sends is dropped.
 const NODE_ONLY: &[&str] = &[ORIGIN_CITY, CALLER, assertion::HEADER];
 /// Set by the node that hands the call to a provider: `city/org` of the authenticated caller.
-pub const CALLER: &str = "x-tongban-caller";
-/// Why the call is made; part of every authorisation.
-pub const PURPOSE: &str = "x-tongban-purpose";
+pub use tongban_proto::metadata::CALLER;
 /// The catalog item the call is for, when a policy rule names catalog codes.
-pub const CATALOG_CODE: &str = "x-tongban-catalog-code";
+pub use tongban_proto::metadata::CATALOG_CODE;
+/// Why the call is made; part of every authorisation.
+pub use tongban_proto::metadata::PURPOSE;
 
 /// Why a call was refused or failed, mapped to a gRPC status in one place ([`Self::status`]).
 #[derive(Debug, thiserror::Error)]
@@ -219,11 +219,7 @@ fn request_id_of(h: &HeaderMap) -> Result<String, (String, ProxyError)> {
     match h.get(REQUEST_ID) {
         None => Ok(uuid::Uuid::new_v4().to_string()),
         Some(v) => {
-            let ok = v.len() <= 64
-                && !v.is_empty()
-                && v.as_bytes()
-                    .iter()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            let ok = tongban_proto::metadata::is_request_id(v.as_bytes());
             match v.to_str() {
                 Ok(s) if ok => Ok(s.to_string()),
                 _ => Err((

@@ -67,17 +67,7 @@ pub fn validate_service_name(s: &str) -> Result<(), String> {
 
 /// Checks a catalog code such as `JQ-HRSS-003`.
 pub fn validate_catalog_code(c: &str) -> Result<(), String> {
-    let ok = !c.is_empty()
-        && c.len() <= 32
-        && c.bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "catalog code `{c}` must be 1 to 32 uppercase letters, digits and '-'"
-        ))
-    }
+    tongban_proto::metadata::check_catalog_code(c)
 }
 
 impl TryFrom<ServiceRegistration> for ServiceRecord {

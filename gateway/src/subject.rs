@@ -8,47 +8,16 @@ use aws_lc_rs::hmac;
 use aws_lc_rs::rand::SecureRandom;
 
 /// Metadata naming the subject of a call.
-pub const HEADER: &str = "x-tongban-subject";
-
-const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
-const CHECK: &[u8; 11] = b"10X98765432";
+pub use tongban_proto::metadata::SUBJECT as HEADER;
 
 /// Checks an 18-character resident identity number. The error never repeats the id.
 pub fn validate_resident_id(id: &str) -> Result<(), String> {
-    let b = id.as_bytes();
-    if b.len() != 18 {
-        return Err(format!(
-            "{HEADER} must be an 18-character resident identity number (got {} characters)",
-            id.chars().count()
-        ));
-    }
-    if !b[..17].iter().all(u8::is_ascii_digit) {
-        return Err(format!("{HEADER}: the first 17 characters must be digits"));
-    }
-    let sum: u32 = b[..17]
-        .iter()
-        .zip(WEIGHTS)
-        .map(|(d, w)| u32::from(d - b'0') * w)
-        .sum();
-    let expected = CHECK[(sum % 11) as usize];
-    if b[17].to_ascii_uppercase() != expected {
-        return Err(format!("{HEADER}: check digit does not match (GB 11643)"));
-    }
-    Ok(())
+    tongban_proto::metadata::check_resident_id(id)
 }
 
 /// Computes the check digit of 17 digits (test data generation).
 pub fn check_digit(first17: &str) -> Option<char> {
-    let b = first17.as_bytes();
-    if b.len() != 17 || !b.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let sum: u32 = b
-        .iter()
-        .zip(WEIGHTS)
-        .map(|(d, w)| u32::from(d - b'0') * w)
-        .sum();
-    Some(char::from(CHECK[(sum % 11) as usize]))
+    tongban_proto::metadata::resident_id_check_digit(first17)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -4,6 +4,8 @@
 
 #![allow(clippy::all, clippy::pedantic)]
 
+pub mod metadata;
+
 /// The file descriptor set of every Tongban proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/tongban_descriptor.bin"));

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use tempfile::TempDir;
+use tongban_devkit::local::{loopback_limits, LocalFederation};
 use tongban_gateway::config::Limits;
-use tongban_gateway::local::{loopback_limits, LocalFederation};
 use tongban_proto::crosscity::v1::cross_city_service_client::CrossCityServiceClient;
 use tongban_proto::crosscity::v1::{
     ApplicationStatus, GetStatusRequest, SubmitRequest, SubmitResponse,
@@ -16,7 +16,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
-pub use tongban_gateway::local::CROSSCITY_SERVICE;
+pub use tongban_devkit::local::CROSSCITY_SERVICE;
 
 /// How long a test waits for the federation to converge before failing.
 pub const CONVERGE: Duration = Duration::from_secs(10);

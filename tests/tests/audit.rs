@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
+use tongban_devkit::demo::demo_subject;
+use tongban_devkit::local::{dev_token_with_roles, CROSSCITY_SERVICE};
 use tongban_gateway::audit::receipt;
-use tongban_gateway::demo::demo_subject;
-use tongban_gateway::local::{dev_token_with_roles, CROSSCITY_SERVICE};
 use tongban_gateway::trust::{NodeIdentity, TrustBundle};
 use tongban_gateway::upstream::{Endpoint, EndpointChannel};
 use tongban_proto::audit::v1::audit_client::AuditClient;

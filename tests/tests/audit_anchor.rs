@@ -52,7 +52,7 @@ async fn a_node_whose_log_lost_its_last_record_refuses_to_start() {
     assert!(cut >= 3);
 
     let err = f.fed.restart_node("jinan").await.unwrap_err();
-    let tongban_gateway::local::LocalError::Node(e) = &err else {
+    let tongban_devkit::local::LocalError::Node(e) = &err else {
         panic!("{err}")
     };
     assert_eq!(e.exit_code(), 65, "{e}");

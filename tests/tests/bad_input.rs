@@ -8,10 +8,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use serde_json::{json, Value};
+use tongban_devkit::idp::{self, DevIdp};
+use tongban_devkit::local::loopback_limits;
 use tongban_gateway::assertion::{AssertionClaims, Signer};
 use tongban_gateway::config::Limits;
-use tongban_gateway::idp::{self, DevIdp};
-use tongban_gateway::local::loopback_limits;
 use tongban_gateway::subject::check_digit;
 use tongban_gateway::trust::{NodeIdentity, TrustBundle};
 use tongban_gateway::upstream::{Endpoint, EndpointChannel};

@@ -6,9 +6,9 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tongban_devkit::demo::demo_subject;
+use tongban_devkit::local::{dev_token_with_roles, CROSSCITY_SERVICE};
 use tongban_gateway::consent::{subject_digest, ConsentClaims};
-use tongban_gateway::demo::demo_subject;
-use tongban_gateway::local::{dev_token_with_roles, CROSSCITY_SERVICE};
 use tongban_gateway::trust::{NodeIdentity, TrustBundle};
 use tongban_proto::consent::v1::consent_client::ConsentClient;
 use tongban_proto::consent::v1::{GrantRequest, ListRequest, RevokeRequest};

@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tongban_gateway::certs;
-use tongban_gateway::local::{
+use tongban_devkit::certs;
+use tongban_devkit::local::{
     dev_token, dev_token_with_roles, open_policy, RunningProvider, CROSSCITY_SERVICE,
 };
 use tongban_proto::audit::v1::audit_client::AuditClient;

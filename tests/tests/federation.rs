@@ -6,10 +6,10 @@
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tongban_gateway::certs;
+use tongban_devkit::certs;
+use tongban_devkit::local::{loopback_limits, RunningProvider};
 use tongban_gateway::config::{Limits, NodeConfig, PeerConfig};
 use tongban_gateway::federation::peer_health_name;
-use tongban_gateway::local::{loopback_limits, RunningProvider};
 use tongban_gateway::trust::{NodeIdentity, TrustBundle};
 use tongban_gateway::upstream::{Endpoint, EndpointChannel};
 use tongban_gateway::{Listeners, PreparedNode};
@@ -522,8 +522,7 @@ fn node_config(
     peers: Vec<PeerConfig>,
 ) -> NodeConfig {
     let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
-    tongban_gateway::local::node_config(g, city, root, (any, any), peers, loopback_limits())
-        .unwrap()
+    tongban_devkit::local::node_config(g, city, root, (any, any), peers, loopback_limits()).unwrap()
 }
 
 /// A call with a dev token of `city`'s hrss, for case handling.
@@ -531,7 +530,7 @@ fn req_from(g: &certs::Generated, city: &str, to: &str, timeout: Duration) -> Re
     let mut r = targeted((), Some(to), timeout);
     tongban_tests::authorize(
         &mut r,
-        &tongban_gateway::local::dev_token(g, city, "hrss").unwrap(),
+        &tongban_devkit::local::dev_token(g, city, "hrss").unwrap(),
     );
     r.metadata_mut()
         .insert("x-tongban-purpose", "case-handling".parse().unwrap());
@@ -799,7 +798,7 @@ async fn a_node_certified_outside_the_trust_bundle_is_refused() {
         caller: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         peer: TcpListener::bind("127.0.0.1:0").await.unwrap(),
     };
-    let rogue_cfg = tongban_gateway::local::node_config(
+    let rogue_cfg = tongban_devkit::local::node_config(
         &rogue,
         "qingdao",
         &rogue_dir.path().join("run"),
@@ -868,7 +867,7 @@ async fn the_caller_listener_serves_tls_and_can_require_client_certificates() {
     let id = NodeIdentity::load("jinan", &files.node_cert, &files.node_key, &bundle).unwrap();
     let name = bundle.node_name_of("jinan").unwrap();
     let addr = node.caller_addr.to_string();
-    let token = tongban_gateway::local::dev_token(&g, "jinan", "hrss").unwrap();
+    let token = tongban_devkit::local::dev_token(&g, "jinan", "hrss").unwrap();
 
     // With a client certificate from the configured CA: served.
     let tls = id.peer_client_config(&bundle, "jinan").unwrap();

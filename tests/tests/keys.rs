@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use tongban_gateway::demo::demo_subject;
-use tongban_gateway::local::{loopback_limits, LocalFederation};
+use tongban_devkit::demo::demo_subject;
+use tongban_devkit::local::{loopback_limits, LocalFederation};
 use tongban_gateway::trust::{NodeIdentity, NodeKeyType, TrustBundle};
 use tongban_proto::crosscity::v1::SubmitRequest;
 use tongban_tests::{tongban_bin, Fed, CONVERGE};
@@ -97,7 +97,7 @@ fn generated_keys_are_pkcs8_v1_and_openssl_reads_them() {
 #[test]
 fn node_keys_load_as_pkcs8_v1_and_v2() {
     let dir = tempfile::tempdir().unwrap();
-    let g = tongban_gateway::certs::init(dir.path(), &["jinan".into()], false).unwrap();
+    let g = tongban_devkit::certs::init(dir.path(), &["jinan".into()], false).unwrap();
     let f = g.city("jinan").unwrap();
     let bundle = TrustBundle::load(&g.trust_bundle).unwrap();
     let cert = std::fs::read(&f.node_cert).unwrap();

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
-use tongban_gateway::idp;
+use tongban_devkit::idp;
 use tongban_proto::crosscity::v1::SubmitRequest;
 use tongban_tests::{authorize, python, targeted, Fed};
 use tonic::metadata::MetadataValue;

@@ -8,7 +8,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 /// Trailer carrying the receipt.
-pub const TRAILER: &str = "x-tongban-receipt";
+pub use tongban_proto::metadata::RECEIPT as TRAILER;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReceiptClaims {

@@ -55,7 +55,7 @@ fn now_ms() -> i64 {
 }
 
 fn origin(meta: &MetadataMap) -> String {
-    meta.get("x-tongban-origin-city")
+    meta.get(tongban_proto::metadata::ORIGIN_CITY)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string()

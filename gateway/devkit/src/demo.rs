@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tongban_proto::crosscity::v1::cross_city_service_client::CrossCityServiceClient;
 use tongban_proto::crosscity::v1::{GetStatusRequest, SubmitRequest};
+use tongban_proto::metadata;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request};
 
@@ -59,13 +60,13 @@ fn request<T>(
     let token = fed.token(from, "hrss")?;
     let md = r.metadata_mut();
     let mut pairs = vec![
-        ("x-tongban-target-city", target.to_string()),
-        ("x-tongban-purpose", "case-handling".to_string()),
-        ("x-tongban-subject", about.subject.to_string()),
+        (metadata::TARGET_CITY, target.to_string()),
+        (metadata::PURPOSE, "case-handling".to_string()),
+        (metadata::SUBJECT, about.subject.to_string()),
         ("authorization", format!("Bearer {token}")),
     ];
     if let Some(c) = about.consent {
-        pairs.push(("x-tongban-consent", c.to_string()));
+        pairs.push((metadata::CONSENT, c.to_string()));
     }
     for (k, v) in pairs {
         if let Ok(v) = MetadataValue::try_from(v.as_str()) {
@@ -181,7 +182,7 @@ async fn watch(
 /// A demo resident identity number with a valid check digit (region 3701 Jinan, 3702
 /// Qingdao).
 pub fn demo_subject(first17: &str) -> String {
-    let check = crate::subject::check_digit(first17).unwrap_or('0');
+    let check = tongban_gateway::subject::check_digit(first17).unwrap_or('0');
     format!("{first17}{check}")
 }
 
@@ -304,7 +305,7 @@ pub async fn audit_heads(fed: &LocalFederation) -> Vec<AuditHead> {
             ),
             Err(e) => (0, 0, String::new(), Err(e.to_string())),
         };
-        let filter = crate::audit::index::Filter {
+        let filter = tongban_gateway::audit::index::Filter {
             limit: 1000,
             ..Default::default()
         };

@@ -17,9 +17,9 @@ use rcgen::{
 };
 use rustls::pki_types::PrivatePkcs8KeyDer;
 
-use crate::config::validate_city_id;
 use crate::idp::DevIdp;
-use crate::trust::{node_name, CityEntryFile, NodeKeyType, TrustBundleFile};
+use tongban_gateway::config::validate_city_id;
+use tongban_gateway::trust::{node_name, CityEntryFile, NodeKeyType, TrustBundleFile};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertsError {
@@ -69,7 +69,7 @@ const DAY: time::Duration = time::Duration::days(1);
 fn new_key(kind: NodeKeyType) -> Result<KeyPair, CertsError> {
     match kind {
         NodeKeyType::Ed25519 => {
-            let der = crate::trust::generate_ed25519_pkcs8_v1()
+            let der = tongban_gateway::trust::generate_ed25519_pkcs8_v1()
                 .map_err(|e| CertsError::BadCity(e.to_string()))?;
             Ok(KeyPair::from_pkcs8_der_and_sign_algo(
                 &PrivatePkcs8KeyDer::from(der),
@@ -246,7 +246,7 @@ fn write(path: &Path, text: &str, secret: bool, force: bool) -> Result<(), Certs
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trust::{NodeIdentity, TrustBundle};
+    use tongban_gateway::trust::{NodeIdentity, TrustBundle};
 
     #[test]
     fn generated_pki_loads_and_identifies_cities() {

@@ -55,8 +55,8 @@ impl DevIdp {
     /// A new key with the given key id, written as PKCS#8 v1 (RFC 8410) so that every
     /// common JWT library (PyJWT's `cryptography` included) reads it.
     pub fn generate(city: &str, kid: &str) -> Result<DevIdp, IdpError> {
-        let der =
-            crate::trust::generate_ed25519_pkcs8_v1().map_err(|e| IdpError::Key(e.to_string()))?;
+        let der = tongban_gateway::trust::generate_ed25519_pkcs8_v1()
+            .map_err(|e| IdpError::Key(e.to_string()))?;
         Self::from_pkcs8(city, kid, der)
     }
 

@@ -18,9 +18,9 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::certs::{self, Generated};
-use crate::config::{AuthConfig, Limits, NodeConfig, PeerConfig};
 use crate::idp::{self, DevIdp};
-use crate::node::{Listeners, PreparedNode, RunningNode};
+use tongban_gateway::config::{AuthConfig, Limits, NodeConfig, PeerConfig};
+use tongban_gateway::node::{Listeners, PreparedNode, RunningNode};
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -129,7 +129,7 @@ pub enum LocalError {
     #[error(transparent)]
     Certs(#[from] certs::CertsError),
     #[error(transparent)]
-    Node(#[from] crate::node::NodeError),
+    Node(#[from] tongban_gateway::node::NodeError),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
     #[error("no city `{0}` in this federation")]
@@ -150,7 +150,13 @@ impl LocalFederation {
         cities: &[&str],
         limits: Limits,
     ) -> Result<LocalFederation, LocalError> {
-        Self::start_with_keys(root, cities, limits, crate::trust::NodeKeyType::Ed25519).await
+        Self::start_with_keys(
+            root,
+            cities,
+            limits,
+            tongban_gateway::trust::NodeKeyType::Ed25519,
+        )
+        .await
     }
 
     /// [`Self::start`] with node certificates of `kind`.
@@ -158,7 +164,7 @@ impl LocalFederation {
         root: &Path,
         cities: &[&str],
         limits: Limits,
-        kind: crate::trust::NodeKeyType,
+        kind: tongban_gateway::trust::NodeKeyType,
     ) -> Result<LocalFederation, LocalError> {
         let names: Vec<String> = cities.iter().map(|c| c.to_string()).collect();
         let certs = certs::init_with(&root.join("certs"), &names, false, kind)?;
@@ -258,8 +264,12 @@ impl LocalFederation {
         &self,
         city: &str,
     ) -> Result<RegistryClient<InterceptedService<Channel, Bearer>>, LocalError> {
-        let token =
-            dev_token_with_roles(&self.certs, city, "ops", &[crate::registry_api::ADMIN_ROLE])?;
+        let token = dev_token_with_roles(
+            &self.certs,
+            city,
+            "ops",
+            &[tongban_gateway::registry_api::ADMIN_ROLE],
+        )?;
         Ok(RegistryClient::with_interceptor(
             self.channel(city).await?,
             Bearer::new(&token)?,
@@ -344,8 +354,12 @@ impl LocalFederation {
     }
 
     fn as_portal<T>(&self, city: &str, req: &mut tonic::Request<T>) -> Result<(), LocalError> {
-        let token =
-            dev_token_with_roles(&self.certs, city, "portal", &[crate::consent::PORTAL_ROLE])?;
+        let token = dev_token_with_roles(
+            &self.certs,
+            city,
+            "portal",
+            &[tongban_gateway::consent::PORTAL_ROLE],
+        )?;
         let v = tonic::metadata::MetadataValue::try_from(format!("Bearer {token}"))
             .map_err(|e| LocalError::Other(e.to_string()))?;
         req.metadata_mut().insert("authorization", v);
@@ -356,7 +370,7 @@ impl LocalFederation {
     pub async fn wait_until_federated(
         &self,
         timeout: Duration,
-        pred: impl Fn(&str, &crate::catalog::PeerCatalog) -> bool + Copy,
+        pred: impl Fn(&str, &tongban_gateway::catalog::PeerCatalog) -> bool + Copy,
     ) -> bool {
         for c in &self.cities {
             let Some(node) = &c.node else { continue };
@@ -456,7 +470,7 @@ pub fn node_config(
         },
         policy_file,
         policy_reload: Duration::from_secs(1),
-        audit: crate::config::AuditConfig::default(),
+        audit: tongban_gateway::config::AuditConfig::default(),
     })
 }
 

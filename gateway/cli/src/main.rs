@@ -1,0 +1,132 @@
+//! `tongban`: run a node, generate a federation's certificates, run the demo, manage a node's
+//! registry, or run the reference provider. `main` only parses and wires.
+
+mod audit;
+mod certs;
+mod client;
+mod demo;
+mod node;
+mod policy;
+mod provider;
+mod registry;
+mod token;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+/// Exit code for a bad config or bad arguments (sysexits EX_USAGE).
+const EX_CONFIG: u8 = 64;
+/// sysexits EX_DATAERR: the audit log does not verify (or a peer contradicts it).
+const EX_DATAERR: u8 = 65;
+
+#[derive(Parser)]
+#[command(
+    name = "tongban",
+    version,
+    about = "Tongban: a federated gRPC gateway between city governments"
+)]
+struct Cli {
+    /// Log filter (tracing env-filter syntax); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a node from its TOML config.
+    Node {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Certificates of a federation.
+    #[command(subcommand)]
+    Certs(certs::CertsCmd),
+    /// Start a Jinan and a Qingdao node with providers on loopback and make cross-city calls.
+    Demo {
+        /// Keep the federation running and print where to point a client.
+        #[arg(long)]
+        serve: bool,
+    },
+    /// Manage the registry of a node (through its Registry API).
+    #[command(subcommand)]
+    Registry(registry::RegistryCmd),
+    /// Run a reference provider behind a node.
+    #[command(subcommand)]
+    Provider(provider::ProviderCmd),
+    /// Caller tokens from the dev identity provider made by `certs init`.
+    #[command(subcommand)]
+    Token(token::TokenCmd),
+    /// Inspect a node's policy.
+    #[command(subcommand)]
+    Policy(policy::PolicyCmd),
+    /// A node's audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let log = match &cli.cmd {
+        // The demo's output is its table: keep the logs to warnings unless asked.
+        Cmd::Demo { .. } if cli.log == "info" => "warn".to_string(),
+        _ => cli.log.clone(),
+    };
+    init_tracing(&log);
+    match cli.cmd {
+        Cmd::Node { config } => node::run(config),
+        Cmd::Certs(c) => certs::run(c),
+        Cmd::Demo { serve } => demo::run(serve),
+        Cmd::Registry(c) => registry::run(c),
+        Cmd::Provider(c) => provider::run(c),
+        Cmd::Token(c) => token::run(c),
+        Cmd::Policy(c) => policy::run(c),
+        Cmd::Audit(c) => audit::run(c),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Runs an async command on a new runtime; an error is printed and exits 1.
+fn block_on(f: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+    match runtime().and_then(|rt| rt.block_on(f)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tongban: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

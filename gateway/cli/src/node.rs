@@ -1,0 +1,78 @@
+//! `tongban node`: run a node from its config until a signal (or until a peer contradicts
+//! its audit log).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tongban_gateway::NodeConfig;
+
+use crate::{EX_CONFIG, EX_DATAERR};
+
+/// Parses and loads everything the config names before a port is bound; a bad config exits
+/// with 64 and a message naming the key.
+pub fn run(path: PathBuf) -> ExitCode {
+    let config = match NodeConfig::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tongban: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let rt = match crate::runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tongban: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        // Certificates, keys, JWKS, policy and store, all before any port is bound.
+        let prepared = match tongban_gateway::PreparedNode::prepare(config.clone()).await {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("tongban: {e}");
+                return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1));
+            }
+        };
+        let started = async {
+            let listeners = tongban_gateway::Listeners::bind(&config).await?;
+            prepared.start(listeners).await
+        };
+        let node = match started.await {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("tongban: {e}");
+                return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1));
+            }
+        };
+        let mut contradiction = node.auditor().watch_contradiction();
+        let contradicted = tokio::select! {
+            () = wait_for_signal() => None,
+            Ok(c) = contradiction.wait_for(Option::is_some) => c.clone(),
+        };
+        node.shutdown().await;
+        match contradicted {
+            None => ExitCode::SUCCESS,
+            Some(why) => {
+                eprintln!("tongban: the audit log is contradicted by a peer: {why}");
+                ExitCode::from(EX_DATAERR)
+            }
+        }
+    })
+}
+
+/// SIGTERM or ctrl-c.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

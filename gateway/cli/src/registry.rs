@@ -1,0 +1,160 @@
+//! `tongban registry`: register, withdraw and list services through a node's Registry API.
+
+use std::process::ExitCode;
+
+use clap::{Subcommand, ValueEnum};
+use tongban_proto::registry::v1::registry_client::RegistryClient;
+use tongban_proto::registry::v1::{
+    ListServicesRequest, RegisterServiceRequest, Scope, ServiceRegistration, WithdrawServiceRequest,
+};
+
+use crate::client::connect;
+
+#[derive(Subcommand)]
+pub enum RegistryCmd {
+    /// Register (or replace) a service of an organisation.
+    Register {
+        /// The node's caller address, e.g. http://127.0.0.1:7000
+        #[arg(long)]
+        node: String,
+        /// A caller JWT of the node's city (`tongban token issue`); env TONGBAN_TOKEN.
+        #[arg(long, env = "TONGBAN_TOKEN", hide_env_values = true)]
+        token: String,
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        service: String,
+        /// Provider endpoint, e.g. http://127.0.0.1:7101 (repeat for several).
+        #[arg(long = "endpoint", required = true)]
+        endpoints: Vec<String>,
+        /// Catalog code (repeat for several).
+        #[arg(long = "catalog-code")]
+        catalog_codes: Vec<String>,
+        #[arg(long)]
+        personal_data: bool,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Withdraw a service.
+    Withdraw {
+        /// The node's caller address, e.g. http://127.0.0.1:7000
+        #[arg(long)]
+        node: String,
+        /// A caller JWT of the node's city (`tongban token issue`); env TONGBAN_TOKEN.
+        #[arg(long, env = "TONGBAN_TOKEN", hide_env_values = true)]
+        token: String,
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        service: String,
+    },
+    /// List the catalog.
+    List {
+        /// The node's caller address, e.g. http://127.0.0.1:7000
+        #[arg(long)]
+        node: String,
+        /// A caller JWT of the node's city (`tongban token issue`); env TONGBAN_TOKEN.
+        #[arg(long, env = "TONGBAN_TOKEN", hide_env_values = true)]
+        token: String,
+        #[arg(long, value_enum, default_value = "all")]
+        scope: ScopeArg,
+        #[arg(long, default_value = "")]
+        city: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ScopeArg {
+    All,
+    Local,
+    Federated,
+}
+
+/// Runs a registry command.
+pub fn run(cmd: RegistryCmd) -> ExitCode {
+    crate::block_on(run_registry(cmd))
+}
+
+async fn run_registry(cmd: RegistryCmd) -> anyhow::Result<ExitCode> {
+    let result = match cmd {
+        RegistryCmd::Register {
+            node,
+            token,
+            org,
+            service,
+            endpoints,
+            catalog_codes,
+            personal_data,
+            description,
+        } => {
+            let r = RegistryClient::new(connect(&node, &token).await?)
+                .register_service(RegisterServiceRequest {
+                    registration: Some(ServiceRegistration {
+                        organisation: org,
+                        service,
+                        endpoints,
+                        catalog_codes,
+                        personal_data,
+                        description,
+                    }),
+                })
+                .await;
+            r.map(|r| {
+                println!(
+                    "registered; catalog version {}",
+                    r.into_inner().catalog_version
+                )
+            })
+        }
+        RegistryCmd::Withdraw {
+            node,
+            token,
+            org,
+            service,
+        } => {
+            let r = RegistryClient::new(connect(&node, &token).await?)
+                .withdraw_service(WithdrawServiceRequest {
+                    organisation: org,
+                    service,
+                })
+                .await;
+            r.map(|r| {
+                println!(
+                    "withdrawn; catalog version {}",
+                    r.into_inner().catalog_version
+                )
+            })
+        }
+        RegistryCmd::List {
+            node,
+            token,
+            scope,
+            city,
+        } => {
+            let scope = match scope {
+                ScopeArg::All => Scope::Unspecified,
+                ScopeArg::Local => Scope::Local,
+                ScopeArg::Federated => Scope::Federated,
+            };
+            let r = RegistryClient::new(connect(&node, &token).await?)
+                .list_services(ListServicesRequest {
+                    scope: scope as i32,
+                    city,
+                })
+                .await;
+            r.map(|r| {
+                for s in r.into_inner().services {
+                    println!(
+                        "{:<10} {:<16} {:<44} {:<9} {}",
+                        s.city,
+                        s.organisation,
+                        s.service,
+                        if s.available { "up" } else { "down" },
+                        s.catalog_codes.join(",")
+                    );
+                }
+            })
+        }
+    };
+    Ok(crate::client::exit_code(result))
+}

@@ -1,0 +1,11 @@
+//! The development kit of Tongban: what the demo and the tests need and a production node
+//! does not — a dev PKI (`certs init`), a dev identity provider per city, and a whole
+//! federation (nodes and reference providers) on loopback.
+//!
+//! The node library (`tongban-gateway`) does not depend on this crate, nor on any domain
+//! service: the `tongban` binary and the tests wire them together.
+
+pub mod certs;
+pub mod demo;
+pub mod idp;
+pub mod local;
