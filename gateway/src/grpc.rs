@@ -365,47 +365,16 @@ where
             *this.done = true;
             return Poll::Ready(Some(Ok(Frame::trailers(out))));
         }
-        // The upstream's own trailers, or ours when something went wrong.
-        let (trailers, upstream_trailers) = match this.inner.poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                Ok(data) => match this.scanner.scan(data.chunk()) {
-                    Ok(()) => {
-                        this.tally.update(data.chunk());
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                    Err(len) => {
-                        let s = this.scanner.too_large(len, "response");
-                        (trailers(&s, this.request_id), HeaderMap::new())
-                    }
-                },
-                Err(frame) => match frame.into_trailers() {
-                    Ok(t) => (t.clone(), t),
-                    // Neither data nor trailers: nothing to pass on.
-                    Err(_) => return Poll::Ready(Some(Ok(Frame::data(Bytes::new())))),
-                },
-            },
-            Poll::Ready(Some(Err(e))) => {
-                let s = Status::unavailable(format!(
-                    "{} failed while streaming the response: {e}",
-                    this.upstream
-                ));
-                (trailers(&s, this.request_id), HeaderMap::new())
-            }
-            Poll::Ready(None) => {
-                let s = Status::internal(format!(
-                    "{} ended the response without a status",
-                    this.upstream
-                ));
-                (trailers(&s, this.request_id), HeaderMap::new())
-            }
-            Poll::Pending => {
-                ready!(this.deadline.poll(cx));
-                let s = Status::deadline_exceeded(format!(
-                    "deadline exceeded while streaming the response of {}",
-                    this.upstream
-                ));
-                (trailers(&s, this.request_id), HeaderMap::new())
-            }
+        let watch = Watch {
+            scanner: this.scanner,
+            tally: this.tally,
+            upstream: this.upstream,
+            request_id: this.request_id,
+        };
+        let (trailers, upstream_trailers) = match ready!(watch.next(this.inner, this.deadline, cx))
+        {
+            Next::Pass(frame) => return Poll::Ready(Some(Ok(frame))),
+            Next::End { ours, upstream } => (ours, upstream),
         };
         match this.on_end.take() {
             Some(hook) => {
@@ -430,6 +399,80 @@ where
 
     fn is_end_stream(&self) -> bool {
         self.done
+    }
+}
+
+/// What the next upstream frame means for the caller.
+enum Next {
+    /// A data frame within the limits: pass it on.
+    Pass(Frame<Bytes>),
+    /// The end: the trailers to send (`ours`), and the upstream's own (a receipt may be in
+    /// there; empty when the upstream did not end the stream itself).
+    End {
+        ours: HeaderMap,
+        upstream: HeaderMap,
+    },
+}
+
+/// The response guard's view of the upstream stream.
+struct Watch<'a> {
+    scanner: &'a mut FrameScanner,
+    tally: &'a mut Tally,
+    upstream: &'a str,
+    request_id: &'a str,
+}
+
+impl Watch<'_> {
+    /// The upstream's next frame: data within the limit, or its trailers, or the status of
+    /// what went wrong (an oversized message, a broken stream, no status, the deadline).
+    fn next<B>(
+        self,
+        inner: Pin<&mut B>,
+        deadline: Pin<&mut Sleep>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Next>
+    where
+        B: HttpBody<Data = Bytes>,
+        B::Error: std::fmt::Display,
+    {
+        let ours = |s: Status| Next::End {
+            ours: trailers(&s, self.request_id),
+            upstream: HeaderMap::new(),
+        };
+        Poll::Ready(match inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => match self.scanner.scan(data.chunk()) {
+                    Ok(()) => {
+                        self.tally.update(data.chunk());
+                        Next::Pass(Frame::data(data))
+                    }
+                    Err(len) => ours(self.scanner.too_large(len, "response")),
+                },
+                Err(frame) => match frame.into_trailers() {
+                    Ok(t) => Next::End {
+                        ours: t.clone(),
+                        upstream: t,
+                    },
+                    // Neither data nor trailers: nothing to pass on.
+                    Err(_) => Next::Pass(Frame::data(Bytes::new())),
+                },
+            },
+            Poll::Ready(Some(Err(e))) => ours(Status::unavailable(format!(
+                "{} failed while streaming the response: {e}",
+                self.upstream
+            ))),
+            Poll::Ready(None) => ours(Status::internal(format!(
+                "{} ended the response without a status",
+                self.upstream
+            ))),
+            Poll::Pending => {
+                ready!(deadline.poll(cx));
+                ours(Status::deadline_exceeded(format!(
+                    "deadline exceeded while streaming the response of {}",
+                    self.upstream
+                )))
+            }
+        })
     }
 }
 

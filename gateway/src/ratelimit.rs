@@ -2,9 +2,18 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::proxy::ProxyError;
+/// A caller over its rate: when it may try again.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("caller {caller} exceeded its rate limit of {rate} calls/s (burst {burst})")]
+pub struct RateLimited {
+    pub caller: String,
+    pub rate: f64,
+    pub burst: f64,
+    /// Until the next token is there.
+    pub retry_after: Duration,
+}
 
 /// Most callers tracked; beyond it idle buckets (full again) are forgotten.
 const MAX_CALLERS: usize = 100_000;
@@ -29,8 +38,8 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one token for `caller`, or refuses with RESOURCE_EXHAUSTED.
-    pub fn check(&self, caller: &str) -> Result<(), ProxyError> {
+    /// Takes one token for `caller`, or says when one will be there.
+    pub fn check(&self, caller: &str) -> Result<(), RateLimited> {
         let now = Instant::now();
         let Ok(mut buckets) = self.buckets.lock() else {
             return Ok(());
@@ -49,10 +58,12 @@ impl RateLimiter {
             b.tokens -= 1.0;
             Ok(())
         } else {
-            Err(ProxyError::ResourceExhausted(format!(
-                "caller {caller} exceeded its rate limit of {} calls/s (burst {})",
-                self.rate, self.burst
-            )))
+            Err(RateLimited {
+                caller: caller.to_string(),
+                rate: self.rate,
+                burst: self.burst,
+                retry_after: Duration::from_secs_f64(((1.0 - b.tokens) / self.rate).max(0.0)),
+            })
         }
     }
 }

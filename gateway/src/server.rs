@@ -62,8 +62,12 @@ pub enum Side {
     },
 }
 
+/// The dispatch of one connection's requests: the node's own services for the control paths
+/// of its listener, the proxy for everything else. It is a `tower::Service`, so cross-cutting
+/// concerns (tracing, metrics, gRPC-Web) wrap it as layers in [`serve_conn`] instead of
+/// being edited into the proxy.
 #[derive(Clone)]
-struct Dispatch {
+pub struct Dispatch {
     routes: Routes,
     proxy: Arc<Proxy>,
     control: &'static [&'static str],
@@ -89,6 +93,48 @@ impl Dispatch {
     }
 }
 
+impl tower::Service<Request<Incoming>> for Dispatch {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let d = self.clone();
+        Box::pin(async move { Ok(Dispatch::call(d, req).await) })
+    }
+}
+
+/// The HTTP/2 server settings of a listener.
+fn http2_builder(
+    side: &Side,
+    limits: &Limits,
+) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    // Peer nodes are pinged like they ping us (limits.keepalive_*), so a frozen peer's
+    // streams are released on this side too; callers get a gentler pace.
+    let (ping_every, ping_timeout) = match side {
+        Side::Caller { .. } => (Duration::from_secs(20), Duration::from_secs(10)),
+        Side::Peer { .. } => (limits.keepalive_interval, limits.keepalive_timeout),
+    };
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams_per_connection)
+        .max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .keep_alive_interval(Some(ping_every))
+        .keep_alive_timeout(ping_timeout)
+        .adaptive_window(true);
+    builder
+}
+
 /// Serves `listener` until `shutdown` turns true, then lets open calls finish for a grace
 /// period.
 pub async fn serve(
@@ -104,21 +150,7 @@ pub async fn serve(
         Side::Caller { .. } => CALLER_CONTROL,
         Side::Peer { .. } => PEER_CONTROL,
     };
-    // Peer nodes are pinged like they ping us (limits.keepalive_*), so a frozen peer's
-    // streams are released on this side too; callers get a gentler pace.
-    let (ping_every, ping_timeout) = match side {
-        Side::Caller { .. } => (Duration::from_secs(20), Duration::from_secs(10)),
-        Side::Peer { .. } => (limits.keepalive_interval, limits.keepalive_timeout),
-    };
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_concurrent_streams_per_connection)
-        .max_header_list_size(MAX_HEADER_LIST_BYTES)
-        .keep_alive_interval(Some(ping_every))
-        .keep_alive_timeout(ping_timeout)
-        .adaptive_window(true);
-    let builder = Arc::new(builder);
+    let builder = Arc::new(http2_builder(&side, &limits));
     loop {
         let (tcp, remote) = tokio::select! {
             r = listener.accept() => match r {
@@ -139,64 +171,13 @@ pub async fn serve(
             control,
             peer: None,
         };
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let side = side.clone();
-        tokio::spawn(async move {
-            match side {
-                Side::Caller { tls: None } => serve_conn(&builder, watcher, tcp, dispatch).await,
-                Side::Caller { tls: Some(tls) } => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
-                        Ok(Ok(stream)) => serve_conn(&builder, watcher, stream, dispatch).await,
-                        Ok(Err(error)) => {
-                            tracing::warn!(%remote, %error, "caller tls handshake refused")
-                        }
-                        Err(_) => tracing::warn!(%remote, "caller tls handshake timed out"),
-                    }
-                }
-                Side::Peer { tls, bundle } => {
-                    let accepted =
-                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await;
-                    let stream = match accepted {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(error)) => {
-                            tracing::warn!(%remote, %error, "peer tls handshake refused");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::warn!(%remote, "peer tls handshake timed out");
-                            return;
-                        }
-                    };
-                    let chain: Vec<_> = stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
-                        .unwrap_or_default();
-                    let city = match bundle.identify_peer(&chain) {
-                        Ok(c) => c,
-                        Err(error) => {
-                            tracing::warn!(%remote, %error, "peer refused");
-                            return;
-                        }
-                    };
-                    let public_key = match crate::trust::public_key_of(&chain[0]) {
-                        Ok(k) => std::sync::Arc::new(k),
-                        Err(error) => {
-                            tracing::warn!(%remote, %error, "peer refused");
-                            return;
-                        }
-                    };
-                    tracing::debug!(%remote, peer = %city, "peer connection");
-                    let dispatch = Dispatch {
-                        peer: Some(PeerIdentity { city, public_key }),
-                        ..dispatch
-                    };
-                    serve_conn(&builder, watcher, stream, dispatch).await
-                }
-            }
-        });
+        let conn = Connection {
+            builder: builder.clone(),
+            watcher: graceful.watcher(),
+            dispatch,
+            remote,
+        };
+        tokio::spawn(conn.run(side.clone(), tcp));
     }
     drop(listener);
     if tokio::time::timeout(GRACE, graceful.shutdown())
@@ -207,20 +188,75 @@ pub async fn serve(
     }
 }
 
-async fn serve_conn<I>(
-    builder: &hyper::server::conn::http2::Builder<TokioExecutor>,
+/// One accepted connection, before its TLS handshake.
+struct Connection {
+    builder: Arc<hyper::server::conn::http2::Builder<TokioExecutor>>,
     watcher: Watcher,
-    io: I,
     dispatch: Dispatch,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let svc = hyper::service::service_fn(move |req| {
-        let d = dispatch.clone();
-        async move { Ok::<_, Infallible>(d.call(req).await) }
-    });
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
-    if let Err(error) = watcher.watch(conn).await {
-        tracing::debug!(%error, "connection closed with an error");
+    remote: std::net::SocketAddr,
+}
+
+impl Connection {
+    async fn run(self, side: Side, tcp: tokio::net::TcpStream) {
+        let remote = self.remote;
+        match side {
+            Side::Caller { tls: None } => self.serve(tcp).await,
+            Side::Caller { tls: Some(tls) } => {
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+                    Ok(Ok(stream)) => self.serve(stream).await,
+                    Ok(Err(error)) => {
+                        tracing::warn!(%remote, %error, "caller tls handshake refused")
+                    }
+                    Err(_) => tracing::warn!(%remote, "caller tls handshake timed out"),
+                }
+            }
+            Side::Peer { tls, bundle } => {
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+                    Ok(Ok(stream)) => self.serve_peer(stream, &bundle).await,
+                    Ok(Err(error)) => tracing::warn!(%remote, %error, "peer tls handshake refused"),
+                    Err(_) => tracing::warn!(%remote, "peer tls handshake timed out"),
+                }
+            }
+        }
+    }
+
+    /// A peer node: its city and key come from its verified certificate, and every request
+    /// of the connection carries them.
+    async fn serve_peer(
+        mut self,
+        stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        bundle: &TrustBundle,
+    ) {
+        let remote = self.remote;
+        let chain: Vec<_> = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default();
+        let identity = bundle.identify_peer(&chain).and_then(|city| {
+            let public_key = Arc::new(crate::trust::public_key_of(&chain[0])?);
+            Ok(PeerIdentity { city, public_key })
+        });
+        match identity {
+            Ok(peer) => {
+                tracing::debug!(%remote, peer = %peer.city, "peer connection");
+                self.dispatch.peer = Some(peer);
+                self.serve(stream).await
+            }
+            Err(error) => tracing::warn!(%remote, %error, "peer refused"),
+        }
+    }
+
+    async fn serve<I>(self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        // The seam for layers: `tower::ServiceBuilder::new().layer(..).service(dispatch)`.
+        let svc = hyper_util::service::TowerToHyperService::new(self.dispatch);
+        let conn = self.builder.serve_connection(TokioIo::new(io), svc);
+        if let Err(error) = self.watcher.watch(conn).await {
+            tracing::debug!(%error, "connection closed with an error");
+        }
     }
 }

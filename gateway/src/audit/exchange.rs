@@ -1,7 +1,8 @@
 //! What a node writes about one exchange: an [`Exchange`] collects the facts of a call as the
-//! proxy learns them (caller, target, purpose, subject pseudonym, …) and becomes an
-//! `AuditRecord` when the call ends — with the digests and sizes of both message streams,
-//! the final status and the timing.
+//! proxy learns them (caller, target, purpose, subject pseudonym, …), through a small typed
+//! API, and becomes an `AuditRecord` when the call ends — with the digests and sizes of both
+//! message streams, the final status and the timing. [`complete`] makes it durable and
+//! handles receipts; building the response is the proxy's job.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -12,7 +13,7 @@ use tonic::Status;
 
 use super::receipt;
 use super::Auditor;
-use crate::grpc::{self, End, OnEnd, SharedTally, Tally};
+use crate::grpc::{End, SharedTally, Tally};
 
 /// The record of one exchange in the making.
 ///
@@ -20,10 +21,12 @@ use crate::grpc::{self, End, OnEnd, SharedTally, Tally};
 /// while the node waited for the upstream or streamed the response — still leaves its
 /// record, with status CANCELLED: no exchange passes a node unaudited.
 pub struct Exchange {
-    pub record: AuditRecord,
+    record: AuditRecord,
     started: Instant,
     /// The request stream's digest, filled while it passes.
     pub request: SharedTally,
+    /// What the end of the exchange does with receipts.
+    receipts: Receipts,
     /// Set until the exchange is completed; on drop, a CANCELLED record is written with it.
     auditor: Option<Arc<Auditor>>,
 }
@@ -41,6 +44,7 @@ impl Drop for Exchange {
             record: std::mem::take(&mut self.record),
             started: self.started,
             request: self.request.clone(),
+            receipts: Receipts::None,
             auditor: None,
         };
         let record = pending.into_record(
@@ -67,6 +71,8 @@ pub fn trace_id(h: &HeaderMap) -> String {
 }
 
 impl Exchange {
+    /// A new exchange on this node. The provider side gives a receipt at the end; the home
+    /// side takes one once [`Self::routed_to_peer`] says from whom.
     pub fn new(
         auditor: Arc<Auditor>,
         node_city: &str,
@@ -86,7 +92,74 @@ impl Exchange {
             },
             started: Instant::now(),
             request: Arc::new(Mutex::new(Tally::default())),
+            receipts: match side {
+                Side::Provider => Receipts::Give,
+                _ => Receipts::None,
+            },
         }
+    }
+
+    pub fn request_id(&self) -> &str {
+        &self.record.request_id
+    }
+
+    /// The called service and method.
+    pub fn call(&mut self, service: &str, method: &str) {
+        self.record.service = service.to_string();
+        self.record.method = method.to_string();
+    }
+
+    /// What the caller asked for, kept even if routing refuses it.
+    pub fn requested(&mut self, city: Option<&str>, org: Option<&str>) {
+        self.record.target_city = city.unwrap_or_default().to_string();
+        self.record.target_org = org.unwrap_or_default().to_string();
+    }
+
+    /// The authenticated caller (home side), or the organisation the peer vouched for.
+    pub fn caller(&mut self, city: &str, org: &str) {
+        self.record.caller_city = city.to_string();
+        self.record.caller_org = org.to_string();
+    }
+
+    /// Provider side: the call came from `peer`'s node, for this city.
+    pub fn from_peer(&mut self, peer: &str, own_city: &str) {
+        self.record.peer_city = peer.to_string();
+        self.record.caller_city = peer.to_string();
+        self.record.target_city = own_city.to_string();
+    }
+
+    /// Purpose, catalog code and the subject's pseudonym (never the clear id).
+    pub fn intent(&mut self, purpose: &str, catalog_code: Option<&str>, subject: Option<&str>) {
+        self.record.purpose = purpose.to_string();
+        self.record.catalog_code = catalog_code.unwrap_or_default().to_string();
+        self.record.subject_pseudonym = subject.unwrap_or_default().to_string();
+    }
+
+    /// Served by a provider of this city: `org` of `city`.
+    pub fn routed_local(&mut self, city: &str, org: &str) {
+        self.record.target_city = city.to_string();
+        self.record.target_org = org.to_string();
+    }
+
+    /// Home side: forwarded to the node of `peer`, whose receipt is verified with `key`.
+    pub fn routed_to_peer(
+        &mut self,
+        peer: &str,
+        key: Option<Arc<Vec<u8>>>,
+        org: Option<&str>,
+        consent: Option<String>,
+    ) {
+        self.record.side = Side::Home as i32;
+        self.record.peer_city = peer.to_string();
+        self.record.target_city = peer.to_string();
+        self.record.target_org = org.unwrap_or_default().to_string();
+        self.record.consent_id = consent.unwrap_or_default();
+        self.receipts = Receipts::Take(peer.to_string(), key);
+    }
+
+    /// The consent the call was checked against (empty: none needed).
+    pub fn consent(&mut self, id: String) {
+        self.record.consent_id = id;
     }
 
     /// The finished record.
@@ -118,14 +191,15 @@ pub enum Receipts {
     Take(String, Option<Arc<Vec<u8>>>),
 }
 
-/// Makes the record durable, and handles the receipt; an error status replaces the response
-/// status when the record cannot be written (no exchange completes unaudited).
-pub async fn complete(
-    auditor: Arc<Auditor>,
-    exchange: Exchange,
-    end: End,
-    receipts: Receipts,
-) -> Result<HeaderMap, Status> {
+/// Makes the record durable and handles receipts: the home side verifies and keeps the
+/// providing node's; the provider side returns its own signed receipt, to send in the
+/// trailers. An error means the record could not be written: the caller must not see a
+/// success (no exchange completes unaudited).
+pub async fn complete(exchange: Exchange, end: End) -> Result<Option<String>, Status> {
+    let Some(auditor) = exchange.auditor.clone() else {
+        return Err(Status::internal("exchange completed twice"));
+    };
+    let receipts = exchange.receipts.clone();
     let mut record = exchange.into_record(end.code, &end.message, &end.response);
     if let Receipts::Take(city, key) = &receipts {
         if let Some(token) = end
@@ -158,44 +232,8 @@ pub async fn complete(
             "the audit record of this exchange could not be written: {e}"
         ))
     })?;
-    let mut extra = HeaderMap::new();
-    if matches!(receipts, Receipts::Give) {
-        if let Some(r) = auditor.receipt(&appended) {
-            if let Ok(v) = http::HeaderValue::from_str(&r) {
-                extra.insert(receipt::TRAILER, v);
-            }
-        }
-    }
-    Ok(extra)
-}
-
-/// The response-guard hook that completes `exchange`.
-pub fn on_end(auditor: Arc<Auditor>, exchange: Exchange, receipts: Receipts) -> OnEnd {
-    Box::new(move |end| Box::pin(complete(auditor, exchange, end, receipts)))
-}
-
-/// Completes an exchange that produced no upstream response (a refusal or a failure) and
-/// returns the trailers-only response to send.
-pub async fn refuse(
-    auditor: Arc<Auditor>,
-    exchange: Exchange,
-    status: Status,
-    receipts: Receipts,
-) -> http::Response<tonic::body::Body> {
-    let request_id = exchange.record.request_id.clone();
-    let end = End {
-        code: status.code() as i32,
-        message: status.message().to_string(),
-        trailers: HeaderMap::new(),
-        response: Tally::default(),
-    };
-    let mut resp = grpc::status_response(status, &request_id);
-    match complete(auditor, exchange, end, receipts).await {
-        Ok(extra) => resp.headers_mut().extend(extra),
-        Err(audit_failed) => {
-            tracing::error!(request_id, "refusal could not be audited");
-            let _ = audit_failed;
-        }
-    }
-    resp
+    Ok(match receipts {
+        Receipts::Give => auditor.receipt(&appended),
+        _ => None,
+    })
 }

@@ -1,0 +1,158 @@
+//! The data plane: a transparent gRPC proxy. It reads the path and metadata of a call, never
+//! its payload, and forwards HTTP/2 frames to a local provider or across the boundary to the
+//! peer node of the target city.
+//!
+//! The two entry points read as the path of one call in DESIGN §2: [`Proxy::from_caller`]
+//! (the home node, [`home`]) and [`Proxy::from_peer`] (the providing node, [`provider`]).
+//! Each is a sequence of named steps joined with `?`; [`Proxy::finish`] is the one place
+//! where an error becomes an audited refusal. The modules, in the order a call meets them:
+//!
+//! - [`call`]: what a call asks for, from its path and metadata;
+//! - [`checks`]: acceptable at all, this node's policy, the citizen's consent;
+//! - [`route`]: which provider, or which peer node;
+//! - [`home`], [`provider`]: the steps of each side;
+//! - [`headers`]: what is stripped, set and pinned on the way;
+//! - [`forward`]: upstream and back, audited before the final status leaves;
+//! - [`error`]: why a call was refused, mapped to a status once.
+
+mod call;
+mod checks;
+mod error;
+mod forward;
+mod headers;
+mod home;
+mod provider;
+mod route;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use http::request::Parts;
+use http::{HeaderMap, Request, Response};
+use hyper::body::Incoming;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tongban_proto::audit::v1::Side;
+use tonic::body::Body;
+
+pub use error::ProxyError;
+pub use tongban_proto::metadata::{
+    CALLER, CATALOG_CODE, ORIGIN_CITY, PURPOSE, TARGET_CITY, TARGET_ORG,
+};
+
+use crate::assertion::{self, ReplayCache};
+use crate::audit::exchange::Exchange;
+use crate::audit::Auditor;
+use crate::auth::Authenticator;
+use crate::catalog::Catalog;
+use crate::config::Limits;
+use crate::federation::Peer;
+use crate::grpc;
+use crate::policy::PolicyStore;
+use crate::ratelimit::RateLimiter;
+use crate::subject::Pseudonymizer;
+use crate::trust::PeerIdentity;
+use call::Call;
+use route::Upstream;
+
+/// What the proxy checks calls with (DESIGN §6).
+pub struct TrustChecks {
+    pub auth: Arc<Authenticator>,
+    pub policy: Arc<PolicyStore>,
+    pub signer: assertion::Signer,
+    pub replay: ReplayCache,
+    pub pseudonyms: Arc<Pseudonymizer>,
+    pub rate: RateLimiter,
+    /// This node's raw public key (verifies the consents it issued).
+    pub own_key: Arc<Vec<u8>>,
+}
+
+/// The proxy of one node.
+pub struct Proxy {
+    pub city: String,
+    pub auditor: Arc<Auditor>,
+    pub catalog: Arc<Catalog>,
+    pub peers: BTreeMap<String, Arc<Peer>>,
+    pub limits: Limits,
+    pub trust: TrustChecks,
+    /// Calls in flight from each peer city (limits.max_streams_per_peer).
+    pub peer_streams: HashMap<String, Arc<Semaphore>>,
+}
+
+/// A call that passed every check of this node, ready to go upstream.
+struct Ready {
+    call: Call,
+    parts: Parts,
+    upstream: Upstream,
+    /// The peer's concurrency slot, held until the response ends.
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Proxy {
+    /// Home ingress: a call from a system of this node's city.
+    pub async fn from_caller(&self, req: Request<Incoming>) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        let (mut ex, bad_id) = self.exchange(&parts.headers, Side::Local);
+        let ready = match bad_id {
+            Some(e) => Err(e),
+            None => self.home_steps(&mut ex, parts).await,
+        };
+        self.finish(ready, body, ex).await
+    }
+
+    /// Peer ingress: a call forwarded by the node of another city.
+    pub async fn from_peer(&self, peer: PeerIdentity, req: Request<Incoming>) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        let (mut ex, bad_id) = self.exchange(&parts.headers, Side::Provider);
+        ex.from_peer(&peer.city, &self.city);
+        let ready = match bad_id {
+            Some(e) => Err(e),
+            None => self.provider_steps(&mut ex, &peer, parts).await,
+        };
+        self.finish(ready, body, ex).await
+    }
+
+    /// The record of this exchange on this node, keyed by the caller's request id (or a new
+    /// one; a malformed id is the refusal to give).
+    fn exchange(&self, h: &HeaderMap, side: Side) -> (Exchange, Option<ProxyError>) {
+        let (request_id, bad) = call::request_id_of(h);
+        let ex = Exchange::new(self.auditor.clone(), &self.city, &request_id, side, h);
+        (ex, bad)
+    }
+
+    /// Forwards a checked call, or refuses it: the one place where an error becomes a
+    /// refusal, audited before its status leaves.
+    async fn finish(
+        &self,
+        ready: Result<Ready, ProxyError>,
+        body: Incoming,
+        ex: Exchange,
+    ) -> Response<Body> {
+        let sent = match ready {
+            Ok(ready) => self.send(ready, body, &ex).await,
+            Err(e) => Err(e),
+        };
+        match sent {
+            Ok(sent) => self.respond(sent, ex).await,
+            Err(e) => self.refuse(ex, e).await,
+        }
+    }
+
+    /// Refuses a call with `e`, after its audit record is durable.
+    async fn refuse(&self, ex: Exchange, e: ProxyError) -> Response<Body> {
+        let status = e.status();
+        let request_id = ex.request_id().to_string();
+        tracing::debug!(%request_id, code = ?status.code(), error = %e, "call refused");
+        let end = grpc::End {
+            code: status.code() as i32,
+            message: status.message().to_string(),
+            trailers: HeaderMap::new(),
+            response: grpc::Tally::default(),
+        };
+        let mut resp = grpc::status_response(status, &request_id);
+        match forward::complete(ex, end).await {
+            Ok(extra) => resp.headers_mut().extend(extra),
+            Err(_) => tracing::error!(%request_id, "refusal could not be audited"),
+        }
+        resp
+    }
+}
