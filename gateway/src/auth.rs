@@ -52,6 +52,26 @@ pub enum AuthError {
     BadOrg(String),
 }
 
+impl crate::error::ApiError for AuthError {
+    fn code(&self) -> tonic::Code {
+        tonic::Code::Unauthenticated
+    }
+    fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "TOKEN_MISSING",
+            AuthError::NotBearer | AuthError::Malformed(_) | AuthError::MissingKid => {
+                "TOKEN_MALFORMED"
+            }
+            AuthError::UnknownKid(_) => "TOKEN_KEY_UNKNOWN",
+            AuthError::AlgorithmMismatch { .. } => "TOKEN_ALGORITHM_MISMATCH",
+            AuthError::Invalid(_) | AuthError::BadOrg(_) => "TOKEN_INVALID",
+            AuthError::WrongCity { .. } => "TOKEN_WRONG_CITY",
+        }
+    }
+}
+
+crate::into_status!(AuthError);
+
 /// Why a key set could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum JwksError {
@@ -274,14 +294,12 @@ impl Authenticator {
 
     /// Authenticates a control-plane call (Registry, Consent, Audit) by its `authorization`
     /// metadata; UNAUTHENTICATED with the reason otherwise.
-    pub async fn caller_of<T>(&self, req: &tonic::Request<T>) -> Result<Caller, tonic::Status> {
+    pub async fn caller_of<T>(&self, req: &tonic::Request<T>) -> Result<Caller, AuthError> {
         let auth = req
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok());
-        self.authenticate(auth)
-            .await
-            .map_err(|e| tonic::Status::unauthenticated(e.to_string()))
+        self.authenticate(auth).await
     }
 
     /// Authenticates the value of an `authorization` header.

@@ -28,6 +28,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::{Authenticator, Caller};
 use crate::catalog::Publisher;
 use crate::config::{validate_city_id, validate_org_id};
+use crate::error::{require, ApiError, BadField, Grant};
 use crate::registry::validate_service_name;
 use crate::subject::{validate_resident_id, Pseudonymizer};
 
@@ -38,7 +39,7 @@ const MAX_VALIDITY_MS: i64 = 366 * 24 * 3600 * 1000;
 /// Role of a portal that manages consents on behalf of citizens.
 pub const PORTAL_ROLE: &str = "consent-portal";
 /// Role of a citizen token (its `sub` is the citizen's resident identity number).
-pub const CITIZEN_ROLE: &str = "citizen";
+pub use crate::error::CITIZEN_ROLE;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -87,6 +88,32 @@ pub enum ConsentError {
     OutOfScope(String),
     #[error("consent {0} was revoked")]
     Revoked(String),
+}
+
+impl crate::error::ApiError for ConsentError {
+    fn code(&self) -> tonic::Code {
+        match self {
+            ConsentError::NoSubject(_) => tonic::Code::InvalidArgument,
+            _ => tonic::Code::PermissionDenied,
+        }
+    }
+    fn reason(&self) -> &'static str {
+        match self {
+            ConsentError::Missing(_) => "CONSENT_REQUIRED",
+            ConsentError::NoSubject(_) => "SUBJECT_REQUIRED",
+            ConsentError::Invalid(_) | ConsentError::UnknownIssuer(_) => "CONSENT_INVALID",
+            ConsentError::OutOfScope(_) => "CONSENT_OUT_OF_SCOPE",
+            ConsentError::Revoked(_) => "CONSENT_REVOKED",
+        }
+    }
+    fn violations(&self) -> Vec<crate::error::FieldViolation> {
+        let field = match self {
+            ConsentError::NoSubject(_) => crate::subject::HEADER,
+            ConsentError::Missing(_) => HEADER,
+            _ => return Vec::new(),
+        };
+        vec![crate::error::FieldViolation::new(field, self.to_string())]
+    }
 }
 
 /// What a call needs a consent for.
@@ -254,28 +281,53 @@ pub struct ConsentApi {
     pub publisher: Arc<Publisher>,
 }
 
-impl ConsentApi {
-    /// A portal acts for any subject; a citizen only for itself.
-    async fn authorise<T>(&self, req: &Request<T>, subject: &str) -> Result<Caller, Status> {
-        let caller = self.auth.caller_of(req).await?;
-        validate_resident_id(subject).map_err(Status::invalid_argument)?;
-        let portal = caller.roles.iter().any(|r| r == PORTAL_ROLE);
-        let citizen = caller.roles.iter().any(|r| r == CITIZEN_ROLE)
-            && caller.subject.eq_ignore_ascii_case(subject);
-        if portal || citizen {
-            Ok(caller)
-        } else {
-            Err(Status::permission_denied(format!(
-                "{} may not manage this subject's consents (needs role {PORTAL_ROLE}, or a {CITIZEN_ROLE} token of the subject)",
-                caller.id()
-            )))
+/// Why the Consent API refused or failed a request (beyond authentication, roles and
+/// fields, which have their own errors).
+#[derive(Debug, thiserror::Error)]
+pub enum ConsentApiError {
+    #[error("this subject has no consent `{0}`")]
+    NotFound(String),
+    #[error("cannot sign the consent: {0}")]
+    Sign(String),
+    #[error("consent storage failed: {0}")]
+    Storage(String),
+}
+
+impl ApiError for ConsentApiError {
+    fn code(&self) -> tonic::Code {
+        match self {
+            ConsentApiError::NotFound(_) => tonic::Code::NotFound,
+            ConsentApiError::Sign(_) | ConsentApiError::Storage(_) => tonic::Code::Internal,
+        }
+    }
+    fn reason(&self) -> &'static str {
+        match self {
+            ConsentApiError::NotFound(_) => "CONSENT_NOT_FOUND",
+            ConsentApiError::Sign(_) => "CONSENT_SIGNING",
+            ConsentApiError::Storage(_) => "CONSENT_STORE",
         }
     }
 }
 
-fn storage(e: sled::Error) -> Status {
+crate::into_status!(ConsentApiError);
+
+impl ConsentApi {
+    /// A portal acts for any subject; a citizen only for itself.
+    async fn authorise<T>(&self, req: &Request<T>, subject: &str) -> Result<Caller, Status> {
+        let caller = self.auth.caller_of(req).await?;
+        validate_resident_id(subject).map_err(|m| BadField::new("subject", m))?;
+        require(
+            &caller,
+            "manage this subject's consents",
+            &[Grant::Role(PORTAL_ROLE), Grant::Citizen(subject)],
+        )?;
+        Ok(caller)
+    }
+}
+
+fn storage(e: impl std::fmt::Display) -> Status {
     tracing::error!(error = %e, "consent storage failure");
-    Status::internal(format!("consent storage failed: {e}"))
+    ConsentApiError::Storage(e.to_string()).into()
 }
 
 #[tonic::async_trait]
@@ -284,20 +336,21 @@ impl ConsentRpc for ConsentApi {
         let subject = req.get_ref().subject.clone();
         let caller = self.authorise(&req, &subject).await?;
         let g = req.into_inner();
-        let bad = |m: String| Status::invalid_argument(m);
+        let bad = |field: &'static str| move |m: String| Status::from(BadField::new(field, m));
         let (gcity, gorg) = g
             .grantee
             .split_once('/')
-            .ok_or_else(|| bad("grantee must be city/org".into()))?;
-        validate_city_id(gcity).map_err(bad)?;
-        validate_org_id(gorg).map_err(bad)?;
-        validate_city_id(&g.target_city).map_err(bad)?;
-        validate_service_name(&g.service).map_err(bad)?;
-        validate_org_id(&g.purpose)
-            .map_err(|_| bad("purpose must be lowercase ascii letters, digits and '-'".into()))?;
+            .ok_or_else(|| bad("grantee")("grantee must be city/org".into()))?;
+        validate_city_id(gcity).map_err(bad("grantee"))?;
+        validate_org_id(gorg).map_err(bad("grantee"))?;
+        validate_city_id(&g.target_city).map_err(bad("target_city"))?;
+        validate_service_name(&g.service).map_err(bad("service"))?;
+        validate_org_id(&g.purpose).map_err(|_| {
+            bad("purpose")("purpose must be lowercase ascii letters, digits and '-'".into())
+        })?;
         let now = now_ms();
         if g.expires_at_ms <= now || g.expires_at_ms > now + MAX_VALIDITY_MS {
-            return Err(bad(
+            return Err(bad("expires_at_ms")(
                 "expires_at_ms must be in the future and at most a year ahead".into(),
             ));
         }
@@ -316,7 +369,7 @@ impl ConsentRpc for ConsentApi {
         let token = self
             .key
             .sign(&claims)
-            .map_err(|e| Status::internal(format!("cannot sign the consent: {e}")))?;
+            .map_err(|e| ConsentApiError::Sign(e.to_string()))?;
         let record = ConsentRecord {
             id,
             grantee: g.grantee,
@@ -361,7 +414,7 @@ impl ConsentRpc for ConsentApi {
             .revoke(&self.pseudonyms.pseudonym(&subject), &id)
             .await
             .map_err(storage)?
-            .ok_or_else(|| Status::not_found(format!("this subject has no consent `{id}`")))?;
+            .ok_or_else(|| ConsentApiError::NotFound(id.clone()))?;
         self.publisher.republish().await?;
         tracing::info!(consent = %id, by = %caller.id(), "consent revoked");
         Ok(Response::new(RevokeResponse {

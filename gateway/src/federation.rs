@@ -94,11 +94,49 @@ pub struct FederationApi {
     pub shutdown: watch::Receiver<bool>,
 }
 
+/// Why the Federation API refused a peer's request.
+#[derive(Debug, thiserror::Error)]
+pub enum FederationError {
+    #[error("federation api is for peer nodes over mtls only")]
+    NotAPeer,
+    #[error("handshake claims city `{claimed}` but the certificate is of `{city}`")]
+    WrongCity { claimed: String, city: String },
+    #[error("{0}")]
+    Certificate(String),
+    #[error("no audit checkpoint yet (the log is empty)")]
+    NoCheckpoint,
+    #[error("this node holds no checkpoint of `{0}` yet")]
+    NoHeldCheckpoint(String),
+}
+
+impl crate::error::ApiError for FederationError {
+    fn code(&self) -> tonic::Code {
+        match self {
+            FederationError::NotAPeer
+            | FederationError::WrongCity { .. }
+            | FederationError::Certificate(_) => tonic::Code::PermissionDenied,
+            FederationError::NoCheckpoint | FederationError::NoHeldCheckpoint(_) => {
+                tonic::Code::NotFound
+            }
+        }
+    }
+    fn reason(&self) -> &'static str {
+        match self {
+            FederationError::NotAPeer => "NOT_A_PEER",
+            FederationError::WrongCity { .. } => "PEER_WRONG_CITY",
+            FederationError::Certificate(_) => "PEER_CERTIFICATE",
+            FederationError::NoCheckpoint | FederationError::NoHeldCheckpoint(_) => "NO_CHECKPOINT",
+        }
+    }
+}
+
+crate::into_status!(FederationError);
+
 fn peer_of<T>(req: &Request<T>) -> Result<PeerIdentity, Status> {
     req.extensions()
         .get::<PeerIdentity>()
         .cloned()
-        .ok_or_else(|| Status::permission_denied("federation api is for peer nodes over mtls only"))
+        .ok_or_else(|| FederationError::NotAPeer.into())
 }
 
 type CatalogStream = Pin<Box<dyn Stream<Item = Result<SignedCatalog, Status>> + Send>>;
@@ -112,15 +150,16 @@ impl Federation for FederationApi {
         let peer = peer_of(&req)?;
         let msg = req.into_inner();
         if msg.city != peer.city {
-            return Err(Status::permission_denied(format!(
-                "handshake claims city `{}` but the certificate is of `{}`",
-                msg.city, peer.city
-            )));
+            return Err(FederationError::WrongCity {
+                claimed: msg.city,
+                city: peer.city,
+            }
+            .into());
         }
         let cert = CertificateDer::from(msg.node_certificate);
         self.bundle
             .verify_node_cert(&peer.city, &[cert])
-            .map_err(|e| Status::permission_denied(e.to_string()))?;
+            .map_err(|e| FederationError::Certificate(e.to_string()))?;
         tracing::info!(peer = %peer.city, "handshake from peer");
         Ok(Response::new(HandshakeResponse {
             city: self.identity.city.clone(),
@@ -150,7 +189,7 @@ impl Federation for FederationApi {
         self.auditor
             .latest_checkpoint()
             .map(Response::new)
-            .ok_or_else(|| Status::not_found("no audit checkpoint yet (the log is empty)"))
+            .ok_or_else(|| FederationError::NoCheckpoint.into())
     }
 
     async fn get_held_checkpoint(
@@ -161,12 +200,7 @@ impl Federation for FederationApi {
         self.auditor
             .peer_checkpoint(&peer.city)
             .map(Response::new)
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "this node holds no checkpoint of `{}` yet",
-                    peer.city
-                ))
-            })
+            .ok_or_else(|| FederationError::NoHeldCheckpoint(peer.city).into())
     }
 
     /// A peer reads this node's records of the exchanges it took part in (and only those).

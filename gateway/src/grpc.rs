@@ -14,6 +14,8 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 use tonic::body::Body;
+
+use crate::error::ApiError as _;
 use tonic::{Code, Status};
 
 /// Metadata key carrying the exchange's request id on every request and response.
@@ -134,11 +136,53 @@ impl FrameScanner {
         Ok(())
     }
 
-    fn too_large(&self, len: u64, what: &str) -> Status {
-        Status::resource_exhausted(format!(
-            "{what} message of {len} bytes exceeds the limit of {} bytes (limits.max_message_bytes)",
-            self.limit
-        ))
+    fn too_large(&self, len: u64, what: &'static str) -> Status {
+        GuardError::TooLarge {
+            what,
+            len,
+            limit: self.limit,
+        }
+        .status()
+    }
+}
+
+/// How a body guard ends a stream with a status of its own.
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error("{what} message of {len} bytes exceeds the limit of {limit} bytes (limits.max_message_bytes)")]
+    TooLarge {
+        what: &'static str,
+        len: u64,
+        limit: u64,
+    },
+    #[error("the caller's request stream failed: {0}")]
+    CallerGone(String),
+    #[error("{upstream} failed while streaming the response: {error}")]
+    UpstreamBroken { upstream: String, error: String },
+    #[error("{0} ended the response without a status")]
+    NoStatus(String),
+    #[error("deadline exceeded while streaming the response of {0}")]
+    Deadline(String),
+}
+
+impl crate::error::ApiError for GuardError {
+    fn code(&self) -> Code {
+        match self {
+            GuardError::TooLarge { .. } => Code::ResourceExhausted,
+            GuardError::CallerGone(_) => Code::Cancelled,
+            GuardError::UpstreamBroken { .. } => Code::Unavailable,
+            GuardError::NoStatus(_) => Code::Internal,
+            GuardError::Deadline(_) => Code::DeadlineExceeded,
+        }
+    }
+    fn reason(&self) -> &'static str {
+        match self {
+            GuardError::TooLarge { .. } => "MESSAGE_TOO_LARGE",
+            GuardError::CallerGone(_) => "CALLER_GONE",
+            GuardError::UpstreamBroken { .. } => "UPSTREAM_BROKEN",
+            GuardError::NoStatus(_) => "UPSTREAM_NO_STATUS",
+            GuardError::Deadline(_) => "DEADLINE_EXCEEDED",
+        }
     }
 }
 
@@ -240,9 +284,7 @@ where
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Some(Err(e)) => Poll::Ready(Some(Err(Status::cancelled(format!(
-                "caller request stream failed: {e}"
-            ))))),
+            Some(Err(e)) => Poll::Ready(Some(Err(GuardError::CallerGone(e.to_string()).status()))),
             None => Poll::Ready(None),
         }
     }
@@ -457,20 +499,17 @@ impl Watch<'_> {
                     Err(_) => Next::Pass(Frame::data(Bytes::new())),
                 },
             },
-            Poll::Ready(Some(Err(e))) => ours(Status::unavailable(format!(
-                "{} failed while streaming the response: {e}",
-                self.upstream
-            ))),
-            Poll::Ready(None) => ours(Status::internal(format!(
-                "{} ended the response without a status",
-                self.upstream
-            ))),
+            Poll::Ready(Some(Err(e))) => ours(
+                GuardError::UpstreamBroken {
+                    upstream: self.upstream.to_string(),
+                    error: e.to_string(),
+                }
+                .status(),
+            ),
+            Poll::Ready(None) => ours(GuardError::NoStatus(self.upstream.to_string()).status()),
             Poll::Pending => {
                 ready!(deadline.poll(cx));
-                ours(Status::deadline_exceeded(format!(
-                    "deadline exceeded while streaming the response of {}",
-                    self.upstream
-                )))
+                ours(GuardError::Deadline(self.upstream.to_string()).status())
             }
         })
     }

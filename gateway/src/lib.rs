@@ -9,6 +9,7 @@ pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod consent;
+pub mod error;
 pub mod federation;
 pub mod grpc;
 pub mod jwks_fetch;

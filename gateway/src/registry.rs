@@ -26,7 +26,7 @@ const MAX_CODES: usize = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("invalid registration: {0}")]
-    Invalid(String),
+    Invalid(crate::error::BadField),
     #[error("service {service} of organisation {organisation} is not registered")]
     NotFound {
         organisation: String,
@@ -74,32 +74,39 @@ impl TryFrom<ServiceRegistration> for ServiceRecord {
     type Error = RegistryError;
 
     fn try_from(r: ServiceRegistration) -> Result<Self, Self::Error> {
-        let invalid = RegistryError::Invalid;
-        validate_org_id(&r.organisation).map_err(invalid)?;
-        validate_service_name(&r.service).map_err(invalid)?;
+        let invalid = |field: &str| {
+            let field = format!("registration.{field}");
+            move |m: String| RegistryError::Invalid(crate::error::BadField::new(field, m))
+        };
+        validate_org_id(&r.organisation).map_err(invalid("organisation"))?;
+        validate_service_name(&r.service).map_err(invalid("service"))?;
         if RESERVED_PREFIXES.iter().any(|p| r.service.starts_with(p)) {
-            return Err(invalid(format!(
+            return Err(invalid("service")(format!(
                 "service `{}` is reserved for the node itself",
                 r.service
             )));
         }
         if r.endpoints.is_empty() || r.endpoints.len() > MAX_ENDPOINTS {
-            return Err(invalid(format!(
+            return Err(invalid("endpoints")(format!(
                 "a service needs 1 to {MAX_ENDPOINTS} endpoints, got {}",
                 r.endpoints.len()
             )));
         }
-        for e in &r.endpoints {
-            parse_endpoint_url(e).map_err(invalid)?;
+        for (i, e) in r.endpoints.iter().enumerate() {
+            parse_endpoint_url(e).map_err(invalid(&format!("endpoints[{i}]")))?;
         }
         if r.catalog_codes.len() > MAX_CODES {
-            return Err(invalid(format!("at most {MAX_CODES} catalog codes")));
+            return Err(invalid("catalog_codes")(format!(
+                "at most {MAX_CODES} catalog codes"
+            )));
         }
-        for c in &r.catalog_codes {
-            validate_catalog_code(c).map_err(invalid)?;
+        for (i, c) in r.catalog_codes.iter().enumerate() {
+            validate_catalog_code(c).map_err(invalid(&format!("catalog_codes[{i}]")))?;
         }
         if r.description.chars().count() > 512 {
-            return Err(invalid("description is longer than 512 characters".into()));
+            return Err(invalid("description")(
+                "description is longer than 512 characters".into(),
+            ));
         }
         Ok(ServiceRecord {
             organisation: r.organisation,

@@ -9,25 +9,41 @@ use tongban_proto::registry::v1::{
     CatalogService, ListServicesRequest, ListServicesResponse, RegisterServiceRequest,
     RegisterServiceResponse, Scope, WithdrawServiceRequest, WithdrawServiceResponse,
 };
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use crate::auth::{Authenticator, Caller};
 use crate::catalog::Publisher;
+use crate::error::{require, ApiError, BadField, FieldViolation, Grant};
 use crate::federation::Peer;
 use crate::registry::{RegistryError, ServiceRecord};
 
-impl From<RegistryError> for Status {
-    fn from(e: RegistryError) -> Self {
-        match e {
-            RegistryError::Invalid(_) => Status::invalid_argument(e.to_string()),
-            RegistryError::NotFound { .. } => Status::not_found(e.to_string()),
+impl ApiError for RegistryError {
+    fn code(&self) -> Code {
+        match self {
+            RegistryError::Invalid(_) => Code::InvalidArgument,
+            RegistryError::NotFound { .. } => Code::NotFound,
             RegistryError::Storage(_) | RegistryError::Corrupt(_) => {
-                tracing::error!(error = %e, "registry storage failure");
-                Status::internal(e.to_string())
+                tracing::error!(error = %self, "registry storage failure");
+                Code::Internal
             }
         }
     }
+    fn reason(&self) -> &'static str {
+        match self {
+            RegistryError::Invalid(_) => "INVALID_REGISTRATION",
+            RegistryError::NotFound { .. } => "SERVICE_NOT_REGISTERED",
+            RegistryError::Storage(_) | RegistryError::Corrupt(_) => "REGISTRY_STORE",
+        }
+    }
+    fn violations(&self) -> Vec<FieldViolation> {
+        match self {
+            RegistryError::Invalid(bad) => bad.violations(),
+            _ => Vec::new(),
+        }
+    }
 }
+
+crate::into_status!(RegistryError);
 
 /// Role that may manage every organisation's registrations.
 pub const ADMIN_ROLE: &str = "registry-admin";
@@ -44,14 +60,12 @@ pub struct RegistryApi {
 impl RegistryApi {
     async fn may_manage<T>(&self, req: &Request<T>, organisation: &str) -> Result<Caller, Status> {
         let caller = self.auth.caller_of(req).await?;
-        if caller.org == organisation || caller.roles.iter().any(|r| r == ADMIN_ROLE) {
-            Ok(caller)
-        } else {
-            Err(Status::permission_denied(format!(
-                "{} may not manage the services of organisation `{organisation}` (needs role {ADMIN_ROLE})",
-                caller.id()
-            )))
-        }
+        require(
+            &caller,
+            &format!("manage the services of organisation `{organisation}`"),
+            &[Grant::Organisation(organisation), Grant::Role(ADMIN_ROLE)],
+        )?;
+        Ok(caller)
     }
 }
 
@@ -71,7 +85,7 @@ impl RegistryRpc for RegistryApi {
         let reg = req
             .into_inner()
             .registration
-            .ok_or_else(|| Status::invalid_argument("registration is missing"))?;
+            .ok_or_else(|| BadField::new("registration", "registration is missing"))?;
         let rec = ServiceRecord::try_from(reg)?;
         let version = self.publisher.register(&rec).await?;
         tracing::info!(organisation = %rec.organisation, service = %rec.service, version, by = %caller.id(), "service registered");
@@ -101,7 +115,7 @@ impl RegistryRpc for RegistryApi {
         self.auth.caller_of(&req).await?;
         let r = req.into_inner();
         let scope = Scope::try_from(r.scope)
-            .map_err(|_| Status::invalid_argument(format!("unknown scope {}", r.scope)))?;
+            .map_err(|_| BadField::new("scope", format!("unknown scope {}", r.scope)))?;
         let city = r.city.trim().to_ascii_lowercase();
         let wants = |c: &str| city.is_empty() || city == c;
         let snap = self.publisher.catalog.snapshot();

@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 use super::index::Filter;
 use super::Auditor;
 use crate::auth::{Authenticator, Caller};
+use crate::error::{require, ApiError, BadField, Grant};
 use crate::federation::Peer;
 use crate::subject::{validate_resident_id, Pseudonymizer};
 use crate::upstream::EndpointChannel;
@@ -33,21 +34,31 @@ pub struct AuditApi {
     pub connect_timeout: std::time::Duration,
 }
 
+/// A failure of the node's own audit store while answering.
+#[derive(Debug, thiserror::Error)]
+#[error("audit: {0}")]
+pub struct AuditApiFailure(String);
+
+impl ApiError for AuditApiFailure {
+    fn code(&self) -> tonic::Code {
+        tonic::Code::Internal
+    }
+    fn reason(&self) -> &'static str {
+        "AUDIT_STORE"
+    }
+}
+
+crate::into_status!(AuditApiFailure);
+
 fn internal(e: impl std::fmt::Display) -> Status {
-    Status::internal(e.to_string())
+    AuditApiFailure(e.to_string()).status()
 }
 
 impl AuditApi {
     async fn operator<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
         let c = self.auth.caller_of(req).await?;
-        if c.roles.iter().any(|r| r == OPERATOR_ROLE) {
-            Ok(c)
-        } else {
-            Err(Status::permission_denied(format!(
-                "{} is not an audit operator (needs role {OPERATOR_ROLE})",
-                c.id()
-            )))
-        }
+        require(&c, "read the audit", &[Grant::Role(OPERATOR_ROLE)])?;
+        Ok(c)
     }
 }
 
@@ -60,7 +71,7 @@ fn parse_page_token(t: &str) -> Result<Option<(i64, u64)>, Status> {
     if t.is_empty() {
         return Ok(None);
     }
-    let bad = || Status::invalid_argument("page_token is not one this node returned");
+    let bad = || Status::from(BadField::new("page_token", "not one this node returned"));
     let (a, b) = t.split_once('.').ok_or_else(bad)?;
     let ts = i64::from_str_radix(a, 16).map_err(|_| bad())?;
     let seq = u64::from_str_radix(b, 16).map_err(|_| bad())?;
@@ -73,7 +84,7 @@ impl Audit for AuditApi {
         self.operator(&req).await?;
         let q = req.into_inner();
         if q.to_ms != 0 && q.to_ms < q.from_ms {
-            return Err(Status::invalid_argument("to_ms is before from_ms"));
+            return Err(BadField::new("to_ms", "to_ms is before from_ms").into());
         }
         let filter = Filter {
             from_ms: q.from_ms,
@@ -98,9 +109,9 @@ impl Audit for AuditApi {
         self.operator(&req).await?;
         let rid = req.into_inner().request_id;
         if rid.is_empty() || rid.len() > 64 {
-            return Err(Status::invalid_argument(
-                "request_id must be 1 to 64 characters",
-            ));
+            return Err(
+                BadField::new("request_id", "request_id must be 1 to 64 characters").into(),
+            );
         }
         let local = self.auditor.records_for_request(&rid).await;
         let mut peer = Vec::new();
@@ -141,7 +152,7 @@ impl Audit for AuditApi {
         self.operator(&req).await?;
         let r = req.into_inner();
         if r.to_seq != 0 && r.to_seq < r.from_seq {
-            return Err(Status::invalid_argument("to_seq is before from_seq"));
+            return Err(BadField::new("to_seq", "to_seq is before from_seq").into());
         }
         let auditor = self.auditor.clone();
         let report =
@@ -177,15 +188,12 @@ impl Audit for AuditApi {
     ) -> Result<Response<AccessLogResponse>, Status> {
         let caller = self.auth.caller_of(&req).await?;
         let r = req.into_inner();
-        validate_resident_id(&r.subject).map_err(Status::invalid_argument)?;
-        let operator = caller.roles.iter().any(|x| x == OPERATOR_ROLE);
-        let own = caller.roles.iter().any(|x| x == "citizen")
-            && caller.subject.eq_ignore_ascii_case(&r.subject);
-        if !operator && !own {
-            return Err(Status::permission_denied(
-                "a citizen may read only their own access log",
-            ));
-        }
+        validate_resident_id(&r.subject).map_err(|m| BadField::new("subject", m))?;
+        require(
+            &caller,
+            "read this subject's access log",
+            &[Grant::Role(OPERATOR_ROLE), Grant::Citizen(&r.subject)],
+        )?;
         let pseudonym = self.pseudonyms.pseudonym(&r.subject);
         let limit = r.limit.clamp(1, MAX_PAGE) as usize;
         let accesses = self

@@ -13,6 +13,7 @@ use tonic::Status;
 
 use super::receipt;
 use super::Auditor;
+use crate::error::ApiError as _;
 use crate::grpc::{End, SharedTally, Tally};
 
 /// The record of one exchange in the making.
@@ -191,13 +192,27 @@ pub enum Receipts {
     Take(String, Option<Arc<Vec<u8>>>),
 }
 
+/// The record of an exchange could not be made durable: the exchange fails.
+#[derive(Debug, thiserror::Error)]
+#[error("the audit record of this exchange could not be written: {0}")]
+pub struct AuditUnavailable(String);
+
+impl crate::error::ApiError for AuditUnavailable {
+    fn code(&self) -> tonic::Code {
+        tonic::Code::Unavailable
+    }
+    fn reason(&self) -> &'static str {
+        "AUDIT_UNAVAILABLE"
+    }
+}
+
 /// Makes the record durable and handles receipts: the home side verifies and keeps the
 /// providing node's; the provider side returns its own signed receipt, to send in the
 /// trailers. An error means the record could not be written: the caller must not see a
 /// success (no exchange completes unaudited).
 pub async fn complete(exchange: Exchange, end: End) -> Result<Option<String>, Status> {
     let Some(auditor) = exchange.auditor.clone() else {
-        return Err(Status::internal("exchange completed twice"));
+        return Err(AuditUnavailable("the exchange was already completed".into()).status());
     };
     let receipts = exchange.receipts.clone();
     let mut record = exchange.into_record(end.code, &end.message, &end.response);
@@ -228,9 +243,7 @@ pub async fn complete(exchange: Exchange, end: End) -> Result<Option<String>, St
     }
     let appended = auditor.record(record).await.map_err(|e| {
         tracing::error!(error = %e, "audit append failed; failing the exchange");
-        Status::unavailable(format!(
-            "the audit record of this exchange could not be written: {e}"
-        ))
+        AuditUnavailable(e.to_string()).status()
     })?;
     Ok(match receipts {
         Receipts::Give => auditor.receipt(&appended),

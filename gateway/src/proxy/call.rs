@@ -31,41 +31,43 @@ pub(super) struct Call {
 
 impl Call {
     pub fn parse(parts: &Parts, limits: &Limits, request_id: String) -> Result<Call, ProxyError> {
-        let bad = |m: String| ProxyError::BadRequest(m);
         let ct = parts
             .headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         if !ct.starts_with("application/grpc") {
-            return Err(bad(format!(
-                "content-type `{ct}` is not gRPC (application/grpc)"
-            )));
+            return Err(ProxyError::bad(
+                "content-type",
+                format!("content-type `{ct}` is not gRPC (application/grpc)"),
+            ));
         }
         let path = parts
             .uri
             .path_and_query()
             .cloned()
-            .ok_or_else(|| bad("request has no path".into()))?;
+            .ok_or_else(|| ProxyError::bad(":path", "request has no path"))?;
         let (service, method) = path
             .path()
             .strip_prefix('/')
             .and_then(|p| p.split_once('/'))
             .filter(|(s, m)| !s.is_empty() && !m.is_empty() && !m.contains('/'))
             .ok_or_else(|| {
-                bad(format!(
-                    "path `{}` is not /package.Service/Method",
-                    path.path()
-                ))
+                ProxyError::bad(
+                    ":path",
+                    format!("path `{}` is not /package.Service/Method", path.path()),
+                )
             })?;
-        crate::registry::validate_service_name(service).map_err(bad)?;
+        crate::registry::validate_service_name(service).map_err(|m| ProxyError::bad(":path", m))?;
         let timeout = match parts.headers.get("grpc-timeout") {
             None => limits.default_timeout,
             Some(v) => v
                 .to_str()
                 .ok()
                 .and_then(parse_timeout)
-                .ok_or_else(|| bad(format!("grpc-timeout `{v:?}` is malformed")))?
+                .ok_or_else(|| {
+                    ProxyError::bad("grpc-timeout", format!("grpc-timeout `{v:?}` is malformed"))
+                })?
                 .min(limits.max_timeout),
         };
         let started = Instant::now();
@@ -87,7 +89,7 @@ impl Call {
 }
 
 /// A metadata value, trimmed and lower-cased; absent or empty is `None`.
-fn header_str(h: &HeaderMap, name: &str) -> Result<Option<String>, ProxyError> {
+fn header_str(h: &HeaderMap, name: &'static str) -> Result<Option<String>, ProxyError> {
     match h.get(name) {
         None => Ok(None),
         Some(v) => v
@@ -96,7 +98,7 @@ fn header_str(h: &HeaderMap, name: &str) -> Result<Option<String>, ProxyError> {
             .map(|s| s.trim().to_ascii_lowercase())
             .filter(|s| !s.is_empty())
             .map(Some)
-            .ok_or_else(|| ProxyError::BadRequest(format!("{name} is empty or not ascii"))),
+            .ok_or_else(|| ProxyError::bad(name, format!("{name} is empty or not ascii"))),
     }
 }
 
@@ -110,9 +112,10 @@ pub(super) fn request_id_of(h: &HeaderMap) -> (String, Option<ProxyError>) {
             Ok(s) if metadata::is_request_id(v.as_bytes()) => (s.to_string(), None),
             _ => (
                 uuid::Uuid::new_v4().to_string(),
-                Some(ProxyError::BadRequest(format!(
-                    "{REQUEST_ID} must be 1 to 64 characters of letters, digits, '.', '_' and '-'"
-                ))),
+                Some(ProxyError::bad(
+                    REQUEST_ID,
+                    format!("{REQUEST_ID} must be 1 to 64 characters of letters, digits, '.', '_' and '-'"),
+                )),
             ),
         },
     }
@@ -135,32 +138,43 @@ impl Intent {
         pseudonyms: &Pseudonymizer,
         vouched_purpose: Option<&str>,
     ) -> Result<Intent, ProxyError> {
-        let bad = ProxyError::BadRequest;
         let purpose = match vouched_purpose {
             Some(p) => p.to_string(),
-            None => header_str(h, PURPOSE)?
-                .ok_or_else(|| bad(format!("{PURPOSE} is required (e.g. case-handling)")))?,
+            None => header_str(h, PURPOSE)?.ok_or_else(|| {
+                ProxyError::bad(
+                    PURPOSE,
+                    format!("{PURPOSE} is required (e.g. case-handling)"),
+                )
+            })?,
         };
         validate_org_id(&purpose).map_err(|_| {
-            bad(format!(
-                "{PURPOSE} must be lowercase ascii letters, digits and '-'"
-            ))
+            ProxyError::bad(
+                PURPOSE,
+                format!("{PURPOSE} must be lowercase ascii letters, digits and '-'"),
+            )
         })?;
         let catalog_code = match h.get(CATALOG_CODE).map(|v| v.to_str()) {
             None => None,
             Some(Ok(c)) => {
-                metadata::check_catalog_code(c).map_err(bad)?;
+                metadata::check_catalog_code(c).map_err(|m| ProxyError::bad(CATALOG_CODE, m))?;
                 Some(c.to_string())
             }
-            Some(Err(_)) => return Err(bad(format!("{CATALOG_CODE} is not ascii"))),
+            Some(Err(_)) => {
+                return Err(ProxyError::bad(
+                    CATALOG_CODE,
+                    format!("{CATALOG_CODE} is not ascii"),
+                ))
+            }
         };
         let subject = match h.get(SUBJECT).map(|v| v.to_str()) {
             None => None,
             Some(Ok(id)) => {
-                metadata::check_resident_id(id).map_err(bad)?;
+                metadata::check_resident_id(id).map_err(|m| ProxyError::bad(SUBJECT, m))?;
                 Some(pseudonyms.pseudonym(id))
             }
-            Some(Err(_)) => return Err(bad(format!("{SUBJECT} is not ascii"))),
+            Some(Err(_)) => {
+                return Err(ProxyError::bad(SUBJECT, format!("{SUBJECT} is not ascii")))
+            }
         };
         Ok(Intent {
             purpose,

@@ -135,9 +135,9 @@ impl Proxy {
             snap.consent_revoked(city, id)
         })
         .map(|c| c.jti)
-        .map_err(|e| match e {
-            consent::ConsentError::NoSubject(_) => ProxyError::BadRequest(e.to_string()),
-            _ => ProxyError::PermissionDenied(format!("{}: {e}", self.city)),
+        .map_err(|source| ProxyError::Consent {
+            city: self.city.clone(),
+            source,
         })
     }
 }

@@ -18,9 +18,7 @@ use super::route::Upstream;
 use super::{Proxy, ProxyError, Ready};
 use crate::audit::exchange::{self, Exchange};
 use crate::audit::receipt;
-use crate::grpc::{
-    self, code_for_http_status, format_timeout, OnEnd, RequestGuard, ResponseGuard, REQUEST_ID,
-};
+use crate::grpc::{self, format_timeout, OnEnd, RequestGuard, ResponseGuard, REQUEST_ID};
 use crate::upstream::Endpoint;
 
 /// A call whose upstream answered with headers.
@@ -59,10 +57,10 @@ impl Proxy {
         let req = Request::from_parts(parts, grpc::boxed(guarded));
         let response = send_within(sender, req, violation, call.deadline, &label).await?;
         if response.status() != http::StatusCode::OK {
-            return Err(ProxyError::Passthrough(Status::new(
-                code_for_http_status(response.status()),
-                format!("{label} answered http {}", response.status()),
-            )));
+            return Err(ProxyError::UpstreamHttp {
+                upstream: label,
+                status: response.status(),
+            });
         }
         Ok(Sent {
             call,

@@ -95,7 +95,7 @@ impl Proxy {
             .auth
             .authenticate(auth)
             .await
-            .map_err(|e| ProxyError::Unauthenticated(e.to_string()))
+            .map_err(ProxyError::Auth)
     }
 
     /// Step 4: what this node vouches for across the boundary, bound to this request.

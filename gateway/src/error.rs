@@ -1,0 +1,217 @@
+//! One error vocabulary for every service of the node. Each service keeps its own
+//! `thiserror` enum (quickwit's habit); each implements [`ApiError`], and [`ApiError::status`]
+//! is the one place an error becomes a `tonic::Status` — the proxy's trailers included — with
+//! `google.rpc` details: an `ErrorInfo` with a stable reason and [`DOMAIN`] on every refusal,
+//! `BadRequest` field violations when a field is at fault, `RetryInfo` on rate limits.
+//!
+//! Also here: [`require`], the one role check of the control-plane APIs.
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::auth::Caller;
+
+/// The `ErrorInfo.domain` of every Tongban error.
+pub const DOMAIN: &str = "tongban";
+
+/// A field at fault: its name (a metadata key, or a message field path) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+/// An error a node's API (or its proxy) answers with.
+pub trait ApiError: std::fmt::Display {
+    /// The gRPC status code.
+    fn code(&self) -> Code;
+    /// A stable, UPPER_SNAKE reason for `ErrorInfo` (clients branch on it, not on messages).
+    fn reason(&self) -> &'static str;
+    /// The fields at fault, if the error is about fields.
+    fn violations(&self) -> Vec<FieldViolation> {
+        Vec::new()
+    }
+    /// When the client may retry (rate limits).
+    fn retry_after(&self) -> Option<Duration> {
+        None
+    }
+
+    /// The status: code, message, and the `google.rpc` details.
+    fn status(&self) -> Status {
+        let mut details = ErrorDetails::new();
+        details.set_error_info(
+            self.reason(),
+            DOMAIN,
+            std::collections::HashMap::<String, String>::new(),
+        );
+        for v in self.violations() {
+            details.add_bad_request_violation(v.field, v.description);
+        }
+        if let Some(after) = self.retry_after() {
+            details.set_retry_info(Some(after));
+        }
+        Status::with_error_details(self.code(), self.to_string(), details)
+    }
+}
+
+/// `impl From<E> for tonic::Status` through [`ApiError::status`], for each error type given,
+/// so that services return `Result<_, Status>` and use `?` on their own errors.
+#[macro_export]
+macro_rules! into_status {
+    ($($t:ty),* $(,)?) => {
+        $(impl From<$t> for tonic::Status {
+            fn from(e: $t) -> tonic::Status {
+                $crate::error::ApiError::status(&e)
+            }
+        })*
+    };
+}
+
+/// A caller without the right to do something.
+#[derive(Debug, thiserror::Error)]
+#[error("{caller} may not {action} (needs {needs})")]
+pub struct Forbidden {
+    pub caller: String,
+    pub action: String,
+    pub needs: String,
+}
+
+impl ApiError for Forbidden {
+    fn code(&self) -> Code {
+        Code::PermissionDenied
+    }
+    fn reason(&self) -> &'static str {
+        "NOT_ALLOWED"
+    }
+}
+
+/// What entitles a caller to an action.
+#[derive(Debug, Clone, Copy)]
+pub enum Grant<'a> {
+    /// A role in the caller's token.
+    Role(&'a str),
+    /// Being this organisation of the node's city.
+    Organisation(&'a str),
+    /// A `citizen` token whose `sub` is this resident id.
+    Citizen(&'a str),
+}
+
+/// The role `sub` of a citizen's own token.
+pub const CITIZEN_ROLE: &str = "citizen";
+
+/// The one role check: `caller` may `action` if any of `grants` holds.
+pub fn require(caller: &Caller, action: &str, grants: &[Grant<'_>]) -> Result<(), Forbidden> {
+    let holds = |g: &Grant<'_>| match g {
+        Grant::Role(r) => caller.roles.iter().any(|x| x == r),
+        Grant::Organisation(o) => caller.org == *o,
+        Grant::Citizen(id) => {
+            caller.roles.iter().any(|x| x == CITIZEN_ROLE)
+                && caller.subject.eq_ignore_ascii_case(id)
+        }
+    };
+    if grants.iter().any(holds) {
+        return Ok(());
+    }
+    let needs: Vec<String> = grants
+        .iter()
+        .map(|g| match g {
+            Grant::Role(r) => format!("role {r}"),
+            Grant::Organisation(o) => format!("to be organisation `{o}`"),
+            Grant::Citizen(_) => format!("a {CITIZEN_ROLE} token of the subject"),
+        })
+        .collect();
+    Err(Forbidden {
+        caller: caller.id(),
+        action: action.to_string(),
+        needs: needs.join(", or "),
+    })
+}
+
+/// A request field that is missing or malformed, for the control-plane APIs.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct BadField {
+    pub field: String,
+    pub message: String,
+}
+
+impl BadField {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        BadField {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl ApiError for BadField {
+    fn code(&self) -> Code {
+        Code::InvalidArgument
+    }
+    fn reason(&self) -> &'static str {
+        "INVALID_FIELD"
+    }
+    fn violations(&self) -> Vec<FieldViolation> {
+        vec![FieldViolation::new(&self.field, &self.message)]
+    }
+}
+
+crate::into_status!(Forbidden, BadField);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(org: &str, roles: &[&str], subject: &str) -> Caller {
+        Caller {
+            city: "jinan".into(),
+            org: org.into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            subject: subject.into(),
+        }
+    }
+
+    #[test]
+    fn grants_and_the_refusal_details() {
+        let ops = caller("ops", &["audit-operator"], "x");
+        assert!(require(&ops, "query", &[Grant::Role("audit-operator")]).is_ok());
+        let hrss = caller("hrss", &[], "x");
+        assert!(require(&hrss, "manage", &[Grant::Organisation("hrss")]).is_ok());
+        let citizen = caller("portal", &["citizen"], "37010219850312002x");
+        assert!(require(&citizen, "read", &[Grant::Citizen("37010219850312002X")]).is_ok());
+        let e = require(
+            &hrss,
+            "read the log",
+            &[Grant::Role("audit-operator"), Grant::Citizen("1")],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("role audit-operator, or a citizen token"),
+            "{e}"
+        );
+        let status = e.status();
+        assert_eq!(status.code(), Code::PermissionDenied);
+        let d = status.get_error_details();
+        assert_eq!(d.error_info().unwrap().reason, "NOT_ALLOWED");
+        assert_eq!(d.error_info().unwrap().domain, DOMAIN);
+        let bad = BadField::new("subject", "must be 18 characters").status();
+        let details = bad.get_error_details();
+        let v = &details.bad_request().unwrap().field_violations[0];
+        assert_eq!(
+            (v.field.as_str(), bad.code()),
+            ("subject", Code::InvalidArgument)
+        );
+    }
+}
