@@ -2,10 +2,12 @@
 //! short-lived token signed by its node key (EdDSA), bound to the request id, service and
 //! method. The providing node verifies it with the public key of the mTLS client certificate
 //! that carried the call, so it never needs the home city's identity provider, and refuses
-//! an assertion id it has seen before (replay cache in sled).
+//! an assertion id it has seen before (replay cache in the node's store).
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::store::{Keyspace, Store, StoreError};
 use crate::trust::{jwt_decoding_key, NodeJwtSigner};
 use jsonwebtoken::Validation;
 use serde::{Deserialize, Serialize};
@@ -128,44 +130,51 @@ pub fn verify(
     Ok(claims)
 }
 
-/// Assertion ids seen and not yet expired, in sled so a restart does not reopen the window.
+/// Assertion ids seen and not yet expired, in the node's store so that a restart does not
+/// reopen the window.
 #[derive(Clone)]
 pub struct ReplayCache {
-    tree: sled::Tree,
+    seen: Arc<dyn Keyspace>,
 }
 
 impl ReplayCache {
-    pub fn open(db: &sled::Db) -> Result<ReplayCache, sled::Error> {
+    pub fn open(store: &dyn Store) -> Result<ReplayCache, StoreError> {
         Ok(ReplayCache {
-            tree: db.open_tree("assertion.replay")?,
+            seen: store.keyspace("assertion.replay")?,
         })
     }
 
     /// Records `jti` until `exp`; refuses one already recorded.
     pub fn check_and_remember(&self, jti: &str, exp: u64) -> Result<(), AssertionError> {
-        let r = self
-            .tree
-            .compare_and_swap(
-                jti.as_bytes(),
-                None as Option<&[u8]>,
-                Some(&exp.to_be_bytes()[..]),
-            )
+        let fresh = self
+            .seen
+            .insert_new(jti.as_bytes(), &exp.to_be_bytes())
             .map_err(|e| AssertionError::Store(e.to_string()))?;
-        r.map_err(|_| AssertionError::Replayed(jti.to_string()))
+        if fresh {
+            Ok(())
+        } else {
+            Err(AssertionError::Replayed(jti.to_string()))
+        }
     }
 
     /// Forgets ids whose assertions have expired (plus leeway).
     pub fn purge(&self) -> usize {
         let cutoff = now_s().saturating_sub(LEEWAY_S);
-        let mut n = 0;
-        for (k, v) in self.tree.iter().flatten() {
-            let exp = <[u8; 8]>::try_from(v.as_ref())
-                .map(u64::from_be_bytes)
-                .unwrap_or(0);
-            if exp < cutoff && self.tree.remove(k).is_ok() {
-                n += 1;
-            }
-        }
-        n
+        let expired: Vec<Vec<u8>> = self
+            .seen
+            .scan_prefix(b"")
+            .flatten()
+            .filter(|(_, v)| {
+                <[u8; 8]>::try_from(v.as_slice())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0)
+                    < cutoff
+            })
+            .map(|(k, _)| k)
+            .collect();
+        expired
+            .iter()
+            .filter(|k| self.seen.remove(k).is_ok())
+            .count()
     }
 }

@@ -30,6 +30,7 @@ use crate::catalog::Publisher;
 use crate::config::{validate_city_id, validate_org_id};
 use crate::error::{require, ApiError, BadField, Grant};
 use crate::registry::validate_service_name;
+use crate::store::{Keyspace, Store, StoreError};
 use crate::subject::{validate_resident_id, Pseudonymizer};
 
 /// Metadata carrying the consent token.
@@ -184,22 +185,22 @@ pub fn verify(
     Ok(c)
 }
 
-/// Consent records of this node's subjects, in sled.
+/// Consent records of this node's subjects, in the node's store.
 #[derive(Clone)]
 pub struct ConsentStore {
-    db: sled::Db,
+    store: Arc<dyn Store>,
     /// `pseudonym/id` → ConsentRecord
-    records: sled::Tree,
+    records: Arc<dyn Keyspace>,
     /// `id` → expiry (ms), for the revocations this node publishes
-    revoked: sled::Tree,
+    revoked: Arc<dyn Keyspace>,
 }
 
 impl ConsentStore {
-    pub fn open(db: &sled::Db) -> Result<ConsentStore, sled::Error> {
+    pub fn open(store: Arc<dyn Store>) -> Result<ConsentStore, StoreError> {
         Ok(ConsentStore {
-            db: db.clone(),
-            records: db.open_tree("consent.records")?,
-            revoked: db.open_tree("consent.revoked")?,
+            records: store.keyspace("consent.records")?,
+            revoked: store.keyspace("consent.revoked")?,
+            store,
         })
     }
 
@@ -207,19 +208,18 @@ impl ConsentStore {
         format!("{pseudonym}/{id}").into_bytes()
     }
 
-    pub async fn insert(&self, pseudonym: &str, r: &ConsentRecord) -> Result<(), sled::Error> {
+    pub async fn insert(&self, pseudonym: &str, r: &ConsentRecord) -> Result<(), StoreError> {
         self.records
-            .insert(Self::key(pseudonym, &r.id), r.encode_to_vec())?;
-        self.db.flush_async().await?;
-        Ok(())
+            .insert(&Self::key(pseudonym, &r.id), &r.encode_to_vec())?;
+        self.store.flush().await
     }
 
-    pub fn list(&self, pseudonym: &str) -> Result<Vec<ConsentRecord>, sled::Error> {
+    pub fn list(&self, pseudonym: &str) -> Result<Vec<ConsentRecord>, StoreError> {
         let prefix = format!("{pseudonym}/");
         let mut out = Vec::new();
         for kv in self.records.scan_prefix(prefix.as_bytes()) {
             let (_, v) = kv?;
-            if let Ok(r) = ConsentRecord::decode(v.as_ref()) {
+            if let Ok(r) = ConsentRecord::decode(v.as_slice()) {
                 out.push(r);
             }
         }
@@ -231,19 +231,19 @@ impl ConsentStore {
         &self,
         pseudonym: &str,
         id: &str,
-    ) -> Result<Option<ConsentRecord>, sled::Error> {
+    ) -> Result<Option<ConsentRecord>, StoreError> {
         let key = Self::key(pseudonym, id);
         let Some(v) = self.records.get(&key)? else {
             return Ok(None);
         };
-        let Ok(mut r) = ConsentRecord::decode(v.as_ref()) else {
+        let Ok(mut r) = ConsentRecord::decode(v.as_slice()) else {
             return Ok(None);
         };
         r.revoked = true;
-        self.records.insert(key, r.encode_to_vec())?;
+        self.records.insert(&key, &r.encode_to_vec())?;
         self.revoked
             .insert(id.as_bytes(), &r.expires_at_ms.to_be_bytes())?;
-        self.db.flush_async().await?;
+        self.store.flush().await?;
         Ok(Some(r))
     }
 
@@ -251,10 +251,10 @@ impl ConsentStore {
     pub fn revocations(&self) -> Vec<RevokedConsent> {
         let now = now_ms();
         self.revoked
-            .iter()
+            .scan_prefix(b"")
             .flatten()
             .filter_map(|(k, v)| {
-                let exp = <[u8; 8]>::try_from(v.as_ref())
+                let exp = <[u8; 8]>::try_from(v.as_slice())
                     .map(i64::from_be_bytes)
                     .ok()?;
                 (exp > now).then(|| RevokedConsent {

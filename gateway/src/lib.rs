@@ -20,6 +20,7 @@ pub mod ratelimit;
 pub mod registry;
 pub mod registry_api;
 pub mod server;
+pub mod store;
 pub mod subject;
 pub mod trust;
 pub mod upstream;

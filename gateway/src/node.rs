@@ -30,6 +30,8 @@ use crate::ratelimit::RateLimiter;
 use crate::registry::{Registry, RegistryError};
 use crate::registry_api::RegistryApi;
 use crate::server::{self, Side};
+use crate::store::sled::SledStore;
+use crate::store::Store;
 use crate::subject::Pseudonymizer;
 use crate::trust::{NodeIdentity, TrustBundle, TrustError};
 use crate::upstream::{Endpoint, Keepalive};
@@ -41,7 +43,10 @@ pub enum NodeError {
     #[error(transparent)]
     Trust(#[from] TrustError),
     #[error("cannot open the store in {path}: {source}")]
-    Store { path: String, source: sled::Error },
+    Store {
+        path: String,
+        source: crate::store::StoreError,
+    },
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error("cannot listen on {addr} ({key}): {source}")]
@@ -139,7 +144,8 @@ impl PreparedNode {
         )?);
         let store = config.data_dir.join("state");
         let db = open_store(&store).await?;
-        let registry = Registry::open(&db)?;
+        let shared: Arc<dyn Store> = Arc::new(db.clone());
+        let registry = Registry::open(shared.clone())?;
         let caller_tls = match &config.caller_tls {
             Some(t) => Some(NodeIdentity::caller_server_config(
                 &t.cert,
@@ -171,7 +177,7 @@ impl PreparedNode {
             auth: Arc::new(auth),
             policy: Arc::new(PolicyStore::open(&config.policy_file)?),
             signer: assertion::Signer::new(identity.key_pkcs8()),
-            replay: ReplayCache::open(&db).map_err(|source| NodeError::Store {
+            replay: ReplayCache::open(shared.as_ref()).map_err(|source| NodeError::Store {
                 path: store.display().to_string(),
                 source,
             })?,
@@ -179,7 +185,7 @@ impl PreparedNode {
             rate: RateLimiter::new(config.limits.caller_rate_per_s, config.limits.caller_burst),
             own_key: Arc::new(crate::trust::public_key_of(&identity.chain[0])?),
         };
-        let consents = ConsentStore::open(&db).map_err(|source| NodeError::Store {
+        let consents = ConsentStore::open(shared).map_err(|source| NodeError::Store {
             path: store.display().to_string(),
             source,
         })?;
@@ -444,35 +450,14 @@ async fn purge_replays(replay: ReplayCache, mut shutdown: watch::Receiver<bool>)
     }
 }
 
-/// How long a node waits for a previous instance on the same data dir to let go of it.
-const STORE_RELEASE_WAIT: Duration = Duration::from_secs(10);
-
-/// Opens the sled store. Its file lock is what keeps two nodes (and so two audit writers)
-/// off one data dir; a previous instance that is still closing gets a bounded wait.
-async fn open_store(path: &std::path::Path) -> Result<sled::Db, NodeError> {
-    let started = tokio::time::Instant::now();
-    let mut announced = false;
-    loop {
-        match sled::open(path) {
-            Ok(db) => return Ok(db),
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && started.elapsed() < STORE_RELEASE_WAIT =>
-            {
-                if !announced {
-                    tracing::warn!(store = %path.display(), "the store is locked, waiting for the previous instance to close it");
-                    announced = true;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(source) => {
-                return Err(NodeError::Store {
-                    path: path.display().to_string(),
-                    source,
-                })
-            }
-        }
-    }
+/// Opens the node's store; a previous instance still closing it gets a bounded wait.
+async fn open_store(path: &std::path::Path) -> Result<SledStore, NodeError> {
+    SledStore::open(path)
+        .await
+        .map_err(|source| NodeError::Store {
+            path: path.display().to_string(),
+            source,
+        })
 }
 
 fn local_addr(

@@ -1,13 +1,16 @@
-//! The node's registry of local services, stored in sled so that it survives a restart.
+//! The node's registry of local services, in the node's store so that it survives a restart.
 //!
 //! [`ServiceRecord`] is the validated domain type; the prost `ServiceRegistration` is only
 //! the wire (and storage) form, converted with `TryFrom` so that nothing unvalidated reaches
 //! the routing tables.
 
+use std::sync::Arc;
+
 use prost::Message;
 use tongban_proto::registry::v1::ServiceRegistration;
 
 use crate::config::validate_org_id;
+use crate::store::{Keyspace, Store};
 use crate::upstream::parse_endpoint_url;
 
 /// Services a provider may not register: they are the node's own.
@@ -33,7 +36,7 @@ pub enum RegistryError {
         service: String,
     },
     #[error("registry storage failed: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] crate::store::StoreError),
     #[error("registry storage holds an undecodable record: {0}")]
     Corrupt(String),
 }
@@ -132,12 +135,12 @@ impl From<&ServiceRecord> for ServiceRegistration {
     }
 }
 
-/// The sled-backed registry. Writes are flushed before they are acknowledged.
+/// The registry in the node's store. Writes are flushed before they are acknowledged.
 #[derive(Clone)]
 pub struct Registry {
-    db: sled::Db,
-    services: sled::Tree,
-    meta: sled::Tree,
+    store: Arc<dyn Store>,
+    services: Arc<dyn Keyspace>,
+    meta: Arc<dyn Keyspace>,
 }
 
 const VERSION_KEY: &[u8] = b"catalog_version";
@@ -147,11 +150,11 @@ fn key(organisation: &str, service: &str) -> Vec<u8> {
 }
 
 impl Registry {
-    pub fn open(db: &sled::Db) -> Result<Registry, RegistryError> {
+    pub fn open(store: Arc<dyn Store>) -> Result<Registry, RegistryError> {
         Ok(Registry {
-            db: db.clone(),
-            services: db.open_tree("registry.services")?,
-            meta: db.open_tree("registry.meta")?,
+            services: store.keyspace("registry.services")?,
+            meta: store.keyspace("registry.meta")?,
+            store,
         })
     }
 
@@ -160,7 +163,7 @@ impl Registry {
         Ok(self
             .meta
             .get(VERSION_KEY)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0))
     }
@@ -169,7 +172,7 @@ impl Registry {
     /// with the catalog).
     pub async fn bump_version(&self) -> Result<u64, RegistryError> {
         let v = self.bump()?;
-        self.db.flush_async().await?;
+        self.store.flush().await?;
         Ok(v)
     }
 
@@ -183,33 +186,32 @@ impl Registry {
     pub async fn register(&self, rec: &ServiceRecord) -> Result<u64, RegistryError> {
         let value = ServiceRegistration::from(rec).encode_to_vec();
         self.services
-            .insert(key(&rec.organisation, &rec.service), value)?;
+            .insert(&key(&rec.organisation, &rec.service), &value)?;
         let v = self.bump()?;
-        self.db.flush_async().await?;
+        self.store.flush().await?;
         Ok(v)
     }
 
     /// Withdraws a service; returns the new catalog version.
     pub async fn withdraw(&self, organisation: &str, service: &str) -> Result<u64, RegistryError> {
-        if self.services.remove(key(organisation, service))?.is_none() {
+        if !self.services.remove(&key(organisation, service))? {
             return Err(RegistryError::NotFound {
                 organisation: organisation.to_string(),
                 service: service.to_string(),
             });
         }
         let v = self.bump()?;
-        self.db.flush_async().await?;
+        self.store.flush().await?;
         Ok(v)
     }
 
     /// Every registered service, ordered by organisation and service.
     pub fn list(&self) -> Result<Vec<ServiceRecord>, RegistryError> {
         self.services
-            .iter()
-            .values()
-            .map(|v| {
-                let v = v?;
-                let reg = ServiceRegistration::decode(v.as_ref())
+            .scan_prefix(b"")
+            .map(|kv| {
+                let (_, v) = kv?;
+                let reg = ServiceRegistration::decode(v.as_slice())
                     .map_err(|e| RegistryError::Corrupt(e.to_string()))?;
                 ServiceRecord::try_from(reg)
             })
@@ -258,17 +260,21 @@ mod tests {
     async fn registry_survives_reopen_and_versions_grow() {
         let dir = tempfile::tempdir().unwrap();
         let rec = ServiceRecord::try_from(reg()).unwrap();
+        let open = || async {
+            let store = crate::store::sled::SledStore::open(dir.path())
+                .await
+                .unwrap();
+            Registry::open(Arc::new(store)).unwrap()
+        };
         {
-            let db = sled::open(dir.path()).unwrap();
-            let r = Registry::open(&db).unwrap();
+            let r = open().await;
             assert_eq!(r.register(&rec).await.unwrap(), 1);
             assert!(matches!(
                 r.withdraw("hrss", "a.B").await,
                 Err(RegistryError::NotFound { .. })
             ));
         }
-        let db = sled::open(dir.path()).unwrap();
-        let r = Registry::open(&db).unwrap();
+        let r = open().await;
         assert_eq!(r.list().unwrap(), vec![rec.clone()]);
         assert_eq!(r.withdraw("hrss", &rec.service).await.unwrap(), 2);
         assert!(r.list().unwrap().is_empty());

@@ -5,7 +5,8 @@
 use std::path::Path;
 
 use aws_lc_rs::hmac;
-use aws_lc_rs::rand::SecureRandom;
+
+use crate::store::{FileSecrets, SecretSource};
 
 /// Metadata naming the subject of a call.
 pub use tongban_proto::metadata::SUBJECT as HEADER;
@@ -20,18 +21,10 @@ pub fn check_digit(first17: &str) -> Option<char> {
     tongban_proto::metadata::resident_id_check_digit(first17)
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum SubjectKeyError {
-    #[error("cannot read or create the subject key {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("subject key {0} is not 32 bytes")]
-    Length(String),
-    #[error("no randomness for the subject key")]
-    Random,
-}
+pub use crate::store::secret::SecretError as SubjectKeyError;
+
+/// The name of the pseudonym secret in the node's [`SecretSource`].
+const SECRET: &str = "subject.key";
 
 /// Keyed pseudonyms of subject ids.
 pub struct Pseudonymizer {
@@ -41,37 +34,12 @@ pub struct Pseudonymizer {
 impl Pseudonymizer {
     /// Opens `data_dir/subject.key`, creating a random one (mode 0600) on first start.
     pub fn open(data_dir: &Path) -> Result<Pseudonymizer, SubjectKeyError> {
-        let path = data_dir.join("subject.key");
-        let io = |source| SubjectKeyError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        let secret = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(data_dir).map_err(io)?;
-                let mut b = vec![0u8; 32];
-                aws_lc_rs::rand::SystemRandom::new()
-                    .fill(&mut b)
-                    .map_err(|_| SubjectKeyError::Random)?;
-                let mut opts = std::fs::OpenOptions::new();
-                opts.write(true).create_new(true);
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::OpenOptionsExt;
-                    opts.mode(0o600);
-                }
-                use std::io::Write;
-                let mut f = opts.open(&path).map_err(io)?;
-                f.write_all(&b).map_err(io)?;
-                f.sync_all().map_err(io)?;
-                b
-            }
-            Err(e) => return Err(io(e)),
-        };
-        if secret.len() != 32 {
-            return Err(SubjectKeyError::Length(path.display().to_string()));
-        }
+        Self::from_source(&FileSecrets::new(data_dir))
+    }
+
+    /// The node's pseudonym key from `source` (created on first start).
+    pub fn from_source(source: &dyn SecretSource) -> Result<Pseudonymizer, SubjectKeyError> {
+        let secret = source.secret(SECRET, 32)?;
         Ok(Pseudonymizer {
             key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
         })

@@ -58,7 +58,8 @@ pub struct Filter {
 }
 
 impl AuditIndex {
-    pub fn open(db: &sled::Db) -> sled::Result<AuditIndex> {
+    pub fn open(store: &crate::store::sled::SledStore) -> sled::Result<AuditIndex> {
+        let db = store.db();
         Ok(AuditIndex {
             by_seq: db.open_tree("audit.by_seq")?,
             by_time: db.open_tree("audit.by_time")?,
@@ -78,6 +79,11 @@ impl AuditIndex {
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0)
+    }
+
+    /// Makes the index durable (offline reindex).
+    pub fn flush(&self) -> sled::Result<()> {
+        self.meta.flush().map(|_| ())
     }
 
     pub fn clear(&self) -> sled::Result<()> {

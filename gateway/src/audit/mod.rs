@@ -17,6 +17,8 @@ use rustls::pki_types::CertificateDer;
 use tokio::sync::watch;
 use tongban_proto::audit::v1::{AuditRecord, Checkpoint, SignedCheckpoint};
 
+use crate::store::sled::SledStore;
+use crate::store::{Keyspace, Store};
 use crate::trust::{self, NodeIdentity};
 use index::{AuditIndex, Filter};
 use log::{Appended, AuditError, AuditLog, Hash, LogOptions, VerifyReport};
@@ -36,11 +38,11 @@ pub struct Auditor {
     identity: Arc<NodeIdentity>,
     receipt_key: trust::NodeJwtSigner,
     /// seq → SignedCheckpoint (this node's)
-    checkpoints: sled::Tree,
+    checkpoints: Arc<dyn Keyspace>,
     /// city → latest SignedCheckpoint received from that peer
-    peer_checkpoints: sled::Tree,
+    peer_checkpoints: Arc<dyn Keyspace>,
     /// city → evidence of a peer contradicting an earlier checkpoint
-    conflicts: sled::Tree,
+    conflicts: Arc<dyn Keyspace>,
     /// The last seq the index thread has indexed.
     indexed: watch::Receiver<u64>,
     /// Set when a peer holds a checkpoint this log contradicts: the node stops serving.
@@ -50,9 +52,9 @@ pub struct Auditor {
 /// Longest a read waits for the index to reach the committed head.
 const INDEX_CATCH_UP: Duration = Duration::from_secs(2);
 
-fn storage(e: sled::Error) -> AuditError {
+fn storage(e: impl std::fmt::Display) -> AuditError {
     AuditError::Io {
-        path: "sled".into(),
+        path: "state".into(),
         source: std::io::Error::other(e.to_string()),
     }
 }
@@ -79,12 +81,12 @@ impl Auditor {
     /// entries committed but not yet indexed before a crash.
     pub fn open(
         dir: &Path,
-        db: &sled::Db,
+        store: &SledStore,
         opts: LogOptions,
         identity: Arc<NodeIdentity>,
     ) -> Result<Arc<Auditor>, AuditError> {
-        let index = AuditIndex::open(db).map_err(storage)?;
-        let checkpoints = db.open_tree("audit.checkpoints").map_err(storage)?;
+        let index = AuditIndex::open(store).map_err(storage)?;
+        let checkpoints = store.keyspace("audit.checkpoints").map_err(storage)?;
         let (tx, rx) = std::sync::mpsc::channel::<Vec<Appended>>();
         // The node's own signed checkpoints anchor the log: one it disagrees with, or ends
         // before, refuses to open.
@@ -120,9 +122,9 @@ impl Auditor {
             receipt_key: identity.jwt_signer(),
             identity,
             checkpoints,
-            peer_checkpoints: db.open_tree("audit.peer_checkpoints").map_err(storage)?,
-            conflicts: db
-                .open_tree("audit.checkpoint_conflicts")
+            peer_checkpoints: store.keyspace("audit.peer_checkpoints").map_err(storage)?,
+            conflicts: store
+                .keyspace("audit.checkpoint_conflicts")
                 .map_err(storage)?,
             indexed,
             contradiction: watch::Sender::new(None),
@@ -311,7 +313,7 @@ impl Auditor {
             .checkpoints
             .last()
             .map_err(storage)?
-            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
+            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_slice()).ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0);
         if head.seq == 0 || head.seq <= last {
@@ -329,23 +331,18 @@ impl Auditor {
             checkpoint: bytes,
         };
         self.checkpoints
-            .insert(head.seq.to_be_bytes(), signed.encode_to_vec())
+            .insert(&head.seq.to_be_bytes(), &signed.encode_to_vec())
             .map_err(storage)?;
         Ok(Some(signed))
     }
 
     pub fn own_checkpoints(&self) -> Vec<SignedCheckpoint> {
-        self.checkpoints
-            .iter()
-            .values()
-            .flatten()
-            .filter_map(|v| SignedCheckpoint::decode(v.as_ref()).ok())
-            .collect()
+        decoded(self.checkpoints.as_ref())
     }
 
     pub fn latest_checkpoint(&self) -> Option<SignedCheckpoint> {
         let (_, v) = self.checkpoints.last().ok()??;
-        SignedCheckpoint::decode(v.as_ref()).ok()
+        SignedCheckpoint::decode(v.as_slice()).ok()
     }
 
     /// Keeps a peer's checkpoint after checking its signature. A checkpoint that contradicts
@@ -364,18 +361,15 @@ impl Auditor {
             return Err(format!("checkpoint of `{}` from peer `{city}`", cp.city));
         }
         let previous = self
-            .peer_checkpoints
-            .get(city)
-            .ok()
-            .flatten()
-            .and_then(|v| SignedCheckpoint::decode(v.as_ref()).ok())
+            .peer_checkpoint(city)
             .and_then(|s| Checkpoint::decode(s.checkpoint.as_slice()).ok());
         if let Some(prev) = previous {
             let rewritten = prev.seq == cp.seq && prev.head_hash != cp.head_hash;
             if rewritten || cp.seq < prev.seq {
-                let _ = self
-                    .conflicts
-                    .insert(format!("{city}/{}", now_ms()), signed.encode_to_vec());
+                let _ = self.conflicts.insert(
+                    format!("{city}/{}", now_ms()).as_bytes(),
+                    &signed.encode_to_vec(),
+                );
                 return Err(format!(
                     "peer `{city}` contradicts its earlier checkpoint (seq {} then {}): its audit history was rewritten or rolled back",
                     prev.seq, cp.seq
@@ -383,15 +377,15 @@ impl Auditor {
             }
         }
         self.peer_checkpoints
-            .insert(city, signed.encode_to_vec())
+            .insert(city.as_bytes(), &signed.encode_to_vec())
             .map_err(|e| e.to_string())?;
         Ok(cp)
     }
 
     /// The newest checkpoint of `city`'s log that this node holds.
     pub fn peer_checkpoint(&self, city: &str) -> Option<SignedCheckpoint> {
-        let v = self.peer_checkpoints.get(city).ok()??;
-        SignedCheckpoint::decode(v.as_ref()).ok()
+        let v = self.peer_checkpoints.get(city.as_bytes()).ok()??;
+        SignedCheckpoint::decode(v.as_slice()).ok()
     }
 
     /// Records that a peer has seen a longer or different log than this one: from now on
@@ -420,12 +414,7 @@ impl Auditor {
     }
 
     pub fn peer_checkpoints(&self) -> Vec<SignedCheckpoint> {
-        self.peer_checkpoints
-            .iter()
-            .values()
-            .flatten()
-            .filter_map(|v| SignedCheckpoint::decode(v.as_ref()).ok())
-            .collect()
+        decoded(self.peer_checkpoints.as_ref())
     }
 
     /// Evidence of peers contradicting their checkpoints.
@@ -434,12 +423,18 @@ impl Auditor {
     }
 }
 
-/// (seq, hash) of every checkpoint in a tree of signed checkpoints.
-fn checkpoint_hashes(tree: &sled::Tree) -> Vec<(u64, Hash)> {
-    tree.iter()
-        .values()
+/// Every signed checkpoint of a keyspace.
+fn decoded(ks: &dyn Keyspace) -> Vec<SignedCheckpoint> {
+    ks.scan_prefix(b"")
         .flatten()
-        .filter_map(|v| SignedCheckpoint::decode(v.as_ref()).ok())
+        .filter_map(|(_, v)| SignedCheckpoint::decode(v.as_slice()).ok())
+        .collect()
+}
+
+/// (seq, hash) of every checkpoint in a keyspace of signed checkpoints.
+fn checkpoint_hashes(ks: &Arc<dyn Keyspace>) -> Vec<(u64, Hash)> {
+    decoded(ks.as_ref())
+        .into_iter()
         .filter_map(|s| Checkpoint::decode(s.checkpoint.as_slice()).ok())
         .filter_map(|c| Some((c.seq, <Hash>::try_from(c.head_hash.as_slice()).ok()?)))
         .collect()
@@ -456,12 +451,10 @@ pub fn verify_offline(data_dir: &Path) -> Result<(VerifyReport, bool), AuditErro
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no audit log here"),
         });
     }
-    let checkpoints: Option<Vec<(u64, Hash)>> = sled::Config::new()
-        .path(data_dir.join("state"))
-        .open()
+    let checkpoints: Option<Vec<(u64, Hash)>> = SledStore::open_now(&data_dir.join("state"))
         .ok()
-        .and_then(|db| db.open_tree("audit.checkpoints").ok())
-        .map(|t| checkpoint_hashes(&t));
+        .and_then(|store| store.keyspace("audit.checkpoints").ok())
+        .map(|ks| checkpoint_hashes(&ks));
     let used = checkpoints.is_some();
     let report = log::verify_dir(&dir, &checkpoints.unwrap_or_default(), |_| {})?;
     Ok((report, used))
@@ -469,11 +462,11 @@ pub fn verify_offline(data_dir: &Path) -> Result<(VerifyReport, bool), AuditErro
 
 /// Rebuilds the indexes from the log (`tongban audit reindex`; the node must be stopped).
 pub fn reindex_offline(data_dir: &Path) -> Result<VerifyReport, AuditError> {
-    let db = sled::open(data_dir.join("state")).map_err(storage)?;
-    let index = AuditIndex::open(&db).map_err(storage)?;
+    let store = SledStore::open_now(&data_dir.join("state")).map_err(storage)?;
+    let index = AuditIndex::open(&store).map_err(storage)?;
     index.clear().map_err(storage)?;
     let report = index_log(&data_dir.join("audit"), &index, 0)?;
-    db.flush().map_err(storage)?;
+    index.flush().map_err(storage)?;
     Ok(report)
 }
 
