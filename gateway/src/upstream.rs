@@ -124,7 +124,6 @@ impl Endpoint {
             Scheme::HTTP,
             authority,
             Security::Plain,
-            Keepalive::default(),
         ))
     }
 
@@ -145,7 +144,6 @@ impl Endpoint {
             Scheme::HTTPS,
             authority,
             Security::Tls { config, name },
-            Keepalive::default(),
         ))
     }
 
@@ -161,7 +159,6 @@ impl Endpoint {
         scheme: Scheme,
         authority: Authority,
         security: Security,
-        keepalive: Keepalive,
     ) -> Endpoint {
         Endpoint {
             label,
@@ -169,7 +166,7 @@ impl Endpoint {
             scheme,
             authority,
             security,
-            keepalive,
+            keepalive: Keepalive::default(),
             sender: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             down_until: Mutex::new(None),

@@ -10,32 +10,21 @@ pub mod metadata;
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/tongban_descriptor.bin"));
 
-pub mod registry {
-    pub mod v1 {
-        tonic::include_proto!("tongban.registry.v1");
-    }
+/// `pub mod <name> { pub mod v1 { <the generated code of package tongban.<name>.v1> } }`.
+macro_rules! protos {
+    ($($name:ident => $package:literal),* $(,)?) => {
+        $(pub mod $name {
+            pub mod v1 {
+                tonic::include_proto!($package);
+            }
+        })*
+    };
 }
 
-pub mod federation {
-    pub mod v1 {
-        tonic::include_proto!("tongban.federation.v1");
-    }
-}
-
-pub mod crosscity {
-    pub mod v1 {
-        tonic::include_proto!("tongban.crosscity.v1");
-    }
-}
-
-pub mod consent {
-    pub mod v1 {
-        tonic::include_proto!("tongban.consent.v1");
-    }
-}
-
-pub mod audit {
-    pub mod v1 {
-        tonic::include_proto!("tongban.audit.v1");
-    }
+protos! {
+    registry => "tongban.registry.v1",
+    federation => "tongban.federation.v1",
+    crosscity => "tongban.crosscity.v1",
+    consent => "tongban.consent.v1",
+    audit => "tongban.audit.v1",
 }

@@ -122,11 +122,10 @@ mod tests {
         assert!(check_lowercase_id("CASE-HANDLING", 64).is_err());
         assert!(check_catalog_code("JQ-08").is_ok());
         assert!(check_catalog_code("jq-08").is_err());
-        let id = format!(
-            "11010519491231002{}",
-            resident_id_check_digit("11010519491231002").unwrap()
-        );
-        assert!(check_resident_id(&id).is_ok());
+        // GB 11643's worked example.
+        assert_eq!(resident_id_check_digit("11010519491231002"), Some('X'));
+        let id = "11010519491231002X";
+        assert!(check_resident_id(id).is_ok());
         assert!(check_resident_id(&id[..17]).is_err());
         let bad = format!("{}{}", &id[..17], if id.ends_with('0') { '1' } else { '0' });
         assert!(check_resident_id(&bad).is_err());

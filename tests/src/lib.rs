@@ -72,6 +72,18 @@ impl Fed {
         to: Option<&str>,
         code: &str,
     ) -> Result<SubmitResponse, Status> {
+        self.submit_within(from, to, code, Duration::from_secs(5))
+            .await
+    }
+
+    /// [`Self::submit`] with a deadline of `timeout`.
+    pub async fn submit_within(
+        &self,
+        from: &str,
+        to: Option<&str>,
+        code: &str,
+        timeout: Duration,
+    ) -> Result<SubmitResponse, Status> {
         let msg = SubmitRequest {
             catalog_code: code.to_string(),
             fields: Default::default(),
@@ -79,7 +91,7 @@ impl Fed {
         };
         self.crosscity(from)
             .await
-            .submit(self.req(from, msg, to, Duration::from_secs(5)))
+            .submit(self.req(from, msg, to, timeout))
             .await
             .map(|r| r.into_inner())
     }
@@ -401,4 +413,36 @@ async fn relay_half(
             return;
         }
     }
+}
+
+/// A log of `n` records in `dir`, each appended and acknowledged in turn.
+pub async fn make_log(
+    dir: &std::path::Path,
+    n: u64,
+    opts: tongban_gateway::audit::log::LogOptions,
+) {
+    use tongban_proto::audit::v1::AuditRecord;
+    let (tx, _rx) = std::sync::mpsc::channel();
+    let log = tongban_gateway::audit::log::AuditLog::open(dir, opts, tx).unwrap();
+    for i in 1..=n {
+        let a = log
+            .append(AuditRecord {
+                request_id: format!("req-{i}"),
+                service: "tongban.crosscity.v1.CrossCityService".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(a.seq, i);
+    }
+}
+
+/// Asserts that a command succeeded, showing its stderr otherwise.
+pub fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

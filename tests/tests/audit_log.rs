@@ -13,19 +13,7 @@ use tongban_proto::audit::v1::{AuditRecord, LogEntry};
 
 /// A log of `n` records in `dir`.
 async fn make_log(dir: &Path, n: u64) {
-    let (tx, _rx) = std::sync::mpsc::channel();
-    let log = AuditLog::open(dir, LogOptions::default(), tx).unwrap();
-    for i in 1..=n {
-        let a = log
-            .append(AuditRecord {
-                request_id: format!("req-{i}"),
-                service: "tongban.crosscity.v1.CrossCityService".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(a.seq, i);
-    }
+    tongban_tests::make_log(dir, n, LogOptions::default()).await
 }
 
 fn entries(dir: &Path) -> (PathBuf, Vec<ReadEntry>) {

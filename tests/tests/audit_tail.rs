@@ -13,22 +13,7 @@ use tongban_gateway::audit::log::{
     QUARANTINE_DIR,
 };
 use tongban_proto::audit::v1::AuditRecord;
-
-async fn make_log(dir: &Path, n: u64, opts: LogOptions) {
-    let (tx, _rx) = std::sync::mpsc::channel();
-    let log = AuditLog::open(dir, opts, tx).unwrap();
-    for i in 1..=n {
-        let a = log
-            .append(AuditRecord {
-                request_id: format!("req-{i}"),
-                service: "tongban.crosscity.v1.CrossCityService".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(a.seq, i);
-    }
-}
+use tongban_tests::make_log;
 
 /// Every entry of the log, in order, with its segment's path.
 fn all_entries(dir: &Path) -> Vec<(PathBuf, ReadEntry)> {

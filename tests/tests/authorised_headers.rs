@@ -118,41 +118,18 @@ async fn the_provider_sees_exactly_what_was_authorised() {
                 .map(str::to_string)
         };
         let what = format!("jinan → {target}");
-        assert_eq!(
-            get("x-tongban-purpose").as_deref(),
-            Some("case-handling"),
-            "{what}"
-        );
-        assert_eq!(
-            get("x-tongban-subject"),
-            Some(subject.to_uppercase()),
-            "{what}"
-        );
-        assert_eq!(
-            get("x-tongban-catalog-code").as_deref(),
-            Some("JQ-08"),
-            "{what}"
-        );
-        assert_eq!(
-            get("x-tongban-target-city").as_deref(),
-            Some(*target),
-            "{what}"
-        );
-        assert_eq!(
-            get("x-tongban-target-org").as_deref(),
-            Some("meta"),
-            "{what}"
-        );
-        assert_eq!(
-            get("x-tongban-caller").as_deref(),
-            Some("jinan/hrss"),
-            "{what}"
-        );
-        assert_eq!(
-            get("x-tongban-origin-city").as_deref(),
-            Some("jinan"),
-            "{what}"
-        );
+        let expected = [
+            ("x-tongban-purpose", "case-handling".to_string()),
+            ("x-tongban-subject", subject.to_uppercase()),
+            ("x-tongban-catalog-code", "JQ-08".to_string()),
+            ("x-tongban-target-city", target.to_string()),
+            ("x-tongban-target-org", "meta".to_string()),
+            ("x-tongban-caller", "jinan/hrss".to_string()),
+            ("x-tongban-origin-city", "jinan".to_string()),
+        ];
+        for (key, want) in expected {
+            assert_eq!(get(key), Some(want), "{what}: {key}");
+        }
         assert!(get("authorization").is_none(), "{what}");
     }
     f.shutdown().await;

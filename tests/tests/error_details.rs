@@ -48,11 +48,8 @@ async fn submit(f: &Fed, to: &str, edit: impl FnOnce(&mut tonic::metadata::Metad
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_carry_error_info_field_violations_and_retry_info() {
-    let limits = Limits {
-        caller_rate_per_s: 1,
-        caller_burst: 5,
-        ..loopback_limits()
-    };
+    let mut limits: Limits = loopback_limits();
+    (limits.caller_rate_per_s, limits.caller_burst) = (1, 5);
     let f = Fed::start_with(&["jinan", "qingdao"], limits).await;
 
     // A malformed purpose: INVALID_ARGUMENT, the field named.

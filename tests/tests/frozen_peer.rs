@@ -47,14 +47,13 @@ async fn peer_health_becomes(f: &Fed, want: ServingStatus) -> Duration {
 /// returns how long it took.
 async fn call_fails_unavailable(f: &Fed) -> Duration {
     let t = Instant::now();
-    let msg = tongban_proto::crosscity::v1::SubmitRequest {
-        catalog_code: "JQ-HRSS-003".into(),
-        ..Default::default()
-    };
     let e = f
-        .crosscity("jinan")
-        .await
-        .submit(f.req("jinan", msg, Some("qingdao"), Duration::from_secs(8)))
+        .submit_within(
+            "jinan",
+            Some("qingdao"),
+            "JQ-HRSS-003",
+            Duration::from_secs(8),
+        )
         .await
         .unwrap_err();
     let took = t.elapsed();
@@ -72,13 +71,14 @@ async fn a_frozen_peer_is_noticed_failed_fast_and_healed() {
     f.fed.stop_node("jinan").await.unwrap();
     {
         let jinan = f.fed.cities.iter_mut().find(|c| c.city == "jinan").unwrap();
-        let peer = jinan
+        for peer in jinan
             .config
             .peers
             .iter_mut()
-            .find(|p| p.city == "qingdao")
-            .unwrap();
-        peer.address = relay.addr.to_string();
+            .filter(|p| p.city == "qingdao")
+        {
+            peer.address = relay.addr.to_string();
+        }
         // The defaults, stated: PING every second, two seconds to answer.
         assert_eq!(
             jinan.config.limits.keepalive_interval,

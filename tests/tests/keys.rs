@@ -69,11 +69,7 @@ fn generated_keys_are_pkcs8_v1_and_openssl_reads_them() {
             .arg(dir.path())
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        tongban_tests::assert_success(&out);
         let bundle = TrustBundle::load(&dir.path().join("trust-bundle.toml")).unwrap();
         for city in ["jinan", "qingdao"] {
             let d = dir.path().join(city);
@@ -142,11 +138,10 @@ async fn a_p256_federation_calls_across_the_boundary_with_consent_and_receipts()
     let f = Fed { fed, dir };
     let citizen = demo_subject("37010219850312002");
     // A consent signed (ES256) by jinan's node, checked by qingdao's.
-    let (_, consent) = f
+    let grant = f
         .fed
-        .grant_consent("jinan", &citizen, "jinan/hrss", "qingdao", "case-handling")
-        .await
-        .unwrap();
+        .grant_consent("jinan", &citizen, "jinan/hrss", "qingdao", "case-handling");
+    let (_, consent) = grant.await.unwrap();
     let msg = SubmitRequest {
         catalog_code: "JQ-HRSS-003".into(),
         ..Default::default()

@@ -99,12 +99,7 @@ async fn run_registry(cmd: RegistryCmd) -> anyhow::Result<ExitCode> {
                     }),
                 })
                 .await;
-            r.map(|r| {
-                println!(
-                    "registered; catalog version {}",
-                    r.into_inner().catalog_version
-                )
-            })
+            r.map(|r| version_line("registered", r.into_inner().catalog_version))
         }
         RegistryCmd::Withdraw {
             node,
@@ -112,18 +107,13 @@ async fn run_registry(cmd: RegistryCmd) -> anyhow::Result<ExitCode> {
             org,
             service,
         } => {
-            let r = RegistryClient::new(connect(&node, &token).await?)
-                .withdraw_service(WithdrawServiceRequest {
-                    organisation: org,
-                    service,
-                })
-                .await;
-            r.map(|r| {
-                println!(
-                    "withdrawn; catalog version {}",
-                    r.into_inner().catalog_version
-                )
-            })
+            let mut client = RegistryClient::new(connect(&node, &token).await?);
+            let request = WithdrawServiceRequest {
+                organisation: org,
+                service,
+            };
+            let r = client.withdraw_service(request).await;
+            r.map(|r| version_line("withdrawn", r.into_inner().catalog_version))
         }
         RegistryCmd::List {
             node,
@@ -157,4 +147,8 @@ async fn run_registry(cmd: RegistryCmd) -> anyhow::Result<ExitCode> {
         }
     };
     Ok(crate::client::exit_code(result))
+}
+
+fn version_line(what: &str, version: u64) {
+    println!("{what}; catalog version {version}");
 }

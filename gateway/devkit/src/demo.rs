@@ -228,14 +228,8 @@ pub async fn run_calls(fed: &LocalFederation) -> Result<Vec<Row>, DemoError> {
     };
 
     let mut rows = Vec::new();
-    let (row, jq_app) = submit(
-        fed,
-        "jinan",
-        "qingdao",
-        "JQ-HRSS-003",
-        jinan(Some(&jq_consent)),
-    )
-    .await?;
+    let consented = || jinan(Some(&jq_consent));
+    let (row, jq_app) = submit(fed, "jinan", "qingdao", "JQ-HRSS-003", consented()).await?;
     rows.push(row);
     let (row, _) = submit(fed, "qingdao", "jinan", "JQ-GJJ-001", qingdao).await?;
     rows.push(row);
@@ -264,14 +258,7 @@ pub async fn run_calls(fed: &LocalFederation) -> Result<Vec<Row>, DemoError> {
     .await?;
     row.call.push_str(" (revoked)");
     rows.push(row);
-    let (row, _) = submit(
-        fed,
-        "jinan",
-        "beijing",
-        "JQ-HRSS-003",
-        jinan(Some(&jq_consent)),
-    )
-    .await?;
+    let (row, _) = submit(fed, "jinan", "beijing", "JQ-HRSS-003", consented()).await?;
     rows.push(row);
     Ok(rows)
 }

@@ -10,6 +10,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tongban_crosscity::Provider;
+use tongban_gateway::consent::PORTAL_ROLE;
+use tongban_gateway::registry_api::ADMIN_ROLE;
 use tongban_proto::consent::v1::consent_client::ConsentClient;
 use tongban_proto::consent::v1::{GrantRequest, RevokeRequest};
 use tongban_proto::registry::v1::registry_client::RegistryClient;
@@ -264,12 +266,7 @@ impl LocalFederation {
         &self,
         city: &str,
     ) -> Result<RegistryClient<InterceptedService<Channel, Bearer>>, LocalError> {
-        let token = dev_token_with_roles(
-            &self.certs,
-            city,
-            "ops",
-            &[tongban_gateway::registry_api::ADMIN_ROLE],
-        )?;
+        let token = dev_token_with_roles(&self.certs, city, "ops", &[ADMIN_ROLE])?;
         Ok(RegistryClient::with_interceptor(
             self.channel(city).await?,
             Bearer::new(&token)?,
@@ -354,12 +351,7 @@ impl LocalFederation {
     }
 
     fn as_portal<T>(&self, city: &str, req: &mut tonic::Request<T>) -> Result<(), LocalError> {
-        let token = dev_token_with_roles(
-            &self.certs,
-            city,
-            "portal",
-            &[tongban_gateway::consent::PORTAL_ROLE],
-        )?;
+        let token = dev_token_with_roles(&self.certs, city, "portal", &[PORTAL_ROLE])?;
         let v = tonic::metadata::MetadataValue::try_from(format!("Bearer {token}"))
             .map_err(|e| LocalError::Other(e.to_string()))?;
         req.metadata_mut().insert("authorization", v);
