@@ -6,6 +6,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 bash tests/setup-python.sh
 bash tests/setup-tools.sh
+# One crate, one job: no two modules of a crate import each other (directly or in a ring).
+python3 tests/tools/module_cycles.py gateway/src gateway/devkit/src gateway/cli/src proto/src
 export TONGBAN_PYTHON="$root/target/pyenv/bin/python"
 # Some tests run the `tongban` binary itself (audit verify, a node killed with SIGKILL).
 cargo build --quiet -p tongban --bin tongban

@@ -52,6 +52,52 @@ pub enum AuthError {
     BadOrg(String),
 }
 
+/// What entitles a caller to an action.
+#[derive(Debug, Clone, Copy)]
+pub enum Grant<'a> {
+    /// A role in the caller's token.
+    Role(&'a str),
+    /// Being this organisation of the node's city.
+    Organisation(&'a str),
+    /// A `citizen` token whose `sub` is this resident id.
+    Citizen(&'a str),
+}
+
+/// The role `sub` of a citizen's own token.
+pub const CITIZEN_ROLE: &str = "citizen";
+
+/// The one role check: `caller` may `action` if any of `grants` holds.
+pub fn require(
+    caller: &Caller,
+    action: &str,
+    grants: &[Grant<'_>],
+) -> Result<(), crate::error::Forbidden> {
+    let holds = |g: &Grant<'_>| match g {
+        Grant::Role(r) => caller.roles.iter().any(|x| x == r),
+        Grant::Organisation(o) => caller.org == *o,
+        Grant::Citizen(id) => {
+            caller.roles.iter().any(|x| x == CITIZEN_ROLE)
+                && caller.subject.eq_ignore_ascii_case(id)
+        }
+    };
+    if grants.iter().any(holds) {
+        return Ok(());
+    }
+    let needs: Vec<String> = grants
+        .iter()
+        .map(|g| match g {
+            Grant::Role(r) => format!("role {r}"),
+            Grant::Organisation(o) => format!("to be organisation `{o}`"),
+            Grant::Citizen(_) => format!("a {CITIZEN_ROLE} token of the subject"),
+        })
+        .collect();
+    Err(crate::error::Forbidden {
+        caller: caller.id(),
+        action: action.to_string(),
+        needs: needs.join(", or "),
+    })
+}
+
 impl crate::error::ApiError for AuthError {
     fn code(&self) -> tonic::Code {
         tonic::Code::Unauthenticated

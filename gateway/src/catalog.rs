@@ -367,3 +367,16 @@ impl Publisher {
         Ok(v)
     }
 }
+
+impl crate::consent::Republish for Publisher {
+    fn republish(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, tonic::Status>> + Send + '_>>
+    {
+        Box::pin(async move {
+            Publisher::republish(self)
+                .await
+                .map_err(tonic::Status::from)
+        })
+    }
+}

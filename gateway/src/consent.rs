@@ -25,10 +25,10 @@ use tongban_proto::consent::v1::{
 use tongban_proto::federation::v1::RevokedConsent;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{require, Grant};
 use crate::auth::{Authenticator, Caller};
-use crate::catalog::Publisher;
 use crate::config::{validate_city_id, validate_org_id};
-use crate::error::{require, ApiError, BadField, Grant};
+use crate::error::{ApiError, BadField};
 use crate::registry::validate_service_name;
 use crate::store::{Keyspace, Store, StoreError};
 use crate::subject::{validate_resident_id, Pseudonymizer};
@@ -40,7 +40,7 @@ const MAX_VALIDITY_MS: i64 = 366 * 24 * 3600 * 1000;
 /// Role of a portal that manages consents on behalf of citizens.
 pub const PORTAL_ROLE: &str = "consent-portal";
 /// Role of a citizen token (its `sub` is the citizen's resident identity number).
-pub use crate::error::CITIZEN_ROLE;
+pub use crate::auth::CITIZEN_ROLE;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -271,6 +271,13 @@ pub fn revoked_set(list: &[RevokedConsent]) -> HashSet<String> {
     list.iter().map(|r| r.id.clone()).collect()
 }
 
+/// Publishes this node's consent revocations to its peers (the catalog does, signed).
+pub trait Republish: Send + Sync {
+    fn republish(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, Status>> + Send + '_>>;
+}
+
 /// The Consent API on the caller listener.
 pub struct ConsentApi {
     pub city: String,
@@ -278,7 +285,8 @@ pub struct ConsentApi {
     pub store: ConsentStore,
     pub pseudonyms: Arc<Pseudonymizer>,
     pub key: crate::trust::NodeJwtSigner,
-    pub publisher: Arc<Publisher>,
+    /// Publishes the node's revocations (with its signed catalog) after a revoke.
+    pub publisher: Arc<dyn Republish>,
 }
 
 /// Why the Consent API refused or failed a request (beyond authentication, roles and

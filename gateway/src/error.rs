@@ -4,14 +4,12 @@
 //! `google.rpc` details: an `ErrorInfo` with a stable reason and [`DOMAIN`] on every refusal,
 //! `BadRequest` field violations when a field is at fault, `RetryInfo` on rate limits.
 //!
-//! Also here: [`require`], the one role check of the control-plane APIs.
+//! The one role check of the control-plane APIs is `auth::require`.
 
 use std::time::Duration;
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
-
-use crate::auth::Caller;
 
 /// The `ErrorInfo.domain` of every Tongban error.
 pub const DOMAIN: &str = "tongban";
@@ -96,48 +94,6 @@ impl ApiError for Forbidden {
     }
 }
 
-/// What entitles a caller to an action.
-#[derive(Debug, Clone, Copy)]
-pub enum Grant<'a> {
-    /// A role in the caller's token.
-    Role(&'a str),
-    /// Being this organisation of the node's city.
-    Organisation(&'a str),
-    /// A `citizen` token whose `sub` is this resident id.
-    Citizen(&'a str),
-}
-
-/// The role `sub` of a citizen's own token.
-pub const CITIZEN_ROLE: &str = "citizen";
-
-/// The one role check: `caller` may `action` if any of `grants` holds.
-pub fn require(caller: &Caller, action: &str, grants: &[Grant<'_>]) -> Result<(), Forbidden> {
-    let holds = |g: &Grant<'_>| match g {
-        Grant::Role(r) => caller.roles.iter().any(|x| x == r),
-        Grant::Organisation(o) => caller.org == *o,
-        Grant::Citizen(id) => {
-            caller.roles.iter().any(|x| x == CITIZEN_ROLE)
-                && caller.subject.eq_ignore_ascii_case(id)
-        }
-    };
-    if grants.iter().any(holds) {
-        return Ok(());
-    }
-    let needs: Vec<String> = grants
-        .iter()
-        .map(|g| match g {
-            Grant::Role(r) => format!("role {r}"),
-            Grant::Organisation(o) => format!("to be organisation `{o}`"),
-            Grant::Citizen(_) => format!("a {CITIZEN_ROLE} token of the subject"),
-        })
-        .collect();
-    Err(Forbidden {
-        caller: caller.id(),
-        action: action.to_string(),
-        needs: needs.join(", or "),
-    })
-}
-
 /// A request field that is missing or malformed, for the control-plane APIs.
 #[derive(Debug, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -172,6 +128,7 @@ crate::into_status!(Forbidden, BadField);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::{require, Caller, Grant};
 
     fn caller(org: &str, roles: &[&str], subject: &str) -> Caller {
         Caller {

@@ -280,7 +280,10 @@ impl PreparedNode {
             auditor: auditor.clone(),
             auth: checks.auth.clone(),
             pseudonyms: checks.pseudonyms.clone(),
-            peers: peers.clone(),
+            peers: peers
+                .iter()
+                .map(|(c, p)| (c.clone(), p.endpoint.clone()))
+                .collect(),
             connect_timeout: config.limits.connect_timeout,
         }))
         .add_service(health_svc.clone())

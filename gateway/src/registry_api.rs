@@ -11,9 +11,10 @@ use tongban_proto::registry::v1::{
 };
 use tonic::{Code, Request, Response, Status};
 
+use crate::auth::{require, Grant};
 use crate::auth::{Authenticator, Caller};
 use crate::catalog::Publisher;
-use crate::error::{require, ApiError, BadField, FieldViolation, Grant};
+use crate::error::{ApiError, BadField, FieldViolation};
 use crate::federation::Peer;
 use crate::registry::{RegistryError, ServiceRecord};
 

@@ -16,11 +16,11 @@ use tonic::{Request, Response, Status};
 
 use super::index::Filter;
 use super::Auditor;
+use crate::auth::{require, Grant};
 use crate::auth::{Authenticator, Caller};
-use crate::error::{require, ApiError, BadField, Grant};
-use crate::federation::Peer;
+use crate::error::{ApiError, BadField};
 use crate::subject::{validate_resident_id, Pseudonymizer};
-use crate::upstream::EndpointChannel;
+use crate::upstream::{Endpoint, EndpointChannel};
 
 /// Role of the operators who read the audit.
 pub const OPERATOR_ROLE: &str = "audit-operator";
@@ -30,7 +30,8 @@ pub struct AuditApi {
     pub auditor: Arc<Auditor>,
     pub auth: Arc<Authenticator>,
     pub pseudonyms: Arc<Pseudonymizer>,
-    pub peers: BTreeMap<String, Arc<Peer>>,
+    /// The peer nodes' endpoints (to fetch their side of an exchange).
+    pub peers: BTreeMap<String, Arc<Endpoint>>,
     pub connect_timeout: std::time::Duration,
 }
 
@@ -125,7 +126,7 @@ impl Audit for AuditApi {
             match self.peers.get(city) {
                 None => peer_error = format!("`{city}` is not a configured peer"),
                 Some(p) => {
-                    let ch = EndpointChannel::new(p.endpoint.clone(), self.connect_timeout);
+                    let ch = EndpointChannel::new(p.clone(), self.connect_timeout);
                     let fetched = FederationClient::new(ch)
                         .get_audit_records(GetAuditRecordsRequest {
                             request_id: rid.clone(),
