@@ -200,7 +200,8 @@ fn millis(d: Duration) -> u64 {
 pub struct NodeConfig {
     /// This node's city id (lowercase ascii).
     pub city: String,
-    /// Where city systems call the node (plaintext h2c for now; TLS comes with caller auth).
+    /// Where city systems call the node (TLS per `caller_tls`, or h2c when the config says
+    /// `listen.caller_plaintext = true`).
     pub caller_addr: SocketAddr,
     /// Where peer nodes call this node (mTLS only).
     pub peer_addr: SocketAddr,

@@ -1,7 +1,11 @@
-//! The Tongban node: a gRPC gateway that federates city governments' service registries and
-//! routes calls across the administrative boundary over mutual TLS.
+//! The Tongban node library: a gRPC gateway that federates city governments' service
+//! registries and routes calls across the administrative boundary over mutual TLS. It
+//! depends on no domain service; the `tongban` binary (`gateway/cli`) wires it, and the dev
+//! kit (`gateway/devkit`) runs whole federations of it for the demo and the tests.
 //!
-//! One module, one job; [`proxy`] reads top to bottom as the path of one call (DESIGN §2).
+//! One module, one job. [`proxy`] reads as the path of one call (DESIGN §2); [`error`] is the
+//! one error vocabulary; [`store`] is the storage seam; the README's "Architecture" section
+//! walks one call through the modules.
 
 pub mod assertion;
 pub mod audit;

@@ -1,11 +1,13 @@
 //! The two listeners of a node, both HTTP/2 only:
-//! - the **caller listener** (h2c for now; TLS with the trust issue) serves the node's own
-//!   control plane (Registry, Health, Reflection) and proxies every other call;
+//! - the **caller listener** (TLS, with optional client certificates; plaintext h2c only when
+//!   `listen.caller_plaintext = true` says so) serves the node's own control plane
+//!   (Registry, Consent, Audit, Health, Reflection) and proxies every other call;
 //! - the **peer listener** (mTLS) identifies the peer city from its certificate, then serves
 //!   the Federation API and proxies calls to this city's providers.
 //!
-//! Listeners are bound by the caller of [`serve`] and handed over, so tests bind
-//! `127.0.0.1:0` without races.
+//! Each connection's requests go to a [`Dispatch`], a `tower::Service`: the seam where
+//! tracing, metrics and gRPC-Web are added as layers. Listeners are bound by the caller of
+//! [`serve`] and handed over, so tests bind `127.0.0.1:0` without races.
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! Audit indexes in sled — by time, request id, caller organisation, service and subject
+//! The audit's own store module: indexes in sled (through [`crate::store::sled::SledStore`]) — by time, request id, caller organisation, service and subject
 //! pseudonym — and where each entry sits in the log. They are derived data: `reindex`
 //! rebuilds them from the log.
 
