@@ -327,118 +327,140 @@ pub fn verify_dir_until(
     until: Option<u64>,
     mut each: impl FnMut(&ReadEntry),
 ) -> Result<VerifyReport, AuditError> {
-    let mut head = Head {
-        seq: 0,
-        hash: [0; 32],
+    let mut walk = Walk {
+        head: Head {
+            seq: 0,
+            hash: [0; 32],
+        },
+        records: 0,
+        bad: None,
+        torn: None,
+        checkpoints,
     };
-    let mut records = 0;
-    let mut bad: Option<(u64, String)> = None;
-    let mut torn: Option<TornTail> = None;
     let segs = segments(dir)?;
     for (i, (first, path)) in segs.iter().enumerate() {
-        if *first != head.seq + 1 {
-            bad = Some((
-                head.seq + 1,
-                format!(
-                    "segment {} starts at seq {first}, expected {}",
-                    path.display(),
-                    head.seq + 1
-                ),
-            ));
+        if *first != walk.head.seq + 1 {
+            let why = format!(
+                "segment {} starts at seq {first}, expected {}",
+                path.display(),
+                walk.head.seq + 1
+            );
+            walk.fail(why);
             break;
         }
         let stop = read_segment(*first, path, |r| {
-            let expected = head.seq + 1;
-            if r.entry.seq != expected {
-                bad = Some((
-                    expected,
-                    format!("sequence gap: expected {expected}, found {}", r.entry.seq),
-                ));
-                return false;
-            }
-            if r.entry.prev_hash.as_slice() != head.hash {
-                bad = Some((expected, "chain broken: prev_hash does not match".into()));
-                return false;
-            }
-            if let Some((_, h)) = checkpoints.iter().find(|(s, _)| *s == r.entry.seq) {
-                if *h != r.hash {
-                    bad = Some((expected, "does not match a signed checkpoint".into()));
-                    return false;
-                }
-            }
-            each(&r);
-            head = Head {
-                seq: r.entry.seq,
-                hash: r.hash,
-            };
-            records += 1;
-            until.is_none_or(|u| r.entry.seq < u)
+            walk.step(&r, &mut each) && until.is_none_or(|u| r.entry.seq < u)
         })?;
-        if bad.is_some() || until.is_some_and(|u| head.seq >= u) {
+        if walk.bad.is_some() || until.is_some_and(|u| walk.head.seq >= u) {
             break;
         }
+        if stop != Stop::End {
+            walk.stopped(stop, path, i + 1 == segs.len())?;
+            break;
+        }
+    }
+    walk.anchor(until.is_none_or(|u| u > walk.head.seq));
+    Ok(VerifyReport {
+        records: walk.records,
+        head: walk.head,
+        first_bad: walk.bad,
+        torn_tail: walk.torn,
+    })
+}
+
+/// The state of a walk along the chain.
+struct Walk<'a> {
+    head: Head,
+    records: u64,
+    bad: Option<(u64, String)>,
+    torn: Option<TornTail>,
+    checkpoints: &'a [(u64, Hash)],
+}
+
+impl Walk<'_> {
+    /// The next sequence is bad, for `why`.
+    fn fail(&mut self, why: String) {
+        self.bad = Some((self.head.seq + 1, why));
+    }
+
+    /// Checks one entry against the chain so far; false stops the walk.
+    fn step(&mut self, r: &ReadEntry, each: &mut impl FnMut(&ReadEntry)) -> bool {
+        let expected = self.head.seq + 1;
+        let why = if r.entry.seq != expected {
+            Some(format!(
+                "sequence gap: expected {expected}, found {}",
+                r.entry.seq
+            ))
+        } else if r.entry.prev_hash.as_slice() != self.head.hash {
+            Some("chain broken: prev_hash does not match".to_string())
+        } else if self
+            .checkpoints
+            .iter()
+            .any(|(s, h)| *s == r.entry.seq && *h != r.hash)
+        {
+            Some("does not match a signed checkpoint".to_string())
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            self.fail(why);
+            return false;
+        }
+        each(r);
+        self.head = Head {
+            seq: r.entry.seq,
+            hash: r.hash,
+        };
+        self.records += 1;
+        true
+    }
+
+    /// A segment stopped before its end: damage, or (the newest segment only) a torn tail.
+    fn stopped(&mut self, stop: Stop, path: &Path, newest: bool) -> Result<(), AuditError> {
         match stop {
             Stop::End => {}
-            Stop::Truncated { offset } => {
-                let last = i + 1 == segs.len();
-                if !last {
-                    bad = Some((
-                        head.seq + 1,
-                        format!("truncated record at offset {offset} of a segment that is not the newest"),
+            Stop::Bad { offset, reason } => self.fail(format!("{reason} at offset {offset}")),
+            Stop::Truncated { offset } if !newest => self.fail(format!(
+                "truncated record at offset {offset} of a segment that is not the newest"
+            )),
+            Stop::Truncated { offset } => match damage_beyond(path, offset, self.head.seq)? {
+                Some(why) => self.fail(why),
+                None => {
+                    let end = fs::metadata(path).map_err(io(path))?.len();
+                    self.fail(format!(
+                        "torn final frame at offset {offset}: truncated after {} bytes, no complete record after it (a crash leftover, never acknowledged: the node cuts it at its next start and keeps the bytes in quarantine)",
+                        end - offset
                     ));
-                    break;
+                    self.torn = Some(TornTail {
+                        seq: self.head.seq + 1,
+                        segment: path.to_path_buf(),
+                        start: offset,
+                        end,
+                    });
                 }
-                match damage_beyond(path, offset, head.seq)? {
-                    Some(why) => bad = Some((head.seq + 1, why)),
-                    None => {
-                        let end = fs::metadata(path).map_err(io(path))?.len();
-                        bad = Some((
-                            head.seq + 1,
-                            format!(
-                                "torn final frame at offset {offset}: truncated after {} bytes, no complete record after it (a crash leftover, never acknowledged: the node cuts it at its next start and keeps the bytes in quarantine)",
-                                end - offset
-                            ),
-                        ));
-                        torn = Some(TornTail {
-                            seq: head.seq + 1,
-                            segment: path.clone(),
-                            start: offset,
-                            end,
-                        });
-                    }
-                }
-                break;
-            }
-            Stop::Bad { offset, reason } => {
-                bad = Some((head.seq + 1, format!("{reason} at offset {offset}")));
-                break;
-            }
+            },
+        }
+        Ok(())
+    }
+
+    /// The newest signed checkpoint anchors the tail: records it covers that are no longer
+    /// in the log were removed (cut from the end, a deleted segment, a rollback). A crash
+    /// cannot do this: a checkpoint only ever covers durable records.
+    fn anchor(&mut self, whole_log: bool) {
+        let Some(&(cp_seq, _)) = self.checkpoints.iter().max_by_key(|(s, _)| *s) else {
+            return;
+        };
+        if whole_log && cp_seq > self.head.seq && (self.bad.is_none() || self.torn.is_some()) {
+            self.torn = None;
+            let why = format!(
+                "the log ends at seq {} (hash {}) but this node signed a checkpoint at seq {cp_seq}: {} records it covers are missing (cut from the end, a deleted segment or a rollback)",
+                self.head.seq,
+                short(&self.head.hash),
+                cp_seq - self.head.seq
+            );
+            self.fail(why);
         }
     }
-    // The newest signed checkpoint anchors the tail: records it covers that are no longer
-    // in the log were removed (cut from the end, a deleted segment, a rollback). A crash
-    // cannot do this: a checkpoint only ever covers durable records.
-    let anchored = until.is_none_or(|u| u > head.seq);
-    if let Some(&(cp_seq, _)) = checkpoints.iter().max_by_key(|(s, _)| *s) {
-        if anchored && cp_seq > head.seq && (bad.is_none() || torn.is_some()) {
-            torn = None;
-            bad = Some((
-                head.seq + 1,
-                format!(
-                    "the log ends at seq {} (hash {}) but this node signed a checkpoint at seq {cp_seq}: {} records it covers are missing (cut from the end, a deleted segment or a rollback)",
-                    head.seq,
-                    short(&head.hash),
-                    cp_seq - head.seq
-                ),
-            ));
-        }
-    }
-    Ok(VerifyReport {
-        records,
-        head,
-        first_bad: bad,
-        torn_tail: torn,
-    })
 }
 
 /// The first 16 hex digits of a hash, for messages.
@@ -518,18 +540,16 @@ impl AuditLog {
         fs::create_dir_all(dir).map_err(io(dir))?;
         let report = verify_dir(dir, checkpoints, |_| {})?;
         let (mut seg_first, mut file_len) = (report.head.seq + 1, 0u64);
-        let mut repaired = None;
-        if let Some((seq, reason)) = &report.first_bad {
-            match &report.torn_tail {
-                Some(torn) => repaired = Some(cut_torn_tail(dir, torn)?),
-                None => {
-                    return Err(AuditError::Corrupt {
-                        seq: *seq,
-                        reason: reason.clone(),
-                    })
-                }
+        let repaired = match (&report.first_bad, &report.torn_tail) {
+            (None, _) => None,
+            (Some(_), Some(torn)) => Some(cut_torn_tail(dir, torn)?),
+            (Some((seq, reason)), None) => {
+                return Err(AuditError::Corrupt {
+                    seq: *seq,
+                    reason: reason.clone(),
+                })
             }
-        }
+        };
         if let Some((first, path)) = segments(dir)?.last() {
             seg_first = *first;
             file_len = fs::metadata(path).map_err(io(path))?.len();
@@ -662,6 +682,17 @@ fn cut_torn_tail(dir: &Path, torn: &TornTail) -> Result<Repair, AuditError> {
     })
 }
 
+/// A batch framed for writing.
+struct Framed {
+    buf: Vec<u8>,
+    done: Vec<oneshot::Sender<Result<Appended, AuditError>>>,
+    appended: Vec<Appended>,
+    /// The head after the batch.
+    head: Head,
+    /// The segment's length after the batch.
+    end: u64,
+}
+
 struct Writer {
     dir: PathBuf,
     opts: LogOptions,
@@ -739,62 +770,16 @@ impl Writer {
         self.dirty = false;
     }
 
+    /// Frames, writes and (sync mode) fsyncs one batch, then acknowledges it.
     fn commit(&mut self, batch: Vec<Pending>) {
-        let mut buf = Vec::new();
-        let mut done = Vec::with_capacity(batch.len());
-        let mut appended = Vec::with_capacity(batch.len());
-        let mut head = self.head;
-        let mut offset = self.file_len;
-        let mut refused = Vec::new();
-        for p in batch {
-            let entry = LogEntry {
-                seq: head.seq + 1,
-                prev_hash: head.hash.to_vec(),
-                record: Some(p.record),
-            };
-            match frame(&entry) {
-                Ok((bytes, hash)) => {
-                    let loc = Location {
-                        segment: self.seg_first,
-                        offset,
-                    };
-                    offset += bytes.len() as u64;
-                    buf.extend_from_slice(&bytes);
-                    head = Head {
-                        seq: entry.seq,
-                        hash,
-                    };
-                    let mut record = entry.record.unwrap_or_default();
-                    record.seq = entry.seq;
-                    appended.push(Appended {
-                        seq: entry.seq,
-                        hash,
-                        location: loc,
-                        record,
-                    });
-                    done.push(p.done);
-                }
-                Err(e) => refused.push((p.done, e)),
-            }
-        }
-        for (tx, e) in refused {
-            let _ = tx.send(Err(e));
-        }
-        if buf.is_empty() {
+        let framed = self.frame_batch(batch);
+        if framed.buf.is_empty() {
             return;
         }
-        let written = self
-            .file
-            .write_all(&buf)
-            .and_then(|()| match self.opts.durability {
-                Durability::Sync => self.file.sync_data(),
-                Durability::Batch(_) => Ok(()),
-            });
-        if let Err(source) = written {
-            // Nothing of this batch is acknowledged; the bytes (if any reached the file) are
-            // a torn tail that the next open cuts.
+        if let Err(source) = self.write(&framed.buf) {
+            // Nothing of this batch is acknowledged.
             tracing::error!(error = %source, "audit write failed; refusing the batch");
-            for tx in done {
+            for tx in framed.done {
                 let _ = tx.send(Err(AuditError::Io {
                     path: self.dir.display().to_string(),
                     source: std::io::Error::new(source.kind(), source.to_string()),
@@ -802,25 +787,91 @@ impl Writer {
             }
             return;
         }
-        self.file_len = offset;
-        self.head = head;
+        self.file_len = framed.end;
+        self.head = framed.head;
         if matches!(self.opts.durability, Durability::Sync) {
             self.last_sync = Instant::now();
-            self.durable_tx.send_replace(head);
+            self.durable_tx.send_replace(framed.head);
         } else {
             self.dirty = true;
             if self.last_sync.elapsed() >= self.window() {
                 self.sync_now();
             }
         }
-        let _ = self.head_tx.send(head);
-        for (tx, a) in done.into_iter().zip(appended.iter()) {
+        let _ = self.head_tx.send(framed.head);
+        for (tx, a) in framed.done.into_iter().zip(framed.appended.iter()) {
             let _ = tx.send(Ok(a.clone()));
         }
-        let _ = self.committed.send(appended);
+        let _ = self.committed.send(framed.appended);
         if self.file_len >= self.opts.segment_bytes {
             self.rotate();
         }
+    }
+
+    /// Chains and frames the records of a batch after the current head; a record too large
+    /// to frame is refused on its own.
+    fn frame_batch(&self, batch: Vec<Pending>) -> Framed {
+        let mut out = Framed {
+            buf: Vec::new(),
+            done: Vec::with_capacity(batch.len()),
+            appended: Vec::with_capacity(batch.len()),
+            head: self.head,
+            end: self.file_len,
+        };
+        for p in batch {
+            let entry = LogEntry {
+                seq: out.head.seq + 1,
+                prev_hash: out.head.hash.to_vec(),
+                record: Some(p.record),
+            };
+            let (bytes, hash) = match frame(&entry) {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = p.done.send(Err(e));
+                    continue;
+                }
+            };
+            let location = Location {
+                segment: self.seg_first,
+                offset: out.end,
+            };
+            out.end += bytes.len() as u64;
+            out.buf.extend_from_slice(&bytes);
+            out.head = Head {
+                seq: entry.seq,
+                hash,
+            };
+            let mut record = entry.record.unwrap_or_default();
+            record.seq = entry.seq;
+            out.appended.push(Appended {
+                seq: entry.seq,
+                hash,
+                location,
+                record,
+            });
+            out.done.push(p.done);
+        }
+        out
+    }
+
+    /// Writes (and in sync mode fsyncs) `buf` at the end of the segment. On failure the
+    /// segment is cut back to where the batch began, so that no unacknowledged frame stays
+    /// in front of the next batch (a later open would otherwise see complete frames of
+    /// records that were never acknowledged, followed by others with the same sequence).
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let written = self
+            .file
+            .write_all(buf)
+            .and_then(|()| match self.opts.durability {
+                Durability::Sync => self.file.sync_data(),
+                Durability::Batch(_) => Ok(()),
+            });
+        if written.is_err() {
+            if let Err(error) = self.file.set_len(self.file_len) {
+                tracing::error!(%error, "audit segment could not be cut back after a failed write; the next open will refuse it");
+            }
+        }
+        written
     }
 
     fn window(&self) -> Duration {
