@@ -24,6 +24,7 @@ pub mod ratelimit;
 pub mod registry;
 pub mod registry_api;
 pub mod server;
+pub mod stats;
 pub mod store;
 pub mod subject;
 pub mod trust;

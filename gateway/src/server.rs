@@ -20,6 +20,7 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tongban_proto::h2;
 use tonic::body::Body;
 use tonic::service::Routes;
 use tower::ServiceExt;
@@ -133,7 +134,10 @@ fn http2_builder(
         .max_header_list_size(MAX_HEADER_LIST_BYTES)
         .keep_alive_interval(Some(ping_every))
         .keep_alive_timeout(ping_timeout)
-        .adaptive_window(true);
+        .initial_stream_window_size(h2::STREAM_WINDOW)
+        .initial_connection_window_size(h2::CONNECTION_WINDOW)
+        .max_pending_accept_reset_streams(h2::MAX_RESET_STREAMS)
+        .max_local_error_reset_streams(h2::MAX_RESET_STREAMS);
     builder
 }
 
@@ -258,7 +262,8 @@ impl Connection {
         let svc = hyper_util::service::TowerToHyperService::new(self.dispatch);
         let conn = self.builder.serve_connection(TokioIo::new(io), svc);
         if let Err(error) = self.watcher.watch(conn).await {
-            tracing::debug!(%error, "connection closed with an error");
+            crate::stats::listener_connection_error();
+            tracing::warn!(remote = %self.remote, %error, "connection closed with an error");
         }
     }
 }

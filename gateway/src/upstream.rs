@@ -17,6 +17,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tongban_proto::h2;
 use tonic::body::Body;
 
 /// How long an endpoint that refused a connection is passed over while others are available.
@@ -295,7 +296,10 @@ where
         .keep_alive_interval(keepalive.interval)
         .keep_alive_timeout(keepalive.timeout)
         .keep_alive_while_idle(true)
-        .adaptive_window(true)
+        .initial_stream_window_size(h2::STREAM_WINDOW)
+        .initial_connection_window_size(h2::CONNECTION_WINDOW)
+        .max_concurrent_reset_streams(h2::MAX_RESET_STREAMS)
+        .max_pending_accept_reset_streams(h2::MAX_RESET_STREAMS)
         .handshake(TokioIo::new(io))
         .await
         .map_err(|e| format!("http/2 handshake: {e}"))?;
@@ -304,6 +308,7 @@ where
         if let Err(error) = conn.await {
             // A keepalive PING left unanswered ends here too: every stream on the
             // connection fails at once, and the next call reconnects.
+            crate::stats::upstream_connection_error();
             tracing::warn!(upstream = %label, %error, "upstream connection lost");
             failed.store(true, Ordering::Relaxed);
         }

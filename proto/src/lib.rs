@@ -4,6 +4,7 @@
 
 #![allow(clippy::all, clippy::pedantic)]
 
+pub mod h2;
 pub mod metadata;
 
 /// The file descriptor set of every Tongban proto, for gRPC server reflection.
