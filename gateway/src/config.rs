@@ -137,7 +137,16 @@ fn default_policy_reload() -> u64 {
 #[serde(deny_unknown_fields)]
 struct RawStorage {
     data_dir: PathBuf,
+    #[serde(default = "default_cache_mib")]
+    cache_mib: u64,
 }
+
+fn default_cache_mib() -> u64 {
+    DEFAULT_STORE_CACHE_BYTES / (1024 * 1024)
+}
+
+/// The store's page cache (sled's default of 1 GiB grows the node's memory with its store).
+pub const DEFAULT_STORE_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -206,6 +215,8 @@ pub struct NodeConfig {
     /// Where peer nodes call this node (mTLS only).
     pub peer_addr: SocketAddr,
     pub data_dir: PathBuf,
+    /// Bytes of the store's page cache (`storage.cache_mib`): bounds the node's memory.
+    pub store_cache_bytes: u64,
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
     pub trust_bundle_path: PathBuf,
@@ -384,6 +395,12 @@ impl NodeConfig {
                 base.join(p)
             }
         };
+        if !(1..=4096).contains(&raw.storage.cache_mib) {
+            return Err(ConfigError::key(
+                "storage.cache_mib",
+                "must be between 1 and 4096",
+            ));
+        }
         if raw.storage.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::key("storage.data_dir", "must not be empty"));
         }
@@ -568,6 +585,7 @@ impl NodeConfig {
             caller_addr,
             peer_addr,
             data_dir: resolve(&raw.storage.data_dir),
+            store_cache_bytes: raw.storage.cache_mib * 1024 * 1024,
             cert_path: resolve(&raw.tls.cert),
             key_path: resolve(&raw.tls.key),
             trust_bundle_path: resolve(&raw.tls.trust_bundle),

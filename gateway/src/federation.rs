@@ -35,10 +35,14 @@ pub fn peer_health_name(city: &str) -> String {
     format!("tongban.peer.{city}")
 }
 
-/// A configured peer city and the channel to its node.
+/// A configured peer city and the channels to its node.
 pub struct Peer {
     pub city: String,
+    /// The data plane's connection: every forwarded call.
     pub endpoint: Arc<Endpoint>,
+    /// The control connection (handshake, catalog watch, checkpoints), apart from the data
+    /// plane so that no load or abandoned call on one disturbs the other.
+    pub control: Arc<Endpoint>,
     up: AtomicBool,
     /// Raw ed25519 key of the peer's node certificate, learnt (and verified) in the
     /// handshake: it verifies the consents that city issues.
@@ -46,10 +50,11 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub fn new(city: String, endpoint: Arc<Endpoint>) -> Self {
+    pub fn new(city: String, endpoint: Arc<Endpoint>, control: Arc<Endpoint>) -> Self {
         Peer {
             city,
             endpoint,
+            control,
             up: AtomicBool::new(false),
             node_key: arc_swap::ArcSwapOption::empty(),
         }
@@ -308,7 +313,7 @@ impl PeerSync {
 
     async fn sync_once(&self) -> Result<(), SyncError> {
         let city = &self.peer.city;
-        let channel = EndpointChannel::new(self.peer.endpoint.clone(), self.connect_timeout);
+        let channel = EndpointChannel::new(self.peer.control.clone(), self.connect_timeout);
         let mut client = FederationClient::new(channel);
         let hello = HandshakeRequest {
             city: self.identity.city.clone(),

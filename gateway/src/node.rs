@@ -143,7 +143,7 @@ impl PreparedNode {
             &bundle,
         )?);
         let store = config.data_dir.join("state");
-        let db = open_store(&store).await?;
+        let db = open_store(&store, config.store_cache_bytes).await?;
         let shared: Arc<dyn Store> = Arc::new(db.clone());
         let registry = Registry::open(shared.clone())?;
         let caller_tls = match &config.caller_tls {
@@ -237,13 +237,13 @@ impl PreparedNode {
         for p in &config.peers {
             let tls = identity.peer_client_config(&bundle, &p.city)?;
             let name = bundle.node_name_of(&p.city)?;
-            let endpoint = Endpoint::peer(&p.city, &p.address, tls, name)
-                .map_err(|e| NodeError::UnknownPeer(format!("{}: {e}", p.city)))?
-                .with_keepalive(Keepalive::of(&config.limits));
-            peers.insert(
-                p.city.clone(),
-                Arc::new(Peer::new(p.city.clone(), Arc::new(endpoint))),
-            );
+            let connection = || {
+                Endpoint::peer(&p.city, &p.address, tls.clone(), name.clone())
+                    .map(|e| Arc::new(e.with_keepalive(Keepalive::of(&config.limits))))
+                    .map_err(|e| NodeError::UnknownPeer(format!("{}: {e}", p.city)))
+            };
+            let peer = Peer::new(p.city.clone(), connection()?, connection()?);
+            peers.insert(p.city.clone(), Arc::new(peer));
         }
 
         let (health, health_svc) = tonic_health::server::health_reporter();
@@ -282,7 +282,7 @@ impl PreparedNode {
             pseudonyms: checks.pseudonyms.clone(),
             peers: peers
                 .iter()
-                .map(|(c, p)| (c.clone(), p.endpoint.clone()))
+                .map(|(c, p)| (c.clone(), p.control.clone()))
                 .collect(),
             connect_timeout: config.limits.connect_timeout,
         }))
@@ -454,8 +454,8 @@ async fn purge_replays(replay: ReplayCache, mut shutdown: watch::Receiver<bool>)
 }
 
 /// Opens the node's store; a previous instance still closing it gets a bounded wait.
-async fn open_store(path: &std::path::Path) -> Result<SledStore, NodeError> {
-    SledStore::open(path)
+async fn open_store(path: &std::path::Path, cache_bytes: u64) -> Result<SledStore, NodeError> {
+    SledStore::open_with_cache(path, cache_bytes)
         .await
         .map_err(|source| NodeError::Store {
             path: path.display().to_string(),

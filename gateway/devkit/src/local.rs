@@ -445,6 +445,7 @@ pub fn node_config(
         caller_addr,
         peer_addr,
         data_dir: dir.join("data"),
+        store_cache_bytes: tongban_gateway::config::DEFAULT_STORE_CACHE_BYTES,
         cert_path: files.node_cert.clone(),
         key_path: files.node_key.clone(),
         trust_bundle_path: certs.trust_bundle.clone(),

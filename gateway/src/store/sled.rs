@@ -27,10 +27,20 @@ impl SledStore {
     /// Opens (or creates) the store at `path`. A previous instance that is still closing gets
     /// a bounded wait; a store held by a running node is [`StoreError::Locked`] after it.
     pub async fn open(path: &Path) -> Result<SledStore, StoreError> {
+        Self::open_with_cache(path, crate::config::DEFAULT_STORE_CACHE_BYTES).await
+    }
+
+    /// [`Self::open`] with a page cache of `cache_bytes` (sled's default, 1 GiB, would let
+    /// the node's memory grow with its store).
+    pub async fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
         let started = tokio::time::Instant::now();
         let mut announced = false;
         loop {
-            match ::sled::open(path) {
+            match ::sled::Config::new()
+                .path(path)
+                .cache_capacity(cache_bytes)
+                .open()
+            {
                 Ok(db) => return Ok(SledStore { db }),
                 Err(::sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
                     if started.elapsed() >= RELEASE_WAIT {
@@ -51,7 +61,10 @@ impl SledStore {
 
     /// Opens the store at `path` without waiting (offline tools; the node must be stopped).
     pub fn open_now(path: &Path) -> Result<SledStore, StoreError> {
-        ::sled::open(path)
+        ::sled::Config::new()
+            .path(path)
+            .cache_capacity(crate::config::DEFAULT_STORE_CACHE_BYTES)
+            .open()
             .map(|db| SledStore { db })
             .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))
     }
