@@ -101,10 +101,9 @@ impl Auditor {
             .name("audit-index".into())
             .spawn(move || {
                 for batch in rx {
-                    for a in &batch {
-                        if let Err(error) = idx.insert(a) {
-                            tracing::error!(%error, seq = a.seq, "audit index update failed (tongban audit reindex rebuilds it)");
-                        }
+                    if let Err(error) = idx.insert_batch(&batch) {
+                        let seq = batch.first().map(|a| a.seq);
+                        tracing::error!(%error, ?seq, "audit index update failed (tongban audit reindex rebuilds it)");
                     }
                     if let Some(last) = batch.last() {
                         indexed_tx.send_replace(last.seq);
