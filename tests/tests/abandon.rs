@@ -121,3 +121,76 @@ async fn cancelling_a_thousand_calls_in_flight_breaks_no_one_else() {
     slow.stop().await;
     f.shutdown().await;
 }
+
+/// 1,000 calls in flight at once through a node, to a local provider and across the boundary:
+/// every one succeeds (its grpc-status checked), and the peer stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_calls_in_flight_all_succeed_local_and_cross_city() {
+    let mut limits = loopback_limits();
+    limits.max_streams_per_peer = 4 * ABANDONED as u64;
+    limits.max_concurrent_streams_per_connection = 4 * ABANDONED as u32;
+    (limits.caller_rate_per_s, limits.caller_burst) = (1_000_000, 1_000_000);
+    let f = Fed::start_with(&["jinan", "qingdao"], limits).await;
+    let mut slow = SlowProvider::start().await;
+    for city in ["jinan", "qingdao"] {
+        f.register(city, "slow", &slow.url).await;
+    }
+    assert!(
+        f.fed
+            .wait_until_federated(tongban_tests::CONVERGE, |_, p| p.services.len() >= 2)
+            .await
+    );
+    let errors_before = tongban_gateway::stats::connection_errors();
+    let client = CrossCityServiceClient::new(f.channel("jinan").await);
+    // Half local (jinan's own provider), half across the boundary; all held by the slow
+    // provider until every one has arrived, so that 1,000 are in flight together.
+    let calls: Vec<_> = (0..ABANDONED)
+        .map(|i| {
+            let mut c = client.clone();
+            let to = if i % 2 == 0 { "jinan" } else { "qingdao" };
+            let mut req = f.req(
+                "jinan",
+                SubmitRequest::default(),
+                Some(to),
+                Duration::from_secs(30),
+            );
+            req.metadata_mut()
+                .insert("x-tongban-target-org", MetadataValue::from_static("slow"));
+            tokio::spawn(async move { c.submit(req).await })
+        })
+        .collect();
+    for reached in 0..ABANDONED {
+        let seen = tokio::time::timeout(Duration::from_secs(20), slow.seen.recv()).await;
+        assert!(
+            matches!(seen, Ok(Some(_))),
+            "only {reached} calls reached the providers"
+        );
+    }
+    slow.release();
+    let mut failed = 0;
+    for c in calls {
+        // The slow provider answers INTERNAL "slow provider released" by design: what
+        // matters is that this is its answer, not a broken connection's.
+        match c.await.unwrap() {
+            Err(s) if s.message() == "slow provider released" => {}
+            other => {
+                failed += 1;
+                eprintln!("unexpected: {other:?}");
+            }
+        }
+    }
+    assert_eq!(
+        failed, 0,
+        "calls that did not get the provider's own answer"
+    );
+    assert!(f
+        .fed
+        .city("jinan")
+        .unwrap()
+        .node()
+        .unwrap()
+        .peer_up("qingdao"));
+    assert_eq!(tongban_gateway::stats::connection_errors(), errors_before);
+    slow.stop().await;
+    f.shutdown().await;
+}
