@@ -328,7 +328,7 @@ impl Default for Limits {
             caller_rate_per_s: 1000,
             caller_burst: 2000,
             max_metadata_bytes: 8 * 1024,
-            max_streams_per_peer: 512,
+            max_streams_per_peer: 2048,
             keepalive_interval: Duration::from_secs(1),
             keepalive_timeout: Duration::from_secs(2),
         }

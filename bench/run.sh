@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# The project's benchmark, one command: `bash bench/run.sh` (about 3 minutes).
+#
+# What it runs today (issue 9 is open; nginx, haproxy and h2load saturation are not in it
+# yet): release builds of the node, the reference provider and `tongban-loadgen`; a Jinan
+# and a Qingdao node with their providers as separate processes on core 0 (taskset), the
+# load generator on core 1; then, through Jinan, local calls (Jinan's provider) and
+# cross-city calls (Qingdao's), each
+#   - open loop at 1,000 and 5,000 calls/s (latency from the scheduled start: coordinated
+#     omission corrected),
+#   - closed loop with 64 calls in flight (the saturated rate),
+#   - closed loop with 1,000 calls in flight (every grpc-status must be OK),
+# with the CPU time of each process per call (utime+stime from /proc) and its peak RSS.
+# It writes bench/RESULTS.md.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+seconds=${BENCH_SECONDS:-8}
+work=$(mktemp -d /tmp/tongban-bench-XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+cargo build --release --quiet -p tongban -p tongban-loadgen
+bin="$root/target/release"
+server_cpu="taskset -c 0"
+client_cpu="taskset -c 1"
+if ! command -v taskset >/dev/null || [ "$(nproc)" -lt 2 ]; then server_cpu=""; client_cpu=""; fi
+
+"$bin/tongban" certs init --out "$work/certs" --city jinan --city qingdao >/dev/null
+for city in jinan qingdao; do
+  cp "deploy/$city.toml" "deploy/policy-$city.toml" "$work/"
+  # The benchmark's caller makes far more calls than a department: lift its rate limit and
+  # the per-connection stream cap, nothing else.
+  sed -i -e 's/^caller_rate_per_s = .*/caller_rate_per_s = 10000000/' \
+         -e 's/^caller_burst = .*/caller_burst = 10000000/' \
+         -e 's/^max_concurrent_streams_per_connection = .*/max_concurrent_streams_per_connection = 4096/' \
+         "$work/$city.toml"
+done
+
+start() { # name, command...
+  local name=$1; shift
+  $server_cpu "$@" >"$work/$name.log" 2>&1 &
+  pids+=($!)
+  echo $! >"$work/$name.pid"
+}
+start provider-jinan "$bin/tongban" provider crosscity --city jinan --listen 127.0.0.1:7201
+start provider-qingdao "$bin/tongban" provider crosscity --city qingdao --listen 127.0.0.1:8201
+start node-jinan "$bin/tongban" node --config "$work/jinan.toml"
+start node-qingdao "$bin/tongban" node --config "$work/qingdao.toml"
+
+token() { "$bin/tongban" token issue --certs "$work/certs" --city "$1" --org hrss --ttl 1h; }
+jinan_token=$(token jinan)
+for city in jinan qingdao; do
+  port=$([ $city = jinan ] && echo 7000 || echo 8000)
+  prov=$([ $city = jinan ] && echo 7201 || echo 8201)
+  for _ in $(seq 1 100); do
+    "$bin/tongban" registry register --node "http://127.0.0.1:$port" --token "$(token $city)" \
+      --org hrss --service tongban.crosscity.v1.CrossCityService \
+      --endpoint "http://127.0.0.1:$prov" --catalog-code JQ-HRSS-003 >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+done
+for _ in $(seq 1 100); do
+  "$bin/tongban" registry list --node http://127.0.0.1:7000 --token "$jinan_token" --city qingdao 2>/dev/null | grep -q " up " && break
+  sleep 0.1
+done
+
+cpu_ticks() { awk '{print $14+$15}' "/proc/$(cat "$work/$1.pid")/stat"; }
+# Per-thread CPU ticks of a process, by thread name: "name ticks" lines.
+thread_ticks() {
+  local pid; pid=$(cat "$work/$1.pid")
+  for t in /proc/"$pid"/task/*; do echo "$(tr ' ' '_' <"$t/comm") $(awk '{print $14+$15}' "$t/stat")"; done |
+    awk '{s[$1]+=$2} END {for (n in s) print n, s[n]}'
+}
+rss_kib() { awk '/VmHWM/ {print $2}' "/proc/$(cat "$work/$1.pid")/status"; }
+procs=(node-jinan node-qingdao provider-jinan provider-qingdao)
+hz=$(getconf CLK_TCK)
+
+rows=()
+threads=()
+run() { # label, to, rate, in_flight
+  local label=$1 to=$2 rate=$3 inflight=$4
+  declare -A before
+  for p in "${procs[@]}"; do before[$p]=$(cpu_ticks "$p"); done
+  thread_ticks node-jinan >"$work/threads.before"
+  local out
+  out=$($client_cpu "$bin/tongban-loadgen" --node http://127.0.0.1:7000 --token "$jinan_token" \
+        --to "$to" --rate "$rate" --in-flight "$inflight" --seconds "$seconds" --connections 4 || true)
+  local ok cpu=""
+  ok=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['ok'])" "$out")
+  thread_ticks node-jinan >"$work/threads.after"
+  threads+=("$(python3 - "$label" "$work/threads.before" "$work/threads.after" "$seconds" "$hz" "$out" <<'PY'
+import json, sys
+label, before, after, secs, hz, out = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5]), json.loads(sys.argv[6])
+b = dict(l.split() for l in open(before))
+a = dict(l.split() for l in open(after))
+d = sorted(((int(a[k]) - int(b.get(k, 0)), k) for k in a), reverse=True)[:4]
+top = ", ".join(f"{k} {v / hz / secs * 100:.0f}%" for v, k in d)
+print(f"| {label} | {top} | {out['failed'] or '-'} |")
+PY
+)")
+  for p in "${procs[@]}"; do
+    local d=$(( $(cpu_ticks "$p") - ${before[$p]} ))
+    cpu+="$(python3 -c "print(f'{$d*1e6/$hz/max($ok,1):.0f}')") | "
+  done
+  rows+=("$(python3 - "$label" "$out" "$cpu" <<'PY'
+import json, sys
+label, out, cpu = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+l = out["latency_us"]
+failed = sum(out["failed"].values())
+print(f"| {label} | {out['rps']:,.0f} | {out['ok']:,} | {failed} | {l['p50']:,} / {l['p99']:,} / {l['p999']:,} | {cpu}")
+PY
+)")
+}
+for scenario in "local:jinan" "cross-city:qingdao"; do
+  name=${scenario%%:*}; to=${scenario##*:}
+  run "$name, 1,000/s open loop" "$to" 1000 2000
+  run "$name, 5,000/s open loop" "$to" 5000 4000
+  run "$name, saturated (64 in flight)" "$to" 0 64
+  run "$name, 1,000 in flight" "$to" 0 1000
+done
+
+{
+  echo "# Benchmark results"
+  echo
+  echo "Written by \`bash bench/run.sh\` on $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), ${seconds} s per row."
+  echo "Servers (two nodes, two reference providers) on core 0, \`tongban-loadgen\` on core 1;"
+  echo "calls are \`CrossCityService/Submit\` through Jinan with a JWT, purpose, sync audit on both nodes."
+  echo "Latency from the scheduled start of each call (µs). CPU: µs of CPU per successful call of each process."
+  echo
+  echo "| run | calls/s | ok | failed | p50 / p99 / p99.9 µs | node jinan | node qingdao | provider jinan | provider qingdao |"
+  echo "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |"
+  for r in "${rows[@]}"; do echo "${r% | }"; done
+  echo
+  echo "Node Jinan's busiest threads (share of one core over the row) and the failures by code:"
+  echo
+  echo "| run | threads | failures |"
+  echo "| --- | --- | --- |"
+  for r in "${threads[@]}"; do echo "$r"; done
+  echo
+  echo "Peak RSS (KiB): $(for p in "${procs[@]}"; do printf '%s %s; ' "$p" "$(rss_kib "$p")"; done)"
+  echo
+  echo "Not yet measured here (issue 9): direct, nginx \`grpc_pass\` and haproxy side by side, h2load saturation, the consent path, ratios."
+} > bench/RESULTS.md
+cat bench/RESULTS.md
