@@ -113,6 +113,11 @@ print(f"| {label} | {out['rps']:,.0f} | {out['ok']:,} | {failed} | {l['p50']:,} 
 PY
 )")
 }
+# Warm up both routes (connections, token cache, store) without recording.
+for to in jinan qingdao; do
+  $client_cpu "$bin/tongban-loadgen" --node http://127.0.0.1:7000 --token "$jinan_token" \
+    --to "$to" --rate 500 --seconds 2 >/dev/null || true
+done
 for scenario in "local:jinan" "cross-city:qingdao"; do
   name=${scenario%%:*}; to=${scenario##*:}
   run "$name, 1,000/s open loop" "$to" 1000 2000
