@@ -70,6 +70,22 @@ impl Peer {
         self.up.load(Ordering::Relaxed)
     }
 
+    /// Marks the peer down; `stopping`: it ended its catalog stream itself (info, not warn).
+    async fn set_down(&self, stopping: bool, health: &HealthReporter) {
+        if stopping && self.is_up() {
+            tracing::info!(peer = %self.city, "peer stopped (it ended the catalog stream)");
+            self.up.store(false, Ordering::Relaxed);
+            health
+                .set_service_status(
+                    peer_health_name(&self.city),
+                    tonic_health::ServingStatus::NotServing,
+                )
+                .await;
+            return;
+        }
+        self.set_up(false, health).await;
+    }
+
     async fn set_up(&self, up: bool, health: &HealthReporter) {
         let was = self.up.swap(up, Ordering::Relaxed);
         let status = if up {
@@ -297,7 +313,8 @@ impl PeerSync {
             if *shutdown.borrow() {
                 return;
             }
-            self.peer.set_up(false, &self.health).await;
+            // A clean end of the stream is the peer stopping; an error is the peer lost.
+            self.peer.set_down(result.is_ok(), &self.health).await;
             match result {
                 Ok(()) => tracing::info!(peer = %self.peer.city, "peer ended the catalog stream"),
                 Err(error) => {
@@ -350,10 +367,12 @@ impl PeerSync {
                         services = catalog.services.len(),
                         "peer catalog updated"
                     );
-                    self.catalog.set_peer(catalog);
+                    // Up before its catalog is visible: a call routed by that catalog must not
+                    // find the peer still marked down.
                     if !self.peer.is_up() {
                         self.peer.set_up(true, &self.health).await;
                     }
+                    self.catalog.set_peer(catalog);
                 }
                 _ = checkpoints.tick() => self.fetch_checkpoint(&mut client, &cert).await,
             }

@@ -262,8 +262,11 @@ impl Connection {
         let svc = hyper_util::service::TowerToHyperService::new(self.dispatch);
         let conn = self.builder.serve_connection(TokioIo::new(io), svc);
         if let Err(error) = self.watcher.watch(conn).await {
-            crate::stats::listener_connection_error();
-            tracing::warn!(remote = %self.remote, %error, "connection closed with an error");
+            crate::stats::connection_ended(
+                crate::stats::Side::Listener,
+                &self.remote.to_string(),
+                &error,
+            );
         }
     }
 }

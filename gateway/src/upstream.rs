@@ -308,8 +308,7 @@ where
         if let Err(error) = conn.await {
             // A keepalive PING left unanswered ends here too: every stream on the
             // connection fails at once, and the next call reconnects.
-            crate::stats::upstream_connection_error();
-            tracing::warn!(upstream = %label, %error, "upstream connection lost");
+            crate::stats::connection_ended(crate::stats::Side::Upstream, &label, &error);
             failed.store(true, Ordering::Relaxed);
         }
     });

@@ -123,6 +123,15 @@ impl Fed {
         self.fed.shutdown().await;
     }
 
+    /// Whether `city`'s node has its catalog stream with `peer` up.
+    pub fn peer_up(&self, city: &str, peer: &str) -> bool {
+        self.fed
+            .city(city)
+            .ok()
+            .and_then(|c| c.node())
+            .is_some_and(|n| n.peer_up(peer))
+    }
+
     /// The audit of `city`'s running node.
     pub fn auditor(&self, city: &str) -> std::sync::Arc<tongban_gateway::audit::Auditor> {
         self.fed

@@ -20,13 +20,27 @@ use tonic_health::pb::HealthCheckRequest;
 
 const ABANDONED: usize = 1000;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancelling_a_thousand_calls_in_flight_breaks_no_one_else() {
+/// Room for thousands of calls in flight from one caller.
+fn busy_limits() -> tongban_gateway::config::Limits {
     let mut limits = loopback_limits();
     limits.max_streams_per_peer = 4 * ABANDONED as u64;
     limits.max_concurrent_streams_per_connection = 4 * ABANDONED as u32;
     (limits.caller_rate_per_s, limits.caller_burst) = (1_000_000, 1_000_000);
-    let f = Fed::start_with(&["jinan", "qingdao"], limits).await;
+    limits
+}
+
+/// The peer is still up, no connection of either node (listeners or upstream) ended with
+/// an error; then everything stops.
+async fn healthy_end(f: Fed, slow: SlowProvider, errors_before: (u64, u64)) {
+    assert!(f.peer_up("jinan", "qingdao"));
+    assert_eq!(tongban_gateway::stats::connection_errors(), errors_before);
+    slow.stop().await;
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_thousand_calls_in_flight_breaks_no_one_else() {
+    let f = Fed::start_with(&["jinan", "qingdao"], busy_limits()).await;
     let mut slow = SlowProvider::start().await;
     f.register("qingdao", "slow", &slow.url).await;
     assert!(
@@ -109,28 +123,14 @@ async fn cancelling_a_thousand_calls_in_flight_breaks_no_one_else() {
     if let Ok(Ok(Some(m))) = flipped {
         assert_eq!(m.status, ServingStatus::Serving as i32, "the peer flapped");
     }
-    assert!(f
-        .fed
-        .city("jinan")
-        .unwrap()
-        .node()
-        .unwrap()
-        .peer_up("qingdao"));
-    // No connection of either node (listeners or upstream) ended with an error.
-    assert_eq!(tongban_gateway::stats::connection_errors(), errors_before);
-    slow.stop().await;
-    f.shutdown().await;
+    healthy_end(f, slow, errors_before).await;
 }
 
 /// 1,000 calls in flight at once through a node, to a local provider and across the boundary:
 /// every one succeeds (its grpc-status checked), and the peer stays up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_calls_in_flight_all_succeed_local_and_cross_city() {
-    let mut limits = loopback_limits();
-    limits.max_streams_per_peer = 4 * ABANDONED as u64;
-    limits.max_concurrent_streams_per_connection = 4 * ABANDONED as u32;
-    (limits.caller_rate_per_s, limits.caller_burst) = (1_000_000, 1_000_000);
-    let f = Fed::start_with(&["jinan", "qingdao"], limits).await;
+    let f = Fed::start_with(&["jinan", "qingdao"], busy_limits()).await;
     let mut slow = SlowProvider::start().await;
     for city in ["jinan", "qingdao"] {
         f.register(city, "slow", &slow.url).await;
@@ -183,14 +183,5 @@ async fn a_thousand_calls_in_flight_all_succeed_local_and_cross_city() {
         failed, 0,
         "calls that did not get the provider's own answer"
     );
-    assert!(f
-        .fed
-        .city("jinan")
-        .unwrap()
-        .node()
-        .unwrap()
-        .peer_up("qingdao"));
-    assert_eq!(tongban_gateway::stats::connection_errors(), errors_before);
-    slow.stop().await;
-    f.shutdown().await;
+    healthy_end(f, slow, errors_before).await;
 }

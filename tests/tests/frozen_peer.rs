@@ -109,13 +109,7 @@ async fn a_frozen_peer_is_noticed_failed_fast_and_healed() {
         "a call to a frozen peer took {in_flight:?} (deadline 8 s)"
     );
     let noticed = peer_health_becomes(&f, ServingStatus::NotServing).await;
-    assert!(!f
-        .fed
-        .city("jinan")
-        .unwrap()
-        .node()
-        .unwrap()
-        .peer_up("qingdao"));
+    assert!(!f.peer_up("jinan", "qingdao"));
 
     // Its catalog entries are listed as unavailable.
     let listed = f

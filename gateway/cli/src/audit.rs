@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use crate::client::connect;
+use crate::client::NodeArgs;
 use crate::EX_CONFIG;
 
 #[derive(Subcommand)]
@@ -23,10 +23,8 @@ pub enum AuditCmd {
     },
     /// Query records through a node's Audit API (needs role audit-operator).
     Query {
-        #[arg(long)]
-        node: String,
-        #[arg(long, env = "TONGBAN_TOKEN", hide_env_values = true)]
-        token: String,
+        #[command(flatten)]
+        at: NodeArgs,
         /// city/org of the caller.
         #[arg(long, default_value = "")]
         caller: String,
@@ -41,10 +39,8 @@ pub enum AuditCmd {
     },
     /// Both sides' records of one exchange.
     Show {
-        #[arg(long)]
-        node: String,
-        #[arg(long, env = "TONGBAN_TOKEN", hide_env_values = true)]
-        token: String,
+        #[command(flatten)]
+        at: NodeArgs,
         request_id: String,
     },
 }
@@ -162,14 +158,13 @@ async fn run_online(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
     use tongban_proto::audit::v1::{GetRequest, QueryRequest};
     let result = match cmd {
         AuditCmd::Query {
-            node,
-            token,
+            at,
             caller,
             service,
             from_ms,
             to_ms,
             limit,
-        } => AuditClient::new(connect(&node, &token).await?)
+        } => AuditClient::new(at.connect().await?)
             .query(QueryRequest {
                 from_ms,
                 to_ms,
@@ -186,11 +181,7 @@ async fn run_online(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                     println!("(more: next page token {})", r.next_page_token);
                 }
             }),
-        AuditCmd::Show {
-            node,
-            token,
-            request_id,
-        } => AuditClient::new(connect(&node, &token).await?)
+        AuditCmd::Show { at, request_id } => AuditClient::new(at.connect().await?)
             .get(GetRequest { request_id })
             .await
             .map(|r| {

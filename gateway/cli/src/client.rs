@@ -21,6 +21,23 @@ pub async fn connect(node: &str, token: &str) -> anyhow::Result<Authed> {
     Ok(Authed::new(channel, bearer))
 }
 
+/// Which node a control-plane command talks to, and with which token.
+#[derive(clap::Args)]
+pub struct NodeArgs {
+    /// The node's caller address, e.g. http://127.0.0.1:7000
+    #[arg(long)]
+    pub node: String,
+    /// A caller JWT of the node's city (`tongban token issue`); env TONGBAN_TOKEN.
+    #[arg(long, env = "TONGBAN_TOKEN", hide_env_values = true)]
+    pub token: String,
+}
+
+impl NodeArgs {
+    pub async fn connect(&self) -> anyhow::Result<Authed> {
+        connect(&self.node, &self.token).await
+    }
+}
+
 /// 0 when the call succeeded; 1 and the status on stderr otherwise.
 pub fn exit_code(result: Result<(), tonic::Status>) -> ExitCode {
     match result {

@@ -8,18 +8,14 @@ use tongban_proto::registry::v1::{
     ListServicesRequest, RegisterServiceRequest, Scope, ServiceRegistration, WithdrawServiceRequest,
 };
 
-use crate::client::connect;
+use crate::client::NodeArgs;
 
 #[derive(Subcommand)]
 pub enum RegistryCmd {
     /// Register (or replace) a service of an organisation.
     Register {
-        /// The node's caller address, e.g. http://127.0.0.1:7000
-        #[arg(long)]
-        node: String,
-        /// A caller JWT of the node's city (`tongban token issue`); env TONGBAN_TOKEN.
-        #[arg(long, env = "TONGBAN_TOKEN", hide_env_values = true)]
-        token: String,
+        #[command(flatten)]
+        at: NodeArgs,
         #[arg(long)]
         org: String,
         #[arg(long)]
@@ -37,12 +33,8 @@ pub enum RegistryCmd {
     },
     /// Withdraw a service.
     Withdraw {
-        /// The node's caller address, e.g. http://127.0.0.1:7000
-        #[arg(long)]
-        node: String,
-        /// A caller JWT of the node's city (`tongban token issue`); env TONGBAN_TOKEN.
-        #[arg(long, env = "TONGBAN_TOKEN", hide_env_values = true)]
-        token: String,
+        #[command(flatten)]
+        at: NodeArgs,
         #[arg(long)]
         org: String,
         #[arg(long)]
@@ -50,12 +42,8 @@ pub enum RegistryCmd {
     },
     /// List the catalog.
     List {
-        /// The node's caller address, e.g. http://127.0.0.1:7000
-        #[arg(long)]
-        node: String,
-        /// A caller JWT of the node's city (`tongban token issue`); env TONGBAN_TOKEN.
-        #[arg(long, env = "TONGBAN_TOKEN", hide_env_values = true)]
-        token: String,
+        #[command(flatten)]
+        at: NodeArgs,
         #[arg(long, value_enum, default_value = "all")]
         scope: ScopeArg,
         #[arg(long, default_value = "")]
@@ -78,8 +66,7 @@ pub fn run(cmd: RegistryCmd) -> ExitCode {
 async fn run_registry(cmd: RegistryCmd) -> anyhow::Result<ExitCode> {
     let result = match cmd {
         RegistryCmd::Register {
-            node,
-            token,
+            at,
             org,
             service,
             endpoints,
@@ -87,7 +74,7 @@ async fn run_registry(cmd: RegistryCmd) -> anyhow::Result<ExitCode> {
             personal_data,
             description,
         } => {
-            let r = RegistryClient::new(connect(&node, &token).await?)
+            let r = RegistryClient::new(at.connect().await?)
                 .register_service(RegisterServiceRequest {
                     registration: Some(ServiceRegistration {
                         organisation: org,
@@ -101,13 +88,8 @@ async fn run_registry(cmd: RegistryCmd) -> anyhow::Result<ExitCode> {
                 .await;
             r.map(|r| version_line("registered", r.into_inner().catalog_version))
         }
-        RegistryCmd::Withdraw {
-            node,
-            token,
-            org,
-            service,
-        } => {
-            let mut client = RegistryClient::new(connect(&node, &token).await?);
+        RegistryCmd::Withdraw { at, org, service } => {
+            let mut client = RegistryClient::new(at.connect().await?);
             let request = WithdrawServiceRequest {
                 organisation: org,
                 service,
@@ -115,18 +97,13 @@ async fn run_registry(cmd: RegistryCmd) -> anyhow::Result<ExitCode> {
             let r = client.withdraw_service(request).await;
             r.map(|r| version_line("withdrawn", r.into_inner().catalog_version))
         }
-        RegistryCmd::List {
-            node,
-            token,
-            scope,
-            city,
-        } => {
+        RegistryCmd::List { at, scope, city } => {
             let scope = match scope {
                 ScopeArg::All => Scope::Unspecified,
                 ScopeArg::Local => Scope::Local,
                 ScopeArg::Federated => Scope::Federated,
             };
-            let r = RegistryClient::new(connect(&node, &token).await?)
+            let r = RegistryClient::new(at.connect().await?)
                 .list_services(ListServicesRequest {
                     scope: scope as i32,
                     city,
