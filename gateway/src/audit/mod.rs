@@ -1,5 +1,5 @@
 //! Tamper-evident audit (DESIGN §5): one record per exchange on every node it passes, in an
-//! append-only hash-chained log ([`log`]), indexed in sled ([`index`]), with signed
+//! append-only hash-chained log ([`log`]), indexed by a flat file of entries ([`index`]), with signed
 //! checkpoints of the log head exchanged between nodes and signed receipts ([`receipt`]).
 
 pub mod api;
@@ -85,12 +85,15 @@ impl Auditor {
         opts: LogOptions,
         identity: Arc<NodeIdentity>,
     ) -> Result<Arc<Auditor>, AuditError> {
-        let index = AuditIndex::open(store).map_err(storage)?;
+        let index = AuditIndex::open(dir).map_err(storage)?;
         let checkpoints = store.keyspace("audit.checkpoints").map_err(storage)?;
         let (tx, rx) = std::sync::mpsc::channel::<Vec<Appended>>();
         // The node's own signed checkpoints anchor the log: one it disagrees with, or ends
         // before, refuses to open.
         let log = AuditLog::open_anchored(dir, opts, tx, &checkpoint_hashes(&checkpoints))?;
+        // The index follows the log: entries past its head go (the log was cut back to
+        // a torn tail's start, or restored), a missing tail is indexed now.
+        index.truncate_to(log.head().seq).map_err(storage)?;
         let up_to = index.indexed_up_to();
         if up_to < log.head().seq {
             index_log(dir, &index, up_to)?;
@@ -461,8 +464,7 @@ pub fn verify_offline(data_dir: &Path) -> Result<(VerifyReport, bool), AuditErro
 
 /// Rebuilds the indexes from the log (`tongban audit reindex`; the node must be stopped).
 pub fn reindex_offline(data_dir: &Path) -> Result<VerifyReport, AuditError> {
-    let store = SledStore::open_now(&data_dir.join("state")).map_err(storage)?;
-    let index = AuditIndex::open(&store).map_err(storage)?;
+    let index = AuditIndex::open(&data_dir.join("audit")).map_err(storage)?;
     index.clear().map_err(storage)?;
     let report = index_log(&data_dir.join("audit"), &index, 0)?;
     index.flush().map_err(storage)?;

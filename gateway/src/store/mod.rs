@@ -2,8 +2,8 @@
 //! will join. A [`Store`] opens named [`Keyspace`]s of bytes and makes writes durable; the
 //! registry, consents and revocations, and the replay cache are built on them, and the
 //! pseudonym secret comes from a [`SecretSource`]. sled is the implementation ([`sled`]);
-//! no sled type is used outside the store modules (this one, and the audit's own index in
-//! `audit::index`, which the audit benchmark drives directly).
+//! no sled type is used outside this module. (The audit index is a flat file of its own,
+//! next to the log: `audit::index`.)
 
 pub mod secret;
 pub mod sled;

@@ -68,11 +68,6 @@ impl SledStore {
             .map(|db| SledStore { db })
             .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))
     }
-
-    /// The sled database, for the audit's own index (a store module of its own).
-    pub(crate) fn db(&self) -> &::sled::Db {
-        &self.db
-    }
 }
 
 impl Store for SledStore {
