@@ -81,7 +81,7 @@ impl Auditor {
     /// entries committed but not yet indexed before a crash.
     pub fn open(
         dir: &Path,
-        store: &SledStore,
+        store: &dyn Store,
         opts: LogOptions,
         identity: Arc<NodeIdentity>,
     ) -> Result<Arc<Auditor>, AuditError> {
