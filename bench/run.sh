@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The project's benchmark, one command: `bash bench/run.sh` (about 3 minutes).
 #
-# What it runs today (issue 9 is open; nginx, haproxy and h2load saturation are not in it
-# yet): release builds of the node, the reference provider and `tongban-loadgen`; a Jinan
+# What it runs today (issue 9 is open; h2load saturation is not in it yet): release builds of the node, the reference provider and `tongban-loadgen`; a Jinan
 # and a Qingdao node with their providers as separate processes on core 0 (taskset), the
-# load generator on core 1; then, through Jinan, local calls (Jinan's provider) and
+# load generator on core 1; the same calls straight to Jinan's provider and through nginx
+# (grpc_pass) and haproxy (h2), each pinned to core 0 too; then, through Jinan, local calls (Jinan's provider) and
 # cross-city calls (Qingdao's), each
 #   - open loop at 1,000 and 5,000 calls/s (latency from the scheduled start: coordinated
 #     omission corrected),
@@ -21,6 +21,14 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
+# The peers it compares with, from Debian's packages when missing.
+missing=()
+command -v nginx >/dev/null || missing+=(nginx)
+command -v haproxy >/dev/null || missing+=(haproxy)
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" != 0 ] && sudo=sudo
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 cargo build --release --quiet -p tongban -p tongban-loadgen
 bin="$root/target/release"
 server_cpu="taskset -c 0"
@@ -48,6 +56,48 @@ start provider-jinan "$bin/tongban" provider crosscity --city jinan --listen 127
 start provider-qingdao "$bin/tongban" provider crosscity --city qingdao --listen 127.0.0.1:8201
 start node-jinan "$bin/tongban" node --config "$work/jinan.toml"
 start node-qingdao "$bin/tongban" node --config "$work/qingdao.toml"
+
+# nginx (grpc_pass) and haproxy (h2), each a plain h2c proxy in front of Jinan's provider,
+# one worker/thread each like the node's share of its core.
+mkdir -p "$work/nginx/logs" "$work/nginx/tmp"
+cat >"$work/nginx.conf" <<NGINX
+daemon off;
+master_process off;
+worker_processes 1;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/logs/error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx/tmp;
+  proxy_temp_path $work/nginx/tmp;
+  fastcgi_temp_path $work/nginx/tmp;
+  uwsgi_temp_path $work/nginx/tmp;
+  scgi_temp_path $work/nginx/tmp;
+  keepalive_requests 100000000;
+  keepalive_timeout 300s;
+  http2_max_concurrent_streams 1024;
+  upstream provider { server 127.0.0.1:7201; keepalive 1024; keepalive_requests 100000000; keepalive_timeout 300s; }
+  server { listen 127.0.0.1:7301 http2; location / { grpc_pass grpc://provider; } }
+}
+NGINX
+cat >"$work/haproxy.cfg" <<HAPROXY
+global
+  nbthread 1
+  maxconn 8000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+frontend grpc
+  bind 127.0.0.1:7302 proto h2
+  default_backend provider
+backend provider
+  server p1 127.0.0.1:7201 proto h2
+HAPROXY
+start nginx nginx -c "$work/nginx.conf"
+start haproxy haproxy -f "$work/haproxy.cfg" -db
 
 token() { "$bin/tongban" token issue --certs "$work/certs" --city "$1" --org hrss --ttl 1h; }
 jinan_token=$(token jinan)
@@ -79,18 +129,19 @@ hz=$(getconf CLK_TCK)
 
 rows=()
 threads=()
-run() { # label, to, rate, in_flight
-  local label=$1 to=$2 rate=$3 inflight=$4
+run() { # label, to, rate, in_flight, [url, proxy process (or none)]
+  local label=$1 to=$2 rate=$3 inflight=$4 url=${5:-http://127.0.0.1:7000} proxy=${6:-node-jinan}
+  local procs=("$proxy" node-qingdao provider-jinan provider-qingdao)
   declare -A before
-  for p in "${procs[@]}"; do before[$p]=$(cpu_ticks "$p"); done
+  for p in "${procs[@]}"; do [ "$p" = none ] || before[$p]=$(cpu_ticks "$p"); done
   thread_ticks node-jinan >"$work/threads.before"
   local out
-  out=$($client_cpu "$bin/tongban-loadgen" --node http://127.0.0.1:7000 --token "$jinan_token" \
+  out=$($client_cpu "$bin/tongban-loadgen" --node "$url" --token "$jinan_token" \
         --to "$to" --rate "$rate" --in-flight "$inflight" --seconds "$seconds" --connections 4 || true)
   local ok cpu=""
   ok=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['ok'])" "$out")
   thread_ticks node-jinan >"$work/threads.after"
-  threads+=("$(python3 - "$label" "$work/threads.before" "$work/threads.after" "$seconds" "$hz" "$out" <<'PY'
+  [ "$proxy" = node-jinan ] && threads+=("$(python3 - "$label" "$work/threads.before" "$work/threads.after" "$seconds" "$hz" "$out" <<'PY'
 import json, sys
 label, before, after, secs, hz, out = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5]), json.loads(sys.argv[6])
 b = dict(l.split() for l in open(before))
@@ -101,6 +152,7 @@ print(f"| {label} | {top} | {out['failed'] or '-'} |")
 PY
 )")
   for p in "${procs[@]}"; do
+    if [ "$p" = none ]; then cpu+="- | "; continue; fi
     local d=$(( $(cpu_ticks "$p") - ${before[$p]} ))
     cpu+="$(python3 -c "print(f'{$d*1e6/$hz/max($ok,1):.0f}')") | "
   done
@@ -118,6 +170,12 @@ for to in jinan qingdao; do
   $client_cpu "$bin/tongban-loadgen" --node http://127.0.0.1:7000 --token "$jinan_token" \
     --to "$to" --rate 500 --seconds 2 >/dev/null || true
 done
+# The same calls without Tongban: straight to Jinan's provider, and through nginx and haproxy.
+for peer in "direct:http://127.0.0.1:7201:none" "nginx grpc_pass:http://127.0.0.1:7301:nginx" "haproxy h2:http://127.0.0.1:7302:haproxy"; do
+  name=${peer%%:*}; rest=${peer#*:}; proxy=${rest##*:}; url=${rest%:*}
+  run "$name, 1,000/s open loop" jinan 1000 2000 "$url" "$proxy"
+  run "$name, saturated (64 in flight)" jinan 0 64 "$url" "$proxy"
+done
 for scenario in "local:jinan" "cross-city:qingdao"; do
   name=${scenario%%:*}; to=${scenario##*:}
   run "$name, 1,000/s open loop" "$to" 1000 2000
@@ -134,7 +192,7 @@ done
   echo "calls are \`CrossCityService/Submit\` through Jinan with a JWT, purpose, sync audit on both nodes."
   echo "Latency from the scheduled start of each call (µs). CPU: µs of CPU per successful call of each process."
   echo
-  echo "| run | calls/s | ok | failed | p50 / p99 / p99.9 µs | node jinan | node qingdao | provider jinan | provider qingdao |"
+  echo "| run | calls/s | ok | failed | p50 / p99 / p99.9 µs | proxy (node jinan, nginx or haproxy) | node qingdao | provider jinan | provider qingdao |"
   echo "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |"
   for r in "${rows[@]}"; do echo "${r% | }"; done
   echo
@@ -144,8 +202,8 @@ done
   echo "| --- | --- | --- |"
   for r in "${threads[@]}"; do echo "$r"; done
   echo
-  echo "Peak RSS (KiB): $(for p in "${procs[@]}"; do printf '%s %s; ' "$p" "$(rss_kib "$p")"; done)"
+  echo "Peak RSS (KiB): $(for p in "${procs[@]}" nginx haproxy; do printf '%s %s; ' "$p" "$(rss_kib "$p")"; done)"
   echo
-  echo "Not yet measured here (issue 9): direct, nginx \`grpc_pass\` and haproxy side by side, h2load saturation, the consent path, ratios."
+  echo "Not yet measured here (issue 9): h2load saturation, the consent path, ratios computed by the script."
 } > bench/RESULTS.md
 cat bench/RESULTS.md
