@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's benchmark, one command: `bash bench/run.sh` (about 3 minutes).
 #
-# What it runs today (issue 9 is open; h2load saturation is not in it yet): release builds of the node, the reference provider and `tongban-loadgen`; a Jinan
+# What it runs (issue 9 is open): release builds of the node, the reference provider and `tongban-loadgen`; a Jinan
 # and a Qingdao node with their providers as separate processes on core 0 (taskset), the
 # load generator on core 1; the same calls straight to Jinan's provider and through nginx
 # (grpc_pass) and haproxy (h2), each pinned to core 0 too; then, through Jinan, local calls (Jinan's provider) and
@@ -25,6 +25,7 @@ trap cleanup EXIT
 missing=()
 command -v nginx >/dev/null || missing+=(nginx)
 command -v haproxy >/dev/null || missing+=(haproxy)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" != 0 ] && sudo=sudo
   $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -184,6 +185,34 @@ for scenario in "local:jinan" "cross-city:qingdao"; do
   run "$name, 1,000 in flight" "$to" 0 1000
 done
 
+# h2load saturation: pre-encoded gRPC frames (a 5-byte prefix and the request), as many as
+# it can send. h2load sees HTTP statuses only, never grpc-status: its rows say how fast, the
+# loadgen rows above whether the answers were right.
+python3 - "$work/frame.bin" <<'PY'
+import sys
+code = b"JQ-HRSS-003"
+msg = b"\x0a" + bytes([len(code)]) + code + b"\x1a\x60" + b"\x5a" * 96
+open(sys.argv[1], "wb").write(b"\x00" + len(msg).to_bytes(4, "big") + msg)
+PY
+h2rows=()
+h2() { # label, url, target city
+  local out
+  out=$($client_cpu h2load -D "$seconds" -c 4 -m 64 -d "$work/frame.bin" \
+        -H 'content-type: application/grpc' -H 'te: trailers' \
+        -H "authorization: Bearer $jinan_token" -H "x-tongban-target-city: $3" \
+        -H 'x-tongban-purpose: case-handling' \
+        "$2/tongban.crosscity.v1.CrossCityService/Submit" 2>&1 || true)
+  local rps ok
+  rps=$(echo "$out" | awk '/^finished in/ {print $4}')
+  ok=$(echo "$out" | awk '/^status codes:/ {print $3}')
+  h2rows+=("| $1 | ${rps:-?} | ${ok:-?} |")
+}
+h2 "direct" http://127.0.0.1:7201 jinan
+h2 "nginx grpc_pass" http://127.0.0.1:7301 jinan
+h2 "haproxy h2" http://127.0.0.1:7302 jinan
+h2 "Tongban, local" http://127.0.0.1:7000 jinan
+h2 "Tongban, cross-city" http://127.0.0.1:7000 qingdao
+
 {
   echo "# Benchmark results"
   echo
@@ -202,8 +231,14 @@ done
   echo "| --- | --- | --- |"
   for r in "${threads[@]}"; do echo "$r"; done
   echo
+  echo "h2load saturation (4 connections, 64 streams each, pre-encoded frames; HTTP 2xx counted, not grpc-status):"
+  echo
+  echo "| target | req/s | HTTP 2xx |"
+  echo "| --- | ---: | ---: |"
+  for r in "${h2rows[@]}"; do echo "$r"; done
+  echo
   echo "Peak RSS (KiB): $(for p in "${procs[@]}" nginx haproxy; do printf '%s %s; ' "$p" "$(rss_kib "$p")"; done)"
   echo
-  echo "Not yet measured here (issue 9): h2load saturation, the consent path, ratios computed by the script."
+  echo "Not yet measured here (issue 9): the consent path, ratios computed by the script."
 } > bench/RESULTS.md
 cat bench/RESULTS.md
