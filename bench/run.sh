@@ -165,6 +165,12 @@ failed = sum(out["failed"].values())
 print(f"| {label} | {out['rps']:,.0f} | {out['ok']:,} | {failed} | {l['p50']:,} / {l['p99']:,} / {l['p999']:,} | {cpu}")
 PY
 )")
+  # For the ratios: calls/s, the proxy's CPU per call, p99 (µs).
+  printf '%s\t%s\t%s\t%s\n' "$label" \
+    "$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['rps'])" "$out")" \
+    "$(echo "$cpu" | cut -d'|' -f1 | tr -d ' ')" \
+    "$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['latency_us']['p99'])" "$out")" \
+    >>"$work/figures.tsv"
 }
 # Warm up both routes (connections, token cache, store) without recording.
 for to in jinan qingdao; do
@@ -239,6 +245,36 @@ h2 "Tongban, cross-city" http://127.0.0.1:7000 qingdao
   echo
   echo "Peak RSS (KiB): $(for p in "${procs[@]}" nginx haproxy; do printf '%s %s; ' "$p" "$(rss_kib "$p")"; done)"
   echo
-  echo "Not yet measured here (issue 9): the consent path, ratios computed by the script."
+  echo "Ratios (from the load generator's rows above; targets of issue 9 in brackets):"
+  echo
+  python3 - "$work/figures.tsv" <<'PY'
+import sys
+f = {}
+for line in open(sys.argv[1]):
+    label, rps, cpu, p99 = line.rstrip("\n").split("\t")
+    f[label] = (float(rps), float(cpu) if cpu not in ("", "-") else None, float(p99))
+sat = lambda n: f.get(f"{n}, saturated (64 in flight)")
+slow = lambda n: f.get(f"{n}, 1,000/s open loop")
+rows = []
+one, cross = sat("local"), sat("cross-city")
+nginx, haproxy, direct = sat("nginx grpc_pass"), sat("haproxy h2"), sat("direct")
+if one and nginx and haproxy:
+    rows.append(("one node, saturated calls/s ÷ nginx's (≥ 1.0)", one[0] / nginx[0]))
+    rows.append(("one node, saturated calls/s ÷ haproxy's (stretch ≥ 1.0)", one[0] / haproxy[0]))
+    rows.append(("one node, proxy CPU per call ÷ haproxy's (≤ 2.0)", one[1] / haproxy[1]))
+if one and cross:
+    rows.append(("cross-city ÷ one node, saturated calls/s (≥ 0.5)", cross[0] / one[0]))
+if one and direct:
+    rows.append(("one node ÷ direct, saturated calls/s", one[0] / direct[0]))
+d, n, l = slow("direct"), slow("nginx grpc_pass"), slow("local")
+if d and n and l:
+    rows.append(("added p99 at 1,000/s, one node − nginx's (≤ one fsync), µs", (l[2] - d[2]) - (n[2] - d[2])))
+print("| ratio | value |")
+print("| --- | ---: |")
+for name, v in rows:
+    print(f"| {name} | {v:.2f} |")
+PY
+  echo
+  echo "Not yet measured here (issue 9): the consent path; 10 runs in a row; two server cores."
 } > bench/RESULTS.md
 cat bench/RESULTS.md
