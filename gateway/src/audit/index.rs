@@ -256,14 +256,23 @@ impl AuditIndex {
     }
 
     pub fn location(&self, seq: u64) -> Option<Location> {
-        if seq == 0 || seq > self.indexed_up_to() {
-            return None;
-        }
-        let mut f = File::open(&self.inner.path).ok()?;
-        f.seek(SeekFrom::Start((seq - 1) * ENTRY)).ok()?;
+        self.locations(&[seq]).pop().flatten()
+    }
+
+    /// Where each of `seqs` is in the log (`None` for one not indexed), with one handle on
+    /// the index file for the whole page.
+    pub fn locations(&self, seqs: &[u64]) -> Vec<Option<Location>> {
+        let count = self.indexed_up_to();
+        let mut f = File::open(&self.inner.path).ok();
         let mut b = [0u8; ENTRY as usize];
-        f.read_exact(&mut b).ok()?;
-        Some(Entry::decode(&b).location)
+        seqs.iter()
+            .map(|&seq| {
+                let f = f.as_mut().filter(|_| seq != 0 && seq <= count)?;
+                f.seek(SeekFrom::Start((seq - 1) * ENTRY)).ok()?;
+                f.read_exact(&mut b).ok()?;
+                Some(Entry::decode(&b).location)
+            })
+            .collect()
     }
 
     /// Sequences of the records of one request id.

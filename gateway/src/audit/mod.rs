@@ -167,13 +167,18 @@ impl Auditor {
     }
 
     pub fn read(&self, seq: u64) -> Result<AuditRecord, AuditError> {
-        let loc = self
-            .index
-            .location(seq)
-            .ok_or_else(|| AuditError::Corrupt {
-                seq,
-                reason: "not in the index (tongban audit reindex)".into(),
-            })?;
+        self.read_located(seq, self.index.location(seq))
+    }
+
+    fn read_located(
+        &self,
+        seq: u64,
+        loc: Option<log::Location>,
+    ) -> Result<AuditRecord, AuditError> {
+        let loc = loc.ok_or_else(|| AuditError::Corrupt {
+            seq,
+            reason: "not in the index (tongban audit reindex)".into(),
+        })?;
         let r = log::read_at(self.log.dir(), loc)?;
         let mut rec = r.entry.record.unwrap_or_default();
         rec.seq = r.entry.seq;
@@ -189,7 +194,12 @@ impl Auditor {
     }
 
     fn read_all(&self, seqs: impl IntoIterator<Item = u64>) -> Vec<AuditRecord> {
-        seqs.into_iter().filter_map(|s| self.read(s).ok()).collect()
+        let seqs: Vec<u64> = seqs.into_iter().collect();
+        let locs = self.index.locations(&seqs);
+        seqs.into_iter()
+            .zip(locs)
+            .filter_map(|(s, l)| self.read_located(s, l).ok())
+            .collect()
     }
 
     pub async fn records_for_request(&self, request_id: &str) -> Vec<AuditRecord> {
