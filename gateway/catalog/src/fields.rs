@@ -1,0 +1,275 @@
+//! Form fields and the checks of their values. Messages name what is wrong and never repeat
+//! an identity number.
+
+use regex::Regex;
+use time::macros::format_description;
+
+/// One form field of an item.
+#[derive(Debug, Clone)]
+pub struct Field {
+    pub name: String,
+    pub kind: FieldType,
+    pub required: bool,
+    /// A valid value (checked when the catalog loads).
+    pub example: String,
+}
+
+/// A field's type and its validation.
+#[derive(Debug, Clone)]
+pub enum FieldType {
+    /// Free text; `pattern` must match the whole value; `max_len` in characters.
+    Text {
+        pattern: Option<Regex>,
+        max_len: Option<usize>,
+    },
+    /// One of `values`.
+    Enum(Vec<String>),
+    /// A calendar date, `YYYY-MM-DD`.
+    Date,
+    /// A GB 11643 resident identity number.
+    ResidentId,
+    /// A GB 32100 unified social credit code.
+    CreditCode,
+    /// A GB/T 2260 administrative division code (six digits).
+    DivisionCode,
+    /// A mainland mobile number.
+    Phone,
+    /// A whole number within bounds.
+    Integer { min: Option<i64>, max: Option<i64> },
+}
+
+/// A field that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub field: String,
+    pub reason: String,
+}
+
+/// The type names a catalog file may use.
+pub const TYPE_NAMES: &[&str] = &[
+    "text",
+    "enum",
+    "date",
+    "resident-id",
+    "credit-code",
+    "division-code",
+    "phone",
+    "integer",
+];
+
+/// Longest value of any field (text fields are further bounded by `max_len`).
+pub const MAX_VALUE_CHARS: usize = 2048;
+
+impl FieldType {
+    pub fn name(&self) -> &'static str {
+        match self {
+            FieldType::Text { .. } => "text",
+            FieldType::Enum(_) => "enum",
+            FieldType::Date => "date",
+            FieldType::ResidentId => "resident-id",
+            FieldType::CreditCode => "credit-code",
+            FieldType::DivisionCode => "division-code",
+            FieldType::Phone => "phone",
+            FieldType::Integer { .. } => "integer",
+        }
+    }
+
+    /// Checks a value; the error says what is expected.
+    pub fn check(&self, v: &str) -> Result<(), String> {
+        if v.chars().count() > MAX_VALUE_CHARS {
+            return Err(format!("longer than {MAX_VALUE_CHARS} characters"));
+        }
+        match self {
+            FieldType::Text { pattern, max_len } => {
+                if let Some(max) = max_len {
+                    let n = v.chars().count();
+                    if n > *max {
+                        return Err(format!("{n} characters, at most {max} allowed"));
+                    }
+                }
+                match pattern {
+                    Some(re) if !re.is_match(v) => {
+                        Err(format!("does not match the pattern {}", pattern_text(re)))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            FieldType::Enum(values) => {
+                if values.iter().any(|x| x == v) {
+                    Ok(())
+                } else {
+                    Err(format!("must be one of: {}", values.join(", ")))
+                }
+            }
+            FieldType::Date => parse_date(v).map(|_| ()),
+            FieldType::ResidentId => check_resident_id(v),
+            FieldType::CreditCode => check_credit_code(v),
+            FieldType::DivisionCode => check_division_code(v),
+            FieldType::Phone => {
+                let b = v.as_bytes();
+                let ok = b.len() == 11
+                    && b[0] == b'1'
+                    && (b'3'..=b'9').contains(&b[1])
+                    && b.iter().all(u8::is_ascii_digit);
+                if ok {
+                    Ok(())
+                } else {
+                    Err("must be an 11-digit mainland mobile number (1[3-9]…)".into())
+                }
+            }
+            FieldType::Integer { min, max } => {
+                let n: i64 = v
+                    .parse()
+                    .map_err(|_| "must be a whole number".to_string())?;
+                if min.is_some_and(|m| n < m) || max.is_some_and(|m| n > m) {
+                    return Err(format!(
+                        "must be between {} and {}",
+                        min.map_or("-∞".into(), |m| m.to_string()),
+                        max.map_or("∞".into(), |m| m.to_string())
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The pattern as the operator wrote it (without the anchors the loader adds).
+fn pattern_text(re: &Regex) -> &str {
+    let s = re.as_str();
+    s.strip_prefix("^(?:")
+        .and_then(|s| s.strip_suffix(")$"))
+        .unwrap_or(s)
+}
+
+/// Parses `YYYY-MM-DD`.
+pub fn parse_date(v: &str) -> Result<time::Date, String> {
+    time::Date::parse(v, format_description!("[year]-[month]-[day]"))
+        .map_err(|_| "must be a date YYYY-MM-DD".to_string())
+}
+
+/// GB 11643: 17 digits (a division code, a birth date, a sequence) and a check character.
+pub fn check_resident_id(v: &str) -> Result<(), String> {
+    let b = v.as_bytes();
+    if b.len() != 18 || !b[..17].iter().all(u8::is_ascii_digit) {
+        return Err("must be an 18-character resident identity number (GB 11643)".into());
+    }
+    let expected = tongban_proto::metadata::resident_id_check_digit(&v[..17]).map(|c| c as u8);
+    if Some(b[17].to_ascii_uppercase()) != expected {
+        return Err("check character does not match (GB 11643)".into());
+    }
+    check_division_code(&v[..6])
+        .map_err(|_| "does not start with a known division code (GB 11643)".to_string())?;
+    let birth = format!("{}-{}-{}", &v[6..10], &v[10..12], &v[12..14]);
+    parse_date(&birth).map_err(|_| "holds no valid birth date (GB 11643)".to_string())?;
+    Ok(())
+}
+
+/// The 31 characters of GB 32100 codes (no I, O, S, V, Z), in value order.
+const CREDIT_CHARS: &[u8; 31] = b"0123456789ABCDEFGHJKLMNPQRTUWXY";
+const CREDIT_WEIGHTS: [u32; 17] = [
+    1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28,
+];
+
+/// The GB 32100 check character of the first 17 characters, if they are valid.
+pub fn credit_code_check_char(first17: &str) -> Option<char> {
+    let b = first17.as_bytes();
+    if b.len() != 17 {
+        return None;
+    }
+    let mut sum = 0u32;
+    for (c, w) in b.iter().zip(CREDIT_WEIGHTS) {
+        let value = CREDIT_CHARS.iter().position(|x| x == c)?;
+        sum += u32::try_from(value).ok()? * w;
+    }
+    let check = (31 - sum % 31) % 31;
+    CREDIT_CHARS
+        .get(usize::try_from(check).ok()?)
+        .map(|c| char::from(*c))
+}
+
+/// GB 32100: 18 characters: registration authority, entity type, a division code, the
+/// organisation code and a check character.
+pub fn check_credit_code(v: &str) -> Result<(), String> {
+    if v.len() != 18 || !v.bytes().all(|c| CREDIT_CHARS.contains(&c)) {
+        return Err(
+            "must be an 18-character unified social credit code of 0-9 and A-Y without I, O, S, V, Z (GB 32100)"
+                .into(),
+        );
+    }
+    if credit_code_check_char(&v[..17]) != v[17..].chars().next() {
+        return Err("check character does not match (GB 32100)".into());
+    }
+    check_division_code(&v[2..8])
+        .map_err(|_| "holds no valid division code in characters 3–8 (GB 32100)".to_string())
+}
+
+/// Province-level prefixes of GB/T 2260.
+const PROVINCES: &[u8] = &[
+    11, 12, 13, 14, 15, 21, 22, 23, 31, 32, 33, 34, 35, 36, 37, 41, 42, 43, 44, 45, 46, 50, 51, 52,
+    53, 54, 61, 62, 63, 64, 65, 71, 81, 82,
+];
+
+/// GB/T 2260: six digits, a province of the standard, and a county part only under a city.
+pub fn check_division_code(v: &str) -> Result<(), String> {
+    let b = v.as_bytes();
+    if b.len() != 6 || !b.iter().all(u8::is_ascii_digit) {
+        return Err("must be a six-digit administrative division code (GB/T 2260)".into());
+    }
+    let province = (b[0] - b'0') * 10 + (b[1] - b'0');
+    if !PROVINCES.contains(&province) {
+        return Err(format!(
+            "province {province:02} is not a division of GB/T 2260"
+        ));
+    }
+    if &b[2..4] == b"00" && &b[4..6] != b"00" {
+        return Err("a county part needs a city part (GB/T 2260)".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credit_codes() {
+        // A published code (Haier Group) and one with its check character changed.
+        assert!(check_credit_code("91370200163562681G").is_ok());
+        assert!(check_credit_code("91370200163562681H").is_err());
+        assert!(check_credit_code("91370200163562681").is_err());
+        assert!(check_credit_code("9137020016356268IG").is_err());
+    }
+
+    #[test]
+    fn division_codes() {
+        assert!(check_division_code("370102").is_ok());
+        assert!(check_division_code("370000").is_ok());
+        assert!(check_division_code("990102").is_err());
+        assert!(check_division_code("370012").is_err());
+        assert!(check_division_code("3701").is_err());
+    }
+
+    #[test]
+    fn resident_ids() {
+        let first = "37010219850312002";
+        let c = tongban_proto::metadata::resident_id_check_digit(first).unwrap();
+        assert!(check_resident_id(&format!("{first}{c}")).is_ok());
+        // A bad birth date with a matching check character.
+        let bad = "37010219851312002";
+        let c = tongban_proto::metadata::resident_id_check_digit(bad).unwrap();
+        assert!(check_resident_id(&format!("{bad}{c}")).is_err());
+    }
+
+    #[test]
+    fn other_types() {
+        assert!(FieldType::Phone.check("13805310001").is_ok());
+        assert!(FieldType::Phone.check("12805310001").is_err());
+        assert!(FieldType::Date.check("2026-02-30").is_err());
+        let i = FieldType::Integer {
+            min: Some(1),
+            max: Some(9),
+        };
+        assert!(i.check("9").is_ok() && i.check("10").is_err() && i.check("x").is_err());
+    }
+}
