@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "tongban/registry/v1/registry.proto",
     "tongban/federation/v1/federation.proto",
     "tongban/crosscity/v1/crosscity.proto",
+    "tongban/crosscity/v2/crosscity.proto",
     "tongban/consent/v1/consent.proto",
     "tongban/audit/v1/audit.proto",
 ];

@@ -76,31 +76,59 @@ impl Snapshot {
             .is_some_and(|c| c.revoked_consents.contains(id))
     }
 
-    /// Local providers of `service` (one per organisation offering it).
+    /// Local providers of `service` (one per organisation offering it), only those whose
+    /// registration lists `code` when a catalog item is named.
     pub fn local_providers<'a>(
         &'a self,
         service: &'a str,
+        code: Option<&'a str>,
     ) -> impl Iterator<Item = &'a Arc<LocalService>> + 'a {
-        self.local
-            .iter()
-            .filter(move |s| s.record.service == service)
+        self.local.iter().filter(move |s| {
+            s.record.service == service
+                && code.is_none_or(|c| s.record.catalog_codes.iter().any(|x| x == c))
+        })
     }
 
-    /// Whether the peer `city` offers `service` (by its last catalog).
+    /// Whether the peer `city` offers `service` (by its last catalog), for the catalog item
+    /// `code` when one is named.
     pub fn peer_offers(&self, city: &str, service: &str) -> bool {
-        self.peers
-            .get(city)
-            .is_some_and(|c| c.services.iter().any(|s| s.service == service))
+        self.peer_offers_item(city, service, None)
     }
 
-    /// Every city (this one included) whose catalog offers `service`.
-    pub fn cities_offering(&self, service: &str) -> Vec<&str> {
+    /// [`Self::peer_offers`], restricted to registrations listing `code` when given.
+    pub fn peer_offers_item(&self, city: &str, service: &str, code: Option<&str>) -> bool {
+        self.peers.get(city).is_some_and(|c| {
+            c.services.iter().any(|s| {
+                s.service == service
+                    && code.is_none_or(|code| s.catalog_codes.iter().any(|x| x == code))
+            })
+        })
+    }
+
+    /// Every city (this one included) where some registration, of any service, lists the
+    /// catalog item `code`.
+    pub fn cities_offering_any(&self, code: &str) -> Vec<&str> {
+        let lists = |codes: &[String]| codes.iter().any(|c| c == code);
         let mut out = Vec::new();
-        if self.local_providers(service).next().is_some() {
+        if self.local.iter().any(|s| lists(&s.record.catalog_codes)) {
             out.push(self.city.as_str());
         }
         for (city, c) in &self.peers {
-            if c.services.iter().any(|s| s.service == service) {
+            if c.services.iter().any(|s| lists(&s.catalog_codes)) {
+                out.push(city.as_str());
+            }
+        }
+        out
+    }
+
+    /// Every city (this one included) whose catalog offers `service` (for `code`).
+    pub fn cities_offering(&self, service: &str, code: Option<&str>) -> Vec<&str> {
+        let mut out = Vec::new();
+        if self.local_providers(service, code).next().is_some() {
+            out.push(self.city.as_str());
+        }
+        for city in self.peers.keys() {
+            if self.peer_offers_item(city, service, code) {
                 out.push(city.as_str());
             }
         }

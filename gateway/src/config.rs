@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -30,6 +31,8 @@ pub enum ConfigError {
     Syntax { path: PathBuf, message: String },
     #[error("invalid config key `{key}`: {message}")]
     Key { key: String, message: String },
+    #[error("invalid catalog: {0}")]
+    Catalog(#[from] tongban_catalog::LoadError),
 }
 
 impl ConfigError {
@@ -58,6 +61,14 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     audit: RawAudit,
+    catalog: Option<RawCatalog>,
+}
+
+/// `[catalog]`: the federation's business catalog; the embedded Jinan–Qingdao one if absent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCatalog {
+    file: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -228,6 +239,9 @@ pub struct NodeConfig {
     pub policy_file: PathBuf,
     pub policy_reload: Duration,
     pub audit: AuditConfig,
+    /// The federation's business catalog (`[catalog] file`, else the embedded one), loaded
+    /// and validated with the config so that a bad file stops the node before it binds.
+    pub items: Arc<tongban_catalog::Catalog>,
 }
 
 /// The audit log (`[audit]`).
@@ -596,6 +610,9 @@ impl NodeConfig {
             policy_file: resolve(&raw.policy.file),
             policy_reload: Duration::from_millis(raw.policy.reload_interval_ms),
             audit,
+            items: Arc::new(tongban_catalog::Catalog::load_or_embedded(
+                raw.catalog.map(|c| resolve(&c.file)).as_deref(),
+            )?),
         })
     }
 }

@@ -274,6 +274,7 @@ impl PreparedNode {
             publisher,
             peers: peers.clone(),
             auth: checks.auth.clone(),
+            items: config.items.clone(),
         }))
         .add_service(ConsentServer::new(consent_api))
         .add_service(AuditServer::new(AuditApi {
@@ -340,6 +341,7 @@ impl PreparedNode {
             city: config.city.clone(),
             auditor: auditor.clone(),
             catalog: catalog.clone(),
+            items: config.items.clone(),
             peers: peers.clone(),
             limits: config.limits.clone(),
             trust: checks,

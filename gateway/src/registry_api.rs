@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use tongban_proto::registry::v1::registry_server::Registry as RegistryRpc;
 use tongban_proto::registry::v1::{
-    CatalogService, ListServicesRequest, ListServicesResponse, RegisterServiceRequest,
-    RegisterServiceResponse, Scope, WithdrawServiceRequest, WithdrawServiceResponse,
+    CatalogField, CatalogItem, CatalogService, ListCatalogItemsRequest, ListCatalogItemsResponse,
+    ListServicesRequest, ListServicesResponse, RegisterServiceRequest, RegisterServiceResponse,
+    Scope, WithdrawServiceRequest, WithdrawServiceResponse,
 };
 use tonic::{Code, Request, Response, Status};
 
@@ -56,9 +57,27 @@ pub struct RegistryApi {
     pub publisher: Arc<Publisher>,
     pub peers: BTreeMap<String, Arc<Peer>>,
     pub auth: Arc<Authenticator>,
+    /// The federation's business catalog: registrations may list only its items.
+    pub items: Arc<tongban_catalog::Catalog>,
 }
 
 impl RegistryApi {
+    /// Every catalog code of a registration must be an item of the federation catalog.
+    fn check_codes(&self, rec: &ServiceRecord) -> Result<(), BadField> {
+        for (i, code) in rec.catalog_codes.iter().enumerate() {
+            if self.items.item(code).is_none() {
+                return Err(BadField::new(
+                    format!("registration.catalog_codes[{i}]"),
+                    format!(
+                        "catalog item `{code}` is not in the federation catalog {} (version {})",
+                        self.items.federation, self.items.version
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     async fn may_manage<T>(&self, req: &Request<T>, organisation: &str) -> Result<Caller, Status> {
         let caller = self.auth.caller_of(req).await?;
         require(
@@ -88,6 +107,7 @@ impl RegistryRpc for RegistryApi {
             .registration
             .ok_or_else(|| BadField::new("registration", "registration is missing"))?;
         let rec = ServiceRecord::try_from(reg)?;
+        self.check_codes(&rec)?;
         let version = self.publisher.register(&rec).await?;
         tracing::info!(organisation = %rec.organisation, service = %rec.service, version, by = %caller.id(), "service registered");
         Ok(Response::new(RegisterServiceResponse {
@@ -152,5 +172,53 @@ impl RegistryRpc for RegistryApi {
             }
         }
         Ok(Response::new(ListServicesResponse { services }))
+    }
+
+    async fn list_catalog_items(
+        &self,
+        req: Request<ListCatalogItemsRequest>,
+    ) -> Result<Response<ListCatalogItemsResponse>, Status> {
+        self.auth.caller_of(&req).await?;
+        let category = req.into_inner().category;
+        let snap = self.publisher.catalog.snapshot();
+        let items = self
+            .items
+            .items()
+            .iter()
+            .filter(|i| category.is_empty() || i.category == category)
+            .map(|i| CatalogItem {
+                code: i.code.clone(),
+                name_zh: i.name_zh.clone(),
+                name_en: i.name_en.clone(),
+                category: i.category.clone(),
+                providers: i.providers.clone().into_iter().collect(),
+                personal_data: i.personal_data,
+                produces: i.produces.as_str().to_string(),
+                time_limit_days: i.time_limit_days,
+                valid_days: i.valid_days,
+                materials: i.materials.clone(),
+                fields: i
+                    .fields
+                    .iter()
+                    .map(|f| CatalogField {
+                        name: f.name.clone(),
+                        r#type: f.kind.name().to_string(),
+                        required: f.required,
+                        validation: f.kind.describe(),
+                        example: f.example.clone(),
+                    })
+                    .collect(),
+                offered_in: snap
+                    .cities_offering_any(&i.code)
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(ListCatalogItemsResponse {
+            federation: self.items.federation.clone(),
+            version: self.items.version.clone(),
+            items,
+        }))
     }
 }

@@ -53,6 +53,12 @@ pub fn node_name(city: &str) -> String {
     format!("node.{city}.tongban")
 }
 
+/// The conventional identity name of an organisation's signing certificate (electronic
+/// certificates it issues are signed with its key).
+pub fn org_name(city: &str, org: &str) -> String {
+    format!("{org}.org.{city}.tongban")
+}
+
 /// The file format of the trust bundle (`trust-bundle.toml`).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -177,18 +183,41 @@ impl TrustBundle {
         city: &str,
         chain: &[CertificateDer<'static>],
     ) -> Result<(), TrustError> {
+        let name = self.city(city)?.node_name.clone();
+        self.verify_named(city, name, "a node certificate", chain, UnixTime::now())
+    }
+
+    /// Verifies that `chain[0]` is the signing certificate of organisation `org` of `city`:
+    /// it chains to that city's CA, was valid at `at` and carries [`org_name`].
+    pub fn verify_org_cert(
+        &self,
+        city: &str,
+        org: &str,
+        chain: &[CertificateDer<'static>],
+        at: UnixTime,
+    ) -> Result<(), TrustError> {
+        let what = format!("a certificate of organisation `{org}`");
+        self.verify_named(city, org_name(city, org), &what, chain, at)
+    }
+
+    fn verify_named(
+        &self,
+        city: &str,
+        name: String,
+        what: &str,
+        chain: &[CertificateDer<'static>],
+        at: UnixTime,
+    ) -> Result<(), TrustError> {
         let trust = self.city(city)?;
         let (ee, intermediates) = chain
             .split_first()
             .ok_or_else(|| TrustError::PeerRefused("no certificate".into()))?;
-        let name = ServerName::try_from(trust.node_name.clone())
-            .map_err(|e| invalid("trust bundle", e.to_string()))?;
+        let name =
+            ServerName::try_from(name).map_err(|e| invalid("trust bundle", e.to_string()))?;
         trust
             .verifier
-            .verify_server_cert(ee, intermediates, &name, &[], UnixTime::now())
-            .map_err(|e| {
-                TrustError::PeerRefused(format!("not a node certificate of city `{city}`: {e}"))
-            })?;
+            .verify_server_cert(ee, intermediates, &name, &[], at)
+            .map_err(|e| TrustError::PeerRefused(format!("not {what} of city `{city}`: {e}")))?;
         Ok(())
     }
 
@@ -390,11 +419,45 @@ impl NodeIdentity {
         Self::from_pem(city, &cert_pem, &key_pem, bundle)
     }
 
+    /// The signing certificate and key of organisation `org` of `city` (it signs the
+    /// electronic certificates the organisation issues), checked like a node's.
+    pub fn load_org(
+        city: &str,
+        org: &str,
+        cert_path: &Path,
+        key_path: &Path,
+        bundle: &TrustBundle,
+    ) -> Result<NodeIdentity, TrustError> {
+        let read = |what, p: &Path| {
+            std::fs::read(p).map_err(|source| TrustError::Read {
+                what,
+                path: p.display().to_string(),
+                source,
+            })
+        };
+        let cert_pem = read("organisation certificate", cert_path)?;
+        let key_pem = read("organisation key", key_path)?;
+        Self::from_pem_checked(city, &cert_pem, &key_pem, |chain| {
+            bundle.verify_org_cert(city, org, chain, UnixTime::now())
+        })
+    }
+
     pub fn from_pem(
         city: &str,
         cert_pem: &[u8],
         key_pem: &[u8],
         bundle: &TrustBundle,
+    ) -> Result<NodeIdentity, TrustError> {
+        Self::from_pem_checked(city, cert_pem, key_pem, |chain| {
+            bundle.verify_node_cert(city, chain)
+        })
+    }
+
+    fn from_pem_checked(
+        city: &str,
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        check: impl FnOnce(&[CertificateDer<'static>]) -> Result<(), TrustError>,
     ) -> Result<NodeIdentity, TrustError> {
         let chain = CertificateDer::pem_slice_iter(cert_pem)
             .collect::<Result<Vec<_>, _>>()
@@ -406,9 +469,7 @@ impl NodeIdentity {
             .map_err(|e| invalid("node key", e.to_string()))?;
         let key_der = key.secret_der().to_vec();
         let signer = KeySigner::from_pkcs8(&key_der)?;
-        bundle
-            .verify_node_cert(city, &chain)
-            .map_err(|e| invalid("node certificate", e.to_string()))?;
+        check(&chain).map_err(|e| invalid("node certificate", e.to_string()))?;
         let cert_key = public_key_of(&chain[0])?;
         if cert_key.as_slice() != signer.public_key() {
             return Err(invalid("node key", "does not match the node certificate"));

@@ -25,7 +25,17 @@ macro_rules! protos {
 protos! {
     registry => "tongban.registry.v1",
     federation => "tongban.federation.v1",
-    crosscity => "tongban.crosscity.v1",
     consent => "tongban.consent.v1",
     audit => "tongban.audit.v1",
+}
+
+/// The cross-city services: v2 is the service departments run (the 27 items); v1 is its
+/// first, rule-less form, kept for compatibility.
+pub mod crosscity {
+    pub mod v1 {
+        tonic::include_proto!("tongban.crosscity.v1");
+    }
+    pub mod v2 {
+        tonic::include_proto!("tongban.crosscity.v2");
+    }
 }

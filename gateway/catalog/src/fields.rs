@@ -74,6 +74,34 @@ impl FieldType {
         }
     }
 
+    /// The validation in words (for listings and docs).
+    pub fn describe(&self) -> String {
+        match self {
+            FieldType::Text { pattern, max_len } => {
+                let mut parts = Vec::new();
+                if let Some(re) = pattern {
+                    parts.push(format!("pattern {}", pattern_text(re)));
+                }
+                if let Some(n) = max_len {
+                    parts.push(format!("at most {n} characters"));
+                }
+                parts.join(", ")
+            }
+            FieldType::Enum(values) => format!("one of: {}", values.join(", ")),
+            FieldType::Date => "YYYY-MM-DD".into(),
+            FieldType::ResidentId => "GB 11643 resident identity number".into(),
+            FieldType::CreditCode => "GB 32100 unified social credit code".into(),
+            FieldType::DivisionCode => "GB/T 2260 division code".into(),
+            FieldType::Phone => "mainland mobile number".into(),
+            FieldType::Integer { min, max } => match (min, max) {
+                (Some(a), Some(b)) => format!("{a} to {b}"),
+                (Some(a), None) => format!("at least {a}"),
+                (None, Some(b)) => format!("at most {b}"),
+                (None, None) => "a whole number".into(),
+            },
+        }
+    }
+
     /// Checks a value; the error says what is expected.
     pub fn check(&self, v: &str) -> Result<(), String> {
         if v.chars().count() > MAX_VALUE_CHARS {

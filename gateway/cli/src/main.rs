@@ -2,6 +2,8 @@
 //! registry, or run the reference provider. `main` only parses and wires.
 
 mod audit;
+mod catalog;
+mod cert;
 mod certs;
 mod client;
 mod demo;
@@ -67,6 +69,12 @@ enum Cmd {
     /// A node's audit log.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
+    /// Electronic certificates (电子证照) issued by the cross-city services.
+    #[command(subcommand)]
+    Cert(cert::CertCmd),
+    /// The federation's business catalog file (deploy/catalog/).
+    #[command(subcommand)]
+    Catalog(catalog::CatalogCmd),
 }
 
 fn init_tracing(filter: &str) {
@@ -99,6 +107,8 @@ fn main() -> ExitCode {
         Cmd::Token(c) => token::run(c),
         Cmd::Policy(c) => policy::run(c),
         Cmd::Audit(c) => audit::run(c),
+        Cmd::Cert(c) => cert::run(c),
+        Cmd::Catalog(c) => catalog::run(c),
     }
 }
 

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use clap::{Subcommand, ValueEnum};
 use tongban_proto::registry::v1::registry_client::RegistryClient;
 use tongban_proto::registry::v1::{
-    ListServicesRequest, RegisterServiceRequest, Scope, ServiceRegistration, WithdrawServiceRequest,
+    ListCatalogItemsRequest, ListServicesRequest, RegisterServiceRequest, Scope,
+    ServiceRegistration, WithdrawServiceRequest,
 };
 
 use crate::client::NodeArgs;
@@ -40,7 +41,8 @@ pub enum RegistryCmd {
         #[arg(long)]
         service: String,
     },
-    /// List the catalog.
+    /// List the catalog: the registered services, or with --items the federation's catalog
+    /// items (code, names, category, providers, where they are offered now).
     List {
         #[command(flatten)]
         at: NodeArgs,
@@ -48,6 +50,12 @@ pub enum RegistryCmd {
         scope: ScopeArg,
         #[arg(long, default_value = "")]
         city: String,
+        /// List the catalog items instead of the registered services.
+        #[arg(long)]
+        items: bool,
+        /// With --items: only this category (e.g. provident-fund).
+        #[arg(long, default_value = "")]
+        category: String,
     },
 }
 
@@ -97,7 +105,47 @@ async fn run_registry(cmd: RegistryCmd) -> anyhow::Result<ExitCode> {
             let r = client.withdraw_service(request).await;
             r.map(|r| version_line("withdrawn", r.into_inner().catalog_version))
         }
-        RegistryCmd::List { at, scope, city } => {
+        RegistryCmd::List {
+            at,
+            items: true,
+            category,
+            ..
+        } => {
+            let r = RegistryClient::new(at.connect().await?)
+                .list_catalog_items(ListCatalogItemsRequest { category })
+                .await;
+            r.map(|r| {
+                let r = r.into_inner();
+                println!("# catalog {} {}", r.federation, r.version);
+                for i in r.items {
+                    let mut providers: Vec<String> = i
+                        .providers
+                        .iter()
+                        .map(|(c, o)| format!("{c}/{o}"))
+                        .collect();
+                    providers.sort();
+                    println!(
+                        "{:<6} {:<22} {:<24} {:<22} {:<3} {:<22} offered in: {}\n       {} · {}",
+                        i.code,
+                        i.category,
+                        providers.join(" "),
+                        i.produces,
+                        i.time_limit_days,
+                        if i.personal_data { "personal data" } else { "" },
+                        if i.offered_in.is_empty() {
+                            "-".to_string()
+                        } else {
+                            i.offered_in.join(", ")
+                        },
+                        i.name_zh,
+                        i.name_en,
+                    );
+                }
+            })
+        }
+        RegistryCmd::List {
+            at, scope, city, ..
+        } => {
             let scope = match scope {
                 ScopeArg::All => Scope::Unspecified,
                 ScopeArg::Local => Scope::Local,

@@ -19,7 +19,7 @@ use rustls::pki_types::PrivatePkcs8KeyDer;
 
 use crate::idp::DevIdp;
 use tongban_gateway::config::validate_city_id;
-use tongban_gateway::trust::{node_name, CityEntryFile, NodeKeyType, TrustBundleFile};
+use tongban_gateway::trust::{node_name, org_name, CityEntryFile, NodeKeyType, TrustBundleFile};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertsError {
@@ -48,6 +48,9 @@ pub struct CityFiles {
     /// The dev identity provider's signing key and its JWKS.
     pub idp_key: PathBuf,
     pub jwks: PathBuf,
+    /// Signing certificate and key of each organisation of the catalog, by organisation id
+    /// (`orgs/<org>.pem`, `orgs/<org>.key`): they sign the electronic certificates it issues.
+    pub orgs: std::collections::BTreeMap<String, (PathBuf, PathBuf)>,
 }
 
 /// What `init` produced.
@@ -145,6 +148,27 @@ impl CityCa {
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok((cert.pem(), key.serialize_pem()))
     }
+
+    /// Issues the signing certificate of organisation `org` of this CA's city, named
+    /// [`org_name`]. It carries the server-auth usage only because the trust bundle's
+    /// verifier (webpki's) checks names and chains for that usage; it is never used for TLS.
+    /// Returns (cert, key) PEM.
+    pub fn issue_org(&self, org: &str) -> Result<(String, String), CertsError> {
+        let key = new_key(self.kind)?;
+        let name = org_name(&self.city, org);
+        let mut params = CertificateParams::new(vec![name.clone()])?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::ContentCommitment,
+        ];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - DAY;
+        params.not_after = now + DAY * 365 * 3;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
 }
 
 /// Builds the text of a trust bundle listing `cas`.
@@ -161,6 +185,13 @@ pub fn trust_bundle_text(cas: &[&CityCa]) -> String {
     };
     let body = toml::to_string(&file).unwrap_or_default();
     format!("# tongban federation trust bundle: one ca certificate per city\n{body}")
+}
+
+/// The organisations of the embedded catalog: each gets a signing certificate.
+fn catalog_orgs() -> Vec<String> {
+    tongban_catalog::Catalog::embedded()
+        .map(|c| c.organisations.keys().cloned().collect())
+        .unwrap_or_default()
 }
 
 /// Generates the PKI of a federation of `cities` under `out` (Ed25519 keys).
@@ -190,14 +221,25 @@ pub fn init_with(
     for ca in &cas {
         let dir = out.join(&ca.city);
         let (node_cert, node_key) = ca.issue_node(&ca.city)?;
-        let f = CityFiles {
+        let mut f = CityFiles {
             city: ca.city.clone(),
             ca_cert: dir.join("ca.pem"),
             node_cert: dir.join("node.pem"),
             node_key: dir.join("node.key"),
             idp_key: dir.join("idp.key"),
             jwks: dir.join("jwks.json"),
+            orgs: std::collections::BTreeMap::new(),
         };
+        for org in catalog_orgs() {
+            let (cert, key) = ca.issue_org(&org)?;
+            let (cp, kp) = (
+                dir.join("orgs").join(format!("{org}.pem")),
+                dir.join("orgs").join(format!("{org}.key")),
+            );
+            write(&cp, &cert, false, force)?;
+            write(&kp, &key, true, force)?;
+            f.orgs.insert(org, (cp, kp));
+        }
         let idp = DevIdp::generate(&ca.city, &crate::idp::kid(&ca.city, 1))
             .map_err(|e| CertsError::BadCity(e.to_string()))?;
         write(&f.idp_key, &idp.key_pem(), true, force)?;

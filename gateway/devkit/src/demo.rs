@@ -229,14 +229,14 @@ pub async fn run_calls(fed: &LocalFederation) -> Result<Vec<Row>, DemoError> {
 
     let mut rows = Vec::new();
     let consented = || jinan(Some(&jq_consent));
-    let (row, jq_app) = submit(fed, "jinan", "qingdao", "JQ-HRSS-003", consented()).await?;
+    let (row, jq_app) = submit(fed, "jinan", "qingdao", "JQ-03", consented()).await?;
     rows.push(row);
-    let (row, _) = submit(fed, "qingdao", "jinan", "JQ-GJJ-001", qingdao).await?;
+    let (row, _) = submit(fed, "qingdao", "jinan", "JQ-07", qingdao).await?;
     rows.push(row);
-    let (row, _) = submit(fed, "jinan", "jinan", "JQ-HJ-002", jinan(Some(&jj_consent))).await?;
+    let (row, _) = submit(fed, "jinan", "jinan", "JQ-13", jinan(Some(&jj_consent))).await?;
     rows.push(row);
     rows.push(watch(fed, "jinan", "qingdao", &jq_app, jinan(Some(&jq_consent))).await?);
-    let (mut row, _) = submit(fed, "jinan", "qingdao", "JQ-HRSS-003", jinan(None)).await?;
+    let (mut row, _) = submit(fed, "jinan", "qingdao", "JQ-03", jinan(None)).await?;
     row.call.push_str(" (no consent)");
     rows.push(row);
     // The citizen revokes; Qingdao learns it from Jinan's signed catalog within moments.
@@ -248,17 +248,10 @@ pub async fn run_calls(fed: &LocalFederation) -> Result<Vec<Row>, DemoError> {
         })
         .await;
     }
-    let (mut row, _) = submit(
-        fed,
-        "jinan",
-        "qingdao",
-        "JQ-HRSS-003",
-        jinan(Some(&jq_consent)),
-    )
-    .await?;
+    let (mut row, _) = submit(fed, "jinan", "qingdao", "JQ-03", jinan(Some(&jq_consent))).await?;
     row.call.push_str(" (revoked)");
     rows.push(row);
-    let (row, _) = submit(fed, "jinan", "beijing", "JQ-HRSS-003", consented()).await?;
+    let (row, _) = submit(fed, "jinan", "beijing", "JQ-03", consented()).await?;
     rows.push(row);
     Ok(rows)
 }
@@ -398,8 +391,8 @@ pub fn table(rows: &[Row]) -> String {
 
 /// Starts the two-city federation and registers its providers.
 pub async fn start(root: &std::path::Path) -> Result<LocalFederation, DemoError> {
-    let fed = LocalFederation::start(root, &["jinan", "qingdao"], loopback_limits()).await?;
-    let codes = ["JQ-HRSS-003", "JQ-GJJ-001", "JQ-HJ-002"];
+    let mut fed = LocalFederation::start(root, &["jinan", "qingdao"], loopback_limits()).await?;
+    let codes = ["JQ-03", "JQ-07", "JQ-13"];
     fed.register_crosscity("jinan", "hrss", &codes, true)
         .await?;
     fed.register_crosscity("qingdao", "hrss", &codes, true)
@@ -411,5 +404,285 @@ pub async fn start(root: &std::path::Path) -> Result<LocalFederation, DemoError>
     if !federated {
         return Err(DemoError::NotFederated(wait));
     }
+    fed.start_departments(DEMO_STEP).await?;
     Ok(fed)
+}
+
+/// How long the demo's back offices take per step of an application.
+pub const DEMO_STEP: Duration = Duration::from_millis(20);
+
+/// The caller of the demo's applications in each city: its government service centre
+/// (政务服务中心), where a citizen walks in to handle a matter of the other city.
+pub const SERVICE_CENTRE: &str = "zwfw";
+
+/// One direction of one item: how it ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// `completed`, another final state, or the gRPC code of a refusal.
+    pub status: String,
+    /// The Submit call's round trip through both nodes.
+    pub latency: Duration,
+    /// The result document verified with the trust bundle alone (or why not).
+    pub certificate: Result<String, String>,
+}
+
+impl Outcome {
+    pub fn ok(&self) -> bool {
+        self.status == "completed" && self.certificate.is_ok()
+    }
+}
+
+/// One line of the items table.
+#[derive(Debug, Clone)]
+pub struct ItemRow {
+    pub code: String,
+    pub name: String,
+    pub jinan_to_qingdao: Outcome,
+    pub qingdao_to_jinan: Outcome,
+}
+
+/// A citizen of `home` applying in `provider`'s city through `home`'s service centre.
+struct Applicant<'a> {
+    home: &'a str,
+    provider: &'a str,
+    subject: &'a str,
+    consent: &'a str,
+}
+
+/// Submits every catalog item in both directions (a Jinan resident handled by Qingdao, a
+/// Qingdao resident by Jinan), with the citizen's consent where the item handles personal
+/// data, follows each application to its end and verifies each result document.
+pub async fn run_items(fed: &LocalFederation) -> Result<Vec<ItemRow>, DemoError> {
+    use crate::departments::CROSSCITY_V2;
+    let catalog =
+        tongban_catalog::Catalog::embedded().map_err(|e| DemoError::Check(e.to_string()))?;
+    let bundle = tongban_gateway::trust::TrustBundle::load(&fed.certs.trust_bundle)
+        .map_err(|e| DemoError::Check(e.to_string()))?;
+    let jinan_citizen = demo_subject("37010219850312002");
+    let qingdao_citizen = demo_subject("37020219920704003");
+    let grantee = |c: &str| format!("{c}/{SERVICE_CENTRE}");
+    let (_, jq) = fed
+        .grant_consent_for(
+            CROSSCITY_V2,
+            "jinan",
+            &jinan_citizen,
+            &grantee("jinan"),
+            "qingdao",
+            "case-handling",
+        )
+        .await?;
+    let (_, qj) = fed
+        .grant_consent_for(
+            CROSSCITY_V2,
+            "qingdao",
+            &qingdao_citizen,
+            &grantee("qingdao"),
+            "jinan",
+            "case-handling",
+        )
+        .await?;
+    let jq_app = Applicant {
+        home: "jinan",
+        provider: "qingdao",
+        subject: &jinan_citizen,
+        consent: &jq,
+    };
+    let qj_app = Applicant {
+        home: "qingdao",
+        provider: "jinan",
+        subject: &qingdao_citizen,
+        consent: &qj,
+    };
+    let rows = catalog.items().iter().map(|item| {
+        let (jq_app, qj_app, bundle) = (&jq_app, &qj_app, &bundle);
+        async move {
+            let (a, b) = tokio::join!(
+                apply(fed, item, jq_app, bundle),
+                apply(fed, item, qj_app, bundle)
+            );
+            ItemRow {
+                code: item.code.clone(),
+                name: item.name_zh.clone(),
+                jinan_to_qingdao: a,
+                qingdao_to_jinan: b,
+            }
+        }
+    });
+    Ok(futures_util::future::join_all(rows).await)
+}
+
+/// The metadata of an application call through the applicant's home node.
+fn item_request<T>(
+    fed: &LocalFederation,
+    msg: T,
+    item: &tongban_catalog::Item,
+    who: &Applicant<'_>,
+) -> Result<Request<T>, String> {
+    let mut r = Request::new(msg);
+    let token = fed
+        .token(who.home, SERVICE_CENTRE)
+        .map_err(|e| e.to_string())?;
+    let mut pairs = vec![
+        ("authorization", format!("Bearer {token}")),
+        (metadata::TARGET_CITY, who.provider.to_string()),
+        (metadata::PURPOSE, "case-handling".to_string()),
+        (metadata::SUBJECT, who.subject.to_string()),
+        (metadata::CATALOG_CODE, item.code.clone()),
+    ];
+    if item.personal_data {
+        pairs.push((metadata::CONSENT, who.consent.to_string()));
+    }
+    for (k, v) in pairs {
+        let v = MetadataValue::try_from(v.as_str()).map_err(|e| e.to_string())?;
+        r.metadata_mut().insert(k, v);
+    }
+    r.set_timeout(Duration::from_secs(10));
+    Ok(r)
+}
+
+/// A valid application for `item`: its example fields and every material it needs.
+pub fn example_application(
+    item: &tongban_catalog::Item,
+    applicant_id: &str,
+) -> tongban_proto::crosscity::v2::SubmitRequest {
+    use tongban_proto::crosscity::v2::{MaterialRef, SubmitRequest};
+    SubmitRequest {
+        catalog_code: item.code.clone(),
+        applicant_id: applicant_id.to_string(),
+        fields: item.example_fields().into_iter().collect(),
+        materials: item
+            .materials
+            .iter()
+            .map(|kind| MaterialRef {
+                kind: kind.clone(),
+                uri: format!("https://docs.example/{}/{kind}", item.code),
+                sha256: hex::encode(
+                    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, kind.as_bytes()).as_ref(),
+                ),
+            })
+            .collect(),
+    }
+}
+
+async fn apply(
+    fed: &LocalFederation,
+    item: &tongban_catalog::Item,
+    who: &Applicant<'_>,
+    bundle: &tongban_gateway::trust::TrustBundle,
+) -> Outcome {
+    match apply_inner(fed, item, who, bundle).await {
+        Ok(o) => o,
+        Err((status, latency)) => Outcome {
+            status,
+            latency,
+            certificate: Err("no certificate".into()),
+        },
+    }
+}
+
+async fn apply_inner(
+    fed: &LocalFederation,
+    item: &tongban_catalog::Item,
+    who: &Applicant<'_>,
+    bundle: &tongban_gateway::trust::TrustBundle,
+) -> Result<Outcome, (String, Duration)> {
+    use tongban_proto::crosscity::v2::cross_city_service_client::CrossCityServiceClient;
+    use tongban_proto::crosscity::v2::State;
+    let fail = |e: String| (e, Duration::ZERO);
+    let channel = fed
+        .channel(who.home)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let mut client = CrossCityServiceClient::new(channel);
+    let msg = example_application(item, who.subject);
+    let req = item_request(fed, msg, item, who).map_err(fail)?;
+    let t = Instant::now();
+    let app = client.submit(req).await;
+    let latency = t.elapsed();
+    let app = app
+        .map_err(|s| (format!("{:?}: {}", s.code(), s.message()), latency))?
+        .into_inner();
+    let watch = tongban_proto::crosscity::v2::GetStatusRequest {
+        application_id: app.application_id.clone(),
+    };
+    let req = item_request(fed, watch, item, who).map_err(fail)?;
+    let mut stream = client
+        .watch_status(req)
+        .await
+        .map_err(|s| (format!("watch {:?}: {}", s.code(), s.message()), latency))?
+        .into_inner();
+    let mut last = app;
+    while let Some(a) = stream
+        .message()
+        .await
+        .map_err(|s| (format!("watch {:?}: {}", s.code(), s.message()), latency))?
+    {
+        last = a;
+    }
+    let state = State::try_from(last.state).unwrap_or(State::Unspecified);
+    let status = tongban_crosscity::office::state_name(state).to_string();
+    let certificate = if state == State::Completed {
+        tongban_crosscity::ecert::verify(&last.result, bundle, time::OffsetDateTime::now_utc())
+            .map(|d| format!("{}/{}", d.issuer.city, d.issuer.organisation))
+            .map_err(|e| e.to_string())
+    } else {
+        Err(format!("no certificate ({status})"))
+    };
+    Ok(Outcome {
+        status,
+        latency,
+        certificate,
+    })
+}
+
+/// Every item completed both ways with its certificate verified.
+pub fn check_items(rows: &[ItemRow]) -> Result<(), DemoError> {
+    let failed: Vec<String> = rows
+        .iter()
+        .filter(|r| !(r.jinan_to_qingdao.ok() && r.qingdao_to_jinan.ok()))
+        .map(|r| r.code.clone())
+        .collect();
+    if rows.is_empty() || !failed.is_empty() {
+        return Err(DemoError::Check(format!(
+            "items not completed both ways with a verified certificate: {}",
+            failed.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// Renders the items table: code, each direction's status and Submit latency, the
+/// certificates, and the item's name last (CJK characters are two columns wide).
+pub fn items_table(rows: &[ItemRow]) -> String {
+    let cell = |o: &Outcome| format!("{} {:.1} ms", o.status, o.latency.as_secs_f64() * 1000.0);
+    let cert = |r: &ItemRow| match (
+        &r.jinan_to_qingdao.certificate,
+        &r.qingdao_to_jinan.certificate,
+    ) {
+        (Ok(_), Ok(_)) => "verified ×2".to_string(),
+        (Err(e), _) | (_, Err(e)) => format!("NOT VERIFIED: {e}"),
+    };
+    let mut out = vec![format!(
+        "{:<6}  {:<24}  {:<24}  {:<12}  {}",
+        "code", "jinan → qingdao", "qingdao → jinan", "certificate", "name"
+    )];
+    out.push(format!(
+        "{}  {}  {}  {}  {}",
+        "-".repeat(6),
+        "-".repeat(24),
+        "-".repeat(24),
+        "-".repeat(12),
+        "-".repeat(24)
+    ));
+    for r in rows {
+        out.push(format!(
+            "{:<6}  {:<24}  {:<24}  {:<12}  {}",
+            r.code,
+            cell(&r.jinan_to_qingdao),
+            cell(&r.qingdao_to_jinan),
+            cert(r),
+            r.name
+        ));
+    }
+    out.join("\n")
 }

@@ -7,5 +7,7 @@
 
 pub mod certs;
 pub mod demo;
+pub mod departments;
 pub mod idp;
 pub mod local;
+pub mod probe;

@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::probe::Provider;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tongban_crosscity::Provider;
 use tongban_gateway::consent::PORTAL_ROLE;
 use tongban_gateway::registry_api::ADMIN_ROLE;
 use tongban_proto::consent::v1::consent_client::ConsentClient;
@@ -124,6 +124,8 @@ pub struct LocalFederation {
     pub root: PathBuf,
     pub certs: Generated,
     pub cities: Vec<LocalCity>,
+    /// The cross-city departments, once [`LocalFederation::start_departments`] ran.
+    pub departments: Vec<crate::departments::RunningDepartment>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -216,6 +218,7 @@ impl LocalFederation {
             root: root.to_path_buf(),
             certs,
             cities: out,
+            departments: Vec::new(),
         })
     }
 
@@ -318,12 +321,33 @@ impl LocalFederation {
         target_city: &str,
         purpose: &str,
     ) -> Result<(String, String), LocalError> {
+        self.grant_consent_for(
+            CROSSCITY_SERVICE,
+            home,
+            subject,
+            grantee,
+            target_city,
+            purpose,
+        )
+        .await
+    }
+
+    /// [`Self::grant_consent`] for `service`.
+    pub async fn grant_consent_for(
+        &self,
+        service: &str,
+        home: &str,
+        subject: &str,
+        grantee: &str,
+        target_city: &str,
+        purpose: &str,
+    ) -> Result<(String, String), LocalError> {
         let mut client = ConsentClient::new(self.channel(home).await?);
         let mut req = tonic::Request::new(GrantRequest {
             subject: subject.to_string(),
             grantee: grantee.to_string(),
             target_city: target_city.to_string(),
-            service: CROSSCITY_SERVICE.to_string(),
+            service: service.to_string(),
             purpose: purpose.to_string(),
             expires_at_ms: now_ms() + 24 * 3600 * 1000,
         });
@@ -411,6 +435,9 @@ impl LocalFederation {
                 n.begin_shutdown();
             }
         }
+        for d in self.departments {
+            d.stop().await;
+        }
         for c in self.cities {
             if let Some(n) = c.node {
                 n.shutdown().await;
@@ -464,6 +491,9 @@ pub fn node_config(
         policy_file,
         policy_reload: Duration::from_secs(1),
         audit: tongban_gateway::config::AuditConfig::default(),
+        items: std::sync::Arc::new(
+            tongban_catalog::Catalog::embedded().map_err(|e| LocalError::Other(e.to_string()))?,
+        ),
     })
 }
 

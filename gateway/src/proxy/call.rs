@@ -27,6 +27,9 @@ pub(super) struct Call {
     pub deadline: Instant,
     pub target_city: Option<String>,
     pub target_org: Option<String>,
+    /// The catalog item the call is about (`x-tongban-catalog-code`): it routes the call to
+    /// the organisation registered for it and decides whether consent is needed.
+    pub catalog_code: Option<String>,
 }
 
 impl Call {
@@ -79,6 +82,7 @@ impl Call {
             deadline: started + timeout,
             target_city: header_str(&parts.headers, TARGET_CITY)?,
             target_org: header_str(&parts.headers, TARGET_ORG)?,
+            catalog_code: catalog_code_of(&parts.headers)?,
             path,
         })
     }
@@ -99,6 +103,22 @@ fn header_str(h: &HeaderMap, name: &'static str) -> Result<Option<String>, Proxy
             .filter(|s| !s.is_empty())
             .map(Some)
             .ok_or_else(|| ProxyError::bad(name, format!("{name} is empty or not ascii"))),
+    }
+}
+
+/// `x-tongban-catalog-code`, checked for its form (whether the item exists is the route's
+/// question).
+fn catalog_code_of(h: &HeaderMap) -> Result<Option<String>, ProxyError> {
+    match h.get(CATALOG_CODE).map(|v| v.to_str()) {
+        None => Ok(None),
+        Some(Ok(c)) => {
+            metadata::check_catalog_code(c).map_err(|m| ProxyError::bad(CATALOG_CODE, m))?;
+            Ok(Some(c.to_string()))
+        }
+        Some(Err(_)) => Err(ProxyError::bad(
+            CATALOG_CODE,
+            format!("{CATALOG_CODE} is not ascii"),
+        )),
     }
 }
 
@@ -135,6 +155,7 @@ impl Intent {
     /// which overrides the metadata.
     pub fn parse(
         h: &HeaderMap,
+        call: &Call,
         pseudonyms: &Pseudonymizer,
         vouched_purpose: Option<&str>,
     ) -> Result<Intent, ProxyError> {
@@ -153,19 +174,6 @@ impl Intent {
                 format!("{PURPOSE} must be lowercase ascii letters, digits and '-'"),
             )
         })?;
-        let catalog_code = match h.get(CATALOG_CODE).map(|v| v.to_str()) {
-            None => None,
-            Some(Ok(c)) => {
-                metadata::check_catalog_code(c).map_err(|m| ProxyError::bad(CATALOG_CODE, m))?;
-                Some(c.to_string())
-            }
-            Some(Err(_)) => {
-                return Err(ProxyError::bad(
-                    CATALOG_CODE,
-                    format!("{CATALOG_CODE} is not ascii"),
-                ))
-            }
-        };
         let subject = match h.get(SUBJECT).map(|v| v.to_str()) {
             None => None,
             Some(Ok(id)) => {
@@ -178,7 +186,7 @@ impl Intent {
         };
         Ok(Intent {
             purpose,
-            catalog_code,
+            catalog_code: call.catalog_code.clone(),
             subject,
         })
     }

@@ -112,7 +112,17 @@ impl Proxy {
         call: &Call,
         intent: &Intent,
     ) -> Result<String, ProxyError> {
-        if !svc.record.personal_data {
+        // A call naming a catalog item needs consent exactly when the federation catalog
+        // says the item handles personal data; any other call, when the registration says so.
+        let personal = match call
+            .catalog_code
+            .as_deref()
+            .and_then(|c| self.items.item(c))
+        {
+            Some(item) => item.personal_data,
+            None => svc.record.personal_data,
+        };
+        if !personal {
             return Ok(String::new());
         }
         let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());

@@ -23,6 +23,12 @@ pub enum ProxyError {
     UnknownCity { city: String, known: String },
     #[error("service `{service}` is not offered by city `{city}`")]
     UnknownService { service: String, city: String },
+    #[error("catalog item `{code}` is not in the federation catalog")]
+    UnknownItem { code: String },
+    #[error("catalog item `{code}` is not offered by `{city}` (no organisation of {city} has registered it)")]
+    ItemNotOffered { code: String, city: String },
+    #[error("catalog item `{code}` is not offered by any city of the federation")]
+    ItemNotOfferedAnywhere { code: String },
     #[error("service `{service}` is not offered by any city of the federation")]
     UnknownServiceAnywhere { service: String },
     #[error("service `{service}` is offered by {cities}: set x-tongban-target-city")]
@@ -97,7 +103,10 @@ impl ApiError for ProxyError {
             | ProxyError::AmbiguousOrg { .. } => Code::InvalidArgument,
             ProxyError::UnknownCity { .. }
             | ProxyError::UnknownService { .. }
-            | ProxyError::UnknownServiceAnywhere { .. } => Code::NotFound,
+            | ProxyError::UnknownServiceAnywhere { .. }
+            | ProxyError::UnknownItem { .. }
+            | ProxyError::ItemNotOffered { .. }
+            | ProxyError::ItemNotOfferedAnywhere { .. } => Code::NotFound,
             ProxyError::NotRelayed { .. } | ProxyError::PermissionDenied(_) => {
                 Code::PermissionDenied
             }
@@ -121,6 +130,10 @@ impl ApiError for ProxyError {
             ProxyError::UnknownCity { .. } => "UNKNOWN_CITY",
             ProxyError::UnknownService { .. } | ProxyError::UnknownServiceAnywhere { .. } => {
                 "SERVICE_NOT_OFFERED"
+            }
+            ProxyError::UnknownItem { .. } => "CATALOG_ITEM_UNKNOWN",
+            ProxyError::ItemNotOffered { .. } | ProxyError::ItemNotOfferedAnywhere { .. } => {
+                "CATALOG_ITEM_NOT_OFFERED"
             }
             ProxyError::AmbiguousCity { .. } => "TARGET_CITY_REQUIRED",
             ProxyError::AmbiguousOrg { .. } => "TARGET_ORG_REQUIRED",

@@ -29,7 +29,7 @@ impl Proxy {
         let caller = self.authenticate(&parts.headers).await?;
         ex.caller(&caller.city, &caller.org);
         self.trust.rate.check(&caller.id())?;
-        let intent = Intent::parse(&parts.headers, &self.trust.pseudonyms, None)?;
+        let intent = Intent::parse(&parts.headers, &call, &self.trust.pseudonyms, None)?;
         ex.intent(
             &intent.purpose,
             intent.catalog_code.as_deref(),

@@ -71,6 +71,8 @@ pub struct Proxy {
     pub city: String,
     pub auditor: Arc<Auditor>,
     pub catalog: Arc<Catalog>,
+    /// The federation's business catalog: which items exist, which handle personal data.
+    pub items: Arc<tongban_catalog::Catalog>,
     pub peers: BTreeMap<String, Arc<Peer>>,
     pub limits: Limits,
     pub trust: TrustChecks,

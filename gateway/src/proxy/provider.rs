@@ -42,6 +42,7 @@ impl Proxy {
         // The purpose is the one the home node vouched for, not the metadata's.
         let intent = Intent::parse(
             &parts.headers,
+            &call,
             &self.trust.pseudonyms,
             Some(&claims.purpose),
         )?;

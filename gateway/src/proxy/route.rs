@@ -1,4 +1,6 @@
-//! Step 2: which city serves a call, then which of its providers or which peer node.
+//! Step 2: which city serves a call, then which of its providers or which peer node. A call
+//! that names a catalog item (`x-tongban-catalog-code`) goes to the organisation whose
+//! registration lists that item, without the caller naming the organisation.
 
 use std::sync::Arc;
 
@@ -16,21 +18,34 @@ pub(super) enum Upstream {
 }
 
 impl Proxy {
-    /// The target city (named, or the only one offering the service), then a provider of
-    /// this city or the peer node of that one.
+    /// The target city (named, or the only one offering the service or item), then a
+    /// provider of this city or the peer node of that one.
     pub(super) fn route(&self, snap: &Snapshot, call: &Call) -> Result<Upstream, ProxyError> {
+        let code = call.catalog_code.as_deref();
+        if let Some(code) = code {
+            if self.items.item(code).is_none() {
+                return Err(ProxyError::UnknownItem {
+                    code: code.to_string(),
+                });
+            }
+        }
         let city = match &call.target_city {
             Some(c) => c.clone(),
-            None => match snap.cities_offering(&call.service).as_slice() {
+            None => match snap.cities_offering(&call.service, code).as_slice() {
                 [] => {
-                    return Err(ProxyError::UnknownServiceAnywhere {
-                        service: call.service.clone(),
+                    return Err(match code {
+                        Some(code) => ProxyError::ItemNotOfferedAnywhere {
+                            code: code.to_string(),
+                        },
+                        None => ProxyError::UnknownServiceAnywhere {
+                            service: call.service.clone(),
+                        },
                     })
                 }
                 [one] => one.to_string(),
                 many => {
                     return Err(ProxyError::AmbiguousCity {
-                        service: call.service.clone(),
+                        service: code.unwrap_or(&call.service).to_string(),
                         cities: many.join(", "),
                     })
                 }
@@ -52,10 +67,9 @@ impl Proxy {
             None => Err(ProxyError::Unavailable(format!(
                 "peer city `{city}` is unreachable (no catalog received from it yet)"
             ))),
-            Some(_) if !snap.peer_offers(&city, &call.service) => Err(ProxyError::UnknownService {
-                service: call.service.clone(),
-                city,
-            }),
+            Some(_) if !snap.peer_offers_item(&city, &call.service, code) => {
+                Err(not_offered(call, city))
+            }
             // Lost (its keepalive went unanswered, or the link broke): fail now rather than
             // spend the caller's deadline; the peer's sync task reconnects in the background.
             Some(_) if !peer.is_up() && peer.endpoint.has_failed() => {
@@ -67,24 +81,32 @@ impl Proxy {
         }
     }
 
-    /// The one provider of this city offering the service (and the named organisation).
+    /// The one provider of this city offering the service (for the named organisation and
+    /// catalog item, when given).
     pub(super) fn local_provider(
         &self,
         snap: &Snapshot,
         call: &Call,
     ) -> Result<Arc<LocalService>, ProxyError> {
-        let mut offers = snap.local_providers(&call.service).filter(|s| {
+        let code = call.catalog_code.as_deref();
+        let mut offers = snap.local_providers(&call.service, code).filter(|s| {
             call.target_org
                 .as_ref()
                 .is_none_or(|o| *o == s.record.organisation)
         });
-        let first = offers.next().ok_or_else(|| ProxyError::UnknownService {
-            service: match &call.target_org {
-                Some(o) => format!("{} (organisation {o})", call.service),
-                None => call.service.clone(),
-            },
-            city: self.city.clone(),
-        })?;
+        let first = offers
+            .next()
+            .ok_or_else(|| match (&call.target_org, code) {
+                (None, Some(_)) => not_offered(call, self.city.clone()),
+                (Some(o), _) => ProxyError::UnknownService {
+                    service: format!("{} (organisation {o})", call.service),
+                    city: self.city.clone(),
+                },
+                (None, None) => ProxyError::UnknownService {
+                    service: call.service.clone(),
+                    city: self.city.clone(),
+                },
+            })?;
         let rest: Vec<_> = offers.collect();
         if !rest.is_empty() {
             let mut orgs = vec![first.record.organisation.clone()];
@@ -96,5 +118,19 @@ impl Proxy {
             });
         }
         Ok(first.clone())
+    }
+}
+
+/// The service, or the catalog item the call names, is not offered by `city`.
+fn not_offered(call: &Call, city: String) -> ProxyError {
+    match &call.catalog_code {
+        Some(code) => ProxyError::ItemNotOffered {
+            code: code.clone(),
+            city,
+        },
+        None => ProxyError::UnknownService {
+            service: call.service.clone(),
+            city,
+        },
     }
 }

@@ -1,109 +1,107 @@
-//! Reference provider of the Jinan–Qingdao cross-city services (跨市通办).
+//! The Jinan–Qingdao cross-city services (跨市通办): the provider a department runs behind
+//! its city's node (`tongban provider crosscity --city C --org O …`).
 //!
-//! It keeps applications in memory: enough for the federation to be exercised end to end
-//! (unary and server-streaming calls, the origin city the node reports). The full set of 27
-//! services and their persistence belong to a later issue.
+//! One provider serves one organisation of one city, and only the catalog items the
+//! federation catalog assigns to it there: each department has its own registration, its own
+//! store and its own signing key, as departments do. It implements
+//! `tongban.crosscity.v2.CrossCityService`:
+//!
+//! - [`rules`]: what a submission must satisfy (the catalog item's fields, its materials,
+//!   and what the node vouched for);
+//! - [`store`]: applications in sled, flushed before they are acknowledged;
+//! - [`office`]: the back office that moves applications received → accepted or rejected
+//!   → processing → completed, and signs the result;
+//! - [`ecert`]: the signed result document, verifiable anywhere with the trust bundle;
+//! - [`error`]: every refusal, mapped to a gRPC status once.
 
-use std::collections::HashMap;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+pub mod ecert;
+pub mod error;
+pub mod office;
+pub mod rules;
+pub mod service;
+pub mod store;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::Stream;
-use tongban_proto::crosscity::v1::cross_city_service_server::{
-    CrossCityService, CrossCityServiceServer,
-};
-use tongban_proto::crosscity::v1::{
-    ApplicationStatus, GetStatusRequest, SubmitRequest, SubmitResponse,
-};
-use tonic::metadata::MetadataMap;
+use tongban_catalog::Catalog;
+use tongban_gateway::subject::Pseudonymizer;
+use tongban_gateway::trust::NodeIdentity;
+use tongban_proto::crosscity::v2::cross_city_service_server::CrossCityServiceServer;
 use tonic::transport::server::TcpIncoming;
-use tonic::{Request, Response, Status};
 
-/// The states an application walks through, in order.
-pub const STATES: &[&str] = &["received", "reviewing", "approved"];
+pub use error::CrossCityError;
+pub use service::Department;
 
-#[derive(Debug, Clone)]
-struct Application {
-    catalog_code: String,
-    origin_city: String,
-    state: usize,
-    updated_at_ms: i64,
+/// What a department's provider needs.
+pub struct DepartmentConfig {
+    pub city: String,
+    pub org: String,
+    pub data_dir: PathBuf,
+    pub catalog: Arc<Catalog>,
+    /// The organisation's signing certificate and key (they sign its results).
+    pub signer: NodeIdentity,
+    /// How long the reference back office takes for each step of an application (a real
+    /// department takes days; the demo and tests take milliseconds).
+    pub step: Duration,
 }
 
-/// The provider of one city.
-#[derive(Debug, Clone)]
-pub struct Provider {
-    city: String,
-    inner: Arc<Inner>,
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("organisation `{org}` provides no catalog item in `{city}` (catalog {federation} {version})")]
+    NoItems {
+        city: String,
+        org: String,
+        federation: String,
+        version: String,
+    },
+    #[error("cannot open the subject key: {0}")]
+    SubjectKey(String),
+    #[error(transparent)]
+    Store(#[from] CrossCityError),
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    apps: Mutex<HashMap<String, Application>>,
-    seq: AtomicU64,
-    calls: AtomicU64,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-fn origin(meta: &MetadataMap) -> String {
-    meta.get(tongban_proto::metadata::ORIGIN_CITY)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string()
-}
-
-fn valid_code(c: &str) -> bool {
-    c.starts_with("JQ-")
-        && c.len() <= 32
-        && c.bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-')
-}
-
-impl Provider {
-    pub fn new(city: impl Into<String>) -> Self {
-        Provider {
-            city: city.into(),
-            inner: Arc::default(),
+impl Department {
+    /// Opens the department's store (resuming unfinished applications) and checks that the
+    /// catalog gives it something to serve.
+    pub fn open(config: DepartmentConfig) -> Result<Department, OpenError> {
+        if config
+            .catalog
+            .items_of(&config.city, &config.org)
+            .next()
+            .is_none()
+        {
+            return Err(OpenError::NoItems {
+                city: config.city,
+                org: config.org,
+                federation: config.catalog.federation.clone(),
+                version: config.catalog.version.clone(),
+            });
         }
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| OpenError::SubjectKey(e.to_string()))?;
+        let pseudonyms = Pseudonymizer::open(&config.data_dir)
+            .map_err(|e| OpenError::SubjectKey(e.to_string()))?;
+        let store = store::Store::open(&config.data_dir)?;
+        let office = office::Office::new(config, store.clone());
+        let dept = Department::new(office, pseudonyms);
+        dept.resume()?;
+        Ok(dept)
     }
 
-    /// How many calls reached this provider (tests use it to prove a refused call did not).
-    pub fn calls(&self) -> u64 {
-        self.inner.calls.load(Ordering::Relaxed)
+    /// The catalog codes this department serves (what it registers with its node).
+    pub fn codes(&self) -> Vec<String> {
+        self.office().codes()
     }
 
-    fn status(&self, id: &str, app: &Application) -> ApplicationStatus {
-        ApplicationStatus {
-            application_id: id.to_string(),
-            catalog_code: app.catalog_code.clone(),
-            state: STATES[app.state].to_string(),
-            provider_city: self.city.clone(),
-            updated_at_ms: app.updated_at_ms,
-            origin_city: app.origin_city.clone(),
-        }
+    /// Whether any of its items handles personal data (its registration says so).
+    pub fn personal_data(&self) -> bool {
+        self.office().personal_data()
     }
 
-    fn get(&self, id: &str) -> Result<Application, Status> {
-        let apps = self
-            .inner
-            .apps
-            .lock()
-            .map_err(|_| Status::internal("application store poisoned"))?;
-        apps.get(id)
-            .cloned()
-            .ok_or_else(|| Status::not_found(format!("application `{id}` not found")))
-    }
-
-    /// Serves this provider on `listener` until `shutdown` resolves.
+    /// Serves on `listener` until `shutdown` resolves.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -120,81 +118,5 @@ impl Provider {
                 shutdown,
             )
             .await
-    }
-}
-
-type StatusStream = Pin<Box<dyn Stream<Item = Result<ApplicationStatus, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl CrossCityService for Provider {
-    async fn submit(
-        &self,
-        req: Request<SubmitRequest>,
-    ) -> Result<Response<SubmitResponse>, Status> {
-        self.inner.calls.fetch_add(1, Ordering::Relaxed);
-        let origin_city = origin(req.metadata());
-        let r = req.into_inner();
-        if !valid_code(&r.catalog_code) {
-            return Err(Status::invalid_argument(format!(
-                "catalog_code `{}` is not a cross-city catalog code (JQ-…)",
-                r.catalog_code
-            )));
-        }
-        let n = self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let id = format!("{}-{n:06}", self.city);
-        let app = Application {
-            catalog_code: r.catalog_code,
-            origin_city: origin_city.clone(),
-            state: 0,
-            updated_at_ms: now_ms(),
-        };
-        self.inner
-            .apps
-            .lock()
-            .map_err(|_| Status::internal("application store poisoned"))?
-            .insert(id.clone(), app);
-        tracing::debug!(application = %id, "application received");
-        Ok(Response::new(SubmitResponse {
-            application_id: id,
-            provider_city: self.city.clone(),
-            state: STATES[0].to_string(),
-            origin_city,
-        }))
-    }
-
-    async fn get_status(
-        &self,
-        req: Request<GetStatusRequest>,
-    ) -> Result<Response<ApplicationStatus>, Status> {
-        self.inner.calls.fetch_add(1, Ordering::Relaxed);
-        let id = req.into_inner().application_id;
-        let app = self.get(&id)?;
-        Ok(Response::new(self.status(&id, &app)))
-    }
-
-    type WatchStatusStream = StatusStream;
-
-    /// Streams the application's remaining states through to the final one (the reference
-    /// provider decides at once; a real back office would take days).
-    async fn watch_status(
-        &self,
-        req: Request<GetStatusRequest>,
-    ) -> Result<Response<StatusStream>, Status> {
-        self.inner.calls.fetch_add(1, Ordering::Relaxed);
-        let id = req.into_inner().application_id;
-        let mut app = self.get(&id)?;
-        let mut out = Vec::new();
-        loop {
-            out.push(Ok(self.status(&id, &app)));
-            if app.state + 1 == STATES.len() {
-                break;
-            }
-            app.state += 1;
-            app.updated_at_ms = now_ms();
-        }
-        if let Ok(mut apps) = self.inner.apps.lock() {
-            apps.insert(id, app);
-        }
-        Ok(Response::new(Box::pin(tokio_stream::iter(out))))
     }
 }

@@ -1,0 +1,65 @@
+//! `tongban catalog`: check and show a catalog file without starting anything.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum CatalogCmd {
+    /// Load and validate a catalog file: exit 0, or 64 naming the item and the key.
+    Check { file: PathBuf },
+    /// Print a catalog's items (the embedded one without --file).
+    Show {
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+}
+
+pub fn run(cmd: CatalogCmd) -> ExitCode {
+    let path = match &cmd {
+        CatalogCmd::Check { file } => Some(file.clone()),
+        CatalogCmd::Show { file } => file.clone(),
+    };
+    let catalog = match tongban_catalog::Catalog::load_or_embedded(path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tongban: {e}");
+            return ExitCode::from(crate::EX_CONFIG);
+        }
+    };
+    match cmd {
+        CatalogCmd::Check { .. } => println!(
+            "ok: {} {}, {} items, {} organisations",
+            catalog.federation,
+            catalog.version,
+            catalog.items().len(),
+            catalog.organisations.len()
+        ),
+        CatalogCmd::Show { .. } => {
+            for i in catalog.items() {
+                let providers: Vec<String> = i
+                    .providers
+                    .iter()
+                    .map(|(c, o)| format!("{c}/{o}"))
+                    .collect();
+                println!(
+                    "{}  {}  {} · {} · {} · {} working days · {}{}",
+                    i.code,
+                    i.name_zh,
+                    i.name_en,
+                    i.category,
+                    i.produces.as_str(),
+                    i.time_limit_days,
+                    providers.join(" "),
+                    if i.personal_data {
+                        " · personal data"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,187 @@
+//! Electronic certificates (电子证照): the signed result of a completed application.
+//!
+//! Format `tongban-ecert/1`, a JSON object:
+//!
+//! ```json
+//! { "document": { "format": "tongban-ecert/1", "document_id": "qingdao-gjj-00000012",
+//!                 "kind": "transfer-confirmation",
+//!                 "item": { "code": "JQ-08", "name_zh": "…", "name_en": "…" },
+//!                 "holder": { "masked_id": "370***********002X", "pseudonym": "…" },
+//!                 "issuer": { "city": "qingdao", "organisation": "gjj", "organisation_name": "…" },
+//!                 "issued_at": "2026-11-23T12:00:00Z", "valid_until": "2027-11-23T12:00:00Z",
+//!                 "details": { "to_division": "370202", … } },
+//!   "digest": "sha256:<hex of the canonical document>",
+//!   "algorithm": "ed25519" | "ecdsa-p256-sha256",
+//!   "signature": "<base64 of the signature over the canonical document>",
+//!   "signer_chain": ["<base64 DER of the organisation's signing certificate>", …] }
+//! ```
+//!
+//! The canonical document is its compact JSON with the keys in the order above (the order of
+//! [`Document`]'s fields; `details` sorted). The signer certificate is the issuing
+//! organisation's (`<org>.org.<city>.tongban`), issued by the issuing city's CA, so anyone
+//! with the federation trust bundle verifies it: no call to the issuing city is needed.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use tongban_gateway::trust::{self, NodeIdentity, NodeKeyType, TrustBundle};
+
+pub const FORMAT: &str = "tongban-ecert/1";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Document {
+    pub format: String,
+    pub document_id: String,
+    pub kind: String,
+    pub item: ItemRef,
+    pub holder: Holder,
+    pub issuer: Issuer,
+    pub issued_at: String,
+    pub valid_until: String,
+    pub details: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ItemRef {
+    pub code: String,
+    pub name_zh: String,
+    pub name_en: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Holder {
+    pub masked_id: String,
+    pub pseudonym: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Issuer {
+    pub city: String,
+    pub organisation: String,
+    pub organisation_name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signed {
+    pub document: Document,
+    pub digest: String,
+    pub algorithm: String,
+    pub signature: String,
+    pub signer_chain: Vec<String>,
+}
+
+/// Why a certificate does not verify. Each names what an inspector has to know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("malformed: {0}")]
+    Malformed(String),
+    #[error("unknown city: `{0}` is not in the trust bundle")]
+    UnknownCity(String),
+    #[error("edited: the document no longer matches what was signed (digest {expected}, document hashes to {actual})")]
+    Edited { expected: String, actual: String },
+    #[error("bad signature: {0}")]
+    BadSignature(String),
+    #[error("expired: valid until {0}")]
+    Expired(String),
+}
+
+fn canonical(d: &Document) -> Result<Vec<u8>, VerifyError> {
+    serde_json::to_vec(d).map_err(|e| VerifyError::Malformed(e.to_string()))
+}
+
+fn digest_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// Signs `doc` with an organisation's key; the result is the certificate's JSON bytes.
+pub fn sign(doc: Document, signer: &NodeIdentity) -> Result<Vec<u8>, VerifyError> {
+    let bytes = canonical(&doc)?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let signed = Signed {
+        digest: digest_of(&bytes),
+        algorithm: match signer.key_type() {
+            NodeKeyType::Ed25519 => "ed25519",
+            NodeKeyType::P256 => "ecdsa-p256-sha256",
+        }
+        .to_string(),
+        signature: b64.encode(signer.sign(&bytes)),
+        signer_chain: signer.chain.iter().map(|c| b64.encode(c)).collect(),
+        document: doc,
+    };
+    serde_json::to_vec_pretty(&signed).map_err(|e| VerifyError::Malformed(e.to_string()))
+}
+
+/// Verifies a certificate with nothing but the trust bundle, as of `now`.
+pub fn verify(
+    json: &[u8],
+    bundle: &TrustBundle,
+    now: OffsetDateTime,
+) -> Result<Document, VerifyError> {
+    let signed: Signed =
+        serde_json::from_slice(json).map_err(|e| VerifyError::Malformed(e.to_string()))?;
+    let doc = &signed.document;
+    if doc.format != FORMAT {
+        return Err(VerifyError::Malformed(format!(
+            "format `{}` is not {FORMAT}",
+            doc.format
+        )));
+    }
+    if !bundle.contains(&doc.issuer.city) {
+        return Err(VerifyError::UnknownCity(doc.issuer.city.clone()));
+    }
+    let bytes = canonical(doc)?;
+    let actual = digest_of(&bytes);
+    if actual != signed.digest {
+        return Err(VerifyError::Edited {
+            expected: signed.digest.clone(),
+            actual,
+        });
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let chain = signed
+        .signer_chain
+        .iter()
+        .map(|c| b64.decode(c).map(CertificateDer::from))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| VerifyError::Malformed(format!("signer_chain: {e}")))?;
+    let issued = OffsetDateTime::parse(&doc.issued_at, &Rfc3339)
+        .map_err(|e| VerifyError::Malformed(format!("issued_at: {e}")))?;
+    let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+        u64::try_from(issued.unix_timestamp()).unwrap_or(0),
+    ));
+    bundle
+        .verify_org_cert(&doc.issuer.city, &doc.issuer.organisation, &chain, at)
+        .map_err(|e| VerifyError::BadSignature(format!("signer not trusted: {e}")))?;
+    let sig = b64
+        .decode(&signed.signature)
+        .map_err(|e| VerifyError::Malformed(format!("signature: {e}")))?;
+    let signer = chain
+        .first()
+        .ok_or_else(|| VerifyError::Malformed("signer_chain is empty".into()))?;
+    trust::verify_signature(signer, &bytes, &sig).map_err(|_| {
+        VerifyError::BadSignature(format!(
+            "the signature is not {}/{}'s signature of this document",
+            doc.issuer.city, doc.issuer.organisation
+        ))
+    })?;
+    let until = OffsetDateTime::parse(&doc.valid_until, &Rfc3339)
+        .map_err(|e| VerifyError::Malformed(format!("valid_until: {e}")))?;
+    if until < now {
+        return Err(VerifyError::Expired(doc.valid_until.clone()));
+    }
+    Ok(signed.document)
+}

@@ -1,0 +1,229 @@
+//! The reference back office: it moves each application through its states, one step every
+//! `step`, persisting each transition before announcing it:
+//!
+//! received → accepted (the materials are complete) or rejected (they are not, 不予受理)
+//! → processing → completed, with the result document signed by the organisation.
+//!
+//! A withdrawal stops it. After a restart, unfinished applications resume where they were.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::{broadcast, Mutex};
+use tongban_catalog::Catalog;
+use tongban_gateway::trust::NodeIdentity;
+use tongban_proto::crosscity::v2::State;
+
+use crate::ecert;
+use crate::error::CrossCityError;
+use crate::store::{Store, Stored};
+use crate::DepartmentConfig;
+
+pub struct Office {
+    pub city: String,
+    pub org: String,
+    pub catalog: Arc<Catalog>,
+    signer: NodeIdentity,
+    step: Duration,
+    pub store: Store,
+    changes: broadcast::Sender<Arc<Stored>>,
+    /// Serialises read-modify-write of applications (transitions and withdrawals).
+    lock: Mutex<()>,
+}
+
+pub fn now_ms() -> i64 {
+    let now = OffsetDateTime::now_utc();
+    i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+impl Office {
+    pub fn new(config: DepartmentConfig, store: Store) -> Arc<Office> {
+        Arc::new(Office {
+            city: config.city,
+            org: config.org,
+            catalog: config.catalog,
+            signer: config.signer,
+            step: config.step,
+            store,
+            changes: broadcast::channel(1024).0,
+            lock: Mutex::new(()),
+        })
+    }
+
+    pub fn codes(&self) -> Vec<String> {
+        self.catalog
+            .items_of(&self.city, &self.org)
+            .map(|i| i.code.clone())
+            .collect()
+    }
+
+    pub fn personal_data(&self) -> bool {
+        self.catalog
+            .items_of(&self.city, &self.org)
+            .any(|i| i.personal_data)
+    }
+
+    /// Every change of any application, as it is persisted.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Stored>> {
+        self.changes.subscribe()
+    }
+
+    fn publish(&self, s: &Stored) {
+        // No receiver is fine: nobody is watching.
+        let _ = self.changes.send(Arc::new(s.clone()));
+    }
+
+    /// Takes in a new application (persisted before this returns) and starts its handling.
+    pub async fn receive(self: &Arc<Self>, s: Stored) -> Result<Stored, CrossCityError> {
+        self.store.put(&s).await?;
+        self.publish(&s);
+        self.handle(s.id.clone());
+        Ok(s)
+    }
+
+    /// Starts (or resumes) the handling of application `id` in the background.
+    pub fn handle(self: &Arc<Self>, id: String) {
+        let office = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(office.step).await;
+                match office.advance(&id).await {
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    Err(error) => {
+                        tracing::error!(application = %id, %error, "application handling stopped");
+                        break;
+                    }
+                }
+            }
+        });
+    }
+
+    /// One step of the state machine; `false` once the application is final.
+    async fn advance(&self, id: &str) -> Result<bool, CrossCityError> {
+        let _g = self.lock.lock().await;
+        let Some(mut s) = self.store.get(id)? else {
+            return Ok(false);
+        };
+        let now = now_ms();
+        match s.state() {
+            State::Received => {
+                let missing = self.missing_materials(&s);
+                if missing.is_empty() {
+                    s.enter(State::Accepted, now, "materials complete");
+                } else {
+                    s.rejection_reason = format!("missing materials: {}", missing.join(", "));
+                    let reason = s.rejection_reason.clone();
+                    s.enter(State::Rejected, now, reason);
+                }
+            }
+            State::Accepted => s.enter(State::Processing, now, "in handling"),
+            State::Processing => {
+                s.result = Some(self.result_document(&s)?);
+                s.enter(State::Completed, now, "result issued");
+            }
+            _ => return Ok(false),
+        }
+        self.store.put(&s).await?;
+        tracing::info!(application = %s.id, code = %s.code, state = ?s.state(), "application moved");
+        self.publish(&s);
+        Ok(!s.is_final())
+    }
+
+    fn missing_materials(&self, s: &Stored) -> Vec<String> {
+        self.catalog
+            .item(&s.code)
+            .map(|i| {
+                i.materials
+                    .iter()
+                    .filter(|k| !s.materials.iter().any(|m| &m.kind == *k))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The signed result document of a completed application.
+    fn result_document(&self, s: &Stored) -> Result<String, CrossCityError> {
+        let item = self
+            .catalog
+            .item(&s.code)
+            .ok_or_else(|| CrossCityError::UnknownItem(s.code.clone()))?;
+        let issued = OffsetDateTime::now_utc();
+        let until = issued + time::Duration::days(i64::from(item.valid_days));
+        let doc = ecert::Document {
+            format: ecert::FORMAT.to_string(),
+            document_id: s.id.clone(),
+            kind: item.produces.as_str().to_string(),
+            item: ecert::ItemRef {
+                code: item.code.clone(),
+                name_zh: item.name_zh.clone(),
+                name_en: item.name_en.clone(),
+            },
+            holder: ecert::Holder {
+                masked_id: s.applicant_masked.clone(),
+                pseudonym: s.subject.clone(),
+            },
+            issuer: ecert::Issuer {
+                city: self.city.clone(),
+                organisation: self.org.clone(),
+                organisation_name: self
+                    .catalog
+                    .organisation(&self.org)
+                    .map(|o| o.name_zh.clone())
+                    .unwrap_or_default(),
+            },
+            issued_at: ecert::rfc3339(issued),
+            valid_until: ecert::rfc3339(until),
+            details: s.fields.clone(),
+        };
+        let bytes = ecert::sign(doc, &self.signer)
+            .map_err(|e| CrossCityError::Store(format!("cannot sign the result: {e}")))?;
+        String::from_utf8(bytes).map_err(|e| CrossCityError::Store(e.to_string()))
+    }
+
+    /// Withdraws application `id` if `allowed` says the caller may and it is not final.
+    pub async fn withdraw(
+        &self,
+        id: &str,
+        reason: &str,
+        allowed: impl FnOnce(&Stored) -> bool,
+    ) -> Result<Stored, CrossCityError> {
+        let _g = self.lock.lock().await;
+        let mut s = self
+            .store
+            .get(id)?
+            .ok_or_else(|| CrossCityError::NotFound(id.to_string()))?;
+        if !allowed(&s) {
+            return Err(CrossCityError::NotYours(id.to_string()));
+        }
+        if s.is_final() {
+            return Err(CrossCityError::Final {
+                id: id.to_string(),
+                state: state_name(s.state()),
+            });
+        }
+        let note = if reason.trim().is_empty() {
+            "withdrawn by the applicant".to_string()
+        } else {
+            format!("withdrawn: {}", reason.trim())
+        };
+        s.enter(State::Withdrawn, now_ms(), note);
+        self.store.put(&s).await?;
+        self.publish(&s);
+        Ok(s)
+    }
+}
+
+pub fn state_name(s: State) -> &'static str {
+    match s {
+        State::Unspecified => "unspecified",
+        State::Received => "received",
+        State::Accepted => "accepted",
+        State::Rejected => "rejected",
+        State::Processing => "processing",
+        State::Completed => "completed",
+        State::Withdrawn => "withdrawn",
+    }
+}

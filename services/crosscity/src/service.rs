@@ -1,0 +1,234 @@
+//! `tongban.crosscity.v2.CrossCityService` of one department.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio_stream::Stream;
+use tongban_gateway::subject::Pseudonymizer;
+use tongban_proto::crosscity::v2::cross_city_service_server::CrossCityService;
+use tongban_proto::crosscity::v2::{
+    Application, GetStatusRequest, ListApplicationsRequest, ListApplicationsResponse, State,
+    SubmitRequest, WithdrawRequest,
+};
+use tonic::{Request, Response, Status};
+
+use crate::error::CrossCityError;
+use crate::office::{now_ms, Office};
+use crate::rules::{self, mask_id, Vouched};
+use crate::store::{Material, Stored};
+
+/// The provider of one organisation of one city.
+#[derive(Clone)]
+pub struct Department {
+    office: Arc<Office>,
+    pseudonyms: Arc<Pseudonymizer>,
+}
+
+impl Department {
+    pub(crate) fn new(office: Arc<Office>, pseudonyms: Pseudonymizer) -> Department {
+        Department {
+            office,
+            pseudonyms: Arc::new(pseudonyms),
+        }
+    }
+
+    pub(crate) fn office(&self) -> &Office {
+        &self.office
+    }
+
+    /// Resumes the handling of every unfinished application (after a restart).
+    pub(crate) fn resume(&self) -> Result<(), CrossCityError> {
+        let open = self.office.store.open_applications()?;
+        if !open.is_empty() {
+            tracing::info!(count = open.len(), "resuming unfinished applications");
+        }
+        for s in open {
+            self.office.handle(s.id);
+        }
+        Ok(())
+    }
+
+    /// The application `id`, if the call may see it: its submitter, or a call about its
+    /// applicant (whose consent the node checked).
+    fn visible(&self, id: &str, v: &Vouched) -> Result<Stored, CrossCityError> {
+        let s = self
+            .office
+            .store
+            .get(id)?
+            .ok_or_else(|| CrossCityError::NotFound(id.to_string()))?;
+        if self.may_see(&s, v) {
+            Ok(s)
+        } else {
+            Err(CrossCityError::NotYours(id.to_string()))
+        }
+    }
+
+    fn may_see(&self, s: &Stored, v: &Vouched) -> bool {
+        s.caller == v.caller
+            || v.subject
+                .as_deref()
+                .is_some_and(|id| self.pseudonyms.pseudonym(id) == s.subject)
+    }
+}
+
+type AppStream = Pin<Box<dyn Stream<Item = Result<Application, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl CrossCityService for Department {
+    async fn submit(&self, req: Request<SubmitRequest>) -> Result<Response<Application>, Status> {
+        let v = Vouched::from_metadata(req.metadata())?;
+        let o = &self.office;
+        let sub = rules::check(&o.catalog, &o.city, &o.org, req.into_inner(), &v)?;
+        let received = now_ms();
+        let seq = o.store.next_seq()?;
+        let mut s = Stored {
+            id: format!("{}-{}-{seq:08}", o.city, o.org),
+            code: sub.item.code.clone(),
+            state: State::Unspecified as i32,
+            provider_city: o.city.clone(),
+            provider_org: o.org.clone(),
+            origin_city: v.origin_city.clone(),
+            applicant_masked: mask_id(&sub.applicant_id),
+            subject: self.pseudonyms.pseudonym(&sub.applicant_id),
+            caller: v.caller.clone(),
+            received_at_ms: received,
+            due_date: o
+                .catalog
+                .calendar
+                .due_date(received, sub.item.time_limit_days)
+                .to_string(),
+            history: Vec::new(),
+            fields: sub.fields,
+            materials: sub
+                .materials
+                .into_iter()
+                .map(|m| Material {
+                    kind: m.kind,
+                    uri: m.uri,
+                    sha256: m.sha256.to_ascii_lowercase(),
+                })
+                .collect(),
+            rejection_reason: String::new(),
+            result_kind: sub.item.produces.as_str().to_string(),
+            result: None,
+        };
+        s.enter(
+            State::Received,
+            received,
+            format!("received from {}", v.caller),
+        );
+        let s = o.receive(s).await?;
+        tracing::info!(application = %s.id, code = %s.code, caller = %s.caller, due = %s.due_date, "application received");
+        Ok(Response::new(s.to_wire()))
+    }
+
+    async fn get_status(
+        &self,
+        req: Request<GetStatusRequest>,
+    ) -> Result<Response<Application>, Status> {
+        let v = Vouched::from_metadata(req.metadata())?;
+        let s = self.visible(&req.get_ref().application_id, &v)?;
+        Ok(Response::new(s.to_wire()))
+    }
+
+    type WatchStatusStream = AppStream;
+
+    async fn watch_status(
+        &self,
+        req: Request<GetStatusRequest>,
+    ) -> Result<Response<AppStream>, Status> {
+        let v = Vouched::from_metadata(req.metadata())?;
+        let id = req.into_inner().application_id;
+        // Subscribe before reading, so that no change between the two is missed.
+        let mut changes = self.office.subscribe();
+        let current = self.visible(&id, &v)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let store = self.office.store.clone();
+        tokio::spawn(async move {
+            let mut last = current.history.len();
+            let done = current.is_final();
+            if tx.send(Ok(current.to_wire())).await.is_err() || done {
+                return;
+            }
+            loop {
+                let next = match changes.recv().await {
+                    Ok(s) if s.id == id => (*s).clone(),
+                    Ok(_) => continue,
+                    // Fell behind: read the application as it is now.
+                    Err(RecvError::Lagged(_)) => match store.get(&id) {
+                        Ok(Some(s)) => s,
+                        _ => break,
+                    },
+                    Err(RecvError::Closed) => break,
+                };
+                if next.history.len() <= last {
+                    continue;
+                }
+                last = next.history.len();
+                let done = next.is_final();
+                if tx.send(Ok(next.to_wire())).await.is_err() || done {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn list_applications(
+        &self,
+        req: Request<ListApplicationsRequest>,
+    ) -> Result<Response<ListApplicationsResponse>, Status> {
+        let v = Vouched::from_metadata(req.metadata())?;
+        let subject = v.subject.as_deref().ok_or(CrossCityError::NoSubject)?;
+        let r = req.into_inner();
+        let size = match r.page_size {
+            0 => 20,
+            n @ 1..=100 => usize::try_from(n).unwrap_or(20),
+            n => {
+                return Err(CrossCityError::Invalid(vec![
+                    tongban_gateway::error::FieldViolation::new(
+                        "page_size",
+                        format!("page_size {n} is not 0 to 100"),
+                    ),
+                ])
+                .into())
+            }
+        };
+        let after = if r.page_token.is_empty() {
+            None
+        } else {
+            Some(hex::decode(&r.page_token).map_err(|_| {
+                CrossCityError::Invalid(vec![tongban_gateway::error::FieldViolation::new(
+                    "page_token",
+                    "page_token is not one this provider issued",
+                )])
+            })?)
+        };
+        let pseudonym = self.pseudonyms.pseudonym(subject);
+        let (apps, next) = self
+            .office
+            .store
+            .by_subject(&pseudonym, after.as_deref(), size)?;
+        Ok(Response::new(ListApplicationsResponse {
+            applications: apps.iter().map(Stored::to_wire).collect(),
+            next_page_token: next.map(hex::encode).unwrap_or_default(),
+        }))
+    }
+
+    async fn withdraw(
+        &self,
+        req: Request<WithdrawRequest>,
+    ) -> Result<Response<Application>, Status> {
+        let v = Vouched::from_metadata(req.metadata())?;
+        let r = req.into_inner();
+        let s = self
+            .office
+            .withdraw(&r.application_id, &r.reason, |s| self.may_see(s, &v))
+            .await?;
+        tracing::info!(application = %s.id, by = %v.caller, "application withdrawn");
+        Ok(Response::new(s.to_wire()))
+    }
+}

@@ -1,0 +1,206 @@
+//! Applications in sled: one record per application (JSON), and an index by the applicant's
+//! pseudonym, newest first, for portals. Every write is flushed before it is acknowledged,
+//! so an application a caller was told about survives a crash of the provider.
+//!
+//! The applicant's identity number is never stored: only its keyed pseudonym (the secret
+//! stays in the data directory) and a masked form.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tongban_proto::crosscity::v2::{Application, State, Transition};
+
+use crate::error::CrossCityError;
+
+/// An application as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stored {
+    pub id: String,
+    pub code: String,
+    pub state: i32,
+    pub provider_city: String,
+    pub provider_org: String,
+    pub origin_city: String,
+    pub applicant_masked: String,
+    /// Keyed pseudonym of the applicant's id.
+    pub subject: String,
+    /// Who submitted it (`x-tongban-caller`, e.g. `jinan/hrss`).
+    pub caller: String,
+    pub received_at_ms: i64,
+    pub due_date: String,
+    pub history: Vec<Step>,
+    pub fields: BTreeMap<String, String>,
+    pub materials: Vec<Material>,
+    pub rejection_reason: String,
+    pub result_kind: String,
+    /// The signed result document (JSON), once completed.
+    pub result: Option<String>,
+}
+
+/// A material the application references (kept so that the department can fetch it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Material {
+    pub kind: String,
+    pub uri: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Step {
+    pub state: i32,
+    pub at_ms: i64,
+    pub note: String,
+}
+
+impl Stored {
+    pub fn state(&self) -> State {
+        State::try_from(self.state).unwrap_or(State::Unspecified)
+    }
+
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self.state(),
+            State::Completed | State::Rejected | State::Withdrawn
+        )
+    }
+
+    /// Moves to `state` at `at_ms`, recording the step.
+    pub fn enter(&mut self, state: State, at_ms: i64, note: impl Into<String>) {
+        self.state = state as i32;
+        self.history.push(Step {
+            state: state as i32,
+            at_ms,
+            note: note.into(),
+        });
+    }
+
+    /// The wire form.
+    pub fn to_wire(&self) -> Application {
+        Application {
+            application_id: self.id.clone(),
+            catalog_code: self.code.clone(),
+            state: self.state,
+            provider_city: self.provider_city.clone(),
+            provider_org: self.provider_org.clone(),
+            origin_city: self.origin_city.clone(),
+            applicant_masked: self.applicant_masked.clone(),
+            received_at_ms: self.received_at_ms,
+            due_date: self.due_date.clone(),
+            history: self
+                .history
+                .iter()
+                .map(|s| Transition {
+                    state: s.state,
+                    at_ms: s.at_ms,
+                    note: s.note.clone(),
+                })
+                .collect(),
+            rejection_reason: self.rejection_reason.clone(),
+            result_kind: self.result_kind.clone(),
+            result: self
+                .result
+                .clone()
+                .map(String::into_bytes)
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The application store of one provider.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    apps: sled::Tree,
+    by_subject: sled::Tree,
+}
+
+/// Index key: pseudonym, then the inverted receipt time (newest first), then the id.
+fn subject_key(s: &Stored) -> Vec<u8> {
+    let inverted = u64::MAX - u64::try_from(s.received_at_ms).unwrap_or(0);
+    format!("{}/{inverted:020}/{}", s.subject, s.id).into_bytes()
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store, CrossCityError> {
+        let db = sled::Config::new()
+            .path(dir.join("applications"))
+            .cache_capacity(16 * 1024 * 1024)
+            .open()?;
+        Ok(Store {
+            apps: db.open_tree("apps")?,
+            by_subject: db.open_tree("by_subject")?,
+            db,
+        })
+    }
+
+    /// A new, never reused sequence number for an application id.
+    pub fn next_seq(&self) -> Result<u64, CrossCityError> {
+        Ok(self.db.generate_id()? + 1)
+    }
+
+    /// Writes a record (and its index entry) and flushes before returning.
+    pub async fn put(&self, s: &Stored) -> Result<(), CrossCityError> {
+        self.apps.insert(s.id.as_bytes(), serde_json::to_vec(s)?)?;
+        self.by_subject.insert(subject_key(s), &[])?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Stored>, CrossCityError> {
+        match self.apps.get(id.as_bytes())? {
+            None => Ok(None),
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+        }
+    }
+
+    /// Applications that are not final (resumed after a restart).
+    pub fn open_applications(&self) -> Result<Vec<Stored>, CrossCityError> {
+        let mut out = Vec::new();
+        for kv in self.apps.iter() {
+            let (_, v) = kv?;
+            let s: Stored = serde_json::from_slice(&v)?;
+            if !s.is_final() {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` applications of the subject `pseudonym`, newest first, after the index
+    /// key `after` (the page token); also the token of the next page.
+    pub fn by_subject(
+        &self,
+        pseudonym: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<Stored>, Option<Vec<u8>>), CrossCityError> {
+        let prefix = format!("{pseudonym}/").into_bytes();
+        let start = match after {
+            Some(a) => {
+                let mut s = a.to_vec();
+                s.push(0);
+                s
+            }
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        let mut last = None;
+        for kv in self.by_subject.range(start..) {
+            let (k, _) = kv?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if out.len() == limit {
+                return Ok((out, last));
+            }
+            let id = k.rsplit(|b| *b == b'/').next().unwrap_or_default();
+            let id = String::from_utf8_lossy(id).into_owned();
+            if let Some(s) = self.get(&id)? {
+                out.push(s);
+            }
+            last = Some(k.to_vec());
+        }
+        Ok((out, None))
+    }
+}
