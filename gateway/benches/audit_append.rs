@@ -27,7 +27,7 @@ fn record(i: u64) -> AuditRecord {
         target_org: "hrss".into(),
         service: "tongban.crosscity.v1.CrossCityService".into(),
         method: "Submit".into(),
-        catalog_code: "JQ-HRSS-003".into(),
+        catalog_code: "JQ-03".into(),
         purpose: "case-handling".into(),
         consent_id: "2f2f13f2-d479-498b-a4f8-30e32ccf88d2".into(),
         subject_pseudonym: "5f0c3a9e8d7b6a5f4e3d2c1b0a998877".into(),

@@ -228,7 +228,7 @@ mod tests {
             organisation: "hrss".into(),
             service: "tongban.crosscity.v1.CrossCityService".into(),
             endpoints: vec!["http://127.0.0.1:7001".into()],
-            catalog_codes: vec!["JQ-HRSS-003".into()],
+            catalog_codes: vec!["JQ-03".into()],
             personal_data: true,
             description: String::new(),
         }

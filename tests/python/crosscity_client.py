@@ -30,7 +30,7 @@ def main() -> int:
         stub = pbg.CrossCityServiceStub(channel)
         md = auth + [("x-tongban-target-city", target), ("x-tongban-request-id", "py-req-1")]
         resp, call = stub.Submit.with_call(
-            pb.SubmitRequest(catalog_code="JQ-HRSS-003", fields={"applicant": "python"}),
+            pb.SubmitRequest(catalog_code="JQ-03", fields={"applicant": "python"}),
             metadata=md, timeout=5)
         result["submit"] = {
             "application_id": resp.application_id,
@@ -43,7 +43,7 @@ def main() -> int:
             metadata=auth + [("x-tongban-target-city", target)], timeout=5)]
         result["watch"] = states
         try:
-            stub.Submit(pb.SubmitRequest(catalog_code="JQ-HRSS-003"),
+            stub.Submit(pb.SubmitRequest(catalog_code="JQ-03"),
                         metadata=auth + [("x-tongban-target-city", "beijing")], timeout=5)
             result["unknown_city"] = {"code": "OK"}
         except grpc.RpcError as e:

@@ -40,7 +40,7 @@ impl Fed {
             .await
             .expect("federation starts");
         for c in cities {
-            fed.register_crosscity(c, "hrss", &["JQ-HRSS-003", "JQ-GJJ-001"], false)
+            fed.register_crosscity(c, "hrss", &["JQ-03", "JQ-07"], false)
                 .await
                 .expect("register provider");
         }
@@ -146,6 +146,11 @@ impl Fed {
     /// Registers `endpoint` as the cross-city service of `org` of `city` (as that
     /// organisation, through the Registry API).
     pub async fn register(&self, city: &str, org: &str, endpoint: &str) {
+        self.register_with_codes(city, org, endpoint, &[]).await;
+    }
+
+    /// [`Self::register`], listing catalog items (calls naming one are routed to it).
+    pub async fn register_with_codes(&self, city: &str, org: &str, endpoint: &str, codes: &[&str]) {
         use tongban_proto::registry::v1::{RegisterServiceRequest, ServiceRegistration};
         self.fed
             .registry(city, org)
@@ -156,6 +161,7 @@ impl Fed {
                     organisation: org.to_string(),
                     service: CROSSCITY_SERVICE.to_string(),
                     endpoints: vec![endpoint.to_string()],
+                    catalog_codes: codes.iter().map(|c| c.to_string()).collect(),
                     ..Default::default()
                 }),
             })

@@ -99,7 +99,7 @@ async fn cancelling_a_thousand_calls_in_flight_breaks_no_one_else() {
             let req = f.req(
                 "jinan",
                 SubmitRequest {
-                    catalog_code: "JQ-HRSS-003".into(),
+                    catalog_code: "JQ-03".into(),
                     ..Default::default()
                 },
                 Some("qingdao"),

@@ -36,7 +36,7 @@ fn with_token<T>(msg: T, token: &str) -> Request<T> {
 /// jinan/hrss → qingdao Submit; returns the request id.
 async fn submit(f: &Fed, subject: Option<(&str, &str)>) -> String {
     let msg = SubmitRequest {
-        catalog_code: "JQ-HRSS-003".into(),
+        catalog_code: "JQ-03".into(),
         ..Default::default()
     };
     let mut req = f.req("jinan", msg, Some("qingdao"), Duration::from_secs(5));
@@ -49,7 +49,7 @@ async fn submit(f: &Fed, subject: Option<(&str, &str)>) -> String {
         );
         req.metadata_mut().insert(
             "x-tongban-catalog-code",
-            MetadataValue::from_static("JQ-HRSS-003"),
+            MetadataValue::from_static("JQ-03"),
         );
     }
     let resp = f.crosscity("jinan").await.submit(req).await.unwrap();
@@ -153,7 +153,7 @@ async fn both_sides_record_the_exchange_and_receipts_verify() {
 
     // Refusals are audited too, with the status the caller got.
     let e = f
-        .submit("jinan", Some("beijing"), "JQ-HRSS-003")
+        .submit("jinan", Some("beijing"), "JQ-03")
         .await
         .unwrap_err();
     let rid = e
@@ -181,7 +181,7 @@ async fn both_sides_record_the_exchange_and_receipts_verify() {
 async fn citizens_see_who_accessed_their_data_and_only_theirs() {
     let f = Fed::start(&["jinan", "qingdao"]).await;
     f.fed
-        .register_crosscity("qingdao", "hrss", &["JQ-HRSS-003"], true)
+        .register_crosscity("qingdao", "hrss", &["JQ-03"], true)
         .await
         .unwrap();
     let citizen = demo_subject("37010219850312002");
@@ -224,7 +224,7 @@ async fn citizens_see_who_accessed_their_data_and_only_theirs() {
     );
     assert_eq!(a.target_city, "qingdao");
     assert_eq!(a.purpose, "case-handling");
-    assert_eq!(a.catalog_code, "JQ-HRSS-003");
+    assert_eq!(a.catalog_code, "JQ-03");
     assert_eq!(a.request_id, rid);
 
     // Another citizen's log is not theirs to read; an operator may.
@@ -465,7 +465,7 @@ async fn a_call_the_caller_abandons_is_still_audited_on_both_nodes() {
     let mut slow = tongban_tests::SlowProvider::start().await;
     f.register("qingdao", "slow", &slow.url).await;
     let msg = SubmitRequest {
-        catalog_code: "JQ-HRSS-003".into(),
+        catalog_code: "JQ-03".into(),
         ..Default::default()
     };
     // The caller drops the call (its client resets the stream) while the provider works.

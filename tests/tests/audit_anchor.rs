@@ -42,7 +42,7 @@ fn cut_last_record(audit: &Path) -> u64 {
 async fn a_node_whose_log_lost_its_last_record_refuses_to_start() {
     let mut f = Fed::start(&["jinan", "qingdao"]).await;
     for _ in 0..3 {
-        f.submit("jinan", Some("qingdao"), "JQ-HRSS-003")
+        f.submit("jinan", Some("qingdao"), "JQ-03")
             .await
             .unwrap();
     }
@@ -136,7 +136,7 @@ async fn a_rolled_back_node_is_caught_by_its_peer_and_refuses_to_serve() {
             .await
     );
     for _ in 0..3 {
-        f.submit("jinan", Some("qingdao"), "JQ-HRSS-003")
+        f.submit("jinan", Some("qingdao"), "JQ-03")
             .await
             .unwrap();
     }
@@ -172,7 +172,7 @@ async fn a_rolled_back_node_is_caught_by_its_peer_and_refuses_to_serve() {
 
     // It serves nothing: a call from jinan is refused, naming why, and health says so.
     let e = f
-        .submit("jinan", Some("qingdao"), "JQ-HRSS-003")
+        .submit("jinan", Some("qingdao"), "JQ-03")
         .await
         .unwrap_err();
     assert!(

@@ -74,7 +74,7 @@ async fn the_provider_sees_exactly_what_was_authorised() {
     let mut recorders = Vec::new();
     for city in ["jinan", "qingdao"] {
         let (rec, url) = start_recorder().await;
-        f.register(city, "meta", &url).await;
+        f.register_with_codes(city, "meta", &url, &["JQ-19"]).await;
         recorders.push((city, rec));
     }
     assert!(
@@ -95,7 +95,7 @@ async fn the_provider_sees_exactly_what_was_authorised() {
         md.insert("x-tongban-subject", subject.parse().unwrap());
         md.insert(
             "x-tongban-catalog-code",
-            MetadataValue::from_static("JQ-08"),
+            MetadataValue::from_static("JQ-19"),
         );
         md.insert(
             "x-tongban-target-city",
@@ -121,7 +121,7 @@ async fn the_provider_sees_exactly_what_was_authorised() {
         let expected = [
             ("x-tongban-purpose", "case-handling".to_string()),
             ("x-tongban-subject", subject.to_uppercase()),
-            ("x-tongban-catalog-code", "JQ-08".to_string()),
+            ("x-tongban-catalog-code", "JQ-19".to_string()),
             ("x-tongban-target-city", target.to_string()),
             ("x-tongban-target-org", "meta".to_string()),
             ("x-tongban-caller", "jinan/hrss".to_string()),

@@ -43,7 +43,7 @@ fn unsigned(header: Value, claims: &Value, sig: &str) -> String {
 
 fn submit() -> SubmitRequest {
     SubmitRequest {
-        catalog_code: "JQ-HRSS-003".into(),
+        catalog_code: "JQ-03".into(),
         ..Default::default()
     }
 }
@@ -449,7 +449,7 @@ async fn rate_limit_per_caller() {
     // are refused (one may slip through if the machine is slow enough to refill a token).
     let (mut passed, mut refused) = (0, 0);
     for i in 0..8 {
-        match f.submit("jinan", Some("qingdao"), "JQ-HRSS-003").await {
+        match f.submit("jinan", Some("qingdao"), "JQ-03").await {
             Ok(_) => passed += 1,
             Err(e) => {
                 assert!(i >= 3, "call {i} of the burst was refused: {e:?}");
@@ -466,7 +466,7 @@ async fn rate_limit_per_caller() {
         "refused calls never reach the provider"
     );
     // Another city's callers have their own buckets.
-    f.submit("qingdao", Some("jinan"), "JQ-HRSS-003")
+    f.submit("qingdao", Some("jinan"), "JQ-03")
         .await
         .unwrap();
     f.shutdown().await;
@@ -654,7 +654,7 @@ async fn concurrent_calls_per_peer_are_capped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_file_edit_applies_without_restart() {
     let f = Fed::start(&["jinan", "qingdao"]).await;
-    f.submit("jinan", Some("qingdao"), "JQ-HRSS-003")
+    f.submit("jinan", Some("qingdao"), "JQ-03")
         .await
         .unwrap();
     let qd = f.fed.city("qingdao").unwrap();
@@ -667,7 +667,7 @@ async fn a_policy_file_edit_applies_without_restart() {
         .unwrap()
         .unwrap();
     let e = f
-        .submit("jinan", Some("qingdao"), "JQ-HRSS-003")
+        .submit("jinan", Some("qingdao"), "JQ-03")
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);

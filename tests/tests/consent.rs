@@ -28,7 +28,7 @@ async fn personal_data_federation() -> Fed {
     let f = Fed::start(&["jinan", "qingdao"]).await;
     // Qingdao's provider now handles personal data: calls need a consent.
     f.fed
-        .register_crosscity("qingdao", "hrss", &["JQ-HRSS-003"], true)
+        .register_crosscity("qingdao", "hrss", &["JQ-03"], true)
         .await
         .unwrap();
     f
@@ -37,7 +37,7 @@ async fn personal_data_federation() -> Fed {
 /// jinan/hrss → qingdao, for case handling, about `subject` with `consent`.
 async fn call(f: &Fed, subject: Option<&str>, consent: Option<&str>) -> Result<(), tonic::Status> {
     let msg = SubmitRequest {
-        catalog_code: "JQ-HRSS-003".into(),
+        catalog_code: "JQ-03".into(),
         ..Default::default()
     };
     let mut req = f.req("jinan", msg, Some("qingdao"), Duration::from_secs(5));

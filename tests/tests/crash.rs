@@ -139,7 +139,7 @@ async fn sigkill_under_load_loses_no_acknowledged_record() {
             while started.elapsed() < Duration::from_secs(20) {
                 let mut req = targeted(
                     SubmitRequest {
-                        catalog_code: "JQ-HRSS-003".into(),
+                        catalog_code: "JQ-03".into(),
                         ..Default::default()
                     },
                     Some("jinan"),

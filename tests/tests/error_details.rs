@@ -34,7 +34,7 @@ fn violated_fields(s: &Status) -> Vec<String> {
 
 async fn submit(f: &Fed, to: &str, edit: impl FnOnce(&mut tonic::metadata::MetadataMap)) -> Status {
     let msg = SubmitRequest {
-        catalog_code: "JQ-HRSS-003".into(),
+        catalog_code: "JQ-03".into(),
         ..Default::default()
     };
     let mut req = f.req("jinan", msg, Some(to), Duration::from_secs(5));

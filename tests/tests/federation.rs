@@ -27,7 +27,7 @@ async fn cross_city_calls_both_ways_and_a_local_call() {
     let f = Fed::start(&["jinan", "qingdao"]).await;
 
     let r = f
-        .submit("jinan", Some("qingdao"), "JQ-HRSS-003")
+        .submit("jinan", Some("qingdao"), "JQ-03")
         .await
         .unwrap();
     assert_eq!(r.provider_city, "qingdao");
@@ -37,21 +37,21 @@ async fn cross_city_calls_both_ways_and_a_local_call() {
     );
 
     let r = f
-        .submit("qingdao", Some("jinan"), "JQ-GJJ-001")
+        .submit("qingdao", Some("jinan"), "JQ-07")
         .await
         .unwrap();
     assert_eq!(r.provider_city, "jinan");
     assert_eq!(r.origin_city, "qingdao");
 
     let r = f
-        .submit("jinan", Some("jinan"), "JQ-GJJ-001")
+        .submit("jinan", Some("jinan"), "JQ-07")
         .await
         .unwrap();
     assert_eq!(r.provider_city, "jinan");
     assert_eq!(r.origin_city, "jinan");
 
     // Both cities offer the service: without a target the node refuses to guess.
-    let e = f.submit("jinan", None, "JQ-GJJ-001").await.unwrap_err();
+    let e = f.submit("jinan", None, "JQ-07").await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(
         e.message().contains("x-tongban-target-city"),
@@ -64,7 +64,7 @@ async fn cross_city_calls_both_ways_and_a_local_call() {
     let mut req = f.req(
         "jinan",
         SubmitRequest {
-            catalog_code: "JQ-HRSS-003".into(),
+            catalog_code: "JQ-03".into(),
             ..Default::default()
         },
         Some("qingdao"),
@@ -83,7 +83,7 @@ async fn cross_city_calls_both_ways_and_a_local_call() {
     let mut req = f.req(
         "jinan",
         SubmitRequest {
-            catalog_code: "JQ-HRSS-003".into(),
+            catalog_code: "JQ-03".into(),
             ..Default::default()
         },
         Some("qingdao"),
@@ -100,7 +100,7 @@ async fn cross_city_calls_both_ways_and_a_local_call() {
 async fn server_streaming_crosses_the_boundary() {
     let f = Fed::start(&["jinan", "qingdao"]).await;
     let app = f
-        .submit("jinan", Some("qingdao"), "JQ-HRSS-003")
+        .submit("jinan", Some("qingdao"), "JQ-03")
         .await
         .unwrap();
     let states = f
@@ -131,7 +131,7 @@ async fn catalog_propagation_and_withdrawal_within_five_seconds() {
                 organisation: "ybj".into(),
                 service: "tongban.medical.v1.ResultRegistry".into(),
                 endpoints: vec![provider],
-                catalog_codes: vec!["JQ-YB-010".into()],
+                catalog_codes: vec!["JQ-10".into()],
                 personal_data: true,
                 description: "medical results".into(),
             }),
@@ -305,7 +305,7 @@ async fn three_cities_route_to_each_other() {
     let f = Fed::start(&["jinan", "qingdao", "zibo"]).await;
     for from in ["jinan", "qingdao", "zibo"] {
         for to in ["jinan", "qingdao", "zibo"] {
-            let r = f.submit(from, Some(to), "JQ-HRSS-003").await.unwrap();
+            let r = f.submit(from, Some(to), "JQ-03").await.unwrap();
             assert_eq!(r.provider_city, to, "{from} → {to}");
             assert_eq!(r.origin_city, from, "{from} → {to}");
         }
@@ -316,7 +316,7 @@ async fn three_cities_route_to_each_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_restarted_mid_run_fails_cleanly_then_recovers() {
     let mut f = Fed::start(&["jinan", "qingdao"]).await;
-    f.submit("jinan", Some("qingdao"), "JQ-HRSS-003")
+    f.submit("jinan", Some("qingdao"), "JQ-03")
         .await
         .unwrap();
     let before = f
@@ -332,7 +332,7 @@ async fn peer_restarted_mid_run_fails_cleanly_then_recovers() {
     f.fed.stop_node("qingdao").await.unwrap();
     let t = Instant::now();
     let e = f
-        .submit("jinan", Some("qingdao"), "JQ-HRSS-003")
+        .submit("jinan", Some("qingdao"), "JQ-03")
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
@@ -355,7 +355,7 @@ async fn peer_restarted_mid_run_fails_cleanly_then_recovers() {
             .await
     );
     let r = f
-        .submit("jinan", Some("qingdao"), "JQ-HRSS-003")
+        .submit("jinan", Some("qingdao"), "JQ-03")
         .await
         .unwrap();
     assert_eq!(r.provider_city, "qingdao");
@@ -367,7 +367,7 @@ async fn peer_restarted_mid_run_fails_cleanly_then_recovers() {
             .await
     );
     let r = f
-        .submit("qingdao", Some("jinan"), "JQ-HRSS-003")
+        .submit("qingdao", Some("jinan"), "JQ-03")
         .await
         .unwrap();
     assert_eq!(r.provider_city, "jinan");
@@ -453,7 +453,7 @@ async fn peer_or_provider_down_is_unavailable_within_the_deadline() {
     assert_ne!(stale_url, f.fed.city("qingdao").unwrap().provider.url());
     let t = Instant::now();
     let e = f
-        .submit("jinan", Some("qingdao"), "JQ-HRSS-003")
+        .submit("jinan", Some("qingdao"), "JQ-03")
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
@@ -464,7 +464,7 @@ async fn peer_or_provider_down_is_unavailable_within_the_deadline() {
     f.fed.stop_node("qingdao").await.unwrap();
     let t = Instant::now();
     let e = f
-        .submit("jinan", Some("qingdao"), "JQ-HRSS-003")
+        .submit("jinan", Some("qingdao"), "JQ-03")
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable);
@@ -546,7 +546,7 @@ async fn oversized_messages_are_resource_exhausted_and_never_reach_the_provider(
     let f = Fed::start_with(&["jinan", "qingdao"], limits).await;
     for to in ["qingdao", "jinan"] {
         let msg = SubmitRequest {
-            catalog_code: "JQ-HRSS-003".into(),
+            catalog_code: "JQ-03".into(),
             fields: Default::default(),
             attachment: vec![1u8; 100 * 1024],
         };
@@ -563,7 +563,7 @@ async fn oversized_messages_are_resource_exhausted_and_never_reach_the_provider(
     assert_eq!(f.provider_calls("jinan"), 0);
     // Just under the limit passes.
     let msg = SubmitRequest {
-        catalog_code: "JQ-HRSS-003".into(),
+        catalog_code: "JQ-03".into(),
         fields: Default::default(),
         attachment: vec![1u8; 60 * 1024],
     };
@@ -592,7 +592,7 @@ async fn endpoints_are_load_balanced_and_a_dead_one_is_skipped() {
                 organisation: "hrss".into(),
                 service: CROSSCITY_SERVICE.into(),
                 endpoints: vec![first, dead_url, second.url()],
-                catalog_codes: vec!["JQ-HRSS-003".into()],
+                catalog_codes: vec!["JQ-03".into()],
                 personal_data: false,
                 description: String::new(),
             }),
@@ -601,7 +601,7 @@ async fn endpoints_are_load_balanced_and_a_dead_one_is_skipped() {
         .unwrap();
     for _ in 0..12 {
         let r = f
-            .submit("qingdao", Some("jinan"), "JQ-HRSS-003")
+            .submit("qingdao", Some("jinan"), "JQ-03")
             .await
             .unwrap();
         assert_eq!(r.provider_city, "jinan");
@@ -633,7 +633,7 @@ async fn deadlines_propagate_to_a_slow_provider() {
         let mut req = f.req(
             "jinan",
             SubmitRequest {
-                catalog_code: "JQ-HRSS-003".into(),
+                catalog_code: "JQ-03".into(),
                 ..Default::default()
             },
             Some("qingdao"),
@@ -888,7 +888,7 @@ async fn the_caller_listener_serves_tls_and_can_require_client_certificates() {
         .unwrap();
     let mut req = targeted(
         SubmitRequest {
-            catalog_code: "JQ-HRSS-003".into(),
+            catalog_code: "JQ-03".into(),
             ..Default::default()
         },
         Some("jinan"),
@@ -958,7 +958,7 @@ async fn an_oversized_response_ends_with_resource_exhausted() {
     };
     let f = Fed::start_with(&["jinan", "qingdao"], limits).await;
     let msg = SubmitRequest {
-        catalog_code: "JQ-HRSS-003".into(),
+        catalog_code: "JQ-03".into(),
         ..Default::default()
     };
     let e = f

@@ -51,7 +51,7 @@ async fn call_fails_unavailable(f: &Fed) -> Duration {
         .submit_within(
             "jinan",
             Some("qingdao"),
-            "JQ-HRSS-003",
+            "JQ-03",
             Duration::from_secs(8),
         )
         .await
@@ -96,7 +96,7 @@ async fn a_frozen_peer_is_noticed_failed_fast_and_healed() {
             .await
     );
     peer_health_becomes(&f, ServingStatus::Serving).await;
-    f.submit("jinan", Some("qingdao"), "JQ-HRSS-003")
+    f.submit("jinan", Some("qingdao"), "JQ-03")
         .await
         .unwrap();
 
@@ -137,7 +137,7 @@ async fn a_frozen_peer_is_noticed_failed_fast_and_healed() {
     // Back: the background retry finds it; calls succeed again.
     relay.thaw();
     let healed = peer_health_becomes(&f, ServingStatus::Serving).await;
-    f.submit("jinan", Some("qingdao"), "JQ-HRSS-003")
+    f.submit("jinan", Some("qingdao"), "JQ-03")
         .await
         .unwrap();
     assert!(

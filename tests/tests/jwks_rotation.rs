@@ -162,7 +162,7 @@ async fn keys_rotate_without_restart_over_https() {
     let call = |token: String| {
         let mut req = targeted(
             SubmitRequest {
-                catalog_code: "JQ-HRSS-003".into(),
+                catalog_code: "JQ-03".into(),
                 ..Default::default()
             },
             Some("jinan"),

@@ -124,10 +124,10 @@ async fn a_p256_federation_calls_across_the_boundary_with_consent_and_receipts()
     )
     .await
     .unwrap();
-    fed.register_crosscity("jinan", "hrss", &["JQ-HRSS-003"], false)
+    fed.register_crosscity("jinan", "hrss", &["JQ-03"], false)
         .await
         .unwrap();
-    fed.register_crosscity("qingdao", "hrss", &["JQ-HRSS-003"], true)
+    fed.register_crosscity("qingdao", "hrss", &["JQ-03"], true)
         .await
         .unwrap();
     // The signed catalogs (ECDSA) verified: each node sees the other's service.
@@ -143,7 +143,7 @@ async fn a_p256_federation_calls_across_the_boundary_with_consent_and_receipts()
         .grant_consent("jinan", &citizen, "jinan/hrss", "qingdao", "case-handling");
     let (_, consent) = grant.await.unwrap();
     let msg = SubmitRequest {
-        catalog_code: "JQ-HRSS-003".into(),
+        catalog_code: "JQ-03".into(),
         ..Default::default()
     };
     let mut req = f.req("jinan", msg, Some("qingdao"), Duration::from_secs(5));

@@ -24,7 +24,7 @@ fn now() -> u64 {
 
 async fn code_of(f: &Fed, token: &str) -> Code {
     let msg = SubmitRequest {
-        catalog_code: "JQ-HRSS-003".into(),
+        catalog_code: "JQ-03".into(),
         ..Default::default()
     };
     let mut req = targeted(msg, Some("qingdao"), Duration::from_secs(5));

@@ -31,13 +31,13 @@ async fn allocations_per_cross_city_call_stay_bounded() {
     let f = tongban_tests::Fed::start(&["jinan", "qingdao"]).await;
     // Warm up: connections, caches, the verified-token cache.
     for _ in 0..50 {
-        f.submit("jinan", Some("qingdao"), "JQ-HRSS-003")
+        f.submit("jinan", Some("qingdao"), "JQ-03")
             .await
             .unwrap();
     }
     let before = allocations();
     for _ in 0..CALLS {
-        f.submit("jinan", Some("qingdao"), "JQ-HRSS-003")
+        f.submit("jinan", Some("qingdao"), "JQ-03")
             .await
             .unwrap();
     }

@@ -53,7 +53,7 @@ struct Args {
     subject: Option<String>,
     #[arg(long)]
     consent: Option<String>,
-    #[arg(long, default_value = "JQ-HRSS-003")]
+    #[arg(long, default_value = "JQ-03")]
     catalog_code: String,
     /// Calls per second (open loop); 0: closed loop with --in-flight calls.
     #[arg(long, default_value_t = 1000)]

@@ -22,7 +22,8 @@ async fn run_demo(serve: bool) -> anyhow::Result<ExitCode> {
         "tongban demo: jinan and qingdao nodes on loopback (certificates and data in {})",
         dir.path().display()
     );
-    let fed = demo::start(dir.path()).await?;
+    let demo = demo::start(dir.path()).await?;
+    let fed = &demo.fed;
     for c in &fed.cities {
         println!(
             "  {:<8} node: callers {}  peers {}   provider {}",
@@ -31,19 +32,19 @@ async fn run_demo(serve: bool) -> anyhow::Result<ExitCode> {
     }
     println!(
         "  departments: {} cross-city providers (tongban.crosscity.v2), one per organisation and city",
-        fed.departments.len()
+        demo.departments.running.len()
     );
     println!();
     println!("the 27 cross-city services (跨市通办), each submitted both ways and followed to completion:");
-    let items = demo::run_items(&fed).await?;
+    let items = demo::run_items(fed).await?;
     println!("{}", demo::items_table(&items));
     println!();
     println!("federation checks (consent, revocation, routing) on the probe service:");
-    let rows = demo::run_calls(&fed).await?;
+    let rows = demo::run_calls(fed).await?;
     println!("{}", demo::table(&rows));
     println!();
     println!("audit chains:");
-    let heads = demo::audit_heads(&fed).await;
+    let heads = demo::audit_heads(fed).await;
     for h in &heads {
         println!(
             "  {:<8} {} records, head seq {} hash {}…, {} verified receipts: {}",
@@ -108,7 +109,7 @@ async fn run_demo(serve: bool) -> anyhow::Result<ExitCode> {
         );
         wait_for_signal().await;
     }
-    fed.shutdown().await;
+    demo.shutdown().await;
     Ok(if checked.is_ok() {
         ExitCode::SUCCESS
     } else {

@@ -389,9 +389,22 @@ pub fn table(rows: &[Row]) -> String {
     out.join("\n")
 }
 
-/// Starts the two-city federation and registers its providers.
-pub async fn start(root: &std::path::Path) -> Result<LocalFederation, DemoError> {
-    let mut fed = LocalFederation::start(root, &["jinan", "qingdao"], loopback_limits()).await?;
+/// The demo's federation: two cities, their probe providers and their departments.
+pub struct Demo {
+    pub fed: LocalFederation,
+    pub departments: crate::departments::Departments,
+}
+
+impl Demo {
+    pub async fn shutdown(self) {
+        self.departments.stop().await;
+        self.fed.shutdown().await;
+    }
+}
+
+/// Starts the two-city federation and registers its providers and departments.
+pub async fn start(root: &std::path::Path) -> Result<Demo, DemoError> {
+    let fed = LocalFederation::start(root, &["jinan", "qingdao"], loopback_limits()).await?;
     let codes = ["JQ-03", "JQ-07", "JQ-13"];
     fed.register_crosscity("jinan", "hrss", &codes, true)
         .await?;
@@ -404,8 +417,8 @@ pub async fn start(root: &std::path::Path) -> Result<LocalFederation, DemoError>
     if !federated {
         return Err(DemoError::NotFederated(wait));
     }
-    fed.start_departments(DEMO_STEP).await?;
-    Ok(fed)
+    let departments = crate::departments::Departments::start(&fed, DEMO_STEP).await?;
+    Ok(Demo { fed, departments })
 }
 
 /// How long the demo's back offices take per step of an application.

@@ -103,13 +103,24 @@ impl RunningDepartment {
     }
 }
 
-impl LocalFederation {
-    /// Starts every department of every city the catalog names and registers each with its
-    /// node; waits until every node holds every peer's departments.
-    pub async fn start_departments(&mut self, step: Duration) -> Result<(), LocalError> {
-        let catalog =
-            tongban_catalog::Catalog::embedded().map_err(|e| LocalError::Other(e.to_string()))?;
-        let cities: Vec<String> = self.cities.iter().map(|c| c.city.clone()).collect();
+/// The departments of a local federation.
+#[derive(Default)]
+pub struct Departments {
+    pub running: Vec<RunningDepartment>,
+    step: Duration,
+}
+
+impl Departments {
+    /// Starts every department of every city of `fed` the catalog names and registers each
+    /// with its node; waits until every node holds every peer's departments.
+    pub async fn start(fed: &LocalFederation, step: Duration) -> Result<Departments, LocalError> {
+        let catalog = tongban_catalog::Catalog::embedded()
+            .map_err(|e| LocalError::Other(e.to_string()))?;
+        let cities: Vec<String> = fed.cities.iter().map(|c| c.city.clone()).collect();
+        let mut out = Departments {
+            running: Vec::new(),
+            step,
+        };
         for city in &cities {
             let mut orgs: Vec<&str> = catalog
                 .items()
@@ -119,14 +130,14 @@ impl LocalFederation {
             orgs.sort_unstable();
             orgs.dedup();
             for org in orgs {
-                let d = RunningDepartment::start(self, city, org, step).await?;
-                self.register_department(&d).await?;
-                self.departments.push(d);
+                let d = RunningDepartment::start(fed, city, org, step).await?;
+                register(fed, &d).await?;
+                out.running.push(d);
             }
         }
         let wait = Duration::from_secs(10);
-        let expected = self.departments.len() / cities.len().max(1);
-        let ok = self
+        let expected = out.running.len() / cities.len().max(1);
+        let ok = fed
             .wait_until_federated(wait, |_, c| {
                 c.services
                     .iter()
@@ -140,45 +151,55 @@ impl LocalFederation {
                 "the departments were not federated within {wait:?}"
             )));
         }
-        Ok(())
+        Ok(out)
     }
 
-    /// Registers a department with its city's node, as that organisation.
-    pub async fn register_department(&self, d: &RunningDepartment) -> Result<u64, LocalError> {
-        let mut client = self.registry(&d.city, &d.org).await?;
-        let resp = client
-            .register_service(RegisterServiceRequest {
-                registration: Some(ServiceRegistration {
-                    organisation: d.org.clone(),
-                    service: CROSSCITY_V2.to_string(),
-                    endpoints: vec![d.url()],
-                    catalog_codes: d.codes.clone(),
-                    personal_data: d.personal_data,
-                    description: format!("cross-city services of {}/{}", d.city, d.org),
-                }),
-            })
-            .await?;
-        Ok(resp.into_inner().catalog_version)
+    pub fn get(&self, city: &str, org: &str) -> Option<&RunningDepartment> {
+        self.running.iter().find(|d| d.city == city && d.org == org)
     }
 
     /// Stops the department `org` of `city` and starts it again on the same data directory
     /// (a new port, registered again).
-    pub async fn restart_department(
+    pub async fn restart(
         &mut self,
+        fed: &LocalFederation,
         city: &str,
         org: &str,
-        step: Duration,
     ) -> Result<(), LocalError> {
         let i = self
-            .departments
+            .running
             .iter()
             .position(|d| d.city == city && d.org == org)
             .ok_or_else(|| LocalError::Other(format!("no department {city}/{org}")))?;
-        let old = self.departments.remove(i);
+        let old = self.running.remove(i);
         old.stop().await;
-        let d = RunningDepartment::start(self, city, org, step).await?;
-        self.register_department(&d).await?;
-        self.departments.push(d);
+        let d = RunningDepartment::start(fed, city, org, self.step).await?;
+        register(fed, &d).await?;
+        self.running.push(d);
         Ok(())
     }
+
+    pub async fn stop(self) {
+        for d in self.running {
+            d.stop().await;
+        }
+    }
+}
+
+/// Registers a department with its city's node, as that organisation.
+pub async fn register(fed: &LocalFederation, d: &RunningDepartment) -> Result<u64, LocalError> {
+    let mut client = fed.registry(&d.city, &d.org).await?;
+    let resp = client
+        .register_service(RegisterServiceRequest {
+            registration: Some(ServiceRegistration {
+                organisation: d.org.clone(),
+                service: CROSSCITY_V2.to_string(),
+                endpoints: vec![d.url()],
+                catalog_codes: d.codes.clone(),
+                personal_data: d.personal_data,
+                description: format!("cross-city services of {}/{}", d.city, d.org),
+            }),
+        })
+        .await?;
+    Ok(resp.into_inner().catalog_version)
 }

@@ -124,8 +124,6 @@ pub struct LocalFederation {
     pub root: PathBuf,
     pub certs: Generated,
     pub cities: Vec<LocalCity>,
-    /// The cross-city departments, once [`LocalFederation::start_departments`] ran.
-    pub departments: Vec<crate::departments::RunningDepartment>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -218,7 +216,6 @@ impl LocalFederation {
             root: root.to_path_buf(),
             certs,
             cities: out,
-            departments: Vec::new(),
         })
     }
 
@@ -434,9 +431,6 @@ impl LocalFederation {
             if let Some(n) = &c.node {
                 n.begin_shutdown();
             }
-        }
-        for d in self.departments {
-            d.stop().await;
         }
         for c in self.cities {
             if let Some(n) = c.node {
