@@ -381,6 +381,14 @@ impl KeySigner {
     }
 }
 
+fn read_file(what: &'static str, p: &Path) -> Result<Vec<u8>, TrustError> {
+    std::fs::read(p).map_err(|source| TrustError::Read {
+        what,
+        path: p.display().to_string(),
+        source,
+    })
+}
+
 /// This node's certificate and key.
 pub struct NodeIdentity {
     pub city: String,
@@ -407,15 +415,8 @@ impl NodeIdentity {
         key_path: &Path,
         bundle: &TrustBundle,
     ) -> Result<NodeIdentity, TrustError> {
-        let read = |what, p: &Path| {
-            std::fs::read(p).map_err(|source| TrustError::Read {
-                what,
-                path: p.display().to_string(),
-                source,
-            })
-        };
-        let cert_pem = read("node certificate", cert_path)?;
-        let key_pem = read("node key", key_path)?;
+        let cert_pem = read_file("node certificate", cert_path)?;
+        let key_pem = read_file("node key", key_path)?;
         Self::from_pem(city, &cert_pem, &key_pem, bundle)
     }
 
@@ -428,15 +429,8 @@ impl NodeIdentity {
         key_path: &Path,
         bundle: &TrustBundle,
     ) -> Result<NodeIdentity, TrustError> {
-        let read = |what, p: &Path| {
-            std::fs::read(p).map_err(|source| TrustError::Read {
-                what,
-                path: p.display().to_string(),
-                source,
-            })
-        };
-        let cert_pem = read("organisation certificate", cert_path)?;
-        let key_pem = read("organisation key", key_path)?;
+        let cert_pem = read_file("organisation certificate", cert_path)?;
+        let key_pem = read_file("organisation key", key_path)?;
         Self::from_pem_checked(city, &cert_pem, &key_pem, |chain| {
             bundle.verify_org_cert(city, org, chain, UnixTime::now())
         })
@@ -548,17 +542,10 @@ impl NodeIdentity {
         key: &Path,
         client_ca: Option<&Path>,
     ) -> Result<Arc<rustls::ServerConfig>, TrustError> {
-        let read = |what, p: &Path| {
-            std::fs::read(p).map_err(|source| TrustError::Read {
-                what,
-                path: p.display().to_string(),
-                source,
-            })
-        };
-        let chain = CertificateDer::pem_slice_iter(&read("caller tls certificate", cert)?)
+        let chain = CertificateDer::pem_slice_iter(&read_file("caller tls certificate", cert)?)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| invalid("caller tls certificate", e.to_string()))?;
-        let key = PrivateKeyDer::from_pem_slice(&read("caller tls key", key)?)
+        let key = PrivateKeyDer::from_pem_slice(&read_file("caller tls key", key)?)
             .map_err(|e| invalid("caller tls key", e.to_string()))?;
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -567,7 +554,7 @@ impl NodeIdentity {
             None => builder.with_no_client_auth(),
             Some(ca) => {
                 let mut roots = RootCertStore::empty();
-                for c in CertificateDer::pem_slice_iter(&read("caller client ca", ca)?) {
+                for c in CertificateDer::pem_slice_iter(&read_file("caller client ca", ca)?) {
                     let c = c.map_err(|e| invalid("caller client ca", e.to_string()))?;
                     roots
                         .add(c)

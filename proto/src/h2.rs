@@ -18,3 +18,11 @@ pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// Streams a peer may reset before the server accepted them, and locally reset streams
 /// kept, before the connection is considered abusive.
 pub const MAX_RESET_STREAMS: usize = 16 * 1024;
+
+/// A tonic server with these limits: every provider of the workspace serves with it.
+pub fn server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .http2_max_pending_accept_reset_streams(Some(MAX_RESET_STREAMS))
+}

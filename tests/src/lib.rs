@@ -221,6 +221,39 @@ pub async fn raw_unary(
 
 /// The Python of the test environment: `TONGBAN_PYTHON`, or `target/pyenv` as made by
 /// `tests/setup-python.sh` (which `tests/run.sh` runs). Fails with instructions otherwise.
+/// Runs the Python script `tests/python/<script>` with `args` (off the async workers) and
+/// returns what it printed as JSON; fails the test, with its output, if it fails.
+pub async fn run_python_json(script: &str, args: Vec<String>) -> serde_json::Value {
+    let python = python();
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(script);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(path)
+            .args(args)
+            .output()
+    })
+    .await
+    .expect("python task")
+    .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python {script} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).expect("json from python")
+}
+
+/// The proto root, for Python clients that generate their stubs.
+pub fn proto_root() -> String {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../proto")
+        .display()
+        .to_string()
+}
+
 pub fn python() -> std::path::PathBuf {
     if let Some(p) = std::env::var_os("TONGBAN_PYTHON") {
         return std::path::PathBuf::from(p);

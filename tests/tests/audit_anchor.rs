@@ -42,9 +42,7 @@ fn cut_last_record(audit: &Path) -> u64 {
 async fn a_node_whose_log_lost_its_last_record_refuses_to_start() {
     let mut f = Fed::start(&["jinan", "qingdao"]).await;
     for _ in 0..3 {
-        f.submit("jinan", Some("qingdao"), "JQ-03")
-            .await
-            .unwrap();
+        f.submit("jinan", Some("qingdao"), "JQ-03").await.unwrap();
     }
     // A clean stop signs a checkpoint of the head.
     f.fed.stop_node("jinan").await.unwrap();
@@ -136,9 +134,7 @@ async fn a_rolled_back_node_is_caught_by_its_peer_and_refuses_to_serve() {
             .await
     );
     for _ in 0..3 {
-        f.submit("jinan", Some("qingdao"), "JQ-03")
-            .await
-            .unwrap();
+        f.submit("jinan", Some("qingdao"), "JQ-03").await.unwrap();
     }
     let head = f.auditor("qingdao").head();
     assert!(head.seq >= 3);

@@ -466,9 +466,7 @@ async fn rate_limit_per_caller() {
         "refused calls never reach the provider"
     );
     // Another city's callers have their own buckets.
-    f.submit("qingdao", Some("jinan"), "JQ-03")
-        .await
-        .unwrap();
+    f.submit("qingdao", Some("jinan"), "JQ-03").await.unwrap();
     f.shutdown().await;
 }
 
@@ -654,9 +652,7 @@ async fn concurrent_calls_per_peer_are_capped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_file_edit_applies_without_restart() {
     let f = Fed::start(&["jinan", "qingdao"]).await;
-    f.submit("jinan", Some("qingdao"), "JQ-03")
-        .await
-        .unwrap();
+    f.submit("jinan", Some("qingdao"), "JQ-03").await.unwrap();
     let qd = f.fed.city("qingdao").unwrap();
     let mut changes = qd.node().unwrap().policy_changes();
     changes.borrow_and_update();

@@ -26,27 +26,18 @@ use tonic::{Code, Request};
 async fn cross_city_calls_both_ways_and_a_local_call() {
     let f = Fed::start(&["jinan", "qingdao"]).await;
 
-    let r = f
-        .submit("jinan", Some("qingdao"), "JQ-03")
-        .await
-        .unwrap();
+    let r = f.submit("jinan", Some("qingdao"), "JQ-03").await.unwrap();
     assert_eq!(r.provider_city, "qingdao");
     assert_eq!(
         r.origin_city, "jinan",
         "provider learns the origin city from the node"
     );
 
-    let r = f
-        .submit("qingdao", Some("jinan"), "JQ-07")
-        .await
-        .unwrap();
+    let r = f.submit("qingdao", Some("jinan"), "JQ-07").await.unwrap();
     assert_eq!(r.provider_city, "jinan");
     assert_eq!(r.origin_city, "qingdao");
 
-    let r = f
-        .submit("jinan", Some("jinan"), "JQ-07")
-        .await
-        .unwrap();
+    let r = f.submit("jinan", Some("jinan"), "JQ-07").await.unwrap();
     assert_eq!(r.provider_city, "jinan");
     assert_eq!(r.origin_city, "jinan");
 
@@ -99,10 +90,7 @@ async fn cross_city_calls_both_ways_and_a_local_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_streaming_crosses_the_boundary() {
     let f = Fed::start(&["jinan", "qingdao"]).await;
-    let app = f
-        .submit("jinan", Some("qingdao"), "JQ-03")
-        .await
-        .unwrap();
+    let app = f.submit("jinan", Some("qingdao"), "JQ-03").await.unwrap();
     let states = f
         .watch("jinan", "qingdao", &app.application_id)
         .await
@@ -316,9 +304,7 @@ async fn three_cities_route_to_each_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_restarted_mid_run_fails_cleanly_then_recovers() {
     let mut f = Fed::start(&["jinan", "qingdao"]).await;
-    f.submit("jinan", Some("qingdao"), "JQ-03")
-        .await
-        .unwrap();
+    f.submit("jinan", Some("qingdao"), "JQ-03").await.unwrap();
     let before = f
         .fed
         .city("jinan")
@@ -354,10 +340,7 @@ async fn peer_restarted_mid_run_fails_cleanly_then_recovers() {
                 .is_some_and(|p| p.issued_at_ms > before))
             .await
     );
-    let r = f
-        .submit("jinan", Some("qingdao"), "JQ-03")
-        .await
-        .unwrap();
+    let r = f.submit("jinan", Some("qingdao"), "JQ-03").await.unwrap();
     assert_eq!(r.provider_city, "qingdao");
     // ... and qingdao, whose registry came back from disk, reaches jinan again too.
     let qingdao = f.fed.city("qingdao").unwrap().node().unwrap();
@@ -366,10 +349,7 @@ async fn peer_restarted_mid_run_fails_cleanly_then_recovers() {
             .wait_for_catalog(CONVERGE, |s| s.peer_offers("jinan", CROSSCITY_SERVICE))
             .await
     );
-    let r = f
-        .submit("qingdao", Some("jinan"), "JQ-03")
-        .await
-        .unwrap();
+    let r = f.submit("qingdao", Some("jinan"), "JQ-03").await.unwrap();
     assert_eq!(r.provider_city, "jinan");
     f.shutdown().await;
 }
@@ -600,10 +580,7 @@ async fn endpoints_are_load_balanced_and_a_dead_one_is_skipped() {
         .await
         .unwrap();
     for _ in 0..12 {
-        let r = f
-            .submit("qingdao", Some("jinan"), "JQ-03")
-            .await
-            .unwrap();
+        let r = f.submit("qingdao", Some("jinan"), "JQ-03").await.unwrap();
         assert_eq!(r.provider_city, "jinan");
     }
     let a = f.provider_calls("jinan");

@@ -48,12 +48,7 @@ async fn peer_health_becomes(f: &Fed, want: ServingStatus) -> Duration {
 async fn call_fails_unavailable(f: &Fed) -> Duration {
     let t = Instant::now();
     let e = f
-        .submit_within(
-            "jinan",
-            Some("qingdao"),
-            "JQ-03",
-            Duration::from_secs(8),
-        )
+        .submit_within("jinan", Some("qingdao"), "JQ-03", Duration::from_secs(8))
         .await
         .unwrap_err();
     let took = t.elapsed();
@@ -96,9 +91,7 @@ async fn a_frozen_peer_is_noticed_failed_fast_and_healed() {
             .await
     );
     peer_health_becomes(&f, ServingStatus::Serving).await;
-    f.submit("jinan", Some("qingdao"), "JQ-03")
-        .await
-        .unwrap();
+    f.submit("jinan", Some("qingdao"), "JQ-03").await.unwrap();
 
     relay.freeze();
     // A call in flight when the peer froze, with a long deadline: it fails once the
@@ -137,9 +130,7 @@ async fn a_frozen_peer_is_noticed_failed_fast_and_healed() {
     // Back: the background retry finds it; calls succeed again.
     relay.thaw();
     let healed = peer_health_becomes(&f, ServingStatus::Serving).await;
-    f.submit("jinan", Some("qingdao"), "JQ-03")
-        .await
-        .unwrap();
+    f.submit("jinan", Some("qingdao"), "JQ-03").await.unwrap();
     assert!(
         healed < Duration::from_secs(2),
         "serving again {healed:?} after the peer came back"

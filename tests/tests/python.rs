@@ -4,39 +4,15 @@
 //! cross-city service through a node. `tests/run.sh` prepares the virtualenv and sets
 //! `TONGBAN_PYTHON`; without it the test fails and says how to prepare it.
 
-use std::path::PathBuf;
-use std::process::Command;
-
-use tongban_tests::{python, Fed};
+use tongban_tests::{proto_root, run_python_json, Fed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_grpcio_client_calls_across_the_boundary() {
-    let python = python();
     let f = Fed::start(&["jinan", "qingdao"]).await;
     let addr = f.fed.city("jinan").unwrap().config.caller_addr.to_string();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let script = root.join("python/crosscity_client.py");
-    let protos = root.join("../proto");
     let token = f.fed.token("jinan", "hrss").unwrap();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .arg(protos)
-            .arg(addr)
-            .arg("qingdao")
-            .arg(token)
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "python client failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json from python");
+    let args = vec![proto_root(), addr, "qingdao".into(), token];
+    let v = run_python_json("crosscity_client.py", args).await;
     assert_eq!(v["submit"]["provider_city"], "qingdao");
     assert_eq!(v["submit"]["origin_city"], "jinan");
     assert_eq!(v["submit"]["request_id"], "py-req-1");

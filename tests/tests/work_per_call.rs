@@ -31,15 +31,11 @@ async fn allocations_per_cross_city_call_stay_bounded() {
     let f = tongban_tests::Fed::start(&["jinan", "qingdao"]).await;
     // Warm up: connections, caches, the verified-token cache.
     for _ in 0..50 {
-        f.submit("jinan", Some("qingdao"), "JQ-03")
-            .await
-            .unwrap();
+        f.submit("jinan", Some("qingdao"), "JQ-03").await.unwrap();
     }
     let before = allocations();
     for _ in 0..CALLS {
-        f.submit("jinan", Some("qingdao"), "JQ-03")
-            .await
-            .unwrap();
+        f.submit("jinan", Some("qingdao"), "JQ-03").await.unwrap();
     }
     let per_call = (allocations() - before) / CALLS;
     eprintln!(

@@ -75,7 +75,7 @@ pub fn run(cmd: ProviderCmd) -> ExitCode {
             };
             crate::block_on(async move {
                 let (city, org) = (config.city.clone(), config.org.clone());
-                let dept = tongban_crosscity::Department::open(config)?;
+                let dept = tongban_crosscity::Department::open(config).await?;
                 let listener = bind(listen).await?;
                 tracing::info!(%city, %org, %listen, codes = %dept.codes().join(","), "cross-city provider started");
                 dept.serve(listener, crate::node::wait_for_signal()).await?;

@@ -10,13 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tongban_crosscity::{Department, DepartmentConfig};
 use tongban_gateway::trust::{NodeIdentity, TrustBundle};
 use tongban_proto::registry::v1::{RegisterServiceRequest, ServiceRegistration};
 
-use crate::local::{LocalError, LocalFederation};
+use crate::local::{LocalError, LocalFederation, Served};
 
 /// Full name of the departments' service.
 pub const CROSSCITY_V2: &str = "tongban.crosscity.v2.CrossCityService";
@@ -29,8 +27,7 @@ pub struct RunningDepartment {
     pub data_dir: PathBuf,
     pub codes: Vec<String>,
     pub personal_data: bool,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
+    served: Served,
 }
 
 impl RunningDepartment {
@@ -64,20 +61,15 @@ impl RunningDepartment {
             signer,
             step,
         })
+        .await
         .map_err(|e| other(&e))?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (codes, personal_data) = (dept.codes(), dept.personal_data());
-        let (stop, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            if let Err(error) = dept
-                .serve(listener, async {
-                    let _ = rx.await;
-                })
-                .await
-            {
-                tracing::error!(%error, "department stopped with an error");
-            }
+        let served = Served::spawn("department", |rx| {
+            dept.serve(listener, async {
+                let _ = rx.await;
+            })
         });
         Ok(RunningDepartment {
             city: city.to_string(),
@@ -86,8 +78,7 @@ impl RunningDepartment {
             data_dir,
             codes,
             personal_data,
-            stop: Some(stop),
-            task,
+            served,
         })
     }
 
@@ -95,11 +86,8 @@ impl RunningDepartment {
         format!("http://{}", self.addr)
     }
 
-    pub async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        let _ = self.task.await;
+    pub async fn stop(self) {
+        self.served.stop().await;
     }
 }
 
@@ -114,8 +102,8 @@ impl Departments {
     /// Starts every department of every city of `fed` the catalog names and registers each
     /// with its node; waits until every node holds every peer's departments.
     pub async fn start(fed: &LocalFederation, step: Duration) -> Result<Departments, LocalError> {
-        let catalog = tongban_catalog::Catalog::embedded()
-            .map_err(|e| LocalError::Other(e.to_string()))?;
+        let catalog =
+            tongban_catalog::Catalog::embedded().map_err(|e| LocalError::Other(e.to_string()))?;
         let cities: Vec<String> = fed.cities.iter().map(|c| c.city.clone()).collect();
         let mut out = Departments {
             running: Vec::new(),

@@ -53,42 +53,30 @@ impl tonic::service::Interceptor for Bearer {
 /// Full name of the reference provider's service.
 pub const CROSSCITY_SERVICE: &str = "tongban.crosscity.v1.CrossCityService";
 
-/// A provider running on loopback.
-pub struct RunningProvider {
-    pub provider: Provider,
-    pub addr: SocketAddr,
+/// A server task on loopback and the switch that stops it.
+pub struct Served {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
 
-impl RunningProvider {
-    /// Starts a cross-city provider of `city` on a fresh loopback port.
-    pub async fn start(city: &str) -> std::io::Result<RunningProvider> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let provider = Provider::new(city);
+impl Served {
+    /// Spawns `serve(shutdown)`; [`Served::stop`] resolves `shutdown` and waits for the end.
+    pub fn spawn<F, E>(what: &'static str, serve: impl FnOnce(oneshot::Receiver<()>) -> F) -> Served
+    where
+        F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
         let (stop, rx) = oneshot::channel::<()>();
-        let p = provider.clone();
+        let fut = serve(rx);
         let task = tokio::spawn(async move {
-            if let Err(error) = p
-                .serve(listener, async {
-                    let _ = rx.await;
-                })
-                .await
-            {
-                tracing::error!(%error, "provider stopped with an error");
+            if let Err(error) = fut.await {
+                tracing::error!(%error, "{what} stopped with an error");
             }
         });
-        Ok(RunningProvider {
-            provider,
-            addr,
+        Served {
             stop: Some(stop),
             task,
-        })
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        }
     }
 
     pub async fn stop(mut self) {
@@ -96,6 +84,41 @@ impl RunningProvider {
             let _ = s.send(());
         }
         let _ = self.task.await;
+    }
+}
+
+/// A probe provider running on loopback.
+pub struct RunningProvider {
+    pub provider: Provider,
+    pub addr: SocketAddr,
+    served: Served,
+}
+
+impl RunningProvider {
+    /// Starts a probe provider of `city` on a fresh loopback port.
+    pub async fn start(city: &str) -> std::io::Result<RunningProvider> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let provider = Provider::new(city);
+        let p = provider.clone();
+        let served = Served::spawn("provider", |rx| {
+            p.serve(listener, async {
+                let _ = rx.await;
+            })
+        });
+        Ok(RunningProvider {
+            provider,
+            addr,
+            served,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn stop(self) {
+        self.served.stop().await;
     }
 }
 

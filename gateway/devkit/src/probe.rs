@@ -109,10 +109,7 @@ impl Provider {
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
         use tongban_proto::h2;
-        tonic::transport::Server::builder()
-            .initial_stream_window_size(h2::STREAM_WINDOW)
-            .initial_connection_window_size(h2::CONNECTION_WINDOW)
-            .http2_max_pending_accept_reset_streams(Some(h2::MAX_RESET_STREAMS))
+        h2::server()
             .add_service(CrossCityServiceServer::new(self))
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(listener).with_nodelay(Some(true)),

@@ -33,30 +33,7 @@ impl SledStore {
     /// [`Self::open`] with a page cache of `cache_bytes` (sled's default, 1 GiB, would let
     /// the node's memory grow with its store).
     pub async fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
-        let started = tokio::time::Instant::now();
-        let mut announced = false;
-        loop {
-            match ::sled::Config::new()
-                .path(path)
-                .cache_capacity(cache_bytes)
-                .open()
-            {
-                Ok(db) => return Ok(SledStore { db }),
-                Err(::sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
-                    if started.elapsed() >= RELEASE_WAIT {
-                        return Err(StoreError::Locked {
-                            path: path.display().to_string(),
-                        });
-                    }
-                    if !announced {
-                        tracing::warn!(store = %path.display(), "the store is locked, waiting for the previous instance to close it");
-                        announced = true;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => return Err(StoreError::Io(format!("{}: {e}", path.display()))),
-            }
-        }
+        open_db(path, cache_bytes).await.map(|db| SledStore { db })
     }
 
     /// Opens the store at `path` without waiting (offline tools; the node must be stopped).
@@ -77,7 +54,49 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>> {
-        Box::pin(async move { self.db.flush_async().await.map(|_| ()).map_err(io) })
+        Box::pin(async move { flush(&self.db).await.map_err(io) })
+    }
+}
+
+/// Opens (or creates) a sled database at `path` with a page cache of `cache_bytes`. A
+/// previous instance that is still closing gets a bounded wait; one that keeps it is
+/// [`StoreError::Locked`] after it. Providers open their stores with it too.
+pub async fn open_db(path: &Path, cache_bytes: u64) -> Result<::sled::Db, StoreError> {
+    let started = tokio::time::Instant::now();
+    let mut announced = false;
+    loop {
+        match ::sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .open()
+        {
+            Ok(db) => return Ok(db),
+            Err(::sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if started.elapsed() >= RELEASE_WAIT {
+                    return Err(StoreError::Locked {
+                        path: path.display().to_string(),
+                    });
+                }
+                if !announced {
+                    tracing::warn!(store = %path.display(), "the store is locked, waiting for the previous instance to close it");
+                    announced = true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(StoreError::Io(format!("{}: {e}", path.display()))),
+        }
+    }
+}
+
+/// Flushes `db` to disk. Not `Db::flush_async`: concurrent `flush_async` futures of sled 0.34
+/// can wait forever (spacejam/sled#1241, #1308); a blocking flush on the blocking pool cannot.
+pub async fn flush(db: &::sled::Db) -> ::sled::Result<()> {
+    let db = db.clone();
+    match tokio::task::spawn_blocking(move || db.flush()).await {
+        Ok(r) => r.map(|_| ()),
+        Err(e) => Err(::sled::Error::Io(std::io::Error::other(format!(
+            "flush task failed: {e}"
+        )))),
     }
 }
 

@@ -66,7 +66,7 @@ pub enum OpenError {
 impl Department {
     /// Opens the department's store (resuming unfinished applications) and checks that the
     /// catalog gives it something to serve.
-    pub fn open(config: DepartmentConfig) -> Result<Department, OpenError> {
+    pub async fn open(config: DepartmentConfig) -> Result<Department, OpenError> {
         if config
             .catalog
             .items_of(&config.city, &config.org)
@@ -84,7 +84,7 @@ impl Department {
             .map_err(|e| OpenError::SubjectKey(e.to_string()))?;
         let pseudonyms = Pseudonymizer::open(&config.data_dir)
             .map_err(|e| OpenError::SubjectKey(e.to_string()))?;
-        let store = store::Store::open(&config.data_dir)?;
+        let store = store::Store::open(&config.data_dir).await?;
         let office = office::Office::new(config, store.clone());
         let dept = Department::new(office, pseudonyms);
         dept.resume()?;
@@ -101,22 +101,23 @@ impl Department {
         self.office().personal_data()
     }
 
-    /// Serves on `listener` until `shutdown` resolves.
+    /// Serves on `listener` until `shutdown` resolves; then stops the back office, so that
+    /// the store is released when the last in-flight call ends.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
         use tongban_proto::h2;
-        tonic::transport::Server::builder()
-            .initial_stream_window_size(h2::STREAM_WINDOW)
-            .initial_connection_window_size(h2::CONNECTION_WINDOW)
-            .http2_max_pending_accept_reset_streams(Some(h2::MAX_RESET_STREAMS))
+        let office = self.office_handle();
+        let served = h2::server()
             .add_service(CrossCityServiceServer::new(self))
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(listener).with_nodelay(Some(true)),
                 shutdown,
             )
-            .await
+            .await;
+        office.stop();
+        served
     }
 }

@@ -30,6 +30,8 @@ pub struct Office {
     changes: broadcast::Sender<Arc<Stored>>,
     /// Serialises read-modify-write of applications (transitions and withdrawals).
     lock: Mutex<()>,
+    /// Set when the provider stops: the handling tasks end (and let go of the store).
+    stopped: tokio::sync::watch::Sender<bool>,
 }
 
 pub fn now_ms() -> i64 {
@@ -48,6 +50,7 @@ impl Office {
             store,
             changes: broadcast::channel(1024).0,
             lock: Mutex::new(()),
+            stopped: tokio::sync::watch::channel(false).0,
         })
     }
 
@@ -62,6 +65,11 @@ impl Office {
         self.catalog
             .items_of(&self.city, &self.org)
             .any(|i| i.personal_data)
+    }
+
+    /// Stops handling applications (they resume when the provider starts again).
+    pub fn stop(&self) {
+        self.stopped.send_replace(true);
     }
 
     /// Every change of any application, as it is persisted.
@@ -85,9 +93,13 @@ impl Office {
     /// Starts (or resumes) the handling of application `id` in the background.
     pub fn handle(self: &Arc<Self>, id: String) {
         let office = Arc::clone(self);
+        let mut stopped = self.stopped.subscribe();
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(office.step).await;
+                tokio::select! {
+                    () = tokio::time::sleep(office.step) => {}
+                    _ = stopped.wait_for(|s| *s) => break,
+                }
                 match office.advance(&id).await {
                     Ok(true) => continue,
                     Ok(false) => break,

@@ -37,6 +37,10 @@ impl Department {
         &self.office
     }
 
+    pub(crate) fn office_handle(&self) -> Arc<Office> {
+        Arc::clone(&self.office)
+    }
+
     /// Resumes the handling of every unfinished application (after a restart).
     pub(crate) fn resume(&self) -> Result<(), CrossCityError> {
         let open = self.office.store.open_applications()?;

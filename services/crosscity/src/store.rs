@@ -122,11 +122,12 @@ fn subject_key(s: &Stored) -> Vec<u8> {
 }
 
 impl Store {
-    pub fn open(dir: &Path) -> Result<Store, CrossCityError> {
-        let db = sled::Config::new()
-            .path(dir.join("applications"))
-            .cache_capacity(16 * 1024 * 1024)
-            .open()?;
+    /// Opens the store under `dir` (waiting a bounded time for a previous instance that is
+    /// still closing it).
+    pub async fn open(dir: &Path) -> Result<Store, CrossCityError> {
+        let db = tongban_gateway::store::sled::open_db(&dir.join("applications"), 16 * 1024 * 1024)
+            .await
+            .map_err(|e| CrossCityError::Store(e.to_string()))?;
         Ok(Store {
             apps: db.open_tree("apps")?,
             by_subject: db.open_tree("by_subject")?,
@@ -143,7 +144,7 @@ impl Store {
     pub async fn put(&self, s: &Stored) -> Result<(), CrossCityError> {
         self.apps.insert(s.id.as_bytes(), serde_json::to_vec(s)?)?;
         self.by_subject.insert(subject_key(s), &[])?;
-        self.db.flush_async().await?;
+        tongban_gateway::store::sled::flush(&self.db).await?;
         Ok(())
     }
 
