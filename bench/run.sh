@@ -53,8 +53,8 @@ start() { # name, command...
   pids+=($!)
   echo $! >"$work/$name.pid"
 }
-start provider-jinan "$bin/tongban" provider crosscity --city jinan --listen 127.0.0.1:7201
-start provider-qingdao "$bin/tongban" provider crosscity --city qingdao --listen 127.0.0.1:8201
+start provider-jinan "$bin/tongban" provider probe --city jinan --listen 127.0.0.1:7201
+start provider-qingdao "$bin/tongban" provider probe --city qingdao --listen 127.0.0.1:8201
 start node-jinan "$bin/tongban" node --config "$work/jinan.toml"
 start node-qingdao "$bin/tongban" node --config "$work/qingdao.toml"
 
@@ -108,7 +108,7 @@ for city in jinan qingdao; do
   for _ in $(seq 1 100); do
     "$bin/tongban" registry register --node "http://127.0.0.1:$port" --token "$(token $city)" \
       --org hrss --service tongban.crosscity.v1.CrossCityService \
-      --endpoint "http://127.0.0.1:$prov" --catalog-code JQ-HRSS-003 >/dev/null 2>&1 && break
+      --endpoint "http://127.0.0.1:$prov" --catalog-code JQ-03 >/dev/null 2>&1 && break
     sleep 0.1
   done
 done
@@ -196,7 +196,7 @@ done
 # loadgen rows above whether the answers were right.
 python3 - "$work/frame.bin" <<'PY'
 import sys
-code = b"JQ-HRSS-003"
+code = b"JQ-03"
 msg = b"\x0a" + bytes([len(code)]) + code + b"\x1a\x60" + b"\x5a" * 96
 open(sys.argv[1], "wb").write(b"\x00" + len(msg).to_bytes(4, "big") + msg)
 PY

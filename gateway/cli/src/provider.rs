@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Subcommand;
+use tongban_proto::registry::v1::registry_client::RegistryClient;
+use tongban_proto::registry::v1::{RegisterServiceRequest, ServiceRegistration};
 
 #[derive(Subcommand)]
 pub enum ProviderCmd {
@@ -34,6 +36,17 @@ pub enum ProviderCmd {
         /// How long the reference back office takes per step of an application.
         #[arg(long, default_value_t = 1000)]
         step_ms: u64,
+        /// Register with this node at start (its caller address, e.g. http://127.0.0.1:7000)
+        /// for the organisation's catalog items; retried until the node answers.
+        #[arg(long)]
+        node: Option<String>,
+        /// The organisation's caller JWT for --node (`tongban token issue --org ORG`); env
+        /// TONGBAN_TOKEN.
+        #[arg(long, env = "TONGBAN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// The URL the node reaches this provider at (default http://LISTEN).
+        #[arg(long)]
+        advertise: Option<String>,
     },
     /// The probe: an in-memory tongban.crosscity.v1 service without rules (the benchmark's
     /// backend; it costs next to nothing per call).
@@ -65,6 +78,9 @@ pub fn run(cmd: ProviderCmd) -> ExitCode {
             catalog,
             certs,
             step_ms,
+            node,
+            token,
+            advertise,
         } => {
             let config = match department_config(city, org, data_dir, catalog, &certs, step_ms) {
                 Ok(c) => c,
@@ -78,9 +94,60 @@ pub fn run(cmd: ProviderCmd) -> ExitCode {
                 let dept = tongban_crosscity::Department::open(config).await?;
                 let listener = bind(listen).await?;
                 tracing::info!(%city, %org, %listen, codes = %dept.codes().join(","), "cross-city provider started");
+                if let Some(node) = node {
+                    let token = token.context("--node needs --token (or TONGBAN_TOKEN)")?;
+                    let registration = ServiceRegistration {
+                        organisation: org.clone(),
+                        service: "tongban.crosscity.v2.CrossCityService".into(),
+                        endpoints: vec![advertise.unwrap_or_else(|| format!("http://{listen}"))],
+                        catalog_codes: dept.codes(),
+                        personal_data: dept.personal_data(),
+                        description: format!("cross-city services of {city}/{org}"),
+                    };
+                    tokio::spawn(register_until_done(node, token, registration));
+                }
                 dept.serve(listener, crate::node::wait_for_signal()).await?;
                 Ok(ExitCode::SUCCESS)
             })
+        }
+    }
+}
+
+/// Registers with the node, retrying while it is unreachable; a refusal is final.
+async fn register_until_done(node: String, token: String, registration: ServiceRegistration) {
+    let mut attempt = 0u32;
+    loop {
+        let result = match crate::client::connect(&node, &token).await {
+            Ok(channel) => RegistryClient::new(channel)
+                .register_service(RegisterServiceRequest {
+                    registration: Some(registration.clone()),
+                })
+                .await
+                .map(|r| r.into_inner().catalog_version)
+                .map_err(|s| {
+                    (
+                        s.code() == tonic::Code::Unavailable,
+                        s.message().to_string(),
+                    )
+                }),
+            Err(e) => Err((true, format!("{e:#}"))),
+        };
+        match result {
+            Ok(version) => {
+                tracing::info!(%node, version, "registered with the node");
+                return;
+            }
+            Err((true, error)) => {
+                if attempt % 25 == 0 {
+                    tracing::warn!(%node, %error, "node not reachable yet, retrying");
+                }
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err((false, error)) => {
+                tracing::error!(%node, %error, "the node refused the registration");
+                return;
+            }
         }
     }
 }
