@@ -138,7 +138,7 @@ async fn register_until_done(node: String, token: String, registration: ServiceR
                 return;
             }
             Err((true, error)) => {
-                if attempt % 25 == 0 {
+                if attempt.is_multiple_of(25) {
                     tracing::warn!(%node, %error, "node not reachable yet, retrying");
                 }
                 attempt += 1;
