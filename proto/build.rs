@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "tongban/federation/v1/federation.proto",
     "tongban/crosscity/v1/crosscity.proto",
     "tongban/crosscity/v2/crosscity.proto",
+    "tongban/medical/v1/medical.proto",
     "tongban/consent/v1/consent.proto",
     "tongban/audit/v1/audit.proto",
 ];

@@ -23,6 +23,18 @@ pub fn check_digit(first17: &str) -> Option<char> {
 
 pub use crate::store::secret::SecretError as SubjectKeyError;
 
+/// A resident id masked for display (`370***********002X`): enough for a person to recognise
+/// their own number, never enough to recover it.
+pub fn mask(id: &str) -> String {
+    let n = id.chars().count();
+    if n < 8 {
+        return "*".repeat(n);
+    }
+    let head: String = id.chars().take(3).collect();
+    let tail: String = id.chars().skip(n - 4).collect();
+    format!("{head}{}{tail}", "*".repeat(n - 7))
+}
+
 /// The name of the pseudonym secret in the node's [`SecretSource`].
 const SECRET: &str = "subject.key";
 

@@ -27,6 +27,7 @@ protos! {
     federation => "tongban.federation.v1",
     consent => "tongban.consent.v1",
     audit => "tongban.audit.v1",
+    medical => "tongban.medical.v1",
 }
 
 /// The cross-city services: v2 is the service departments run (the 27 items); v1 is its

@@ -9,6 +9,9 @@ use clap::Subcommand;
 pub enum CatalogCmd {
     /// Load and validate a catalog file: exit 0, or 64 naming the item and the key.
     Check { file: PathBuf },
+    /// Load and validate medical recognition rules (deploy/medical/): exit 0, or 64 naming
+    /// the entry.
+    CheckRules { file: PathBuf },
     /// Print a catalog's items (the embedded one without --file).
     Show {
         #[arg(long)]
@@ -18,6 +21,7 @@ pub enum CatalogCmd {
 
 pub fn run(cmd: CatalogCmd) -> ExitCode {
     let path = match &cmd {
+        CatalogCmd::CheckRules { file } => return check_rules(file),
         CatalogCmd::Check { file } => Some(file.clone()),
         CatalogCmd::Show { file } => file.clone(),
     };
@@ -36,6 +40,7 @@ pub fn run(cmd: CatalogCmd) -> ExitCode {
             catalog.items().len(),
             catalog.organisations.len()
         ),
+        CatalogCmd::CheckRules { .. } => {}
         CatalogCmd::Show { .. } => {
             for i in catalog.items() {
                 let providers: Vec<String> = i
@@ -62,4 +67,23 @@ pub fn run(cmd: CatalogCmd) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+fn check_rules(file: &std::path::Path) -> ExitCode {
+    match tongban_medical::Rules::load_or_embedded(Some(file)) {
+        Ok(r) => {
+            println!(
+                "ok: {} {}, {} items, {} accreditations",
+                r.region,
+                r.version,
+                r.items.len(),
+                r.accreditations.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tongban: {e}");
+            ExitCode::from(crate::EX_CONFIG)
+        }
+    }
 }

@@ -72,7 +72,8 @@ enum Cmd {
     /// Electronic certificates (电子证照) issued by the cross-city services.
     #[command(subcommand)]
     Cert(cert::CertCmd),
-    /// The federation's business catalog file (deploy/catalog/).
+    /// The operator-owned data files: the federation's catalog (deploy/catalog/) and the
+    /// medical recognition rules (deploy/medical/).
     #[command(subcommand)]
     Catalog(catalog::CatalogCmd),
 }

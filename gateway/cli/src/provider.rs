@@ -16,16 +16,8 @@ pub enum ProviderCmd {
     /// the catalog items the catalog assigns to it, applications in sled under --data-dir,
     /// results signed with the organisation's key.
     Crosscity {
-        #[arg(long)]
-        city: String,
-        /// The organisation, e.g. gjj (it serves that organisation's catalog items only).
-        #[arg(long)]
-        org: String,
-        #[arg(long)]
-        listen: std::net::SocketAddr,
-        /// Where its applications and its subject key live.
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        at: Placement,
         /// The catalog file; the embedded Jinan–Qingdao catalog if absent.
         #[arg(long)]
         catalog: Option<PathBuf>,
@@ -48,6 +40,16 @@ pub enum ProviderCmd {
         #[arg(long)]
         advertise: Option<String>,
     },
+    /// The city's registry of mutually recognisable examination and lab results
+    /// (tongban.medical.v1.ResultRegistry, h2c): reports in sled under --data-dir, verdicts by
+    /// the rules file.
+    Medical {
+        #[command(flatten)]
+        at: Placement,
+        /// The recognition rules; the embedded Jinan–Qingdao rules if absent.
+        #[arg(long)]
+        rules: Option<PathBuf>,
+    },
     /// The probe: an in-memory tongban.crosscity.v1 service without rules (the benchmark's
     /// backend; it costs next to nothing per call).
     Probe {
@@ -58,10 +60,53 @@ pub enum ProviderCmd {
     },
 }
 
+/// Where a provider runs: its city and organisation (it serves and registers as that
+/// organisation), its listener and its data directory (its store and subject key).
+#[derive(clap::Args)]
+pub struct Placement {
+    #[arg(long)]
+    city: String,
+    /// The organisation, e.g. gjj.
+    #[arg(long)]
+    org: String,
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    #[arg(long)]
+    data_dir: PathBuf,
+}
+
 /// Runs a provider until a signal. Its configuration is checked before it listens: a bad
 /// catalog, key or organisation exits 64.
 pub fn run(cmd: ProviderCmd) -> ExitCode {
     match cmd {
+        ProviderCmd::Medical {
+            at:
+                Placement {
+                    city,
+                    org,
+                    listen,
+                    data_dir,
+                },
+            rules,
+        } => {
+            let rules = match tongban_medical::Rules::load_or_embedded(rules.as_deref()) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("tongban: {e}");
+                    return ExitCode::from(crate::EX_CONFIG);
+                }
+            };
+            crate::block_on(async move {
+                let version = rules.version.clone();
+                let registry = tongban_medical::Registry::open(&city, data_dir, rules).await?;
+                let listener = bind(listen).await?;
+                tracing::info!(%city, %org, %listen, rules = %version, "medical result registry started");
+                registry
+                    .serve(listener, crate::node::wait_for_signal())
+                    .await?;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
         ProviderCmd::Probe { city, listen } => crate::block_on(async move {
             let listener = bind(listen).await?;
             tracing::info!(%city, %listen, "probe provider started");
@@ -71,10 +116,13 @@ pub fn run(cmd: ProviderCmd) -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }),
         ProviderCmd::Crosscity {
-            city,
-            org,
-            listen,
-            data_dir,
+            at:
+                Placement {
+                    city,
+                    org,
+                    listen,
+                    data_dir,
+                },
             catalog,
             certs,
             step_ms,

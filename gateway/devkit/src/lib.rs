@@ -10,4 +10,5 @@ pub mod demo;
 pub mod departments;
 pub mod idp;
 pub mod local;
+pub mod medical;
 pub mod probe;

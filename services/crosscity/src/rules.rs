@@ -53,17 +53,7 @@ pub struct Submission<'a> {
     pub materials: Vec<MaterialRef>,
 }
 
-/// `370***********002X`: enough for a person to recognise their own number, never enough to
-/// recover it.
-pub fn mask_id(id: &str) -> String {
-    let n = id.chars().count();
-    if n < 8 {
-        return "*".repeat(n);
-    }
-    let head: String = id.chars().take(3).collect();
-    let tail: String = id.chars().skip(n - 4).collect();
-    format!("{head}{}{tail}", "*".repeat(n - 7))
-}
+pub use tongban_gateway::subject::mask as mask_id;
 
 /// Checks a submission to organisation `org` of `city`.
 pub fn check<'a>(

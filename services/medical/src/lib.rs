@@ -1,0 +1,69 @@
+//! Mutual recognition of medical examination and laboratory results (检查检验结果互认): the
+//! registry a city runs behind its node (`tongban provider medical --city C --org O …`).
+//!
+//! - [`rules`]: the recognised items, validity periods and accreditations, as versioned data
+//!   (`deploy/medical/`), and the verdict on one result with every reason it failed;
+//! - [`store`]: reports (patients by keyed pseudonym only), attachments and decisions in sled;
+//! - [`service`]: the services, `ResultRegistry` and `Recognition`;
+//! - [`error`]: every refusal, mapped to a gRPC status once.
+//!
+//! The registry says *eligible*, never *accepted*: the receiving physician decides, and the
+//! decision is recorded in the physician's city for the regulators' statistics.
+
+pub mod error;
+pub mod rules;
+pub mod service;
+pub mod store;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tongban_gateway::subject::Pseudonymizer;
+use tongban_proto::medical::v1::recognition_server::RecognitionServer;
+use tongban_proto::medical::v1::result_registry_server::ResultRegistryServer;
+use tonic::transport::server::TcpIncoming;
+
+pub use error::MedicalError;
+pub use rules::Rules;
+pub use service::Registry;
+
+/// Full name of the registry's service (patient data: registered with personal data).
+pub const SERVICE: &str = "tongban.medical.v1.ResultRegistry";
+/// Full name of the decisions and statistics service (no patient data).
+pub const RECOGNITION: &str = "tongban.medical.v1.Recognition";
+
+impl Registry {
+    /// Opens the registry of `city` under `data_dir` with `rules`.
+    pub async fn open(
+        city: &str,
+        data_dir: PathBuf,
+        rules: Rules,
+    ) -> Result<Registry, MedicalError> {
+        std::fs::create_dir_all(&data_dir).map_err(|e| MedicalError::Store(e.to_string()))?;
+        let pseudonyms =
+            Pseudonymizer::open(&data_dir).map_err(|e| MedicalError::Store(e.to_string()))?;
+        Ok(Registry {
+            city: city.to_string(),
+            rules: Arc::new(rules),
+            store: store::Store::open(&data_dir).await?,
+            pseudonyms: Arc::new(pseudonyms),
+        })
+    }
+
+    /// Serves on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        tongban_proto::h2::server()
+            .add_service(RecognitionServer::new(self.clone()))
+            .add_service(ResultRegistryServer::new(self).max_decoding_message_size(64 << 20))
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                shutdown,
+            )
+            .await
+    }
+}

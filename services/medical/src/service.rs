@@ -1,0 +1,350 @@
+//! `tongban.medical.v1.ResultRegistry` of one city.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_stream::Stream;
+use tongban_gateway::error::FieldViolation;
+use tongban_gateway::subject::Pseudonymizer;
+use tongban_proto::medical::v1::recognition_server::Recognition;
+use tongban_proto::medical::v1::result_registry_server::ResultRegistry;
+use tongban_proto::medical::v1::{
+    report_chunk, DecideRequest, DecideResponse, Decision, GetReportRequest, PublishRequest,
+    PublishResponse, QueryRequest, QueryResponse, QueryResult, Report, ReportChunk, ReportKind,
+    ReportStatus, RetestReason, StatisticsRequest, StatisticsResponse, StatisticsRow,
+};
+use tongban_proto::metadata::{CALLER, ORIGIN_CITY, SUBJECT};
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
+
+use crate::error::MedicalError;
+use crate::rules::Rules;
+use crate::store::{DecisionRecord, Store};
+
+/// Attachment bytes per streamed chunk.
+pub const CHUNK: usize = 256 * 1024;
+
+/// The registry of one city.
+#[derive(Clone)]
+pub struct Registry {
+    pub city: String,
+    pub rules: Arc<Rules>,
+    pub(crate) store: Store,
+    pub(crate) pseudonyms: Arc<Pseudonymizer>,
+}
+
+/// What the node told the registry.
+struct Vouched {
+    caller: String,
+    origin_city: String,
+    subject: Option<String>,
+}
+
+fn vouched(md: &MetadataMap) -> Result<Vouched, MedicalError> {
+    let text = |k: &str| {
+        md.get(k)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    Ok(Vouched {
+        caller: text(CALLER).ok_or(MedicalError::NotThroughNode)?,
+        origin_city: text(ORIGIN_CITY).unwrap_or_default(),
+        subject: text(SUBJECT).map(|s| s.to_ascii_uppercase()),
+    })
+}
+
+fn now_ms() -> i64 {
+    let now = time::OffsetDateTime::now_utc();
+    i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// Every problem of a report to publish.
+fn check_report(r: &Report) -> Vec<FieldViolation> {
+    let mut bad = Vec::new();
+    let mut v = |f: &str, m: String| bad.push(FieldViolation::new(format!("report.{f}"), m));
+    if r.report_id.trim().is_empty() || r.report_id.len() > 128 {
+        v(
+            "report_id",
+            "report_id is required (at most 128 characters)".into(),
+        );
+    }
+    if let Err(m) = tongban_catalog::FieldType::ResidentId.check(&r.patient_id) {
+        v("patient_id", format!("patient_id {m}"));
+    }
+    let kind = ReportKind::try_from(r.kind).unwrap_or(ReportKind::Unspecified);
+    if kind == ReportKind::Unspecified {
+        v("kind", "kind must be laboratory or imaging".into());
+    }
+    if ReportStatus::try_from(r.status).unwrap_or(ReportStatus::Unspecified)
+        == ReportStatus::Unspecified
+    {
+        v("status", "status is required".into());
+    }
+    if r.collected_at_ms <= 0 {
+        v(
+            "collected_at_ms",
+            "collected_at_ms (specimen collection or study time) is required".into(),
+        );
+    }
+    if r.issued_at_ms < r.collected_at_ms {
+        v(
+            "issued_at_ms",
+            "issued_at_ms is before collected_at_ms".into(),
+        );
+    }
+    if let Err(m) = tongban_catalog::FieldType::CreditCode.check(&r.institution_code) {
+        v("institution_code", format!("institution_code {m}"));
+    }
+    if r.results.is_empty() {
+        v("results", "a report needs at least one result".into());
+    }
+    let mut ids = BTreeSet::new();
+    for (i, res) in r.results.iter().enumerate() {
+        if res.result_id.is_empty() || !ids.insert(res.result_id.as_str()) {
+            v(
+                &format!("results[{i}].result_id"),
+                "result_id is required and unique in the report".into(),
+            );
+        }
+        if kind == ReportKind::Laboratory && res.loinc.is_empty() && res.local_code.is_empty() {
+            v(
+                &format!("results[{i}].loinc"),
+                "a laboratory result needs a loinc or a local code".into(),
+            );
+        }
+        if kind == ReportKind::Laboratory && res.value.is_none() {
+            v(
+                &format!("results[{i}].value"),
+                "a laboratory result needs a value".into(),
+            );
+        }
+        if kind == ReportKind::Imaging && (res.modality.is_empty() || res.body_site.is_empty()) {
+            v(
+                &format!("results[{i}].modality"),
+                "an imaging result needs modality and body_site".into(),
+            );
+        }
+    }
+    bad
+}
+
+type Chunks = Pin<Box<dyn Stream<Item = Result<ReportChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ResultRegistry for Registry {
+    async fn publish(
+        &self,
+        req: Request<PublishRequest>,
+    ) -> Result<Response<PublishResponse>, Status> {
+        let v = vouched(req.metadata())?;
+        if v.origin_city != self.city {
+            return Err(MedicalError::NotLocal(self.city.clone()).into());
+        }
+        let mut report = req.into_inner().report.ok_or_else(|| {
+            MedicalError::Invalid(vec![FieldViolation::new("report", "report is missing")])
+        })?;
+        let bad = check_report(&report);
+        if !bad.is_empty() {
+            return Err(MedicalError::Invalid(bad).into());
+        }
+        let patient = report.patient_id.to_ascii_uppercase();
+        let pseudonym = self.pseudonyms.pseudonym(&patient);
+        report.patient_id = tongban_gateway::subject::mask(&patient);
+        let (id, n) = (report.report_id.clone(), report.results.len());
+        self.store.put_report(report, &pseudonym).await?;
+        tracing::info!(report = %id, results = n, by = %v.caller, "report published");
+        Ok(Response::new(PublishResponse {
+            report_id: id,
+            results: i32::try_from(n).unwrap_or(i32::MAX),
+        }))
+    }
+
+    async fn query(&self, req: Request<QueryRequest>) -> Result<Response<QueryResponse>, Status> {
+        let v = vouched(req.metadata())?;
+        let subject = v.subject.ok_or(MedicalError::NoSubject)?;
+        let q = req.into_inner();
+        let valid_at = if q.valid_at_ms == 0 {
+            now_ms()
+        } else {
+            q.valid_at_ms
+        };
+        let wanted: BTreeSet<String> = q.item_codes.into_iter().collect();
+        let pseudonym = self.pseudonyms.pseudonym(&subject);
+        let mut results = Vec::new();
+        for report in self.store.reports_of(&pseudonym)? {
+            let kind = ReportKind::try_from(report.kind).unwrap_or(ReportKind::Unspecified);
+            let status = ReportStatus::try_from(report.status).unwrap_or(ReportStatus::Unspecified);
+            for r in &report.results {
+                let (item, verdict, valid_until) = self.rules.verdict(
+                    kind,
+                    status,
+                    report.collected_at_ms,
+                    &report.institution_code,
+                    r,
+                    valid_at,
+                );
+                let code = item.map(|i| i.code.clone()).unwrap_or_default();
+                if !wanted.is_empty() && !wanted.contains(&code) && !wanted.contains(&r.loinc) {
+                    continue;
+                }
+                results.push(QueryResult {
+                    city: self.city.clone(),
+                    report_id: report.report_id.clone(),
+                    result: Some(r.clone()),
+                    item: code,
+                    kind: report.kind,
+                    status: report.status,
+                    collected_at_ms: report.collected_at_ms,
+                    institution_code: report.institution_code.clone(),
+                    institution_name: report.institution_name.clone(),
+                    verdict: Some(verdict),
+                    valid_until_ms: valid_until,
+                    conclusion: report.conclusion.clone(),
+                });
+            }
+        }
+        tracing::info!(results = results.len(), by = %v.caller, "query answered");
+        Ok(Response::new(QueryResponse {
+            results,
+            partial: false,
+            unreachable_cities: Vec::new(),
+        }))
+    }
+
+    type GetReportStream = Chunks;
+
+    async fn get_report(&self, req: Request<GetReportRequest>) -> Result<Response<Chunks>, Status> {
+        let v = vouched(req.metadata())?;
+        let subject = v.subject.ok_or(MedicalError::NoSubject)?;
+        let id = req.into_inner().report_id;
+        let (header, owner) = self
+            .store
+            .report(&id)?
+            .ok_or_else(|| MedicalError::NotFound(id.clone()))?;
+        if owner != self.pseudonyms.pseudonym(&subject) {
+            return Err(MedicalError::OtherPatient(id).into());
+        }
+        let attachment = self.store.attachment(&id)?;
+        let mut parts = vec![Ok(ReportChunk {
+            part: Some(report_chunk::Part::Header(header)),
+        })];
+        parts.extend(attachment.chunks(CHUNK).map(|c| {
+            Ok(ReportChunk {
+                part: Some(report_chunk::Part::Attachment(c.to_vec())),
+            })
+        }));
+        Ok(Response::new(Box::pin(tokio_stream::iter(parts))))
+    }
+}
+
+#[tonic::async_trait]
+impl Recognition for Registry {
+    async fn decide(
+        &self,
+        req: Request<DecideRequest>,
+    ) -> Result<Response<DecideResponse>, Status> {
+        let v = vouched(req.metadata())?;
+        let d = req.into_inner();
+        let mut bad = Vec::new();
+        for (f, val) in [
+            ("origin_city", &d.origin_city),
+            ("report_id", &d.report_id),
+            ("result_id", &d.result_id),
+            ("item", &d.item),
+        ] {
+            if val.trim().is_empty() {
+                bad.push(FieldViolation::new(f, format!("{f} is required")));
+            }
+        }
+        let decision = Decision::try_from(d.decision).unwrap_or(Decision::Unspecified);
+        let reason = RetestReason::try_from(d.reason).unwrap_or(RetestReason::Unspecified);
+        match decision {
+            Decision::Unspecified => bad.push(FieldViolation::new(
+                "decision",
+                "decision must be accepted or retested",
+            )),
+            Decision::Retested if reason == RetestReason::Unspecified => {
+                bad.push(FieldViolation::new("reason", "a re-test needs its reason"))
+            }
+            Decision::Retested
+                if reason == RetestReason::Other && d.reason_text.trim().is_empty() =>
+            {
+                bad.push(FieldViolation::new(
+                    "reason_text",
+                    "reason `other` needs reason_text",
+                ))
+            }
+            _ => {}
+        }
+        if !bad.is_empty() {
+            return Err(MedicalError::Invalid(bad).into());
+        }
+        let rec = DecisionRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            at_ms: now_ms(),
+            origin_city: d.origin_city,
+            report_id: d.report_id,
+            result_id: d.result_id,
+            item: d.item,
+            decision: decision as i32,
+            reason: if decision == Decision::Accepted {
+                0
+            } else {
+                reason as i32
+            },
+            reason_text: d.reason_text,
+            physician: d.physician,
+            caller: v.caller,
+        };
+        self.store.put_decision(&rec).await?;
+        tracing::info!(decision = %rec.id, item = %rec.item, origin = %rec.origin_city, ?decision, "decision recorded");
+        Ok(Response::new(DecideResponse {
+            decision_id: rec.id,
+            recorded_at_ms: rec.at_ms,
+        }))
+    }
+
+    async fn statistics(
+        &self,
+        req: Request<StatisticsRequest>,
+    ) -> Result<Response<StatisticsResponse>, Status> {
+        vouched(req.metadata())?;
+        let r = req.into_inner();
+        let until = if r.until_ms == 0 {
+            now_ms()
+        } else {
+            r.until_ms
+        };
+        let mut counts: BTreeMap<(String, String, i32, i32), i64> = BTreeMap::new();
+        let (mut recognised, mut retested) = (0, 0);
+        for d in self.store.decisions(r.from_ms, until)? {
+            if d.decision == Decision::Accepted as i32 {
+                recognised += 1;
+            } else {
+                retested += 1;
+            }
+            *counts
+                .entry((d.item, d.origin_city, d.decision, d.reason))
+                .or_default() += 1;
+        }
+        Ok(Response::new(StatisticsResponse {
+            recognised,
+            retested,
+            rows: counts
+                .into_iter()
+                .map(
+                    |((item, origin_city, decision, reason), count)| StatisticsRow {
+                        item,
+                        origin_city,
+                        decision,
+                        reason,
+                        count,
+                    },
+                )
+                .collect(),
+        }))
+    }
+}

@@ -1,0 +1,141 @@
+//! Reports and decisions in sled. A report is stored without its patient's id (a keyed
+//! pseudonym indexes it, a masked id is kept for display) and its attachment apart, so that
+//! a query reads headers only. Writes are flushed before they are acknowledged.
+
+use std::path::Path;
+
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tongban_proto::medical::v1::Report;
+
+use crate::error::MedicalError;
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    reports: sled::Tree,
+    attachments: sled::Tree,
+    owners: sled::Tree,
+    by_patient: sled::Tree,
+    decisions: sled::Tree,
+}
+
+/// A physician's decision as recorded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    pub id: String,
+    pub at_ms: i64,
+    pub origin_city: String,
+    pub report_id: String,
+    pub result_id: String,
+    pub item: String,
+    pub decision: i32,
+    pub reason: i32,
+    pub reason_text: String,
+    pub physician: String,
+    pub caller: String,
+}
+
+impl Store {
+    pub async fn open(dir: &Path) -> Result<Store, MedicalError> {
+        let db = tongban_gateway::store::sled::open_db(&dir.join("results"), 16 * 1024 * 1024)
+            .await
+            .map_err(|e| MedicalError::Store(e.to_string()))?;
+        Ok(Store {
+            reports: db.open_tree("reports")?,
+            attachments: db.open_tree("attachments")?,
+            owners: db.open_tree("owners")?,
+            by_patient: db.open_tree("by_patient")?,
+            decisions: db.open_tree("decisions")?,
+            db,
+        })
+    }
+
+    async fn flush(&self) -> Result<(), MedicalError> {
+        tongban_gateway::store::sled::flush(&self.db).await?;
+        Ok(())
+    }
+
+    /// Stores a report (its `patient_id` already masked) for the patient `pseudonym`.
+    pub async fn put_report(
+        &self,
+        mut report: Report,
+        pseudonym: &str,
+    ) -> Result<(), MedicalError> {
+        let id = report.report_id.clone();
+        let attachment = std::mem::take(&mut report.attachment);
+        if let Some(old) = self.owners.get(id.as_bytes())? {
+            self.by_patient
+                .remove([old.as_ref(), b"/", id.as_bytes()].concat())?;
+        }
+        self.reports.insert(id.as_bytes(), report.encode_to_vec())?;
+        self.attachments.insert(id.as_bytes(), attachment)?;
+        self.owners.insert(id.as_bytes(), pseudonym.as_bytes())?;
+        self.by_patient
+            .insert(format!("{pseudonym}/{id}").as_bytes(), &[])?;
+        self.flush().await
+    }
+
+    /// The report header and the pseudonym of its patient.
+    pub fn report(&self, id: &str) -> Result<Option<(Report, String)>, MedicalError> {
+        let Some(v) = self.reports.get(id.as_bytes())? else {
+            return Ok(None);
+        };
+        let owner = self
+            .owners
+            .get(id.as_bytes())?
+            .map(|o| String::from_utf8_lossy(&o).into_owned())
+            .unwrap_or_default();
+        Ok(Some((Report::decode(v.as_ref())?, owner)))
+    }
+
+    pub fn attachment(&self, id: &str) -> Result<Vec<u8>, MedicalError> {
+        Ok(self
+            .attachments
+            .get(id.as_bytes())?
+            .map(|v| v.to_vec())
+            .unwrap_or_default())
+    }
+
+    /// Every report header of the patient `pseudonym`.
+    pub fn reports_of(&self, pseudonym: &str) -> Result<Vec<Report>, MedicalError> {
+        let mut out = Vec::new();
+        for kv in self
+            .by_patient
+            .scan_prefix(format!("{pseudonym}/").as_bytes())
+        {
+            let (k, _) = kv?;
+            let id = String::from_utf8_lossy(&k[pseudonym.len() + 1..]).into_owned();
+            if let Some((r, _)) = self.report(&id)? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn put_decision(&self, d: &DecisionRecord) -> Result<(), MedicalError> {
+        let key = format!("{:020}/{}", d.at_ms, d.id);
+        self.decisions
+            .insert(key.as_bytes(), serde_json::to_vec(d)?)?;
+        self.flush().await
+    }
+
+    /// Decisions recorded in `[from, until]`.
+    pub fn decisions(
+        &self,
+        from_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<DecisionRecord>, MedicalError> {
+        let start = format!("{:020}", from_ms.max(0));
+        let mut out = Vec::new();
+        for kv in self.decisions.range(start.as_bytes()..) {
+            let (_, v) = kv?;
+            let d: DecisionRecord = serde_json::from_slice(&v)?;
+            if d.at_ms > until_ms {
+                break;
+            }
+            out.push(d);
+        }
+        Ok(out)
+    }
+}

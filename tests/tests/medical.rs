@@ -1,0 +1,560 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Mutual recognition across the boundary: a Jinan patient's results published in Jinan,
+//! queried by a Qingdao hospital through its node (purpose, consent), each with its verdict
+//! and reasons; a large report streamed; the physician's decisions and the statistics; both
+//! nodes' audit and the patient's access log.
+
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tongban_devkit::demo::demo_subject;
+use tongban_devkit::local::{loopback_limits, LocalFederation};
+use tongban_devkit::medical::Registries;
+use tongban_medical::{Rules, RECOGNITION, SERVICE};
+use tongban_proto::audit::v1::audit_client::AuditClient;
+use tongban_proto::audit::v1::AccessLogRequest;
+use tongban_proto::medical::v1::recognition_client::RecognitionClient;
+use tongban_proto::medical::v1::result_registry_client::ResultRegistryClient;
+use tongban_proto::medical::v1::{
+    report_chunk, result, DecideRequest, Decision, GetReportRequest, PublishRequest, Quantity,
+    QueryRequest, QueryResult, Report, ReportKind, ReportStatus, Result as LabResult, RetestReason,
+    StatisticsRequest,
+};
+use tongban_proto::metadata;
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Request};
+use tonic_types::StatusExt;
+
+const QILU: &str = "12370000495570024A";
+const COMMUNITY: &str = "12370100MB2836047H";
+const DAY: i64 = 86_400_000;
+
+struct World {
+    fed: LocalFederation,
+    registries: Registries,
+    _dir: TempDir,
+    patient: String,
+    /// The patient's consents: Jinan's Qilu hospital publishing, Qingdao's hospital reading.
+    publish_consent: String,
+    read_consent: String,
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+async fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let fed = LocalFederation::start(dir.path(), &["jinan", "qingdao"], loopback_limits())
+        .await
+        .unwrap();
+    let registries = Registries::start(&fed, &Rules::embedded().unwrap())
+        .await
+        .unwrap();
+    let patient = demo_subject("37010219850312002");
+    let consent = |grantee: &'static str| {
+        fed.grant_consent_for(
+            SERVICE,
+            "jinan",
+            &patient,
+            grantee,
+            "jinan",
+            "medical-treatment",
+        )
+    };
+    let (_, publish_consent) = consent("jinan/qilu").await.unwrap();
+    let (_, read_consent) = consent("qingdao/qdfy").await.unwrap();
+    World {
+        fed,
+        registries,
+        _dir: dir,
+        patient,
+        publish_consent,
+        read_consent,
+    }
+}
+
+impl World {
+    /// A call by `city/org` to `target`'s registry.
+    fn call<T>(
+        &self,
+        msg: T,
+        (city, org): (&str, &str),
+        target: &str,
+        purpose: &str,
+        consent: Option<&str>,
+    ) -> Request<T> {
+        let mut r = Request::new(msg);
+        r.set_timeout(Duration::from_secs(10));
+        let token = self.fed.token(city, org).unwrap();
+        let mut pairs = vec![
+            ("authorization", format!("Bearer {token}")),
+            (metadata::TARGET_CITY, target.to_string()),
+            (metadata::PURPOSE, purpose.to_string()),
+            (metadata::SUBJECT, self.patient.clone()),
+        ];
+        if let Some(c) = consent {
+            pairs.push((metadata::CONSENT, c.to_string()));
+        }
+        for (k, v) in pairs {
+            r.metadata_mut()
+                .insert(k, MetadataValue::try_from(v.as_str()).unwrap());
+        }
+        r
+    }
+
+    async fn registry(&self, city: &str) -> ResultRegistryClient<tonic::transport::Channel> {
+        ResultRegistryClient::new(self.fed.channel(city).await.unwrap())
+            .max_decoding_message_size(8 << 20)
+    }
+
+    async fn publish(&self, report: Report) -> Result<(), tonic::Status> {
+        let req = self.call(
+            PublishRequest {
+                report: Some(report),
+            },
+            ("jinan", "qilu"),
+            "jinan",
+            "medical-treatment",
+            Some(&self.publish_consent),
+        );
+        self.registry("jinan").await.publish(req).await.map(|_| ())
+    }
+
+    async fn query(
+        &self,
+        purpose: &str,
+        consent: Option<&str>,
+    ) -> Result<Vec<QueryResult>, tonic::Status> {
+        let req = self.call(
+            QueryRequest::default(),
+            ("qingdao", "qdfy"),
+            "jinan",
+            purpose,
+            consent,
+        );
+        self.registry("qingdao")
+            .await
+            .query(req)
+            .await
+            .map(|r| r.into_inner().results)
+    }
+}
+
+fn lab(id: &str, loinc: &str, value: f64, unit: &str) -> LabResult {
+    LabResult {
+        result_id: id.into(),
+        local_code: format!("L-{loinc}"),
+        loinc: loinc.into(),
+        value: Some(result::Value::Quantity(Quantity {
+            value,
+            unit: unit.into(),
+        })),
+        interpretation: "N".into(),
+        ..Default::default()
+    }
+}
+
+fn report(
+    id: &str,
+    patient: &str,
+    institution: &str,
+    status: ReportStatus,
+    collected: i64,
+    results: Vec<LabResult>,
+) -> Report {
+    Report {
+        report_id: id.into(),
+        patient_id: patient.into(),
+        kind: ReportKind::Laboratory as i32,
+        status: status as i32,
+        collected_at_ms: collected,
+        issued_at_ms: collected + 3_600_000,
+        institution_code: institution.into(),
+        institution_name: "test institution".into(),
+        department: "检验科".into(),
+        verifier: "王医生".into(),
+        results,
+        conclusion: "未见异常".into(),
+        attachment: Vec::new(),
+    }
+}
+
+fn verdict_of<'a>(rs: &'a [QueryResult], report: &str, result: &str) -> &'a QueryResult {
+    rs.iter()
+        .find(|r| r.report_id == report && r.result.as_ref().unwrap().result_id == result)
+        .unwrap_or_else(|| panic!("no {report}/{result} in {rs:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qingdao_hospital_finds_a_jinan_patients_results_with_verdicts() {
+    let w = world().await;
+    let now = now_ms();
+    let p = w.patient.clone();
+    let reports = [
+        report(
+            "R1",
+            &p,
+            QILU,
+            ReportStatus::Final,
+            now - 3 * DAY,
+            vec![
+                lab("k", "2823-3", 4.1, "mmol/L"),
+                lab("alt", "1742-6", 21.0, "U/L"),
+            ],
+        ),
+        report(
+            "R2",
+            &p,
+            COMMUNITY,
+            ReportStatus::Final,
+            now - 2 * DAY,
+            vec![
+                lab("k", "2823-3", 4.3, "mmol/L"),
+                lab("alt", "1742-6", 30.0, "U/L"),
+            ],
+        ),
+        report(
+            "R3",
+            &p,
+            QILU,
+            ReportStatus::Preliminary,
+            now - DAY,
+            vec![lab("glu", "2345-7", 5.2, "mmol/L")],
+        ),
+        report(
+            "R4",
+            &p,
+            QILU,
+            ReportStatus::Final,
+            now - 8 * DAY,
+            vec![
+                lab("na", "2951-2", 140.0, "mmol/L"),
+                lab("x", "99999-9", 1.0, "1"),
+            ],
+        ),
+    ];
+    for r in reports {
+        w.publish(r).await.unwrap();
+    }
+    // Across the boundary: no consent, the wrong purpose, then with the patient's consent.
+    let e = w.query("medical-treatment", None).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let e = w
+        .query("case-handling", Some(&w.read_consent))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let rs = w
+        .query("medical-treatment", Some(&w.read_consent))
+        .await
+        .unwrap();
+    assert_eq!(rs.len(), 7);
+    assert!(rs.iter().all(|r| r.city == "jinan"));
+    let v = |rep, res| verdict_of(&rs, rep, res).verdict.clone().unwrap();
+    assert!(v("R1", "k").eligible, "{:?}", v("R1", "k"));
+    assert!(v("R1", "alt").eligible);
+    assert_eq!(verdict_of(&rs, "R1", "k").item, "K");
+    assert!(v("R2", "k").eligible);
+    let not_accredited = v("R2", "alt");
+    assert!(!not_accredited.eligible);
+    assert!(not_accredited.reasons[0].contains("not accredited for ALT"));
+    let preliminary = v("R3", "glu");
+    assert!(
+        preliminary.reasons[0].contains("preliminary"),
+        "{preliminary:?}"
+    );
+    let expired = v("R4", "na");
+    assert_eq!(expired.reasons.len(), 1);
+    assert!(
+        expired.reasons[0].contains("past its validity"),
+        "{expired:?}"
+    );
+    let unknown = v("R4", "x");
+    assert!(unknown.reasons[0].contains("not on the recognition list"));
+    assert!(rs
+        .iter()
+        .all(|r| r.verdict.as_ref().unwrap().rules_version == "2026.11-illustrative"));
+    // The clear id never comes back.
+    assert!(!format!("{rs:?}").contains(&p));
+
+    // Both nodes audited the query; it is in the patient's access log at home.
+    for city in ["jinan", "qingdao"] {
+        let node = w.fed.city(city).unwrap().node().unwrap();
+        let filter = tongban_gateway::audit::index::Filter {
+            service: Some(SERVICE.into()),
+            limit: 100,
+            ..Default::default()
+        };
+        let (records, _) = node.auditor().query(&filter).await;
+        assert!(
+            records
+                .iter()
+                .any(|r| r.method == "Query" && r.caller_city == "qingdao" && r.grpc_status == 0),
+            "{city}"
+        );
+    }
+    let idp = w.fed.idp("jinan").unwrap();
+    let token = idp
+        .issue(
+            "citizens",
+            &["citizen".to_string()],
+            Duration::from_secs(600),
+            &p,
+        )
+        .unwrap();
+    let mut req = Request::new(AccessLogRequest {
+        subject: p.clone(),
+        limit: 50,
+    });
+    req.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(format!("Bearer {token}")).unwrap(),
+    );
+    let log = AuditClient::new(w.fed.channel("jinan").await.unwrap())
+        .access_log(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .accesses;
+    assert!(log.iter().any(|a| a.caller_city == "qingdao"
+        && a.caller_org == "qdfy"
+        && a.method == "Query"
+        && a.purpose == "medical-treatment"));
+
+    // Only Jinan's own systems publish to Jinan's registry.
+    let req = w.call(
+        PublishRequest {
+            report: Some(report(
+                "Q1",
+                &p,
+                QILU,
+                ReportStatus::Final,
+                now,
+                vec![lab("k", "2823-3", 4.0, "mmol/L")],
+            )),
+        },
+        ("qingdao", "qdfy"),
+        "jinan",
+        "medical-treatment",
+        Some(&w.read_consent),
+    );
+    let e = w.registry("qingdao").await.publish(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // A malformed report names its bad fields.
+    let mut bad = report(
+        "B1",
+        "37010219850312009",
+        "123",
+        ReportStatus::Unspecified,
+        0,
+        vec![],
+    );
+    bad.kind = 0;
+    let e = w.publish(bad).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let fields: Vec<String> = e
+        .get_details_bad_request()
+        .unwrap()
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "report.patient_id",
+            "report.kind",
+            "report.status",
+            "report.collected_at_ms",
+            "report.institution_code",
+            "report.results"
+        ]
+    );
+    w.registries.stop().await;
+    w.fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_report_streams_across_the_boundary() {
+    let w = world().await;
+    let now = now_ms();
+    let attachment: Vec<u8> = (0..3_500_000u32).map(|i| (i % 251) as u8).collect();
+    let mut r = report(
+        "CT1",
+        &w.patient,
+        QILU,
+        ReportStatus::Final,
+        now - DAY,
+        vec![LabResult {
+            result_id: "ct".into(),
+            modality: "CT".into(),
+            body_site: "head".into(),
+            study_instance_uid: "1.2.840.113619.2.55.3.604688119".into(),
+            accession_number: "A2026112301".into(),
+            value: Some(result::Value::Text("颅内未见明显异常".into())),
+            ..Default::default()
+        }],
+    );
+    r.kind = ReportKind::Imaging as i32;
+    r.attachment = attachment.clone();
+    w.publish(r).await.unwrap();
+    let rs = w
+        .query("medical-treatment", Some(&w.read_consent))
+        .await
+        .unwrap();
+    assert_eq!(rs[0].item, "CT-HEAD");
+    assert!(rs[0].verdict.as_ref().unwrap().eligible);
+    let req = w.call(
+        GetReportRequest {
+            report_id: "CT1".into(),
+        },
+        ("qingdao", "qdfy"),
+        "jinan",
+        "medical-treatment",
+        Some(&w.read_consent),
+    );
+    let mut stream = w
+        .registry("qingdao")
+        .await
+        .get_report(req)
+        .await
+        .unwrap()
+        .into_inner();
+    let mut header = None;
+    let mut got = Vec::new();
+    let mut chunks = 0;
+    while let Some(c) = stream.message().await.unwrap() {
+        match c.part.unwrap() {
+            report_chunk::Part::Header(h) => header = Some(h),
+            report_chunk::Part::Attachment(b) => {
+                chunks += 1;
+                got.extend_from_slice(&b);
+            }
+        }
+    }
+    let header = header.unwrap();
+    assert_eq!(header.report_id, "CT1");
+    assert_ne!(header.patient_id, w.patient);
+    assert!(chunks >= 13, "{chunks} chunks");
+    assert_eq!(got, attachment);
+    w.registries.stop().await;
+    w.fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_are_recorded_and_counted_for_regulators() {
+    let w = world().await;
+    let mut recognition = RecognitionClient::new(w.fed.channel("qingdao").await.unwrap());
+    let decide = |decision: Decision, reason: RetestReason, text: &str, item: &str| {
+        let mut r = Request::new(DecideRequest {
+            origin_city: "jinan".into(),
+            report_id: "R1".into(),
+            result_id: "k".into(),
+            item: item.into(),
+            decision: decision as i32,
+            reason: reason as i32,
+            reason_text: text.into(),
+            physician: "qdfy-0231".into(),
+        });
+        let token = w.fed.token("qingdao", "qdfy").unwrap();
+        for (k, v) in [
+            ("authorization", format!("Bearer {token}")),
+            (metadata::TARGET_CITY, "qingdao".to_string()),
+            (metadata::PURPOSE, "medical-treatment".to_string()),
+        ] {
+            r.metadata_mut()
+                .insert(k, MetadataValue::try_from(v.as_str()).unwrap());
+        }
+        r
+    };
+    let since = now_ms() - 1000;
+    for (d, reason, text, item) in [
+        (Decision::Accepted, RetestReason::Unspecified, "", "K"),
+        (Decision::Accepted, RetestReason::Unspecified, "", "K"),
+        (Decision::Retested, RetestReason::ConditionChanged, "", "K"),
+        (
+            Decision::Retested,
+            RetestReason::Other,
+            "patient request",
+            "ALT",
+        ),
+    ] {
+        recognition
+            .decide(decide(d, reason, text, item))
+            .await
+            .unwrap();
+    }
+    // Refusals: a re-test without its reason, `other` without text, no decision.
+    for (d, reason, text, field) in [
+        (Decision::Retested, RetestReason::Unspecified, "", "reason"),
+        (Decision::Retested, RetestReason::Other, "", "reason_text"),
+        (
+            Decision::Unspecified,
+            RetestReason::Unspecified,
+            "",
+            "decision",
+        ),
+    ] {
+        let e = recognition
+            .decide(decide(d, reason, text, "K"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert_eq!(
+            e.get_details_bad_request().unwrap().field_violations[0].field,
+            field
+        );
+    }
+    let mut r = Request::new(StatisticsRequest {
+        from_ms: since,
+        until_ms: 0,
+    });
+    let token = w.fed.token("qingdao", "ybj").unwrap();
+    for (k, v) in [
+        ("authorization", format!("Bearer {token}")),
+        (metadata::TARGET_CITY, "qingdao".to_string()),
+        (metadata::PURPOSE, "medical-treatment".to_string()),
+    ] {
+        r.metadata_mut()
+            .insert(k, MetadataValue::try_from(v.as_str()).unwrap());
+    }
+    let s = recognition.statistics(r).await.unwrap().into_inner();
+    assert_eq!((s.recognised, s.retested), (2, 2));
+    let count = |item: &str, d: Decision, reason: RetestReason| {
+        s.rows
+            .iter()
+            .find(|r| r.item == item && r.decision == d as i32 && r.reason == reason as i32)
+            .map(|r| (r.origin_city.clone(), r.count))
+    };
+    assert_eq!(
+        count("K", Decision::Accepted, RetestReason::Unspecified),
+        Some(("jinan".into(), 2))
+    );
+    assert_eq!(
+        count("K", Decision::Retested, RetestReason::ConditionChanged),
+        Some(("jinan".into(), 1))
+    );
+    assert_eq!(
+        count("ALT", Decision::Retested, RetestReason::Other),
+        Some(("jinan".into(), 1))
+    );
+    // Recognition holds no patient data: registered without, so no consent was needed.
+    let node = w.fed.city("qingdao").unwrap().node().unwrap();
+    assert!(
+        node.wait_for_catalog(Duration::from_secs(1), |s| s.local.iter().any(|l| l
+            .record
+            .service
+            == RECOGNITION
+            && !l.record.personal_data))
+            .await
+    );
+    w.registries.stop().await;
+    w.fed.shutdown().await;
+}
