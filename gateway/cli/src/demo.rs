@@ -39,6 +39,21 @@ async fn run_demo(serve: bool) -> anyhow::Result<ExitCode> {
     let items = demo::run_items(fed).await?;
     println!("{}", demo::items_table(&items));
     println!();
+    println!("mutual recognition (检查检验结果互认): a Jinan patient tested in Jinan, treated in Qingdao;");
+    println!("the Qingdao hospital finds her results through the federation, with her consent:");
+    let story = demo::run_medical(fed).await?;
+    for l in &story.found {
+        println!("  {l}");
+    }
+    println!("the Qingdao physician decides on the eligible results:");
+    for l in &story.decisions {
+        println!("  {l}");
+    }
+    println!(
+        "statistics (Qingdao): {} recognised, {} re-tested",
+        story.recognised, story.retested
+    );
+    println!();
     println!("federation checks (consent, revocation, routing) on the probe service:");
     let rows = demo::run_calls(fed).await?;
     println!("{}", demo::table(&rows));
@@ -73,7 +88,7 @@ async fn run_demo(serve: bool) -> anyhow::Result<ExitCode> {
         );
     match &checked {
         Ok(()) => println!(
-            "ok: all {} items completed both ways with verified certificates; each cross-city call was answered by the other city's provider",
+            "ok: all {} items completed both ways with verified certificates; the recognition story went as told; each cross-city call was answered by the other city's provider",
             items.len()
         ),
         Err(e) => println!("FAILED: {e}"),

@@ -393,11 +393,13 @@ pub fn table(rows: &[Row]) -> String {
 pub struct Demo {
     pub fed: LocalFederation,
     pub departments: crate::departments::Departments,
+    pub registries: crate::medical::Registries,
 }
 
 impl Demo {
     pub async fn shutdown(self) {
         self.departments.stop().await;
+        self.registries.stop().await;
         self.fed.shutdown().await;
     }
 }
@@ -418,7 +420,13 @@ pub async fn start(root: &std::path::Path) -> Result<Demo, DemoError> {
         return Err(DemoError::NotFederated(wait));
     }
     let departments = crate::departments::Departments::start(&fed, DEMO_STEP).await?;
-    Ok(Demo { fed, departments })
+    let rules = tongban_medical::Rules::embedded().map_err(|e| DemoError::Check(e.to_string()))?;
+    let registries = crate::medical::Registries::start(&fed, &rules).await?;
+    Ok(Demo {
+        fed,
+        departments,
+        registries,
+    })
 }
 
 /// How long the demo's back offices take per step of an application.
@@ -698,4 +706,269 @@ pub fn items_table(rows: &[ItemRow]) -> String {
         ));
     }
     out.join("\n")
+}
+
+/// The patient story of mutual recognition, as the demo prints it.
+#[derive(Debug, Clone, Default)]
+pub struct MedicalStory {
+    /// One line per result found: item, origin, verdict and reasons.
+    pub found: Vec<String>,
+    pub eligible: usize,
+    pub not_eligible: usize,
+    /// The physician's decisions, one line each.
+    pub decisions: Vec<String>,
+    pub recognised: i64,
+    pub retested: i64,
+}
+
+/// Metadata of a medical call by `city/org` to `target` about `patient`.
+fn medical_request<T>(
+    fed: &LocalFederation,
+    msg: T,
+    (city, org): (&str, &str),
+    target: &str,
+    patient: Option<&str>,
+    consent: Option<&str>,
+) -> Result<Request<T>, DemoError> {
+    let mut r = Request::new(msg);
+    r.set_timeout(Duration::from_secs(10));
+    let token = fed.token(city, org)?;
+    let mut pairs = vec![
+        ("authorization", format!("Bearer {token}")),
+        (metadata::TARGET_CITY, target.to_string()),
+        (metadata::PURPOSE, "medical-treatment".to_string()),
+    ];
+    if let Some(p) = patient {
+        pairs.push((metadata::SUBJECT, p.to_string()));
+    }
+    if let Some(c) = consent {
+        pairs.push((metadata::CONSENT, c.to_string()));
+    }
+    for (k, v) in pairs {
+        let v = MetadataValue::try_from(v.as_str()).map_err(|e| DemoError::Check(e.to_string()))?;
+        r.metadata_mut().insert(k, v);
+    }
+    Ok(r)
+}
+
+/// A patient of Jinan, tested there, is treated in Qingdao: Jinan's hospitals publish her
+/// results; the Qingdao hospital finds them through the federation (with her consent), each
+/// with its verdict — one past its validity, one from an institution not accredited for the
+/// item, one not final — and its physician records a decision on each eligible result and
+/// one re-test; then the statistics.
+pub async fn run_medical(fed: &LocalFederation) -> Result<MedicalStory, DemoError> {
+    use tongban_proto::medical::v1::recognition_client::RecognitionClient;
+    use tongban_proto::medical::v1::result_registry_client::ResultRegistryClient;
+    use tongban_proto::medical::v1::{
+        result, DecideRequest, Decision, PublishRequest, Quantity, QueryRequest, Report,
+        ReportKind, ReportStatus, Result as LabResult, RetestReason, StatisticsRequest,
+    };
+    let err = |s: tonic::Status| DemoError::Check(format!("{:?}: {}", s.code(), s.message()));
+    let patient = demo_subject("37010219780506004");
+    let service = tongban_medical::SERVICE;
+    let (_, publish) = fed
+        .grant_consent_for(
+            service,
+            "jinan",
+            &patient,
+            "jinan/qilu",
+            "jinan",
+            "medical-treatment",
+        )
+        .await?;
+    let (_, read) = fed
+        .grant_consent_for(
+            service,
+            "jinan",
+            &patient,
+            "qingdao/qdfy",
+            "jinan",
+            "medical-treatment",
+        )
+        .await?;
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0),
+    )
+    .unwrap_or(0);
+    let day = 86_400_000;
+    let lab = |id: &str, loinc: &str, name: &str, value: f64, unit: &str| LabResult {
+        result_id: id.into(),
+        local_code: id.to_ascii_uppercase(),
+        loinc: loinc.into(),
+        display: name.into(),
+        value: Some(result::Value::Quantity(Quantity {
+            value,
+            unit: unit.into(),
+        })),
+        interpretation: "N".into(),
+        ..Default::default()
+    };
+    let report =
+        |id: &str, institution: &str, name: &str, status: ReportStatus, age_days: i64, results| {
+            Report {
+                report_id: id.into(),
+                patient_id: patient.clone(),
+                kind: ReportKind::Laboratory as i32,
+                status: status as i32,
+                collected_at_ms: now - age_days * day,
+                issued_at_ms: now - age_days * day + 3_600_000,
+                institution_code: institution.into(),
+                institution_name: name.into(),
+                department: "检验科".into(),
+                verifier: "李检验".into(),
+                results,
+                conclusion: String::new(),
+                attachment: Vec::new(),
+            }
+        };
+    let qilu = ("12370000495570024A", "山东大学齐鲁医院");
+    let community = ("12370100MB2836047H", "济南市历下区社区卫生服务中心");
+    let reports = [
+        report(
+            "JN-LAB-001",
+            qilu.0,
+            qilu.1,
+            ReportStatus::Final,
+            3,
+            vec![
+                lab("k", "2823-3", "血清钾", 4.1, "mmol/L"),
+                lab("hb", "718-7", "血红蛋白", 128.0, "g/L"),
+            ],
+        ),
+        report(
+            "JN-LAB-002",
+            qilu.0,
+            qilu.1,
+            ReportStatus::Final,
+            9,
+            vec![lab("na", "2951-2", "血清钠", 139.0, "mmol/L")],
+        ),
+        report(
+            "JN-LAB-003",
+            community.0,
+            community.1,
+            ReportStatus::Final,
+            5,
+            vec![lab("alt", "1742-6", "丙氨酸氨基转移酶", 24.0, "U/L")],
+        ),
+        report(
+            "JN-LAB-004",
+            qilu.0,
+            qilu.1,
+            ReportStatus::Preliminary,
+            1,
+            vec![lab("glu", "2345-7", "葡萄糖", 5.4, "mmol/L")],
+        ),
+    ];
+    let mut jinan = ResultRegistryClient::new(fed.channel("jinan").await?);
+    for r in reports {
+        let req = medical_request(
+            fed,
+            PublishRequest { report: Some(r) },
+            ("jinan", "qilu"),
+            "jinan",
+            Some(&patient),
+            Some(&publish),
+        )?;
+        jinan.publish(req).await.map_err(err)?;
+    }
+    let mut qingdao = ResultRegistryClient::new(fed.channel("qingdao").await?);
+    let req = medical_request(
+        fed,
+        QueryRequest::default(),
+        ("qingdao", "qdfy"),
+        "jinan",
+        Some(&patient),
+        Some(&read),
+    )?;
+    let found = qingdao.query(req).await.map_err(err)?.into_inner().results;
+    let mut story = MedicalStory::default();
+    let mut recognition = RecognitionClient::new(fed.channel("qingdao").await?);
+    for r in &found {
+        let v = r.verdict.clone().unwrap_or_default();
+        let res = r.result.clone().unwrap_or_default();
+        let item = if r.item.is_empty() {
+            res.loinc.clone()
+        } else {
+            r.item.clone()
+        };
+        story.found.push(format!(
+            "{:<6} {:<14} {:<10} from {:<8} {}",
+            item,
+            res.display,
+            r.report_id,
+            r.city,
+            if v.eligible {
+                "eligible".to_string()
+            } else {
+                format!("not eligible: {}", v.reasons.join("; "))
+            }
+        ));
+        if !v.eligible {
+            story.not_eligible += 1;
+            continue;
+        }
+        story.eligible += 1;
+        // The physician accepts the potassium and re-tests the haemoglobin (surgery ahead).
+        let (decision, reason) = if r.item == "K" {
+            (Decision::Accepted, RetestReason::Unspecified)
+        } else {
+            (Decision::Retested, RetestReason::MajorDecision)
+        };
+        let msg = DecideRequest {
+            origin_city: r.city.clone(),
+            report_id: r.report_id.clone(),
+            result_id: res.result_id.clone(),
+            item: r.item.clone(),
+            decision: decision as i32,
+            reason: reason as i32,
+            reason_text: String::new(),
+            physician: "qdfy-0231".into(),
+        };
+        let req = medical_request(fed, msg, ("qingdao", "qdfy"), "qingdao", None, None)?;
+        recognition.decide(req).await.map_err(err)?;
+        story.decisions.push(format!(
+            "{:<6} {}",
+            r.item,
+            if decision == Decision::Accepted {
+                "accepted (not repeated)"
+            } else {
+                "re-tested: major decision (surgery)"
+            }
+        ));
+    }
+    let req = medical_request(
+        fed,
+        StatisticsRequest::default(),
+        ("qingdao", "ybj"),
+        "qingdao",
+        None,
+        None,
+    )?;
+    let stats = recognition.statistics(req).await.map_err(err)?.into_inner();
+    story.recognised = stats.recognised;
+    story.retested = stats.retested;
+    Ok(story)
+}
+
+/// The story shows what it must: two eligible results, three refused for three different
+/// reasons, and the decisions counted.
+pub fn check_medical(s: &MedicalStory) -> Result<(), DemoError> {
+    let has = |what: &str| s.found.iter().any(|l| l.contains(what));
+    let ok = s.eligible == 2
+        && s.not_eligible == 3
+        && has("past its validity")
+        && has("not accredited")
+        && has("preliminary")
+        && (s.recognised, s.retested) == (1, 1);
+    if ok {
+        Ok(())
+    } else {
+        Err(DemoError::Check(format!(
+            "the medical story did not go as expected: {s:?}"
+        )))
+    }
 }
