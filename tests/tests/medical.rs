@@ -558,3 +558,89 @@ async fn decisions_are_recorded_and_counted_for_regulators() {
     w.registries.stop().await;
     w.fed.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_export_as_fhir_r4_that_an_independent_validator_accepts() {
+    let w = world().await;
+    let now = now_ms();
+    let mut k = lab("k", "2823-3", 4.1, "mmol/L");
+    k.display = "Potassium".into();
+    k.reference_range = Some(tongban_proto::medical::v1::ReferenceRange {
+        low: Some(3.5),
+        high: Some(5.3),
+        unit: "mmol/L".into(),
+        text: String::new(),
+    });
+    let lab_report = report(
+        "R/1 2",
+        &w.patient,
+        QILU,
+        ReportStatus::Final,
+        now - DAY,
+        vec![k, lab("hb", "718-7", 128.0, "g/L")],
+    );
+    w.publish(lab_report).await.unwrap();
+    let mut ct = report(
+        "CT9",
+        &w.patient,
+        QILU,
+        ReportStatus::Amended,
+        now - DAY,
+        vec![LabResult {
+            result_id: "ct".into(),
+            modality: "CT".into(),
+            body_site: "head".into(),
+            study_instance_uid: "1.2.840.113619.2.55.3.604688119".into(),
+            accession_number: "A2026112301".into(),
+            value: Some(result::Value::Text("颅内未见明显异常".into())),
+            ..Default::default()
+        }],
+    );
+    ct.kind = ReportKind::Imaging as i32;
+    w.publish(ct).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (id, expect_types, expect_status) in [
+        (
+            "R/1 2",
+            vec!["DiagnosticReport", "Observation", "Observation"],
+            "final",
+        ),
+        ("CT9", vec!["DiagnosticReport", "ImagingStudy"], "amended"),
+    ] {
+        let req = w.call(
+            GetReportRequest {
+                report_id: id.into(),
+            },
+            ("qingdao", "qdfy"),
+            "jinan",
+            "medical-treatment",
+            Some(&w.read_consent),
+        );
+        let doc = w
+            .registry("qingdao")
+            .await
+            .export_fhir(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .json;
+        assert!(!doc.contains(&w.patient), "clear id in the export");
+        let file = dir.path().join("export.json");
+        std::fs::write(&file, &doc).unwrap();
+        let v =
+            tongban_tests::run_python_json("fhir_validate.py", vec![file.display().to_string()])
+                .await;
+        assert_eq!(v["fhir_version"], "4.0.1", "{v}");
+        assert_eq!(v["types"], serde_json::json!(expect_types), "{v}");
+        assert_eq!(v["statuses"][0], expect_status, "{v}");
+        assert_eq!(v["without_code"], "refused", "{v}");
+        if id == "CT9" {
+            assert_eq!(v["imaging_uids"][0], "1.2.840.113619.2.55.3.604688119");
+        } else {
+            assert_eq!(v["loinc"], serde_json::json!(["2823-3", "718-7"]));
+            assert_eq!(v["units"], serde_json::json!(["mmol/L", "g/L"]));
+        }
+    }
+    w.registries.stop().await;
+    w.fed.shutdown().await;
+}

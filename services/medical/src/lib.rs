@@ -3,6 +3,7 @@
 //!
 //! - [`rules`]: the recognised items, validity periods and accreditations, as versioned data
 //!   (`deploy/medical/`), and the verdict on one result with every reason it failed;
+//! - [`fhir`]: a report as FHIR R4 JSON;
 //! - [`store`]: reports (patients by keyed pseudonym only), attachments and decisions in sled;
 //! - [`service`]: the services, `ResultRegistry` and `Recognition`;
 //! - [`error`]: every refusal, mapped to a gRPC status once.
@@ -11,6 +12,7 @@
 //! decision is recorded in the physician's city for the regulators' statistics.
 
 pub mod error;
+pub mod fhir;
 pub mod rules;
 pub mod service;
 pub mod store;

@@ -10,9 +10,9 @@ use tongban_gateway::subject::Pseudonymizer;
 use tongban_proto::medical::v1::recognition_server::Recognition;
 use tongban_proto::medical::v1::result_registry_server::ResultRegistry;
 use tongban_proto::medical::v1::{
-    report_chunk, DecideRequest, DecideResponse, Decision, GetReportRequest, PublishRequest,
-    PublishResponse, QueryRequest, QueryResponse, QueryResult, Report, ReportChunk, ReportKind,
-    ReportStatus, RetestReason, StatisticsRequest, StatisticsResponse, StatisticsRow,
+    report_chunk, DecideRequest, DecideResponse, Decision, FhirDocument, GetReportRequest,
+    PublishRequest, PublishResponse, QueryRequest, QueryResponse, QueryResult, Report, ReportChunk,
+    ReportKind, ReportStatus, RetestReason, StatisticsRequest, StatisticsResponse, StatisticsRow,
 };
 use tongban_proto::metadata::{CALLER, ORIGIN_CITY, SUBJECT};
 use tonic::metadata::MetadataMap;
@@ -217,16 +217,7 @@ impl ResultRegistry for Registry {
     type GetReportStream = Chunks;
 
     async fn get_report(&self, req: Request<GetReportRequest>) -> Result<Response<Chunks>, Status> {
-        let v = vouched(req.metadata())?;
-        let subject = v.subject.ok_or(MedicalError::NoSubject)?;
-        let id = req.into_inner().report_id;
-        let (header, owner) = self
-            .store
-            .report(&id)?
-            .ok_or_else(|| MedicalError::NotFound(id.clone()))?;
-        if owner != self.pseudonyms.pseudonym(&subject) {
-            return Err(MedicalError::OtherPatient(id).into());
-        }
+        let (id, header) = self.owned_report(req)?;
         let attachment = self.store.attachment(&id)?;
         let mut parts = vec![Ok(ReportChunk {
             part: Some(report_chunk::Part::Header(header)),
@@ -237,6 +228,36 @@ impl ResultRegistry for Registry {
             })
         }));
         Ok(Response::new(Box::pin(tokio_stream::iter(parts))))
+    }
+
+    async fn export_fhir(
+        &self,
+        req: Request<GetReportRequest>,
+    ) -> Result<Response<FhirDocument>, Status> {
+        let (_, report) = self.owned_report(req)?;
+        Ok(Response::new(FhirDocument {
+            json: crate::fhir::export(&report).to_string(),
+        }))
+    }
+}
+
+impl Registry {
+    /// The report a call asks for, if it is about the patient the node vouched for.
+    fn owned_report(
+        &self,
+        req: Request<GetReportRequest>,
+    ) -> Result<(String, Report), MedicalError> {
+        let v = vouched(req.metadata())?;
+        let subject = v.subject.ok_or(MedicalError::NoSubject)?;
+        let id = req.into_inner().report_id;
+        let (header, owner) = self
+            .store
+            .report(&id)?
+            .ok_or_else(|| MedicalError::NotFound(id.clone()))?;
+        if owner != self.pseudonyms.pseudonym(&subject) {
+            return Err(MedicalError::OtherPatient(id));
+        }
+        Ok((id, header))
     }
 }
 
