@@ -644,3 +644,167 @@ async fn reports_export_as_fhir_r4_that_an_independent_validator_accepts() {
     w.registries.stop().await;
     w.fed.shutdown().await;
 }
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/fhir")
+        .join(name)
+}
+
+/// `tongban medical import FILE --dry-run`: (exit code, stdout + stderr).
+fn cli_import(file: &std::path::Path, extra: &[&str]) -> (i32, String) {
+    let bin = std::env::var_os("TONGBAN_BIN").expect("TONGBAN_BIN (tests/run.sh sets it)");
+    let out = std::process::Command::new(bin)
+        .args(["medical", "import"])
+        .arg(file)
+        .arg("--dry-run")
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fhir_r4_resources_import_and_bad_ones_are_refused_where_they_are_wrong() {
+    use tongban_medical::fhir_import::{import, Defaults};
+    let w = world().await;
+    // The fixtures name the demo patient; this federation's patient is another: say so.
+    let defaults = Defaults::default();
+    let mut published = Vec::new();
+    for name in [
+        "cbc-contained.json",
+        "panel-bundle.json",
+        "ct-head-study.json",
+    ] {
+        let text = std::fs::read_to_string(fixture(name)).unwrap();
+        let d = if name == "ct-head-study.json" {
+            Defaults {
+                institution_code: Some(QILU.into()),
+                ..Defaults::default()
+            }
+        } else if name == "panel-bundle.json" {
+            // Its subject and performer are references without identifiers.
+            Defaults {
+                patient: Some("370102197805060048".into()),
+                institution_code: Some(QILU.into()),
+                institution_name: None,
+            }
+        } else {
+            defaults.clone()
+        };
+        for mut r in import(&text, &d).unwrap() {
+            assert_eq!(r.patient_id, "370102197805060048", "{name}");
+            r.patient_id = w.patient.clone();
+            published.push(r.report_id.clone());
+            w.publish(r).await.unwrap();
+        }
+    }
+    // Found from Qingdao, valid as of 2026-11-21 08:00 CST.
+    let mut req = w.call(
+        QueryRequest {
+            item_codes: Vec::new(),
+            valid_at_ms: 1_795_219_200_000,
+        },
+        ("qingdao", "qdfy"),
+        "jinan",
+        "medical-treatment",
+        Some(&w.read_consent),
+    );
+    req.set_timeout(Duration::from_secs(10));
+    let rs = w
+        .registry("qingdao")
+        .await
+        .query(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let items: Vec<(&str, &str, bool)> = rs
+        .iter()
+        .map(|r| {
+            (
+                r.report_id.as_str(),
+                r.item.as_str(),
+                r.verdict.as_ref().unwrap().eligible,
+            )
+        })
+        .collect();
+    for expected in [
+        ("QL-CBC-20261120-0042", "CBC", true),
+        ("chem", "K", true),
+        ("chem", "CREA", true),
+        (
+            "1.2.840.113619.2.55.3.604688119.971.1605141211.123",
+            "CT-HEAD",
+            true,
+        ),
+    ] {
+        assert!(items.contains(&expected), "{expected:?} not in {items:?}");
+    }
+    let hb = rs
+        .iter()
+        .find(|r| r.result.as_ref().unwrap().loinc == "718-7")
+        .unwrap();
+    let hb_result = hb.result.as_ref().unwrap();
+    assert_eq!(hb_result.local_code, "HGB");
+    assert_eq!(hb_result.reference_range.as_ref().unwrap().low, Some(115.0));
+    assert_eq!(hb_result.interpretation, "N");
+
+    // The CLI checks the same files, and names the bad element of broken ones (exit 65).
+    let (code, out) = cli_import(&fixture("cbc-contained.json"), &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("3 result(s) [718-7, 6690-2, 777-3]"), "{out}");
+    let (code, out) = cli_import(&fixture("ct-head-study.json"), &["--institution", QILU]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = cli_import(&fixture("panel-bundle.json"), &[]);
+    assert_eq!(code, 65);
+    assert!(out.contains("Bundle.entry[0].resource.subject"), "{out}");
+    let cbc = std::fs::read_to_string(fixture("cbc-contained.json")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (edit, at) in [
+        (
+            ("\"reference\": \"#plt\"", "\"reference\": \"#rbc\""),
+            "DiagnosticReport.result[2].reference",
+        ),
+        (
+            ("\"conclusion\"", "\"colour\": 1, \"conclusion\""),
+            "DiagnosticReport.colour",
+        ),
+        (
+            ("\"code\": \"6690-2\"", "\"code\": 6690"),
+            "DiagnosticReport.contained[1].code.coding[0].code",
+        ),
+        (
+            ("\"value\": 128,", "\"value\": \"128\","),
+            "DiagnosticReport.contained[0].valueQuantity.value",
+        ),
+        (
+            (
+                "\"status\": \"final\",\n  \"category\"",
+                "\"status\": \"done\",\n  \"category\"",
+            ),
+            "DiagnosticReport.status",
+        ),
+        (
+            ("\"effectiveDateTime\"", "\"effectiveDate\""),
+            "DiagnosticReport.effectiveDate",
+        ),
+    ] {
+        let broken = cbc.replacen(edit.0, edit.1, 1);
+        assert_ne!(broken, cbc, "edit {edit:?} did not apply");
+        let file = dir.path().join("broken.json");
+        std::fs::write(&file, broken).unwrap();
+        let (code, out) = cli_import(&file, &[]);
+        assert_eq!(code, 65, "{out}");
+        assert!(out.contains(&format!("refused: {at}:")), "{at}: {out}");
+    }
+    w.registries.stop().await;
+    w.fed.shutdown().await;
+}

@@ -7,6 +7,7 @@ mod cert;
 mod certs;
 mod client;
 mod demo;
+mod medical;
 mod node;
 mod policy;
 mod provider;
@@ -69,6 +70,9 @@ enum Cmd {
     /// A node's audit log.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
+    /// Medical results: import FHIR R4 into a city's result registry.
+    #[command(subcommand)]
+    Medical(medical::MedicalCmd),
     /// Electronic certificates (电子证照) issued by the cross-city services.
     #[command(subcommand)]
     Cert(cert::CertCmd),
@@ -109,6 +113,7 @@ fn main() -> ExitCode {
         Cmd::Policy(c) => policy::run(c),
         Cmd::Audit(c) => audit::run(c),
         Cmd::Cert(c) => cert::run(c),
+        Cmd::Medical(c) => medical::run(c),
         Cmd::Catalog(c) => catalog::run(c),
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! - [`rules`]: the recognised items, validity periods and accreditations, as versioned data
 //!   (`deploy/medical/`), and the verdict on one result with every reason it failed;
-//! - [`fhir`]: a report as FHIR R4 JSON;
+//! - [`fhir`]: a report as FHIR R4 JSON; [`fhir_import`]: FHIR R4 resources into reports;
 //! - [`store`]: reports (patients by keyed pseudonym only), attachments and decisions in sled;
 //! - [`service`]: the services, `ResultRegistry` and `Recognition`;
 //! - [`error`]: every refusal, mapped to a gRPC status once.
@@ -13,6 +13,7 @@
 
 pub mod error;
 pub mod fhir;
+pub mod fhir_import;
 pub mod rules;
 pub mod service;
 pub mod store;

@@ -1,0 +1,126 @@
+//! `tongban medical import`: FHIR R4 resources into a city's result registry.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use tongban_medical::fhir_import::{self, Defaults};
+use tongban_proto::medical::v1::result_registry_client::ResultRegistryClient;
+use tongban_proto::medical::v1::PublishRequest;
+use tongban_proto::metadata;
+
+#[derive(Subcommand)]
+pub enum MedicalCmd {
+    /// Import a DiagnosticReport (Observations contained or bundled), an ImagingStudy, or a
+    /// Bundle of them: check it (--dry-run) or publish it through a node. Invalid resources
+    /// are refused naming the FHIRPath of the bad element (exit 65).
+    Import {
+        file: PathBuf,
+        /// The patient's resident id, when `subject` carries no resident-id identifier.
+        #[arg(long)]
+        patient: Option<String>,
+        /// The performing institution's credit code (and name), when `performer` has none.
+        #[arg(long)]
+        institution: Option<String>,
+        #[arg(long)]
+        institution_name: Option<String>,
+        /// Only check and print what would be published.
+        #[arg(long)]
+        dry_run: bool,
+        /// The hospital's node (caller address), e.g. http://127.0.0.1:7000.
+        #[arg(long, required_unless_present = "dry_run")]
+        node: Option<String>,
+        /// The hospital's caller JWT; env TONGBAN_TOKEN.
+        #[arg(long, env = "TONGBAN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// The node's city (the registry published to).
+        #[arg(long, required_unless_present = "dry_run")]
+        city: Option<String>,
+        /// The patient's consent token for this hospital (ResultRegistry, medical-treatment).
+        #[arg(long)]
+        consent: Option<String>,
+    },
+}
+
+pub fn run(cmd: MedicalCmd) -> ExitCode {
+    let MedicalCmd::Import {
+        file,
+        patient,
+        institution,
+        institution_name,
+        dry_run,
+        node,
+        token,
+        city,
+        consent,
+    } = cmd;
+    let text = match std::fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tongban: cannot read {}: {e}", file.display());
+            return ExitCode::from(crate::EX_CONFIG);
+        }
+    };
+    let defaults = Defaults {
+        patient,
+        institution_code: institution,
+        institution_name,
+    };
+    let reports = match fhir_import::import(&text, &defaults) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tongban: {} refused: {e}", file.display());
+            return ExitCode::from(crate::EX_DATAERR);
+        }
+    };
+    for r in &reports {
+        let codes: Vec<String> = r
+            .results
+            .iter()
+            .map(|x| {
+                if x.loinc.is_empty() {
+                    format!("{} {}", x.modality, x.body_site)
+                } else {
+                    x.loinc.clone()
+                }
+            })
+            .collect();
+        println!(
+            "report {}: {} result(s) [{}], {}",
+            r.report_id,
+            r.results.len(),
+            codes.join(", "),
+            r.institution_code
+        );
+    }
+    if dry_run {
+        return ExitCode::SUCCESS;
+    }
+    crate::block_on(async move {
+        let node = node.unwrap_or_default();
+        let token = token
+            .ok_or_else(|| anyhow::anyhow!("--token (or TONGBAN_TOKEN) is needed to publish"))?;
+        let city = city.unwrap_or_default();
+        let mut client = ResultRegistryClient::new(crate::client::connect(&node, &token).await?);
+        for r in reports {
+            let mut req = tonic::Request::new(PublishRequest {
+                report: Some(r.clone()),
+            });
+            let md = req.metadata_mut();
+            md.insert(metadata::TARGET_CITY, city.parse()?);
+            md.insert(metadata::PURPOSE, "medical-treatment".parse()?);
+            md.insert(metadata::SUBJECT, r.patient_id.parse()?);
+            if let Some(c) = &consent {
+                md.insert(metadata::CONSENT, c.parse()?);
+            }
+            match client.publish(req).await {
+                Ok(_) => println!("published {}", r.report_id),
+                Err(s) => {
+                    eprintln!("tongban: {:?}: {}", s.code(), s.message());
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
