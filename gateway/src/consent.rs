@@ -28,6 +28,10 @@ use tonic::{Request, Response, Status};
 use crate::auth::{require, Grant};
 use crate::auth::{Authenticator, Caller};
 use crate::config::{validate_city_id, validate_org_id};
+
+/// A consent's target city meaning every city of the federation: the subject lets the
+/// grantee read their data wherever it is held (a federation-wide medical query).
+pub const ANY_CITY: &str = "*";
 use crate::error::{ApiError, BadField};
 use crate::registry::validate_service_name;
 use crate::store::{Keyspace, Store, StoreError};
@@ -170,7 +174,8 @@ pub fn verify(
     if c.gnt != scope.caller {
         return Err(out("grantee", &c.gnt, scope.caller));
     }
-    if c.tgt != scope.target_city {
+    // `*`: wherever in the federation the subject's data is (a federation-wide query).
+    if c.tgt != ANY_CITY && c.tgt != scope.target_city {
         return Err(out("target city", &c.tgt, scope.target_city));
     }
     if c.svc != scope.service {
@@ -351,7 +356,9 @@ impl ConsentRpc for ConsentApi {
             .ok_or_else(|| bad("grantee")("grantee must be city/org".into()))?;
         validate_city_id(gcity).map_err(bad("grantee"))?;
         validate_org_id(gorg).map_err(bad("grantee"))?;
-        validate_city_id(&g.target_city).map_err(bad("target_city"))?;
+        if g.target_city != ANY_CITY {
+            validate_city_id(&g.target_city).map_err(bad("target_city"))?;
+        }
         validate_service_name(&g.service).map_err(bad("service"))?;
         validate_org_id(&g.purpose).map_err(|_| {
             bad("purpose")("purpose must be lowercase ascii letters, digits and '-'".into())

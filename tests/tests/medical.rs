@@ -808,3 +808,116 @@ async fn fhir_r4_resources_import_and_bad_ones_are_refused_where_they_are_wrong(
     w.registries.stop().await;
     w.fed.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_naming_no_city_asks_every_city_and_is_partial_when_one_is_down() {
+    use tongban_medical::federated::{query_everywhere, registry_cities, Asker};
+    let mut w = world().await;
+    let now = now_ms();
+    // One consent for every city of the federation, granted on the patient's home node.
+    let (_, everywhere) = w
+        .fed
+        .grant_consent_for(
+            SERVICE,
+            "jinan",
+            &w.patient,
+            "qingdao/qdfy",
+            "*",
+            "medical-treatment",
+        )
+        .await
+        .unwrap();
+    w.publish(report(
+        "JN-1",
+        &w.patient,
+        QILU,
+        ReportStatus::Final,
+        now - DAY,
+        vec![lab("k", "2823-3", 4.1, "mmol/L")],
+    ))
+    .await
+    .unwrap();
+    // A Qingdao hospital published a result of its own for the same patient.
+    let qd = report(
+        "QD-1",
+        &w.patient,
+        "12370200427405888X",
+        ReportStatus::Final,
+        now - DAY,
+        vec![lab("glu", "2345-7", 5.1, "mmol/L")],
+    );
+    let req = w.call(
+        PublishRequest { report: Some(qd) },
+        ("qingdao", "qdfy"),
+        "qingdao",
+        "medical-treatment",
+        Some(&everywhere),
+    );
+    w.registry("qingdao").await.publish(req).await.unwrap();
+
+    let (token, patient) = (w.fed.token("qingdao", "qdfy").unwrap(), w.patient.clone());
+    let asker = |consent: &str| Asker {
+        token: token.clone(),
+        patient: patient.clone(),
+        consent: consent.to_string(),
+        timeout: Duration::from_secs(3),
+    };
+    let channel = w.fed.channel("qingdao").await.unwrap();
+    let cities = registry_cities(channel.clone(), &asker(&everywhere))
+        .await
+        .unwrap();
+    assert_eq!(cities, ["jinan", "qingdao"]);
+    let (answer, missing) = query_everywhere(
+        channel.clone(),
+        &cities,
+        &asker(&everywhere),
+        QueryRequest::default(),
+    )
+    .await;
+    assert!(!answer.partial && missing.is_empty(), "{missing:?}");
+    let mut found: Vec<(String, String)> = answer
+        .results
+        .iter()
+        .map(|r| (r.city.clone(), r.report_id.clone()))
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            ("jinan".to_string(), "JN-1".to_string()),
+            ("qingdao".to_string(), "QD-1".to_string())
+        ]
+    );
+    // A consent for Jinan only: Qingdao's own registry refuses it; the answer is partial.
+    let (answer, missing) = query_everywhere(
+        channel.clone(),
+        &cities,
+        &asker(&w.read_consent),
+        QueryRequest::default(),
+    )
+    .await;
+    assert!(answer.partial);
+    assert_eq!(answer.unreachable_cities, ["qingdao"]);
+    assert_eq!(missing[0].code, Code::PermissionDenied);
+    assert_eq!(answer.results.len(), 1);
+
+    // Jinan's node goes down: Qingdao's results still come, the answer says it is partial.
+    w.fed.stop_node("jinan").await.unwrap();
+    let (answer, missing) = query_everywhere(
+        channel,
+        &cities,
+        &asker(&everywhere),
+        QueryRequest::default(),
+    )
+    .await;
+    assert!(answer.partial);
+    assert_eq!(answer.unreachable_cities, ["jinan"]);
+    assert!(
+        matches!(missing[0].code, Code::Unavailable | Code::DeadlineExceeded),
+        "{missing:?}"
+    );
+    assert_eq!(answer.results.len(), 1);
+    assert_eq!(answer.results[0].city, "qingdao");
+    w.registries.stop().await;
+    w.fed.shutdown().await;
+}

@@ -40,9 +40,41 @@ pub enum MedicalCmd {
         #[arg(long)]
         consent: Option<String>,
     },
+    /// A patient's results with their recognition verdicts: from one city (--city), or from
+    /// every city whose registry the node lists, merged, partial when one does not answer.
+    Query {
+        /// The hospital's node (caller address).
+        #[arg(long)]
+        node: String,
+        /// The hospital's caller JWT; env TONGBAN_TOKEN.
+        #[arg(long, env = "TONGBAN_TOKEN", hide_env_values = true)]
+        token: String,
+        #[arg(long)]
+        patient: String,
+        /// The patient's consent for this hospital (target city `*` to ask every city).
+        #[arg(long)]
+        consent: String,
+        /// Only this city; every city when absent.
+        #[arg(long)]
+        city: Option<String>,
+        /// Recognition item codes or LOINC codes (repeat); every item when absent.
+        #[arg(long = "item")]
+        items: Vec<String>,
+    },
 }
 
 pub fn run(cmd: MedicalCmd) -> ExitCode {
+    let cmd = match cmd {
+        MedicalCmd::Query {
+            node,
+            token,
+            patient,
+            consent,
+            city,
+            items,
+        } => return query(node, token, patient, consent, city, items),
+        import => import,
+    };
     let MedicalCmd::Import {
         file,
         patient,
@@ -53,7 +85,10 @@ pub fn run(cmd: MedicalCmd) -> ExitCode {
         token,
         city,
         consent,
-    } = cmd;
+    } = cmd
+    else {
+        return ExitCode::FAILURE;
+    };
     let text = match std::fs::read_to_string(&file) {
         Ok(t) => t,
         Err(e) => {
@@ -120,6 +155,67 @@ pub fn run(cmd: MedicalCmd) -> ExitCode {
                     return Ok(ExitCode::FAILURE);
                 }
             }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn query(
+    node: String,
+    token: String,
+    patient: String,
+    consent: String,
+    city: Option<String>,
+    items: Vec<String>,
+) -> ExitCode {
+    use tongban_medical::federated::{query_everywhere, registry_cities, Asker};
+    crate::block_on(async move {
+        let channel = tonic::transport::Channel::from_shared(node.clone())?
+            .connect()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach the node at {node}: {e}"))?;
+        let asker = Asker {
+            token,
+            patient,
+            consent,
+            timeout: std::time::Duration::from_secs(10),
+        };
+        let cities = match city {
+            Some(c) => vec![c],
+            None => registry_cities(channel.clone(), &asker)
+                .await
+                .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?,
+        };
+        let q = tongban_proto::medical::v1::QueryRequest {
+            item_codes: items,
+            valid_at_ms: 0,
+        };
+        let (answer, missing) = query_everywhere(channel, &cities, &asker, q).await;
+        for r in &answer.results {
+            let v = r.verdict.clone().unwrap_or_default();
+            let res = r.result.clone().unwrap_or_default();
+            println!(
+                "{:<8} {:<24} {:<8} {:<10} {}",
+                r.city,
+                r.report_id,
+                if r.item.is_empty() {
+                    res.loinc.as_str()
+                } else {
+                    r.item.as_str()
+                },
+                if v.eligible {
+                    "eligible"
+                } else {
+                    "not eligible"
+                },
+                v.reasons.join("; ")
+            );
+        }
+        for m in &missing {
+            println!(
+                "partial: {} did not answer ({:?}: {})",
+                m.city, m.code, m.message
+            );
         }
         Ok(ExitCode::SUCCESS)
     })

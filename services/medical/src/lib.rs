@@ -4,6 +4,7 @@
 //! - [`rules`]: the recognised items, validity periods and accreditations, as versioned data
 //!   (`deploy/medical/`), and the verdict on one result with every reason it failed;
 //! - [`fhir`]: a report as FHIR R4 JSON; [`fhir_import`]: FHIR R4 resources into reports;
+//! - [`federated`]: a hospital's query across every city, merged, partial when one is down;
 //! - [`store`]: reports (patients by keyed pseudonym only), attachments and decisions in sled;
 //! - [`service`]: the services, `ResultRegistry` and `Recognition`;
 //! - [`error`]: every refusal, mapped to a gRPC status once.
@@ -12,6 +13,7 @@
 //! decision is recorded in the physician's city for the regulators' statistics.
 
 pub mod error;
+pub mod federated;
 pub mod fhir;
 pub mod fhir_import;
 pub mod rules;
