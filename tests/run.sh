@@ -6,6 +6,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 bash tests/setup-python.sh
 bash tests/setup-tools.sh
+bash tests/setup-fhir-examples.sh
 # One crate, one job: no two modules of a crate import each other (directly or in a ring).
 python3 tests/tools/module_cycles.py gateway/src gateway/devkit/src gateway/cli/src proto/src \
   gateway/catalog/src services/crosscity/src

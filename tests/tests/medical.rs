@@ -921,3 +921,102 @@ async fn a_query_naming_no_city_asks_every_city_and_is_partial_when_one_is_down(
     w.registries.stop().await;
     w.fed.shutdown().await;
 }
+
+/// The HL7 FHIR R4 examples (package hl7.fhir.r4.examples 4.0.1, fetched by
+/// tests/setup-fhir-examples.sh, which tests/run.sh runs).
+fn hl7_example(name: &str) -> String {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/fhir-r4-examples")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run `bash tests/setup-fhir-examples.sh`; tests/run.sh does)",
+            path.display()
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hl7_r4_examples_import_publish_and_export_valid_fhir() {
+    use tongban_medical::fhir_import::{import, Defaults};
+    let w = world().await;
+    let d = Defaults {
+        patient: Some(w.patient.clone()),
+        institution_code: Some(QILU.into()),
+        institution_name: Some("Acme Laboratory".into()),
+    };
+    // The General Health Profile: a chemistry panel, the CBC panel and a urinalysis, each an
+    // Observation with hasMember, all in one Bundle.
+    let ghp = import(&hl7_example("Bundle-ghp.json"), &d).unwrap();
+    assert_eq!(ghp.len(), 1);
+    let report = &ghp[0];
+    assert_eq!(report.report_id, "ghp-example");
+    assert_eq!(report.results.len(), 48);
+    let hb = report.results.iter().find(|r| r.loinc == "718-7").unwrap();
+    assert_eq!(hb.display, "Haemoglobin");
+    assert!(
+        matches!(&hb.value, Some(result::Value::Quantity(q)) if q.value == 176.0 && q.unit == "g/L")
+    );
+    assert_eq!(hb.reference_range.as_ref().unwrap().low, Some(135.0));
+    w.publish(report.clone()).await.unwrap();
+    assert_eq!(
+        import(&hl7_example("Bundle-lipids.json"), &d).unwrap()[0]
+            .results
+            .len(),
+        4
+    );
+    let ct = import(&hl7_example("ImagingStudy-example.json"), &d).unwrap();
+    assert_eq!(ct[0].results[0].modality, "CT");
+    // Examples this importer cannot use, refused where they fall short.
+    let e = import(&hl7_example("DiagnosticReport-f201.json"), &d).unwrap_err();
+    assert_eq!(e.at, "DiagnosticReport.imagingStudy[0].reference");
+    let e = import(&hl7_example("DiagnosticReport-102.json"), &d).unwrap_err();
+    assert_eq!(e.at, "DiagnosticReport.result[0].reference");
+
+    // Found from Qingdao: results of 2015, past their validity, from an institution not
+    // accredited then.
+    let rs = w
+        .query("medical-treatment", Some(&w.read_consent))
+        .await
+        .unwrap();
+    let k = rs.iter().find(|r| r.item == "K").unwrap();
+    let v = k.verdict.as_ref().unwrap();
+    assert!(!v.eligible);
+    assert!(
+        v.reasons.iter().any(|r| r.contains("past its validity")),
+        "{v:?}"
+    );
+    assert!(
+        v.reasons.iter().any(|r| r.contains("not accredited")),
+        "{v:?}"
+    );
+
+    // Exported back as FHIR R4, accepted by the independent validator.
+    let req = w.call(
+        GetReportRequest {
+            report_id: "ghp-example".into(),
+        },
+        ("qingdao", "qdfy"),
+        "jinan",
+        "medical-treatment",
+        Some(&w.read_consent),
+    );
+    let doc = w
+        .registry("qingdao")
+        .await
+        .export_fhir(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .json;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ghp-export.json");
+    std::fs::write(&file, doc).unwrap();
+    let v =
+        tongban_tests::run_python_json("fhir_validate.py", vec![file.display().to_string()]).await;
+    assert_eq!(v["fhir_version"], "4.0.1");
+    assert_eq!(v["types"].as_array().unwrap().len(), 49, "{v}");
+    assert_eq!(v["without_code"], "refused");
+    w.registries.stop().await;
+    w.fed.shutdown().await;
+}
