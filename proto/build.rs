@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "tongban/medical/v1/medical.proto",
     "tongban/consent/v1/consent.proto",
     "tongban/audit/v1/audit.proto",
+    "tongban/admin/v1/admin.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -25,6 +25,7 @@ pub mod registry;
 pub mod registry_api;
 pub mod server;
 pub mod stats;
+pub mod status_api;
 pub mod store;
 pub mod subject;
 pub mod trust;

@@ -35,6 +35,7 @@ use crate::store::Store;
 use crate::subject::Pseudonymizer;
 use crate::trust::{NodeIdentity, TrustBundle, TrustError};
 use crate::upstream::{Endpoint, Keepalive};
+use tongban_proto::admin::v1::admin_server::AdminServer;
 use tongban_proto::audit::v1::audit_server::AuditServer;
 use tongban_proto::consent::v1::consent_server::ConsentServer;
 
@@ -286,6 +287,17 @@ impl PreparedNode {
                 .map(|(c, p)| (c.clone(), p.control.clone()))
                 .collect(),
             connect_timeout: config.limits.connect_timeout,
+        }))
+        .add_service(AdminServer::new(crate::status_api::StatusApi {
+            city: config.city.clone(),
+            started_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                .unwrap_or(0),
+            auth: checks.auth.clone(),
+            catalog: catalog.clone(),
+            peers: peers.clone(),
+            auditor: auditor.clone(),
         }))
         .add_service(health_svc.clone())
         .add_service(reflection_v1)

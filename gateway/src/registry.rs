@@ -18,6 +18,7 @@ const RESERVED_PREFIXES: &[&str] = &[
     "tongban.registry.",
     "tongban.consent.",
     "tongban.audit.",
+    "tongban.admin.",
     "tongban.federation.",
     "grpc.health.",
     "grpc.reflection.",

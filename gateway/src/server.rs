@@ -34,6 +34,7 @@ const CALLER_CONTROL: &[&str] = &[
     "/tongban.registry.v1.Registry/",
     "/tongban.consent.v1.Consent/",
     "/tongban.audit.v1.Audit/",
+    "/tongban.admin.v1.Admin/",
     "/grpc.health.v1.Health/",
     "/grpc.reflection.v1.ServerReflection/",
     "/grpc.reflection.v1alpha.ServerReflection/",

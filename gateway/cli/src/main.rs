@@ -12,6 +12,7 @@ mod node;
 mod policy;
 mod provider;
 mod registry;
+mod status;
 mod token;
 
 use std::path::PathBuf;
@@ -70,6 +71,12 @@ enum Cmd {
     /// A node's audit log.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
+    /// A node's state at a glance (peers, catalogs, audit head, recent errors); exit 1 when
+    /// a peer is down. Needs a token with role audit-operator.
+    Status {
+        #[command(flatten)]
+        at: client::NodeArgs,
+    },
     /// Medical results: import FHIR R4 into a city's result registry.
     #[command(subcommand)]
     Medical(medical::MedicalCmd),
@@ -112,6 +119,7 @@ fn main() -> ExitCode {
         Cmd::Token(c) => token::run(c),
         Cmd::Policy(c) => policy::run(c),
         Cmd::Audit(c) => audit::run(c),
+        Cmd::Status { at } => status::run(at),
         Cmd::Cert(c) => cert::run(c),
         Cmd::Medical(c) => medical::run(c),
         Cmd::Catalog(c) => catalog::run(c),
