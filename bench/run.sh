@@ -37,6 +37,7 @@ client_cpu="taskset -c 1"
 if ! command -v taskset >/dev/null || [ "$(nproc)" -lt 2 ]; then server_cpu=""; client_cpu=""; fi
 
 "$bin/tongban" certs init --out "$work/certs" --city jinan --city qingdao >/dev/null
+cp -r deploy/catalog "$work/"   # the configs name it relative to themselves
 for city in jinan qingdao; do
   cp "deploy/$city.toml" "deploy/policy-$city.toml" "$work/"
   # The benchmark's caller makes far more calls than a department: lift its rate limit and
