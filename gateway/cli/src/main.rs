@@ -36,8 +36,18 @@ struct Cli {
     /// Log filter (tracing env-filter syntax); RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "info")]
     log: String,
+    /// Log lines for people (`text`) or one JSON object per line (`json`), with the fields
+    /// of the enclosing spans (a call's `request_id`).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -89,17 +99,23 @@ enum Cmd {
     Catalog(catalog::CatalogCmd),
 }
 
-fn init_tracing(filter: &str) {
+fn init_tracing(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt.with_ansi(ansi).init(),
+        LogFormat::Json => fmt
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 fn main() -> ExitCode {
@@ -109,7 +125,7 @@ fn main() -> ExitCode {
         Cmd::Demo { .. } if cli.log == "info" => "warn".to_string(),
         _ => cli.log.clone(),
     };
-    init_tracing(&log);
+    init_tracing(&log, cli.log_format);
     match cli.cmd {
         Cmd::Node { config } => node::run(config),
         Cmd::Certs(c) => certs::run(c),

@@ -33,6 +33,7 @@ use hyper::body::Incoming;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tongban_proto::audit::v1::Side;
 use tonic::body::Body;
+use tracing::Instrument as _;
 
 pub use error::ProxyError;
 pub use tongban_proto::metadata::{
@@ -94,11 +95,17 @@ impl Proxy {
     pub async fn from_caller(&self, req: Request<Incoming>) -> Response<Body> {
         let (parts, body) = req.into_parts();
         let (mut ex, bad_id) = self.exchange(&parts.headers, Side::Local);
-        let ready = match bad_id {
-            Some(e) => Err(e),
-            None => self.home_steps(&mut ex, parts).await,
-        };
-        self.finish(ready, body, ex).await
+        // Every log line of the call carries its request id (the key to both cities' audit).
+        let span = tracing::info_span!("call", request_id = %ex.request_id(), side = "home");
+        async move {
+            let ready = match bad_id {
+                Some(e) => Err(e),
+                None => self.home_steps(&mut ex, parts).await,
+            };
+            self.finish(ready, body, ex).await
+        }
+        .instrument(span)
+        .await
     }
 
     /// Peer ingress: a call forwarded by the node of another city.
@@ -106,11 +113,16 @@ impl Proxy {
         let (parts, body) = req.into_parts();
         let (mut ex, bad_id) = self.exchange(&parts.headers, Side::Provider);
         ex.from_peer(&peer.city, &self.city);
-        let ready = match bad_id {
-            Some(e) => Err(e),
-            None => self.provider_steps(&mut ex, &peer, parts).await,
-        };
-        self.finish(ready, body, ex).await
+        let span = tracing::info_span!("call", request_id = %ex.request_id(), side = "provider");
+        async move {
+            let ready = match bad_id {
+                Some(e) => Err(e),
+                None => self.provider_steps(&mut ex, &peer, parts).await,
+            };
+            self.finish(ready, body, ex).await
+        }
+        .instrument(span)
+        .await
     }
 
     /// The record of this exchange on this node, keyed by the caller's request id (or a new
