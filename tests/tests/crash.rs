@@ -109,6 +109,24 @@ fn start_node_with(config: &Path, extra: &[&str]) -> (Child, String, Arc<Mutex<V
     (child, addr, lines)
 }
 
+/// Registers the probe provider at `url` as `jinan/hrss` with the node at `addr`.
+async fn register_probe(addr: &str, token: &str, url: &str, personal_data: bool) {
+    let mut reg = tonic::Request::new(RegisterServiceRequest {
+        registration: Some(ServiceRegistration {
+            organisation: "hrss".into(),
+            service: CROSSCITY_SERVICE.into(),
+            endpoints: vec![url.to_string()],
+            personal_data,
+            ..Default::default()
+        }),
+    });
+    authorize(&mut reg, token);
+    RegistryClient::new(channel(addr).await)
+        .register_service(reg)
+        .await
+        .unwrap();
+}
+
 async fn channel(addr: &str) -> tonic::transport::Channel {
     tonic::transport::Channel::from_shared(format!("http://{addr}"))
         .unwrap()
@@ -126,19 +144,7 @@ async fn sigkill_under_load_loses_no_acknowledged_record() {
     let (mut child, addr) = start_node(&config);
     let token = dev_token(&g, "jinan", "hrss").unwrap();
 
-    let mut reg = tonic::Request::new(RegisterServiceRequest {
-        registration: Some(ServiceRegistration {
-            organisation: "hrss".into(),
-            service: CROSSCITY_SERVICE.into(),
-            endpoints: vec![provider.url()],
-            ..Default::default()
-        }),
-    });
-    authorize(&mut reg, &token);
-    RegistryClient::new(channel(&addr).await)
-        .register_service(reg)
-        .await
-        .unwrap();
+    register_probe(&addr, &token, &provider.url(), false).await;
 
     // Callers on 8 connections, each recording the request ids it saw succeed.
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -288,20 +294,7 @@ async fn json_logs_carry_request_ids_and_no_secrets() {
         &["--log-format", "json", "--log", "debug,h2=info,hyper=info"],
     );
     let token = dev_token(&g, "jinan", "hrss").unwrap();
-    let mut reg = tonic::Request::new(RegisterServiceRequest {
-        registration: Some(ServiceRegistration {
-            organisation: "hrss".into(),
-            service: CROSSCITY_SERVICE.into(),
-            endpoints: vec![provider.url()],
-            personal_data: true,
-            ..Default::default()
-        }),
-    });
-    authorize(&mut reg, &token);
-    RegistryClient::new(channel(&addr).await)
-        .register_service(reg)
-        .await
-        .unwrap();
+    register_probe(&addr, &token, &provider.url(), true).await;
     // A personal-data call without a consent: refused (and logged at debug) with its id.
     let citizen = tongban_devkit::demo::demo_subject("37010219850312002");
     let mut req = targeted(

@@ -119,6 +119,31 @@ impl World {
             .max_decoding_message_size(8 << 20)
     }
 
+    /// A call by the Qingdao hospital to Jinan's registry, with the patient's consent.
+    fn qingdao_asks<T>(&self, msg: T) -> Request<T> {
+        self.call(
+            msg,
+            ("qingdao", "qdfy"),
+            "jinan",
+            "medical-treatment",
+            Some(&self.read_consent),
+        )
+    }
+
+    /// Jinan's report `id` as FHIR R4 JSON, exported through the Qingdao hospital's node.
+    async fn export_fhir(&self, id: &str) -> String {
+        let req = self.qingdao_asks(GetReportRequest {
+            report_id: id.into(),
+        });
+        self.registry("qingdao")
+            .await
+            .export_fhir(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .json
+    }
+
     async fn publish(&self, report: Report) -> Result<(), tonic::Status> {
         let req = self.call(
             PublishRequest {
@@ -334,22 +359,16 @@ async fn a_qingdao_hospital_finds_a_jinan_patients_results_with_verdicts() {
         && a.purpose == "medical-treatment"));
 
     // Only Jinan's own systems publish to Jinan's registry.
-    let req = w.call(
-        PublishRequest {
-            report: Some(report(
-                "Q1",
-                &p,
-                QILU,
-                ReportStatus::Final,
-                now,
-                vec![lab("k", "2823-3", 4.0, "mmol/L")],
-            )),
-        },
-        ("qingdao", "qdfy"),
-        "jinan",
-        "medical-treatment",
-        Some(&w.read_consent),
-    );
+    let req = w.qingdao_asks(PublishRequest {
+        report: Some(report(
+            "Q1",
+            &p,
+            QILU,
+            ReportStatus::Final,
+            now,
+            vec![lab("k", "2823-3", 4.0, "mmol/L")],
+        )),
+    });
     let e = w.registry("qingdao").await.publish(req).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     // A malformed report names its bad fields.
@@ -416,15 +435,9 @@ async fn a_large_report_streams_across_the_boundary() {
         .unwrap();
     assert_eq!(rs[0].item, "CT-HEAD");
     assert!(rs[0].verdict.as_ref().unwrap().eligible);
-    let req = w.call(
-        GetReportRequest {
-            report_id: "CT1".into(),
-        },
-        ("qingdao", "qdfy"),
-        "jinan",
-        "medical-treatment",
-        Some(&w.read_consent),
-    );
+    let req = w.qingdao_asks(GetReportRequest {
+        report_id: "CT1".into(),
+    });
     let mut stream = w
         .registry("qingdao")
         .await
@@ -612,23 +625,7 @@ async fn reports_export_as_fhir_r4_that_an_independent_validator_accepts() {
         ),
         ("CT9", vec!["DiagnosticReport", "ImagingStudy"], "amended"),
     ] {
-        let req = w.call(
-            GetReportRequest {
-                report_id: id.into(),
-            },
-            ("qingdao", "qdfy"),
-            "jinan",
-            "medical-treatment",
-            Some(&w.read_consent),
-        );
-        let doc = w
-            .registry("qingdao")
-            .await
-            .export_fhir(req)
-            .await
-            .unwrap()
-            .into_inner()
-            .json;
+        let doc = w.export_fhir(id).await;
         assert!(!doc.contains(&w.patient), "clear id in the export");
         let file = dir.path().join("export.json");
         std::fs::write(&file, &doc).unwrap();
@@ -712,16 +709,10 @@ async fn fhir_r4_resources_import_and_bad_ones_are_refused_where_they_are_wrong(
         }
     }
     // Found from Qingdao, valid as of 2026-11-21 08:00 CST.
-    let mut req = w.call(
-        QueryRequest {
-            item_codes: Vec::new(),
-            valid_at_ms: 1_795_219_200_000,
-        },
-        ("qingdao", "qdfy"),
-        "jinan",
-        "medical-treatment",
-        Some(&w.read_consent),
-    );
+    let mut req = w.qingdao_asks(QueryRequest {
+        item_codes: Vec::new(),
+        valid_at_ms: 1_795_219_200_000,
+    });
     req.set_timeout(Duration::from_secs(10));
     let rs = w
         .registry("qingdao")
@@ -997,23 +988,7 @@ async fn the_hl7_r4_examples_import_publish_and_export_valid_fhir() {
     );
 
     // Exported back as FHIR R4, accepted by the independent validator.
-    let req = w.call(
-        GetReportRequest {
-            report_id: "ghp-example".into(),
-        },
-        ("qingdao", "qdfy"),
-        "jinan",
-        "medical-treatment",
-        Some(&w.read_consent),
-    );
-    let doc = w
-        .registry("qingdao")
-        .await
-        .export_fhir(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .json;
+    let doc = w.export_fhir("ghp-example").await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("ghp-export.json");
     std::fs::write(&file, doc).unwrap();

@@ -14,32 +14,7 @@ pub enum MedicalCmd {
     /// Import a DiagnosticReport (Observations contained or bundled), an ImagingStudy, or a
     /// Bundle of them: check it (--dry-run) or publish it through a node. Invalid resources
     /// are refused naming the FHIRPath of the bad element (exit 65).
-    Import {
-        file: PathBuf,
-        /// The patient's resident id, when `subject` carries no resident-id identifier.
-        #[arg(long)]
-        patient: Option<String>,
-        /// The performing institution's credit code (and name), when `performer` has none.
-        #[arg(long)]
-        institution: Option<String>,
-        #[arg(long)]
-        institution_name: Option<String>,
-        /// Only check and print what would be published.
-        #[arg(long)]
-        dry_run: bool,
-        /// The hospital's node (caller address), e.g. http://127.0.0.1:7000.
-        #[arg(long, required_unless_present = "dry_run")]
-        node: Option<String>,
-        /// The hospital's caller JWT; env TONGBAN_TOKEN.
-        #[arg(long, env = "TONGBAN_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        /// The node's city (the registry published to).
-        #[arg(long, required_unless_present = "dry_run")]
-        city: Option<String>,
-        /// The patient's consent token for this hospital (ResultRegistry, medical-treatment).
-        #[arg(long)]
-        consent: Option<String>,
-    },
+    Import(ImportArgs),
     /// A patient's results with their recognition verdicts: from one city (--city), or from
     /// every city whose registry the node lists, merged, partial when one does not answer.
     Query {
@@ -63,8 +38,37 @@ pub enum MedicalCmd {
     },
 }
 
+/// What `tongban medical import` takes.
+#[derive(clap::Args)]
+pub struct ImportArgs {
+    file: PathBuf,
+    /// The patient's resident id, when `subject` carries no resident-id identifier.
+    #[arg(long)]
+    patient: Option<String>,
+    /// The performing institution's credit code (and name), when `performer` has none.
+    #[arg(long)]
+    institution: Option<String>,
+    #[arg(long)]
+    institution_name: Option<String>,
+    /// Only check and print what would be published.
+    #[arg(long)]
+    dry_run: bool,
+    /// The hospital's node (caller address), e.g. http://127.0.0.1:7000.
+    #[arg(long, required_unless_present = "dry_run")]
+    node: Option<String>,
+    /// The hospital's caller JWT; env TONGBAN_TOKEN.
+    #[arg(long, env = "TONGBAN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The node's city (the registry published to).
+    #[arg(long, required_unless_present = "dry_run")]
+    city: Option<String>,
+    /// The patient's consent token for this hospital (ResultRegistry, medical-treatment).
+    #[arg(long)]
+    consent: Option<String>,
+}
+
 pub fn run(cmd: MedicalCmd) -> ExitCode {
-    let cmd = match cmd {
+    match cmd {
         MedicalCmd::Query {
             node,
             token,
@@ -72,10 +76,14 @@ pub fn run(cmd: MedicalCmd) -> ExitCode {
             consent,
             city,
             items,
-        } => return query(node, token, patient, consent, city, items),
-        import => import,
-    };
-    let MedicalCmd::Import {
+        } => query(node, token, patient, consent, city, items),
+        MedicalCmd::Import(args) => import(args),
+    }
+}
+
+/// Checks a FHIR file and, unless `--dry-run`, publishes its reports through the node.
+fn import(args: ImportArgs) -> ExitCode {
+    let ImportArgs {
         file,
         patient,
         institution,
@@ -85,10 +93,7 @@ pub fn run(cmd: MedicalCmd) -> ExitCode {
         token,
         city,
         consent,
-    } = cmd
-    else {
-        return ExitCode::FAILURE;
-    };
+    } = args;
     let text = match std::fs::read_to_string(&file) {
         Ok(t) => t,
         Err(e) => {
