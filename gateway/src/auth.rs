@@ -272,6 +272,8 @@ pub struct Authenticator {
     keys: ArcSwap<KeySet>,
     last_refresh: Mutex<Instant>,
     cache: Mutex<HashMap<[u8; 32], (Caller, u64)>>,
+    /// Refreshes by outcome, in the node's metrics (once [`Self::count_refreshes_in`]).
+    refreshes: std::sync::OnceLock<crate::policy::Reloads>,
 }
 
 fn now_s() -> u64 {
@@ -296,6 +298,7 @@ impl Authenticator {
             settings,
             keys: ArcSwap::from_pointee(keys),
             last_refresh: Mutex::new(past),
+            refreshes: std::sync::OnceLock::new(),
             cache: Mutex::new(HashMap::new()),
         })
     }
@@ -310,10 +313,19 @@ impl Authenticator {
         if let Ok(mut t) = self.last_refresh.lock() {
             *t = Instant::now();
         }
-        let keys = self.settings.source.load().await?;
+        let loaded = self.settings.source.load().await;
+        if let Some(r) = self.refreshes.get() {
+            tongban_telemetry::NodeMetrics::outcome(r, loaded.is_ok());
+        }
+        let keys = loaded?;
         let n = keys.len();
         self.keys.store(Arc::new(keys));
         Ok(n)
+    }
+
+    /// Counts every key refresh from now on in `refreshes` (`ok` or `failed`).
+    pub fn count_refreshes_in(&self, refreshes: crate::policy::Reloads) {
+        let _ = self.refreshes.set(refreshes);
     }
 
     async fn refresh_for_unknown_kid(&self) {

@@ -10,12 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+pub use tongban_telemetry::TraceSettings;
 
 /// Environment variables that override a key of the file, applied after parsing and before
 /// validation.
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("TONGBAN_LISTEN_CALLER", "listen.caller"),
     ("TONGBAN_LISTEN_PEER", "listen.peer"),
+    ("TONGBAN_LISTEN_ADMIN", "listen.admin"),
     ("TONGBAN_DATA_DIR", "storage.data_dir"),
 ];
 
@@ -62,6 +64,33 @@ struct RawConfig {
     #[serde(default)]
     audit: RawAudit,
     catalog: Option<RawCatalog>,
+    telemetry: Option<RawTelemetry>,
+}
+
+/// `[telemetry]`: span export over OTLP/gRPC; no export without the section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    endpoint: String,
+    #[serde(default = "default_sample_ratio")]
+    sample_ratio: f64,
+    service_name: Option<String>,
+    #[serde(default = "default_queue_spans")]
+    queue_spans: usize,
+    #[serde(default = "default_export_timeout_ms")]
+    export_timeout_ms: u64,
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
+}
+
+fn default_queue_spans() -> usize {
+    TraceSettings::DEFAULT_QUEUE_SPANS
+}
+
+fn default_export_timeout_ms() -> u64 {
+    millis(TraceSettings::DEFAULT_EXPORT_TIMEOUT)
 }
 
 /// `[catalog]`: the federation's business catalog; the embedded Jinan–Qingdao one if absent.
@@ -98,8 +127,19 @@ impl Default for RawAudit {
 struct RawListen {
     caller: String,
     peer: String,
+    /// Metrics, status and health for operators, without a token: loopback by default.
+    #[serde(default = "default_admin")]
+    admin: String,
     #[serde(default)]
     caller_plaintext: bool,
+}
+
+/// The admin listener's default: loopback, a port chosen by the system (printed at start);
+/// a node that Prometheus scrapes names its port.
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:0";
+
+fn default_admin() -> String {
+    DEFAULT_ADMIN_ADDR.to_string()
 }
 
 #[derive(Debug, Deserialize)]
@@ -225,6 +265,9 @@ pub struct NodeConfig {
     pub caller_addr: SocketAddr,
     /// Where peer nodes call this node (mTLS only).
     pub peer_addr: SocketAddr,
+    /// Where operators' tools read metrics (`/metrics`), status and health (`listen.admin`;
+    /// plaintext, no token: keep it on loopback or an operators' network).
+    pub admin_addr: SocketAddr,
     pub data_dir: PathBuf,
     /// Bytes of the store's page cache (`storage.cache_mib`): bounds the node's memory.
     pub store_cache_bytes: u64,
@@ -242,6 +285,9 @@ pub struct NodeConfig {
     /// The federation's business catalog (`[catalog] file`, else the embedded one), loaded
     /// and validated with the config so that a bad file stops the node before it binds.
     pub items: Arc<tongban_catalog::Catalog>,
+    /// Span export (`[telemetry]`); `None`: spans are not exported (trace ids are still
+    /// propagated and audited).
+    pub telemetry: Option<TraceSettings>,
 }
 
 /// The audit log (`[audit]`).
@@ -386,6 +432,9 @@ impl NodeConfig {
         if let Some(v) = env("TONGBAN_LISTEN_PEER") {
             raw.listen.peer = v;
         }
+        if let Some(v) = env("TONGBAN_LISTEN_ADMIN") {
+            raw.listen.admin = v;
+        }
         if let Some(v) = env("TONGBAN_DATA_DIR") {
             raw.storage.data_dir = PathBuf::from(v);
         }
@@ -396,12 +445,23 @@ impl NodeConfig {
         validate_city_id(&raw.city).map_err(|m| ConfigError::key("city", m))?;
         let caller_addr = parse_addr("listen.caller", &raw.listen.caller)?;
         let peer_addr = parse_addr("listen.peer", &raw.listen.peer)?;
+        let admin_addr = parse_addr("listen.admin", &raw.listen.admin)?;
         if caller_addr == peer_addr && caller_addr.port() != 0 {
             return Err(ConfigError::key(
                 "listen.peer",
                 "must differ from listen.caller",
             ));
         }
+        if admin_addr.port() != 0 && (admin_addr == caller_addr || admin_addr == peer_addr) {
+            return Err(ConfigError::key(
+                "listen.admin",
+                "must differ from listen.caller and listen.peer",
+            ));
+        }
+        let telemetry = raw
+            .telemetry
+            .map(|t| telemetry_settings(t, &raw.city))
+            .transpose()?;
         let resolve = |p: &Path| {
             if p.is_absolute() {
                 p.to_path_buf()
@@ -598,6 +658,7 @@ impl NodeConfig {
             city: raw.city,
             caller_addr,
             peer_addr,
+            admin_addr,
             data_dir: resolve(&raw.storage.data_dir),
             store_cache_bytes: raw.storage.cache_mib * 1024 * 1024,
             cert_path: resolve(&raw.tls.cert),
@@ -613,8 +674,59 @@ impl NodeConfig {
             items: Arc::new(tongban_catalog::Catalog::load_or_embedded(
                 raw.catalog.map(|c| resolve(&c.file)).as_deref(),
             )?),
+            telemetry,
         })
     }
+}
+
+fn telemetry_settings(t: RawTelemetry, city: &str) -> Result<TraceSettings, ConfigError> {
+    let uri: http::Uri = t.endpoint.parse().map_err(|_| {
+        ConfigError::key(
+            "telemetry.endpoint",
+            format!("`{}` is not a URL (expected http://host:4317)", t.endpoint),
+        )
+    })?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        return Err(ConfigError::key(
+            "telemetry.endpoint",
+            format!(
+                "`{}` must be an http:// or https:// URL of an OTLP/gRPC collector",
+                t.endpoint
+            ),
+        ));
+    }
+    if !(0.0..=1.0).contains(&t.sample_ratio) {
+        return Err(ConfigError::key(
+            "telemetry.sample_ratio",
+            "must be between 0.0 and 1.0",
+        ));
+    }
+    if !(1..=1_000_000).contains(&t.queue_spans) {
+        return Err(ConfigError::key(
+            "telemetry.queue_spans",
+            "must be between 1 and 1000000",
+        ));
+    }
+    if !(100..=60_000).contains(&t.export_timeout_ms) {
+        return Err(ConfigError::key(
+            "telemetry.export_timeout_ms",
+            "must be between 100 and 60000",
+        ));
+    }
+    let service_name = t.service_name.unwrap_or_else(|| format!("tongban-{city}"));
+    if service_name.trim().is_empty() {
+        return Err(ConfigError::key(
+            "telemetry.service_name",
+            "must not be empty",
+        ));
+    }
+    Ok(TraceSettings {
+        endpoint: t.endpoint,
+        sample_ratio: t.sample_ratio,
+        service_name,
+        queue_spans: t.queue_spans,
+        export_timeout: Duration::from_millis(t.export_timeout_ms),
+    })
 }
 
 fn parse_addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {

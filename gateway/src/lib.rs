@@ -7,6 +7,7 @@
 //! one error vocabulary; [`store`] is the storage seam; the README's "Architecture" section
 //! walks one call through the modules.
 
+pub mod admin;
 pub mod assertion;
 pub mod audit;
 pub mod auth;

@@ -38,6 +38,7 @@ use crate::upstream::{Endpoint, Keepalive};
 use tongban_proto::admin::v1::admin_server::AdminServer;
 use tongban_proto::audit::v1::audit_server::AuditServer;
 use tongban_proto::consent::v1::consent_server::ConsentServer;
+use tongban_telemetry::NodeMetrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -87,10 +88,11 @@ impl NodeError {
     }
 }
 
-/// The two listening sockets of a node.
+/// The listening sockets of a node.
 pub struct Listeners {
     pub caller: TcpListener,
     pub peer: TcpListener,
+    pub admin: TcpListener,
 }
 
 impl Listeners {
@@ -104,6 +106,7 @@ impl Listeners {
         Ok(Listeners {
             caller: bind("listen.caller", config.caller_addr).await?,
             peer: bind("listen.peer", config.peer_addr).await?,
+            admin: bind("listen.admin", config.admin_addr).await?,
         })
     }
 }
@@ -118,6 +121,7 @@ pub struct PreparedNode {
     checks: TrustChecks,
     caller_tls: Option<Arc<rustls::ServerConfig>>,
     auditor: Arc<Auditor>,
+    metrics: Arc<NodeMetrics>,
 }
 
 impl PreparedNode {
@@ -190,12 +194,20 @@ impl PreparedNode {
             path: store.display().to_string(),
             source,
         })?;
+        let metrics = Arc::new(NodeMetrics::new());
+        checks
+            .policy
+            .count_reloads_in(metrics.policy_reloads.clone());
+        checks
+            .auth
+            .count_refreshes_in(metrics.jwks_refreshes.clone());
         let opts = LogOptions {
             durability: match config.audit.batch_window {
                 None => Durability::Sync,
                 Some(w) => Durability::Batch(w),
             },
             segment_bytes: config.audit.segment_bytes,
+            metrics: metrics.audit.clone(),
         };
         let auditor = Auditor::open(&config.data_dir.join("audit"), &db, opts, identity.clone())?;
         Ok(PreparedNode {
@@ -207,6 +219,7 @@ impl PreparedNode {
             checks,
             caller_tls,
             auditor,
+            metrics,
         })
     }
 
@@ -221,9 +234,11 @@ impl PreparedNode {
             checks,
             caller_tls,
             auditor,
+            metrics,
         } = self;
         let caller_addr = local_addr(&listeners.caller, "listen.caller", config.caller_addr)?;
         let peer_addr = local_addr(&listeners.peer, "listen.peer", config.peer_addr)?;
+        let admin_addr = local_addr(&listeners.admin, "listen.admin", config.admin_addr)?;
         let (shutdown_tx, shutdown) = watch::channel(false);
 
         let catalog = Arc::new(Catalog::new(
@@ -262,6 +277,30 @@ impl PreparedNode {
             .build_v1alpha()
             .map_err(|e| NodeError::Reflection(e.to_string()))?;
 
+        let status = crate::status_api::StatusApi {
+            city: config.city.clone(),
+            started_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                .unwrap_or(0),
+            auth: Some(checks.auth.clone()),
+            audit_writable: metrics.audit.writable.clone(),
+            catalog: catalog.clone(),
+            peers: peers.clone(),
+            auditor: auditor.clone(),
+        };
+        let admin = crate::admin::Admin {
+            city: config.city.clone(),
+            metrics: metrics.clone(),
+            catalog: catalog.clone(),
+            peers: peers.clone(),
+            routes: Routes::new(AdminServer::new(crate::status_api::StatusApi {
+                auth: None,
+                ..status.clone()
+            }))
+            .add_service(health_svc.clone())
+            .prepare(),
+        };
         let consent_api = ConsentApi {
             city: config.city.clone(),
             auth: checks.auth.clone(),
@@ -288,17 +327,7 @@ impl PreparedNode {
                 .collect(),
             connect_timeout: config.limits.connect_timeout,
         }))
-        .add_service(AdminServer::new(crate::status_api::StatusApi {
-            city: config.city.clone(),
-            started_at_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-                .unwrap_or(0),
-            auth: checks.auth.clone(),
-            catalog: catalog.clone(),
-            peers: peers.clone(),
-            auditor: auditor.clone(),
-        }))
+        .add_service(AdminServer::new(status.clone()))
         .add_service(health_svc.clone())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -322,9 +351,15 @@ impl PreparedNode {
                 "audit log: a torn final frame left by a crash was cut at start"
             );
         }
-        tasks.push(tokio::spawn(not_serving_when_contradicted(
-            auditor.watch_contradiction(),
+        tasks.push(tokio::spawn(crate::admin::watch_health(
+            auditor.clone(),
+            metrics.clone(),
             health.clone(),
+            shutdown.clone(),
+        )));
+        tasks.push(tokio::spawn(crate::admin::serve(
+            listeners.admin,
+            admin,
             shutdown.clone(),
         )));
         tasks.push(tokio::spawn(
@@ -357,6 +392,7 @@ impl PreparedNode {
             peers: peers.clone(),
             limits: config.limits.clone(),
             trust: checks,
+            metrics: metrics.clone(),
             peer_streams: bundle
                 .cities()
                 .filter(|c| *c != config.city)
@@ -408,6 +444,7 @@ impl PreparedNode {
             city = %config.city,
             caller = %caller_addr,
             peer = %peer_addr,
+            admin = %admin_addr,
             peers = peers.len(),
             "node started"
         );
@@ -415,6 +452,7 @@ impl PreparedNode {
             city: config.city,
             caller_addr,
             peer_addr,
+            admin_addr,
             shutdown: shutdown_tx,
             tasks,
             catalog,
@@ -424,21 +462,6 @@ impl PreparedNode {
             auditor,
         })
     }
-}
-
-/// Reports the whole node NOT_SERVING once a peer contradicts its audit log.
-async fn not_serving_when_contradicted(
-    mut contradiction: watch::Receiver<Option<String>>,
-    health: tonic_health::server::HealthReporter,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    tokio::select! {
-        r = contradiction.wait_for(Option::is_some) => if r.is_err() { return },
-        _ = shutdown.changed() => return,
-    }
-    health
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
 }
 
 /// Reloads the caller JWKS every `auth.refresh_interval_s`.
@@ -491,6 +514,8 @@ pub struct RunningNode {
     pub city: String,
     pub caller_addr: SocketAddr,
     pub peer_addr: SocketAddr,
+    /// Metrics, status and health for operators.
+    pub admin_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     catalog: Arc<Catalog>,

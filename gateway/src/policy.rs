@@ -234,7 +234,15 @@ pub struct PolicyStore {
     modified: Mutex<Option<SystemTime>>,
     /// Counts the policies installed (tests and operators can await a reload).
     generation: watch::Sender<u64>,
+    /// Reloads by outcome, in the node's metrics (once [`Self::count_reloads_in`] is called).
+    reloads: std::sync::OnceLock<Reloads>,
 }
+
+/// A node metric counting reloads by outcome.
+pub type Reloads = prometheus_client::metrics::family::Family<
+    tongban_telemetry::metrics::OutcomeLabels,
+    prometheus_client::metrics::counter::Counter,
+>;
 
 fn mtime(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
@@ -249,6 +257,7 @@ impl PolicyStore {
             current: ArcSwap::from_pointee(policy),
             modified: Mutex::new(modified),
             generation: watch::channel(0).0,
+            reloads: std::sync::OnceLock::new(),
         })
     }
 
@@ -262,7 +271,20 @@ impl PolicyStore {
     }
 
     /// Re-reads the file now. On error the previous policy stays in force.
+    /// Counts every reload from now on in `reloads` (`ok` or `failed`).
+    pub fn count_reloads_in(&self, reloads: Reloads) {
+        let _ = self.reloads.set(reloads);
+    }
+
     pub fn reload(&self) -> Result<usize, PolicyError> {
+        let loaded = self.load_and_install();
+        if let Some(r) = self.reloads.get() {
+            tongban_telemetry::NodeMetrics::outcome(r, loaded.is_ok());
+        }
+        loaded
+    }
+
+    fn load_and_install(&self) -> Result<usize, PolicyError> {
         let modified = mtime(&self.path);
         let policy = Policy::load(&self.path)?;
         let n = policy.rules.len();

@@ -1,4 +1,4 @@
-//! `tongban.admin.v1.Admin` on the caller listener: the node's state at a glance for its
+//! `tongban.admin.v1.Admin`, on the caller listener and the admin listener: the node's state at a glance for its
 //! operators (role `audit-operator`): city, uptime, its catalog, each peer's link and last
 //! catalog, the audit head and last checkpoint, and the recent connection failures.
 
@@ -18,10 +18,15 @@ use crate::catalog::Catalog;
 use crate::federation::Peer;
 use crate::stats;
 
+#[derive(Clone)]
 pub struct StatusApi {
     pub city: String,
     pub started_at_ms: i64,
-    pub auth: Arc<Authenticator>,
+    /// `Some` on the caller listener (role audit-operator required); `None` on the admin
+    /// listener, where access is by network.
+    pub auth: Option<Arc<Authenticator>>,
+    /// Whether the audit log can be written now.
+    pub audit_writable: prometheus_client::metrics::gauge::Gauge,
     pub catalog: Arc<Catalog>,
     pub peers: BTreeMap<String, Arc<Peer>>,
     pub auditor: Arc<Auditor>,
@@ -40,12 +45,14 @@ impl Admin for StatusApi {
         &self,
         req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        let caller = self.auth.caller_of(&req).await?;
-        require(
-            &caller,
-            "read the node's status",
-            &[Grant::Role(OPERATOR_ROLE)],
-        )?;
+        if let Some(auth) = &self.auth {
+            let caller = auth.caller_of(&req).await?;
+            require(
+                &caller,
+                "read the node's status",
+                &[Grant::Role(OPERATOR_ROLE)],
+            )?;
+        }
         let snap = self.catalog.snapshot();
         let peers = self
             .peers
@@ -82,6 +89,7 @@ impl Admin for StatusApi {
             last_checkpoint_seq: checkpoint.seq,
             last_checkpoint_at_ms: checkpoint.at_ms,
             contradicted: self.auditor.contradicted().unwrap_or_default(),
+            audit_writable: self.audit_writable.get() == 1,
             listener_connection_errors: listener,
             upstream_connection_errors: upstream,
             recent_errors: stats::recent_errors()

@@ -82,10 +82,11 @@ enum Cmd {
     #[command(subcommand)]
     Audit(audit::AuditCmd),
     /// A node's state at a glance (peers, catalogs, audit head, recent errors); exit 1 when
-    /// a peer is down. Needs a token with role audit-operator.
+    /// a peer is down or the audit log cannot be written. With `--config`, asks the node's
+    /// admin listener (no token); with `--node`, its caller listener (role audit-operator).
     Status {
         #[command(flatten)]
-        at: client::NodeArgs,
+        at: status::StatusArgs,
     },
     /// Medical results: import FHIR R4 into a city's result registry.
     #[command(subcommand)]
@@ -99,23 +100,20 @@ enum Cmd {
     Catalog(catalog::CatalogCmd),
 }
 
-fn init_tracing(filter: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none();
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => fmt.with_ansi(ansi).init(),
-        LogFormat::Json => fmt
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
+impl From<LogFormat> for tongban_telemetry::LogFormat {
+    fn from(f: LogFormat) -> Self {
+        match f {
+            LogFormat::Text => tongban_telemetry::LogFormat::Text,
+            LogFormat::Json => tongban_telemetry::LogFormat::Json,
+        }
     }
+}
+
+/// How a command logs: the global flags.
+#[derive(Clone)]
+pub struct Logging {
+    filter: String,
+    format: LogFormat,
 }
 
 fn main() -> ExitCode {
@@ -125,9 +123,16 @@ fn main() -> ExitCode {
         Cmd::Demo { .. } if cli.log == "info" => "warn".to_string(),
         _ => cli.log.clone(),
     };
-    init_tracing(&log, cli.log_format);
+    let logging = Logging {
+        filter: log,
+        format: cli.log_format,
+    };
+    // A node sets up its logs (and span export) from its config, once it is parsed.
+    if !matches!(cli.cmd, Cmd::Node { .. }) {
+        let _ = tongban_telemetry::init(&logging.filter, logging.format.into(), None);
+    }
     match cli.cmd {
-        Cmd::Node { config } => node::run(config),
+        Cmd::Node { config } => node::run(config, logging),
         Cmd::Certs(c) => certs::run(c),
         Cmd::Demo { serve } => demo::run(serve),
         Cmd::Registry(c) => registry::run(c),

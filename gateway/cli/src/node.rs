@@ -10,7 +10,7 @@ use crate::{EX_CONFIG, EX_DATAERR};
 
 /// Parses and loads everything the config names before a port is bound; a bad config exits
 /// with 64 and a message naming the key.
-pub fn run(path: PathBuf) -> ExitCode {
+pub fn run(path: PathBuf, logging: crate::Logging) -> ExitCode {
     let config = match NodeConfig::load(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -26,39 +26,57 @@ pub fn run(path: PathBuf) -> ExitCode {
         }
     };
     rt.block_on(async move {
-        // Certificates, keys, JWKS, policy and store, all before any port is bound.
-        let prepared = match tongban_gateway::PreparedNode::prepare(config.clone()).await {
-            Ok(p) => p,
+        // Logs and span export (`[telemetry]`) start before anything else is loaded.
+        let telemetry = match tongban_telemetry::init(
+            &logging.filter,
+            logging.format.into(),
+            config.telemetry.as_ref(),
+        ) {
+            Ok(t) => t,
             Err(e) => {
                 eprintln!("tongban: {e}");
-                return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1));
+                return ExitCode::from(EX_CONFIG);
             }
         };
-        let started = async {
-            let listeners = tongban_gateway::Listeners::bind(&config).await?;
-            prepared.start(listeners).await
-        };
-        let node = match started.await {
-            Ok(n) => n,
-            Err(e) => {
-                eprintln!("tongban: {e}");
-                return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1));
-            }
-        };
-        let mut contradiction = node.auditor().watch_contradiction();
-        let contradicted = tokio::select! {
-            () = wait_for_signal() => None,
-            Ok(c) = contradiction.wait_for(Option::is_some) => c.clone(),
-        };
-        node.shutdown().await;
-        match contradicted {
-            None => ExitCode::SUCCESS,
-            Some(why) => {
-                eprintln!("tongban: the audit log is contradicted by a peer: {why}");
-                ExitCode::from(EX_DATAERR)
-            }
-        }
+        let code = run_node(config).await;
+        telemetry.shutdown().await;
+        code
     })
+}
+
+async fn run_node(config: NodeConfig) -> ExitCode {
+    // Certificates, keys, JWKS, policy and store, all before any port is bound.
+    let prepared = match tongban_gateway::PreparedNode::prepare(config.clone()).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("tongban: {e}");
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1));
+        }
+    };
+    let started = async {
+        let listeners = tongban_gateway::Listeners::bind(&config).await?;
+        prepared.start(listeners).await
+    };
+    let node = match started.await {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("tongban: {e}");
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1));
+        }
+    };
+    let mut contradiction = node.auditor().watch_contradiction();
+    let contradicted = tokio::select! {
+        () = wait_for_signal() => None,
+        Ok(c) = contradiction.wait_for(Option::is_some) => c.clone(),
+    };
+    node.shutdown().await;
+    match contradicted {
+        None => ExitCode::SUCCESS,
+        Some(why) => {
+            eprintln!("tongban: the audit log is contradicted by a peer: {why}");
+            ExitCode::from(EX_DATAERR)
+        }
+    }
 }
 
 /// SIGTERM or ctrl-c.

@@ -1,12 +1,61 @@
-//! `tongban status`: a node's state at a glance (its Admin API); exit 1 when a peer is down
-//! or a peer contradicts the node's audit log.
+//! `tongban status`: a node's state at a glance (its Admin API); exit 1 when a peer is down,
+//! the audit log cannot be written, or a peer contradicts the node's audit log.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use tongban_proto::admin::v1::admin_client::AdminClient;
-use tongban_proto::admin::v1::StatusRequest;
+use tongban_proto::admin::v1::{StatusRequest, StatusResponse};
 
-use crate::client::NodeArgs;
+/// Which node: its config (the admin listener, no token), or its caller listener and a
+/// token with role audit-operator.
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    /// The node's config file: status is read from its admin listener (`listen.admin`).
+    #[arg(long, required_unless_present = "node", conflicts_with = "node")]
+    config: Option<PathBuf>,
+    /// The node's caller address, e.g. http://127.0.0.1:7000 (with --token).
+    #[arg(long, requires = "token")]
+    node: Option<String>,
+    /// A caller JWT with role audit-operator (with --node); env TONGBAN_TOKEN.
+    #[arg(long, env = "TONGBAN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+async fn fetch(at: &StatusArgs) -> anyhow::Result<Result<StatusResponse, tonic::Status>> {
+    if let Some(path) = &at.config {
+        let config = tongban_gateway::NodeConfig::load(path)?;
+        let addr = config.admin_addr;
+        if addr.port() == 0 {
+            anyhow::bail!(
+                "listen.admin in {} has no fixed port (the node picked one at start and logged it); set one, or use --node",
+                path.display()
+            );
+        }
+        let host = if addr.ip().is_unspecified() {
+            std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        } else {
+            addr
+        };
+        let url = format!("http://{host}");
+        let channel = tonic::transport::Channel::from_shared(url.clone())?
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach the admin listener of the node at {url}"))?;
+        return Ok(AdminClient::new(channel)
+            .status(StatusRequest {})
+            .await
+            .map(tonic::Response::into_inner));
+    }
+    let (Some(node), Some(token)) = (&at.node, &at.token) else {
+        anyhow::bail!("give --config FILE, or --node URL with --token");
+    };
+    Ok(AdminClient::new(crate::client::connect(node, token).await?)
+        .status(StatusRequest {})
+        .await
+        .map(tonic::Response::into_inner))
+}
 
 fn ago(now_ms: i64, at_ms: i64) -> String {
     if at_ms <= 0 {
@@ -20,13 +69,10 @@ fn ago(now_ms: i64, at_ms: i64) -> String {
     }
 }
 
-pub fn run(at: NodeArgs) -> ExitCode {
+pub fn run(at: StatusArgs) -> ExitCode {
     crate::block_on(async move {
-        let r = AdminClient::new(at.connect().await?)
-            .status(StatusRequest {})
-            .await;
-        let s = match r {
-            Ok(r) => r.into_inner(),
+        let s = match fetch(&at).await? {
+            Ok(s) => s,
             Err(status) => return Ok(crate::client::exit_code(Err(status))),
         };
         let now = std::time::SystemTime::now()
@@ -46,6 +92,9 @@ pub fn run(at: NodeArgs) -> ExitCode {
         );
         if !s.contradicted.is_empty() {
             println!("AUDIT CONTRADICTED: {}", s.contradicted);
+        }
+        if !s.audit_writable {
+            println!("AUDIT NOT WRITABLE: the node reports NOT_SERVING");
         }
         println!(
             "{:<10} {:<6} {:<10} {:<9} last catalog",
@@ -78,9 +127,12 @@ pub fn run(at: NodeArgs) -> ExitCode {
                 e.reason
             );
         }
-        if !down.is_empty() || !s.contradicted.is_empty() {
+        if !down.is_empty() || !s.contradicted.is_empty() || !s.audit_writable {
             if !down.is_empty() {
                 eprintln!("tongban: peer(s) down: {}", down.join(", "));
+            }
+            if !s.audit_writable {
+                eprintln!("tongban: the audit log cannot be written");
             }
             return Ok(ExitCode::FAILURE);
         }

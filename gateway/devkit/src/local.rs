@@ -197,7 +197,12 @@ impl LocalFederation {
         for _ in cities {
             let caller = TcpListener::bind("127.0.0.1:0").await?;
             let peer = TcpListener::bind("127.0.0.1:0").await?;
-            bound.push(Listeners { caller, peer });
+            let admin = TcpListener::bind("127.0.0.1:0").await?;
+            bound.push(Listeners {
+                caller,
+                peer,
+                admin,
+            });
         }
         let mut peer_addrs = Vec::new();
         for l in &bound {
@@ -488,6 +493,7 @@ pub fn node_config(
         city: city.to_string(),
         caller_addr,
         peer_addr,
+        admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         data_dir: dir.join("data"),
         store_cache_bytes: tongban_gateway::config::DEFAULT_STORE_CACHE_BYTES,
         cert_path: files.node_cert.clone(),
@@ -511,6 +517,7 @@ pub fn node_config(
         items: std::sync::Arc::new(
             tongban_catalog::Catalog::embedded().map_err(|e| LocalError::Other(e.to_string()))?,
         ),
+        telemetry: None,
     })
 }
 

@@ -7,9 +7,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use http::HeaderMap;
 use tongban_proto::audit::v1::{AuditRecord, Side};
+use tongban_telemetry::NodeMetrics;
 use tonic::Status;
+use tracing::Instrument as _;
 
 use super::receipt;
 use super::Auditor;
@@ -30,6 +31,10 @@ pub struct Exchange {
     receipts: Receipts,
     /// Set until the exchange is completed; on drop, a CANCELLED record is written with it.
     auditor: Option<Arc<Auditor>>,
+    /// Counts the finished exchange.
+    metrics: Arc<NodeMetrics>,
+    /// The call's span on this node: gets the exchange's attributes when it ends.
+    span: tracing::Span,
 }
 
 impl Drop for Exchange {
@@ -47,6 +52,8 @@ impl Drop for Exchange {
             request: self.request.clone(),
             receipts: Receipts::None,
             auditor: None,
+            metrics: self.metrics.clone(),
+            span: self.span.clone(),
         };
         let record = pending.into_record(
             tonic::Code::Cancelled as i32,
@@ -61,34 +68,28 @@ impl Drop for Exchange {
     }
 }
 
-/// The trace id of a W3C `traceparent` header.
-pub fn trace_id(h: &HeaderMap) -> String {
-    h.get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split('-').nth(1))
-        .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))
-        .map(str::to_string)
-        .unwrap_or_default()
-}
-
 impl Exchange {
-    /// A new exchange on this node. The provider side gives a receipt at the end; the home
-    /// side takes one once [`Self::routed_to_peer`] says from whom.
+    /// A new exchange on this node, in the trace `trace_id` (the caller's, or one the node
+    /// started), followed by the call's `span`. The provider side gives a receipt at the
+    /// end; the home side takes one once [`Self::routed_to_peer`] says from whom.
     pub fn new(
         auditor: Arc<Auditor>,
+        metrics: Arc<NodeMetrics>,
         node_city: &str,
-        request_id: &str,
+        (request_id, trace_id): (&str, String),
         side: Side,
-        headers: &HeaderMap,
+        span: tracing::Span,
     ) -> Exchange {
         Exchange {
             auditor: Some(auditor),
+            metrics,
+            span,
             record: AuditRecord {
                 request_id: request_id.to_string(),
                 side: side as i32,
                 node_city: node_city.to_string(),
                 started_at_ms: super::now_ms(),
-                trace_id: trace_id(headers),
+                trace_id,
                 ..Default::default()
             },
             started: Instant::now(),
@@ -102,6 +103,16 @@ impl Exchange {
 
     pub fn request_id(&self) -> &str {
         &self.record.request_id
+    }
+
+    /// The trace this exchange belongs to.
+    pub fn trace_id(&self) -> &str {
+        &self.record.trace_id
+    }
+
+    /// The call's span on this node.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
     }
 
     /// The called service and method.
@@ -178,6 +189,37 @@ impl Exchange {
         r.response_bytes = response.bytes;
         r.grpc_status = code;
         r.grpc_message = message.chars().take(512).collect();
+        let side = match Side::try_from(r.side) {
+            Ok(Side::Home) => "home",
+            Ok(Side::Provider) => "provider",
+            _ => "local",
+        };
+        let code = tonic::Code::from_i32(code);
+        self.metrics.observe_call(
+            side,
+            &r.caller_city,
+            &r.target_city,
+            &r.service,
+            code,
+            self.started.elapsed(),
+        );
+        // The span's attributes: who, what and the outcome, never the subject.
+        let s = &self.span;
+        s.record("side", side);
+        s.record("tongban.caller_city", r.caller_city.as_str());
+        s.record("tongban.caller_org", r.caller_org.as_str());
+        s.record("tongban.target_city", r.target_city.as_str());
+        s.record("tongban.target_org", r.target_org.as_str());
+        s.record("rpc.service", r.service.as_str());
+        s.record("rpc.method", r.method.as_str());
+        s.record("rpc.grpc.status_code", i64::from(r.grpc_status));
+        s.record("tongban.purpose", r.purpose.as_str());
+        if !r.catalog_code.is_empty() {
+            s.record("tongban.catalog_code", r.catalog_code.as_str());
+        }
+        if code != tonic::Code::Ok {
+            s.record("otel.status_code", "ERROR");
+        }
         std::mem::take(&mut self.record)
     }
 }
@@ -241,10 +283,14 @@ pub async fn complete(exchange: Exchange, end: End) -> Result<Option<String>, St
             }
         }
     }
-    let appended = auditor.record(record).await.map_err(|e| {
-        tracing::error!(error = %e, "audit append failed; failing the exchange");
-        AuditUnavailable(e.to_string()).status()
-    })?;
+    let appended = auditor
+        .record(record)
+        .instrument(tracing::debug_span!("audit_commit"))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "audit append failed; failing the exchange");
+            AuditUnavailable(e.to_string()).status()
+        })?;
     Ok(match receipts {
         Receipts::Give => auditor.receipt(&appended),
         _ => None,

@@ -21,6 +21,7 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
 use tongban_proto::audit::v1::{AuditRecord, LogEntry};
+use tongban_telemetry::metrics::AuditMetrics;
 
 /// Largest payload of one entry.
 const MAX_ENTRY: u32 = 1024 * 1024;
@@ -64,6 +65,9 @@ pub enum Durability {
 pub struct LogOptions {
     pub durability: Durability,
     pub segment_bytes: u64,
+    /// Queue depth, group-commit size and latency, writability (registered in the node's
+    /// metrics by the node; unregistered by default).
+    pub metrics: AuditMetrics,
 }
 
 impl Default for LogOptions {
@@ -71,6 +75,7 @@ impl Default for LogOptions {
         LogOptions {
             durability: Durability::Sync,
             segment_bytes: 64 * 1024 * 1024,
+            metrics: AuditMetrics::default(),
         }
     }
 }
@@ -755,7 +760,13 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let m = self.opts.metrics.clone();
+            m.queue_depth
+                .set(i64::try_from(rx.len()).unwrap_or(i64::MAX));
+            m.group_commit_records.observe(batch.len() as f64);
+            let started = Instant::now();
             self.commit(batch);
+            m.commit_seconds.observe(started.elapsed().as_secs_f64());
         }
     }
 
@@ -764,7 +775,10 @@ impl Writer {
             Ok(()) => {
                 self.durable_tx.send_replace(self.head);
             }
-            Err(error) => tracing::error!(%error, "audit fsync failed"),
+            Err(error) => {
+                self.opts.metrics.writable.set(0);
+                tracing::error!(%error, "audit fsync failed")
+            }
         }
         self.last_sync = Instant::now();
         self.dirty = false;
@@ -777,7 +791,9 @@ impl Writer {
             return;
         }
         if let Err(source) = self.write(&framed.buf) {
-            // Nothing of this batch is acknowledged.
+            // Nothing of this batch is acknowledged, and the node says NOT_SERVING until a
+            // write (or the writability probe) succeeds again.
+            self.opts.metrics.writable.set(0);
             tracing::error!(error = %source, "audit write failed; refusing the batch");
             for tx in framed.done {
                 let _ = tx.send(Err(AuditError::Io {
@@ -787,6 +803,7 @@ impl Writer {
             }
             return;
         }
+        self.opts.metrics.writable.set(1);
         self.file_len = framed.end;
         self.head = framed.head;
         if matches!(self.opts.durability, Durability::Sync) {

@@ -133,6 +133,20 @@ impl Auditor {
         }))
     }
 
+    /// Whether the log's directory takes a write now: a small file is written, synced and
+    /// removed beside the segments (a full or read-only disk fails it). Blocking.
+    pub fn probe_writable(&self) -> std::io::Result<()> {
+        use std::io::Write as _;
+        let path = self.log.dir().join(".writable-probe");
+        let written = std::fs::File::create(&path).and_then(|mut f| {
+            f.write_all(&[0u8; 4096])?;
+            f.sync_data()
+        });
+        let removed = std::fs::remove_file(&path);
+        written?;
+        removed
+    }
+
     /// Appends a record; resolves once it is durable.
     pub async fn record(&self, r: AuditRecord) -> Result<Appended, AuditError> {
         self.log.append(r).await

@@ -11,6 +11,7 @@ use hyper::client::conn::http2::SendRequest;
 use tokio::sync::OwnedSemaphorePermit;
 use tonic::body::Body;
 use tonic::Status;
+use tracing::Instrument as _;
 
 use super::call::Call;
 use super::headers::set;
@@ -44,18 +45,35 @@ impl Proxy {
             upstream,
             permit,
         } = ready;
-        let (endpoint, sender) = self.connect(&upstream, &call).await?;
-        let label = endpoint.label().to_string();
-        if call.remaining().is_zero() {
-            return Err(ProxyError::Deadline(format!(
-                "deadline exceeded before reaching {label}"
-            )));
-        }
-        prepare(&mut parts, &call, endpoint.uri_for(&call.path));
-        let (guarded, violation) =
-            RequestGuard::new(body, self.limits.max_message_bytes, ex.request.clone());
-        let req = Request::from_parts(parts, grpc::boxed(guarded));
-        let response = send_within(sender, req, violation, call.deadline, &label).await?;
+        // The hop upstream is a span of its own; the next hop continues the trace from it.
+        let span = match &upstream {
+            Upstream::Provider(_) => tracing::debug_span!("provider_call", otel.kind = "client"),
+            Upstream::Peer(p) => {
+                tracing::debug_span!("forward_to_peer", otel.kind = "client", tongban.peer = %p.city)
+            }
+        };
+        let hop = async {
+            let (endpoint, sender) = self.connect(&upstream, &call).await?;
+            let label = endpoint.label().to_string();
+            if call.remaining().is_zero() {
+                return Err(ProxyError::Deadline(format!(
+                    "deadline exceeded before reaching {label}"
+                )));
+            }
+            prepare(&mut parts, &call, endpoint.uri_for(&call.path));
+            tongban_telemetry::trace::inject(
+                &tracing::Span::current(),
+                ex.trace_id(),
+                &mut parts.headers,
+            );
+            let (guarded, violation) =
+                RequestGuard::new(body, self.limits.max_message_bytes, ex.request.clone());
+            let req = Request::from_parts(parts, grpc::boxed(guarded));
+            send_within(sender, req, violation, call.deadline, &label)
+                .await
+                .map(|r| (r, label))
+        };
+        let (response, label) = hop.instrument(span).await?;
         if response.status() != http::StatusCode::OK {
             return Err(ProxyError::UpstreamHttp {
                 upstream: label,
@@ -192,9 +210,11 @@ pub(super) async fn complete(ex: Exchange, end: grpc::End) -> Result<http::Heade
     Ok(extra)
 }
 
-/// The response guard's hook that completes `ex` when the response ends.
+/// The response guard's hook that completes `ex` when the response ends (in the call's span:
+/// the response is streamed outside of it).
 fn on_end(ex: Exchange) -> OnEnd {
-    Box::new(move |end| Box::pin(complete(ex, end)))
+    let span = ex.span().clone();
+    Box::new(move |end| Box::pin(complete(ex, end).instrument(span)))
 }
 
 /// A response body holding a peer's concurrency slot (if any) until it is dropped.

@@ -5,6 +5,7 @@
 
 use http::request::Parts;
 use http::HeaderMap;
+use tracing::Instrument as _;
 
 use super::call::{Call, Intent};
 use super::checks::Principal;
@@ -26,7 +27,10 @@ impl Proxy {
         let call = self.accept(ex, &parts)?;
         ex.requested(call.target_city.as_deref(), call.target_org.as_deref());
         self.check_metadata(&parts.headers)?;
-        let caller = self.authenticate(&parts.headers).await?;
+        let caller = self
+            .authenticate(&parts.headers)
+            .instrument(tracing::debug_span!("authenticate"))
+            .await?;
         ex.caller(&caller.city, &caller.org);
         self.trust.rate.check(&caller.id())?;
         let intent = Intent::parse(&parts.headers, &call, &self.trust.pseudonyms, None)?;
@@ -35,7 +39,8 @@ impl Proxy {
             intent.catalog_code.as_deref(),
             intent.subject.as_deref(),
         );
-        let upstream = self.route(&self.catalog.snapshot(), &call)?;
+        let upstream = tracing::debug_span!("route")
+            .in_scope(|| self.route(&self.catalog.snapshot(), &call))?;
         let target_city = match &upstream {
             Upstream::Provider(svc) => {
                 ex.routed_local(&self.city, &svc.record.organisation);
@@ -47,9 +52,11 @@ impl Proxy {
                 p.city.clone()
             }
         };
-        self.authorise(&Principal::of(&caller), &target_city, &call, &intent)?;
-        headers::strip_from_caller(&mut parts.headers);
-        let consent = self.hand_over(&mut parts.headers, &upstream, &caller, &call, &intent)?;
+        let consent = tracing::debug_span!("policy").in_scope(|| {
+            self.authorise(&Principal::of(&caller), &target_city, &call, &intent)?;
+            headers::strip_from_caller(&mut parts.headers);
+            self.hand_over(&mut parts.headers, &upstream, &caller, &call, &intent)
+        })?;
         ex.consent(consent);
         Ok(Ready {
             call,

@@ -79,6 +79,8 @@ pub struct Proxy {
     pub trust: TrustChecks,
     /// Calls in flight from each peer city (limits.max_streams_per_peer).
     pub peer_streams: HashMap<String, Arc<Semaphore>>,
+    /// The node's metrics.
+    pub metrics: Arc<tongban_telemetry::NodeMetrics>,
 }
 
 /// A call that passed every check of this node, ready to go upstream.
@@ -95,8 +97,7 @@ impl Proxy {
     pub async fn from_caller(&self, req: Request<Incoming>) -> Response<Body> {
         let (parts, body) = req.into_parts();
         let (mut ex, bad_id) = self.exchange(&parts.headers, Side::Local);
-        // Every log line of the call carries its request id (the key to both cities' audit).
-        let span = tracing::info_span!("call", request_id = %ex.request_id(), side = "home");
+        let span = ex.span().clone();
         async move {
             let ready = match bad_id {
                 Some(e) => Err(e),
@@ -113,7 +114,7 @@ impl Proxy {
         let (parts, body) = req.into_parts();
         let (mut ex, bad_id) = self.exchange(&parts.headers, Side::Provider);
         ex.from_peer(&peer.city, &self.city);
-        let span = tracing::info_span!("call", request_id = %ex.request_id(), side = "provider");
+        let span = ex.span().clone();
         async move {
             let ready = match bad_id {
                 Some(e) => Err(e),
@@ -126,10 +127,39 @@ impl Proxy {
     }
 
     /// The record of this exchange on this node, keyed by the caller's request id (or a new
-    /// one; a malformed id is the refusal to give).
+    /// one; a malformed id is the refusal to give), and its span, which continues the
+    /// caller's trace. Every log line of the call carries the request id (the key to both
+    /// cities' audit) and the trace id; the span's other fields are filled when it ends.
     fn exchange(&self, h: &HeaderMap, side: Side) -> (Exchange, Option<ProxyError>) {
         let (request_id, bad) = call::request_id_of(h);
-        let ex = Exchange::new(self.auditor.clone(), &self.city, &request_id, side, h);
+        let span = tracing::info_span!(
+            "call",
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            request_id = %request_id,
+            trace_id = tracing::field::Empty,
+            side = tracing::field::Empty,
+            tongban.city = %self.city,
+            tongban.caller_city = tracing::field::Empty,
+            tongban.caller_org = tracing::field::Empty,
+            tongban.target_city = tracing::field::Empty,
+            tongban.target_org = tracing::field::Empty,
+            tongban.purpose = tracing::field::Empty,
+            tongban.catalog_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = tracing::field::Empty,
+            rpc.method = tracing::field::Empty,
+            rpc.grpc.status_code = tracing::field::Empty,
+        );
+        let trace_id = tongban_telemetry::trace::continue_trace(&span, h);
+        let ex = Exchange::new(
+            self.auditor.clone(),
+            self.metrics.clone(),
+            &self.city,
+            (&request_id, trace_id),
+            side,
+            span,
+        );
         (ex, bad)
     }
 
@@ -155,6 +185,14 @@ impl Proxy {
     async fn refuse(&self, ex: Exchange, e: ProxyError) -> Response<Body> {
         let status = e.status();
         let request_id = ex.request_id().to_string();
+        if let ProxyError::RateLimited(r) = &e {
+            self.metrics
+                .rate_limited
+                .get_or_create(&tongban_telemetry::metrics::CallerLabels {
+                    caller: r.caller.clone(),
+                })
+                .inc();
+        }
         tracing::debug!(%request_id, code = ?status.code(), error = %e, "call refused");
         let end = grpc::End {
             code: status.code() as i32,

@@ -27,7 +27,8 @@ impl Proxy {
     ) -> Result<Ready, ProxyError> {
         let mut call = self.accept(ex, &parts)?;
         self.check_metadata(&parts.headers)?;
-        let claims = self.verify_assertion(&parts, peer, &call)?;
+        let claims = tracing::debug_span!("authenticate", tongban.peer = %peer.city)
+            .in_scope(|| self.verify_assertion(&parts, peer, &call))?;
         ex.caller(&peer.city, &claims.sub);
         let target = call.target_city.get_or_insert_with(|| self.city.clone());
         if *target != self.city {
@@ -36,7 +37,8 @@ impl Proxy {
                 target: target.clone(),
             });
         }
-        let svc = self.local_provider(&self.catalog.snapshot(), &call)?;
+        let svc = tracing::debug_span!("route")
+            .in_scope(|| self.local_provider(&self.catalog.snapshot(), &call))?;
         let org = svc.record.organisation.clone();
         ex.routed_local(&self.city, &org);
         // The purpose is the one the home node vouched for, not the metadata's.
@@ -52,9 +54,12 @@ impl Proxy {
             intent.subject.as_deref(),
         );
         let principal = Principal::vouched(&peer.city, &claims);
-        self.authorise(&principal, &self.city, &call, &intent)?;
         let caller_id = format!("{}/{}", peer.city, claims.sub);
-        ex.consent(self.check_consent(&parts.headers, &svc, &caller_id, &call, &intent)?);
+        let consent = tracing::debug_span!("policy").in_scope(|| {
+            self.authorise(&principal, &self.city, &call, &intent)?;
+            self.check_consent(&parts.headers, &svc, &caller_id, &call, &intent)
+        })?;
+        ex.consent(consent);
         let permit = self.peer_slot(&peer.city)?;
         headers::strip_from_peer(&mut parts.headers);
         let h = &mut parts.headers;
