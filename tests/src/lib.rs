@@ -3,6 +3,8 @@
 //! `127.0.0.1:0` and handed over), clients pointed at a node, and raw gRPC calls for
 //! services that have no stub here.
 
+pub mod process;
+
 use std::time::Duration;
 
 use tempfile::TempDir;

@@ -3,145 +3,28 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::BufRead;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tongban_devkit::certs;
-use tongban_devkit::local::{
-    dev_token, dev_token_with_roles, open_policy, RunningProvider, CROSSCITY_SERVICE,
-};
+use tongban_devkit::local::{dev_token, dev_token_with_roles, RunningProvider};
 use tongban_proto::audit::v1::audit_client::AuditClient;
 use tongban_proto::audit::v1::{GetRequest, VerifyRequest};
 use tongban_proto::crosscity::v1::cross_city_service_client::CrossCityServiceClient;
 use tongban_proto::crosscity::v1::SubmitRequest;
-use tongban_proto::registry::v1::registry_client::RegistryClient;
-use tongban_proto::registry::v1::{RegisterServiceRequest, ServiceRegistration};
+use tongban_tests::process::{channel, register_probe, write_node_config, NodeProcess};
 use tongban_tests::{authorize, targeted, tongban_bin};
 use tonic::metadata::MetadataValue;
-
-fn write_config(dir: &Path, g: &certs::Generated) -> std::path::PathBuf {
-    let f = g.city("jinan").unwrap();
-    let policy = dir.join("policy.toml");
-    std::fs::write(&policy, open_policy(&["jinan".to_string()])).unwrap();
-    let text = format!(
-        r#"city = "jinan"
-[listen]
-caller = "127.0.0.1:0"
-peer = "127.0.0.1:0"
-caller_plaintext = true
-[storage]
-data_dir = "{data}"
-[tls]
-cert = "{cert}"
-key = "{key}"
-trust_bundle = "{bundle}"
-[auth]
-jwks_file = "{jwks}"
-issuer = "https://idp.jinan.tongban"
-audience = "tongban:jinan"
-[policy]
-file = "{policy}"
-[limits]
-caller_rate_per_s = 100000
-caller_burst = 100000
-"#,
-        data = dir.join("data").display(),
-        cert = f.node_cert.display(),
-        key = f.node_key.display(),
-        bundle = g.trust_bundle.display(),
-        jwks = f.jwks.display(),
-        policy = policy.display(),
-    );
-    let path = dir.join("jinan.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// Starts `tongban node` and returns it with its caller address (read from its log).
-fn start_node(config: &Path) -> (Child, String) {
-    let (child, addr, _) = start_node_with(config, &[]);
-    (child, addr)
-}
-
-/// [`start_node`] with more arguments; also every line it logs (text or JSON).
-fn start_node_with(config: &Path, extra: &[&str]) -> (Child, String, Arc<Mutex<Vec<String>>>) {
-    let mut child = Command::new(tongban_bin())
-        .args(extra)
-        .args(["node", "--config"])
-        .arg(config)
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let kept = lines.clone();
-    std::thread::spawn(move || {
-        // Keep draining so the child never blocks on a full pipe.
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if line.contains("node started") {
-                let from_json = serde_json::from_str::<serde_json::Value>(&line)
-                    .ok()
-                    .and_then(|v| v["fields"]["caller"].as_str().map(str::to_string));
-                let from_text = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("caller="))
-                    .map(str::to_string);
-                if let Some(addr) = from_json.or(from_text) {
-                    let _ = tx.send(addr);
-                }
-            }
-            kept.lock().unwrap().push(line);
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the node printed its caller address");
-    (child, addr, lines)
-}
-
-/// Registers the probe provider at `url` as `jinan/hrss` with the node at `addr`.
-async fn register_probe(addr: &str, token: &str, url: &str, personal_data: bool) {
-    let mut reg = tonic::Request::new(RegisterServiceRequest {
-        registration: Some(ServiceRegistration {
-            organisation: "hrss".into(),
-            service: CROSSCITY_SERVICE.into(),
-            endpoints: vec![url.to_string()],
-            personal_data,
-            ..Default::default()
-        }),
-    });
-    authorize(&mut reg, token);
-    RegistryClient::new(channel(addr).await)
-        .register_service(reg)
-        .await
-        .unwrap();
-}
-
-async fn channel(addr: &str) -> tonic::transport::Channel {
-    tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_loses_no_acknowledged_record() {
     let dir = tempfile::tempdir().unwrap();
     let g = certs::init(&dir.path().join("certs"), &["jinan".into()], false).unwrap();
-    let config = write_config(dir.path(), &g);
+    let config = write_node_config(dir.path(), &g, "jinan", &[], "");
     let provider = RunningProvider::start("jinan").await.unwrap();
-    let (mut child, addr) = start_node(&config);
+    let mut node = NodeProcess::spawn(&config, &[]);
+    let addr = node.caller.clone();
     let token = dev_token(&g, "jinan", "hrss").unwrap();
 
     register_probe(&addr, &token, &provider.url(), false).await;
@@ -192,8 +75,8 @@ async fn sigkill_under_load_loses_no_acknowledged_record() {
     }
     // Kill the node in the middle of the load.
     let _ = tokio::time::timeout(Duration::from_secs(15), enough.notified()).await;
-    child.kill().unwrap(); // SIGKILL, callers still running
-    child.wait().unwrap();
+    node.child.kill().unwrap(); // SIGKILL, callers still running
+    node.child.wait().unwrap();
     for c in callers {
         c.await.unwrap();
     }
@@ -207,7 +90,8 @@ async fn sigkill_under_load_loses_no_acknowledged_record() {
 
     // Restart on the same data directory: the log reopens (a torn tail is cut) and every
     // acknowledged call has its record.
-    let (mut child, addr) = start_node(&config);
+    let node = NodeProcess::spawn(&config, &[]);
+    let addr = node.caller.clone();
     let op = dev_token_with_roles(&g, "jinan", "ops", &["audit-operator"]).unwrap();
     let mut api = AuditClient::new(channel(&addr).await);
     let mut verify = tonic::Request::new(VerifyRequest::default());
@@ -247,12 +131,11 @@ async fn sigkill_under_load_loses_no_acknowledged_record() {
         );
         assert_eq!(got.local[0].grpc_status, 0);
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(node);
     // And offline, with the node stopped.
     let out = Command::new(tongban_bin())
         .args(["audit", "verify", "--data-dir"])
-        .arg(dir.path().join("data"))
+        .arg(dir.path().join("jinan-data"))
         .output()
         .unwrap();
     assert!(
@@ -263,7 +146,7 @@ async fn sigkill_under_load_loses_no_acknowledged_record() {
     // The indexes are derived data: rebuilt from the log, the same records are found.
     let out = Command::new(tongban_bin())
         .args(["audit", "reindex", "--data-dir"])
-        .arg(dir.path().join("data"))
+        .arg(dir.path().join("jinan-data"))
         .output()
         .unwrap();
     assert!(
@@ -287,12 +170,13 @@ async fn sigkill_under_load_loses_no_acknowledged_record() {
 async fn json_logs_carry_request_ids_and_no_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let g = certs::init(&dir.path().join("certs"), &["jinan".into()], false).unwrap();
-    let config = write_config(dir.path(), &g);
+    let config = write_node_config(dir.path(), &g, "jinan", &[], "");
     let provider = RunningProvider::start("jinan").await.unwrap();
-    let (mut child, addr, lines) = start_node_with(
+    let node = NodeProcess::spawn(
         &config,
         &["--log-format", "json", "--log", "debug,h2=info,hyper=info"],
     );
+    let (addr, lines) = (node.caller.clone(), node.lines.clone());
     let token = dev_token(&g, "jinan", "hrss").unwrap();
     register_probe(&addr, &token, &provider.url(), true).await;
     // A personal-data call without a consent: refused (and logged at debug) with its id.
@@ -313,6 +197,11 @@ async fn json_logs_carry_request_ids_and_no_secrets() {
         "x-tongban-request-id",
         MetadataValue::from_static("log-check-1"),
     );
+    // The caller's trace: its id is on every line of the call.
+    md.insert(
+        "traceparent",
+        MetadataValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+    );
     let e = CrossCityServiceClient::new(channel(&addr).await)
         .submit(req)
         .await
@@ -332,8 +221,7 @@ async fn json_logs_carry_request_ids_and_no_secrets() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    child.kill().unwrap();
-    let _ = child.wait();
+    drop(node);
     provider.stop().await;
     assert!(found, "no log line of the call");
     let lines = lines.lock().unwrap();
@@ -343,6 +231,10 @@ async fn json_logs_carry_request_ids_and_no_secrets() {
             serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"));
         if v["span"]["request_id"] == "log-check-1" {
             with_id += 1;
+            assert_eq!(
+                v["span"]["trace_id"], "0af7651916cd43dd8448eb211c80319c",
+                "a line of the call without the caller's trace id: {l}"
+            );
         }
         assert!(!l.contains(&token), "the token is in the logs: {l}");
         assert!(

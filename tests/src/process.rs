@@ -1,0 +1,196 @@
+//! Nodes run as child processes of a test (`tongban node --config`), as operators run them:
+//! their config written to a file, their addresses read from their "node started" line.
+
+use std::io::BufRead as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tongban_devkit::certs;
+use tongban_devkit::local::open_policy;
+
+/// Writes the config of `city`'s node under `dir`: plaintext caller listener, loopback ports
+/// chosen at start, the open policy of every city in `g`, `peers` as (city, peer address),
+/// and `extra` TOML appended (a `[telemetry]` section, say).
+pub fn write_node_config(
+    dir: &Path,
+    g: &certs::Generated,
+    city: &str,
+    peers: &[(&str, String)],
+    extra: &str,
+) -> PathBuf {
+    let f = g.city(city).unwrap();
+    let cities: Vec<String> = g.cities.iter().map(|c| c.city.clone()).collect();
+    let policy = dir.join(format!("{city}-policy.toml"));
+    std::fs::write(&policy, open_policy(&cities)).unwrap();
+    let mut text = format!(
+        r#"city = "{city}"
+[listen]
+caller = "127.0.0.1:0"
+peer = "{peer_listen}"
+admin = "127.0.0.1:0"
+caller_plaintext = true
+[storage]
+data_dir = "{data}"
+[tls]
+cert = "{cert}"
+key = "{key}"
+trust_bundle = "{bundle}"
+[auth]
+jwks_file = "{jwks}"
+issuer = "https://idp.{city}.tongban"
+audience = "tongban:{city}"
+[policy]
+file = "{policy}"
+[limits]
+caller_rate_per_s = 100000
+caller_burst = 100000
+catalog_retry_ms = 200
+"#,
+        peer_listen = peers
+            .iter()
+            .find(|(c, _)| *c == city)
+            .map_or("127.0.0.1:0".to_string(), |(_, a)| a.clone()),
+        data = dir.join(format!("{city}-data")).display(),
+        cert = f.node_cert.display(),
+        key = f.node_key.display(),
+        bundle = g.trust_bundle.display(),
+        jwks = f.jwks.display(),
+        policy = policy.display(),
+    );
+    for (c, addr) in peers.iter().filter(|(c, _)| *c != city) {
+        text.push_str(&format!(
+            "[[peers]]\ncity = \"{c}\"\naddress = \"{addr}\"\n"
+        ));
+    }
+    text.push_str(extra);
+    let path = dir.join(format!("{city}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Loopback addresses for listeners that other configs must name before the node starts
+/// (a peer's address): bound, read and released.
+pub fn free_addrs(n: usize) -> Vec<String> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect()
+}
+
+/// A `tongban node` child process; killed on drop.
+pub struct NodeProcess {
+    pub child: Child,
+    /// `host:port` of its caller listener.
+    pub caller: String,
+    /// `host:port` of its admin listener.
+    pub admin: String,
+    /// Every line it logged so far (text or JSON).
+    pub lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl NodeProcess {
+    /// Starts `tongban <extra> node --config <config>` and waits for its "node started"
+    /// line.
+    pub fn spawn(config: &Path, extra: &[&str]) -> NodeProcess {
+        let mut child = Command::new(crate::tongban_bin())
+            .args(extra)
+            .args(["node", "--config"])
+            .arg(config)
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let kept = lines.clone();
+        std::thread::spawn(move || {
+            // Keep draining so the child never blocks on a full pipe.
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("node started") {
+                    let _ = tx.send((field(&line, "caller"), field(&line, "admin")));
+                }
+                kept.lock().unwrap().push(line);
+            }
+        });
+        let (caller, admin) = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the node printed its addresses");
+        NodeProcess {
+            child,
+            caller: caller.expect("caller address in the start line"),
+            admin: admin.expect("admin address in the start line"),
+            lines,
+        }
+    }
+
+    /// Waits (bounded) until a logged line satisfies `pred`.
+    pub async fn wait_for_line(&self, pred: impl Fn(&str) -> bool) -> bool {
+        for _ in 0..250 {
+            if self.lines.lock().unwrap().iter().any(|l| pred(l)) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+}
+
+/// A field of the start line, in JSON (`fields.<name>`) or text (`name=value`) form.
+fn field(line: &str, name: &str) -> Option<String> {
+    let from_json = serde_json::from_str::<serde_json::Value>(line)
+        .ok()
+        .and_then(|v| v["fields"][name].as_str().map(str::to_string));
+    let prefix = format!("{name}=");
+    from_json.or_else(|| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(prefix.as_str()))
+            .map(str::to_string)
+    })
+}
+
+/// Registers the probe provider at `url` as `<city>/hrss` with the node at `addr` (a caller
+/// listener's `host:port`), with `token` of that city.
+pub async fn register_probe(addr: &str, token: &str, url: &str, personal_data: bool) {
+    use tongban_proto::registry::v1::registry_client::RegistryClient;
+    use tongban_proto::registry::v1::{RegisterServiceRequest, ServiceRegistration};
+    let mut reg = tonic::Request::new(RegisterServiceRequest {
+        registration: Some(ServiceRegistration {
+            organisation: "hrss".into(),
+            service: crate::CROSSCITY_SERVICE.into(),
+            endpoints: vec![url.to_string()],
+            personal_data,
+            ..Default::default()
+        }),
+    });
+    crate::authorize(&mut reg, token);
+    RegistryClient::new(channel(addr).await)
+        .register_service(reg)
+        .await
+        .unwrap();
+}
+
+/// A channel to `host:port` over h2c.
+pub async fn channel(addr: &str) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}

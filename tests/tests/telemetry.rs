@@ -1,0 +1,280 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Traces across the boundary, checked at a real OTLP receiver: an OpenTelemetry
+//! `TraceService` server built from the official proto definitions (`opentelemetry-proto`)
+//! takes the spans of a Jinan and a Qingdao node, each a `tongban node` process with a
+//! `[telemetry]` section pointing at it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use tongban_devkit::certs;
+use tongban_devkit::local::{dev_token, RunningProvider};
+use tongban_proto::crosscity::v1::cross_city_service_client::CrossCityServiceClient;
+use tongban_proto::crosscity::v1::SubmitRequest;
+use tongban_tests::process::{
+    channel, free_addrs, register_probe, write_node_config, NodeProcess,
+};
+use tongban_tests::{authorize, targeted};
+use tonic::metadata::MetadataValue;
+
+/// One exported span, flattened: the service (node) that sent it and its fields.
+#[derive(Debug, Clone)]
+struct Got {
+    service: String,
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent: String,
+    attrs: HashMap<String, String>,
+}
+
+#[derive(Default, Clone)]
+struct Receiver {
+    spans: Arc<Mutex<Vec<Got>>>,
+    /// Every export request as received, to search for what must never be exported.
+    raw: Arc<Mutex<Vec<String>>>,
+}
+
+fn text(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+    match v.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let req = req.into_inner();
+        self.raw.lock().unwrap().push(format!("{req:?}"));
+        let mut out = Vec::new();
+        for rs in &req.resource_spans {
+            let service = rs
+                .resource
+                .as_ref()
+                .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
+                .map(|a| text(&a.value))
+                .unwrap_or_default();
+            for ss in &rs.scope_spans {
+                for s in &ss.spans {
+                    out.push(Got {
+                        service: service.clone(),
+                        name: s.name.clone(),
+                        trace_id: hex::encode(&s.trace_id),
+                        span_id: hex::encode(&s.span_id),
+                        parent: hex::encode(&s.parent_span_id),
+                        attrs: s
+                            .attributes
+                            .iter()
+                            .map(|a| (a.key.clone(), text(&a.value)))
+                            .collect(),
+                    });
+                }
+            }
+        }
+        self.spans.lock().unwrap().extend(out);
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_covers_both_cities_at_a_real_otlp_receiver() {
+    // The receiver.
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(receiver.clone()))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            ),
+    );
+
+    // Two nodes, exporting every trace to it.
+    let dir = tempfile::tempdir().unwrap();
+    let cities = ["jinan".to_string(), "qingdao".to_string()];
+    let g = certs::init(&dir.path().join("certs"), &cities, false).unwrap();
+    let addrs = free_addrs(2);
+    let peers = [("jinan", addrs[0].clone()), ("qingdao", addrs[1].clone())];
+    let telemetry = format!("[telemetry]\nendpoint = \"http://{otlp}\"\nsample_ratio = 1.0\n");
+    let jinan = NodeProcess::spawn(
+        &write_node_config(dir.path(), &g, "jinan", &peers, &telemetry),
+        &[],
+    );
+    let qingdao = NodeProcess::spawn(
+        &write_node_config(dir.path(), &g, "qingdao", &peers, &telemetry),
+        &[],
+    );
+    let provider = RunningProvider::start("qingdao").await.unwrap();
+    let qd_token = dev_token(&g, "qingdao", "hrss").unwrap();
+    register_probe(&qingdao.caller, &qd_token, &provider.url(), false).await;
+
+    // A Jinan system calls Qingdao's service in its own trace, naming a citizen.
+    let token = dev_token(&g, "jinan", "hrss").unwrap();
+    let citizen = tongban_devkit::demo::demo_subject("37010219850312002");
+    let mut client = CrossCityServiceClient::new(channel(&jinan.caller).await);
+    let mut answered = None;
+    for attempt in 0..150 {
+        let mut req = targeted(
+            SubmitRequest {
+                catalog_code: "JQ-03".into(),
+                ..Default::default()
+            },
+            Some("qingdao"),
+            Duration::from_secs(5),
+        );
+        authorize(&mut req, &token);
+        let md = req.metadata_mut();
+        md.insert(
+            "x-tongban-purpose",
+            MetadataValue::from_static("case-handling"),
+        );
+        md.insert("x-tongban-subject", citizen.parse().unwrap());
+        md.insert(
+            "x-tongban-request-id",
+            format!("otel-{attempt}").parse().unwrap(),
+        );
+        md.insert(
+            "traceparent",
+            format!("00-{TRACE}-{CALLER_SPAN}-01").parse().unwrap(),
+        );
+        match client.submit(req).await {
+            Ok(_) => {
+                answered = Some(format!("otel-{attempt}"));
+                break;
+            }
+            // Until Jinan's node has Qingdao's catalog.
+            Err(s) if s.code() == tonic::Code::NotFound || s.code() == tonic::Code::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => panic!("unexpected refusal: {s:?}"),
+        }
+    }
+    let request_id = answered.expect("the cross-city call never succeeded");
+
+    // Both nodes export the exchange's spans (batched every 500 ms).
+    let wanted = ["call", "authenticate", "route", "policy", "audit_commit"];
+    let mut spans = Vec::new();
+    for _ in 0..200 {
+        spans = receiver
+            .spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.trace_id == TRACE)
+            .cloned()
+            .collect::<Vec<_>>();
+        let has = |svc: &str, name: &str| spans.iter().any(|s| s.service == svc && s.name == name);
+        if wanted
+            .iter()
+            .all(|n| has("tongban-jinan", n) && has("tongban-qingdao", n))
+            && has("tongban-jinan", "forward_to_peer")
+            && has("tongban-qingdao", "provider_call")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let find = |svc: &str, name: &str| -> Got {
+        let of_call: Vec<&Got> = spans
+            .iter()
+            .filter(|s| s.service == svc && s.name == name)
+            .collect();
+        assert!(
+            !of_call.is_empty(),
+            "no `{name}` span from {svc} in trace {TRACE}: {spans:#?}"
+        );
+        // The successful attempt's (refused attempts are traced too).
+        of_call
+            .iter()
+            .find(|s| {
+                name != "call" || s.attrs.get("request_id").map(String::as_str) == Some(&request_id)
+            })
+            .copied()
+            .unwrap_or(of_call[of_call.len() - 1])
+            .clone()
+    };
+    eprintln!("{} spans of trace {TRACE} received", spans.len());
+    let j_call = find("tongban-jinan", "call");
+    let q_call = find("tongban-qingdao", "call");
+    // The caller's traceparent is honoured: Jinan's call span is its child.
+    assert_eq!(j_call.parent, CALLER_SPAN, "{j_call:?}");
+    // Across the boundary: Qingdao's call span is the child of Jinan's forwarding span.
+    let forward = spans
+        .iter()
+        .find(|s| {
+            s.service == "tongban-jinan" && s.name == "forward_to_peer" && s.parent == j_call.span_id
+        })
+        .unwrap_or_else(|| panic!("no forward_to_peer under Jinan's call: {spans:#?}"));
+    assert_eq!(q_call.parent, forward.span_id, "{q_call:?} {forward:?}");
+    assert_eq!(forward.attrs.get("tongban.peer").map(String::as_str), Some("qingdao"));
+    // The steps of each side are children of its call span.
+    for (svc, call, steps) in [
+        ("tongban-jinan", &j_call, &["authenticate", "route", "policy", "audit_commit"][..]),
+        (
+            "tongban-qingdao",
+            &q_call,
+            &["authenticate", "route", "policy", "provider_call", "audit_commit"][..],
+        ),
+    ] {
+        for step in steps {
+            assert!(
+                spans
+                    .iter()
+                    .any(|s| s.service == svc && s.name == *step && s.parent == call.span_id),
+                "no `{step}` under {svc}'s call span: {spans:#?}"
+            );
+        }
+    }
+    // The call spans' attributes: cities, organisation, service, method, status, request id.
+    for (call, side) in [(&j_call, "home"), (&q_call, "provider")] {
+        let a = &call.attrs;
+        let get = |k: &str| a.get(k).map(String::as_str).unwrap_or("");
+        assert_eq!(get("request_id"), request_id, "{a:?}");
+        assert_eq!(get("trace_id"), TRACE, "{a:?}");
+        assert_eq!(get("side"), side, "{a:?}");
+        assert_eq!(get("tongban.caller_city"), "jinan", "{a:?}");
+        assert_eq!(get("tongban.target_city"), "qingdao", "{a:?}");
+        assert_eq!(get("tongban.caller_org"), "hrss", "{a:?}");
+        assert_eq!(get("rpc.service"), tongban_tests::CROSSCITY_SERVICE, "{a:?}");
+        assert_eq!(get("rpc.method"), "Submit", "{a:?}");
+        assert_eq!(get("rpc.grpc.status_code"), "0", "{a:?}");
+    }
+    assert_eq!(
+        q_call.attrs.get("tongban.target_org").map(String::as_str),
+        Some("hrss")
+    );
+    // Nothing exported carries the token or the clear resident id.
+    for raw in receiver.raw.lock().unwrap().iter() {
+        assert!(!raw.contains(&token), "the caller's token was exported");
+        assert!(!raw.contains(&citizen), "a clear resident id was exported");
+    }
+
+    drop(jinan);
+    drop(qingdao);
+    provider.stop().await;
+    let _ = stop.send(());
+    let _ = server.await;
+}
