@@ -19,9 +19,7 @@ use tongban_devkit::certs;
 use tongban_devkit::local::{dev_token, RunningProvider};
 use tongban_proto::crosscity::v1::cross_city_service_client::CrossCityServiceClient;
 use tongban_proto::crosscity::v1::SubmitRequest;
-use tongban_tests::process::{
-    channel, free_addrs, register_probe, write_node_config, NodeProcess,
-};
+use tongban_tests::process::{channel, free_addrs, register_probe, write_node_config, NodeProcess};
 use tongban_tests::{authorize, targeted};
 use tonic::metadata::MetadataValue;
 
@@ -225,18 +223,33 @@ async fn one_trace_covers_both_cities_at_a_real_otlp_receiver() {
     let forward = spans
         .iter()
         .find(|s| {
-            s.service == "tongban-jinan" && s.name == "forward_to_peer" && s.parent == j_call.span_id
+            s.service == "tongban-jinan"
+                && s.name == "forward_to_peer"
+                && s.parent == j_call.span_id
         })
         .unwrap_or_else(|| panic!("no forward_to_peer under Jinan's call: {spans:#?}"));
     assert_eq!(q_call.parent, forward.span_id, "{q_call:?} {forward:?}");
-    assert_eq!(forward.attrs.get("tongban.peer").map(String::as_str), Some("qingdao"));
+    assert_eq!(
+        forward.attrs.get("tongban.peer").map(String::as_str),
+        Some("qingdao")
+    );
     // The steps of each side are children of its call span.
     for (svc, call, steps) in [
-        ("tongban-jinan", &j_call, &["authenticate", "route", "policy", "audit_commit"][..]),
+        (
+            "tongban-jinan",
+            &j_call,
+            &["authenticate", "route", "policy", "audit_commit"][..],
+        ),
         (
             "tongban-qingdao",
             &q_call,
-            &["authenticate", "route", "policy", "provider_call", "audit_commit"][..],
+            &[
+                "authenticate",
+                "route",
+                "policy",
+                "provider_call",
+                "audit_commit",
+            ][..],
         ),
     ] {
         for step in steps {
@@ -258,7 +271,11 @@ async fn one_trace_covers_both_cities_at_a_real_otlp_receiver() {
         assert_eq!(get("tongban.caller_city"), "jinan", "{a:?}");
         assert_eq!(get("tongban.target_city"), "qingdao", "{a:?}");
         assert_eq!(get("tongban.caller_org"), "hrss", "{a:?}");
-        assert_eq!(get("rpc.service"), tongban_tests::CROSSCITY_SERVICE, "{a:?}");
+        assert_eq!(
+            get("rpc.service"),
+            tongban_tests::CROSSCITY_SERVICE,
+            "{a:?}"
+        );
         assert_eq!(get("rpc.method"), "Submit", "{a:?}");
         assert_eq!(get("rpc.grpc.status_code"), "0", "{a:?}");
     }

@@ -189,9 +189,11 @@ impl Exchange {
         r.response_bytes = response.bytes;
         r.grpc_status = code;
         r.grpc_message = message.chars().take(512).collect();
+        // By where the call came in and where it was going (a call refused before it was
+        // routed counts where it asked to go).
         let side = match Side::try_from(r.side) {
-            Ok(Side::Home) => "home",
             Ok(Side::Provider) => "provider",
+            _ if !r.target_city.is_empty() && r.target_city != r.node_city => "home",
             _ => "local",
         };
         let code = tonic::Code::from_i32(code);
