@@ -819,6 +819,55 @@ address = "127.0.0.1:8100"
     }
 
     #[test]
+    fn telemetry_and_admin_listener() {
+        let c = parse(GOOD).unwrap();
+        assert!(c.telemetry.is_none(), "no export without [telemetry]");
+        assert_eq!(c.admin_addr, DEFAULT_ADMIN_ADDR.parse().unwrap());
+        assert!(c.admin_addr.ip().is_loopback());
+        let with = format!("{GOOD}\n[telemetry]\nendpoint = \"http://127.0.0.1:4317\"\nsample_ratio = 0.25\n");
+        let t = parse(&with).unwrap().telemetry.unwrap();
+        assert_eq!(t.service_name, "tongban-jinan");
+        assert_eq!(t.sample_ratio, 0.25);
+        assert_eq!(t.queue_spans, TraceSettings::DEFAULT_QUEUE_SPANS);
+        let bad = [
+            ("endpoint = \"127.0.0.1:4317\"", "telemetry.endpoint"),
+            ("endpoint = \"grpc://collector:4317\"", "telemetry.endpoint"),
+            (
+                "endpoint = \"http://c:4317\"\nsample_ratio = 1.5",
+                "telemetry.sample_ratio",
+            ),
+            (
+                "endpoint = \"http://c:4317\"\nqueue_spans = 0",
+                "telemetry.queue_spans",
+            ),
+            (
+                "endpoint = \"http://c:4317\"\nexport_timeout_ms = 10",
+                "telemetry.export_timeout_ms",
+            ),
+            (
+                "endpoint = \"http://c:4317\"\nservice_name = \" \"",
+                "telemetry.service_name",
+            ),
+        ];
+        for (section, key) in bad {
+            let text = format!("{GOOD}\n[telemetry]\n{section}\n");
+            assert_eq!(key_of(parse(&text).unwrap_err()), key, "case {section}");
+        }
+        let clash = GOOD.replacen(
+            "caller_plaintext = true",
+            "caller_plaintext = true\nadmin = \"127.0.0.1:7000\"",
+            1,
+        );
+        assert_eq!(key_of(parse(&clash).unwrap_err()), "listen.admin");
+        let nowhere = GOOD.replacen(
+            "caller_plaintext = true",
+            "caller_plaintext = true\nadmin = \"loopback\"",
+            1,
+        );
+        assert_eq!(key_of(parse(&nowhere).unwrap_err()), "listen.admin");
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let cases = [
             ("city = \"jinan\"", "city = \"Jinan\"", "city"),
@@ -862,6 +911,9 @@ address = "127.0.0.1:8100"
             let c = NodeConfig::load(&deploy.join(format!("{city}.toml"))).unwrap();
             assert_eq!(c.city, city);
             assert_eq!(c.peers.len(), 1);
+            // Traces on, and a fixed admin port for Prometheus, in the examples.
+            assert!(c.telemetry.is_some());
+            assert_ne!(c.admin_addr.port(), 0);
         }
     }
 
