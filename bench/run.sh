@@ -54,6 +54,8 @@ start() { # name, command...
   pids+=($!)
   echo $! >"$work/$name.pid"
 }
+# A reachable OTLP collector: the deploy configs export spans to 127.0.0.1:4317.
+start otlp-sink "$bin/tongban-otlp-sink" 127.0.0.1:4317
 start provider-jinan "$bin/tongban" provider probe --city jinan --listen 127.0.0.1:7201
 start provider-qingdao "$bin/tongban" provider probe --city qingdao --listen 127.0.0.1:8201
 start node-jinan "$bin/tongban" node --config "$work/jinan.toml"
@@ -220,6 +222,35 @@ h2 "haproxy h2" http://127.0.0.1:7302 jinan
 h2 "Tongban, local" http://127.0.0.1:7000 jinan
 h2 "Tongban, cross-city" http://127.0.0.1:7000 qingdao
 
+peak_rss="$(for p in "${procs[@]}" nginx haproxy; do printf '%s %s; ' "$p" "$(rss_kib "$p")"; done)"
+
+# Span export (issue 12): Jinan's node restarted with export off, with every trace sampled
+# to the reachable sink, and with every trace sampled to a collector that refuses
+# connections. An unreachable collector must cost the calls nothing measurable.
+restart_jinan() { # config
+  local pid; pid=$(cat "$work/node-jinan.pid")
+  kill "$pid"; while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  start node-jinan "$bin/tongban" node --config "$1"
+  for _ in $(seq 1 100); do
+    "$bin/tongban" registry list --node http://127.0.0.1:7000 --token "$jinan_token" --city qingdao 2>/dev/null | grep -q " up " && break
+    sleep 0.1
+  done
+  $client_cpu "$bin/tongban-loadgen" --node http://127.0.0.1:7000 --token "$jinan_token" \
+    --to jinan --rate 500 --seconds 2 >/dev/null || true
+}
+sed '/^\[telemetry\]/,$d' "$work/jinan.toml" >"$work/jinan-off.toml"
+sed 's/^sample_ratio = .*/sample_ratio = 1.0/' "$work/jinan.toml" >"$work/jinan-sink.toml"
+sed -e 's/^sample_ratio = .*/sample_ratio = 1.0/' -e 's#^endpoint = .*#endpoint = "http://127.0.0.1:9"#' \
+  "$work/jinan.toml" >"$work/jinan-unreachable.toml"
+spans_before=$(tail -n1 "$work/otlp-sink.log" | awk '{print $2}')
+for variant in "off:export off" "sink:all traces to a collector" "unreachable:all traces, collector refusing"; do
+  file=${variant%%:*}; name=${variant#*:}
+  restart_jinan "$work/jinan-$file.toml"
+  run "local, $name, 1,000/s open loop" jinan 1000 2000
+  run "local, $name, saturated (64 in flight)" jinan 0 64
+done
+spans_after=$(tail -n1 "$work/otlp-sink.log" | awk '{print $2}')
+
 {
   echo "# Benchmark results"
   echo
@@ -244,7 +275,10 @@ h2 "Tongban, cross-city" http://127.0.0.1:7000 qingdao
   echo "| --- | ---: | ---: |"
   for r in "${h2rows[@]}"; do echo "$r"; done
   echo
-  echo "Peak RSS (KiB): $(for p in "${procs[@]}" nginx haproxy; do printf '%s %s; ' "$p" "$(rss_kib "$p")"; done)"
+  echo "Peak RSS (KiB), before the span-export rows: $peak_rss"
+  echo
+  echo "Span export rows (\"local, export off / all traces … \"): Jinan's node restarted with the"
+  echo "config varied; the sink (\`tongban-otlp-sink\`, an OTLP receiver) took $(( ${spans_after:-0} - ${spans_before:-0} )) spans during them."
   echo
   echo "Ratios (from the load generator's rows above; targets of issue 9 in brackets):"
   echo
@@ -267,6 +301,11 @@ if one and cross:
     rows.append(("cross-city ÷ one node, saturated calls/s (≥ 0.5)", cross[0] / one[0]))
 if one and direct:
     rows.append(("one node ÷ direct, saturated calls/s", one[0] / direct[0]))
+off, sink, refused = sat("local, export off"), sat("local, all traces to a collector"), sat("local, all traces, collector refusing")
+if off and sink and refused:
+    rows.append(("span export, collector refusing ÷ collector up, node CPU per call (≈ 1.0)", refused[1] / sink[1]))
+    rows.append(("span export, collector refusing ÷ collector up, saturated calls/s (≈ 1.0)", refused[0] / sink[0]))
+    rows.append(("span export of every trace ÷ export off, node CPU per call", sink[1] / off[1]))
 d, n, l = slow("direct"), slow("nginx grpc_pass"), slow("local")
 if d and n and l:
     rows.append(("added p99 at 1,000/s, one node − nginx's (≤ one fsync), µs", (l[2] - d[2]) - (n[2] - d[2])))

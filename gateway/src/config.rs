@@ -824,7 +824,9 @@ address = "127.0.0.1:8100"
         assert!(c.telemetry.is_none(), "no export without [telemetry]");
         assert_eq!(c.admin_addr, DEFAULT_ADMIN_ADDR.parse().unwrap());
         assert!(c.admin_addr.ip().is_loopback());
-        let with = format!("{GOOD}\n[telemetry]\nendpoint = \"http://127.0.0.1:4317\"\nsample_ratio = 0.25\n");
+        let with = format!(
+            "{GOOD}\n[telemetry]\nendpoint = \"http://127.0.0.1:4317\"\nsample_ratio = 0.25\n"
+        );
         let t = parse(&with).unwrap().telemetry.unwrap();
         assert_eq!(t.service_name, "tongban-jinan");
         assert_eq!(t.sample_ratio, 0.25);

@@ -103,6 +103,15 @@ async fn run_demo(serve: bool) -> anyhow::Result<ExitCode> {
                 c.caller_url()
             );
         }
+        println!("operators: metrics, status and health on each node's admin listener:");
+        for c in &fed.cities {
+            if let Some(n) = c.node() {
+                println!(
+                    "  {}: http://{}/metrics  (tongban status: grpc on the same address)",
+                    c.city, n.admin_addr
+                );
+            }
+        }
         println!();
         println!("callers need a JWT of their city and x-tongban-purpose: case-handling; e.g. for jinan/hrss (1 h):");
         if let Ok(t) = fed.token("jinan", "hrss") {

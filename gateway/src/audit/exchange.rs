@@ -205,24 +205,31 @@ impl Exchange {
             code,
             self.started.elapsed(),
         );
-        // The span's attributes: who, what and the outcome, never the subject.
-        let s = &self.span;
-        s.record("side", side);
-        s.record("tongban.caller_city", r.caller_city.as_str());
-        s.record("tongban.caller_org", r.caller_org.as_str());
-        s.record("tongban.target_city", r.target_city.as_str());
-        s.record("tongban.target_org", r.target_org.as_str());
-        s.record("rpc.service", r.service.as_str());
-        s.record("rpc.method", r.method.as_str());
-        s.record("rpc.grpc.status_code", i64::from(r.grpc_status));
-        s.record("tongban.purpose", r.purpose.as_str());
-        if !r.catalog_code.is_empty() {
-            s.record("tongban.catalog_code", r.catalog_code.as_str());
-        }
-        if code != tonic::Code::Ok {
-            s.record("otel.status_code", "ERROR");
+        // The span's attributes for the trace: who, what and the outcome, never the subject
+        // (only when spans are exported: the call's log lines are written by now).
+        if tongban_telemetry::trace::exporting() {
+            record_attributes(&self.span, r, side, code);
         }
         std::mem::take(&mut self.record)
+    }
+}
+
+/// The exchange's attributes on its `call` span, for the exported trace.
+fn record_attributes(s: &tracing::Span, r: &AuditRecord, side: &str, code: tonic::Code) {
+    s.record("side", side);
+    s.record("tongban.caller_city", r.caller_city.as_str());
+    s.record("tongban.caller_org", r.caller_org.as_str());
+    s.record("tongban.target_city", r.target_city.as_str());
+    s.record("tongban.target_org", r.target_org.as_str());
+    s.record("rpc.service", r.service.as_str());
+    s.record("rpc.method", r.method.as_str());
+    s.record("rpc.grpc.status_code", i64::from(r.grpc_status));
+    s.record("tongban.purpose", r.purpose.as_str());
+    if !r.catalog_code.is_empty() {
+        s.record("tongban.catalog_code", r.catalog_code.as_str());
+    }
+    if code != tonic::Code::Ok {
+        s.record("otel.status_code", "ERROR");
     }
 }
 

@@ -138,7 +138,7 @@ impl Proxy {
             otel.status_code = tracing::field::Empty,
             request_id = %request_id,
             trace_id = tracing::field::Empty,
-            side = tracing::field::Empty,
+            side = if side == Side::Provider { "provider" } else { "home" },
             tongban.city = %self.city,
             tongban.caller_city = tracing::field::Empty,
             tongban.caller_org = tracing::field::Empty,
