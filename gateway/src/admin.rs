@@ -16,8 +16,6 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::body::Body;
@@ -115,38 +113,12 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
 }
 
 /// Serves the admin listener (HTTP/1.1 for scrapers, h2c for gRPC) until `shutdown`.
-pub async fn serve(listener: TcpListener, admin: Admin, mut shutdown: watch::Receiver<bool>) {
-    let graceful = GracefulShutdown::new();
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    loop {
-        let (tcp, remote) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(error) => {
-                    tracing::warn!(%error, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
+pub async fn serve(listener: TcpListener, admin: Admin, shutdown: watch::Receiver<bool>) {
+    let svc = tower::service_fn(move |req| {
         let admin = admin.clone();
-        let svc = hyper::service::service_fn(move |req| {
-            let admin = admin.clone();
-            async move { Ok::<_, Infallible>(admin.handle(req).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(error) = conn.await {
-                tracing::debug!(%remote, %error, "admin connection ended");
-            }
-        });
-    }
-    drop(listener);
-    let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
+        async move { Ok::<_, Infallible>(admin.handle(req).await) }
+    });
+    crate::server::serve_auto(listener, None, svc, "admin", shutdown).await;
 }
 
 /// Keeps the node's overall health (`""` in grpc.health.v1) SERVING only while its audit log

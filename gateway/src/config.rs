@@ -18,6 +18,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("TONGBAN_LISTEN_CALLER", "listen.caller"),
     ("TONGBAN_LISTEN_PEER", "listen.peer"),
     ("TONGBAN_LISTEN_ADMIN", "listen.admin"),
+    ("TONGBAN_LISTEN_WEB", "listen.web"),
     ("TONGBAN_DATA_DIR", "storage.data_dir"),
 ];
 
@@ -65,6 +66,15 @@ struct RawConfig {
     audit: RawAudit,
     catalog: Option<RawCatalog>,
     telemetry: Option<RawTelemetry>,
+    web: Option<RawWeb>,
+}
+
+/// `[web]`: who may call the web listener from a browser.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeb {
+    #[serde(default)]
+    allowed_origins: Vec<String>,
 }
 
 /// `[telemetry]`: span export over OTLP/gRPC; no export without the section.
@@ -130,6 +140,8 @@ struct RawListen {
     /// Metrics, status and health for operators, without a token: loopback by default.
     #[serde(default = "default_admin")]
     admin: String,
+    /// Browsers (gRPC-Web, CORS); no web listener without it.
+    web: Option<String>,
     #[serde(default)]
     caller_plaintext: bool,
 }
@@ -288,6 +300,17 @@ pub struct NodeConfig {
     /// Span export (`[telemetry]`); `None`: spans are not exported (trace ids are still
     /// propagated and audited).
     pub telemetry: Option<TraceSettings>,
+    /// The web listener for browsers (`listen.web`, `[web]`); none unless configured.
+    pub web: Option<WebConfig>,
+}
+
+/// The web listener: gRPC-Web (binary and text) and HTTP/1.1 for browsers, with CORS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebConfig {
+    pub addr: SocketAddr,
+    /// Origins (`scheme://host[:port]`) whose pages may call the node; none by default
+    /// (same-origin pages only). Never a wildcard.
+    pub allowed_origins: Vec<String>,
 }
 
 /// The audit log (`[audit]`).
@@ -435,6 +458,9 @@ impl NodeConfig {
         if let Some(v) = env("TONGBAN_LISTEN_ADMIN") {
             raw.listen.admin = v;
         }
+        if let Some(v) = env("TONGBAN_LISTEN_WEB") {
+            raw.listen.web = Some(v);
+        }
         if let Some(v) = env("TONGBAN_DATA_DIR") {
             raw.storage.data_dir = PathBuf::from(v);
         }
@@ -462,6 +488,33 @@ impl NodeConfig {
             .telemetry
             .map(|t| telemetry_settings(t, &raw.city))
             .transpose()?;
+        let web = match (&raw.listen.web, raw.web) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(ConfigError::key(
+                    "listen.web",
+                    "is required when [web] is set",
+                ))
+            }
+            (Some(a), w) => {
+                let addr = parse_addr("listen.web", a)?;
+                if addr.port() != 0 && [caller_addr, peer_addr, admin_addr].contains(&addr) {
+                    return Err(ConfigError::key(
+                        "listen.web",
+                        "must differ from the other listeners",
+                    ));
+                }
+                let origins = w.map(|w| w.allowed_origins).unwrap_or_default();
+                for (i, o) in origins.iter().enumerate() {
+                    validate_origin(o)
+                        .map_err(|m| ConfigError::key(format!("web.allowed_origins[{i}]"), m))?;
+                }
+                Some(WebConfig {
+                    addr,
+                    allowed_origins: origins,
+                })
+            }
+        };
         let resolve = |p: &Path| {
             if p.is_absolute() {
                 p.to_path_buf()
@@ -675,8 +728,29 @@ impl NodeConfig {
                 raw.catalog.map(|c| resolve(&c.file)).as_deref(),
             )?),
             telemetry,
+            web,
         })
     }
+}
+
+/// A browser origin: `http(s)://host[:port]`, nothing more (no path, no wildcard).
+fn validate_origin(o: &str) -> Result<(), String> {
+    if o.contains('*') {
+        return Err(format!(
+            "`{o}`: no wildcard; list each origin a portal is served from"
+        ));
+    }
+    let uri: http::Uri = o
+        .parse()
+        .map_err(|_| format!("`{o}` is not an origin (e.g. https://portal.jinan.gov.cn)"))?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    let bare = uri.path_and_query().is_none_or(|p| p.as_str() == "/") && !o.ends_with('/');
+    if !scheme_ok || uri.host().is_none() || !bare {
+        return Err(format!(
+            "`{o}` is not an origin: scheme://host[:port], no path (e.g. https://portal.jinan.gov.cn)"
+        ));
+    }
+    Ok(())
 }
 
 fn telemetry_settings(t: RawTelemetry, city: &str) -> Result<TraceSettings, ConfigError> {
@@ -816,6 +890,44 @@ address = "127.0.0.1:8100"
             ConfigError::Key { key, .. } => key,
             other => panic!("expected a key error, got {other}"),
         }
+    }
+
+    #[test]
+    fn web_listener_and_origins() {
+        assert!(
+            parse(GOOD).unwrap().web.is_none(),
+            "no web listener by default"
+        );
+        let with = |origins: &str| {
+            GOOD.replacen(
+                "caller_plaintext = true",
+                "caller_plaintext = true\nweb = \"127.0.0.1:7080\"",
+                1,
+            ) + &format!("\n[web]\nallowed_origins = [{origins}]\n")
+        };
+        let w = parse(&with(
+            "\"http://127.0.0.1:8080\", \"https://portal.jinan.gov.cn\"",
+        ))
+        .unwrap()
+        .web
+        .unwrap();
+        assert_eq!(w.allowed_origins.len(), 2);
+        for bad in [
+            "\"*\"",
+            "\"https://*.gov.cn\"",
+            "\"portal.jinan\"",
+            "\"https://a.cn/portal\"",
+            "\"https://a.cn/\"",
+            "\"ftp://a.cn\"",
+        ] {
+            assert_eq!(
+                key_of(parse(&with(bad)).unwrap_err()),
+                "web.allowed_origins[0]",
+                "{bad}"
+            );
+        }
+        let orphan = format!("{GOOD}\n[web]\nallowed_origins = []\n");
+        assert_eq!(key_of(parse(&orphan).unwrap_err()), "listen.web");
     }
 
     #[test]

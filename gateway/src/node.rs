@@ -93,6 +93,8 @@ pub struct Listeners {
     pub caller: TcpListener,
     pub peer: TcpListener,
     pub admin: TcpListener,
+    /// The web listener (`listen.web`), when configured.
+    pub web: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -107,6 +109,10 @@ impl Listeners {
             caller: bind("listen.caller", config.caller_addr).await?,
             peer: bind("listen.peer", config.peer_addr).await?,
             admin: bind("listen.admin", config.admin_addr).await?,
+            web: match &config.web {
+                Some(w) => Some(bind("listen.web", w.addr).await?),
+                None => None,
+            },
         })
     }
 }
@@ -239,6 +245,10 @@ impl PreparedNode {
         let caller_addr = local_addr(&listeners.caller, "listen.caller", config.caller_addr)?;
         let peer_addr = local_addr(&listeners.peer, "listen.peer", config.peer_addr)?;
         let admin_addr = local_addr(&listeners.admin, "listen.admin", config.admin_addr)?;
+        let web_addr = match (&listeners.web, &config.web) {
+            (Some(l), Some(w)) => Some(local_addr(l, "listen.web", w.addr)?),
+            _ => None,
+        };
         let (shutdown_tx, shutdown) = watch::channel(false);
 
         let catalog = Arc::new(Catalog::new(
@@ -408,6 +418,30 @@ impl PreparedNode {
             bundle: bundle.clone(),
         };
 
+        if let (Some(listener), Some(web)) = (listeners.web, &config.web) {
+            // Browsers: the caller listener's certificate without client certificates, and
+            // HTTP/1.1 beside h2.
+            let tls = match &config.caller_tls {
+                Some(t) => Some(tokio_rustls::TlsAcceptor::from(
+                    NodeIdentity::web_server_config(&t.cert, &t.key)?,
+                )),
+                None => None,
+            };
+            let svc = tower::ServiceBuilder::new()
+                .layer(crate::web::cors(&web.allowed_origins))
+                .layer(tonic_web::GrpcWebLayer::new())
+                .service(crate::web::WebDispatch {
+                    routes: caller_routes.clone(),
+                    proxy: proxy.clone(),
+                });
+            tasks.push(tokio::spawn(server::serve_auto(
+                listener,
+                tls,
+                svc,
+                "web",
+                shutdown.clone(),
+            )));
+        }
         tasks.push(tokio::spawn(server::serve(
             listeners.caller,
             Side::Caller {
@@ -445,6 +479,7 @@ impl PreparedNode {
             caller = %caller_addr,
             peer = %peer_addr,
             admin = %admin_addr,
+            web = %web_addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
             peers = peers.len(),
             "node started"
         );
@@ -453,6 +488,7 @@ impl PreparedNode {
             caller_addr,
             peer_addr,
             admin_addr,
+            web_addr,
             shutdown: shutdown_tx,
             tasks,
             catalog,
@@ -516,6 +552,8 @@ pub struct RunningNode {
     pub peer_addr: SocketAddr,
     /// Metrics, status and health for operators.
     pub admin_addr: SocketAddr,
+    /// gRPC-Web for browsers, when configured.
+    pub web_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     catalog: Arc<Catalog>,

@@ -30,7 +30,7 @@ use crate::proxy::Proxy;
 use crate::trust::{PeerIdentity, TrustBundle};
 
 /// Paths the caller listener serves itself instead of proxying.
-const CALLER_CONTROL: &[&str] = &[
+pub(crate) const CALLER_CONTROL: &[&str] = &[
     "/tongban.registry.v1.Registry/",
     "/tongban.consent.v1.Consent/",
     "/tongban.audit.v1.Audit/",
@@ -269,5 +269,83 @@ impl Connection {
                 &error,
             );
         }
+    }
+}
+
+/// Serves HTTP/1.1 and HTTP/2 (the admin and web listeners: scrapers and browsers) with
+/// `svc`, over TLS when `tls` is given, until `shutdown`; open requests then get a short
+/// grace period. `what` names the listener in logs.
+pub async fn serve_auto<S, B>(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    svc: S,
+    what: &'static str,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let graceful = GracefulShutdown::new();
+    let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
+        TokioExecutor::new(),
+    ));
+    loop {
+        let (tcp, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(error) => {
+                    tracing::warn!(%error, listener = what, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let (svc, builder, watcher, tls) = (
+            svc.clone(),
+            builder.clone(),
+            graceful.watcher(),
+            tls.clone(),
+        );
+        tokio::spawn(async move {
+            let svc = hyper_util::service::TowerToHyperService::new(svc);
+            let ended = match tls {
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some(tls) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                        _ => {
+                            tracing::debug!(%remote, listener = what, "tls handshake failed");
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Err(error) = ended {
+                tracing::debug!(%remote, %error, listener = what, "connection ended");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            listener = what,
+            "open requests did not finish within the grace period"
+        );
     }
 }

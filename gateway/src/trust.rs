@@ -573,6 +573,17 @@ impl NodeIdentity {
         Ok(Arc::new(cfg))
     }
 
+    /// TLS of the web listener: the caller listener's certificate, no client certificates
+    /// (browsers have none), HTTP/2 or HTTP/1.1.
+    pub fn web_server_config(
+        cert: &Path,
+        key: &Path,
+    ) -> Result<Arc<rustls::ServerConfig>, TrustError> {
+        let mut cfg = (*Self::caller_server_config(cert, key, None)?).clone();
+        cfg.alpn_protocols = vec![ALPN_H2.to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(cfg))
+    }
+
     /// The node key (PKCS#8 DER), for signing caller assertions.
     pub fn key_pkcs8(&self) -> &[u8] {
         &self.key_der

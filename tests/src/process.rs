@@ -30,6 +30,7 @@ pub fn write_node_config(
 caller = "127.0.0.1:0"
 peer = "{peer_listen}"
 admin = "127.0.0.1:0"
+web = "127.0.0.1:0"
 caller_plaintext = true
 [storage]
 data_dir = "{data}"
@@ -88,6 +89,8 @@ pub struct NodeProcess {
     pub caller: String,
     /// `host:port` of its admin listener.
     pub admin: String,
+    /// `host:port` of its web listener (gRPC-Web).
+    pub web: String,
     /// Every line it logged so far (text or JSON).
     pub lines: Arc<Mutex<Vec<String>>>,
 }
@@ -124,18 +127,23 @@ impl NodeProcess {
                 .map_while(Result::ok)
             {
                 if line.contains("node started") {
-                    let _ = tx.send((field(&line, "caller"), field(&line, "admin")));
+                    let _ = tx.send((
+                        field(&line, "caller"),
+                        field(&line, "admin"),
+                        field(&line, "web"),
+                    ));
                 }
                 kept.lock().unwrap().push(line);
             }
         });
-        let (caller, admin) = rx
+        let (caller, admin, web) = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("the node printed its addresses");
         NodeProcess {
             child,
             caller: caller.expect("caller address in the start line"),
             admin: admin.expect("admin address in the start line"),
+            web: web.expect("web address in the start line"),
             lines,
         }
     }
@@ -193,4 +201,79 @@ pub async fn channel(addr: &str) -> tonic::transport::Channel {
         .connect()
         .await
         .unwrap()
+}
+
+/// A Jinan and a Qingdao node as processes (each config with `extra` appended), with the
+/// probe provider registered at Qingdao as `qingdao/hrss`.
+pub struct TwoCities {
+    pub dir: tempfile::TempDir,
+    pub certs: certs::Generated,
+    pub jinan: NodeProcess,
+    pub qingdao: NodeProcess,
+    pub provider: tongban_devkit::local::RunningProvider,
+}
+
+impl TwoCities {
+    pub async fn start(extra: &str) -> TwoCities {
+        let dir = tempfile::tempdir().unwrap();
+        let cities = ["jinan".to_string(), "qingdao".to_string()];
+        let g = certs::init(&dir.path().join("certs"), &cities, false).unwrap();
+        let addrs = free_addrs(2);
+        let peers = [("jinan", addrs[0].clone()), ("qingdao", addrs[1].clone())];
+        let jinan = NodeProcess::spawn(
+            &write_node_config(dir.path(), &g, "jinan", &peers, extra),
+            &[],
+        );
+        let qingdao = NodeProcess::spawn(
+            &write_node_config(dir.path(), &g, "qingdao", &peers, extra),
+            &[],
+        );
+        let provider = tongban_devkit::local::RunningProvider::start("qingdao")
+            .await
+            .unwrap();
+        let token = tongban_devkit::local::dev_token(&g, "qingdao", "hrss").unwrap();
+        register_probe(&qingdao.caller, &token, &provider.url(), false).await;
+        TwoCities {
+            dir,
+            certs: g,
+            jinan,
+            qingdao,
+            provider,
+        }
+    }
+
+    /// Waits (bounded) until Jinan's node routes to Qingdao's service: a probe call through
+    /// Jinan succeeds.
+    pub async fn wait_until_federated(&self) {
+        use tongban_proto::crosscity::v1::cross_city_service_client::CrossCityServiceClient;
+        use tongban_proto::crosscity::v1::SubmitRequest;
+        let token = tongban_devkit::local::dev_token(&self.certs, "jinan", "hrss").unwrap();
+        let mut client = CrossCityServiceClient::new(channel(&self.jinan.caller).await);
+        let mut last = None;
+        for _ in 0..150 {
+            let mut req = crate::targeted(
+                SubmitRequest {
+                    catalog_code: "JQ-03".into(),
+                    ..Default::default()
+                },
+                Some("qingdao"),
+                Duration::from_secs(5),
+            );
+            crate::authorize(&mut req, &token);
+            req.metadata_mut()
+                .insert("x-tongban-purpose", "case-handling".parse().unwrap());
+            match client.submit(req).await {
+                Ok(_) => return,
+                Err(s) => last = Some(s),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("jinan never routed to qingdao: {last:?}");
+    }
+
+    pub async fn stop(self) {
+        drop(self.jinan);
+        drop(self.qingdao);
+        self.provider.stop().await;
+    }
 }

@@ -775,6 +775,7 @@ async fn a_node_certified_outside_the_trust_bundle_is_refused() {
         caller: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         peer: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        web: None,
     };
     let rogue_cfg = tongban_devkit::local::node_config(
         &rogue,

@@ -15,11 +15,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use tongban_devkit::certs;
-use tongban_devkit::local::{dev_token, RunningProvider};
+use tongban_devkit::local::dev_token;
 use tongban_proto::crosscity::v1::cross_city_service_client::CrossCityServiceClient;
 use tongban_proto::crosscity::v1::SubmitRequest;
-use tongban_tests::process::{channel, free_addrs, register_probe, write_node_config, NodeProcess};
+use tongban_tests::process::{channel, TwoCities};
 use tongban_tests::{authorize, targeted};
 use tonic::metadata::MetadataValue;
 
@@ -111,26 +110,12 @@ async fn one_trace_covers_both_cities_at_a_real_otlp_receiver() {
     );
 
     // Two nodes, exporting every trace to it.
-    let dir = tempfile::tempdir().unwrap();
-    let cities = ["jinan".to_string(), "qingdao".to_string()];
-    let g = certs::init(&dir.path().join("certs"), &cities, false).unwrap();
-    let addrs = free_addrs(2);
-    let peers = [("jinan", addrs[0].clone()), ("qingdao", addrs[1].clone())];
     let telemetry = format!("[telemetry]\nendpoint = \"http://{otlp}\"\nsample_ratio = 1.0\n");
-    let jinan = NodeProcess::spawn(
-        &write_node_config(dir.path(), &g, "jinan", &peers, &telemetry),
-        &[],
-    );
-    let qingdao = NodeProcess::spawn(
-        &write_node_config(dir.path(), &g, "qingdao", &peers, &telemetry),
-        &[],
-    );
-    let provider = RunningProvider::start("qingdao").await.unwrap();
-    let qd_token = dev_token(&g, "qingdao", "hrss").unwrap();
-    register_probe(&qingdao.caller, &qd_token, &provider.url(), false).await;
+    let two = TwoCities::start(&telemetry).await;
+    let (g, jinan) = (&two.certs, &two.jinan);
 
     // A Jinan system calls Qingdao's service in its own trace, naming a citizen.
-    let token = dev_token(&g, "jinan", "hrss").unwrap();
+    let token = dev_token(g, "jinan", "hrss").unwrap();
     let citizen = tongban_devkit::demo::demo_subject("37010219850312002");
     let mut client = CrossCityServiceClient::new(channel(&jinan.caller).await);
     let mut answered = None;
@@ -289,9 +274,7 @@ async fn one_trace_covers_both_cities_at_a_real_otlp_receiver() {
         assert!(!raw.contains(&citizen), "a clear resident id was exported");
     }
 
-    drop(jinan);
-    drop(qingdao);
-    provider.stop().await;
+    two.stop().await;
     let _ = stop.send(());
     let _ = server.await;
 }

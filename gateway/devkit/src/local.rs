@@ -198,10 +198,12 @@ impl LocalFederation {
             let caller = TcpListener::bind("127.0.0.1:0").await?;
             let peer = TcpListener::bind("127.0.0.1:0").await?;
             let admin = TcpListener::bind("127.0.0.1:0").await?;
+            let web = TcpListener::bind("127.0.0.1:0").await?;
             bound.push(Listeners {
                 caller,
                 peer,
                 admin,
+                web: Some(web),
             });
         }
         let mut peer_addrs = Vec::new();
@@ -518,6 +520,11 @@ pub fn node_config(
             tongban_catalog::Catalog::embedded().map_err(|e| LocalError::Other(e.to_string()))?,
         ),
         telemetry: None,
+        // Browsers (portals) on loopback; pages of other origins only when allowed.
+        web: Some(tongban_gateway::config::WebConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            allowed_origins: Vec::new(),
+        }),
     })
 }
 

@@ -33,10 +33,10 @@ pub(super) struct Sent {
 impl Proxy {
     /// Connects (within the connect timeout and the deadline) and sends the request; the body
     /// streams on through a guard that enforces the message size limit.
-    pub(super) async fn send(
+    pub(super) async fn send<B: super::CallBody>(
         &self,
         ready: Ready,
-        body: Incoming,
+        body: B,
         ex: &Exchange,
     ) -> Result<Sent, ProxyError> {
         let Ready {

@@ -83,6 +83,21 @@ pub struct Proxy {
     pub metrics: Arc<tongban_telemetry::NodeMetrics>,
 }
 
+/// The request body of a call: hyper's own for HTTP/2 callers and peers, a translated one
+/// for browsers (gRPC-Web, [`crate::web`]). The proxy never reads it beyond the 5-byte
+/// message prefixes.
+pub trait CallBody:
+    http_body::Body<Data = bytes::Bytes, Error: std::fmt::Display> + Send + 'static
+{
+}
+
+impl<B> CallBody for B
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: std::fmt::Display,
+{
+}
+
 /// A call that passed every check of this node, ready to go upstream.
 struct Ready {
     call: Call,
@@ -94,7 +109,7 @@ struct Ready {
 
 impl Proxy {
     /// Home ingress: a call from a system of this node's city.
-    pub async fn from_caller(&self, req: Request<Incoming>) -> Response<Body> {
+    pub async fn from_caller<B: CallBody>(&self, req: Request<B>) -> Response<Body> {
         let (parts, body) = req.into_parts();
         let (mut ex, bad_id) = self.exchange(&parts.headers, Side::Local);
         let span = ex.span().clone();
@@ -165,10 +180,10 @@ impl Proxy {
 
     /// Forwards a checked call, or refuses it: the one place where an error becomes a
     /// refusal, audited before its status leaves.
-    async fn finish(
+    async fn finish<B: CallBody>(
         &self,
         ready: Result<Ready, ProxyError>,
-        body: Incoming,
+        body: B,
         ex: Exchange,
     ) -> Response<Body> {
         let sent = match ready {
