@@ -35,6 +35,10 @@ pub struct AssertionClaims {
     /// Subject pseudonym at the home node, when the call is about a citizen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subj: Option<String>,
+    /// The caller is the citizen the call is about, with their own `citizen` token: their
+    /// own data needs no consent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub own: bool,
     /// Request id.
     pub rid: String,
     pub svc: String,

@@ -46,6 +46,10 @@ pub const PORTAL_ROLE: &str = "consent-portal";
 /// Role of a citizen token (its `sub` is the citizen's resident identity number).
 pub use crate::auth::CITIZEN_ROLE;
 
+/// The consent id an audit record carries when a citizen, signed in with their own token,
+/// called a personal-data service about themselves (no consent needed).
+pub const OWN_DATA: &str = "own-data";
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -504,6 +504,7 @@ async fn caller_assertion_refusals() {
         roles: vec![],
         purpose: "case-handling".into(),
         subj: None,
+        own: false,
         rid: rid.into(),
         svc: "tongban.crosscity.v1.CrossCityService".into(),
         mth: "Submit".into(),

@@ -148,6 +148,10 @@ pub(super) struct Intent {
     pub catalog_code: Option<String>,
     /// Pseudonym of `x-tongban-subject` (the clear id is never kept).
     pub subject: Option<String>,
+    /// The caller is that subject, signed in as a citizen: a citizen's own data needs no
+    /// consent (set by the home node from the token, by the providing node from the
+    /// assertion).
+    pub own: bool,
 }
 
 impl Intent {
@@ -188,6 +192,7 @@ impl Intent {
             purpose,
             catalog_code: call.catalog_code.clone(),
             subject,
+            own: false,
         })
     }
 }

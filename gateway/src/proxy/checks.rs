@@ -125,6 +125,10 @@ impl Proxy {
         if !personal {
             return Ok(String::new());
         }
+        if intent.own {
+            // The citizen, signed in, about themselves: recorded as such in the audit.
+            return Ok(consent::OWN_DATA.to_string());
+        }
         let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
         let scope = consent::ConsentScope {
             subject: text(subject::HEADER),

@@ -33,7 +33,13 @@ impl Proxy {
             .await?;
         ex.caller(&caller.city, &caller.org);
         self.trust.rate.check(&caller.id())?;
-        let intent = Intent::parse(&parts.headers, &call, &self.trust.pseudonyms, None)?;
+        let mut intent = Intent::parse(&parts.headers, &call, &self.trust.pseudonyms, None)?;
+        intent.own = caller.roles.iter().any(|r| r == crate::auth::CITIZEN_ROLE)
+            && parts
+                .headers
+                .get(crate::subject::HEADER)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|id| id.eq_ignore_ascii_case(&caller.subject));
         ex.intent(
             &intent.purpose,
             intent.catalog_code.as_deref(),
@@ -89,7 +95,11 @@ impl Proxy {
                 headers::pin_authorised(h, intent, &peer.city, org);
                 let token = self.sign_assertion(caller, &peer.city, call, intent)?;
                 headers::set(h, assertion::HEADER, &token);
-                // The providing node checks the consent; the id was recorded when routed.
+                // The providing node checks the consent; the id was recorded when routed
+                // (a citizen about themselves shows none: their own data).
+                if intent.own {
+                    return Ok(consent::OWN_DATA.to_string());
+                }
                 Ok(consent::presented_id(h).unwrap_or_default())
             }
         }
@@ -120,6 +130,7 @@ impl Proxy {
             roles: caller.roles.clone(),
             purpose: intent.purpose.clone(),
             subj: intent.subject.clone(),
+            own: intent.own,
             rid: call.request_id.clone(),
             svc: call.service.clone(),
             mth: call.method.clone(),

@@ -42,12 +42,13 @@ impl Proxy {
         let org = svc.record.organisation.clone();
         ex.routed_local(&self.city, &org);
         // The purpose is the one the home node vouched for, not the metadata's.
-        let intent = Intent::parse(
+        let mut intent = Intent::parse(
             &parts.headers,
             &call,
             &self.trust.pseudonyms,
             Some(&claims.purpose),
         )?;
+        intent.own = claims.own && claims.roles.iter().any(|r| r == crate::auth::CITIZEN_ROLE);
         ex.intent(
             &intent.purpose,
             intent.catalog_code.as_deref(),

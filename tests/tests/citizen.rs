@@ -1,0 +1,84 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! A citizen signed in with their own token (role `citizen`, `sub` = their resident id)
+//! calls a personal-data service about themselves across the boundary without a consent:
+//! it is their own data. About anyone else, the consent rules hold as for any caller.
+
+use std::time::Duration;
+
+use tongban_devkit::demo::demo_subject;
+use tongban_proto::crosscity::v1::SubmitRequest;
+use tongban_tests::{authorize, targeted, Fed};
+use tonic::metadata::MetadataValue;
+
+fn citizen_call(token: &str, subject: &str) -> tonic::Request<SubmitRequest> {
+    let mut req = targeted(
+        SubmitRequest {
+            catalog_code: "JQ-03".into(),
+            ..Default::default()
+        },
+        Some("qingdao"),
+        Duration::from_secs(5),
+    );
+    authorize(&mut req, token);
+    let md = req.metadata_mut();
+    md.insert(
+        "x-tongban-purpose",
+        MetadataValue::from_static("case-handling"),
+    );
+    md.insert("x-tongban-subject", subject.parse().unwrap());
+    // JQ-03 handles personal data (the catalog says so).
+    md.insert(
+        "x-tongban-catalog-code",
+        MetadataValue::from_static("JQ-03"),
+    );
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_citizen_needs_no_consent_for_their_own_data_only() {
+    let f = Fed::start(&["jinan", "qingdao"]).await;
+    let me = demo_subject("37010219850312002");
+    let other = demo_subject("37020219900101003");
+    let token = f
+        .fed
+        .idp("jinan")
+        .unwrap()
+        .issue(
+            "portal",
+            &["citizen".to_string()],
+            Duration::from_secs(600),
+            &me,
+        )
+        .unwrap();
+    // Their own application, in Qingdao: no consent needed.
+    let mut client = f.crosscity("jinan").await;
+    let ok = client.submit(citizen_call(&token, &me)).await.unwrap();
+    let rid = ok
+        .metadata()
+        .get("x-tongban-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(ok.into_inner().provider_city, "qingdao");
+    // Both audits say why no consent was shown.
+    for city in ["jinan", "qingdao"] {
+        let node = f.fed.city(city).unwrap().node().unwrap();
+        let records = node.auditor().records_for_request(&rid).await;
+        assert_eq!(records.len(), 1, "{city}");
+        assert_eq!(records[0].consent_id, "own-data", "{city}");
+        assert_eq!(records[0].caller_org, "portal", "{city}");
+    }
+    // Someone else's: the consent rules hold (none was granted).
+    let e = client
+        .submit(citizen_call(&token, &other))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("consent"), "{}", e.message());
+    // A system of the city (not the citizen) about the citizen: a consent is needed too.
+    let hrss = f.fed.token("jinan", "hrss").unwrap();
+    let e = client.submit(citizen_call(&hrss, &me)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    f.shutdown().await;
+}
