@@ -11,4 +11,5 @@ pub mod departments;
 pub mod idp;
 pub mod local;
 pub mod medical;
+pub mod oidc;
 pub mod probe;
