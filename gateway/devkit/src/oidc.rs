@@ -24,7 +24,6 @@ use base64::Engine as _;
 use http::{header, Method, Request, Response, StatusCode};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 use crate::idp::DevIdp;
 
@@ -489,8 +488,7 @@ impl State {
 pub struct RunningOidc {
     /// The base URL, `http://127.0.0.1:PORT`.
     pub url: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    served: crate::local::Served,
 }
 
 impl RunningOidc {
@@ -507,12 +505,11 @@ impl RunningOidc {
             base: url.clone(),
             codes: Mutex::new(HashMap::new()),
         });
-        let (stop, mut stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
+        let served = crate::local::Served::spawn("dev sign-in", move |mut stopped| async move {
             loop {
                 let tcp = tokio::select! {
                     r = listener.accept() => match r { Ok((t, _)) => t, Err(_) => continue },
-                    _ = &mut stopped => break,
+                    _ = &mut stopped => return Ok::<(), Infallible>(()),
                 };
                 let state = state.clone();
                 tokio::spawn(async move {
@@ -528,18 +525,11 @@ impl RunningOidc {
                 });
             }
         });
-        Ok(RunningOidc {
-            url,
-            stop: Some(stop),
-            task,
-        })
+        Ok(RunningOidc { url, served })
     }
 
-    pub async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        let _ = self.task.await;
+    pub async fn stop(self) {
+        self.served.stop().await;
     }
 }
 
