@@ -213,6 +213,8 @@ impl Audit for AuditApi {
                 catalog_code: a.catalog_code,
                 grpc_status: a.grpc_status,
                 request_id: a.request_id,
+                consent_id: a.consent_id,
+                node_city: a.node_city,
             })
             .collect();
         Ok(Response::new(AccessLogResponse { accesses }))

@@ -1,0 +1,443 @@
+// The reference citizens' portal: a citizen of the portal's city signs in, applies for a
+// cross-city service (the form generated from the catalog's field definitions, the
+// provider's own validation messages shown at each field), follows it live (server
+// streaming over gRPC-Web), downloads the certificate, manages consents and sees who
+// accessed their data. Plain DOM, no framework: every control is a native element with a
+// label, reachable by keyboard.
+
+import { current, completeSignIn, signIn, signOut, useToken } from "./auth.js";
+import { about, clients, CROSSCITY_V2, failure, PURPOSE, type Clients, type Failure } from "./api.js";
+import { loadConfig, type PortalConfig } from "./config.js";
+import { cityName, t, toggleLang } from "./i18n.js";
+import type { CatalogItem } from "./gen/tongban/registry/v1/registry_pb.js";
+import { State, type Application } from "./gen/tongban/crosscity/v2/crosscity_pb.js";
+
+type Tab = "services" | "applications" | "consents" | "access";
+
+let cfg: PortalConfig;
+let api: Clients;
+let tab: Tab = "services";
+let items: CatalogItem[] = [];
+let notice: { kind: "error" | "info"; text: string } | null = null;
+
+function el<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  attrs: Record<string, string> = {},
+  ...children: (Node | string | null)[]
+): HTMLElementTagNameMap[K] {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  for (const c of children) if (c !== null) e.append(c);
+  return e;
+}
+
+function main(): HTMLElement {
+  return document.getElementById("main") as HTMLElement;
+}
+
+function stateName(s: State): string {
+  return t().states[`STATE_${State[s]}`] ?? State[s];
+}
+
+function when(ms: bigint | number): string {
+  const n = Number(ms);
+  return n > 0 ? new Date(n).toLocaleString(document.documentElement.lang) : "";
+}
+
+/** Shows a failure; an expired or refused token sends the citizen back to sign-in. */
+function show(f: Failure): void {
+  if (f.unauthenticated) {
+    signOut();
+    notice = { kind: "error", text: `${t().sessionExpired} (${f.message})` };
+  } else {
+    notice = { kind: "error", text: `${t().error}: ${f.message}` };
+  }
+  render();
+}
+
+function header(): HTMLElement {
+  const s = current();
+  const lang = el("button", { type: "button", id: "lang", "aria-label": t().langLabel }, t().lang);
+  lang.onclick = () => {
+    toggleLang();
+    render();
+  };
+  const right = el("div", { class: "who" }, lang);
+  if (s) {
+    const out = el("button", { type: "button", id: "sign-out" }, t().signOut);
+    out.onclick = () => {
+      signOut();
+      render();
+    };
+    right.prepend(el("span", { id: "who" }, `${t().signedInAs}: ${s.subject.slice(0, 6)}********${s.subject.slice(-4)}`), out);
+  }
+  return el("header", {}, el("h1", {}, t().title), right);
+}
+
+function nav(): HTMLElement {
+  const tabs: [Tab, string][] = [
+    ["services", t().tabServices],
+    ["applications", t().tabApplications],
+    ["consents", t().tabConsents],
+    ["access", t().tabAccess],
+  ];
+  const list = el("ul", {});
+  for (const [id, label] of tabs) {
+    const b = el("button", { type: "button", id: `tab-${id}`, "aria-current": tab === id ? "page" : "false" }, label);
+    b.onclick = () => {
+      tab = id;
+      notice = null;
+      render();
+    };
+    list.append(el("li", {}, b));
+  }
+  return el("nav", { "aria-label": "sections" }, list);
+}
+
+function render(): void {
+  const root = document.getElementById("app") as HTMLElement;
+  document.title = t().title;
+  root.replaceChildren(
+    el("a", { href: "#main", class: "skip" }, t().skip),
+    header(),
+  );
+  if (notice) {
+    root.append(el("p", { class: notice.kind, role: notice.kind === "error" ? "alert" : "status", id: "notice" }, notice.text));
+  }
+  if (!current()) {
+    const b = el("button", { type: "button", id: "sign-in", class: "primary" }, t().signIn);
+    b.onclick = () => void signIn(cfg);
+    root.append(el("main", { id: "main", tabindex: "-1" }, el("p", {}, t().welcome), b));
+    return;
+  }
+  root.append(nav(), el("main", { id: "main", tabindex: "-1" }));
+  switch (tab) {
+    case "services":
+      void services();
+      break;
+    case "applications":
+      void applications();
+      break;
+    case "consents":
+      void consents();
+      break;
+    case "access":
+      void access();
+      break;
+  }
+}
+
+// --- services and the application form ---
+
+/** The city that handles an item for this citizen: the other city if it offers it. */
+function handlingCity(item: CatalogItem): string | undefined {
+  const other = item.offeredIn.find((c) => c !== cfg.city);
+  return other ?? item.offeredIn[0];
+}
+
+async function services(): Promise<void> {
+  const m = main();
+  m.replaceChildren(el("h2", {}, t().tabServices), el("p", {}, t().servicesIntro));
+  try {
+    if (items.length === 0) items = (await api.registry.listCatalogItems({})).items;
+  } catch (e) {
+    return show(failure(e));
+  }
+  const list = el("ul", { class: "items", id: "items" });
+  for (const item of items) {
+    const city = handlingCity(item);
+    const name = document.documentElement.lang === "en" ? item.nameEn : item.nameZh;
+    const b = el("button", { type: "button", id: `apply-${item.code}`, "aria-label": `${t().apply} ${item.code} ${name}` }, t().apply);
+    b.disabled = !city;
+    b.onclick = () => form(item);
+    list.append(
+      el(
+        "li",
+        {},
+        el("span", { class: "code" }, item.code),
+        el("span", { class: "name" }, name),
+        el("span", { class: "meta" }, `${t().handledBy}: ${city ? cityName(city) : "—"}${item.personalData ? ` · ${t().personal}` : ""}`),
+        b,
+      ),
+    );
+  }
+  m.append(list);
+}
+
+function form(item: CatalogItem): void {
+  const m = main();
+  const city = handlingCity(item);
+  if (!city) return;
+  const org = item.providers[city];
+  const name = document.documentElement.lang === "en" ? item.nameEn : item.nameZh;
+  const f = el("form", { id: "application-form", novalidate: "" });
+  f.append(
+    el("h2", {}, `${item.code} ${name}`),
+    el("p", {}, `${t().handledBy}: ${cityName(city)} · ${t().timeLimit}: ${item.timeLimitDays} ${t().days}`),
+  );
+  for (const field of item.fields) {
+    const id = `field-${field.name}`;
+    const input = el("input", {
+      id,
+      name: field.name,
+      type: field.type === "date" ? "date" : "text",
+      placeholder: field.example,
+      "aria-describedby": `${id}-hint ${id}-error`,
+      autocomplete: "off",
+    });
+    if (field.required) input.setAttribute("aria-required", "true");
+    f.append(
+      el(
+        "div",
+        { class: "field" },
+        el("label", { for: id }, `${field.name}${field.required ? ` (${t().required})` : ""}`),
+        input,
+        el("small", { id: `${id}-hint` }, `${field.validation} · ${t().example} ${field.example}`),
+        el("span", { class: "field-error", id: `${id}-error`, role: "status" }),
+      ),
+    );
+  }
+  if (item.materials.length > 0) {
+    const fs = el("fieldset", {}, el("legend", {}, t().materials));
+    for (const kind of item.materials) {
+      const id = `material-${kind}`;
+      fs.append(el("div", { class: "field" }, el("label", { for: id }, kind), el("input", { id, name: kind, type: "file" })));
+    }
+    f.append(fs);
+  }
+  const cancel = el("button", { type: "button" }, t().cancel);
+  cancel.onclick = () => render();
+  f.append(el("div", { class: "actions" }, el("button", { type: "submit", class: "primary", id: "submit" }, t().submit), cancel));
+  f.onsubmit = (ev) => {
+    ev.preventDefault();
+    void submit(item, city, org, f);
+  };
+  m.replaceChildren(f);
+  (f.querySelector("input") as HTMLInputElement | null)?.focus();
+}
+
+async function sha256Hex(file: File): Promise<string> {
+  const d = await crypto.subtle.digest("SHA-256", await file.arrayBuffer());
+  return [...new Uint8Array(d)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+async function submit(item: CatalogItem, city: string, org: string | undefined, f: HTMLFormElement): Promise<void> {
+  const s = current();
+  if (!s) return render();
+  const fields: Record<string, string> = {};
+  for (const field of item.fields) {
+    const v = (f.querySelector(`#field-${CSS.escape(field.name)}`) as HTMLInputElement).value.trim();
+    if (v !== "") fields[field.name] = v;
+  }
+  const materials = [];
+  for (const kind of item.materials) {
+    const file = (f.querySelector(`#material-${CSS.escape(kind)}`) as HTMLInputElement).files?.[0];
+    if (file) materials.push({ kind, uri: `portal-upload:${encodeURIComponent(file.name)}`, sha256: await sha256Hex(file) });
+  }
+  for (const e of f.querySelectorAll(".field-error")) e.textContent = "";
+  try {
+    const app = await api.crosscity.submit(
+      { catalogCode: item.code, applicantId: s.subject, fields, materials },
+      { headers: about(city, { org, code: item.code }) },
+    );
+    void follow(app, city, org);
+  } catch (e) {
+    const fail = failure(e);
+    if (fail.fields.size > 0) {
+      // The provider's own messages, at the fields they name.
+      for (const [path, why] of fail.fields) {
+        const name = path.replace(/^fields\./, "");
+        const target = f.querySelector(`#field-${CSS.escape(name)}-error`);
+        if (target) target.textContent = why;
+      }
+      notice = { kind: "error", text: `${t().error}: ${fail.message}` };
+      const n = document.getElementById("notice");
+      if (n) n.textContent = notice.text;
+      else f.prepend(el("p", { class: "error", role: "alert", id: "notice" }, notice.text));
+      return;
+    }
+    show(fail);
+  }
+}
+
+function applicationView(app: Application): HTMLElement {
+  const box = el("section", { class: "application", id: `app-${app.applicationId}`, "aria-live": "polite" });
+  box.append(
+    el("h3", {}, `${app.catalogCode} · ${cityName(app.providerCity)}`),
+    el("p", {}, `${t().status}: `, el("strong", { class: "state", "data-state": State[app.state] }, stateName(app.state))),
+    el("p", {}, `${t().due}: ${app.dueDate}`),
+  );
+  if (app.state === State.REJECTED) box.append(el("p", { class: "error" }, `${t().rejected}: ${app.rejectionReason}`));
+  const hist = el("ol", { class: "history" });
+  for (const tr of app.history) hist.append(el("li", {}, `${when(tr.atMs)} ${stateName(tr.state)}${tr.note ? ` — ${tr.note}` : ""}`));
+  box.append(hist);
+  if (app.state === State.COMPLETED && app.result.length > 0) {
+    const blob = new Blob([app.result as BlobPart], { type: "application/json" });
+    const a = el("a", { href: URL.createObjectURL(blob), download: `${app.applicationId}.ecert.json`, id: "download", class: "button" }, t().download);
+    box.append(a);
+  }
+  return box;
+}
+
+/** Follows an application live (WatchStatus, server streaming over gRPC-Web). */
+async function follow(first: Application, city: string, org: string | undefined): Promise<void> {
+  const m = main();
+  m.replaceChildren(el("h2", {}, t().submitted), applicationView(first));
+  try {
+    for await (const app of api.crosscity.watchStatus(
+      { applicationId: first.applicationId },
+      { headers: about(city, { org, code: first.catalogCode }) },
+    )) {
+      const old = document.getElementById(`app-${app.applicationId}`);
+      if (old) old.replaceWith(applicationView(app));
+    }
+  } catch (e) {
+    show(failure(e));
+  }
+}
+
+// --- my applications ---
+
+async function applications(): Promise<void> {
+  const m = main();
+  const refresh = el("button", { type: "button", id: "refresh" }, t().refresh);
+  refresh.onclick = () => void applications();
+  m.replaceChildren(el("h2", {}, t().tabApplications), el("p", {}, t().applicationsIntro), refresh);
+  try {
+    if (items.length === 0) items = (await api.registry.listCatalogItems({})).items;
+  } catch (e) {
+    return show(failure(e));
+  }
+  // Every department of every city that offers an item keeps its own applications.
+  const departments = new Set<string>();
+  for (const item of items) for (const c of item.offeredIn) if (item.providers[c]) departments.add(`${c}/${item.providers[c]}`);
+  const found: Application[] = [];
+  await Promise.all(
+    [...departments].map(async (d) => {
+      const [city, org] = d.split("/");
+      try {
+        const r = await api.crosscity.listApplications({ pageSize: 50 }, { headers: about(city, { org }) });
+        found.push(...r.applications);
+      } catch (e) {
+        const f = failure(e);
+        if (f.unauthenticated) show(f);
+      }
+    }),
+  );
+  found.sort((a, b) => Number(b.receivedAtMs - a.receivedAtMs));
+  const list = el("div", { id: "applications" });
+  if (found.length === 0) list.append(el("p", {}, t().none));
+  for (const app of found) list.append(applicationView(app));
+  m.append(list);
+}
+
+// --- consents ---
+
+async function consents(): Promise<void> {
+  const s = current();
+  if (!s) return render();
+  const m = main();
+  const f = el("form", { id: "consent-form" });
+  const field = (id: string, label: string, input: HTMLElement) => el("div", { class: "field" }, el("label", { for: id }, label), input);
+  const cities = el("select", { id: "consent-target-city" });
+  for (const c of cfg.cities) cities.append(el("option", { value: c }, cityName(c)));
+  const tomorrow = new Date(Date.now() + 30 * 86400_000).toISOString().slice(0, 10);
+  f.append(
+    field("consent-grantee", t().grantee, el("input", { id: "consent-grantee", placeholder: "qingdao/gjj", required: "", pattern: "[a-z0-9-]+/[a-z0-9-]+" })),
+    field("consent-target-city", t().city, cities),
+    field("consent-service", t().service, el("input", { id: "consent-service", value: CROSSCITY_V2, required: "" })),
+    field("consent-purpose", t().purpose, el("input", { id: "consent-purpose", value: PURPOSE, required: "" })),
+    field("consent-expires", t().expires, el("input", { id: "consent-expires", type: "date", value: tomorrow, required: "" })),
+    el("button", { type: "submit", class: "primary", id: "grant" }, t().grant),
+  );
+  const value = (id: string) => (f.querySelector(`#${id}`) as HTMLInputElement).value.trim();
+  f.onsubmit = async (ev) => {
+    ev.preventDefault();
+    try {
+      const r = await api.consent.grant({
+        subject: s.subject,
+        grantee: value("consent-grantee"),
+        targetCity: value("consent-target-city"),
+        service: value("consent-service"),
+        purpose: value("consent-purpose"),
+        expiresAtMs: BigInt(new Date(`${value("consent-expires")}T23:59:59`).getTime()),
+      });
+      notice = { kind: "info", text: t().grant };
+      await consents();
+      main().append(el("div", { class: "token" }, el("label", { for: "consent-token" }, t().consentToken), el("textarea", { id: "consent-token", readonly: "", rows: "3" }, r.token)));
+    } catch (e) {
+      show(failure(e));
+    }
+  };
+  m.replaceChildren(el("h2", {}, t().tabConsents), el("p", {}, t().consentsIntro), f);
+  try {
+    const r = await api.consent.list({ subject: s.subject });
+    const table = el("table", { id: "consents" });
+    table.append(el("thead", {}, el("tr", {}, ...[t().grantee, t().city, t().service, t().purpose, t().expires, t().status, ""].map((h) => el("th", { scope: "col" }, h)))));
+    const body = el("tbody", {});
+    for (const c of r.consents) {
+      const now = Date.now();
+      const state = c.revoked ? t().revoked : Number(c.expiresAtMs) < now ? t().expired : t().active;
+      const revoke = el("button", { type: "button", "data-consent": c.id, "aria-label": `${t().revoke} ${c.grantee}` }, t().revoke);
+      revoke.disabled = c.revoked;
+      revoke.onclick = async () => {
+        try {
+          await api.consent.revoke({ subject: s.subject, id: c.id });
+          await consents();
+        } catch (e) {
+          show(failure(e));
+        }
+      };
+      body.append(el("tr", { "data-state": c.revoked ? "revoked" : "active" }, ...[c.grantee, cityName(c.targetCity), c.service, c.purpose, when(c.expiresAtMs), state].map((v) => el("td", {}, v)), el("td", {}, revoke)));
+    }
+    table.append(body);
+    main().append(r.consents.length ? table : el("p", {}, t().none));
+  } catch (e) {
+    show(failure(e));
+  }
+}
+
+// --- access log ---
+
+async function access(): Promise<void> {
+  const s = current();
+  if (!s) return render();
+  const m = main();
+  m.replaceChildren(el("h2", {}, t().tabAccess), el("p", {}, t().accessIntro));
+  try {
+    const r = await api.audit.accessLog({ subject: s.subject, limit: 200 });
+    const table = el("table", { id: "access" });
+    table.append(el("thead", {}, el("tr", {}, ...[t().time, t().organisation, t().city, t().service, t().purpose, t().consent, t().outcome].map((h) => el("th", { scope: "col" }, h)))));
+    const body = el("tbody", {});
+    for (const a of r.accesses) {
+      const consent = a.consentId === "own-data" ? t().ownData : a.consentId;
+      body.append(
+        el(
+          "tr",
+          { "data-request-id": a.requestId, "data-status": String(a.grpcStatus) },
+          ...[when(a.atMs), `${cityName(a.callerCity)}/${a.callerOrg}`, `${cityName(a.nodeCity || a.targetCity)}`, `${a.service.split(".").slice(-1)[0]}/${a.method}${a.catalogCode ? ` ${a.catalogCode}` : ""}`, a.purpose, consent, a.grpcStatus === 0 ? t().allowed : `${t().refused} (${a.grpcStatus})`].map((v) => el("td", {}, v)),
+        ),
+      );
+    }
+    table.append(body);
+    m.append(r.accesses.length ? table : el("p", {}, t().none));
+  } catch (e) {
+    show(failure(e));
+  }
+}
+
+async function start(): Promise<void> {
+  cfg = await loadConfig();
+  api = clients(cfg);
+  const failed = await completeSignIn(cfg);
+  if (failed) notice = { kind: "error", text: `${t().error}: ${failed}` };
+  render();
+}
+
+// For the end-to-end test of an expired session only.
+(window as unknown as { tongbanUseToken: (t: string) => void }).tongbanUseToken = (tok: string) => {
+  useToken(tok);
+  render();
+};
+
+void start();
