@@ -6,14 +6,30 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use tongban_devkit::demo;
 
+use std::path::PathBuf;
+
+use tongban_devkit::oidc::{dev_citizens, OidcSettings, RunningOidc, PORTAL_CLIENT_ID};
+use tongban_devkit::portal::{PortalSite, RunningPortal};
+
 use crate::node::wait_for_signal;
 
-/// Runs the demo.
-pub fn run(serve: bool) -> ExitCode {
-    crate::block_on(run_demo(serve))
+/// With `--serve`: where the citizens' portal is served from and on which address.
+#[derive(clap::Args, Clone)]
+pub struct PortalArgs {
+    /// The built portal (`npm --prefix services/portal run build`).
+    #[arg(long, default_value = "services/portal/dist")]
+    pub portal_dir: PathBuf,
+    /// Address of the portal's site (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub portal_addr: std::net::SocketAddr,
 }
 
-async fn run_demo(serve: bool) -> anyhow::Result<ExitCode> {
+/// Runs the demo.
+pub fn run(serve: bool, portal: PortalArgs) -> ExitCode {
+    crate::block_on(run_demo(serve, portal))
+}
+
+async fn run_demo(serve: bool, portal: PortalArgs) -> anyhow::Result<ExitCode> {
     let dir = tempfile::Builder::new()
         .prefix("tongban-demo-")
         .tempdir()
@@ -22,7 +38,21 @@ async fn run_demo(serve: bool) -> anyhow::Result<ExitCode> {
         "tongban demo: jinan and qingdao nodes on loopback (certificates and data in {})",
         dir.path().display()
     );
-    let demo = demo::start(dir.path()).await?;
+    // Serving: the portal's address is known first, so the nodes let its pages call them.
+    let portal_listener = if serve {
+        Some(
+            tokio::net::TcpListener::bind(portal.portal_addr)
+                .await
+                .with_context(|| format!("cannot listen on {}", portal.portal_addr))?,
+        )
+    } else {
+        None
+    };
+    let origins: Vec<String> = match &portal_listener {
+        Some(l) => vec![RunningPortal::url_of(l)?.trim_end_matches('/').to_string()],
+        None => Vec::new(),
+    };
+    let demo = demo::start_for_browsers(dir.path(), &origins).await?;
     let fed = &demo.fed;
     for c in &fed.cities {
         println!(
@@ -131,7 +161,17 @@ async fn run_demo(serve: bool) -> anyhow::Result<ExitCode> {
         println!(
             "consent granted through tongban.consent.v1.Consent/Grant on the subject's home node."
         );
+        let site = match portal_listener {
+            Some(l) => serve_portal(fed, l, &portal.portal_dir).await,
+            None => None,
+        };
         wait_for_signal().await;
+        if let Some((oidc, site)) = site {
+            oidc.stop().await;
+            if let Some(site) = site {
+                site.stop().await;
+            }
+        }
     }
     demo.shutdown().await;
     Ok(if checked.is_ok() {
@@ -139,4 +179,60 @@ async fn run_demo(serve: bool) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The citizens' portal of Jinan and its dev sign-in; prints where they are.
+async fn serve_portal(
+    fed: &tongban_devkit::local::LocalFederation,
+    listener: tokio::net::TcpListener,
+    dir: &std::path::Path,
+) -> Option<(RunningOidc, Option<RunningPortal>)> {
+    let url = RunningPortal::url_of(&listener).ok()?;
+    let jinan = fed.city("jinan").ok()?;
+    let web = jinan.node()?.web_addr?;
+    let idp_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.ok()?;
+    let users = dev_citizens("jinan");
+    let oidc = RunningOidc::start(
+        idp_listener,
+        fed.idp("jinan").ok()?,
+        OidcSettings {
+            client_id: PORTAL_CLIENT_ID.into(),
+            redirect_uris: vec![url.clone()],
+            org: "portal".into(),
+            users: users.clone(),
+            token_ttl: std::time::Duration::from_secs(15 * 60),
+        },
+    )
+    .ok()?;
+    let site = PortalSite {
+        city: "jinan".into(),
+        web_url: format!("http://{web}"),
+        idp_url: oidc.url.clone(),
+        client_id: PORTAL_CLIENT_ID.into(),
+        cities: fed.cities.iter().map(|c| c.city.clone()).collect(),
+    };
+    println!();
+    let running = match RunningPortal::start(listener, dir, &site) {
+        Ok(p) => {
+            println!("citizens' portal of jinan (济青通办 · 市民服务): {}", p.url);
+            Some(p)
+        }
+        Err(e) => {
+            println!("citizens' portal not served: {e}");
+            None
+        }
+    };
+    println!(
+        "  sign-in: the dev identity provider of jinan at {} (OpenID Connect, code + PKCE), citizens:",
+        oidc.url
+    );
+    for u in &users {
+        println!(
+            "    {}  {}",
+            u.name,
+            tongban_gateway::subject::mask(&u.resident_id)
+        );
+    }
+    println!("  the page calls jinan's node at its web listener http://{web} (gRPC-Web)");
+    Some((oidc, running))
 }

@@ -62,9 +62,12 @@ enum Cmd {
     Certs(certs::CertsCmd),
     /// Start a Jinan and a Qingdao node with providers on loopback and make cross-city calls.
     Demo {
-        /// Keep the federation running and print where to point a client.
+        /// Keep the federation running, serve the citizens' portal, and print where to
+        /// point a client.
         #[arg(long)]
         serve: bool,
+        #[command(flatten)]
+        portal: demo::PortalArgs,
     },
     /// Manage the registry of a node (through its Registry API).
     #[command(subcommand)]
@@ -134,7 +137,7 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Node { config } => node::run(config, logging),
         Cmd::Certs(c) => certs::run(c),
-        Cmd::Demo { serve } => demo::run(serve),
+        Cmd::Demo { serve, portal } => demo::run(serve, portal),
         Cmd::Registry(c) => registry::run(c),
         Cmd::Provider(c) => provider::run(c),
         Cmd::Token(c) => token::run(c),

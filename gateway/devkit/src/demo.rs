@@ -406,7 +406,21 @@ impl Demo {
 
 /// Starts the two-city federation and registers its providers and departments.
 pub async fn start(root: &std::path::Path) -> Result<Demo, DemoError> {
-    let fed = LocalFederation::start(root, &["jinan", "qingdao"], loopback_limits()).await?;
+    start_for_browsers(root, &[]).await
+}
+
+/// [`start`], with the nodes' web listeners open to pages of `origins` (the portal).
+pub async fn start_for_browsers(
+    root: &std::path::Path,
+    origins: &[String],
+) -> Result<Demo, DemoError> {
+    let fed = LocalFederation::start_for_browsers(
+        root,
+        &["jinan", "qingdao"],
+        loopback_limits(),
+        origins,
+    )
+    .await?;
     let codes = ["JQ-03", "JQ-07", "JQ-13"];
     fed.register_crosscity("jinan", "hrss", &codes, true)
         .await?;

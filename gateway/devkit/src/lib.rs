@@ -12,4 +12,5 @@ pub mod idp;
 pub mod local;
 pub mod medical;
 pub mod oidc;
+pub mod portal;
 pub mod probe;

@@ -87,6 +87,37 @@ impl Served {
     }
 }
 
+/// Serves HTTP/1.1 and HTTP/2 on `listener` with `handle` (the dev sign-in and the portal's
+/// files) until stopped.
+pub fn serve_http<F, Fut>(what: &'static str, listener: TcpListener, handle: F) -> Served
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<http_body_util::Full<bytes::Bytes>>>
+        + Send
+        + 'static,
+{
+    Served::spawn(what, move |mut stopped| async move {
+        loop {
+            let tcp = tokio::select! {
+                r = listener.accept() => match r { Ok((t, _)) => t, Err(_) => continue },
+                _ = &mut stopped => return Ok::<(), std::convert::Infallible>(()),
+            };
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let fut = handle(req);
+                    async move { Ok::<_, std::convert::Infallible>(fut.await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                .await;
+            });
+        }
+    })
+}
+
 /// A probe provider running on loopback.
 pub struct RunningProvider {
     pub provider: Provider,
@@ -191,6 +222,34 @@ impl LocalFederation {
         limits: Limits,
         kind: tongban_gateway::trust::NodeKeyType,
     ) -> Result<LocalFederation, LocalError> {
+        Self::start_inner(root, cities, limits, kind, &[]).await
+    }
+
+    /// [`Self::start`], letting pages of `origins` (a portal) call the nodes' web
+    /// listeners from a browser.
+    pub async fn start_for_browsers(
+        root: &Path,
+        cities: &[&str],
+        limits: Limits,
+        origins: &[String],
+    ) -> Result<LocalFederation, LocalError> {
+        Self::start_inner(
+            root,
+            cities,
+            limits,
+            tongban_gateway::trust::NodeKeyType::Ed25519,
+            origins,
+        )
+        .await
+    }
+
+    async fn start_inner(
+        root: &Path,
+        cities: &[&str],
+        limits: Limits,
+        kind: tongban_gateway::trust::NodeKeyType,
+        origins: &[String],
+    ) -> Result<LocalFederation, LocalError> {
         let names: Vec<String> = cities.iter().map(|c| c.to_string()).collect();
         let certs = certs::init_with(&root.join("certs"), &names, false, kind)?;
         let mut bound = Vec::new();
@@ -222,7 +281,7 @@ impl LocalFederation {
                     address: peer_addrs[j].to_string(),
                 })
                 .collect();
-            let config = node_config(
+            let mut config = node_config(
                 &certs,
                 &city,
                 root,
@@ -230,6 +289,9 @@ impl LocalFederation {
                 peers,
                 limits.clone(),
             )?;
+            if let Some(web) = config.web.as_mut() {
+                web.allowed_origins = origins.to_vec();
+            }
             let provider = RunningProvider::start(&city).await?;
             let node = PreparedNode::prepare(config.clone())
                 .await?

@@ -16,7 +16,6 @@
 //! origins of the registered redirect URIs (the page exchanges the code itself).
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -505,25 +504,9 @@ impl RunningOidc {
             base: url.clone(),
             codes: Mutex::new(HashMap::new()),
         });
-        let served = crate::local::Served::spawn("dev sign-in", move |mut stopped| async move {
-            loop {
-                let tcp = tokio::select! {
-                    r = listener.accept() => match r { Ok((t, _)) => t, Err(_) => continue },
-                    _ = &mut stopped => return Ok::<(), Infallible>(()),
-                };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(state.handle(req).await) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                    .await;
-                });
-            }
+        let served = crate::local::serve_http("dev sign-in", listener, move |req| {
+            let state = state.clone();
+            async move { state.handle(req).await }
         });
         Ok(RunningOidc { url, served })
     }
