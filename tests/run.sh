@@ -7,6 +7,7 @@ cd "$root"
 bash tests/setup-python.sh
 bash tests/setup-tools.sh
 bash tests/setup-fhir-examples.sh
+bash tests/setup-portal.sh
 # One crate, one job: no two modules of a crate import each other (directly or in a ring).
 python3 tests/tools/module_cycles.py gateway/src gateway/devkit/src gateway/cli/src proto/src \
   gateway/catalog/src gateway/telemetry/src services/crosscity/src

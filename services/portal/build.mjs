@@ -16,3 +16,15 @@ await build({
 });
 copyFileSync("index.html", "dist/index.html");
 copyFileSync("styles.css", "dist/styles.css");
+
+// The end-to-end test, for Node (it imports the generated TypeScript).
+await build({
+  entryPoints: ["e2e/portal.e2e.mjs"],
+  bundle: true,
+  platform: "node",
+  format: "esm",
+  target: "node20",
+  packages: "external",
+  outfile: ".e2e/portal.e2e.mjs",
+  logLevel: "warning",
+});
