@@ -113,6 +113,10 @@ pub struct FederationApi {
     pub catalog: Arc<Catalog>,
     pub auditor: Arc<Auditor>,
     pub shutdown: watch::Receiver<bool>,
+    /// For a citizen's access log: this node's pseudonyms, and the replay cache of the
+    /// assertions that ask for it.
+    pub pseudonyms: Arc<crate::subject::Pseudonymizer>,
+    pub replay: crate::assertion::ReplayCache,
 }
 
 /// Why the Federation API refused a peer's request.
@@ -239,6 +243,52 @@ impl Federation for FederationApi {
             .filter(|r| r.peer_city == peer.city)
             .collect();
         Ok(Response::new(GetAuditRecordsResponse { records }))
+    }
+
+    async fn subject_access_log(
+        &self,
+        req: Request<tongban_proto::federation::v1::SubjectAccessLogRequest>,
+    ) -> Result<Response<tongban_proto::audit::v1::AccessLogResponse>, Status> {
+        use crate::audit::api::{subject_binding, SUBJECT_ACCESS_LOG};
+        let peer = peer_of(&req)?;
+        let token = req
+            .metadata()
+            .get(crate::assertion::HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let r = req.into_inner();
+        crate::subject::validate_resident_id(&r.subject)
+            .map_err(|m| crate::error::BadField::new("subject", m))?;
+        let expected = crate::assertion::Expected {
+            peer_city: &peer.city,
+            own_city: &self.identity.city,
+            request_id: &r.request_id,
+            service: SUBJECT_ACCESS_LOG.0,
+            method: SUBJECT_ACCESS_LOG.1,
+        };
+        let unauthenticated =
+            |why: String| Status::unauthenticated(format!("subject access log: {why}"));
+        let claims = crate::assertion::verify(token.as_deref(), &peer.public_key, &expected)
+            .map_err(|e| unauthenticated(e.to_string()))?;
+        let citizen = claims.roles.iter().any(|x| x == crate::auth::CITIZEN_ROLE);
+        if !(claims.own && citizen && claims.subj.as_deref() == Some(&subject_binding(&r.subject)))
+        {
+            return Err(Status::permission_denied(format!(
+                "{}: a citizen's access log is given only for the citizen the home node signed in",
+                self.identity.city
+            )));
+        }
+        self.replay
+            .check_and_remember(&claims.jti, claims.exp)
+            .map_err(|e| unauthenticated(e.to_string()))?;
+        let limit = r.limit.clamp(1, 1000) as usize;
+        let accesses =
+            crate::audit::api::accesses_of(&self.auditor, &self.pseudonyms, &r.subject, limit)
+                .await;
+        Ok(Response::new(tongban_proto::audit::v1::AccessLogResponse {
+            accesses,
+            unreachable: Vec::new(),
+        }))
     }
 
     type WatchCatalogStream = CatalogStream;

@@ -328,6 +328,8 @@ impl PreparedNode {
         }))
         .add_service(ConsentServer::new(consent_api))
         .add_service(AuditServer::new(AuditApi {
+            city: config.city.clone(),
+            signer: Arc::new(assertion::Signer::new(identity.key_pkcs8())),
             auditor: auditor.clone(),
             auth: checks.auth.clone(),
             pseudonyms: checks.pseudonyms.clone(),
@@ -348,6 +350,8 @@ impl PreparedNode {
             catalog: catalog.clone(),
             auditor: auditor.clone(),
             shutdown: shutdown.clone(),
+            pseudonyms: checks.pseudonyms.clone(),
+            replay: checks.replay.clone(),
         }))
         .add_service(health_svc)
         .prepare();

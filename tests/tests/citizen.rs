@@ -82,3 +82,108 @@ async fn a_citizen_needs_no_consent_for_their_own_data_only() {
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
     f.shutdown().await;
 }
+
+/// A citizen's access log covers both cities: an access recorded only by Qingdao's node (a
+/// Qingdao system calling Qingdao's own service about a Jinan citizen, with the citizen's
+/// consent) shows up at Jinan, asked of Qingdao with Jinan's assertion; a cross-city
+/// exchange, recorded by both nodes, shows once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_citizens_access_log_covers_both_cities() {
+    use tongban_proto::audit::v1::audit_client::AuditClient;
+    use tongban_proto::audit::v1::AccessLogRequest;
+    let f = Fed::start(&["jinan", "qingdao"]).await;
+    let me = demo_subject("37010219850312002");
+    // Qingdao's hrss, in Qingdao, about the Jinan citizen, with a consent from Jinan.
+    let (_, consent) = f
+        .fed
+        .grant_consent("jinan", &me, "qingdao/hrss", "qingdao", "case-handling")
+        .await
+        .unwrap();
+    let qd = f.fed.token("qingdao", "hrss").unwrap();
+    let mut local = citizen_call(&qd, &me);
+    local
+        .metadata_mut()
+        .insert("x-tongban-consent", consent.parse().unwrap());
+    let local_rid = f
+        .crosscity("qingdao")
+        .await
+        .submit(local)
+        .await
+        .unwrap()
+        .metadata()
+        .get("x-tongban-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    // The citizen's own cross-city call (recorded by both nodes).
+    let token = f
+        .fed
+        .idp("jinan")
+        .unwrap()
+        .issue("portal", &["citizen".into()], Duration::from_secs(600), &me)
+        .unwrap();
+    let cross_rid = f
+        .crosscity("jinan")
+        .await
+        .submit(citizen_call(&token, &me))
+        .await
+        .unwrap()
+        .metadata()
+        .get("x-tongban-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+
+    let mut req = tonic::Request::new(AccessLogRequest {
+        subject: me.clone(),
+        limit: 50,
+    });
+    authorize(&mut req, &token);
+    let log = AuditClient::new(f.channel("jinan").await)
+        .access_log(req)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(log.unreachable.is_empty(), "{:?}", log.unreachable);
+    let local: Vec<_> = log
+        .accesses
+        .iter()
+        .filter(|a| a.request_id == local_rid)
+        .collect();
+    assert_eq!(local.len(), 1, "{log:?}");
+    assert_eq!(local[0].node_city, "qingdao");
+    assert_eq!(local[0].caller_city, "qingdao");
+    assert!(!local[0].consent_id.is_empty());
+    let cross = log
+        .accesses
+        .iter()
+        .filter(|a| a.request_id == cross_rid)
+        .count();
+    assert_eq!(cross, 1, "a cross-city exchange shows once: {log:?}");
+
+    // Another citizen's token cannot read this log, at home or through the peers.
+    let other = f
+        .fed
+        .idp("jinan")
+        .unwrap()
+        .issue(
+            "portal",
+            &["citizen".into()],
+            Duration::from_secs(600),
+            &demo_subject("37010219920704013"),
+        )
+        .unwrap();
+    let mut req = tonic::Request::new(AccessLogRequest {
+        subject: me.clone(),
+        limit: 50,
+    });
+    authorize(&mut req, &other);
+    let e = AuditClient::new(f.channel("jinan").await)
+        .access_log(req)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    f.shutdown().await;
+}

@@ -59,7 +59,12 @@ async fn the_portal_in_a_real_browser() {
         e2e.exists() && portal.join("dist/index.html").exists(),
         "the portal is not built: bash tests/setup-portal.sh"
     );
+    // At debug level, so that the grep of its logs below has something to search.
     let mut demo = Command::new(tongban_bin())
+        .args([
+            "--log",
+            "debug,h2=info,hyper=info,hyper_util=info,tower=info",
+        ])
         .args(["demo", "--serve", "--portal-dir"])
         .arg(portal.join("dist"))
         .env("NO_COLOR", "1")
@@ -178,6 +183,11 @@ async fn the_portal_in_a_real_browser() {
     assert_eq!(r["secondConsents"], 0, "{r}");
     assert_eq!(r["secondAccess"], 0, "{r}");
     assert_eq!(r["pageErrors"], serde_json::json!([]), "{r}");
+    // axe-core finds no serious or critical WCAG 2 A/AA problem on any page.
+    for (page, found) in r["accessibility"].as_object().unwrap() {
+        assert_eq!(found, &serde_json::json!([]), "{page}: {found}");
+    }
+    assert_eq!(r["accessibility"].as_object().unwrap().len(), 4, "{r}");
     assert_eq!(r["steps"].as_array().unwrap().len(), 12, "{r}");
 
     // The certificate the citizen downloaded verifies with the federation's trust bundle.
@@ -196,6 +206,11 @@ async fn the_portal_in_a_real_browser() {
     );
     // The node logs carry neither the tokens nor the clear resident id.
     let logs = logs.lock().unwrap();
+    assert!(
+        logs.lines().count() > 100,
+        "too few log lines to check: {}",
+        logs.lines().count()
+    );
     assert!(!logs.contains(&citizen), "a clear resident id in the logs");
     assert!(!logs.contains(&qingdao_token), "a token in the logs");
     assert!(!logs.contains(&expired), "a token in the logs");

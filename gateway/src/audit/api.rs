@@ -27,6 +27,10 @@ pub const OPERATOR_ROLE: &str = "audit-operator";
 const MAX_PAGE: u32 = 1000;
 
 pub struct AuditApi {
+    /// This node's city (the issuer of its assertions to peers).
+    pub city: String,
+    /// Signs the assertion that asks a peer for a citizen's accesses.
+    pub signer: Arc<crate::assertion::Signer>,
     pub auditor: Arc<Auditor>,
     pub auth: Arc<Authenticator>,
     pub pseudonyms: Arc<Pseudonymizer>,
@@ -55,7 +59,94 @@ fn internal(e: impl std::fmt::Display) -> Status {
     AuditApiFailure(e.to_string()).status()
 }
 
+/// The accesses to `subject`'s data this node recorded, newest first.
+pub async fn accesses_of(
+    auditor: &Auditor,
+    pseudonyms: &Pseudonymizer,
+    subject: &str,
+    limit: usize,
+) -> Vec<Access> {
+    let pseudonym = pseudonyms.pseudonym(subject);
+    auditor
+        .for_subject(&pseudonym, limit)
+        .await
+        .into_iter()
+        .map(|a| Access {
+            at_ms: a.started_at_ms,
+            caller_city: a.caller_city,
+            caller_org: a.caller_org,
+            target_city: a.target_city,
+            service: a.service,
+            method: a.method,
+            purpose: a.purpose,
+            catalog_code: a.catalog_code,
+            grpc_status: a.grpc_status,
+            request_id: a.request_id,
+            consent_id: a.consent_id,
+            node_city: a.node_city,
+        })
+        .collect()
+}
+
+/// What binds a subject access log request to its subject: SHA-256 of the resident id.
+pub fn subject_binding(subject: &str) -> String {
+    use sha2::Digest as _;
+    format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(
+            subject.to_ascii_uppercase().as_bytes()
+        ))
+    )
+}
+
+/// The Federation method a home node calls for a citizen's accesses at a peer.
+pub const SUBJECT_ACCESS_LOG: (&str, &str) =
+    ("tongban.federation.v1.Federation", "SubjectAccessLog");
+
 impl AuditApi {
+    /// `city`'s records of accesses to the citizen's data, asked with an assertion that
+    /// this node signed the citizen in.
+    async fn peer_accesses(
+        &self,
+        city: &str,
+        endpoint: &Arc<Endpoint>,
+        caller: &Caller,
+        subject: &str,
+        limit: usize,
+    ) -> Result<Vec<Access>, String> {
+        let rid = uuid::Uuid::new_v4().to_string();
+        let now = crate::assertion::now_s();
+        let claims = crate::assertion::AssertionClaims {
+            iss: self.city.clone(),
+            aud: city.to_string(),
+            sub: caller.org.clone(),
+            roles: caller.roles.clone(),
+            purpose: "access-log".into(),
+            subj: Some(subject_binding(subject)),
+            own: true,
+            rid: rid.clone(),
+            svc: SUBJECT_ACCESS_LOG.0.into(),
+            mth: SUBJECT_ACCESS_LOG.1.into(),
+            iat: now,
+            exp: now + crate::assertion::TTL.as_secs(),
+            jti: uuid::Uuid::new_v4().to_string(),
+        };
+        let token = self.signer.sign(&claims).map_err(|e| e.to_string())?;
+        let mut req = Request::new(tongban_proto::federation::v1::SubjectAccessLogRequest {
+            subject: subject.to_string(),
+            limit: u32::try_from(limit).unwrap_or(MAX_PAGE),
+            request_id: rid,
+        });
+        let value = tonic::metadata::MetadataValue::try_from(token).map_err(|e| e.to_string())?;
+        req.metadata_mut().insert(crate::assertion::HEADER, value);
+        let ch = EndpointChannel::new(endpoint.clone(), self.connect_timeout);
+        FederationClient::new(ch)
+            .subject_access_log(req)
+            .await
+            .map(|r| r.into_inner().accesses)
+            .map_err(|s| s.message().to_string())
+    }
+
     async fn operator<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
         let c = self.auth.caller_of(req).await?;
         require(&c, "read the audit", &[Grant::Role(OPERATOR_ROLE)])?;
@@ -195,28 +286,29 @@ impl Audit for AuditApi {
             "read this subject's access log",
             &[Grant::Role(OPERATOR_ROLE), Grant::Citizen(&r.subject)],
         )?;
-        let pseudonym = self.pseudonyms.pseudonym(&r.subject);
         let limit = r.limit.clamp(1, MAX_PAGE) as usize;
-        let accesses = self
-            .auditor
-            .for_subject(&pseudonym, limit)
-            .await
-            .into_iter()
-            .map(|a| Access {
-                at_ms: a.started_at_ms,
-                caller_city: a.caller_city,
-                caller_org: a.caller_org,
-                target_city: a.target_city,
-                service: a.service,
-                method: a.method,
-                purpose: a.purpose,
-                catalog_code: a.catalog_code,
-                grpc_status: a.grpc_status,
-                request_id: a.request_id,
-                consent_id: a.consent_id,
-                node_city: a.node_city,
-            })
-            .collect();
-        Ok(Response::new(AccessLogResponse { accesses }))
+        let mut accesses = accesses_of(&self.auditor, &self.pseudonyms, &r.subject, limit).await;
+        let mut unreachable = Vec::new();
+        // A citizen sees every city's records: each peer is asked, vouched for by this node.
+        if caller.roles.iter().any(|x| x == crate::auth::CITIZEN_ROLE) {
+            for (city, endpoint) in &self.peers {
+                match self
+                    .peer_accesses(city, endpoint, &caller, &r.subject, limit)
+                    .await
+                {
+                    Ok(mut more) => accesses.append(&mut more),
+                    Err(why) => unreachable.push(format!("{city}: {why}")),
+                }
+            }
+            // One row per exchange (a cross-city exchange is recorded by both nodes).
+            let mut seen = std::collections::HashSet::new();
+            accesses.sort_by(|a, b| b.at_ms.cmp(&a.at_ms));
+            accesses.retain(|a| a.request_id.is_empty() || seen.insert(a.request_id.clone()));
+            accesses.truncate(limit);
+        }
+        Ok(Response::new(AccessLogResponse {
+            accesses,
+            unreachable,
+        }))
     }
 }

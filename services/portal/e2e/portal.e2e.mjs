@@ -14,6 +14,7 @@
 // Prints one JSON document with what it saw.
 
 import { mkdirSync, writeFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import { join } from "node:path";
 
 import { createClient } from "@connectrpc/connect";
@@ -23,8 +24,20 @@ import { chromium } from "playwright-core";
 import { CrossCityService } from "../src/gen/tongban/crosscity/v1/crosscity_pb.ts";
 
 const args = JSON.parse(process.argv[2]);
+const axePath = createRequire(import.meta.url).resolve("axe-core/axe.min.js");
+// WCAG 2 A and AA checks of the page as it is (axe-core), serious and critical findings kept.
+async function audit(page, where) {
+  await page.addScriptTag({ path: axePath });
+  const found = await page.evaluate(async () => {
+    const r = await window.axe.run(document, { runOnly: ["wcag2a", "wcag2aa"] });
+    return r.violations
+      .filter((v) => v.impact === "serious" || v.impact === "critical")
+      .map((v) => `${v.id}: ${v.help} (${v.nodes.length})`);
+  });
+  out.accessibility[where] = found;
+}
 mkdirSync(args.screens, { recursive: true });
-const out = { steps: [] };
+const out = { steps: [], accessibility: {} };
 const step = async (page, name) => {
   await page.screenshot({ path: join(args.screens, `${name}.png`) });
   out.steps.push(name);
@@ -84,6 +97,7 @@ try {
   out.items = await page.locator("#items li").count();
   out.who = await page.textContent("#who");
   await step(page, "03-services");
+  await audit(page, "services");
 
   // JQ-01 is handled by Qingdao for a citizen of Jinan.
   await page.click("#apply-JQ-01");
@@ -91,6 +105,7 @@ try {
   for (const input of await page.locator("#application-form input[type=text], #application-form input[type=date]").all()) {
     await input.fill((await input.getAttribute("placeholder")) ?? "");
   }
+  await audit(page, "application form");
   await page.fill("#field-phone", "123");
   await page.setInputFiles("#material-id-card", { name: "id-card.jpg", mimeType: "image/jpeg", buffer: Buffer.from("id card scan") });
   await page.setInputFiles("#material-photo", { name: "photo.jpg", mimeType: "image/jpeg", buffer: Buffer.from("photo") });
@@ -125,6 +140,7 @@ try {
   const mine = page.locator("#consents tr[data-state=active]", { hasText: "qingdao/hrss" });
   out.consentsActive = await mine.count();
   await step(page, "07-consent-granted");
+  await audit(page, "consents");
   out.allowed = await qingdaoCalls(args.subject, token);
 
   await mine.locator("button[data-consent]").click();
@@ -145,6 +161,7 @@ try {
   out.refusedInLog = refused.requestId ? await page.locator(`#access tr[data-request-id="${refused.requestId}"]`).count() : 0;
   out.refusedRow = refused.requestId ? await page.locator(`#access tr[data-request-id="${refused.requestId}"]`).textContent() : null;
   await step(page, "09-access-log");
+  await audit(page, "access log");
 
   await page.click("#lang");
   await page.waitForSelector("text=Who looked at my data");

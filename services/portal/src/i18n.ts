@@ -54,6 +54,7 @@ const zh = {
   allowed: "允许",
   refused: "拒绝",
   ownData: "本人",
+  partial: "部分城市暂无法查询，记录可能不全",
   sessionExpired: "登录已过期，请重新登录。",
   error: "出错了",
   states: {
@@ -120,6 +121,7 @@ const en: typeof zh = {
   allowed: "allowed",
   refused: "refused",
   ownData: "you",
+  partial: "Some cities did not answer; the list may be incomplete",
   sessionExpired: "Your session has expired; please sign in again.",
   error: "Error",
   states: {

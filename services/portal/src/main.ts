@@ -421,6 +421,9 @@ async function access(): Promise<void> {
     }
     table.append(body);
     m.append(r.accesses.length ? table : el("p", {}, t().none));
+    if (r.unreachable.length > 0) {
+      m.append(el("p", { class: "error", role: "status", id: "unreachable" }, `${t().partial}: ${r.unreachable.join("; ")}`));
+    }
   } catch (e) {
     show(failure(e));
   }
