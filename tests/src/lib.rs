@@ -184,6 +184,16 @@ impl Fed {
     }
 }
 
+/// The `x-tongban-request-id` a node answered with.
+pub fn request_id_of<T>(r: &tonic::Response<T>) -> String {
+    r.metadata()
+        .get("x-tongban-request-id")
+        .expect("x-tongban-request-id")
+        .to_str()
+        .expect("ascii")
+        .to_string()
+}
+
 /// Adds `authorization: Bearer <token>`.
 pub fn authorize<T>(r: &mut Request<T>, token: &str) {
     r.metadata_mut().insert(

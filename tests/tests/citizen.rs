@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tongban_devkit::demo::demo_subject;
 use tongban_proto::crosscity::v1::SubmitRequest;
-use tongban_tests::{authorize, targeted, Fed};
+use tongban_tests::{authorize, request_id_of, targeted, Fed};
 use tonic::metadata::MetadataValue;
 
 fn citizen_call(token: &str, subject: &str) -> tonic::Request<SubmitRequest> {
@@ -34,32 +34,25 @@ fn citizen_call(token: &str, subject: &str) -> tonic::Request<SubmitRequest> {
     req
 }
 
+/// A token of Jinan's identity provider for the citizen `id`, signed in at the portal.
+fn citizen_token(f: &Fed, id: &str) -> String {
+    f.fed
+        .idp("jinan")
+        .unwrap()
+        .issue("portal", &["citizen".into()], Duration::from_secs(600), id)
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_citizen_needs_no_consent_for_their_own_data_only() {
     let f = Fed::start(&["jinan", "qingdao"]).await;
     let me = demo_subject("37010219850312002");
     let other = demo_subject("37020219900101003");
-    let token = f
-        .fed
-        .idp("jinan")
-        .unwrap()
-        .issue(
-            "portal",
-            &["citizen".to_string()],
-            Duration::from_secs(600),
-            &me,
-        )
-        .unwrap();
+    let token = citizen_token(&f, &me);
     // Their own application, in Qingdao: no consent needed.
     let mut client = f.crosscity("jinan").await;
     let ok = client.submit(citizen_call(&token, &me)).await.unwrap();
-    let rid = ok
-        .metadata()
-        .get("x-tongban-request-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let rid = request_id_of(&ok);
     assert_eq!(ok.into_inner().provider_city, "qingdao");
     // Both audits say why no consent was shown.
     for city in ["jinan", "qingdao"] {
@@ -104,37 +97,16 @@ async fn a_citizens_access_log_covers_both_cities() {
     local
         .metadata_mut()
         .insert("x-tongban-consent", consent.parse().unwrap());
-    let local_rid = f
-        .crosscity("qingdao")
-        .await
-        .submit(local)
-        .await
-        .unwrap()
-        .metadata()
-        .get("x-tongban-request-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let local_rid = request_id_of(&f.crosscity("qingdao").await.submit(local).await.unwrap());
     // The citizen's own cross-city call (recorded by both nodes).
-    let token = f
-        .fed
-        .idp("jinan")
-        .unwrap()
-        .issue("portal", &["citizen".into()], Duration::from_secs(600), &me)
-        .unwrap();
-    let cross_rid = f
-        .crosscity("jinan")
-        .await
-        .submit(citizen_call(&token, &me))
-        .await
-        .unwrap()
-        .metadata()
-        .get("x-tongban-request-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let token = citizen_token(&f, &me);
+    let cross_rid = request_id_of(
+        &f.crosscity("jinan")
+            .await
+            .submit(citizen_call(&token, &me))
+            .await
+            .unwrap(),
+    );
 
     let mut req = tonic::Request::new(AccessLogRequest {
         subject: me.clone(),
@@ -164,17 +136,7 @@ async fn a_citizens_access_log_covers_both_cities() {
     assert_eq!(cross, 1, "a cross-city exchange shows once: {log:?}");
 
     // Another citizen's token cannot read this log, at home or through the peers.
-    let other = f
-        .fed
-        .idp("jinan")
-        .unwrap()
-        .issue(
-            "portal",
-            &["citizen".into()],
-            Duration::from_secs(600),
-            &demo_subject("37010219920704013"),
-        )
-        .unwrap();
+    let other = citizen_token(&f, &demo_subject("37010219920704013"));
     let mut req = tonic::Request::new(AccessLogRequest {
         subject: me.clone(),
         limit: 50,

@@ -55,13 +55,7 @@ async fn sigkill_under_load_loses_no_acknowledged_record() {
                 );
                 match client.submit(req).await {
                     Ok(resp) => {
-                        let rid = resp
-                            .metadata()
-                            .get("x-tongban-request-id")
-                            .unwrap()
-                            .to_str()
-                            .unwrap()
-                            .to_string();
+                        let rid = tongban_tests::request_id_of(&resp);
                         let mut a = acked.lock().unwrap();
                         a.push(rid);
                         if a.len() == 400 {

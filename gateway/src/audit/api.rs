@@ -302,7 +302,7 @@ impl Audit for AuditApi {
             }
             // One row per exchange (a cross-city exchange is recorded by both nodes).
             let mut seen = std::collections::HashSet::new();
-            accesses.sort_by(|a, b| b.at_ms.cmp(&a.at_ms));
+            accesses.sort_by_key(|a| std::cmp::Reverse(a.at_ms));
             accesses.retain(|a| a.request_id.is_empty() || seen.insert(a.request_id.clone()));
             accesses.truncate(limit);
         }
