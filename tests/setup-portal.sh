@@ -18,8 +18,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 cd "$root/services/portal"
+# `npm install` with the committed lock, not `npm ci`: the registry this machine reaches
+# lacks some of buf's optional per-platform packages (darwin, win32), which `npm ci` counts
+# as a lock mismatch; `npm install` skips optional packages it cannot get.
 stamp=node_modules/.package-lock.json
-if [ ! -f "$stamp" ] || [ package-lock.json -nt "$stamp" ]; then
-  npm ci --no-audit --no-fund --loglevel=error
+if [ ! -f "$stamp" ] || [ package-lock.json -nt "$stamp" ] || [ package.json -nt "$stamp" ]; then
+  npm install --no-audit --no-fund --loglevel=error
 fi
 npm run --silent build

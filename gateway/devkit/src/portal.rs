@@ -70,7 +70,7 @@ impl RunningPortal {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
                 format!(
-                    "{} has no index.html (build the portal: npm --prefix services/portal ci && npm --prefix services/portal run build)",
+                    "{} has no index.html (build the portal: npm --prefix services/portal install && npm --prefix services/portal run build)",
                     dist.display()
                 ),
             ));
