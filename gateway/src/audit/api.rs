@@ -114,7 +114,7 @@ impl AuditApi {
         subject: &str,
         limit: usize,
     ) -> Result<Vec<Access>, String> {
-        let rid = uuid::Uuid::new_v4().to_string();
+        let rid = tongban_telemetry::trace::unique_id();
         let now = crate::assertion::now_s();
         let claims = crate::assertion::AssertionClaims {
             iss: self.city.clone(),
@@ -129,7 +129,7 @@ impl AuditApi {
             mth: SUBJECT_ACCESS_LOG.1.into(),
             iat: now,
             exp: now + crate::assertion::TTL.as_secs(),
-            jti: uuid::Uuid::new_v4().to_string(),
+            jti: tongban_telemetry::trace::unique_id(),
         };
         let token = self.signer.sign(&claims).map_err(|e| e.to_string())?;
         let mut req = Request::new(tongban_proto::federation::v1::SubjectAccessLogRequest {

@@ -127,11 +127,11 @@ fn catalog_code_of(h: &HeaderMap) -> Result<Option<String>, ProxyError> {
 /// (under a fresh id, so that the refusal is audited and traceable).
 pub(super) fn request_id_of(h: &HeaderMap) -> (String, Option<ProxyError>) {
     match h.get(REQUEST_ID) {
-        None => (uuid::Uuid::new_v4().to_string(), None),
+        None => (tongban_telemetry::trace::unique_id(), None),
         Some(v) => match v.to_str() {
             Ok(s) if metadata::is_request_id(v.as_bytes()) => (s.to_string(), None),
             _ => (
-                uuid::Uuid::new_v4().to_string(),
+                tongban_telemetry::trace::unique_id(),
                 Some(ProxyError::bad(
                     REQUEST_ID,
                     format!("{REQUEST_ID} must be 1 to 64 characters of letters, digits, '.', '_' and '-'"),

@@ -136,7 +136,7 @@ impl Proxy {
             mth: call.method.clone(),
             iat: assertion::now_s(),
             exp: assertion::now_s() + assertion::TTL.as_secs(),
-            jti: uuid::Uuid::new_v4().to_string(),
+            jti: tongban_telemetry::trace::unique_id(),
         };
         self.trust
             .signer

@@ -147,25 +147,41 @@ impl Proxy {
     /// cities' audit) and the trace id; the span's other fields are filled when it ends.
     fn exchange(&self, h: &HeaderMap, side: Side) -> (Exchange, Option<ProxyError>) {
         let (request_id, bad) = call::request_id_of(h);
-        let span = tracing::info_span!(
-            "call",
-            otel.kind = "server",
-            otel.status_code = tracing::field::Empty,
-            request_id = %request_id,
-            trace_id = tracing::field::Empty,
-            side = if side == Side::Provider { "provider" } else { "home" },
-            tongban.city = %self.city,
-            tongban.caller_city = tracing::field::Empty,
-            tongban.caller_org = tracing::field::Empty,
-            tongban.target_city = tracing::field::Empty,
-            tongban.target_org = tracing::field::Empty,
-            tongban.purpose = tracing::field::Empty,
-            tongban.catalog_code = tracing::field::Empty,
-            rpc.system = "grpc",
-            rpc.service = tracing::field::Empty,
-            rpc.method = tracing::field::Empty,
-            rpc.grpc.status_code = tracing::field::Empty,
-        );
+        let side_name = if side == Side::Provider {
+            "provider"
+        } else {
+            "home"
+        };
+        // Exported spans carry the exchange's attributes (filled when it ends); a span only
+        // for the logs carries just what every line of the call needs, formatted once.
+        let span = if tongban_telemetry::trace::exporting() {
+            tracing::info_span!(
+                "call",
+                otel.kind = "server",
+                otel.status_code = tracing::field::Empty,
+                request_id = %request_id,
+                trace_id = tracing::field::Empty,
+                side = side_name,
+                tongban.city = %self.city,
+                tongban.caller_city = tracing::field::Empty,
+                tongban.caller_org = tracing::field::Empty,
+                tongban.target_city = tracing::field::Empty,
+                tongban.target_org = tracing::field::Empty,
+                tongban.purpose = tracing::field::Empty,
+                tongban.catalog_code = tracing::field::Empty,
+                rpc.system = "grpc",
+                rpc.service = tracing::field::Empty,
+                rpc.method = tracing::field::Empty,
+                rpc.grpc.status_code = tracing::field::Empty,
+            )
+        } else {
+            tracing::info_span!(
+                "call",
+                request_id = %request_id,
+                trace_id = tracing::field::Empty,
+                side = side_name,
+            )
+        };
         let trace_id = tongban_telemetry::trace::continue_trace(&span, h);
         let ex = Exchange::new(
             self.auditor.clone(),
