@@ -235,7 +235,9 @@ impl Endpoint {
         if let Some(s) = self.cached() {
             return Ok(s);
         }
-        let result = tokio::time::timeout(connect_timeout, self.connect()).await;
+        // Boxed: connecting (a TLS handshake, kilobytes of state) is rare, and inline it
+        // would make the future of every call that much larger to move around.
+        let result = tokio::time::timeout(connect_timeout, Box::pin(self.connect())).await;
         let sender = match result {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
