@@ -106,6 +106,11 @@ impl NodeProcess {
     /// Starts `tongban <extra> node --config <config>` and waits for its "node started"
     /// line.
     pub fn spawn(config: &Path, extra: &[&str]) -> NodeProcess {
+        Self::try_spawn(config, extra).unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// [`Self::spawn`], or why the node did not start (with everything it logged).
+    pub fn try_spawn(config: &Path, extra: &[&str]) -> Result<NodeProcess, String> {
         let mut child = Command::new(crate::tongban_bin())
             .args(extra)
             .args(["node", "--config"])
@@ -136,16 +141,24 @@ impl NodeProcess {
                 kept.lock().unwrap().push(line);
             }
         });
-        let (caller, admin, web) = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the node printed its addresses");
-        NodeProcess {
+        let (caller, admin, web) = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "the node did not print its addresses ({e}): {}",
+                    lines.lock().unwrap().join("\n")
+                ));
+            }
+        };
+        Ok(NodeProcess {
             child,
             caller: caller.expect("caller address in the start line"),
             admin: admin.expect("admin address in the start line"),
             web: web.expect("web address in the start line"),
             lines,
-        }
+        })
     }
 
     /// Waits (bounded) until a logged line satisfies `pred`.
@@ -218,16 +231,26 @@ impl TwoCities {
         let dir = tempfile::tempdir().unwrap();
         let cities = ["jinan".to_string(), "qingdao".to_string()];
         let g = certs::init(&dir.path().join("certs"), &cities, false).unwrap();
-        let addrs = free_addrs(2);
-        let peers = [("jinan", addrs[0].clone()), ("qingdao", addrs[1].clone())];
-        let jinan = NodeProcess::spawn(
-            &write_node_config(dir.path(), &g, "jinan", &peers, extra),
-            &[],
-        );
-        let qingdao = NodeProcess::spawn(
-            &write_node_config(dir.path(), &g, "qingdao", &peers, extra),
-            &[],
-        );
+        // Each node must name the other's peer address before either starts: ports are
+        // picked free and released, so another test may take one meanwhile; then the node
+        // cannot bind (and says so), and both start again on new ports.
+        let mut last = String::new();
+        let mut started = None;
+        for _ in 0..5 {
+            let addrs = free_addrs(2);
+            let peers = [("jinan", addrs[0].clone()), ("qingdao", addrs[1].clone())];
+            let spawn = |city: &str| {
+                NodeProcess::try_spawn(&write_node_config(dir.path(), &g, city, &peers, extra), &[])
+            };
+            match (spawn("jinan"), spawn("qingdao")) {
+                (Ok(j), Ok(q)) => {
+                    started = Some((j, q));
+                    break;
+                }
+                (Err(e), _) | (_, Err(e)) => last = e,
+            }
+        }
+        let (jinan, qingdao) = started.unwrap_or_else(|| panic!("nodes did not start: {last}"));
         let provider = tongban_devkit::local::RunningProvider::start("qingdao")
             .await
             .unwrap();

@@ -88,26 +88,38 @@ impl TraceService for Receiver {
     }
 }
 
+impl Receiver {
+    /// Serves the receiver on loopback: it, its address, the stop switch and the task.
+    async fn start() -> (
+        Receiver,
+        std::net::SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    ) {
+        let receiver = Receiver::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let otlp = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(receiver.clone()))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async {
+                        let _ = stopped.await;
+                    },
+                ),
+        );
+        (receiver, otlp, stop, server)
+    }
+}
+
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_covers_both_cities_at_a_real_otlp_receiver() {
-    // The receiver.
-    let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let otlp = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(receiver.clone()))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async {
-                    let _ = stopped.await;
-                },
-            ),
-    );
+    let (receiver, otlp, stop, server) = Receiver::start().await;
 
     // Two nodes, exporting every trace to it.
     let telemetry = format!("[telemetry]\nendpoint = \"http://{otlp}\"\nsample_ratio = 1.0\n");
@@ -274,6 +286,74 @@ async fn one_trace_covers_both_cities_at_a_real_otlp_receiver() {
         assert!(!raw.contains(&citizen), "a clear resident id was exported");
     }
 
+    two.stop().await;
+    let _ = stop.send(());
+    let _ = server.await;
+}
+
+/// With a sample ratio of 0, nothing of a call is exported, yet the exchange still has one
+/// trace id across both cities: the home node starts the trace and passes it on unsampled,
+/// and both audit records keep it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsampled_exchange_exports_nothing_and_keeps_one_trace_id() {
+    use tongban_proto::audit::v1::audit_client::AuditClient;
+    use tongban_proto::audit::v1::GetRequest;
+    let (receiver, otlp, stop, server) = Receiver::start().await;
+    let two = TwoCities::start(&format!(
+        "[telemetry]\nendpoint = \"http://{otlp}\"\nsample_ratio = 0.0\n"
+    ))
+    .await;
+    two.wait_until_federated().await;
+    let token = dev_token(&two.certs, "jinan", "hrss").unwrap();
+    let mut req = targeted(
+        SubmitRequest {
+            catalog_code: "JQ-03".into(),
+            ..Default::default()
+        },
+        Some("qingdao"),
+        Duration::from_secs(5),
+    );
+    authorize(&mut req, &token);
+    req.metadata_mut().insert(
+        "x-tongban-purpose",
+        MetadataValue::from_static("case-handling"),
+    );
+    let resp = CrossCityServiceClient::new(channel(&two.jinan.caller).await)
+        .submit(req)
+        .await
+        .unwrap();
+    let rid = tongban_tests::request_id_of(&resp);
+    let op = tongban_devkit::local::dev_token_with_roles(
+        &two.certs,
+        "jinan",
+        "ops",
+        &["audit-operator"],
+    )
+    .unwrap();
+    let mut get = tonic::Request::new(GetRequest {
+        request_id: rid.clone(),
+    });
+    authorize(&mut get, &op);
+    let got = AuditClient::new(channel(&two.jinan.caller).await)
+        .get(get)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.local.len(), 1);
+    assert_eq!(got.peer.len(), 1, "{}", got.peer_error);
+    let trace = got.local[0].trace_id.clone();
+    assert_eq!(trace.len(), 32, "the home node started a trace: {trace:?}");
+    assert_eq!(got.peer[0].trace_id, trace, "qingdao kept jinan's trace id");
+    // Give a batch time to leave (500 ms), then: nothing of that trace was exported.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let exported = receiver
+        .spans
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.trace_id == trace)
+        .count();
+    assert_eq!(exported, 0, "an unsampled trace was exported");
     two.stop().await;
     let _ = stop.send(());
     let _ = server.await;

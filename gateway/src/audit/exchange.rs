@@ -35,6 +35,8 @@ pub struct Exchange {
     metrics: Arc<NodeMetrics>,
     /// The call's span on this node: gets the exchange's attributes when it ends.
     span: tracing::Span,
+    /// Whether the call's trace is exported (its steps get spans of their own).
+    sampled: bool,
 }
 
 impl Drop for Exchange {
@@ -54,6 +56,7 @@ impl Drop for Exchange {
             auditor: None,
             metrics: self.metrics.clone(),
             span: self.span.clone(),
+            sampled: self.sampled,
         };
         let record = pending.into_record(
             tonic::Code::Cancelled as i32,
@@ -80,9 +83,11 @@ impl Exchange {
         side: Side,
         span: tracing::Span,
     ) -> Exchange {
+        let sampled = tongban_telemetry::trace::sampled(&span);
         Exchange {
             auditor: Some(auditor),
             metrics,
+            sampled,
             span,
             record: AuditRecord {
                 request_id: request_id.to_string(),
@@ -113,6 +118,15 @@ impl Exchange {
     /// The call's span on this node.
     pub fn span(&self) -> &tracing::Span {
         &self.span
+    }
+
+    /// A span for one step of the call, made by `make` only when the trace is exported.
+    pub fn step(&self, make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+        if self.sampled {
+            make()
+        } else {
+            tracing::Span::none()
+        }
     }
 
     /// The called service and method.
@@ -262,6 +276,7 @@ impl crate::error::ApiError for AuditUnavailable {
 /// trailers. An error means the record could not be written: the caller must not see a
 /// success (no exchange completes unaudited).
 pub async fn complete(exchange: Exchange, end: End) -> Result<Option<String>, Status> {
+    let commit_span = exchange.step(|| tracing::debug_span!("audit_commit"));
     let Some(auditor) = exchange.auditor.clone() else {
         return Err(AuditUnavailable("the exchange was already completed".into()).status());
     };
@@ -294,7 +309,7 @@ pub async fn complete(exchange: Exchange, end: End) -> Result<Option<String>, St
     }
     let appended = auditor
         .record(record)
-        .instrument(tracing::debug_span!("audit_commit"))
+        .instrument(commit_span)
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "audit append failed; failing the exchange");

@@ -46,12 +46,12 @@ impl Proxy {
             permit,
         } = ready;
         // The hop upstream is a span of its own; the next hop continues the trace from it.
-        let span = match &upstream {
+        let span = ex.step(|| match &upstream {
             Upstream::Provider(_) => tracing::debug_span!("provider_call", otel.kind = "client"),
             Upstream::Peer(p) => {
                 tracing::debug_span!("forward_to_peer", otel.kind = "client", tongban.peer = %p.city)
             }
-        };
+        });
         let hop = async {
             let (endpoint, sender) = self.connect(&upstream, &call).await?;
             let label = endpoint.label().to_string();

@@ -29,7 +29,7 @@ impl Proxy {
         self.check_metadata(&parts.headers)?;
         let caller = self
             .authenticate(&parts.headers)
-            .instrument(tracing::debug_span!("authenticate"))
+            .instrument(ex.step(|| tracing::debug_span!("authenticate")))
             .await?;
         ex.caller(&caller.city, &caller.org);
         self.trust.rate.check(&caller.id())?;
@@ -58,7 +58,7 @@ impl Proxy {
                 p.city.clone()
             }
         };
-        let consent = tracing::debug_span!("policy").in_scope(|| {
+        let consent = ex.step(|| tracing::debug_span!("policy")).in_scope(|| {
             self.authorise(&Principal::of(&caller), &target_city, &call, &intent)?;
             headers::strip_from_caller(&mut parts.headers);
             self.hand_over(&mut parts.headers, &upstream, &caller, &call, &intent)

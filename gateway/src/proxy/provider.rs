@@ -27,7 +27,8 @@ impl Proxy {
     ) -> Result<Ready, ProxyError> {
         let mut call = self.accept(ex, &parts)?;
         self.check_metadata(&parts.headers)?;
-        let claims = tracing::debug_span!("authenticate", tongban.peer = %peer.city)
+        let claims = ex
+            .step(|| tracing::debug_span!("authenticate", tongban.peer = %peer.city))
             .in_scope(|| self.verify_assertion(&parts, peer, &call))?;
         ex.caller(&peer.city, &claims.sub);
         let target = call.target_city.get_or_insert_with(|| self.city.clone());
@@ -37,7 +38,8 @@ impl Proxy {
                 target: target.clone(),
             });
         }
-        let svc = tracing::debug_span!("route")
+        let svc = ex
+            .step(|| tracing::debug_span!("route"))
             .in_scope(|| self.local_provider(&self.catalog.snapshot(), &call))?;
         let org = svc.record.organisation.clone();
         ex.routed_local(&self.city, &org);
@@ -56,7 +58,7 @@ impl Proxy {
         );
         let principal = Principal::vouched(&peer.city, &claims);
         let caller_id = format!("{}/{}", peer.city, claims.sub);
-        let consent = tracing::debug_span!("policy").in_scope(|| {
+        let consent = ex.step(|| tracing::debug_span!("policy")).in_scope(|| {
             self.authorise(&principal, &self.city, &call, &intent)?;
             self.check_consent(&parts.headers, &svc, &caller_id, &call, &intent)
         })?;

@@ -88,6 +88,13 @@ pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) -> String {
     id
 }
 
+/// Whether `span` (a call's root span, after [`continue_trace`]) is recorded and exported:
+/// the steps of an unsampled call need no spans of their own (most calls, at a ratio
+/// below 1).
+pub fn sampled(span: &tracing::Span) -> bool {
+    exporting() && span.context().span().span_context().is_sampled()
+}
+
 /// Sets the trace context the next hop gets. With export on, the context of `span` (the span
 /// that sends the request); otherwise the caller's `traceparent` goes on unchanged, or, if
 /// it had none, one carrying `trace_id` (unsampled: nothing upstream of here recorded it).
