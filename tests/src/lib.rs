@@ -184,6 +184,24 @@ impl Fed {
     }
 }
 
+/// A JQ-03 submission to `to`, by the holder of `token`, for case handling (deadline 5 s).
+pub fn case_handling_submit(to: &str, token: &str) -> Request<SubmitRequest> {
+    let mut req = targeted(
+        SubmitRequest {
+            catalog_code: "JQ-03".into(),
+            ..Default::default()
+        },
+        Some(to),
+        Duration::from_secs(5),
+    );
+    authorize(&mut req, token);
+    req.metadata_mut().insert(
+        "x-tongban-purpose",
+        MetadataValue::from_static("case-handling"),
+    );
+    req
+}
+
 /// The `x-tongban-request-id` a node answered with.
 pub fn request_id_of<T>(r: &tonic::Response<T>) -> String {
     r.metadata()

@@ -269,22 +269,11 @@ impl TwoCities {
     /// Jinan succeeds.
     pub async fn wait_until_federated(&self) {
         use tongban_proto::crosscity::v1::cross_city_service_client::CrossCityServiceClient;
-        use tongban_proto::crosscity::v1::SubmitRequest;
         let token = tongban_devkit::local::dev_token(&self.certs, "jinan", "hrss").unwrap();
         let mut client = CrossCityServiceClient::new(channel(&self.jinan.caller).await);
         let mut last = None;
         for _ in 0..150 {
-            let mut req = crate::targeted(
-                SubmitRequest {
-                    catalog_code: "JQ-03".into(),
-                    ..Default::default()
-                },
-                Some("qingdao"),
-                Duration::from_secs(5),
-            );
-            crate::authorize(&mut req, &token);
-            req.metadata_mut()
-                .insert("x-tongban-purpose", "case-handling".parse().unwrap());
+            let req = crate::case_handling_submit("qingdao", &token);
             match client.submit(req).await {
                 Ok(_) => return,
                 Err(s) => last = Some(s),

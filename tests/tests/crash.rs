@@ -40,19 +40,7 @@ async fn sigkill_under_load_loses_no_acknowledged_record() {
             let mut client = CrossCityServiceClient::new(ch);
             let started = Instant::now();
             while started.elapsed() < Duration::from_secs(20) {
-                let mut req = targeted(
-                    SubmitRequest {
-                        catalog_code: "JQ-03".into(),
-                        ..Default::default()
-                    },
-                    Some("jinan"),
-                    Duration::from_secs(5),
-                );
-                authorize(&mut req, &token);
-                req.metadata_mut().insert(
-                    "x-tongban-purpose",
-                    MetadataValue::from_static("case-handling"),
-                );
+                let req = tongban_tests::case_handling_submit("jinan", &token);
                 match client.submit(req).await {
                     Ok(resp) => {
                         let rid = tongban_tests::request_id_of(&resp);

@@ -305,21 +305,8 @@ async fn an_unsampled_exchange_exports_nothing_and_keeps_one_trace_id() {
     .await;
     two.wait_until_federated().await;
     let token = dev_token(&two.certs, "jinan", "hrss").unwrap();
-    let mut req = targeted(
-        SubmitRequest {
-            catalog_code: "JQ-03".into(),
-            ..Default::default()
-        },
-        Some("qingdao"),
-        Duration::from_secs(5),
-    );
-    authorize(&mut req, &token);
-    req.metadata_mut().insert(
-        "x-tongban-purpose",
-        MetadataValue::from_static("case-handling"),
-    );
     let resp = CrossCityServiceClient::new(channel(&two.jinan.caller).await)
-        .submit(req)
+        .submit(tongban_tests::case_handling_submit("qingdao", &token))
         .await
         .unwrap();
     let rid = tongban_tests::request_id_of(&resp);
