@@ -7,24 +7,12 @@ use std::time::Duration;
 
 use tongban_devkit::demo::demo_subject;
 use tongban_proto::crosscity::v1::SubmitRequest;
-use tongban_tests::{authorize, request_id_of, targeted, Fed};
+use tongban_tests::{authorize, request_id_of, Fed};
 use tonic::metadata::MetadataValue;
 
 fn citizen_call(token: &str, subject: &str) -> tonic::Request<SubmitRequest> {
-    let mut req = targeted(
-        SubmitRequest {
-            catalog_code: "JQ-03".into(),
-            ..Default::default()
-        },
-        Some("qingdao"),
-        Duration::from_secs(5),
-    );
-    authorize(&mut req, token);
+    let mut req = tongban_tests::case_handling_submit("qingdao", token);
     let md = req.metadata_mut();
-    md.insert(
-        "x-tongban-purpose",
-        MetadataValue::from_static("case-handling"),
-    );
     md.insert("x-tongban-subject", subject.parse().unwrap());
     // JQ-03 handles personal data (the catalog says so).
     md.insert(

@@ -12,9 +12,8 @@ use tongban_devkit::local::{dev_token, dev_token_with_roles, RunningProvider};
 use tongban_proto::audit::v1::audit_client::AuditClient;
 use tongban_proto::audit::v1::{GetRequest, VerifyRequest};
 use tongban_proto::crosscity::v1::cross_city_service_client::CrossCityServiceClient;
-use tongban_proto::crosscity::v1::SubmitRequest;
 use tongban_tests::process::{channel, register_probe, write_node_config, NodeProcess};
-use tongban_tests::{authorize, targeted, tongban_bin};
+use tongban_tests::{authorize, tongban_bin};
 use tonic::metadata::MetadataValue;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,17 +162,8 @@ async fn json_logs_carry_request_ids_and_no_secrets() {
     register_probe(&addr, &token, &provider.url(), true).await;
     // A personal-data call without a consent: refused (and logged at debug) with its id.
     let citizen = tongban_devkit::demo::demo_subject("37010219850312002");
-    let mut req = targeted(
-        SubmitRequest::default(),
-        Some("jinan"),
-        Duration::from_secs(5),
-    );
-    authorize(&mut req, &token);
+    let mut req = tongban_tests::case_handling_submit("jinan", &token);
     let md = req.metadata_mut();
-    md.insert(
-        "x-tongban-purpose",
-        MetadataValue::from_static("case-handling"),
-    );
     md.insert("x-tongban-subject", citizen.parse().unwrap());
     md.insert(
         "x-tongban-request-id",

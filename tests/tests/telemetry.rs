@@ -17,10 +17,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use tongban_devkit::local::dev_token;
 use tongban_proto::crosscity::v1::cross_city_service_client::CrossCityServiceClient;
-use tongban_proto::crosscity::v1::SubmitRequest;
+use tongban_tests::authorize;
 use tongban_tests::process::{channel, TwoCities};
-use tongban_tests::{authorize, targeted};
-use tonic::metadata::MetadataValue;
 
 /// One exported span, flattened: the service (node) that sent it and its fields.
 #[derive(Debug, Clone)]
@@ -132,20 +130,8 @@ async fn one_trace_covers_both_cities_at_a_real_otlp_receiver() {
     let mut client = CrossCityServiceClient::new(channel(&jinan.caller).await);
     let mut answered = None;
     for attempt in 0..150 {
-        let mut req = targeted(
-            SubmitRequest {
-                catalog_code: "JQ-03".into(),
-                ..Default::default()
-            },
-            Some("qingdao"),
-            Duration::from_secs(5),
-        );
-        authorize(&mut req, &token);
+        let mut req = tongban_tests::case_handling_submit("qingdao", &token);
         let md = req.metadata_mut();
-        md.insert(
-            "x-tongban-purpose",
-            MetadataValue::from_static("case-handling"),
-        );
         md.insert("x-tongban-subject", citizen.parse().unwrap());
         md.insert(
             "x-tongban-request-id",
