@@ -96,25 +96,19 @@ where
         + Send
         + 'static,
 {
-    Served::spawn(what, move |mut stopped| async move {
-        loop {
-            let tcp = tokio::select! {
-                r = listener.accept() => match r { Ok((t, _)) => t, Err(_) => continue },
-                _ = &mut stopped => return Ok::<(), std::convert::Infallible>(()),
-            };
-            let handle = handle.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let fut = handle(req);
-                    async move { Ok::<_, std::convert::Infallible>(fut.await) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                .await;
-            });
-        }
+    Served::spawn(what, move |stopped| async move {
+        // The node's own HTTP/1.1 + HTTP/2 serving loop, stopped by `stopped`.
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let svc = tower::service_fn(move |req| {
+            let fut = handle(req);
+            async move { Ok::<_, std::convert::Infallible>(fut.await) }
+        });
+        tokio::spawn(async move {
+            let _ = stopped.await;
+            let _ = stop.send(true);
+        });
+        tongban_gateway::server::serve_auto(listener, None, svc, what, shutdown).await;
+        Ok::<(), std::convert::Infallible>(())
     })
 }
 
