@@ -3,14 +3,21 @@
 //! `cargo bench -p tongban-gateway --bench audit_append` prints, for sync mode (fsync before
 //! acknowledging, group commit) at several numbers of appends in flight, and for batch mode,
 //! the records per second and the p50/p99/max latency of one append (from the call until the
-//! record is durable). Records are shaped like real ones (about 330 bytes encoded).
+//! record is durable), with the index following the log as in a node (its own thread, fed
+//! each group commit through the node's bounded queue): the largest index lag seen (records
+//! committed but not yet indexed, sampled every millisecond) and the time the index took to
+//! catch up after the last append. Records are shaped like real ones (about 350 bytes).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tongban_gateway::audit::index::AuditIndex;
 use tongban_gateway::audit::log::{AuditLog, Durability, LogOptions};
+use tongban_gateway::audit::INDEX_QUEUE_GROUPS;
 use tongban_proto::audit::v1::{AuditRecord, Side};
 
 fn record(i: u64) -> AuditRecord {
@@ -46,10 +53,29 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-async fn run(durability: Durability, in_flight: usize, total: usize) -> (f64, Vec<Duration>) {
+struct Run {
+    rate: f64,
+    latencies: Vec<Duration>,
+    max_lag: u64,
+    catch_up: Duration,
+}
+
+async fn run(durability: Durability, in_flight: usize, total: usize) -> Run {
     let dir = tempfile::tempdir().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || for _ in rx {});
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<tongban_gateway::audit::log::Appended>>(
+        INDEX_QUEUE_GROUPS,
+    );
+    let index = AuditIndex::open(dir.path()).unwrap();
+    let indexed = Arc::new(AtomicU64::new(0));
+    let seen = indexed.clone();
+    std::thread::spawn(move || {
+        for batch in rx {
+            index.insert_batch(&batch).unwrap();
+            if let Some(last) = batch.last() {
+                seen.store(last.seq, Ordering::Release);
+            }
+        }
+    });
     let opts = LogOptions {
         durability,
         ..LogOptions::default()
@@ -60,6 +86,22 @@ async fn run(durability: Durability, in_flight: usize, total: usize) -> (f64, Ve
         log.append(record(i)).await.unwrap();
     }
     let per_task = total / in_flight;
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (log, indexed, done) = (log.clone(), indexed.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut max_lag = 0;
+            while !done.load(Ordering::Acquire) {
+                let lag = log
+                    .head()
+                    .seq
+                    .saturating_sub(indexed.load(Ordering::Acquire));
+                max_lag = max_lag.max(lag);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            max_lag
+        })
+    };
     let started = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..in_flight {
@@ -79,8 +121,21 @@ async fn run(durability: Durability, in_flight: usize, total: usize) -> (f64, Ve
         lat.extend(t.await.unwrap());
     }
     let secs = started.elapsed().as_secs_f64();
+    let last = log.head().seq;
+    let caught = Instant::now();
+    while indexed.load(Ordering::Acquire) < last {
+        std::thread::yield_now();
+    }
+    let catch_up = caught.elapsed();
+    done.store(true, Ordering::Release);
+    let max_lag = sampler.await.unwrap();
     lat.sort();
-    ((per_task * in_flight) as f64 / secs, lat)
+    Run {
+        rate: (per_task * in_flight) as f64 / secs,
+        latencies: lat,
+        max_lag,
+        catch_up,
+    }
 }
 
 fn main() {
@@ -93,8 +148,10 @@ fn main() {
         "audit append, {} bytes per encoded record",
         prost::Message::encoded_len(&record(1))
     );
-    println!("| mode | appends in flight | records | records/s | p50 | p99 | max |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| mode | appends in flight | records | records/s | p50 | p99 | max | index caught up after | index lag, max (records) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let cases: &[(&str, Durability, usize, usize)] = &[
         ("sync", Durability::Sync, 1, 500),
         ("sync", Durability::Sync, 16, 8_000),
@@ -108,14 +165,17 @@ fn main() {
         ),
     ];
     for (name, d, in_flight, total) in cases {
-        let (rate, lat) = rt.block_on(run(*d, *in_flight, *total));
+        let r = rt.block_on(run(*d, *in_flight, *total));
+        let lat = &r.latencies;
         println!(
-            "| {name} | {in_flight} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms |",
+            "| {name} | {in_flight} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {:.1} ms | {} |",
             lat.len(),
-            rate,
+            r.rate,
             pct(&lat, 0.50).as_secs_f64() * 1e3,
             pct(&lat, 0.99).as_secs_f64() * 1e3,
             lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+            r.catch_up.as_secs_f64() * 1e3,
+            r.max_lag,
         );
     }
 }

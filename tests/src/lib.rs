@@ -500,7 +500,7 @@ pub async fn make_log(
     opts: tongban_gateway::audit::log::LogOptions,
 ) {
     use tongban_proto::audit::v1::AuditRecord;
-    let (tx, _rx) = std::sync::mpsc::channel();
+    let (tx, _) = std::sync::mpsc::sync_channel(1); // no index here
     let log = tongban_gateway::audit::log::AuditLog::open(dir, opts, tx).unwrap();
     for i in 1..=n {
         let a = log

@@ -31,7 +31,7 @@ fn thread_ticks(name: &str) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_mode_syncs_within_the_window_and_idles_without_cpu() {
     let dir = tempfile::tempdir().unwrap();
-    let (tx, _rx) = std::sync::mpsc::channel();
+    let (tx, _) = std::sync::mpsc::sync_channel(1); // no index here
     let opts = LogOptions {
         durability: Durability::Batch(Duration::from_millis(10)),
         ..LogOptions::default()

@@ -125,7 +125,7 @@ async fn tampering_is_found_at_the_exact_sequence() {
         b[start + 9] ^= 0xff;
         let _ = end;
     });
-    let (tx, _rx) = std::sync::mpsc::channel();
+    let (tx, _) = std::sync::mpsc::sync_channel(1); // no index here
     assert!(AuditLog::open(t.path(), LogOptions::default(), tx).is_err());
 }
 
@@ -137,7 +137,7 @@ async fn a_torn_tail_is_cut_at_reopen_and_the_chain_continues() {
         let (start, _) = span(es, 6);
         b.truncate(start + 5);
     });
-    let (tx, _rx) = std::sync::mpsc::channel();
+    let (tx, _) = std::sync::mpsc::sync_channel(1); // no index here
     let log = AuditLog::open(torn.path(), LogOptions::default(), tx).unwrap();
     assert_eq!(log.head().seq, 5);
     let a = log.append(AuditRecord::default()).await.unwrap();

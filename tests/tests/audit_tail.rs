@@ -52,7 +52,7 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 }
 
 fn open(dir: &Path, checkpoints: &[(u64, Hash)]) -> Result<AuditLog, AuditError> {
-    let (tx, _rx) = std::sync::mpsc::channel();
+    let (tx, _) = std::sync::mpsc::sync_channel(1); // no index here
     AuditLog::open_anchored(dir, LogOptions::default(), tx, checkpoints)
 }
 
@@ -212,7 +212,7 @@ async fn records_removed_from_the_end_are_found_against_the_newest_checkpoint() 
     make_log(old.path(), 60, small.clone()).await;
     let dir = copy_dir(old.path());
     {
-        let (tx, _rx) = std::sync::mpsc::channel();
+        let (tx, _) = std::sync::mpsc::sync_channel(1); // no index here
         let log = AuditLog::open(dir.path(), small.clone(), tx).unwrap();
         for _ in 61..=100 {
             log.append(AuditRecord::default()).await.unwrap();

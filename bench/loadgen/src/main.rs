@@ -23,6 +23,8 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
 use tongban_proto::crosscity::v1::cross_city_service_client::CrossCityServiceClient;
+use tongban_proto::consent::v1::consent_client::ConsentClient;
+use tongban_proto::consent::v1::GrantRequest;
 use tongban_proto::crosscity::v1::SubmitRequest;
 use tongban_proto::metadata;
 use tonic::metadata::{MetadataMap, MetadataValue};
@@ -53,6 +55,19 @@ struct Args {
     subject: Option<String>,
     #[arg(long)]
     consent: Option<String>,
+    /// Before the run, grant the consent the calls need through the node's Consent API
+    /// with this consent-portal token (role `consent-portal`): the subject (--subject) lets
+    /// the caller's organisation (--grantee) call the service in --to for --purpose. The
+    /// calls then name the catalog item in `x-tongban-catalog-code`, so the providing node
+    /// checks the consent on every call.
+    #[arg(long, env = "TONGBAN_PORTAL_TOKEN", hide_env_values = true)]
+    grant_consent: Option<String>,
+    /// With --grant-consent: print the consent's token and make no calls.
+    #[arg(long)]
+    grant_only: bool,
+    /// The caller as the consent names it, `city/org`.
+    #[arg(long, default_value = "jinan/hrss")]
+    grantee: String,
     #[arg(long, default_value = "JQ-03")]
     catalog_code: String,
     /// Calls per second (open loop); 0: closed loop with --in-flight calls.
@@ -67,6 +82,9 @@ struct Args {
     /// How long to run, in seconds.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Stop after this many calls (0: no cap), whichever of it and --seconds comes first.
+    #[arg(long, default_value_t = 0)]
+    calls: u64,
     /// Deadline of each call, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
@@ -123,6 +141,7 @@ fn request(args: &Args) -> anyhow::Result<tonic::Request<SubmitRequest>> {
     }
     if let Some(c) = &args.consent {
         md.insert(metadata::CONSENT, value(c)?);
+        md.insert(metadata::CATALOG_CODE, value(&args.catalog_code)?);
     }
     Ok(req)
 }
@@ -134,9 +153,49 @@ async fn call(
     client.submit(req).await.map(|_| ())
 }
 
+/// Grants the consent of `--grant-consent` and returns its token.
+async fn grant_consent(args: &Args, portal_token: &str) -> anyhow::Result<String> {
+    let subject = args
+        .subject
+        .clone()
+        .context("--grant-consent needs --subject")?;
+    let channel = Channel::from_shared(args.node.clone())?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach {}", args.node))?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    let mut req = tonic::Request::new(GrantRequest {
+        subject,
+        grantee: args.grantee.clone(),
+        target_city: args.to.clone(),
+        service: "tongban.crosscity.v1.CrossCityService".into(),
+        purpose: args.purpose.clone(),
+        expires_at_ms: i64::try_from(now_ms)? + 24 * 3600 * 1000,
+    });
+    req.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(format!("Bearer {portal_token}"))?,
+    );
+    let granted = ConsentClient::new(channel)
+        .grant(req)
+        .await
+        .context("the consent grant was refused")?;
+    Ok(granted.into_inner().token)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(portal) = args.grant_consent.clone() {
+        let token = grant_consent(&args, &portal).await?;
+        if args.grant_only {
+            println!("{token}");
+            return Ok(());
+        }
+        args.consent = Some(token);
+    }
     let template = request(&args)?;
     let mut clients = Vec::new();
     for _ in 0..args.connections.max(1) {
@@ -163,7 +222,7 @@ async fn main() -> anyhow::Result<()> {
     let end = started + Duration::from_secs(args.seconds);
     let mut sent: u64 = 0;
     let mut tasks = tokio::task::JoinSet::new();
-    while Instant::now() < end {
+    while Instant::now() < end && (args.calls == 0 || sent < args.calls) {
         let intended = if args.rate == 0 {
             Instant::now()
         } else {

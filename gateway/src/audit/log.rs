@@ -523,12 +523,13 @@ pub struct AuditLog {
 impl AuditLog {
     /// Opens (or creates) the log in `dir`: verifies the chain, cuts a torn tail of the last
     /// segment, and starts the writer thread. `committed` receives every committed batch (for
-    /// the indexes). A chain broken anywhere but in a torn tail refuses to open: the node
+    /// the indexes); it is bounded, so an index that falls behind holds the writer back
+    /// instead of letting its queue (and the node's memory) grow without end. A chain broken anywhere but in a torn tail refuses to open: the node
     /// must not write on top of a tampered log.
     pub fn open(
         dir: &Path,
         opts: LogOptions,
-        committed: std::sync::mpsc::Sender<Vec<Appended>>,
+        committed: std::sync::mpsc::SyncSender<Vec<Appended>>,
     ) -> Result<AuditLog, AuditError> {
         Self::open_anchored(dir, opts, committed, &[])
     }
@@ -539,7 +540,7 @@ impl AuditLog {
     pub fn open_anchored(
         dir: &Path,
         opts: LogOptions,
-        committed: std::sync::mpsc::Sender<Vec<Appended>>,
+        committed: std::sync::mpsc::SyncSender<Vec<Appended>>,
         checkpoints: &[(u64, Hash)],
     ) -> Result<AuditLog, AuditError> {
         fs::create_dir_all(dir).map_err(io(dir))?;
@@ -707,7 +708,7 @@ struct Writer {
     head: Head,
     head_tx: watch::Sender<Head>,
     durable_tx: watch::Sender<Head>,
-    committed: std::sync::mpsc::Sender<Vec<Appended>>,
+    committed: std::sync::mpsc::SyncSender<Vec<Appended>>,
     last_sync: Instant,
     dirty: bool,
 }

@@ -49,6 +49,9 @@ pub struct Auditor {
     contradiction: watch::Sender<Option<String>>,
 }
 
+/// Group commits the index may lag behind the log.
+pub const INDEX_QUEUE_GROUPS: usize = 256;
+
 /// Longest a read waits for the index to reach the committed head.
 const INDEX_CATCH_UP: Duration = Duration::from_secs(2);
 
@@ -87,7 +90,9 @@ impl Auditor {
     ) -> Result<Arc<Auditor>, AuditError> {
         let index = AuditIndex::open(dir).map_err(storage)?;
         let checkpoints = store.keyspace("audit.checkpoints").map_err(storage)?;
-        let (tx, rx) = std::sync::mpsc::channel::<Vec<Appended>>();
+        // Bounded: the index lags the log by at most this many group commits (each up to
+        // the writer's batch), and the writer waits rather than queue more.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Appended>>(INDEX_QUEUE_GROUPS);
         // The node's own signed checkpoints anchor the log: one it disagrees with, or ends
         // before, refuses to open.
         let log = AuditLog::open_anchored(dir, opts, tx, &checkpoint_hashes(&checkpoints))?;
