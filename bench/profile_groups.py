@@ -14,7 +14,7 @@ GROUPS = [
     ("kernel: TCP and sockets", r"\[k\].*(tcp|inet|sock|skb|ip_|__dev|loopback|net_rx|netif|napi|__x64_sys_(sendto|recvfrom|writev|readv|write|read)|copy_user|copyin|copyout|_copy_to_iter|_copy_from_iter)"),
     ("kernel: files and fsync", r"\[k\].*(ext4|jbd2|blk|fsync|vfs_|filemap|folio|page_cache|xfs|bio_|nvme|virtblk|iomap)"),
     ("kernel: other", r"\[k\]"),
-    ("signatures and hashes (aws-lc: Ed25519, SHA-2, AES-GCM)", r"(aws_lc|ed25519|x25519|curve25519|sha256|sha512|sha2::|SHA256|SHA512|fiat_|aes_|gcm_|GFp|ring_core|bn_|ec_GFp|p256)"),
+    ("signatures and hashes (aws-lc: Ed25519, SHA-2, AES-GCM)", r"(aws_lc|ed25519|edwards25519|bignum_|x25519|curve25519|sha256|sha512|sha2::|SHA256|SHA512|fiat_|aes_|gcm_|GFp|ring_core|bn_|ec_GFp|p256)"),
     ("TLS records (rustls)", r"rustls::"),
     ("HTTP/2 (h2, hpack) and hyper", r"(h2::|hpack|hyper::|hyper_util::)"),
     ("tonic and prost", r"(tonic::|prost::|tonic_web)"),
@@ -25,7 +25,7 @@ GROUPS = [
     ("tokio runtime", r"tokio::"),
     ("malloc and free", r"(malloc|free|_int_|cfree|calloc|realloc|tcache|arena|sysmalloc|malloc_consolidate)"),
     ("memcpy, memmove, memset", r"(memcpy|memmove|memset|memcmp)"),
-    ("the node's own code", r"tongban"),
+    ("the node's own code", r"\S+\s+\[\.\]\s+.*tongban_"),
     ("other", r"."),
 ]
 

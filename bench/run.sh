@@ -18,7 +18,11 @@ cd "$root"
 seconds=${BENCH_SECONDS:-8}
 work=$(mktemp -d /tmp/tongban-bench-XXXXXX)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ -n "${BENCH_KEEP:-}" ]; then echo "bench: work directory kept: $work" >&2; else rm -rf "$work"; fi
+}
 trap cleanup EXIT
 
 # The peers it compares with, from Debian's packages when missing.
@@ -308,8 +312,13 @@ soak=()
 for i in $(seq 1 10); do
   out=$($client_cpu "$bin/tongban-loadgen" --node http://127.0.0.1:7000 --token "$jinan_token" \
         --to jinan --subject "$subject" --consent "${consent[jinan]}" \
-        --rate 0 --in-flight 64 --connections 4 --calls "${BENCH_SOAK_CALLS:-100000}" --seconds 600 || true)
+        --rate 0 --in-flight 64 --connections 4 --calls "${BENCH_SOAK_CALLS:-100000}" --seconds 600 \
+        2>"$work/soak-$i.err" || true)
   rss=$(awk '/VmRSS/ {print $2}' "/proc/$(cat "$work/node-jinan.pid")/status")
+  if ! python3 -c "import json,sys; json.loads(sys.argv[1])" "$out" 2>/dev/null; then
+    soak+=("| $i | the load generator failed: $(head -c 200 "$work/soak-$i.err" | tr '\n|' '  ') | | | |")
+    continue
+  fi
   soak+=("$(python3 -c "import json,sys; o=json.loads(sys.argv[1]); print(f\"| {sys.argv[2]} | {o['rps']:,.0f} | {o['ok']:,} | {sum(o['failed'].values())} | {int(sys.argv[3])/1024:.1f} |\")" "$out" "$i" "$rss")")
   echo -e "soak\t$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['rps'])" "$out")\t$rss" >>"$work/extra.tsv"
 done
@@ -385,7 +394,7 @@ audit_benches=$(cargo bench --quiet -p tongban-gateway --bench audit_append --be
   echo "Span export rows (\"local, export off / all traces … \"): Jinan's node restarted with the"
   echo "config varied; the sink (\`tongban-otlp-sink\`, an OTLP receiver) took $(( ${spans_after:-0} - ${spans_before:-0} )) spans during them."
   echo
-  echo "Ten runs in a row of 100,000 calls each (local, everything on, 64 in flight) on a"
+  echo "Ten runs in a row of ${BENCH_SOAK_CALLS:-100000} calls each (local, everything on, 64 in flight) on a"
   echo "restarted node, its audit log and store growing; resident memory after each run:"
   echo
   echo "| run | calls/s | ok | failed | RSS after (MiB) |"

@@ -19,10 +19,10 @@ use arc_swap::ArcSwap;
 use jsonwebtoken::jwk::{JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use crate::config::validate_org_id;
 use crate::jwks_fetch::JwksUrl;
+use crate::verified::{self, VerifiedCache};
 
 /// Shortest interval between two JWKS reloads caused by unknown `kid`s.
 pub const REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(10);
@@ -271,7 +271,7 @@ pub struct Authenticator {
     settings: AuthSettings,
     keys: ArcSwap<KeySet>,
     last_refresh: Mutex<Instant>,
-    cache: Mutex<HashMap<[u8; 32], (Caller, u64)>>,
+    cache: VerifiedCache<Caller>,
     /// Refreshes by outcome, in the node's metrics (once [`Self::count_refreshes_in`]).
     refreshes: std::sync::OnceLock<crate::policy::Reloads>,
 }
@@ -299,7 +299,7 @@ impl Authenticator {
             keys: ArcSwap::from_pointee(keys),
             last_refresh: Mutex::new(past),
             refreshes: std::sync::OnceLock::new(),
-            cache: Mutex::new(HashMap::new()),
+            cache: VerifiedCache::new(CACHE_CAPACITY),
         })
     }
 
@@ -369,25 +369,13 @@ impl Authenticator {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(AuthError::NotBearer)?;
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let digest = verified::digest(token);
         let now = now_s();
-        if let Ok(cache) = self.cache.lock() {
-            if let Some((caller, exp)) = cache.get(&digest) {
-                if *exp > now {
-                    return Ok(caller.clone());
-                }
-            }
+        if let Some(caller) = self.cache.get(&digest, now) {
+            return Ok(caller);
         }
         let (caller, exp) = self.verify(token).await?;
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= CACHE_CAPACITY {
-                cache.retain(|_, (_, e)| *e > now);
-                if cache.len() >= CACHE_CAPACITY {
-                    cache.clear();
-                }
-            }
-            cache.insert(digest, (caller.clone(), exp));
-        }
+        self.cache.insert(digest, caller.clone(), exp, now);
         Ok(caller)
     }
 

@@ -36,6 +36,7 @@ use crate::error::{ApiError, BadField};
 use crate::registry::validate_service_name;
 use crate::store::{Keyspace, Store, StoreError};
 use crate::subject::{validate_resident_id, Pseudonymizer};
+use crate::verified::{self, VerifiedCache};
 
 /// Metadata carrying the consent token.
 pub use tongban_proto::metadata::CONSENT as HEADER;
@@ -144,31 +145,68 @@ pub fn presented_id(h: &http::HeaderMap) -> Option<String> {
         .filter(|id| id.len() <= 64)
 }
 
-/// Checks a consent token against the call. `issuer_key` gives the raw ed25519 key of a
-/// city's node; `revoked` says whether that city revoked a consent id.
-pub fn verify(
-    token: Option<&str>,
-    scope: &ConsentScope<'_>,
-    issuer_key: impl Fn(&str) -> Option<Arc<Vec<u8>>>,
-    revoked: impl Fn(&str, &str) -> bool,
+/// Consents whose signature this node verified: the claims and the issuing node's key that
+/// verified them (a cached consent counts only while that city's key is still the same).
+pub type VerifiedConsents = VerifiedCache<(ConsentClaims, Arc<Vec<u8>>)>;
+
+/// Most verified consents kept.
+pub const VERIFIED_CAPACITY: usize = 10_000;
+
+/// Seconds of clock skew tolerated on a consent's expiry.
+const LEEWAY_S: u64 = 5;
+
+/// A consent's claims once its signature holds (by `cache` when this node verified the same
+/// token with the same issuer key before).
+fn verified_claims(
+    token: &str,
+    issuer_key: &impl Fn(&str) -> Option<Arc<Vec<u8>>>,
+    cache: &VerifiedConsents,
 ) -> Result<ConsentClaims, ConsentError> {
-    let token = token.ok_or_else(|| ConsentError::Missing(scope.service.to_string()))?;
-    let subject = scope
-        .subject
-        .ok_or_else(|| ConsentError::NoSubject(scope.service.to_string()))?;
+    let digest = verified::digest(token);
+    let now = crate::assertion::now_s();
+    if let Some((claims, key)) = cache.get(&digest, now) {
+        if issuer_key(&claims.iss).is_some_and(|k| k == key) {
+            return Ok(claims);
+        }
+    }
     let unverified = jsonwebtoken::dangerous::insecure_decode::<ConsentClaims>(token)
         .map_err(|e| ConsentError::Invalid(e.to_string()))?;
     let issuer = unverified.claims.iss;
     let key = issuer_key(&issuer).ok_or_else(|| ConsentError::UnknownIssuer(issuer.clone()))?;
     let (decoding, alg) = crate::trust::jwt_decoding_key(&key);
     let mut v = Validation::new(alg);
-    v.leeway = 5;
+    v.leeway = LEEWAY_S;
     v.validate_aud = false;
     v.set_required_spec_claims(&["exp", "iss", "jti"]);
     v.set_issuer(&[&issuer]);
     let c = jsonwebtoken::decode::<ConsentClaims>(token, &decoding, &v)
         .map_err(|e| ConsentError::Invalid(e.to_string()))?
         .claims;
+    cache.insert(
+        digest,
+        (c.clone(), key),
+        c.exp.saturating_add(LEEWAY_S),
+        now,
+    );
+    Ok(c)
+}
+
+/// Checks a consent token against the call. `issuer_key` gives the raw ed25519 key of a
+/// city's node; `revoked` says whether that city revoked a consent id. Scope, expiry and
+/// revocation are checked on every call; `cache` spares only the signature check of a
+/// token verified before.
+pub fn verify(
+    token: Option<&str>,
+    scope: &ConsentScope<'_>,
+    issuer_key: impl Fn(&str) -> Option<Arc<Vec<u8>>>,
+    revoked: impl Fn(&str, &str) -> bool,
+    cache: &VerifiedConsents,
+) -> Result<ConsentClaims, ConsentError> {
+    let token = token.ok_or_else(|| ConsentError::Missing(scope.service.to_string()))?;
+    let subject = scope
+        .subject
+        .ok_or_else(|| ConsentError::NoSubject(scope.service.to_string()))?;
+    let c = verified_claims(token, &issuer_key, cache)?;
     let out = |what: &str, got: &str, want: &str| {
         ConsentError::OutOfScope(format!("{what} is `{got}`, the call needs `{want}`"))
     };
@@ -439,5 +477,88 @@ impl ConsentRpc for ConsentApi {
         Ok(Response::new(RevokeResponse {
             consent: Some(record),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
+
+    fn key() -> (crate::trust::NodeJwtSigner, Arc<Vec<u8>>) {
+        let der = crate::trust::generate_ed25519_pkcs8_v1().unwrap();
+        let public = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
+            .unwrap()
+            .public_key()
+            .as_ref()
+            .to_vec();
+        (
+            crate::trust::NodeJwtSigner::from_pkcs8(&der),
+            Arc::new(public),
+        )
+    }
+
+    #[test]
+    fn a_cached_consent_is_still_checked_for_key_scope_and_revocation() {
+        let (signer, public) = key();
+        let (_, other_public) = key();
+        let subject = "370102198503120021";
+        let now = crate::assertion::now_s();
+        let claims = ConsentClaims {
+            iss: "jinan".into(),
+            jti: "c-1".into(),
+            sbj: subject_digest("c-1", subject),
+            gnt: "qingdao/hrss".into(),
+            tgt: "jinan".into(),
+            svc: "tongban.crosscity.v1.CrossCityService".into(),
+            pur: "case-handling".into(),
+            iat: now,
+            exp: now + 600,
+        };
+        let token = signer.sign(&claims).unwrap();
+        let scope = ConsentScope {
+            subject: Some(subject),
+            caller: "qingdao/hrss",
+            target_city: "jinan",
+            service: "tongban.crosscity.v1.CrossCityService",
+            purpose: "case-handling",
+        };
+        let cache = VerifiedConsents::new(16);
+        let same_key = |_: &str| Some(public.clone());
+        let not_revoked = |_: &str, _: &str| false;
+        assert_eq!(
+            verify(Some(&token), &scope, same_key, not_revoked, &cache).unwrap(),
+            claims
+        );
+        assert_eq!(cache.len(), 1, "verified once, then cached");
+        // The same token again, from the cache: scope and revocation still apply.
+        let wrong_purpose = ConsentScope {
+            purpose: "statistics",
+            ..scope
+        };
+        assert!(matches!(
+            verify(Some(&token), &wrong_purpose, same_key, not_revoked, &cache),
+            Err(ConsentError::OutOfScope(_))
+        ));
+        let scope = ConsentScope {
+            purpose: "case-handling",
+            ..wrong_purpose
+        };
+        assert!(matches!(
+            verify(
+                Some(&token),
+                &scope,
+                same_key,
+                |_: &str, _: &str| true,
+                &cache
+            ),
+            Err(ConsentError::Revoked(_))
+        ));
+        // The issuing city's key changed: the cached entry no longer counts.
+        let new_key = |_: &str| Some(other_public.clone());
+        assert!(matches!(
+            verify(Some(&token), &scope, new_key, not_revoked, &cache),
+            Err(ConsentError::Invalid(_))
+        ));
     }
 }

@@ -31,6 +31,7 @@ pub mod store;
 pub mod subject;
 pub mod trust;
 pub mod upstream;
+pub mod verified;
 pub mod web;
 
 pub use config::NodeConfig;

@@ -195,6 +195,7 @@ impl PreparedNode {
             pseudonyms: Arc::new(Pseudonymizer::open(&config.data_dir)?),
             rate: RateLimiter::new(config.limits.caller_rate_per_s, config.limits.caller_burst),
             own_key: Arc::new(crate::trust::public_key_of(&identity.chain[0])?),
+            consents: crate::verified::VerifiedCache::new(crate::consent::VERIFIED_CAPACITY),
         };
         let consents = ConsentStore::open(shared).map_err(|source| NodeError::Store {
             path: store.display().to_string(),

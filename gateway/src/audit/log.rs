@@ -12,6 +12,7 @@
 //! machine (not of the process) can lose at most that window. A torn tail (a crash in the
 //! middle of a write) is cut at the next open; everything before it verifies.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -168,6 +169,27 @@ pub enum Stop {
 pub fn read_segment(
     segment: u64,
     path: &Path,
+    each: impl FnMut(ReadEntry) -> bool,
+) -> Result<Stop, AuditError> {
+    read_segment_with(segment, path, true, each)
+}
+
+/// The chain fields of a [`LogEntry`] (same tags): decoding only these skips the record's
+/// bytes unparsed, which is most of the work of walking a log when only the chain matters.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ChainFields {
+    #[prost(uint64, tag = "1")]
+    seq: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    prev_hash: Vec<u8>,
+}
+
+/// [`read_segment`]; with `records` false the entries' records are left undecoded (`None`):
+/// checksums, hashes and the chain are checked all the same.
+fn read_segment_with(
+    segment: u64,
+    path: &Path,
+    records: bool,
     mut each: impl FnMut(ReadEntry) -> bool,
 ) -> Result<Stop, AuditError> {
     let mut data = Vec::new();
@@ -199,7 +221,16 @@ pub fn read_segment(
                 reason: "checksum mismatch".into(),
             });
         }
-        let entry = match LogEntry::decode(payload) {
+        let decoded = if records {
+            LogEntry::decode(payload)
+        } else {
+            ChainFields::decode(payload).map(|c| LogEntry {
+                seq: c.seq,
+                prev_hash: c.prev_hash,
+                record: None,
+            })
+        };
+        let entry = match decoded {
             Ok(e) => e,
             Err(e) => {
                 return Ok(Stop::Bad {
@@ -325,13 +356,30 @@ pub fn verify_dir(
     verify_dir_until(dir, checkpoints, None, each)
 }
 
+/// [`verify_dir`] when only the chain matters (`tongban audit verify`, opening the log):
+/// the records are not decoded, so `ReadEntry::entry.record` would be `None`.
+pub fn verify_chain(dir: &Path, checkpoints: &[(u64, Hash)]) -> Result<VerifyReport, AuditError> {
+    walk_dir(dir, checkpoints, None, false, |_| {})
+}
+
 /// [`verify_dir`], stopping after seq `until` when given.
 pub fn verify_dir_until(
     dir: &Path,
     checkpoints: &[(u64, Hash)],
     until: Option<u64>,
+    each: impl FnMut(&ReadEntry),
+) -> Result<VerifyReport, AuditError> {
+    walk_dir(dir, checkpoints, until, true, each)
+}
+
+fn walk_dir(
+    dir: &Path,
+    checkpoints: &[(u64, Hash)],
+    until: Option<u64>,
+    records: bool,
     mut each: impl FnMut(&ReadEntry),
 ) -> Result<VerifyReport, AuditError> {
+    let checkpoints: HashMap<u64, Hash> = checkpoints.iter().copied().collect();
     let mut walk = Walk {
         head: Head {
             seq: 0,
@@ -340,7 +388,7 @@ pub fn verify_dir_until(
         records: 0,
         bad: None,
         torn: None,
-        checkpoints,
+        checkpoints: &checkpoints,
     };
     let segs = segments(dir)?;
     for (i, (first, path)) in segs.iter().enumerate() {
@@ -353,7 +401,7 @@ pub fn verify_dir_until(
             walk.fail(why);
             break;
         }
-        let stop = read_segment(*first, path, |r| {
+        let stop = read_segment_with(*first, path, records, |r| {
             walk.step(&r, &mut each) && until.is_none_or(|u| r.entry.seq < u)
         })?;
         if walk.bad.is_some() || until.is_some_and(|u| walk.head.seq >= u) {
@@ -379,7 +427,8 @@ struct Walk<'a> {
     records: u64,
     bad: Option<(u64, String)>,
     torn: Option<TornTail>,
-    checkpoints: &'a [(u64, Hash)],
+    /// seq → head hash of this node's signed checkpoints.
+    checkpoints: &'a HashMap<u64, Hash>,
 }
 
 impl Walk<'_> {
@@ -400,8 +449,8 @@ impl Walk<'_> {
             Some("chain broken: prev_hash does not match".to_string())
         } else if self
             .checkpoints
-            .iter()
-            .any(|(s, h)| *s == r.entry.seq && *h != r.hash)
+            .get(&r.entry.seq)
+            .is_some_and(|h| *h != r.hash)
         {
             Some("does not match a signed checkpoint".to_string())
         } else {
@@ -452,7 +501,7 @@ impl Walk<'_> {
     /// in the log were removed (cut from the end, a deleted segment, a rollback). A crash
     /// cannot do this: a checkpoint only ever covers durable records.
     fn anchor(&mut self, whole_log: bool) {
-        let Some(&(cp_seq, _)) = self.checkpoints.iter().max_by_key(|(s, _)| *s) else {
+        let Some(&cp_seq) = self.checkpoints.keys().max() else {
             return;
         };
         if whole_log && cp_seq > self.head.seq && (self.bad.is_none() || self.torn.is_some()) {
@@ -544,7 +593,7 @@ impl AuditLog {
         checkpoints: &[(u64, Hash)],
     ) -> Result<AuditLog, AuditError> {
         fs::create_dir_all(dir).map_err(io(dir))?;
-        let report = verify_dir(dir, checkpoints, |_| {})?;
+        let report = verify_chain(dir, checkpoints)?;
         let (mut seg_first, mut file_len) = (report.head.seq + 1, 0u64);
         let repaired = match (&report.first_bad, &report.torn_tail) {
             (None, _) => None,

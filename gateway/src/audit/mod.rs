@@ -315,7 +315,7 @@ impl Auditor {
 
     /// Verifies the whole chain, including against this node's own signed checkpoints.
     pub fn verify(&self) -> Result<VerifyReport, AuditError> {
-        log::verify_dir(self.log.dir(), &self.own_checkpoint_hashes(), |_| {})
+        log::verify_chain(self.log.dir(), &self.own_checkpoint_hashes())
     }
 
     /// Verifies the chain up to `to_seq` (0: the head) and reports on `from_seq..=to_seq`.
@@ -487,7 +487,7 @@ pub fn verify_offline(data_dir: &Path) -> Result<(VerifyReport, bool), AuditErro
         .and_then(|store| store.keyspace("audit.checkpoints").ok())
         .map(|ks| checkpoint_hashes(&ks));
     let used = checkpoints.is_some();
-    let report = log::verify_dir(&dir, &checkpoints.unwrap_or_default(), |_| {})?;
+    let report = log::verify_chain(&dir, &checkpoints.unwrap_or_default())?;
     Ok((report, used))
 }
 

@@ -145,9 +145,13 @@ impl Proxy {
                 self.peers.get(city).and_then(|p| p.node_key())
             }
         };
-        consent::verify(text(consent::HEADER), &scope, key, |city, id| {
-            snap.consent_revoked(city, id)
-        })
+        consent::verify(
+            text(consent::HEADER),
+            &scope,
+            key,
+            |city, id| snap.consent_revoked(city, id),
+            &self.trust.consents,
+        )
         .map(|c| c.jti)
         .map_err(|source| ProxyError::Consent {
             city: self.city.clone(),

@@ -65,6 +65,8 @@ pub struct TrustChecks {
     pub rate: RateLimiter,
     /// This node's raw public key (verifies the consents it issued).
     pub own_key: Arc<Vec<u8>>,
+    /// Consents already verified here (a citizen's consent is presented on every call).
+    pub consents: crate::consent::VerifiedConsents,
 }
 
 /// The proxy of one node.
