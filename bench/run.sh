@@ -54,7 +54,7 @@ done
 
 start() { # name, command...
   local name=$1; shift
-  $server_cpu "$@" >"$work/$name.log" 2>&1 &
+  $server_cpu "$@" >>"$work/$name.log" 2>&1 &
   pids+=($!)
   echo $! >"$work/$name.pid"
 }
@@ -195,10 +195,11 @@ print(f"| {label} | {out['rps']:,.0f} | {out['ok']:,} | {failed} | {l['p50']:,} 
 PY
 )")
   # For the ratios: calls/s, the proxy's CPU per call, p99 (µs).
-  printf '%s\t%s\t%s\t%s\n' "$label" \
+  printf '%s\t%s\t%s\t%s\t%s\n' "$label" \
     "$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['rps'])" "$out")" \
     "$(echo "$cpu" | cut -d'|' -f1 | tr -d ' ')" \
     "$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['latency_us']['p99'])" "$out")" \
+    "$(python3 -c "import json,sys; o=json.loads(sys.argv[1]); print(sum(o['failed'].values()), o['calls'])" "$out")" \
     >>"$work/figures.tsv"
 }
 # Warm up both routes (connections, token cache, store) without recording.
@@ -254,7 +255,8 @@ h2() { # label, url, target city
   out=$($client_cpu h2load -D "$seconds" -c 4 -m 64 -d "$work/frame.bin" \
         -H 'content-type: application/grpc' -H 'te: trailers' \
         -H "authorization: Bearer $jinan_token" -H "x-tongban-target-city: $3" \
-        -H 'x-tongban-purpose: case-handling' \
+        -H 'x-tongban-purpose: case-handling' -H "x-tongban-subject: $subject" \
+        -H "x-tongban-consent: ${consent[$3]}" -H 'x-tongban-catalog-code: JQ-03' \
         "$2/tongban.crosscity.v1.CrossCityService/Submit" 2>&1 || true)
   local rps ok
   rps=$(echo "$out" | awk '/^finished in/ {print $4}')
@@ -433,13 +435,18 @@ PY
   echo "in flight), grouped by what each symbol belongs to:"
   cat "$work/profile.md" 2>/dev/null || echo "(perf not available)"
   echo
+  echo "Jinan's link to Qingdao over the whole run (Qingdao's node is never restarted):"
+  echo "\"peer lost\" logged $(grep -c 'peer lost' "$work/node-jinan.log" || true) times by Jinan's node;"
+  echo "$(grep -c ' WARN \| ERROR ' "$work/node-jinan.log" || true) warning or error lines in its log, $(grep -c ' WARN \| ERROR ' "$work/node-qingdao.log" || true) in Qingdao's"
+  echo "(Qingdao's include Jinan's restarts between rows)."
+  echo
   echo "Span export (issue 12), from the rows above:"
   echo
   python3 - "$work/figures.tsv" <<'PY'
 import sys
 f = {}
 for line in open(sys.argv[1]):
-    label, rps, cpu, p99 = line.rstrip("\n").split("\t")
+    label, rps, cpu, p99, failed = line.rstrip("\n").split("\t")
     f[label] = (float(rps), float(cpu) if cpu not in ("", "-") else None)
 sat = lambda n: f.get(f"{n}, saturated (64 in flight)")
 off, sink, refused = sat("local, export off"), sat("local, all traces to a collector"), sat("local, all traces, collector refusing")
@@ -457,8 +464,9 @@ PY
 import re, sys
 f = {}
 for line in open(sys.argv[1]):
-    label, rps, cpu, p99 = line.rstrip("\n").split("\t")
-    f[label] = (float(rps), float(cpu) if cpu not in ("", "-") else None, float(p99))
+    label, rps, cpu, p99, failed = line.rstrip("\n").split("\t")
+    failed, calls = (float(x) for x in failed.split())
+    f[label] = (float(rps), float(cpu) if cpu not in ("", "-") else None, float(p99), failed, calls)
 extra = [l.rstrip("\n").split("\t") for l in open(sys.argv[2])]
 benches = sys.argv[3]
 sat = lambda n: f.get(f"{n}, saturated (64 in flight)")
@@ -483,6 +491,12 @@ if d and n and l and fsync:
 if one and cross:
     r = cross[0] / one[0]
     target("cross-city ÷ one node, saturated calls/s", f"{r:.2f}", "≥ 0.5", r >= 0.5)
+for name in ("local", "cross-city"):
+    row = f.get(f"{name}, 1,000 in flight")
+    if row:
+        target(f"{name}, 1,000 calls in flight: failed calls (grpc-status)", f"{row[3]:.0f} of {row[4]:,.0f}", "0", row[3] == 0)
+if one and direct:
+    rows.append(("one node ÷ direct, saturated calls/s (for reference)", f"{one[0] / direct[0]:.2f}", "", ""))
 for e in extra:
     if e[0] == "busiest" and "two server cores" in e[1]:
         target(f"busiest thread, {e[1]}", f"{e[2]} {float(e[3]):.0f}% of a core", "≤ 60%", float(e[3]) <= 60)
@@ -515,6 +529,6 @@ PY
   echo
   echo "The two-server-core rows' busiest single thread is in the thread table above (goal: no"
   echo "thread above 60% of a core). Where a target is missed, the profile above says where the"
-  echo "CPU goes; bench/README.md reads it."
+  echo "CPU goes, and bench/README.md explains the misses."
 } > bench/RESULTS.md
 cat bench/RESULTS.md
