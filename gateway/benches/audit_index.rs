@@ -48,6 +48,7 @@ fn appended(i: u64) -> Appended {
             offset: i * 400,
         },
         record: record(i),
+        receipt: None,
     }
 }
 

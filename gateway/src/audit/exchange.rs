@@ -291,7 +291,7 @@ pub async fn complete(exchange: Exchange, end: End) -> Result<Option<String>, St
             record.receipt = token.to_string();
             record.receipt_verified = key
                 .as_ref()
-                .and_then(|k| receipt::verify(token, city, k).ok())
+                .and_then(|k| receipt::verify_with(token, city, k, auditor.verified_seals()).ok())
                 .is_some_and(|c| {
                     // A provider that refused a call before reading it receipts the empty
                     // stream: "refused without reading", never "read something else".

@@ -16,12 +16,15 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
-use tongban_proto::audit::v1::{AuditRecord, LogEntry};
+use tongban_proto::audit::v1::{AuditRecord, LogEntry, Side};
+
+use super::receipt::{ReceiptClaims, ReceiptGroup, ReceiptLeaf};
 use tongban_telemetry::metrics::AuditMetrics;
 
 /// Largest payload of one entry.
@@ -96,6 +99,8 @@ pub struct Appended {
     pub hash: Hash,
     pub location: Location,
     pub record: AuditRecord,
+    /// A provider-side record's place among its group commit's receipts.
+    pub receipt: Option<super::receipt::ReceiptLeaf>,
 }
 
 /// The head of the chain.
@@ -885,6 +890,9 @@ impl Writer {
             head: self.head,
             end: self.file_len,
         };
+        let mut receipts = ReceiptGroup::new();
+        let mut leaves = Vec::with_capacity(batch.len());
+        let now_s = crate::assertion::now_s();
         for p in batch {
             let entry = LogEntry {
                 seq: out.head.seq + 1,
@@ -910,13 +918,38 @@ impl Writer {
             };
             let mut record = entry.record.unwrap_or_default();
             record.seq = entry.seq;
+            let leaf = if record.side == Side::Provider as i32 {
+                receipts.push(&ReceiptClaims {
+                    iss: record.node_city.clone(),
+                    rid: record.request_id.clone(),
+                    rqd: hex::encode(&record.request_digest),
+                    rsd: hex::encode(&record.response_digest),
+                    st: record.grpc_status,
+                    seq: entry.seq,
+                    iat: now_s,
+                })
+            } else {
+                None
+            };
+            leaves.push(leaf);
             out.appended.push(Appended {
                 seq: entry.seq,
                 hash,
                 location,
                 record,
+                receipt: None,
             });
             out.done.push(p.done);
+        }
+        // The group's receipts share one seal (see `receipt`).
+        if !receipts.is_empty() {
+            let group = Arc::new(receipts);
+            for (a, leaf) in out.appended.iter_mut().zip(leaves) {
+                a.receipt = leaf.map(|index| ReceiptLeaf {
+                    group: group.clone(),
+                    index,
+                });
+            }
         }
         out
     }

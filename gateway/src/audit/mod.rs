@@ -45,6 +45,8 @@ pub struct Auditor {
     conflicts: Arc<dyn Keyspace>,
     /// The last seq the index thread has indexed.
     indexed: watch::Receiver<u64>,
+    /// Seals of peers' receipts verified here.
+    seals: receipt::VerifiedSeals,
     /// Set when a peer holds a checkpoint this log contradicts: the node stops serving.
     contradiction: watch::Sender<Option<String>>,
 }
@@ -134,6 +136,7 @@ impl Auditor {
                 .keyspace("audit.checkpoint_conflicts")
                 .map_err(storage)?,
             indexed,
+            seals: receipt::VerifiedSeals::new(receipt::SEALS_CAPACITY),
             contradiction: watch::Sender::new(None),
         }))
     }
@@ -157,24 +160,25 @@ impl Auditor {
         self.log.append(r).await
     }
 
-    /// This node's signed receipt for a committed provider-side record.
+    /// This node's receipt for a committed provider-side record: under its group commit's
+    /// seal, signed once for the group by the first exchange that asks.
     pub fn receipt(&self, a: &Appended) -> Option<String> {
-        let claims = receipt::ReceiptClaims {
-            iss: self.city.clone(),
-            rid: a.record.request_id.clone(),
-            rqd: hex::encode(&a.record.request_digest),
-            rsd: hex::encode(&a.record.response_digest),
-            st: a.record.grpc_status,
-            seq: a.seq,
-            iat: u64::try_from(now_ms() / 1000).unwrap_or(0),
-        };
-        match receipt::sign_with(&self.receipt_key, &claims) {
+        let leaf = a.receipt.as_ref()?;
+        match leaf
+            .group
+            .receipt(leaf.index, &self.city, &self.receipt_key)
+        {
             Ok(r) => Some(r),
             Err(error) => {
                 tracing::error!(%error, "receipt signing failed");
                 None
             }
         }
+    }
+
+    /// Receipts' seals already verified here (the home node checks each group's once).
+    pub fn verified_seals(&self) -> &receipt::VerifiedSeals {
+        &self.seals
     }
 
     pub fn head(&self) -> log::Head {
