@@ -192,7 +192,13 @@ try {
   out.secondConsents = await page.locator("#consents tbody tr").count();
   await page.click("#tab-access");
   await page.waitForLoadState("networkidle");
-  out.secondAccess = await page.locator("#access tbody tr").count();
+  // Their own log lists only what the portal read for them (their own data, consent
+  // "本人"), never an access to the first citizen's data (e.g. Qingdao's hrss).
+  // (They opened their applications above, so the log has rows: wait for them.)
+  await page.waitForSelector("#access tbody tr");
+  const secondRows = await page.locator("#access tbody tr").allTextContents();
+  out.secondAccess = secondRows.length;
+  out.secondAccessNotOwn = secondRows.filter((r) => !r.includes("本人") || r.includes("hrss"));
   await step(page, "12-second-citizen");
   out.pageErrors = errors;
 } finally {
