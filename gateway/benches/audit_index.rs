@@ -47,7 +47,7 @@ fn appended(i: u64) -> Appended {
             segment: 1,
             offset: i * 400,
         },
-        record: record(i),
+        record: std::sync::Arc::new(record(i)),
         receipt: None,
     }
 }
@@ -71,7 +71,7 @@ async fn run(batched: bool) {
     let all: Vec<Appended> = (0..RECORDS).map(appended).collect();
     let log_bytes: u64 = all
         .iter()
-        .map(|a| prost::Message::encoded_len(&a.record) as u64 + 8 + 45)
+        .map(|a| prost::Message::encoded_len(a.record.as_ref()) as u64 + 8 + 45)
         .sum();
     let t = Instant::now();
     if batched {

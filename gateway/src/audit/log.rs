@@ -98,7 +98,9 @@ pub struct Appended {
     pub seq: u64,
     pub hash: Hash,
     pub location: Location,
-    pub record: AuditRecord,
+    /// Shared: the exchange that appended it and the index thread both get the entry, and
+    /// a record is a score of strings.
+    pub record: Arc<AuditRecord>,
     /// A provider-side record's place among its group commit's receipts.
     pub receipt: Option<super::receipt::ReceiptLeaf>,
 }
@@ -936,7 +938,7 @@ impl Writer {
                 seq: entry.seq,
                 hash,
                 location,
-                record,
+                record: Arc::new(record),
                 receipt: None,
             });
             out.done.push(p.done);
