@@ -654,3 +654,19 @@ pub struct PeerIdentity {
     /// Raw public key of the peer's node certificate: verifies its caller assertions.
     pub public_key: Arc<Vec<u8>>,
 }
+
+/// A fresh Ed25519 node key for unit tests: its signer, its raw public key, its PKCS#8.
+#[cfg(test)]
+pub(crate) fn test_node_key() -> (NodeJwtSigner, std::sync::Arc<Vec<u8>>, Vec<u8>) {
+    let der = generate_ed25519_pkcs8_v1().unwrap();
+    let public = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
+        .unwrap()
+        .public_key()
+        .as_ref()
+        .to_vec();
+    (
+        NodeJwtSigner::from_pkcs8(&der),
+        std::sync::Arc::new(public),
+        der,
+    )
+}

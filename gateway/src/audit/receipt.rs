@@ -351,7 +351,6 @@ fn verify_jwt<T: serde::de::DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
 
     fn claims(i: u64) -> ReceiptClaims {
         ReceiptClaims {
@@ -366,13 +365,8 @@ mod tests {
     }
 
     fn key() -> (NodeJwtSigner, Arc<Vec<u8>>) {
-        let der = crate::trust::generate_ed25519_pkcs8_v1().unwrap();
-        let public = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
-            .unwrap()
-            .public_key()
-            .as_ref()
-            .to_vec();
-        (NodeJwtSigner::from_pkcs8(&der), Arc::new(public))
+        let (signer, public, _) = crate::trust::test_node_key();
+        (signer, public)
     }
 
     #[test]
@@ -429,12 +423,7 @@ mod tests {
 
     #[test]
     fn receipts_in_the_older_format_still_verify() {
-        let der = crate::trust::generate_ed25519_pkcs8_v1().unwrap();
-        let public = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
-            .unwrap()
-            .public_key()
-            .as_ref()
-            .to_vec();
+        let (_, public, der) = crate::trust::test_node_key();
         let jwt = sign(&EncodingKey::from_ed_der(&der), &claims(3)).unwrap();
         assert_eq!(verify(&jwt, "qingdao", &public).unwrap(), claims(3));
     }
