@@ -26,8 +26,6 @@ use crate::verified::{self, VerifiedCache};
 
 /// Shortest interval between two JWKS reloads caused by unknown `kid`s.
 pub const REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(10);
-/// Most verified tokens kept in the cache.
-const CACHE_CAPACITY: usize = 10_000;
 
 /// Why a caller was not authenticated. Every variant maps to UNAUTHENTICATED.
 #[derive(Debug, thiserror::Error)]
@@ -264,6 +262,8 @@ pub struct AuthSettings {
     pub audience: String,
     pub leeway: Duration,
     pub refresh_interval: Duration,
+    /// Verified tokens kept (`limits.verified_tokens`).
+    pub cache_entries: usize,
 }
 
 /// Verifies callers' JWTs.
@@ -286,6 +286,7 @@ fn now_s() -> u64 {
 impl Authenticator {
     /// Loads the key set once; a node does not start without it.
     pub async fn new(settings: AuthSettings) -> Result<Authenticator, JwksError> {
+        let cache_entries = settings.cache_entries;
         let keys = settings.source.load().await?;
         if keys.is_empty() {
             return Err(JwksError::Invalid("the key set has no key".into()));
@@ -299,7 +300,7 @@ impl Authenticator {
             keys: ArcSwap::from_pointee(keys),
             last_refresh: Mutex::new(past),
             refreshes: std::sync::OnceLock::new(),
-            cache: VerifiedCache::new(CACHE_CAPACITY),
+            cache: VerifiedCache::new(cache_entries),
         })
     }
 
@@ -457,6 +458,7 @@ mod tests {
             audience: "tongban:test".into(),
             leeway: Duration::from_secs(30),
             refresh_interval: Duration::from_secs(300),
+            cache_entries: 100,
         })
         .await
         .unwrap();

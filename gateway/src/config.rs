@@ -241,6 +241,7 @@ struct RawLimits {
     max_streams_per_peer: u64,
     keepalive_interval_ms: u64,
     keepalive_timeout_ms: u64,
+    verified_tokens: u64,
 }
 
 impl Default for RawLimits {
@@ -259,6 +260,7 @@ impl Default for RawLimits {
             max_streams_per_peer: l.max_streams_per_peer,
             keepalive_interval_ms: millis(l.keepalive_interval),
             keepalive_timeout_ms: millis(l.keepalive_timeout),
+            verified_tokens: l.verified_tokens,
         }
     }
 }
@@ -397,6 +399,9 @@ pub struct Limits {
     /// How long a keepalive PING may go unanswered before the connection is closed and the
     /// peer marked down.
     pub keepalive_timeout: Duration,
+    /// Entries of each cache of tokens already verified (callers' JWTs, citizens'
+    /// consents): bounds their memory; a token that no longer fits is verified again.
+    pub verified_tokens: u64,
 }
 
 impl Default for Limits {
@@ -414,6 +419,7 @@ impl Default for Limits {
             max_streams_per_peer: 2048,
             keepalive_interval: Duration::from_secs(1),
             keepalive_timeout: Duration::from_secs(2),
+            verified_tokens: 10_000,
         }
     }
 }
@@ -583,6 +589,7 @@ impl NodeConfig {
             max_streams_per_peer: positive("max_streams_per_peer", l.max_streams_per_peer)?,
             keepalive_interval: ms("keepalive_interval_ms", l.keepalive_interval_ms)?,
             keepalive_timeout: ms("keepalive_timeout_ms", l.keepalive_timeout_ms)?,
+            verified_tokens: positive("verified_tokens", l.verified_tokens)?,
         };
         if limits.max_metadata_bytes > 60 * 1024 {
             return Err(ConfigError::key(

@@ -149,9 +149,6 @@ pub fn presented_id(h: &http::HeaderMap) -> Option<String> {
 /// verified them (a cached consent counts only while that city's key is still the same).
 pub type VerifiedConsents = VerifiedCache<(ConsentClaims, Arc<Vec<u8>>)>;
 
-/// Most verified consents kept.
-pub const VERIFIED_CAPACITY: usize = 10_000;
-
 /// Seconds of clock skew tolerated on a consent's expiry.
 const LEEWAY_S: u64 = 5;
 

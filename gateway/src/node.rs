@@ -182,6 +182,7 @@ impl PreparedNode {
             audience: config.auth.audience.clone(),
             leeway: config.auth.leeway,
             refresh_interval: config.auth.refresh_interval,
+            cache_entries: usize::try_from(config.limits.verified_tokens).unwrap_or(usize::MAX),
         })
         .await?;
         let checks = TrustChecks {
@@ -195,7 +196,9 @@ impl PreparedNode {
             pseudonyms: Arc::new(Pseudonymizer::open(&config.data_dir)?),
             rate: RateLimiter::new(config.limits.caller_rate_per_s, config.limits.caller_burst),
             own_key: Arc::new(crate::trust::public_key_of(&identity.chain[0])?),
-            consents: crate::verified::VerifiedCache::new(crate::consent::VERIFIED_CAPACITY),
+            consents: crate::verified::VerifiedCache::new(
+                usize::try_from(config.limits.verified_tokens).unwrap_or(usize::MAX),
+            ),
         };
         let consents = ConsentStore::open(shared).map_err(|source| NodeError::Store {
             path: store.display().to_string(),
