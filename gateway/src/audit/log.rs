@@ -102,7 +102,7 @@ pub struct Appended {
     /// a record is a score of strings.
     pub record: Arc<AuditRecord>,
     /// A provider-side record's place among its group commit's receipts.
-    pub receipt: Option<super::receipt::ReceiptLeaf>,
+    pub receipt: Option<ReceiptLeaf>,
 }
 
 /// The head of the chain.
@@ -892,7 +892,7 @@ impl Writer {
             head: self.head,
             end: self.file_len,
         };
-        let mut receipts = ReceiptGroup::new();
+        let mut receipts = ReceiptGroup::default();
         let mut leaves = Vec::with_capacity(batch.len());
         let now_s = crate::assertion::now_s();
         for p in batch {
@@ -921,15 +921,7 @@ impl Writer {
             let mut record = entry.record.unwrap_or_default();
             record.seq = entry.seq;
             let leaf = if record.side == Side::Provider as i32 {
-                receipts.push(&ReceiptClaims {
-                    iss: record.node_city.clone(),
-                    rid: record.request_id.clone(),
-                    rqd: hex::encode(&record.request_digest),
-                    rsd: hex::encode(&record.response_digest),
-                    st: record.grpc_status,
-                    seq: entry.seq,
-                    iat: now_s,
-                })
+                receipts.push(&ReceiptClaims::of(&record, entry.seq, now_s))
             } else {
                 None
             };

@@ -52,6 +52,21 @@ pub struct ReceiptClaims {
     pub iat: u64,
 }
 
+impl ReceiptClaims {
+    /// The claims of a provider-side record committed at `seq`.
+    pub fn of(record: &tongban_proto::audit::v1::AuditRecord, seq: u64, iat: u64) -> Self {
+        ReceiptClaims {
+            iss: record.node_city.clone(),
+            rid: record.request_id.clone(),
+            rqd: hex::encode(&record.request_digest),
+            rsd: hex::encode(&record.response_digest),
+            st: record.grpc_status,
+            seq,
+            iat,
+        }
+    }
+}
+
 /// What a seal signs: the root of one group's receipts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealClaims {
@@ -156,6 +171,7 @@ fn root_from_path(leaf: Hash, mut index: u64, n: u64, path: &[u8]) -> Result<Has
 /// The provider-side receipts of one group commit: their claims, hashed by the audit writer
 /// as it frames the group; sealed (the root signed) by the first exchange of the group to
 /// ask for its receipt, and the seal shared by the others.
+#[derive(Default)]
 pub struct ReceiptGroup {
     leaves: Vec<Vec<u8>>,
     sealed: OnceLock<Option<(Vec<Vec<Hash>>, String)>>,
@@ -167,13 +183,6 @@ impl ReceiptGroup {
         let json = serde_json::to_vec(claims).ok()?;
         self.leaves.push(json);
         Some(self.leaves.len() - 1)
-    }
-
-    pub fn new() -> ReceiptGroup {
-        ReceiptGroup {
-            leaves: Vec::new(),
-            sealed: OnceLock::new(),
-        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -217,12 +226,6 @@ impl ReceiptGroup {
             B64.encode(leaf),
             B64.encode(path(levels, index))
         ))
-    }
-}
-
-impl Default for ReceiptGroup {
-    fn default() -> Self {
-        ReceiptGroup::new()
     }
 }
 
@@ -374,7 +377,7 @@ mod tests {
         let (signer, public) = key();
         let (_, other) = key();
         for n in 1..=9u64 {
-            let mut group = ReceiptGroup::new();
+            let mut group = ReceiptGroup::default();
             for i in 0..n {
                 assert_eq!(group.push(&claims(i)), Some(i as usize));
             }
