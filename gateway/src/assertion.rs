@@ -39,6 +39,14 @@ pub struct AssertionClaims {
     /// own data needs no consent.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub own: bool,
+    /// The kind of person behind the call: `official`, `citizen` or `system` (empty in
+    /// assertions of nodes from before the principal crossed the boundary).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub knd: String,
+    /// The person: an official's or system account's id as their city issued it; a
+    /// citizen only as the home node's keyed pseudonym.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prs: String,
     /// Request id.
     pub rid: String,
     pub svc: String,

@@ -22,13 +22,15 @@ use serde::Deserialize;
 
 use crate::config::validate_org_id;
 use crate::jwks_fetch::JwksUrl;
+use crate::subject::Pseudonymizer;
 use crate::verified::{self, VerifiedCache};
+pub use tongban_proto::metadata::PersonKind;
 
 /// Shortest interval between two JWKS reloads caused by unknown `kid`s.
 pub const REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why a caller was not authenticated. Every variant maps to UNAUTHENTICATED.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum AuthError {
     #[error("missing authorization metadata (expected `Bearer <jwt>`)")]
     Missing,
@@ -48,6 +50,10 @@ pub enum AuthError {
     WrongCity { expected: String, got: String },
     #[error("token claim `org` is invalid: {0}")]
     BadOrg(String),
+    #[error("a citizen token's `sub` must be the citizen's resident id: {0}")]
+    BadCitizenSub(String),
+    #[error("token has no `sub` claim: a call about a person's data needs the person behind it (the official's id, or the citizen)")]
+    NoPerson,
 }
 
 /// What entitles a caller to an action.
@@ -57,12 +63,14 @@ pub enum Grant<'a> {
     Role(&'a str),
     /// Being this organisation of the node's city.
     Organisation(&'a str),
-    /// A `citizen` token whose `sub` is this resident id.
+    /// A `citizen` token of the citizen with this keyed pseudonym.
     Citizen(&'a str),
 }
 
-/// The role `sub` of a citizen's own token.
+/// The role of a citizen's own token (its `sub` is their resident id).
 pub const CITIZEN_ROLE: &str = "citizen";
+/// The role of a system account's token (a job acting for no person in particular).
+pub const SYSTEM_ROLE: &str = "system";
 
 /// The one role check: `caller` may `action` if any of `grants` holds.
 pub fn require(
@@ -73,10 +81,7 @@ pub fn require(
     let holds = |g: &Grant<'_>| match g {
         Grant::Role(r) => caller.roles.iter().any(|x| x == r),
         Grant::Organisation(o) => caller.org == *o,
-        Grant::Citizen(id) => {
-            caller.roles.iter().any(|x| x == CITIZEN_ROLE)
-                && caller.subject.eq_ignore_ascii_case(id)
-        }
+        Grant::Citizen(pseudonym) => caller.is_citizen(pseudonym),
     };
     if grants.iter().any(holds) {
         return Ok(());
@@ -108,7 +113,10 @@ impl crate::error::ApiError for AuthError {
             }
             AuthError::UnknownKid(_) => "TOKEN_KEY_UNKNOWN",
             AuthError::AlgorithmMismatch { .. } => "TOKEN_ALGORITHM_MISMATCH",
-            AuthError::Invalid(_) | AuthError::BadOrg(_) => "TOKEN_INVALID",
+            AuthError::Invalid(_) | AuthError::BadOrg(_) | AuthError::BadCitizenSub(_) => {
+                "TOKEN_INVALID"
+            }
+            AuthError::NoPerson => "TOKEN_NO_PERSON",
             AuthError::WrongCity { .. } => "TOKEN_WRONG_CITY",
         }
     }
@@ -130,14 +138,24 @@ pub enum JwksError {
     Fetch(String),
 }
 
-/// An authenticated caller: a system of an organisation of this city.
+/// The principal behind a call, made once from the caller's token by the authentication
+/// layer of the listener ([`Authenticator::authenticate_request`]) and read by every later
+/// step ([`principal_of`]): the organisation of this city, the person and their roles.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub city: String,
     pub org: String,
     pub roles: Vec<String>,
-    /// The token's `sub` (the calling system or user), for audit.
-    pub subject: String,
+    /// Official (the default), citizen (role `citizen`) or system account (role `system`).
+    pub kind: PersonKind,
+    /// An official's or system account's id as their identity provider issued it (the
+    /// token's `sub`); a citizen's keyed pseudonym (never the resident id). Empty when the
+    /// token has no `sub`.
+    pub person: String,
+    /// The token's `jti`, when it has one.
+    pub token_id: String,
+    /// The token's expiry (Unix seconds).
+    pub exp: u64,
 }
 
 impl Caller {
@@ -145,12 +163,59 @@ impl Caller {
     pub fn id(&self) -> String {
         format!("{}/{}", self.city, self.org)
     }
+
+    /// Whether this is the citizen whose keyed pseudonym is `pseudonym`, signed in.
+    pub fn is_citizen(&self, pseudonym: &str) -> bool {
+        self.kind == PersonKind::Citizen && !self.person.is_empty() && self.person == pseudonym
+    }
+
+    /// The person behind the call, or UNAUTHENTICATED naming the `sub` claim.
+    pub fn require_person(&self) -> Result<&str, AuthError> {
+        if self.person.is_empty() {
+            Err(AuthError::NoPerson)
+        } else {
+            Ok(&self.person)
+        }
+    }
+
+    /// What a node tells its provider about this caller.
+    pub fn vouched(&self) -> tongban_proto::metadata::VouchedPrincipal {
+        tongban_proto::metadata::VouchedPrincipal {
+            kind: self.kind,
+            city: self.city.clone(),
+            org: self.org.clone(),
+            person: self.person.clone(),
+        }
+    }
+}
+
+/// The outcome of the listener's authentication of one request, in its extensions.
+#[derive(Debug, Clone)]
+pub struct Authenticated(pub Result<Caller, AuthError>);
+
+/// The principal the listener's authentication layer made for a control-plane request, or
+/// why there is none (UNAUTHENTICATED). Handlers never read a token themselves.
+pub fn principal_of<T>(req: &tonic::Request<T>) -> Result<Caller, AuthError> {
+    match req.extensions().get::<Authenticated>() {
+        Some(a) => a.0.clone(),
+        None => Err(AuthError::Missing),
+    }
+}
+
+/// The same, from the parts of an HTTP request (the proxy).
+pub fn principal_in(ext: &http::Extensions) -> Result<Caller, AuthError> {
+    match ext.get::<Authenticated>() {
+        Some(a) => a.0.clone(),
+        None => Err(AuthError::Missing),
+    }
 }
 
 #[derive(Debug, Deserialize)]
 struct Claims {
     #[serde(default)]
     sub: String,
+    #[serde(default)]
+    jti: String,
     exp: u64,
     city: String,
     org: String,
@@ -272,6 +337,8 @@ pub struct Authenticator {
     keys: ArcSwap<KeySet>,
     last_refresh: Mutex<Instant>,
     cache: VerifiedCache<Caller>,
+    /// Turns a citizen's resident id (`sub`) into the pseudonym the principal carries.
+    pseudonyms: Arc<Pseudonymizer>,
     /// Refreshes by outcome, in the node's metrics (once [`Self::count_refreshes_in`]).
     refreshes: std::sync::OnceLock<crate::policy::Reloads>,
 }
@@ -285,7 +352,10 @@ fn now_s() -> u64 {
 
 impl Authenticator {
     /// Loads the key set once; a node does not start without it.
-    pub async fn new(settings: AuthSettings) -> Result<Authenticator, JwksError> {
+    pub async fn new(
+        settings: AuthSettings,
+        pseudonyms: Arc<Pseudonymizer>,
+    ) -> Result<Authenticator, JwksError> {
         let cache_entries = settings.cache_entries;
         let keys = settings.source.load().await?;
         if keys.is_empty() {
@@ -301,6 +371,7 @@ impl Authenticator {
             last_refresh: Mutex::new(past),
             refreshes: std::sync::OnceLock::new(),
             cache: VerifiedCache::new(cache_entries),
+            pseudonyms,
         })
     }
 
@@ -351,14 +422,16 @@ impl Authenticator {
         }
     }
 
-    /// Authenticates a control-plane call (Registry, Consent, Audit) by its `authorization`
-    /// metadata; UNAUTHENTICATED with the reason otherwise.
-    pub async fn caller_of<T>(&self, req: &tonic::Request<T>) -> Result<Caller, AuthError> {
+    /// The authentication layer of every listener that serves callers: turns the request's
+    /// `authorization` into the principal (or the reason there is none), once, into the
+    /// request's extensions, where the proxy and the control plane read it.
+    pub async fn authenticate_request<B>(&self, req: &mut http::Request<B>) {
         let auth = req
-            .metadata()
-            .get("authorization")
+            .headers()
+            .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        self.authenticate(auth).await
+        let outcome = self.authenticate(auth).await;
+        req.extensions_mut().insert(Authenticated(outcome));
     }
 
     /// Authenticates the value of an `authorization` header.
@@ -415,12 +488,30 @@ impl Authenticator {
             });
         }
         validate_org_id(&c.org).map_err(AuthError::BadOrg)?;
+        let kind = if c.roles.iter().any(|r| r == CITIZEN_ROLE) {
+            PersonKind::Citizen
+        } else if c.roles.iter().any(|r| r == SYSTEM_ROLE) {
+            PersonKind::System
+        } else {
+            PersonKind::Official
+        };
+        let person = match kind {
+            // The clear resident id goes no further than this function.
+            PersonKind::Citizen => {
+                crate::subject::validate_resident_id(&c.sub).map_err(AuthError::BadCitizenSub)?;
+                self.pseudonyms.pseudonym(&c.sub)
+            }
+            _ => c.sub,
+        };
         Ok((
             Caller {
                 city: c.city,
                 org: c.org,
                 roles: c.roles,
-                subject: c.sub,
+                kind,
+                person,
+                token_id: c.jti,
+                exp: c.exp,
             },
             c.exp,
         ))
@@ -447,19 +538,27 @@ mod tests {
         jsonwebtoken::encode(&h, &claims(city), key).unwrap()
     }
 
+    fn test_pseudonyms() -> Arc<Pseudonymizer> {
+        let dir = tempfile::tempdir().unwrap();
+        Arc::new(Pseudonymizer::open(dir.path()).unwrap())
+    }
+
     async fn authenticator(jwks: serde_json::Value) -> Authenticator {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jwks.json");
         std::fs::write(&path, jwks.to_string()).unwrap();
-        let a = Authenticator::new(AuthSettings {
-            city: "test".into(),
-            source: JwksSource::File(path),
-            issuer: "https://idp.test".into(),
-            audience: "tongban:test".into(),
-            leeway: Duration::from_secs(30),
-            refresh_interval: Duration::from_secs(300),
-            cache_entries: 100,
-        })
+        let a = Authenticator::new(
+            AuthSettings {
+                city: "test".into(),
+                source: JwksSource::File(path),
+                issuer: "https://idp.test".into(),
+                audience: "tongban:test".into(),
+                leeway: Duration::from_secs(30),
+                refresh_interval: Duration::from_secs(300),
+                cache_entries: 100,
+            },
+            test_pseudonyms(),
+        )
         .await
         .unwrap();
         drop(dir);

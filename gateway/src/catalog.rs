@@ -95,6 +95,15 @@ impl Snapshot {
         self.peer_offers_item(city, service, None)
     }
 
+    /// Whether a registration of `service` in the peer `city` handles personal data.
+    pub fn peer_personal(&self, city: &str, service: &str) -> bool {
+        self.peers.get(city).is_some_and(|c| {
+            c.services
+                .iter()
+                .any(|s| s.service == service && s.personal_data)
+        })
+    }
+
     /// [`Self::peer_offers`], restricted to registrations listing `code` when given.
     pub fn peer_offers_item(&self, city: &str, service: &str, code: Option<&str>) -> bool {
         self.peers.get(city).is_some_and(|c| {

@@ -79,6 +79,10 @@ pub struct ConsentClaims {
     /// Target city.
     pub tgt: String,
     pub svc: String,
+    /// The catalog items the consent covers (empty: the whole service, outside the
+    /// catalog only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub itm: Vec<String>,
     pub pur: String,
     pub iat: u64,
     pub exp: u64,
@@ -132,6 +136,8 @@ pub struct ConsentScope<'a> {
     pub caller: &'a str,
     pub target_city: &'a str,
     pub service: &'a str,
+    /// The catalog item the call names, if any.
+    pub catalog_code: Option<&'a str>,
     pub purpose: &'a str,
 }
 
@@ -219,6 +225,25 @@ pub fn verify(
     }
     if c.svc != scope.service {
         return Err(out("service", &c.svc, scope.service));
+    }
+    match scope.catalog_code {
+        Some(code) if !c.itm.iter().any(|i| i == code) => {
+            return Err(ConsentError::OutOfScope(if c.itm.is_empty() {
+                format!("it names no catalog item, and the call is for item {code} (a consent covers only the items it names)")
+            } else {
+                format!(
+                    "it names the items {}, and the call is for item {code}",
+                    c.itm.join(", ")
+                )
+            }));
+        }
+        None if !c.itm.is_empty() => {
+            return Err(ConsentError::OutOfScope(format!(
+                "it names the items {}: the call must name one of them in x-tongban-catalog-code",
+                c.itm.join(", ")
+            )));
+        }
+        _ => {}
     }
     if c.pur != scope.purpose {
         return Err(out("purpose", &c.pur, scope.purpose));
@@ -328,6 +353,8 @@ pub struct ConsentApi {
     pub auth: Arc<Authenticator>,
     pub store: ConsentStore,
     pub pseudonyms: Arc<Pseudonymizer>,
+    /// The federation's catalog: the items a consent may name.
+    pub items: Arc<tongban_catalog::Catalog>,
     pub key: crate::trust::NodeJwtSigner,
     /// Publishes the node's revocations (with its signed catalog) after a revoke.
     pub publisher: Arc<dyn Republish>,
@@ -363,15 +390,45 @@ impl ApiError for ConsentApiError {
 
 crate::into_status!(ConsentApiError);
 
+/// Most catalog items one consent may name.
+const MAX_ITEMS: usize = 32;
+
 impl ConsentApi {
+    /// The items of a grant, each checked against the catalog; sorted, without repeats.
+    fn items_of(&self, items: &[String]) -> Result<Vec<String>, Status> {
+        if items.len() > MAX_ITEMS {
+            return Err(
+                BadField::new("items", format!("at most {MAX_ITEMS} items per consent")).into(),
+            );
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for (i, code) in items.iter().enumerate() {
+            let field = format!("items[{i}]");
+            tongban_proto::metadata::check_catalog_code(code)
+                .map_err(|m| BadField::new(field.clone(), m))?;
+            if self.items.item(code).is_none() {
+                return Err(BadField::new(
+                    field,
+                    format!("catalog item `{code}` is not in the federation's catalog"),
+                )
+                .into());
+            }
+            out.push(code.clone());
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
     /// A portal acts for any subject; a citizen only for itself.
     async fn authorise<T>(&self, req: &Request<T>, subject: &str) -> Result<Caller, Status> {
-        let caller = self.auth.caller_of(req).await?;
+        let caller = crate::auth::principal_of(req)?;
         validate_resident_id(subject).map_err(|m| BadField::new("subject", m))?;
+        let pseudonym = self.pseudonyms.pseudonym(subject);
         require(
             &caller,
             "manage this subject's consents",
-            &[Grant::Role(PORTAL_ROLE), Grant::Citizen(subject)],
+            &[Grant::Role(PORTAL_ROLE), Grant::Citizen(&pseudonym)],
         )?;
         Ok(caller)
     }
@@ -402,6 +459,7 @@ impl ConsentRpc for ConsentApi {
         validate_org_id(&g.purpose).map_err(|_| {
             bad("purpose")("purpose must be lowercase ascii letters, digits and '-'".into())
         })?;
+        let items = self.items_of(&g.items)?;
         let now = now_ms();
         if g.expires_at_ms <= now || g.expires_at_ms > now + MAX_VALIDITY_MS {
             return Err(bad("expires_at_ms")(
@@ -416,6 +474,7 @@ impl ConsentRpc for ConsentApi {
             gnt: g.grantee.clone(),
             tgt: g.target_city.clone(),
             svc: g.service.clone(),
+            itm: items.clone(),
             pur: g.purpose.clone(),
             iat: u64::try_from(now / 1000).unwrap_or(0),
             exp: u64::try_from(g.expires_at_ms / 1000).unwrap_or(0),
@@ -433,6 +492,7 @@ impl ConsentRpc for ConsentApi {
             expires_at_ms: g.expires_at_ms,
             revoked: false,
             granted_at_ms: now,
+            items,
         };
         let pseudonym = self.pseudonyms.pseudonym(&subject);
         self.store
@@ -508,6 +568,7 @@ mod tests {
             gnt: "qingdao/hrss".into(),
             tgt: "jinan".into(),
             svc: "tongban.crosscity.v1.CrossCityService".into(),
+            itm: vec!["JQ-03".into(), "JQ-08".into()],
             pur: "case-handling".into(),
             iat: now,
             exp: now + 600,
@@ -518,6 +579,7 @@ mod tests {
             caller: "qingdao/hrss",
             target_city: "jinan",
             service: "tongban.crosscity.v1.CrossCityService",
+            catalog_code: Some("JQ-03"),
             purpose: "case-handling",
         };
         let cache = VerifiedConsents::new(16);
@@ -528,6 +590,21 @@ mod tests {
             claims
         );
         assert_eq!(cache.len(), 1, "verified once, then cached");
+        // Each item it names passes; an item it does not name, or a call naming no item,
+        // does not (a consent for JQ-03 never opens JQ-16).
+        let jq08 = ConsentScope {
+            catalog_code: Some("JQ-08"),
+            ..scope
+        };
+        assert!(verify(Some(&token), &jq08, same_key, not_revoked, &cache).is_ok());
+        for code in [Some("JQ-16"), Some("JQ-24"), None] {
+            let other = ConsentScope {
+                catalog_code: code,
+                ..scope
+            };
+            let e = verify(Some(&token), &other, same_key, not_revoked, &cache).unwrap_err();
+            assert!(matches!(e, ConsentError::OutOfScope(_)), "{code:?}: {e}");
+        }
         // The same token again, from the cache: scope and revocation still apply.
         let wrong_purpose = ConsentScope {
             purpose: "statistics",

@@ -130,12 +130,20 @@ mod tests {
     use super::*;
     use crate::auth::{require, Caller, Grant};
 
-    fn caller(org: &str, roles: &[&str], subject: &str) -> Caller {
+    fn caller(org: &str, roles: &[&str], person: &str) -> Caller {
+        let citizen = roles.contains(&"citizen");
         Caller {
             city: "jinan".into(),
             org: org.into(),
             roles: roles.iter().map(|r| r.to_string()).collect(),
-            subject: subject.into(),
+            kind: if citizen {
+                crate::auth::PersonKind::Citizen
+            } else {
+                crate::auth::PersonKind::Official
+            },
+            person: person.into(),
+            token_id: String::new(),
+            exp: 0,
         }
     }
 
@@ -145,8 +153,12 @@ mod tests {
         assert!(require(&ops, "query", &[Grant::Role("audit-operator")]).is_ok());
         let hrss = caller("hrss", &[], "x");
         assert!(require(&hrss, "manage", &[Grant::Organisation("hrss")]).is_ok());
-        let citizen = caller("portal", &["citizen"], "37010219850312002x");
-        assert!(require(&citizen, "read", &[Grant::Citizen("37010219850312002X")]).is_ok());
+        let citizen = caller("portal", &["citizen"], "pseudonym-a");
+        assert!(require(&citizen, "read", &[Grant::Citizen("pseudonym-a")]).is_ok());
+        // Another citizen's pseudonym, or an official whose id happens to be the same text.
+        assert!(require(&citizen, "read", &[Grant::Citizen("pseudonym-b")]).is_err());
+        let official = caller("hrss", &[], "pseudonym-a");
+        assert!(require(&official, "read", &[Grant::Citizen("pseudonym-a")]).is_err());
         let e = require(
             &hrss,
             "read the log",

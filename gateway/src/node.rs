@@ -175,15 +175,19 @@ impl PreparedNode {
                 return Err(crate::auth::JwksError::Invalid("no jwks source".into()).into())
             }
         };
-        let auth = Authenticator::new(AuthSettings {
-            city: config.city.clone(),
-            source,
-            issuer: config.auth.issuer.clone(),
-            audience: config.auth.audience.clone(),
-            leeway: config.auth.leeway,
-            refresh_interval: config.auth.refresh_interval,
-            cache_entries: usize::try_from(config.limits.verified_tokens).unwrap_or(usize::MAX),
-        })
+        let pseudonyms = Arc::new(Pseudonymizer::open(&config.data_dir)?);
+        let auth = Authenticator::new(
+            AuthSettings {
+                city: config.city.clone(),
+                source,
+                issuer: config.auth.issuer.clone(),
+                audience: config.auth.audience.clone(),
+                leeway: config.auth.leeway,
+                refresh_interval: config.auth.refresh_interval,
+                cache_entries: usize::try_from(config.limits.verified_tokens).unwrap_or(usize::MAX),
+            },
+            pseudonyms.clone(),
+        )
         .await?;
         let checks = TrustChecks {
             auth: Arc::new(auth),
@@ -193,7 +197,7 @@ impl PreparedNode {
                 path: store.display().to_string(),
                 source,
             })?,
-            pseudonyms: Arc::new(Pseudonymizer::open(&config.data_dir)?),
+            pseudonyms,
             rate: RateLimiter::new(config.limits.caller_rate_per_s, config.limits.caller_burst),
             own_key: Arc::new(crate::trust::public_key_of(&identity.chain[0])?),
             consents: crate::verified::VerifiedCache::new(
@@ -320,6 +324,7 @@ impl PreparedNode {
             auth: checks.auth.clone(),
             store: consents,
             pseudonyms: checks.pseudonyms.clone(),
+            items: config.items.clone(),
             key: identity.jwt_signer(),
             publisher: publisher.clone(),
         };

@@ -79,7 +79,7 @@ impl RegistryApi {
     }
 
     async fn may_manage<T>(&self, req: &Request<T>, organisation: &str) -> Result<Caller, Status> {
-        let caller = self.auth.caller_of(req).await?;
+        let caller = crate::auth::principal_of(req)?;
         require(
             &caller,
             &format!("manage the services of organisation `{organisation}`"),
@@ -133,7 +133,7 @@ impl RegistryRpc for RegistryApi {
         &self,
         req: Request<ListServicesRequest>,
     ) -> Result<Response<ListServicesResponse>, Status> {
-        self.auth.caller_of(&req).await?;
+        crate::auth::principal_of(&req)?;
         let r = req.into_inner();
         let scope = Scope::try_from(r.scope)
             .map_err(|_| BadField::new("scope", format!("unknown scope {}", r.scope)))?;
@@ -178,7 +178,7 @@ impl RegistryRpc for RegistryApi {
         &self,
         req: Request<ListCatalogItemsRequest>,
     ) -> Result<Response<ListCatalogItemsResponse>, Status> {
-        self.auth.caller_of(&req).await?;
+        crate::auth::principal_of(&req)?;
         let category = req.into_inner().category;
         let snap = self.publisher.catalog.snapshot();
         let items = self

@@ -80,6 +80,10 @@ pub struct Dispatch {
 
 impl Dispatch {
     async fn call(self, mut req: Request<Incoming>) -> Response<Body> {
+        if self.peer.is_none() {
+            // The authentication layer of the caller listener: the principal, made once.
+            self.proxy.trust.auth.authenticate_request(&mut req).await;
+        }
         let path = req.uri().path();
         if self.control.iter().any(|p| path.starts_with(p)) {
             if let Some(peer) = &self.peer {

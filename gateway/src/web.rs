@@ -94,7 +94,9 @@ pub struct WebDispatch {
 }
 
 impl WebDispatch {
-    async fn call(self, req: Request<Body>) -> Response<Body> {
+    async fn call(self, mut req: Request<Body>) -> Response<Body> {
+        // The authentication layer of the web listener: the principal, made once.
+        self.proxy.trust.auth.authenticate_request(&mut req).await;
         let path = req.uri().path();
         if WEB_CONTROL.iter().any(|p| path.starts_with(p)) {
             return match self.routes.oneshot(req).await {

@@ -3,8 +3,8 @@
 //!
 //! Set by callers: [`TARGET_CITY`], [`TARGET_ORG`], [`REQUEST_ID`], [`PURPOSE`],
 //! [`SUBJECT`], [`CONSENT`], [`CATALOG_CODE`]. Set by nodes only (a caller's value is
-//! dropped or overwritten): [`ORIGIN_CITY`], [`CALLER`], [`CALLER_ASSERTION`], and the
-//! [`RECEIPT`] trailer.
+//! dropped or overwritten): [`ORIGIN_CITY`], [`CALLER`], [`PRINCIPAL`],
+//! [`CALLER_ASSERTION`], and the [`RECEIPT`] trailer.
 
 /// The city that should serve the call.
 pub const TARGET_CITY: &str = "x-tongban-target-city";
@@ -24,10 +24,144 @@ pub const CATALOG_CODE: &str = "x-tongban-catalog-code";
 pub const ORIGIN_CITY: &str = "x-tongban-origin-city";
 /// Node only: `city/org` of the authenticated caller, given to the provider.
 pub const CALLER: &str = "x-tongban-caller";
+/// Node only: who is behind the call, as the node that hands it to the provider vouches for
+/// it ([`VouchedPrincipal`]): `kind=official;city=jinan;org=hrss;person=zhang.wei`.
+pub const PRINCIPAL: &str = "x-tongban-principal";
 /// Node only: the home node's signed caller assertion, node to node.
 pub const CALLER_ASSERTION: &str = "x-tongban-caller-assertion";
 /// Node only, trailer: the providing node's signed receipt of the exchange.
 pub const RECEIPT: &str = "x-tongban-receipt";
+
+/// What kind of person is behind a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PersonKind {
+    /// A civil servant of a department: `person` is the id their city's identity provider
+    /// issued (the token's `sub`).
+    Official,
+    /// A citizen acting for themselves (a citizen token, or a portal on their behalf):
+    /// `person` is only the home node's keyed pseudonym, never the resident id.
+    Citizen,
+    /// A system account (a batch job, a department's back office acting for nobody in
+    /// particular): `person` is the account id as issued.
+    System,
+}
+
+impl PersonKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PersonKind::Official => "official",
+            PersonKind::Citizen => "citizen",
+            PersonKind::System => "system",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<PersonKind> {
+        match s {
+            "official" => Some(PersonKind::Official),
+            "citizen" => Some(PersonKind::Citizen),
+            "system" => Some(PersonKind::System),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for PersonKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The principal a node vouches for to its provider in [`PRINCIPAL`]: the city and the
+/// organisation of the caller, the kind of person and the person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VouchedPrincipal {
+    pub kind: PersonKind,
+    pub city: String,
+    pub org: String,
+    /// An official's or system account's id as issued, or a citizen's pseudonym.
+    pub person: String,
+}
+
+/// Bytes of a person id kept as they are in [`PRINCIPAL`]; any other is `%XX`.
+fn plain_person_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@' | b'~' | b':')
+}
+
+impl VouchedPrincipal {
+    /// The metadata value: `kind=…;city=…;org=…;person=…` (the person percent-encoded).
+    pub fn encode(&self) -> String {
+        let mut person = String::with_capacity(self.person.len());
+        for b in self.person.bytes() {
+            if plain_person_byte(b) {
+                person.push(char::from(b));
+            } else {
+                person.push_str(&format!("%{b:02X}"));
+            }
+        }
+        format!(
+            "kind={};city={};org={};person={person}",
+            self.kind, self.city, self.org
+        )
+    }
+
+    /// Parses [`Self::encode`]'s form; the error names what is wrong.
+    pub fn parse(v: &str) -> Result<VouchedPrincipal, String> {
+        let (mut kind, mut city, mut org, mut person) = (None, None, None, None);
+        for part in v.split(';') {
+            let (k, val) = part
+                .trim()
+                .split_once('=')
+                .ok_or_else(|| format!("{PRINCIPAL}: `{part}` is not key=value"))?;
+            match k {
+                "kind" => {
+                    kind = Some(PersonKind::parse(val).ok_or_else(|| {
+                        format!("{PRINCIPAL}: kind `{val}` is not official, citizen or system")
+                    })?)
+                }
+                "city" => city = Some(val.to_string()),
+                "org" => org = Some(val.to_string()),
+                "person" => person = Some(percent_decode(val)?),
+                _ => {} // later additions are ignored by older providers
+            }
+        }
+        let need = |what: &str| format!("{PRINCIPAL} has no `{what}`");
+        Ok(VouchedPrincipal {
+            kind: kind.ok_or_else(|| need("kind"))?,
+            city: city.filter(|c| !c.is_empty()).ok_or_else(|| need("city"))?,
+            org: org.filter(|o| !o.is_empty()).ok_or_else(|| need("org"))?,
+            person: person.unwrap_or_default(),
+        })
+    }
+
+    /// `city/org`, the form of [`CALLER`] and of policy rules.
+    pub fn caller(&self) -> String {
+        format!("{}/{}", self.city, self.org)
+    }
+
+    pub fn is_citizen(&self) -> bool {
+        self.kind == PersonKind::Citizen
+    }
+}
+
+fn percent_decode(v: &str) -> Result<String, String> {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = v
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("{PRINCIPAL}: bad escape in person `{v}`"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("{PRINCIPAL}: person is not utf-8"))
+}
 
 /// Whether `id` is a valid request id: 1 to 64 characters of `[A-Za-z0-9._-]`.
 pub fn is_request_id(id: &[u8]) -> bool {
@@ -110,6 +244,24 @@ pub fn check_resident_id(id: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_vouched_principal_round_trips_any_person_id() {
+        for person in ["zhang.wei", "工号 0042;kind=system", "", "a%b=c"] {
+            let p = super::VouchedPrincipal {
+                kind: super::PersonKind::Official,
+                city: "jinan".into(),
+                org: "hrss".into(),
+                person: person.into(),
+            };
+            let v = p.encode();
+            assert!(v.is_ascii(), "{v}");
+            assert_eq!(super::VouchedPrincipal::parse(&v).unwrap(), p, "{v}");
+        }
+        assert!(super::VouchedPrincipal::parse("kind=boss;city=a;org=b").is_err());
+        assert!(super::VouchedPrincipal::parse("kind=citizen;org=b").is_err());
+        assert!(super::VouchedPrincipal::parse("kind=citizen;city=a;org=b;person=%G1").is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -188,7 +188,14 @@ async fn citizens_see_who_accessed_their_data_and_only_theirs() {
     let other = demo_subject("37010219700101005");
     let (_, consent) = f
         .fed
-        .grant_consent("jinan", &citizen, "jinan/hrss", "qingdao", "case-handling")
+        .grant_consent(
+            "jinan",
+            &citizen,
+            "jinan/hrss",
+            "qingdao",
+            "case-handling",
+            &["JQ-03"],
+        )
         .await
         .unwrap();
     let rid = submit(&f, Some((&citizen, &consent))).await;

@@ -505,6 +505,8 @@ async fn caller_assertion_refusals() {
         purpose: "case-handling".into(),
         subj: None,
         own: false,
+        knd: "official".into(),
+        prs: "zhang.wei".into(),
         rid: rid.into(),
         svc: "tongban.crosscity.v1.CrossCityService".into(),
         mth: "Submit".into(),

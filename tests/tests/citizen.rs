@@ -77,7 +77,14 @@ async fn a_citizens_access_log_covers_both_cities() {
     // Qingdao's hrss, in Qingdao, about the Jinan citizen, with a consent from Jinan.
     let (_, consent) = f
         .fed
-        .grant_consent("jinan", &me, "qingdao/hrss", "qingdao", "case-handling")
+        .grant_consent(
+            "jinan",
+            &me,
+            "qingdao/hrss",
+            "qingdao",
+            "case-handling",
+            &["JQ-03"],
+        )
         .await
         .unwrap();
     let qd = f.fed.token("qingdao", "hrss").unwrap();

@@ -75,7 +75,7 @@ async fn the_providing_node_checks_every_part_of_the_consent() {
         let f = &f;
         async move {
             f.fed
-                .grant_consent("jinan", &citizen, grantee, target, purpose)
+                .grant_consent("jinan", &citizen, grantee, target, purpose, &[])
                 .await
                 .unwrap()
         }
@@ -93,6 +93,7 @@ async fn the_providing_node_checks_every_part_of_the_consent() {
         service: "tongban.medical.v1.ResultRegistry".into(),
         purpose: "case-handling".into(),
         expires_at_ms: now_ms() + 3_600_000,
+        items: Vec::new(),
     });
     authorize(
         &mut req,
@@ -108,6 +109,7 @@ async fn the_providing_node_checks_every_part_of_the_consent() {
         gnt: "jinan/hrss".into(),
         tgt: "qingdao".into(),
         svc: CROSSCITY_SERVICE.into(),
+        itm: Vec::new(),
         pur: "case-handling".into(),
         iat: now - 7200,
         exp,
@@ -254,6 +256,7 @@ async fn only_the_portal_or_the_citizen_manages_consents() {
         service: CROSSCITY_SERVICE.into(),
         purpose: "case-handling".into(),
         expires_at_ms,
+        items: Vec::new(),
     };
     let later = now_ms() + 3_600_000;
     let with = |msg: GrantRequest, token: Option<String>| {

@@ -45,14 +45,17 @@ async fn world(step: Duration) -> World {
     let departments = Departments::start(&fed, step).await.unwrap();
     let citizen = demo::demo_subject("37010219850312002");
     let grantee = format!("jinan/{SERVICE_CENTRE}");
+    // The citizen consents to every item of the catalog for the service centre, by name.
+    let catalog = Catalog::embedded().unwrap();
+    let codes: Vec<&str> = catalog.items().iter().map(|i| i.code.as_str()).collect();
     let (_, consent) = fed
         .grant_consent_for(
             CROSSCITY_V2,
             "jinan",
             &citizen,
             &grantee,
-            "qingdao",
-            "case-handling",
+            ("qingdao", "case-handling"),
+            &codes,
         )
         .await
         .unwrap();
@@ -285,8 +288,8 @@ async fn withdrawal_listing_restart_and_someone_elses_application() {
             "jinan",
             &other,
             "jinan/mz",
-            "qingdao",
-            "case-handling",
+            ("qingdao", "case-handling"),
+            &["JQ-07", "JQ-08"],
         )
         .await
         .unwrap();
@@ -299,8 +302,9 @@ async fn withdrawal_listing_restart_and_someone_elses_application() {
         Some(&other),
         Some(&other_consent),
     );
+    // Refused exactly like an id that does not exist: nothing tells that it does.
     let e = w.client("jinan").await.get_status(req).await.unwrap_err();
-    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
     let req = w.call(
         WithdrawRequest {
             application_id: first.application_id.clone(),
@@ -312,7 +316,7 @@ async fn withdrawal_listing_restart_and_someone_elses_application() {
         Some(&other_consent),
     );
     let e = w.client("jinan").await.withdraw(req).await.unwrap_err();
-    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
     // An unknown application id.
     let req = w.as_centre(
         GetStatusRequest {
@@ -519,14 +523,27 @@ async fn codes_route_to_their_organisation_or_are_refused() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
-    // Another organisation's item (routed to hrss by name, without a code): the provider
+    // Another organisation's item (routed to hrss by name, without a code, with a consent
+    // for the whole service, which covers only calls naming no item): the provider
     // refuses it.
+    let (_, whole_service) = w
+        .fed
+        .grant_consent_for(
+            CROSSCITY_V2,
+            "jinan",
+            &w.citizen,
+            &format!("jinan/{SERVICE_CENTRE}"),
+            ("qingdao", "case-handling"),
+            &[],
+        )
+        .await
+        .unwrap();
     let mut req = w.call(
         msg(),
         SERVICE_CENTRE,
         None,
         Some(&w.citizen),
-        Some(&w.consent),
+        Some(&whole_service),
     );
     req.metadata_mut()
         .insert(metadata::TARGET_ORG, MetadataValue::from_static("hrss"));
@@ -541,7 +558,7 @@ async fn codes_route_to_their_organisation_or_are_refused() {
         SERVICE_CENTRE,
         None,
         Some(&w.citizen),
-        Some(&w.consent),
+        Some(&whole_service),
     );
     req.metadata_mut()
         .insert(metadata::TARGET_ORG, MetadataValue::from_static("gjj"));

@@ -138,9 +138,14 @@ async fn a_p256_federation_calls_across_the_boundary_with_consent_and_receipts()
     let f = Fed { fed, dir };
     let citizen = demo_subject("37010219850312002");
     // A consent signed (ES256) by jinan's node, checked by qingdao's.
-    let grant = f
-        .fed
-        .grant_consent("jinan", &citizen, "jinan/hrss", "qingdao", "case-handling");
+    let grant = f.fed.grant_consent(
+        "jinan",
+        &citizen,
+        "jinan/hrss",
+        "qingdao",
+        "case-handling",
+        &[],
+    );
     let (_, consent) = grant.await.unwrap();
     let msg = SubmitRequest {
         catalog_code: "JQ-03".into(),

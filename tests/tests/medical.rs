@@ -69,8 +69,8 @@ async fn world() -> World {
             "jinan",
             &patient,
             grantee,
-            "jinan",
-            "medical-treatment",
+            ("jinan", "medical-treatment"),
+            &[],
         )
     };
     let (_, publish_consent) = consent("jinan/qilu").await.unwrap();
@@ -818,8 +818,8 @@ async fn a_query_naming_no_city_asks_every_city_and_is_partial_when_one_is_down(
             "jinan",
             &w.patient,
             "qingdao/qdfy",
-            "*",
-            "medical-treatment",
+            ("*", "medical-treatment"),
+            &[],
         )
         .await
         .unwrap();

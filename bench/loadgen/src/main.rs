@@ -173,6 +173,7 @@ async fn grant_consent(args: &Args, portal_token: &str) -> anyhow::Result<String
         service: "tongban.crosscity.v1.CrossCityService".into(),
         purpose: args.purpose.clone(),
         expires_at_ms: i64::try_from(now_ms)? + 24 * 3600 * 1000,
+        items: vec![args.catalog_code.clone()],
     });
     req.metadata_mut().insert(
         "authorization",

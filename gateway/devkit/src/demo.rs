@@ -198,6 +198,7 @@ pub async fn run_calls(fed: &LocalFederation) -> Result<Vec<Row>, DemoError> {
             "jinan/hrss",
             "qingdao",
             "case-handling",
+            &[],
         )
         .await?;
     let (_, qj_consent) = fed
@@ -207,6 +208,7 @@ pub async fn run_calls(fed: &LocalFederation) -> Result<Vec<Row>, DemoError> {
             "qingdao/hrss",
             "jinan",
             "case-handling",
+            &[],
         )
         .await?;
     let (_, jj_consent) = fed
@@ -216,6 +218,7 @@ pub async fn run_calls(fed: &LocalFederation) -> Result<Vec<Row>, DemoError> {
             "jinan/hrss",
             "jinan",
             "case-handling",
+            &[],
         )
         .await?;
     let jinan = |consent| About {
@@ -496,14 +499,16 @@ pub async fn run_items(fed: &LocalFederation) -> Result<Vec<ItemRow>, DemoError>
     let jinan_citizen = demo_subject("37010219850312002");
     let qingdao_citizen = demo_subject("37020219920704003");
     let grantee = |c: &str| format!("{c}/{SERVICE_CENTRE}");
+    // Each citizen consents to every item the demo submits for them, by name.
+    let codes: Vec<&str> = catalog.items().iter().map(|i| i.code.as_str()).collect();
     let (_, jq) = fed
         .grant_consent_for(
             CROSSCITY_V2,
             "jinan",
             &jinan_citizen,
             &grantee("jinan"),
-            "qingdao",
-            "case-handling",
+            ("qingdao", "case-handling"),
+            &codes,
         )
         .await?;
     let (_, qj) = fed
@@ -512,8 +517,8 @@ pub async fn run_items(fed: &LocalFederation) -> Result<Vec<ItemRow>, DemoError>
             "qingdao",
             &qingdao_citizen,
             &grantee("qingdao"),
-            "jinan",
-            "case-handling",
+            ("jinan", "case-handling"),
+            &codes,
         )
         .await?;
     let jq_app = Applicant {
@@ -786,8 +791,8 @@ pub async fn run_medical(fed: &LocalFederation) -> Result<MedicalStory, DemoErro
             "jinan",
             &patient,
             "jinan/qilu",
-            "jinan",
-            "medical-treatment",
+            ("jinan", "medical-treatment"),
+            &[],
         )
         .await?;
     let (_, read) = fed
@@ -796,8 +801,8 @@ pub async fn run_medical(fed: &LocalFederation) -> Result<MedicalStory, DemoErro
             "jinan",
             &patient,
             "qingdao/qdfy",
-            "jinan",
-            "medical-treatment",
+            ("jinan", "medical-treatment"),
+            &[],
         )
         .await?;
     let now = i64::try_from(

@@ -395,7 +395,8 @@ impl LocalFederation {
     }
 
     /// Grants a consent on `home`'s node through its Consent API, as that city's consent
-    /// portal (`home/portal`, role `consent-portal`). Returns (consent id, token).
+    /// portal (`home/portal`, role `consent-portal`), for the catalog `items` (none: the
+    /// whole service, for calls that name no item). Returns (consent id, token).
     pub async fn grant_consent(
         &self,
         home: &str,
@@ -403,27 +404,28 @@ impl LocalFederation {
         grantee: &str,
         target_city: &str,
         purpose: &str,
+        items: &[&str],
     ) -> Result<(String, String), LocalError> {
         self.grant_consent_for(
             CROSSCITY_SERVICE,
             home,
             subject,
             grantee,
-            target_city,
-            purpose,
+            (target_city, purpose),
+            items,
         )
         .await
     }
 
-    /// [`Self::grant_consent`] for `service`.
+    /// [`Self::grant_consent`] for `service`; `scope` is (target city, purpose).
     pub async fn grant_consent_for(
         &self,
         service: &str,
         home: &str,
         subject: &str,
         grantee: &str,
-        target_city: &str,
-        purpose: &str,
+        (target_city, purpose): (&str, &str),
+        items: &[&str],
     ) -> Result<(String, String), LocalError> {
         let mut client = ConsentClient::new(self.channel(home).await?);
         let mut req = tonic::Request::new(GrantRequest {
@@ -433,6 +435,7 @@ impl LocalFederation {
             service: service.to_string(),
             purpose: purpose.to_string(),
             expires_at_ms: now_ms() + 24 * 3600 * 1000,
+            items: items.iter().map(|i| i.to_string()).collect(),
         });
         self.as_portal(home, &mut req)?;
         let r = client.grant(req).await?.into_inner();

@@ -84,6 +84,8 @@ pub async fn accesses_of(
             request_id: a.request_id,
             consent_id: a.consent_id,
             node_city: a.node_city,
+            caller_person: a.caller_person,
+            caller_kind: a.caller_kind,
         })
         .collect()
 }
@@ -124,6 +126,8 @@ impl AuditApi {
             purpose: "access-log".into(),
             subj: Some(subject_binding(subject)),
             own: true,
+            knd: caller.kind.as_str().to_string(),
+            prs: caller.person.clone(),
             rid: rid.clone(),
             svc: SUBJECT_ACCESS_LOG.0.into(),
             mth: SUBJECT_ACCESS_LOG.1.into(),
@@ -148,7 +152,7 @@ impl AuditApi {
     }
 
     async fn operator<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
-        let c = self.auth.caller_of(req).await?;
+        let c = crate::auth::principal_of(req)?;
         require(&c, "read the audit", &[Grant::Role(OPERATOR_ROLE)])?;
         Ok(c)
     }
@@ -278,19 +282,20 @@ impl Audit for AuditApi {
         &self,
         req: Request<AccessLogRequest>,
     ) -> Result<Response<AccessLogResponse>, Status> {
-        let caller = self.auth.caller_of(&req).await?;
+        let caller = crate::auth::principal_of(&req)?;
         let r = req.into_inner();
         validate_resident_id(&r.subject).map_err(|m| BadField::new("subject", m))?;
+        let pseudonym = self.pseudonyms.pseudonym(&r.subject);
         require(
             &caller,
             "read this subject's access log",
-            &[Grant::Role(OPERATOR_ROLE), Grant::Citizen(&r.subject)],
+            &[Grant::Role(OPERATOR_ROLE), Grant::Citizen(&pseudonym)],
         )?;
         let limit = r.limit.clamp(1, MAX_PAGE) as usize;
         let mut accesses = accesses_of(&self.auditor, &self.pseudonyms, &r.subject, limit).await;
         let mut unreachable = Vec::new();
         // A citizen sees every city's records: each peer is asked, vouched for by this node.
-        if caller.roles.iter().any(|x| x == crate::auth::CITIZEN_ROLE) {
+        if caller.kind == crate::auth::PersonKind::Citizen {
             for (city, endpoint) in &self.peers {
                 match self
                     .peer_accesses(city, endpoint, &caller, &r.subject, limit)

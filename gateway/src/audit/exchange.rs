@@ -147,6 +147,13 @@ impl Exchange {
         self.record.caller_org = org.to_string();
     }
 
+    /// The person behind the call (`kind`: official, citizen or system; a citizen only as a
+    /// pseudonym).
+    pub fn person(&mut self, kind: &str, person: &str) {
+        self.record.caller_kind = kind.to_string();
+        self.record.caller_person = person.to_string();
+    }
+
     /// Provider side: the call came from `peer`'s node, for this city.
     pub fn from_peer(&mut self, peer: &str, own_city: &str) {
         self.record.peer_city = peer.to_string();

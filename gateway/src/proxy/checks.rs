@@ -101,6 +101,31 @@ impl Proxy {
         }
     }
 
+    /// Whether a call touches personal data: a call naming a catalog item exactly when the
+    /// federation catalog says the item does; any other call when the registration of the
+    /// service says so (`registered`).
+    pub(super) fn personal_data(&self, call: &Call, registered: impl FnOnce() -> bool) -> bool {
+        match call
+            .catalog_code
+            .as_deref()
+            .and_then(|c| self.items.item(c))
+        {
+            Some(item) => item.personal_data,
+            None => registered(),
+        }
+    }
+
+    /// [`Self::personal_data`] for the upstream a call was routed to.
+    pub(super) fn personal(&self, upstream: &super::route::Upstream, call: &Call) -> bool {
+        self.personal_data(call, || match upstream {
+            super::route::Upstream::Provider(svc) => svc.record.personal_data,
+            super::route::Upstream::Peer(p) => self
+                .catalog
+                .snapshot()
+                .peer_personal(&p.city, &call.service),
+        })
+    }
+
     /// The providing node's consent check for personal-data services: signature (by the
     /// issuing city's node), subject, grantee, target city, service, purpose, expiry and
     /// revocation. Returns the consent id (empty when none is needed).
@@ -112,17 +137,7 @@ impl Proxy {
         call: &Call,
         intent: &Intent,
     ) -> Result<String, ProxyError> {
-        // A call naming a catalog item needs consent exactly when the federation catalog
-        // says the item handles personal data; any other call, when the registration says so.
-        let personal = match call
-            .catalog_code
-            .as_deref()
-            .and_then(|c| self.items.item(c))
-        {
-            Some(item) => item.personal_data,
-            None => svc.record.personal_data,
-        };
-        if !personal {
+        if !self.personal_data(call, || svc.record.personal_data) {
             return Ok(String::new());
         }
         if intent.own {
@@ -135,6 +150,7 @@ impl Proxy {
             caller,
             target_city: &self.city,
             service: &call.service,
+            catalog_code: call.catalog_code.as_deref(),
             purpose: &intent.purpose,
         };
         let snap = self.catalog.snapshot();

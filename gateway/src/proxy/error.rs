@@ -47,6 +47,9 @@ pub enum ProxyError {
     /// The caller assertion (providing node).
     #[error("{0}")]
     Unauthenticated(String),
+    /// A citizen's token used about someone else.
+    #[error("a citizen token acts only about the citizen themselves, and x-tongban-subject names someone else (acting for another person needs an organisation's token and that person's consent)")]
+    NotOwnSubject,
     /// Denied by this node's policy (the message names the rule).
     #[error("{0}")]
     PermissionDenied(String),
@@ -107,9 +110,9 @@ impl ApiError for ProxyError {
             | ProxyError::UnknownItem { .. }
             | ProxyError::ItemNotOffered { .. }
             | ProxyError::ItemNotOfferedAnywhere { .. } => Code::NotFound,
-            ProxyError::NotRelayed { .. } | ProxyError::PermissionDenied(_) => {
-                Code::PermissionDenied
-            }
+            ProxyError::NotRelayed { .. }
+            | ProxyError::PermissionDenied(_)
+            | ProxyError::NotOwnSubject => Code::PermissionDenied,
             ProxyError::Consent { source, .. } => source.code(),
             ProxyError::Unauthenticated(_) => Code::Unauthenticated,
             ProxyError::Auth(e) => e.code(),
@@ -141,6 +144,7 @@ impl ApiError for ProxyError {
             ProxyError::Unauthenticated(_) => "ASSERTION_INVALID",
             ProxyError::Auth(e) => e.reason(),
             ProxyError::PermissionDenied(_) => "DENIED_BY_POLICY",
+            ProxyError::NotOwnSubject => "NOT_OWN_SUBJECT",
             ProxyError::Consent { source, .. } => source.reason(),
             ProxyError::RateLimited(_) => "RATE_LIMITED",
             ProxyError::ResourceExhausted(_) => "LIMIT_EXCEEDED",
@@ -164,6 +168,12 @@ impl ApiError for ProxyError {
                 vec![FieldViolation::new(TARGET_ORG, self.to_string())]
             }
             ProxyError::Consent { source, .. } => source.violations(),
+            ProxyError::NotOwnSubject => {
+                vec![FieldViolation::new(
+                    tongban_proto::metadata::SUBJECT,
+                    self.to_string(),
+                )]
+            }
             _ => Vec::new(),
         }
     }

@@ -5,7 +5,8 @@
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 use tongban_proto::metadata::{
-    CALLER, CALLER_ASSERTION, CATALOG_CODE, ORIGIN_CITY, PURPOSE, SUBJECT, TARGET_CITY, TARGET_ORG,
+    VouchedPrincipal, CALLER, CALLER_ASSERTION, CATALOG_CODE, ORIGIN_CITY, PRINCIPAL, PURPOSE,
+    SUBJECT, TARGET_CITY, TARGET_ORG,
 };
 
 use super::call::Intent;
@@ -22,7 +23,7 @@ const HOP_BY_HOP: &[&str] = &[
 /// Caller credentials stay with the node that verified them.
 const NEVER_ACROSS: &[&str] = &["authorization", "cookie"];
 /// Set by nodes only; whatever a caller (or the peer, for the first two) sends is dropped.
-const NODE_ONLY: &[&str] = &[ORIGIN_CITY, CALLER, CALLER_ASSERTION];
+const NODE_ONLY: &[&str] = &[ORIGIN_CITY, CALLER, PRINCIPAL, CALLER_ASSERTION];
 
 /// Home node, before forwarding: connection headers, node-only metadata and the caller's
 /// credentials go.
@@ -39,19 +40,20 @@ pub(super) fn strip_from_peer(h: &mut HeaderMap) {
     strip(h, NODE_ONLY);
 }
 
-/// What a provider is told by the node that hands it the call: where the call came from and
-/// who made it, and the authorised metadata.
+/// What a provider is told by the node that hands it the call: where the call came from,
+/// the organisation (`x-tongban-caller`) and the person behind it (`x-tongban-principal`),
+/// and the authorised metadata.
 pub(super) fn to_provider(
     h: &mut HeaderMap,
     intent: &Intent,
     own_city: &str,
     org: &str,
-    origin_city: &str,
-    caller: &str,
+    principal: &VouchedPrincipal,
 ) {
     pin_authorised(h, intent, own_city, Some(org));
-    set(h, ORIGIN_CITY, origin_city);
-    set(h, CALLER, caller);
+    set(h, ORIGIN_CITY, &principal.city);
+    set(h, CALLER, &principal.caller());
+    set(h, PRINCIPAL, &principal.encode());
 }
 
 /// Rewrites the metadata this node decided on to exactly the values it authorised, so that

@@ -5,7 +5,6 @@
 
 use http::request::Parts;
 use http::HeaderMap;
-use tracing::Instrument as _;
 
 use super::call::{Call, Intent};
 use super::checks::Principal;
@@ -27,19 +26,14 @@ impl Proxy {
         let call = self.accept(ex, &parts)?;
         ex.requested(call.target_city.as_deref(), call.target_org.as_deref());
         self.check_metadata(&parts.headers)?;
-        let caller = self
-            .authenticate(&parts.headers)
-            .instrument(ex.step(|| tracing::debug_span!("authenticate")))
-            .await?;
+        let caller = ex
+            .step(|| tracing::debug_span!("authenticate"))
+            .in_scope(|| crate::auth::principal_in(&parts.extensions))?;
         ex.caller(&caller.city, &caller.org);
+        ex.person(caller.kind.as_str(), &caller.person);
         self.trust.rate.check(&caller.id())?;
         let mut intent = Intent::parse(&parts.headers, &call, &self.trust.pseudonyms, None)?;
-        intent.own = caller.roles.iter().any(|r| r == crate::auth::CITIZEN_ROLE)
-            && parts
-                .headers
-                .get(crate::subject::HEADER)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|id| id.eq_ignore_ascii_case(&caller.subject));
+        intent.own = own_data(&caller, &intent)?;
         ex.intent(
             &intent.purpose,
             intent.catalog_code.as_deref(),
@@ -47,6 +41,9 @@ impl Proxy {
         );
         let upstream = tracing::debug_span!("route")
             .in_scope(|| self.route(&self.catalog.snapshot(), &call))?;
+        if self.personal(&upstream, &call) {
+            caller.require_person()?;
+        }
         let target_city = match &upstream {
             Upstream::Provider(svc) => {
                 ex.routed_local(&self.city, &svc.record.organisation);
@@ -87,7 +84,7 @@ impl Proxy {
             Upstream::Provider(svc) => {
                 let consent = self.check_consent(h, svc, &caller.id(), call, intent)?;
                 let org = &svc.record.organisation;
-                headers::to_provider(h, intent, &self.city, org, &self.city, &caller.id());
+                headers::to_provider(h, intent, &self.city, org, &caller.vouched());
                 Ok(consent)
             }
             Upstream::Peer(peer) => {
@@ -103,16 +100,6 @@ impl Proxy {
                 Ok(consent::presented_id(h).unwrap_or_default())
             }
         }
-    }
-
-    /// Step 1: the caller's JWT, from this city's identity provider.
-    async fn authenticate(&self, h: &HeaderMap) -> Result<Caller, ProxyError> {
-        let auth = h.get("authorization").and_then(|v| v.to_str().ok());
-        self.trust
-            .auth
-            .authenticate(auth)
-            .await
-            .map_err(ProxyError::Auth)
     }
 
     /// Step 4: what this node vouches for across the boundary, bound to this request.
@@ -131,6 +118,8 @@ impl Proxy {
             purpose: intent.purpose.clone(),
             subj: intent.subject.clone(),
             own: intent.own,
+            knd: caller.kind.as_str().to_string(),
+            prs: caller.person.clone(),
             rid: call.request_id.clone(),
             svc: call.service.clone(),
             mth: call.method.clone(),
@@ -142,5 +131,19 @@ impl Proxy {
             .signer
             .sign(&claims)
             .map_err(|e| ProxyError::Internal(e.to_string()))
+    }
+}
+
+/// Whether the call is a citizen's own: a citizen token about the citizen themselves (their
+/// own data needs no consent). A citizen token about anyone else is refused: a citizen acts
+/// only for themselves.
+fn own_data(caller: &Caller, intent: &Intent) -> Result<bool, ProxyError> {
+    if caller.kind != crate::auth::PersonKind::Citizen {
+        return Ok(false);
+    }
+    match intent.subject.as_deref() {
+        None => Ok(false),
+        Some(subject) if caller.is_citizen(subject) => Ok(true),
+        Some(_) => Err(ProxyError::NotOwnSubject),
     }
 }

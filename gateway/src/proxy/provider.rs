@@ -16,6 +16,7 @@ use super::{Proxy, ProxyError, Ready};
 use crate::assertion::{self, AssertionClaims};
 use crate::audit::exchange::Exchange;
 use crate::trust::PeerIdentity;
+use tongban_proto::metadata::{PersonKind, VouchedPrincipal};
 
 impl Proxy {
     /// Everything the providing node checks, in order; the first failure is the refusal.
@@ -31,6 +32,8 @@ impl Proxy {
             .step(|| tracing::debug_span!("authenticate", tongban.peer = %peer.city))
             .in_scope(|| self.verify_assertion(&parts, peer, &call))?;
         ex.caller(&peer.city, &claims.sub);
+        let principal = vouched_principal(&peer.city, &claims);
+        ex.person(principal.kind.as_str(), &principal.person);
         let target = call.target_city.get_or_insert_with(|| self.city.clone());
         if *target != self.city {
             return Err(ProxyError::NotRelayed {
@@ -50,23 +53,29 @@ impl Proxy {
             &self.trust.pseudonyms,
             Some(&claims.purpose),
         )?;
-        intent.own = claims.own && claims.roles.iter().any(|r| r == crate::auth::CITIZEN_ROLE);
+        intent.own = claims.own && principal.is_citizen();
         ex.intent(
             &intent.purpose,
             intent.catalog_code.as_deref(),
             intent.subject.as_deref(),
         );
-        let principal = Principal::vouched(&peer.city, &claims);
-        let caller_id = format!("{}/{}", peer.city, claims.sub);
+        let caller_id = principal.caller();
+        if principal.person.is_empty() && self.personal_data(&call, || svc.record.personal_data) {
+            return Err(ProxyError::Unauthenticated(format!(
+                "{}: the caller assertion names no person, and the call is about a person's data",
+                self.city
+            )));
+        }
         let consent = ex.step(|| tracing::debug_span!("policy")).in_scope(|| {
-            self.authorise(&principal, &self.city, &call, &intent)?;
+            let who = Principal::vouched(&peer.city, &claims);
+            self.authorise(&who, &self.city, &call, &intent)?;
             self.check_consent(&parts.headers, &svc, &caller_id, &call, &intent)
         })?;
         ex.consent(consent);
         let permit = self.peer_slot(&peer.city)?;
         headers::strip_from_peer(&mut parts.headers);
         let h = &mut parts.headers;
-        headers::to_provider(h, &intent, &self.city, &org, &peer.city, &caller_id);
+        headers::to_provider(h, &intent, &self.city, &org, &principal);
         Ok(Ready {
             call,
             parts,
@@ -114,5 +123,24 @@ impl Proxy {
                 self.city, self.limits.max_streams_per_peer
             ))
         })
+    }
+}
+
+/// The principal the peer's node vouched for: its city (from the certificate), the
+/// organisation, and the person (an assertion without a kind, from an older node, is a
+/// citizen's when it carries the `citizen` role).
+fn vouched_principal(peer_city: &str, claims: &AssertionClaims) -> VouchedPrincipal {
+    let kind = PersonKind::parse(&claims.knd).unwrap_or_else(|| {
+        if claims.roles.iter().any(|r| r == crate::auth::CITIZEN_ROLE) {
+            PersonKind::Citizen
+        } else {
+            PersonKind::Official
+        }
+    });
+    VouchedPrincipal {
+        kind,
+        city: peer_city.to_string(),
+        org: claims.sub.clone(),
+        person: claims.prs.clone(),
     }
 }

@@ -30,10 +30,14 @@ pub enum CrossCityError {
     SubjectMismatch,
     #[error("catalog item `{0}` handles personal data: the call must name its subject (x-tongban-subject), whose consent the node checks")]
     SubjectRequired(String),
+    /// No such application, or one the caller may not see: the two are answered alike, so
+    /// that a refusal never tells whether someone else's id exists.
     #[error("application `{0}` not found")]
     NotFound(String),
-    #[error("application `{0}` was submitted by another caller for another citizen")]
-    NotYours(String),
+    #[error("{0}")]
+    BadPrincipal(String),
+    #[error("catalog item `{0}` handles personal data: the call must name it in x-tongban-catalog-code, the item the node checks the citizen's consent for")]
+    ItemNotNamed(String),
     #[error("application `{id}` is already {state}: it cannot be withdrawn")]
     Final { id: String, state: &'static str },
     #[error("x-tongban-subject is required to list a citizen's applications")]
@@ -52,7 +56,9 @@ fn names(v: &[FieldViolation]) -> String {
 impl ApiError for CrossCityError {
     fn code(&self) -> Code {
         match self {
-            CrossCityError::NotThroughNode => Code::Unauthenticated,
+            CrossCityError::NotThroughNode | CrossCityError::BadPrincipal(_) => {
+                Code::Unauthenticated
+            }
             CrossCityError::Invalid(_) | CrossCityError::NoSubject => Code::InvalidArgument,
             CrossCityError::UnknownItem(_) | CrossCityError::NotFound(_) => Code::NotFound,
             CrossCityError::OtherOrganisation { .. } | CrossCityError::Final { .. } => {
@@ -61,7 +67,7 @@ impl ApiError for CrossCityError {
             CrossCityError::CodeMismatch { .. }
             | CrossCityError::SubjectMismatch
             | CrossCityError::SubjectRequired(_)
-            | CrossCityError::NotYours(_) => Code::PermissionDenied,
+            | CrossCityError::ItemNotNamed(_) => Code::PermissionDenied,
             CrossCityError::Store(_) => {
                 tracing::error!(error = %self, "application store failure");
                 Code::Internal
@@ -79,7 +85,8 @@ impl ApiError for CrossCityError {
             CrossCityError::SubjectMismatch => "SUBJECT_MISMATCH",
             CrossCityError::SubjectRequired(_) => "SUBJECT_REQUIRED",
             CrossCityError::NotFound(_) => "APPLICATION_NOT_FOUND",
-            CrossCityError::NotYours(_) => "NOT_YOUR_APPLICATION",
+            CrossCityError::BadPrincipal(_) => "NOT_THROUGH_NODE",
+            CrossCityError::ItemNotNamed(_) => "CATALOG_CODE_REQUIRED",
             CrossCityError::Final { .. } => "APPLICATION_FINAL",
             CrossCityError::NoSubject => "SUBJECT_REQUIRED",
             CrossCityError::Store(_) => "APPLICATION_STORE",
@@ -91,6 +98,10 @@ impl ApiError for CrossCityError {
             CrossCityError::Invalid(v) => v.clone(),
             CrossCityError::NoSubject => vec![FieldViolation::new(
                 tongban_proto::metadata::SUBJECT,
+                self.to_string(),
+            )],
+            CrossCityError::ItemNotNamed(_) => vec![FieldViolation::new(
+                tongban_proto::metadata::CATALOG_CODE,
                 self.to_string(),
             )],
             _ => Vec::new(),

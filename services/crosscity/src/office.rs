@@ -208,7 +208,7 @@ impl Office {
             .get(id)?
             .ok_or_else(|| CrossCityError::NotFound(id.to_string()))?;
         if !allowed(&s) {
-            return Err(CrossCityError::NotYours(id.to_string()));
+            return Err(CrossCityError::NotFound(id.to_string()));
         }
         if s.is_final() {
             return Err(CrossCityError::Final {

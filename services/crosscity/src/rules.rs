@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use tongban_catalog::{Catalog, FieldType, Item};
 use tongban_gateway::error::FieldViolation;
 use tongban_proto::crosscity::v2::{MaterialRef, SubmitRequest};
-use tongban_proto::metadata::{CALLER, CATALOG_CODE, ORIGIN_CITY, SUBJECT};
+use tongban_proto::metadata::{
+    VouchedPrincipal, CALLER, CATALOG_CODE, ORIGIN_CITY, PRINCIPAL, SUBJECT,
+};
 use tonic::metadata::MetadataMap;
 
 use crate::error::CrossCityError;
@@ -22,6 +24,9 @@ pub struct Vouched {
     /// `x-tongban-catalog-code`: the item the node routed and authorised.
     pub catalog_code: Option<String>,
     pub origin_city: String,
+    /// `x-tongban-principal`: the person behind the call (an official, a citizen as a
+    /// pseudonym, a system account), as the node vouches for them.
+    pub principal: VouchedPrincipal,
 }
 
 impl Vouched {
@@ -33,7 +38,11 @@ impl Vouched {
                 .filter(|s| !s.is_empty())
                 .map(str::to_string)
         };
+        let principal = text(PRINCIPAL).ok_or(CrossCityError::NotThroughNode)?;
+        let principal =
+            VouchedPrincipal::parse(&principal).map_err(CrossCityError::BadPrincipal)?;
         Ok(Vouched {
+            principal,
             caller: text(CALLER).ok_or(CrossCityError::NotThroughNode)?,
             subject: text(SUBJECT).map(|s| s.to_ascii_uppercase()),
             catalog_code: text(CATALOG_CODE),
@@ -84,13 +93,19 @@ pub fn check<'a>(
                 .to_string(),
         });
     }
-    if let Some(authorised) = &vouched.catalog_code {
-        if authorised != code {
+    match &vouched.catalog_code {
+        Some(authorised) if authorised != code => {
             return Err(CrossCityError::CodeMismatch {
                 authorised: authorised.clone(),
                 requested: code.to_string(),
             });
         }
+        // The node checks a consent against the item named in the metadata: an item with
+        // personal data that the node did not see is never taken in.
+        None if item.personal_data => {
+            return Err(CrossCityError::ItemNotNamed(code.to_string()));
+        }
+        _ => {}
     }
     let mut bad = Vec::new();
     let applicant_id = req.applicant_id.trim().to_ascii_uppercase();

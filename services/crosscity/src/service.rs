@@ -53,26 +53,33 @@ impl Department {
         Ok(())
     }
 
-    /// The application `id`, if the call may see it: its submitter, or a call about its
-    /// applicant (whose consent the node checked).
+    /// The application `id`, if the call may see it ([`Self::may_see`]); NOT_FOUND alike
+    /// when it does not exist and when it is someone else's.
     fn visible(&self, id: &str, v: &Vouched) -> Result<Stored, CrossCityError> {
-        let s = self
-            .office
-            .store
-            .get(id)?
-            .ok_or_else(|| CrossCityError::NotFound(id.to_string()))?;
-        if self.may_see(&s, v) {
-            Ok(s)
-        } else {
-            Err(CrossCityError::NotYours(id.to_string()))
+        match self.office.store.get(id)? {
+            Some(s) if self.may_see(&s, v) => Ok(s),
+            _ => Err(CrossCityError::NotFound(id.to_string())),
         }
     }
 
+    /// Who may see and change an application, decided from the principal the node vouched
+    /// for, never from the calling organisation alone:
+    /// - a citizen (their own token, or a portal on their behalf): only their own
+    ///   applications (the node lets a citizen name only themselves in `x-tongban-subject`);
+    /// - an official or a system account: the applications its organisation submitted
+    ///   itself (not those citizens submitted through it), and those of the citizen in
+    ///   `x-tongban-subject` for the catalog item the node checked that citizen's consent
+    ///   for (`x-tongban-catalog-code`).
     fn may_see(&self, s: &Stored, v: &Vouched) -> bool {
-        s.caller == v.caller
-            || v.subject
-                .as_deref()
-                .is_some_and(|id| self.pseudonyms.pseudonym(id) == s.subject)
+        let about_applicant = v
+            .subject
+            .as_deref()
+            .is_some_and(|id| self.pseudonyms.pseudonym(id) == s.subject);
+        if v.principal.is_citizen() {
+            return about_applicant;
+        }
+        (s.caller == v.caller && !s.by_citizen)
+            || (about_applicant && v.catalog_code.as_deref() == Some(s.code.as_str()))
     }
 }
 
@@ -85,9 +92,8 @@ impl CrossCityService for Department {
         let o = &self.office;
         let sub = rules::check(&o.catalog, &o.city, &o.org, req.into_inner(), &v)?;
         let received = now_ms();
-        let seq = o.store.next_seq()?;
         let mut s = Stored {
-            id: format!("{}-{}-{seq:08}", o.city, o.org),
+            id: new_application_id(&o.city, &o.org),
             code: sub.item.code.clone(),
             state: State::Unspecified as i32,
             provider_city: o.city.clone(),
@@ -96,6 +102,8 @@ impl CrossCityService for Department {
             applicant_masked: mask_id(&sub.applicant_id),
             subject: self.pseudonyms.pseudonym(&sub.applicant_id),
             caller: v.caller.clone(),
+            by_citizen: v.principal.is_citizen(),
+            submitted_by: v.principal.person.clone(),
             received_at_ms: received,
             due_date: o
                 .catalog
@@ -217,7 +225,12 @@ impl CrossCityService for Department {
             .store
             .by_subject(&pseudonym, after.as_deref(), size)?;
         Ok(Response::new(ListApplicationsResponse {
-            applications: apps.iter().map(Stored::to_wire).collect(),
+            // An official sees only the items the citizen consented to (the one named).
+            applications: apps
+                .iter()
+                .filter(|s| self.may_see(s, &v))
+                .map(Stored::to_wire)
+                .collect(),
             next_page_token: next.map(hex::encode).unwrap_or_default(),
         }))
     }
@@ -235,4 +248,10 @@ impl CrossCityService for Department {
         tracing::info!(application = %s.id, by = %v.caller, "application withdrawn");
         Ok(Response::new(s.to_wire()))
     }
+}
+
+/// A new application id: readable city and organisation, then 122 random bits (a UUID v4),
+/// so that nobody can guess another applicant's id from their own.
+fn new_application_id(city: &str, org: &str) -> String {
+    format!("{city}-{org}-{}", uuid::Uuid::new_v4().simple())
 }

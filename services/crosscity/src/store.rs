@@ -27,6 +27,14 @@ pub struct Stored {
     pub subject: String,
     /// Who submitted it (`x-tongban-caller`, e.g. `jinan/hrss`).
     pub caller: String,
+    /// Submitted by the citizen themselves (through a portal): the portal's organisation
+    /// does not make its other callers the submitter.
+    #[serde(default)]
+    pub by_citizen: bool,
+    /// The person who submitted it, as the node vouched (an official's id; a citizen's
+    /// pseudonym at their home node).
+    #[serde(default)]
+    pub submitted_by: String,
     pub received_at_ms: i64,
     pub due_date: String,
     pub history: Vec<Step>,

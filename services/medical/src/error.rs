@@ -15,8 +15,6 @@ pub enum MedicalError {
     NotLocal(String),
     #[error("report `{0}` not found")]
     NotFound(String),
-    #[error("report `{0}` is not about the patient in x-tongban-subject")]
-    OtherPatient(String),
     #[error("result store failed: {0}")]
     Store(String),
 }
@@ -26,7 +24,7 @@ impl ApiError for MedicalError {
         match self {
             MedicalError::NotThroughNode => Code::Unauthenticated,
             MedicalError::Invalid(_) | MedicalError::NoSubject => Code::InvalidArgument,
-            MedicalError::NotLocal(_) | MedicalError::OtherPatient(_) => Code::PermissionDenied,
+            MedicalError::NotLocal(_) => Code::PermissionDenied,
             MedicalError::NotFound(_) => Code::NotFound,
             MedicalError::Store(_) => {
                 tracing::error!(error = %self, "result store failure");
@@ -42,7 +40,6 @@ impl ApiError for MedicalError {
             MedicalError::NoSubject => "SUBJECT_REQUIRED",
             MedicalError::NotLocal(_) => "NOT_LOCAL",
             MedicalError::NotFound(_) => "REPORT_NOT_FOUND",
-            MedicalError::OtherPatient(_) => "OTHER_PATIENT",
             MedicalError::Store(_) => "RESULT_STORE",
         }
     }

@@ -242,7 +242,9 @@ impl ResultRegistry for Registry {
 }
 
 impl Registry {
-    /// The report a call asks for, if it is about the patient the node vouched for.
+    /// The report a call asks for, if it is about the patient the node vouched for; NOT_FOUND
+    /// alike when there is no such report and when it is another patient's, so that a
+    /// refusal never tells whether someone else's report exists.
     fn owned_report(
         &self,
         req: Request<GetReportRequest>,
@@ -250,14 +252,12 @@ impl Registry {
         let v = vouched(req.metadata())?;
         let subject = v.subject.ok_or(MedicalError::NoSubject)?;
         let id = req.into_inner().report_id;
-        let (header, owner) = self
-            .store
-            .report(&id)?
-            .ok_or_else(|| MedicalError::NotFound(id.clone()))?;
-        if owner != self.pseudonyms.pseudonym(&subject) {
-            return Err(MedicalError::OtherPatient(id));
+        match self.store.report(&id)? {
+            Some((header, owner)) if owner == self.pseudonyms.pseudonym(&subject) => {
+                Ok((id, header))
+            }
+            _ => Err(MedicalError::NotFound(id)),
         }
-        Ok((id, header))
     }
 }
 
