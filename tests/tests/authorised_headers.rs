@@ -102,6 +102,11 @@ async fn the_provider_sees_exactly_what_was_authorised() {
             target.to_uppercase().parse().unwrap(),
         );
         md.insert("x-tongban-target-org", MetadataValue::from_static(" META "));
+        // A principal of the caller's own making is dropped; the node sets its own.
+        md.insert(
+            "x-tongban-principal",
+            MetadataValue::from_static("kind=citizen;city=qingdao;org=gaj;person=forged"),
+        );
         CrossCityServiceClient::new(f.channel("jinan").await)
             .submit(req)
             .await
@@ -126,6 +131,12 @@ async fn the_provider_sees_exactly_what_was_authorised() {
             ("x-tongban-target-org", "meta".to_string()),
             ("x-tongban-caller", "jinan/hrss".to_string()),
             ("x-tongban-origin-city", "jinan".to_string()),
+            // The person behind the call, as the node vouches for it (the dev token's
+            // `sub`), the same locally and across the boundary.
+            (
+                "x-tongban-principal",
+                "kind=official;city=jinan;org=hrss;person=hrss-system".to_string(),
+            ),
         ];
         for (key, want) in expected {
             assert_eq!(get(key), Some(want), "{what}: {key}");

@@ -1000,3 +1000,104 @@ async fn the_hl7_r4_examples_import_publish_and_export_valid_fhir() {
     w.registries.stop().await;
     w.fed.shutdown().await;
 }
+
+/// A citizen's token for `id` of `city`, signed in at the city's portal.
+fn citizen_token(w: &World, city: &str, id: &str) -> String {
+    w.fed
+        .idp(city)
+        .unwrap()
+        .issue("portal", &["citizen".into()], Duration::from_secs(600), id)
+        .unwrap()
+}
+
+/// A citizen's own call (their token, themselves as the subject) to `target`'s registry.
+fn as_citizen<T>(msg: T, token: &str, subject: &str, target: &str) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.set_timeout(Duration::from_secs(10));
+    for (k, v) in [
+        ("authorization", format!("Bearer {token}")),
+        (metadata::TARGET_CITY, target.to_string()),
+        (metadata::PURPOSE, "medical-treatment".to_string()),
+        (metadata::SUBJECT, subject.to_string()),
+    ] {
+        r.metadata_mut()
+            .insert(k, MetadataValue::try_from(v.as_str()).unwrap());
+    }
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_citizen_reads_only_their_own_results_from_either_city() {
+    let w = world().await;
+    let now = now_ms();
+    let p = w.patient.clone();
+    w.publish(report(
+        "R-own",
+        &p,
+        QILU,
+        ReportStatus::Final,
+        now - DAY,
+        vec![lab("k", "2823-3", 4.1, "mmol/L")],
+    ))
+    .await
+    .unwrap();
+    // The patient, signed in: their own report, without a consent.
+    let mine = citizen_token(&w, "jinan", &p);
+    let header = w
+        .registry("jinan")
+        .await
+        .export_fhir(as_citizen(
+            GetReportRequest {
+                report_id: "R-own".into(),
+            },
+            &mine,
+            &p,
+            "jinan",
+        ))
+        .await
+        .unwrap();
+    assert!(header.into_inner().json.contains("2823-3"));
+    // Another citizen of Jinan (locally) and one of Qingdao (across the boundary), each
+    // about themselves, name the patient's report: NOT_FOUND, as for a report that does
+    // not exist; their own query finds nothing of hers.
+    for (city, id) in [
+        ("jinan", demo_subject("37010219900101003")),
+        ("qingdao", demo_subject("37020219920704003")),
+    ] {
+        let token = citizen_token(&w, city, &id);
+        let mut registry = w.registry(city).await;
+        for report_id in ["R-own", "R-none"] {
+            let req = || GetReportRequest {
+                report_id: report_id.into(),
+            };
+            let e = registry
+                .get_report(as_citizen(req(), &token, &id, "jinan"))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::NotFound, "{city} {report_id}: {e:?}");
+            let e = registry
+                .export_fhir(as_citizen(req(), &token, &id, "jinan"))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::NotFound, "{city} {report_id}: {e:?}");
+        }
+        let own = registry
+            .query(as_citizen(QueryRequest::default(), &token, &id, "jinan"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(own.results.is_empty(), "{city}: {own:?}");
+        // Naming the patient instead: refused at the citizen's home node.
+        let e = registry
+            .query(as_citizen(QueryRequest::default(), &token, &p, "jinan"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{city}: {e:?}");
+        assert_eq!(
+            e.get_error_details().error_info().unwrap().reason,
+            "NOT_OWN_SUBJECT"
+        );
+    }
+    w.registries.stop().await;
+    w.fed.shutdown().await;
+}
