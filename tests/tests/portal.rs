@@ -164,6 +164,24 @@ async fn the_portal_in_a_real_browser() {
     assert!(r["history"].as_u64().unwrap() >= 4, "{r}");
     assert!(r["applications"].as_u64().unwrap() >= 1, "{r}");
     assert_eq!(r["consentsActive"], 1, "{r}");
+    // A consent names its items: none chosen is refused in the page, and the row shows the
+    // item by name.
+    assert!(r["noItem"].as_str().unwrap().contains("事项"), "{r}");
+    assert!(
+        r["consentRow"]
+            .as_str()
+            .unwrap()
+            .contains("企业职工基本养老保险关系转移接续 (JQ-03)"),
+        "{r}"
+    );
+    // The access log names the official (the id Qingdao's identity provider issued), the
+    // item by name and the purpose in the citizen's language.
+    assert_eq!(r["allowedPerson"], "hrss-system", "{r}");
+    assert_eq!(
+        r["allowedItem"], "企业职工基本养老保险关系转移接续 (JQ-03)",
+        "{r}"
+    );
+    assert_eq!(r["allowedPurpose"], "办理业务", "{r}");
     assert_eq!(r["allowed"]["ok"], true, "{r}");
     assert_eq!(r["refused"]["ok"], false, "{r}");
     assert_eq!(r["refused"]["code"], 7, "PERMISSION_DENIED: {r}");

@@ -134,11 +134,17 @@ try {
   await page.fill("#consent-grantee", "qingdao/hrss");
   await page.selectOption("#consent-target-city", "jinan");
   await page.fill("#consent-service", "tongban.crosscity.v1.CrossCityService");
+  // Without an item the portal asks for one; then only JQ-03 (pension transfer) is chosen.
+  await page.click("#grant");
+  await page.waitForFunction(() => (document.querySelector("#consent-items-error")?.textContent ?? "") !== "");
+  out.noItem = await page.textContent("#consent-items-error");
+  await page.check("#consent-item-JQ-03");
   await page.click("#grant");
   await page.waitForSelector("#consent-token");
   const token = (await page.inputValue("#consent-token")).trim();
   const mine = page.locator("#consents tr[data-state=active]", { hasText: "qingdao/hrss" });
   out.consentsActive = await mine.count();
+  out.consentRow = await mine.first().textContent();
   await step(page, "07-consent-granted");
   await audit(page, "consents");
   out.allowed = await qingdaoCalls(args.subject, token);
@@ -160,6 +166,10 @@ try {
   out.accessRows = await page.locator("#access tbody tr").count();
   out.refusedInLog = refused.requestId ? await page.locator(`#access tr[data-request-id="${refused.requestId}"]`).count() : 0;
   out.refusedRow = refused.requestId ? await page.locator(`#access tr[data-request-id="${refused.requestId}"]`).textContent() : null;
+  const allowedRow = page.locator(`#access tr[data-request-id="${out.allowed.requestId}"]`);
+  out.allowedPerson = out.allowed.requestId ? await allowedRow.locator("td[data-col=person]").textContent() : null;
+  out.allowedItem = out.allowed.requestId ? await allowedRow.locator("td[data-col=item]").textContent() : null;
+  out.allowedPurpose = out.allowed.requestId ? await allowedRow.locator("td[data-col=purpose]").textContent() : null;
   await step(page, "09-access-log");
   await audit(page, "access log");
 

@@ -34,7 +34,13 @@ const zh = {
   applicationsIntro: "您在两市提交的申请，最新的在前。",
   refresh: "刷新",
   none: "暂无",
-  consentsIntro: "授权某个部门为特定目的访问您的数据。可随时撤回。",
+  consentsIntro: "授权某个部门为特定目的、就您选定的事项访问您的数据（每个事项单独授权）。可随时撤回。",
+  items: "授权事项",
+  chooseItems: "请至少选择一个事项",
+  person: "经办人",
+  citizenSelf: "本人",
+  yourConsent: "您的授权",
+  system: "系统",
   grantee: "被授权部门（城市/部门）",
   service: "服务",
   purpose: "目的",
@@ -45,7 +51,7 @@ const zh = {
   active: "有效",
   expired: "已过期",
   consentToken: "授权凭证（交给被授权部门）",
-  accessIntro: "两市节点记录的每一次涉及您数据的访问：时间、部门、城市、服务、目的、授权与结果。",
+  accessIntro: "两市节点记录的每一次涉及您数据的访问：时间、部门与经办人、城市、事项、目的、授权与结果。",
   time: "时间",
   organisation: "部门",
   city: "城市",
@@ -67,6 +73,11 @@ const zh = {
     STATE_UNSPECIFIED: "未知",
   } as Record<string, string>,
   cityNames: { jinan: "济南", qingdao: "青岛" } as Record<string, string>,
+  purposes: {
+    "case-handling": "办理业务",
+    "medical-treatment": "诊疗",
+    "access-log": "查询访问记录",
+  } as Record<string, string>,
 };
 
 const en: typeof zh = {
@@ -101,7 +112,13 @@ const en: typeof zh = {
   applicationsIntro: "Your applications in both cities, newest first.",
   refresh: "Refresh",
   none: "None",
-  consentsIntro: "Let a department access your data for one purpose. You can revoke it at any time.",
+  consentsIntro: "Let a department access your data for one purpose, for the services you choose (each one separately). You can revoke it at any time.",
+  items: "Services covered",
+  chooseItems: "Choose at least one service",
+  person: "Official",
+  citizenSelf: "you",
+  yourConsent: "your consent",
+  system: "system",
   grantee: "Grantee (city/organisation)",
   service: "Service",
   purpose: "Purpose",
@@ -112,7 +129,7 @@ const en: typeof zh = {
   active: "active",
   expired: "expired",
   consentToken: "Consent token (give it to the grantee)",
-  accessIntro: "Every access to your data that the two cities' nodes recorded: time, organisation, city, service, purpose, consent and outcome.",
+  accessIntro: "Every access to your data that the two cities' nodes recorded: time, organisation and official, city, service, purpose, consent and outcome.",
   time: "Time",
   organisation: "Organisation",
   city: "City",
@@ -134,6 +151,11 @@ const en: typeof zh = {
     STATE_UNSPECIFIED: "unknown",
   },
   cityNames: { jinan: "Jinan", qingdao: "Qingdao" },
+  purposes: {
+    "case-handling": "case handling",
+    "medical-treatment": "medical treatment",
+    "access-log": "access log",
+  },
 };
 
 let lang: Lang = "zh";
@@ -153,4 +175,8 @@ export function toggleLang(): void {
 
 export function cityName(c: string): string {
   return t().cityNames[c] ?? c;
+}
+
+export function purposeName(p: string): string {
+  return t().purposes[p] ?? p;
 }

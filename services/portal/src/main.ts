@@ -8,7 +8,7 @@
 import { current, completeSignIn, signIn, signOut, useToken } from "./auth.js";
 import { about, clients, CROSSCITY_V2, failure, PURPOSE, type Clients, type Failure } from "./api.js";
 import { loadConfig, type PortalConfig } from "./config.js";
-import { cityName, t, toggleLang } from "./i18n.js";
+import { cityName, purposeName, t, toggleLang } from "./i18n.js";
 import type { CatalogItem } from "./gen/tongban/registry/v1/registry_pb.js";
 import { State, type Application } from "./gen/tongban/crosscity/v2/crosscity_pb.js";
 
@@ -37,6 +37,19 @@ function main(): HTMLElement {
 
 function stateName(s: State): string {
   return t().states[`STATE_${State[s]}`] ?? State[s];
+}
+
+/** The catalog items, loaded once. */
+async function catalogItems(): Promise<CatalogItem[]> {
+  if (items.length === 0) items = (await api.registry.listCatalogItems({})).items;
+  return items;
+}
+
+/** An item's name in the page's language, with its code. */
+function itemName(code: string): string {
+  const item = items.find((i) => i.code === code);
+  if (!item) return code;
+  return `${document.documentElement.lang === "en" ? item.nameEn : item.nameZh} (${code})`;
 }
 
 function when(ms: bigint | number): string {
@@ -139,7 +152,7 @@ async function services(): Promise<void> {
   const m = main();
   m.replaceChildren(el("h2", {}, t().tabServices), el("p", {}, t().servicesIntro));
   try {
-    if (items.length === 0) items = (await api.registry.listCatalogItems({})).items;
+    await catalogItems();
   } catch (e) {
     return show(failure(e));
   }
@@ -304,7 +317,7 @@ async function applications(): Promise<void> {
   refresh.onclick = () => void applications();
   m.replaceChildren(el("h2", {}, t().tabApplications), el("p", {}, t().applicationsIntro), refresh);
   try {
-    if (items.length === 0) items = (await api.registry.listCatalogItems({})).items;
+    await catalogItems();
   } catch (e) {
     return show(failure(e));
   }
@@ -342,17 +355,33 @@ async function consents(): Promise<void> {
   const cities = el("select", { id: "consent-target-city" });
   for (const c of cfg.cities) cities.append(el("option", { value: c }, cityName(c)));
   const tomorrow = new Date(Date.now() + 30 * 86400_000).toISOString().slice(0, 10);
+  try {
+    await catalogItems();
+  } catch (e) {
+    return show(failure(e));
+  }
+  // One checkbox per item with personal data: a consent covers only the items it names.
+  const itemsError = el("p", { class: "error", id: "consent-items-error", "aria-live": "polite" });
+  const choose = el("fieldset", { id: "consent-items", "aria-describedby": "consent-items-error" }, el("legend", {}, t().items), itemsError);
+  for (const item of items.filter((i) => i.personalData)) {
+    const id = `consent-item-${item.code}`;
+    choose.append(el("div", { class: "check" }, el("input", { type: "checkbox", id, value: item.code }), el("label", { for: id }, itemName(item.code))));
+  }
   f.append(
     field("consent-grantee", t().grantee, el("input", { id: "consent-grantee", placeholder: "qingdao/gjj", required: "", pattern: "[a-z0-9-]+/[a-z0-9-]+" })),
     field("consent-target-city", t().city, cities),
     field("consent-service", t().service, el("input", { id: "consent-service", value: CROSSCITY_V2, required: "" })),
     field("consent-purpose", t().purpose, el("input", { id: "consent-purpose", value: PURPOSE, required: "" })),
+    choose,
     field("consent-expires", t().expires, el("input", { id: "consent-expires", type: "date", value: tomorrow, required: "" })),
     el("button", { type: "submit", class: "primary", id: "grant" }, t().grant),
   );
   const value = (id: string) => (f.querySelector(`#${id}`) as HTMLInputElement).value.trim();
   f.onsubmit = async (ev) => {
     ev.preventDefault();
+    const chosen = [...f.querySelectorAll<HTMLInputElement>("#consent-items input:checked")].map((i) => i.value);
+    itemsError.textContent = chosen.length === 0 ? t().chooseItems : "";
+    if (chosen.length === 0) return;
     try {
       const r = await api.consent.grant({
         subject: s.subject,
@@ -361,6 +390,7 @@ async function consents(): Promise<void> {
         service: value("consent-service"),
         purpose: value("consent-purpose"),
         expiresAtMs: BigInt(new Date(`${value("consent-expires")}T23:59:59`).getTime()),
+        items: chosen,
       });
       notice = { kind: "info", text: t().grant };
       await consents();
@@ -373,7 +403,7 @@ async function consents(): Promise<void> {
   try {
     const r = await api.consent.list({ subject: s.subject });
     const table = el("table", { id: "consents" });
-    table.append(el("thead", {}, el("tr", {}, ...[t().grantee, t().city, t().service, t().purpose, t().expires, t().status, ""].map((h) => el("th", { scope: "col" }, h)))));
+    table.append(el("thead", {}, el("tr", {}, ...[t().grantee, t().city, t().items, t().purpose, t().expires, t().status, ""].map((h) => el("th", { scope: "col" }, h)))));
     const body = el("tbody", {});
     for (const c of r.consents) {
       const now = Date.now();
@@ -388,7 +418,7 @@ async function consents(): Promise<void> {
           show(failure(e));
         }
       };
-      body.append(el("tr", { "data-state": c.revoked ? "revoked" : "active" }, ...[c.grantee, cityName(c.targetCity), c.service, c.purpose, when(c.expiresAtMs), state].map((v) => el("td", {}, v)), el("td", {}, revoke)));
+      body.append(el("tr", { "data-state": c.revoked ? "revoked" : "active" }, ...[c.grantee, cityName(c.targetCity), c.items.length ? c.items.map(itemName).join("、") : c.service, purposeName(c.purpose), when(c.expiresAtMs), state].map((v) => el("td", {}, v)), el("td", {}, revoke)));
     }
     table.append(body);
     main().append(r.consents.length ? table : el("p", {}, t().none));
@@ -406,16 +436,33 @@ async function access(): Promise<void> {
   m.replaceChildren(el("h2", {}, t().tabAccess), el("p", {}, t().accessIntro));
   try {
     const r = await api.audit.accessLog({ subject: s.subject, limit: 200 });
+    await catalogItems();
     const table = el("table", { id: "access" });
-    table.append(el("thead", {}, el("tr", {}, ...[t().time, t().organisation, t().city, t().service, t().purpose, t().consent, t().outcome].map((h) => el("th", { scope: "col" }, h)))));
+    const columns: [string, string][] = [
+      ["time", t().time],
+      ["organisation", t().organisation],
+      ["person", t().person],
+      ["city", t().city],
+      ["item", t().service],
+      ["purpose", t().purpose],
+      ["consent", t().consent],
+      ["outcome", t().outcome],
+    ];
+    table.append(el("thead", {}, el("tr", {}, ...columns.map(([, h]) => el("th", { scope: "col" }, h)))));
     const body = el("tbody", {});
     for (const a of r.accesses) {
-      const consent = a.consentId === "own-data" ? t().ownData : a.consentId;
+      // The consent by what it is (its id, the key to the Consents tab, shortened).
+      const consent = a.consentId === "own-data" ? t().ownData : a.consentId ? `${t().yourConsent} ${a.consentId.slice(0, 8)}` : "—";
+      // A citizen token acts only about the citizen themselves: a citizen's access here is
+      // the reader's own. An official is shown by the id their city issued.
+      const person = a.callerKind === "citizen" ? t().citizenSelf : a.callerKind === "system" ? `${a.callerPerson} (${t().system})` : a.callerPerson;
+      const what = a.catalogCode ? itemName(a.catalogCode) : `${a.service.split(".").slice(-1)[0]}/${a.method}`;
+      const cells = [when(a.atMs), `${cityName(a.callerCity)}/${a.callerOrg}`, person, `${cityName(a.nodeCity || a.targetCity)}`, what, purposeName(a.purpose), consent, a.grpcStatus === 0 ? t().allowed : `${t().refused} (${a.grpcStatus})`];
       body.append(
         el(
           "tr",
           { "data-request-id": a.requestId, "data-status": String(a.grpcStatus) },
-          ...[when(a.atMs), `${cityName(a.callerCity)}/${a.callerOrg}`, `${cityName(a.nodeCity || a.targetCity)}`, `${a.service.split(".").slice(-1)[0]}/${a.method}${a.catalogCode ? ` ${a.catalogCode}` : ""}`, a.purpose, consent, a.grpcStatus === 0 ? t().allowed : `${t().refused} (${a.grpcStatus})`].map((v) => el("td", {}, v)),
+          ...cells.map((v, i) => el("td", { "data-col": columns[i][0] }, v)),
         ),
       );
     }
