@@ -394,8 +394,9 @@ crate::into_status!(ConsentApiError);
 const MAX_ITEMS: usize = 32;
 
 impl ConsentApi {
-    /// The items of a grant, each checked against the catalog; sorted, without repeats.
-    fn items_of(&self, items: &[String]) -> Result<Vec<String>, Status> {
+    /// The items of a grant for `service`, each checked against the catalog (a data item
+    /// only through the service that serves it); sorted, without repeats.
+    fn items_of(&self, service: &str, items: &[String]) -> Result<Vec<String>, Status> {
         if items.len() > MAX_ITEMS {
             return Err(
                 BadField::new("items", format!("at most {MAX_ITEMS} items per consent")).into(),
@@ -406,10 +407,20 @@ impl ConsentApi {
             let field = format!("items[{i}]");
             tongban_proto::metadata::check_catalog_code(code)
                 .map_err(|m| BadField::new(field.clone(), m))?;
-            if self.items.item(code).is_none() {
+            if self.items.personal_data(code).is_none() {
                 return Err(BadField::new(
                     field,
                     format!("catalog item `{code}` is not in the federation's catalog"),
+                )
+                .into());
+            }
+            if let Some(d) = self.items.data_item(code).filter(|d| d.service != service) {
+                return Err(BadField::new(
+                    field,
+                    format!(
+                        "catalog item `{code}` is served by {}, not by {service}",
+                        d.service
+                    ),
                 )
                 .into());
             }
@@ -459,7 +470,7 @@ impl ConsentRpc for ConsentApi {
         validate_org_id(&g.purpose).map_err(|_| {
             bad("purpose")("purpose must be lowercase ascii letters, digits and '-'".into())
         })?;
-        let items = self.items_of(&g.items)?;
+        let items = self.items_of(&g.service, &g.items)?;
         let now = now_ms();
         if g.expires_at_ms <= now || g.expires_at_ms > now + MAX_VALIDITY_MS {
             return Err(bad("expires_at_ms")(

@@ -65,7 +65,7 @@ impl RegistryApi {
     /// Every catalog code of a registration must be an item of the federation catalog.
     fn check_codes(&self, rec: &ServiceRecord) -> Result<(), BadField> {
         for (i, code) in rec.catalog_codes.iter().enumerate() {
-            if self.items.item(code).is_none() {
+            if self.items.personal_data(code).is_none() {
                 return Err(BadField::new(
                     format!("registration.catalog_codes[{i}]"),
                     format!(

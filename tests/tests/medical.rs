@@ -70,7 +70,7 @@ async fn world() -> World {
             &patient,
             grantee,
             ("jinan", "medical-treatment"),
-            &[],
+            &tongban_medical::ITEMS,
         )
     };
     let (_, publish_consent) = consent("jinan/qilu").await.unwrap();
@@ -85,9 +85,24 @@ async fn world() -> World {
     }
 }
 
+/// The catalog data item a registry request is about (a consent names it).
+trait Item {
+    const ITEM: &'static str;
+}
+
+impl Item for PublishRequest {
+    const ITEM: &'static str = tongban_medical::PUBLISH_ITEM;
+}
+impl Item for QueryRequest {
+    const ITEM: &'static str = tongban_medical::READ_ITEM;
+}
+impl Item for GetReportRequest {
+    const ITEM: &'static str = tongban_medical::READ_ITEM;
+}
+
 impl World {
-    /// A call by `city/org` to `target`'s registry.
-    fn call<T>(
+    /// A call by `city/org` to `target`'s registry, naming the request's item.
+    fn call<T: Item>(
         &self,
         msg: T,
         (city, org): (&str, &str),
@@ -103,6 +118,7 @@ impl World {
             (metadata::TARGET_CITY, target.to_string()),
             (metadata::PURPOSE, purpose.to_string()),
             (metadata::SUBJECT, self.patient.clone()),
+            (metadata::CATALOG_CODE, T::ITEM.to_string()),
         ];
         if let Some(c) = consent {
             pairs.push((metadata::CONSENT, c.to_string()));
@@ -120,7 +136,7 @@ impl World {
     }
 
     /// A call by the Qingdao hospital to Jinan's registry, with the patient's consent.
-    fn qingdao_asks<T>(&self, msg: T) -> Request<T> {
+    fn qingdao_asks<T: Item>(&self, msg: T) -> Request<T> {
         self.call(
             msg,
             ("qingdao", "qdfy"),
@@ -819,7 +835,7 @@ async fn a_query_naming_no_city_asks_every_city_and_is_partial_when_one_is_down(
             &w.patient,
             "qingdao/qdfy",
             ("*", "medical-treatment"),
-            &[],
+            &tongban_medical::ITEMS,
         )
         .await
         .unwrap();
@@ -1019,6 +1035,10 @@ fn as_citizen<T>(msg: T, token: &str, subject: &str, target: &str) -> Request<T>
         (metadata::TARGET_CITY, target.to_string()),
         (metadata::PURPOSE, "medical-treatment".to_string()),
         (metadata::SUBJECT, subject.to_string()),
+        (
+            metadata::CATALOG_CODE,
+            tongban_medical::READ_ITEM.to_string(),
+        ),
     ] {
         r.metadata_mut()
             .insert(k, MetadataValue::try_from(v.as_str()).unwrap());

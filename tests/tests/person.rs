@@ -557,6 +557,40 @@ async fn a_consent_names_items_and_a_token_without_sub_is_refused_for_personal_d
     assert!(client.get_status(get("JQ-03")).await.is_ok());
     let e = client.get_status(get("JQ-16")).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // A medical-treatment consent (data item MR-01 of the result registry) never opens a
+    // criminal-record query (JQ-16), whatever purpose the call claims.
+    let (_, medical) = w
+        .fed
+        .grant_consent_for(
+            tongban_medical::SERVICE,
+            "jinan",
+            &citizen_id,
+            &grantee,
+            ("qingdao", "medical-treatment"),
+            &[tongban_medical::READ_ITEM],
+        )
+        .await
+        .unwrap();
+    let e = client
+        .submit(submit("JQ-16", &medical, &official))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert_eq!(reason(&e), "CONSENT_OUT_OF_SCOPE", "{e:?}");
+    // Nor can a consent name MR-01 for another service than the registry's.
+    let e = w
+        .fed
+        .grant_consent_for(
+            CROSSCITY_V2,
+            "jinan",
+            &citizen_id,
+            &grantee,
+            ("qingdao", "case-handling"),
+            &[tongban_medical::READ_ITEM],
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("served by"), "{e}");
     // A whole-service consent (no item) never covers a personal-data item: the node has
     // no item to check it against, and the department refuses the unnamed item.
     let (_, whole) = w

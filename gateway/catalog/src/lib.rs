@@ -56,6 +56,24 @@ pub struct Organisation {
     pub name_en: String,
 }
 
+/// A data item of the catalog (`[[data_items]]`): an exchange of a citizen's data that is
+/// not an application, such as querying the mutually recognised medical results. It has no
+/// form; it names the gRPC service that serves it, so that a consent can name it and a call
+/// can be routed and checked by it like any item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataItem {
+    pub code: String,
+    pub name_zh: String,
+    pub name_en: String,
+    pub category: String,
+    /// The full proto name of the service that serves the item.
+    pub service: String,
+    /// The providing organisation in each city (city → organisation id).
+    pub providers: BTreeMap<String, String>,
+    /// Whether the exchange carries personal data (a citizen's consent is needed).
+    pub personal_data: bool,
+}
+
 /// One catalog item.
 #[derive(Debug, Clone)]
 pub struct Item {
@@ -133,6 +151,7 @@ pub struct Catalog {
     pub organisations: BTreeMap<String, Organisation>,
     pub calendar: Calendar,
     items: Vec<Item>,
+    data_items: Vec<DataItem>,
 }
 
 impl Catalog {
@@ -171,6 +190,33 @@ impl Catalog {
 
     pub fn item(&self, code: &str) -> Option<&Item> {
         self.items.iter().find(|i| i.code == code)
+    }
+
+    /// Every data item, in file order.
+    pub fn data_items(&self) -> &[DataItem] {
+        &self.data_items
+    }
+
+    pub fn data_item(&self, code: &str) -> Option<&DataItem> {
+        self.data_items.iter().find(|i| i.code == code)
+    }
+
+    /// Whether an item or data item `code` handles personal data; `None` when the catalog
+    /// has no such code. The node's one question about a code.
+    pub fn personal_data(&self, code: &str) -> Option<bool> {
+        self.item(code)
+            .map(|i| i.personal_data)
+            .or_else(|| self.data_item(code).map(|d| d.personal_data))
+    }
+
+    /// The names of an item or data item (zh, en).
+    pub fn names(&self, code: &str) -> Option<(&str, &str)> {
+        self.item(code)
+            .map(|i| (i.name_zh.as_str(), i.name_en.as_str()))
+            .or_else(|| {
+                self.data_item(code)
+                    .map(|d| (d.name_zh.as_str(), d.name_en.as_str()))
+            })
     }
 
     /// The items `org` of `city` provides.

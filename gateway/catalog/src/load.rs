@@ -7,7 +7,7 @@ use regex::Regex;
 use toml::{Table, Value};
 
 use crate::fields::{parse_date, Field, FieldType, TYPE_NAMES};
-use crate::{Calendar, Catalog, Item, Organisation, Produces};
+use crate::{Calendar, Catalog, DataItem, Item, Organisation, Produces};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LoadError {
@@ -37,6 +37,15 @@ const ITEM_KEYS: &[&str] = &[
     "valid_days",
     "materials",
     "fields",
+];
+const DATA_ITEM_KEYS: &[&str] = &[
+    "code",
+    "name_zh",
+    "name_en",
+    "category",
+    "service",
+    "providers",
+    "personal_data",
 ];
 const FIELD_KEYS: &[&str] = &[
     "name", "type", "required", "example", "pattern", "max_len", "values", "min", "max",
@@ -196,6 +205,7 @@ pub(crate) fn parse(text: &str) -> Result<Catalog, LoadError> {
         "organisations",
         "calendar",
         "items",
+        "data_items",
     ])?;
     let federation = top.string("federation")?;
     let version = top.string("version")?;
@@ -233,6 +243,30 @@ pub(crate) fn parse(text: &str) -> Result<Catalog, LoadError> {
         }
         items.push(item);
     }
+    let raw_data = match t.get("data_items") {
+        None => Vec::new(),
+        Some(Value::Array(a)) => a.clone(),
+        Some(other) => return Err(top.type_err("data_items", "an array of [[data_items]]", other)),
+    };
+    let mut data_items: Vec<DataItem> = Vec::new();
+    for (i, v) in raw_data.iter().enumerate() {
+        let Value::Table(it) = v else {
+            return Err(top.at.err(format!("data_items[{i}]"), "expected a table"));
+        };
+        let label = match it.get("code") {
+            Some(Value::String(c)) => c.clone(),
+            _ => format!("data_items[{i}]"),
+        };
+        let d = data_item(it, &label, &cities, &organisations)?;
+        if items.iter().any(|x| x.code == d.code) || data_items.iter().any(|x| x.code == d.code) {
+            return Err(LoadError::Item {
+                item: d.code.clone(),
+                key: "code".into(),
+                message: "duplicate code (another item already has it)".into(),
+            });
+        }
+        data_items.push(d);
+    }
     Ok(Catalog {
         federation,
         version,
@@ -240,6 +274,7 @@ pub(crate) fn parse(text: &str) -> Result<Catalog, LoadError> {
         organisations,
         calendar,
         items,
+        data_items,
     })
 }
 
@@ -306,29 +341,7 @@ fn item(
     k.only(ITEM_KEYS)?;
     let code = k.string("code")?;
     tongban_proto::metadata::check_catalog_code(&code).map_err(|m| k.at.err("code", m))?;
-    let mut providers = BTreeMap::new();
-    for (city, v) in k.table("providers")? {
-        let key = format!("providers.{city}");
-        if !cities.contains(city) {
-            return Err(k.at.err(
-                key,
-                format!("unknown city `{city}` (cities: {})", cities.join(", ")),
-            ));
-        }
-        let Value::String(org) = v else {
-            return Err(k.at.err(key, "expected an organisation id"));
-        };
-        if !orgs.contains_key(org) {
-            return Err(k.at.err(
-                key,
-                format!("unknown organisation `{org}` (not in [organisations])"),
-            ));
-        }
-        providers.insert(city.clone(), org.clone());
-    }
-    if providers.is_empty() {
-        return Err(k.at.err("providers", "no city provides this item"));
-    }
+    let providers = providers(&k, cities, orgs)?;
     let produces_s = k.string("produces")?;
     let produces = Produces::ALL
         .iter()
@@ -371,6 +384,74 @@ fn item(
         produces,
         fields,
     })
+}
+
+fn data_item(
+    t: &Table,
+    label: &str,
+    cities: &[String],
+    orgs: &BTreeMap<String, Organisation>,
+) -> Result<DataItem, LoadError> {
+    let k = Keys {
+        t,
+        at: At::Item(label),
+        prefix: String::new(),
+    };
+    k.only(DATA_ITEM_KEYS)?;
+    let code = k.string("code")?;
+    tongban_proto::metadata::check_catalog_code(&code).map_err(|m| k.at.err("code", m))?;
+    let service = k.string("service")?;
+    let valid_service = service.contains('.')
+        && service
+            .split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    if !valid_service {
+        return Err(k.at.err(
+            "service",
+            format!("`{service}` is not a full proto service name (package.Service)"),
+        ));
+    }
+    Ok(DataItem {
+        name_zh: k.string("name_zh")?,
+        name_en: k.string("name_en")?,
+        category: k.string("category")?,
+        personal_data: k.boolean("personal_data")?,
+        providers: providers(&k, cities, orgs)?,
+        code,
+        service,
+    })
+}
+
+/// `providers = { city = org, … }`: known cities and organisations, at least one.
+fn providers(
+    k: &Keys<'_>,
+    cities: &[String],
+    orgs: &BTreeMap<String, Organisation>,
+) -> Result<BTreeMap<String, String>, LoadError> {
+    let mut providers = BTreeMap::new();
+    for (city, v) in k.table("providers")? {
+        let key = format!("providers.{city}");
+        if !cities.contains(city) {
+            return Err(k.at.err(
+                key,
+                format!("unknown city `{city}` (cities: {})", cities.join(", ")),
+            ));
+        }
+        let Value::String(org) = v else {
+            return Err(k.at.err(key, "expected an organisation id"));
+        };
+        if !orgs.contains_key(org) {
+            return Err(k.at.err(
+                key,
+                format!("unknown organisation `{org}` (not in [organisations])"),
+            ));
+        }
+        providers.insert(city.clone(), org.clone());
+    }
+    if providers.is_empty() {
+        return Err(k.at.err("providers", "no city provides this item"));
+    }
+    Ok(providers)
 }
 
 fn field(v: &Value, i: usize, label: &str) -> Result<Field, LoadError> {
@@ -458,6 +539,34 @@ mod tests {
             LoadError::Item { item, key, .. } => (item.clone(), key.clone()),
             other => panic!("not an item error: {other}"),
         }
+    }
+
+    #[test]
+    fn data_items_load_and_their_refusals_name_the_item_and_the_key() {
+        let c = Catalog::embedded().unwrap();
+        let mr = c.data_item("MR-01").unwrap();
+        assert_eq!(mr.service, "tongban.medical.v1.ResultRegistry");
+        assert_eq!(c.personal_data("MR-01"), Some(true));
+        assert_eq!(c.personal_data("JQ-19"), Some(false));
+        assert_eq!(c.personal_data("JQ-99"), None);
+        assert_eq!(c.names("MR-02").unwrap().0, "检查检验结果发布");
+        let e = refused("code = \"MR-02\"", "code = \"JQ-16\"");
+        assert_eq!(item_key(&e), ("JQ-16".into(), "code".into()));
+        let e = refused(
+            "service = \"tongban.medical.v1.ResultRegistry\"",
+            "service = \"ResultRegistry\"",
+        );
+        assert_eq!(item_key(&e), ("MR-01".into(), "service".into()));
+        let e = refused(
+            "providers = { jinan = \"wjw\", qingdao = \"wjw\" }\npersonal_data = true\n\n[[data_items]]",
+            "providers = { jinan = \"wjw\", zibo = \"wjw\" }\npersonal_data = true\n\n[[data_items]]",
+        );
+        assert_eq!(item_key(&e), ("MR-01".into(), "providers.zibo".into()));
+        let e = refused(
+            "category = \"medical\"\nservice",
+            "category = \"medical\"\nform = 1\nservice",
+        );
+        assert_eq!(item_key(&e).0, "MR-01");
     }
 
     #[test]

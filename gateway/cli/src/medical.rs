@@ -150,6 +150,10 @@ fn import(args: ImportArgs) -> ExitCode {
             md.insert(metadata::TARGET_CITY, city.parse()?);
             md.insert(metadata::PURPOSE, "medical-treatment".parse()?);
             md.insert(metadata::SUBJECT, r.patient_id.parse()?);
+            md.insert(
+                metadata::CATALOG_CODE,
+                tongban_medical::PUBLISH_ITEM.parse()?,
+            );
             if let Some(c) = &consent {
                 md.insert(metadata::CONSENT, c.parse()?);
             }

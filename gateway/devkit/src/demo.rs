@@ -740,13 +740,13 @@ pub struct MedicalStory {
     pub retested: i64,
 }
 
-/// Metadata of a medical call by `city/org` to `target` about `patient`.
+/// Metadata of a medical call by `city/org` to `target` about (patient, catalog item).
 fn medical_request<T>(
     fed: &LocalFederation,
     msg: T,
     (city, org): (&str, &str),
     target: &str,
-    patient: Option<&str>,
+    about: Option<(&str, &str)>,
     consent: Option<&str>,
 ) -> Result<Request<T>, DemoError> {
     let mut r = Request::new(msg);
@@ -757,8 +757,9 @@ fn medical_request<T>(
         (metadata::TARGET_CITY, target.to_string()),
         (metadata::PURPOSE, "medical-treatment".to_string()),
     ];
-    if let Some(p) = patient {
-        pairs.push((metadata::SUBJECT, p.to_string()));
+    if let Some((patient, item)) = about {
+        pairs.push((metadata::SUBJECT, patient.to_string()));
+        pairs.push((metadata::CATALOG_CODE, item.to_string()));
     }
     if let Some(c) = consent {
         pairs.push((metadata::CONSENT, c.to_string()));
@@ -792,7 +793,7 @@ pub async fn run_medical(fed: &LocalFederation) -> Result<MedicalStory, DemoErro
             &patient,
             "jinan/qilu",
             ("jinan", "medical-treatment"),
-            &[],
+            &[tongban_medical::PUBLISH_ITEM],
         )
         .await?;
     let (_, read) = fed
@@ -802,7 +803,7 @@ pub async fn run_medical(fed: &LocalFederation) -> Result<MedicalStory, DemoErro
             &patient,
             "qingdao/qdfy",
             ("jinan", "medical-treatment"),
-            &[],
+            &[tongban_medical::READ_ITEM],
         )
         .await?;
     let now = i64::try_from(
@@ -889,7 +890,7 @@ pub async fn run_medical(fed: &LocalFederation) -> Result<MedicalStory, DemoErro
             PublishRequest { report: Some(r) },
             ("jinan", "qilu"),
             "jinan",
-            Some(&patient),
+            Some((&patient, tongban_medical::PUBLISH_ITEM)),
             Some(&publish),
         )?;
         jinan.publish(req).await.map_err(err)?;
@@ -900,7 +901,7 @@ pub async fn run_medical(fed: &LocalFederation) -> Result<MedicalStory, DemoErro
         QueryRequest::default(),
         ("qingdao", "qdfy"),
         "jinan",
-        Some(&patient),
+        Some((&patient, tongban_medical::READ_ITEM)),
         Some(&read),
     )?;
     let found = qingdao.query(req).await.map_err(err)?.into_inner().results;

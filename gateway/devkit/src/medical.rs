@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tongban_medical::{Registry, Rules, RECOGNITION, SERVICE};
+use tongban_medical::{Registry, Rules, ITEMS, RECOGNITION, SERVICE};
 use tongban_proto::registry::v1::{RegisterServiceRequest, ServiceRegistration};
 
 use crate::local::{LocalError, LocalFederation, Served};
@@ -50,14 +50,16 @@ impl Registries {
                 })
             });
             let mut client = fed.registry(&c.city, REGISTRY_ORG).await?;
-            for (service, personal_data) in [(SERVICE, true), (RECOGNITION, false)] {
+            for (service, personal_data, codes) in
+                [(SERVICE, true, &ITEMS[..]), (RECOGNITION, false, &[][..])]
+            {
                 client
                     .register_service(RegisterServiceRequest {
                         registration: Some(ServiceRegistration {
                             organisation: REGISTRY_ORG.into(),
                             service: service.into(),
                             endpoints: vec![format!("http://{addr}")],
-                            catalog_codes: Vec::new(),
+                            catalog_codes: codes.iter().map(|c| c.to_string()).collect(),
                             personal_data,
                             description: format!("medical results of {}", c.city),
                         }),

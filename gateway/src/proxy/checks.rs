@@ -108,9 +108,9 @@ impl Proxy {
         match call
             .catalog_code
             .as_deref()
-            .and_then(|c| self.items.item(c))
+            .and_then(|c| self.items.personal_data(c))
         {
-            Some(item) => item.personal_data,
+            Some(personal) => personal,
             None => registered(),
         }
     }

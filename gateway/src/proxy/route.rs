@@ -23,7 +23,7 @@ impl Proxy {
     pub(super) fn route(&self, snap: &Snapshot, call: &Call) -> Result<Upstream, ProxyError> {
         let code = call.catalog_code.as_deref();
         if let Some(code) = code {
-            if self.items.item(code).is_none() {
+            if self.items.personal_data(code).is_none() {
                 return Err(ProxyError::UnknownItem {
                     code: code.to_string(),
                 });

@@ -15,6 +15,8 @@ pub enum MedicalError {
     NotLocal(String),
     #[error("report `{0}` not found")]
     NotFound(String),
+    #[error("this call must name catalog item {0} in x-tongban-catalog-code: the item the node checks the patient's consent for")]
+    ItemNotNamed(&'static str),
     #[error("result store failed: {0}")]
     Store(String),
 }
@@ -24,7 +26,7 @@ impl ApiError for MedicalError {
         match self {
             MedicalError::NotThroughNode => Code::Unauthenticated,
             MedicalError::Invalid(_) | MedicalError::NoSubject => Code::InvalidArgument,
-            MedicalError::NotLocal(_) => Code::PermissionDenied,
+            MedicalError::NotLocal(_) | MedicalError::ItemNotNamed(_) => Code::PermissionDenied,
             MedicalError::NotFound(_) => Code::NotFound,
             MedicalError::Store(_) => {
                 tracing::error!(error = %self, "result store failure");
@@ -40,6 +42,7 @@ impl ApiError for MedicalError {
             MedicalError::NoSubject => "SUBJECT_REQUIRED",
             MedicalError::NotLocal(_) => "NOT_LOCAL",
             MedicalError::NotFound(_) => "REPORT_NOT_FOUND",
+            MedicalError::ItemNotNamed(_) => "CATALOG_CODE_REQUIRED",
             MedicalError::Store(_) => "RESULT_STORE",
         }
     }
@@ -49,6 +52,10 @@ impl ApiError for MedicalError {
             MedicalError::Invalid(v) => v.clone(),
             MedicalError::NoSubject => vec![FieldViolation::new(
                 tongban_proto::metadata::SUBJECT,
+                self.to_string(),
+            )],
+            MedicalError::ItemNotNamed(_) => vec![FieldViolation::new(
+                tongban_proto::metadata::CATALOG_CODE,
                 self.to_string(),
             )],
             _ => Vec::new(),

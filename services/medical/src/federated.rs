@@ -51,6 +51,7 @@ fn request<T>(msg: T, a: &Asker, city: Option<&str>) -> Result<Request<T>, Statu
     md.insert(metadata::PURPOSE, v("medical-treatment")?);
     md.insert(metadata::SUBJECT, v(&a.patient)?);
     md.insert(metadata::CONSENT, v(&a.consent)?);
+    md.insert(metadata::CATALOG_CODE, v(crate::READ_ITEM)?);
     if let Some(c) = city {
         md.insert(metadata::TARGET_CITY, v(c)?);
     }

@@ -35,6 +35,13 @@ pub use service::Registry;
 
 /// Full name of the registry's service (patient data: registered with personal data).
 pub const SERVICE: &str = "tongban.medical.v1.ResultRegistry";
+/// The catalog data item of reading a patient's results (`Query`, `GetReport`,
+/// `ExportFhir`): calls name it in `x-tongban-catalog-code`, consents name it.
+pub const READ_ITEM: &str = "MR-01";
+/// The catalog data item of publishing a patient's results (`Publish`).
+pub const PUBLISH_ITEM: &str = "MR-02";
+/// Both, as the registry's registration lists them.
+pub const ITEMS: [&str; 2] = [READ_ITEM, PUBLISH_ITEM];
 /// Full name of the decisions and statistics service (no patient data).
 pub const RECOGNITION: &str = "tongban.medical.v1.Recognition";
 

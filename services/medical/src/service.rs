@@ -14,7 +14,7 @@ use tongban_proto::medical::v1::{
     PublishRequest, PublishResponse, QueryRequest, QueryResponse, QueryResult, Report, ReportChunk,
     ReportKind, ReportStatus, RetestReason, StatisticsRequest, StatisticsResponse, StatisticsRow,
 };
-use tongban_proto::metadata::{CALLER, ORIGIN_CITY, SUBJECT};
+use tongban_proto::metadata::{CALLER, CATALOG_CODE, ORIGIN_CITY, SUBJECT};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
@@ -39,6 +39,20 @@ struct Vouched {
     caller: String,
     origin_city: String,
     subject: Option<String>,
+    /// `x-tongban-catalog-code`: the item the node checked the consent for.
+    catalog_code: Option<String>,
+}
+
+impl Vouched {
+    /// The call names `item`, the one its RPC serves (a consent covers only the items it
+    /// names, and the node checked it against this one).
+    fn naming(self, item: &'static str) -> Result<Vouched, MedicalError> {
+        if self.catalog_code.as_deref() == Some(item) {
+            Ok(self)
+        } else {
+            Err(MedicalError::ItemNotNamed(item))
+        }
+    }
 }
 
 fn vouched(md: &MetadataMap) -> Result<Vouched, MedicalError> {
@@ -53,6 +67,7 @@ fn vouched(md: &MetadataMap) -> Result<Vouched, MedicalError> {
         caller: text(CALLER).ok_or(MedicalError::NotThroughNode)?,
         origin_city: text(ORIGIN_CITY).unwrap_or_default(),
         subject: text(SUBJECT).map(|s| s.to_ascii_uppercase()),
+        catalog_code: text(CATALOG_CODE),
     })
 }
 
@@ -139,7 +154,7 @@ impl ResultRegistry for Registry {
         &self,
         req: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
-        let v = vouched(req.metadata())?;
+        let v = vouched(req.metadata())?.naming(crate::PUBLISH_ITEM)?;
         if v.origin_city != self.city {
             return Err(MedicalError::NotLocal(self.city.clone()).into());
         }
@@ -163,7 +178,7 @@ impl ResultRegistry for Registry {
     }
 
     async fn query(&self, req: Request<QueryRequest>) -> Result<Response<QueryResponse>, Status> {
-        let v = vouched(req.metadata())?;
+        let v = vouched(req.metadata())?.naming(crate::READ_ITEM)?;
         let subject = v.subject.ok_or(MedicalError::NoSubject)?;
         let q = req.into_inner();
         let valid_at = if q.valid_at_ms == 0 {
@@ -249,7 +264,7 @@ impl Registry {
         &self,
         req: Request<GetReportRequest>,
     ) -> Result<(String, Report), MedicalError> {
-        let v = vouched(req.metadata())?;
+        let v = vouched(req.metadata())?.naming(crate::READ_ITEM)?;
         let subject = v.subject.ok_or(MedicalError::NoSubject)?;
         let id = req.into_inner().report_id;
         match self.store.report(&id)? {
