@@ -1,48 +1,26 @@
-//! The checks both sides make: the call is acceptable at all (request id, node state, path,
-//! metadata size), this node's policy allows it, and the citizen consented.
+//! The checks both sides make, as stages: the call is acceptable at all (request id, node
+//! state, path, metadata size: [`Proxy::accept`]), why and about whom it is made
+//! ([`Intend`]), and whether this node allows it: its policy, the person behind a call about
+//! personal data, and, at the providing node, the citizen's consent ([`Authorise`]).
+
+use std::sync::Arc;
 
 use http::request::Parts;
 use http::HeaderMap;
 
 use super::call::{Call, Intent};
+use super::stage::{Accepted, Authenticated, Authorised, Intended, Routed, Upstream, Who};
 use super::{Proxy, ProxyError};
-use crate::assertion::AssertionClaims;
 use crate::audit::exchange::Exchange;
-use crate::auth::Caller;
-use crate::catalog::LocalService;
-use crate::consent;
-use crate::policy::PolicyRequest;
-use crate::subject;
-
-/// Who a policy decision is about: the authenticated caller (home) or what the peer's node
-/// vouched for (provider).
-pub(super) struct Principal<'a> {
-    pub city: &'a str,
-    pub org: &'a str,
-    pub roles: &'a [String],
-}
-
-impl<'a> Principal<'a> {
-    pub fn of(c: &'a Caller) -> Self {
-        Principal {
-            city: &c.city,
-            org: &c.org,
-            roles: &c.roles,
-        }
-    }
-
-    pub fn vouched(peer_city: &'a str, claims: &'a AssertionClaims) -> Self {
-        Principal {
-            city: peer_city,
-            org: &claims.sub,
-            roles: &claims.roles,
-        }
-    }
-}
+use crate::auth::AuthError;
+use crate::consent::{self, VerifiedConsents};
+use crate::policy::{Policy, PolicyRequest};
+use crate::subject::{self, Pseudonymizer};
 
 impl Proxy {
-    /// The call as such: this node serving, and the call readable.
-    pub(super) fn accept(&self, ex: &mut Exchange, parts: &Parts) -> Result<Call, ProxyError> {
+    /// The call as such: this node serving, the call readable, its metadata within
+    /// `limits.max_metadata_bytes`.
+    pub(super) fn accept(&self, ex: &mut Exchange, parts: Parts) -> Result<Accepted, ProxyError> {
         if let Some(why) = self.auditor.contradicted() {
             // A peer holds a checkpoint this node's audit log contradicts: serve nothing
             // until an operator has looked.
@@ -51,14 +29,10 @@ impl Proxy {
                 self.city
             )));
         }
-        let call = Call::parse(parts, &self.limits, ex.request_id().to_string())?;
+        let call = Call::parse(&parts, &self.limits, ex.request_id().to_string())?;
         ex.call(&call.service, &call.method);
-        Ok(call)
-    }
-
-    /// All metadata of the call within `limits.max_metadata_bytes`.
-    pub(super) fn check_metadata(&self, h: &HeaderMap) -> Result<(), ProxyError> {
-        let size: u64 = h
+        let size: u64 = parts
+            .headers
             .iter()
             .map(|(k, v)| (k.as_str().len() + v.len()) as u64)
             .sum();
@@ -68,28 +42,113 @@ impl Proxy {
                 self.limits.max_metadata_bytes
             )));
         }
-        Ok(())
+        Ok(Accepted { call, parts })
+    }
+}
+
+/// What the home node vouched for, which the providing node takes instead of re-deciding.
+pub(super) struct VouchedIntent<'a> {
+    pub purpose: &'a str,
+    /// The citizen, signed in at home, about themselves.
+    pub own: bool,
+}
+
+/// The intent stage: `Authenticated → Intended`, the purpose, the catalog item and the
+/// subject (as this node's pseudonym), and whether the call is a citizen's about themselves.
+pub(super) struct Intend<'a> {
+    pub pseudonyms: &'a Pseudonymizer,
+    /// At the providing node: the home node's word on the purpose and on own data.
+    pub vouched: Option<VouchedIntent<'a>>,
+}
+
+impl Intend<'_> {
+    pub fn run(&self, a: Authenticated) -> Result<Intended, ProxyError> {
+        let vouched_purpose = self.vouched.as_ref().map(|v| v.purpose);
+        let mut intent = Intent::parse(&a.parts.headers, &a.call, self.pseudonyms, vouched_purpose)?;
+        intent.own = match &self.vouched {
+            Some(v) => v.own && a.who.is_citizen(),
+            None => own_data(&a.who, &intent)?,
+        };
+        Ok(Intended {
+            call: a.call,
+            parts: a.parts,
+            who: a.who,
+            intent,
+        })
+    }
+}
+
+/// The one "own data" rule, at the node that signed the citizen in: a citizen token about
+/// the citizen themselves needs no consent; a citizen token about anyone else is refused (a
+/// citizen acts only for themselves). The providing node takes the home node's word for it.
+fn own_data(who: &Who, intent: &Intent) -> Result<bool, ProxyError> {
+    if !who.is_citizen() {
+        return Ok(false);
+    }
+    match intent.subject.as_deref() {
+        None => Ok(false),
+        Some(subject) if !who.principal.person.is_empty() && who.principal.person == subject => {
+            Ok(true)
+        }
+        Some(_) => Err(ProxyError::NotOwnSubject),
+    }
+}
+
+/// How the providing node checks a consent: the issuing city's node key, that city's
+/// revocations, and the consents it verified before.
+pub(super) struct ConsentCheck<'a> {
+    pub issuer_key: &'a dyn Fn(&str) -> Option<Arc<Vec<u8>>>,
+    pub revoked: &'a dyn Fn(&str, &str) -> bool,
+    pub cache: &'a VerifiedConsents,
+}
+
+/// The authorisation stage: `Routed → Authorised`. A call about personal data needs a person
+/// behind it; this node's policy must allow it (both cities decide, each by its own rules);
+/// at the node that hands the call to its own provider, a personal-data call needs the
+/// citizen's consent for exactly this item (or is the citizen's own).
+pub(super) struct Authorise<'a> {
+    /// This node's city.
+    pub city: &'a str,
+    pub policy: &'a Policy,
+    pub consents: ConsentCheck<'a>,
+}
+
+impl Authorise<'_> {
+    pub fn run(&self, r: Routed) -> Result<Authorised, ProxyError> {
+        if r.personal && r.who.principal.person.is_empty() {
+            return Err(ProxyError::Auth(AuthError::NoPerson));
+        }
+        self.policy_allows(&r)?;
+        let consent = match &r.upstream {
+            Upstream::Provider(_) => self.consent(&r)?,
+            // The providing node checks the consent; the id presented is recorded here (a
+            // citizen about themselves shows none: their own data).
+            Upstream::Peer(_) if r.intent.own => consent::OWN_DATA.to_string(),
+            Upstream::Peer(_) => consent::presented_id(&r.parts.headers).unwrap_or_default(),
+        };
+        Ok(Authorised {
+            call: r.call,
+            parts: r.parts,
+            who: r.who,
+            intent: r.intent,
+            upstream: r.upstream,
+            consent,
+        })
     }
 
-    /// Steps 3 and 6: this node's policy on one call.
-    pub(super) fn authorise(
-        &self,
-        who: &Principal<'_>,
-        target_city: &str,
-        call: &Call,
-        intent: &Intent,
-    ) -> Result<(), ProxyError> {
+    /// Steps 3 and 6: this node's policy on the call.
+    fn policy_allows(&self, r: &Routed) -> Result<(), ProxyError> {
         let req = PolicyRequest {
-            caller_city: who.city,
-            caller_org: who.org,
-            roles: who.roles,
-            target_city,
-            service: &call.service,
-            method: &call.method,
-            purpose: &intent.purpose,
-            catalog_code: intent.catalog_code.as_deref(),
+            caller_city: &r.who.principal.city,
+            caller_org: &r.who.principal.org,
+            roles: &r.who.roles,
+            target_city: &r.target_city,
+            service: &r.call.service,
+            method: &r.call.method,
+            purpose: &r.intent.purpose,
+            catalog_code: r.intent.catalog_code.as_deref(),
         };
-        let decision = self.trust.policy.current().decide(&req);
+        let decision = self.policy.decide(&req);
         if decision.allowed {
             Ok(())
         } else {
@@ -101,76 +160,38 @@ impl Proxy {
         }
     }
 
-    /// Whether a call touches personal data: a call naming a catalog item exactly when the
-    /// federation catalog says the item does; any other call when the registration of the
-    /// service says so (`registered`).
-    pub(super) fn personal_data(&self, call: &Call, registered: impl FnOnce() -> bool) -> bool {
-        match call
-            .catalog_code
-            .as_deref()
-            .and_then(|c| self.items.personal_data(c))
-        {
-            Some(personal) => personal,
-            None => registered(),
-        }
-    }
-
-    /// [`Self::personal_data`] for the upstream a call was routed to.
-    pub(super) fn personal(&self, upstream: &super::route::Upstream, call: &Call) -> bool {
-        self.personal_data(call, || match upstream {
-            super::route::Upstream::Provider(svc) => svc.record.personal_data,
-            super::route::Upstream::Peer(p) => self
-                .catalog
-                .snapshot()
-                .peer_personal(&p.city, &call.service),
-        })
-    }
-
-    /// The providing node's consent check for personal-data services: signature (by the
-    /// issuing city's node), subject, grantee, target city, service, purpose, expiry and
-    /// revocation. Returns the consent id (empty when none is needed).
-    pub(super) fn check_consent(
-        &self,
-        h: &HeaderMap,
-        svc: &LocalService,
-        caller: &str,
-        call: &Call,
-        intent: &Intent,
-    ) -> Result<String, ProxyError> {
-        if !self.personal_data(call, || svc.record.personal_data) {
+    /// The providing node's consent check for personal data: signature (by the issuing
+    /// city's node), subject, grantee, target city, service, catalog item, purpose, expiry
+    /// and revocation. Returns the consent id (empty when none is needed).
+    fn consent(&self, r: &Routed) -> Result<String, ProxyError> {
+        if !r.personal {
             return Ok(String::new());
         }
-        if intent.own {
+        if r.intent.own {
             // The citizen, signed in, about themselves: recorded as such in the audit.
             return Ok(consent::OWN_DATA.to_string());
         }
+        let h: &HeaderMap = &r.parts.headers;
         let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+        let caller = r.who.caller_id();
         let scope = consent::ConsentScope {
             subject: text(subject::HEADER),
-            caller,
-            target_city: &self.city,
-            service: &call.service,
-            catalog_code: call.catalog_code.as_deref(),
-            purpose: &intent.purpose,
-        };
-        let snap = self.catalog.snapshot();
-        let key = |city: &str| {
-            if city == self.city {
-                Some(self.trust.own_key.clone())
-            } else {
-                self.peers.get(city).and_then(|p| p.node_key())
-            }
+            caller: &caller,
+            target_city: self.city,
+            service: &r.call.service,
+            catalog_code: r.call.catalog_code.as_deref(),
+            purpose: &r.intent.purpose,
         };
         consent::verify(
             text(consent::HEADER),
             &scope,
-            key,
-            |city, id| snap.consent_revoked(city, id),
-            &self.trust.consents,
+            self.consents.issuer_key,
+            self.consents.revoked,
+            self.consents.cache,
         )
         .map(|c| c.jti)
         .map_err(|source| ProxyError::Consent {
-            city: self.city.clone(),
+            city: self.city.to_string(),
             source,
         })
     }

@@ -15,7 +15,7 @@ use tracing::Instrument as _;
 
 use super::call::Call;
 use super::headers::set;
-use super::route::Upstream;
+use super::stage::Upstream;
 use super::{Proxy, ProxyError, Ready};
 use crate::audit::exchange::{self, Exchange};
 use crate::audit::receipt;

@@ -1,149 +1,159 @@
-//! The home node's steps (DESIGN §2, steps 1–4): a call from a system of this city is
-//! authenticated, rate-limited, read for its intent, routed, authorised by the home policy,
-//! and prepared for a local provider (consent checked here) or for the peer node (a caller
-//! assertion signed by this node).
+//! The home node's steps (DESIGN §2, steps 1–4): a call from a system or a citizen of this
+//! city is taken with the principal the listener made of its token, rate-limited, read for
+//! its intent, routed, authorised by the home policy (and, for a local provider, checked
+//! for consent), then handed over: to a local provider with what the node vouches for, or
+//! to the peer node with a caller assertion signed by this node.
 
-use http::request::Parts;
-use http::HeaderMap;
-
-use super::call::{Call, Intent};
-use super::checks::Principal;
 use super::headers;
-use super::route::Upstream;
+use super::stage::{Accepted, Authenticated, Authorised, Upstream, Who};
 use super::{Proxy, ProxyError, Ready};
 use crate::assertion::{self, AssertionClaims};
 use crate::audit::exchange::Exchange;
 use crate::auth::Caller;
-use crate::consent;
+use crate::ratelimit::RateLimiter;
 
 impl Proxy {
-    /// Everything the home node checks, in order; the first failure is the refusal.
+    /// Everything the home node checks, in order; the first failure is the refusal. Each
+    /// stage's value is recorded in the exchange as soon as it is known, so a refusal's
+    /// audit record says as much as the node had learnt.
     pub(super) async fn home_steps(
         &self,
         ex: &mut Exchange,
-        mut parts: Parts,
+        parts: http::request::Parts,
     ) -> Result<Ready, ProxyError> {
-        let call = self.accept(ex, &parts)?;
+        let accepted = self.accept(ex, parts)?;
+        let call = &accepted.call;
         ex.requested(call.target_city.as_deref(), call.target_org.as_deref());
-        self.check_metadata(&parts.headers)?;
-        let caller = ex
+        let authenticated = ex
             .step(|| tracing::debug_span!("authenticate"))
-            .in_scope(|| crate::auth::principal_in(&parts.extensions))?;
-        ex.caller(&caller.city, &caller.org);
-        ex.person(caller.kind.as_str(), &caller.person);
-        self.trust.rate.check(&caller.id())?;
-        let mut intent = Intent::parse(&parts.headers, &call, &self.trust.pseudonyms, None)?;
-        intent.own = own_data(&caller, &intent)?;
-        ex.intent(
-            &intent.purpose,
-            intent.catalog_code.as_deref(),
-            intent.subject.as_deref(),
-        );
-        let upstream = tracing::debug_span!("route")
-            .in_scope(|| self.route(&self.catalog.snapshot(), &call))?;
-        if self.personal(&upstream, &call) {
-            caller.require_person()?;
+            .in_scope(|| Authenticate.run(accepted))?;
+        let who = &authenticated.who.principal;
+        ex.caller(&who.city, &who.org);
+        ex.person(who.kind.as_str(), &who.person);
+        let authenticated = Throttle {
+            rate: &self.trust.rate,
         }
-        let target_city = match &upstream {
-            Upstream::Provider(svc) => {
-                ex.routed_local(&self.city, &svc.record.organisation);
-                self.city.clone()
-            }
+        .run(authenticated)?;
+        let intended = self.intend(None).run(authenticated)?;
+        let i = &intended.intent;
+        ex.intent(&i.purpose, i.catalog_code.as_deref(), i.subject.as_deref());
+        let snapshot = self.catalog.snapshot();
+        let routed = tracing::debug_span!("route")
+            .in_scope(|| self.route(&snapshot).run(intended))?;
+        match &routed.upstream {
+            Upstream::Provider(svc) => ex.routed_local(&self.city, &svc.record.organisation),
             Upstream::Peer(p) => {
-                let consent = consent::presented_id(&parts.headers);
-                ex.routed_to_peer(&p.city, p.node_key(), call.target_org.as_deref(), consent);
-                p.city.clone()
+                let consent = crate::consent::presented_id(&routed.parts.headers);
+                let org = routed.call.target_org.as_deref();
+                ex.routed_to_peer(&p.city, p.node_key(), org, consent);
             }
-        };
-        let consent = ex.step(|| tracing::debug_span!("policy")).in_scope(|| {
-            self.authorise(&Principal::of(&caller), &target_city, &call, &intent)?;
-            headers::strip_from_caller(&mut parts.headers);
-            self.hand_over(&mut parts.headers, &upstream, &caller, &call, &intent)
-        })?;
-        ex.consent(consent);
+        }
+        let authorised = ex
+            .step(|| tracing::debug_span!("policy"))
+            .in_scope(|| self.authorise(&snapshot, routed))?;
+        ex.consent(authorised.consent.clone());
+        Vouch {
+            city: &self.city,
+            signer: &self.trust.signer,
+        }
+        .run(authorised)
+    }
+}
+
+/// The authentication stage: `Accepted → Authenticated`, with the principal the listener's
+/// authentication layer made of the caller's token (in the request's extensions); no token
+/// is parsed here.
+pub(super) struct Authenticate;
+
+impl Authenticate {
+    pub fn run(&self, a: Accepted) -> Result<Authenticated, ProxyError> {
+        let caller = crate::auth::principal_in(&a.parts.extensions)?;
+        Ok(Authenticated {
+            call: a.call,
+            parts: a.parts,
+            who: who_of(caller),
+        })
+    }
+}
+
+/// The principal of an authenticated caller, as the later stages see it.
+fn who_of(caller: Caller) -> Who {
+    Who {
+        principal: caller.vouched(),
+        roles: caller.roles,
+    }
+}
+
+/// The caller's rate limit (per `city/org`): `Authenticated → Authenticated`.
+pub(super) struct Throttle<'a> {
+    pub rate: &'a RateLimiter,
+}
+
+impl Throttle<'_> {
+    pub fn run(&self, a: Authenticated) -> Result<Authenticated, ProxyError> {
+        self.rate.check(&a.who.caller_id())?;
+        Ok(a)
+    }
+}
+
+/// The hand-over stage: `Authorised → Ready`. Caller credentials and node-only metadata
+/// go; for a local provider, the authorised metadata and the principal; for the peer, the
+/// authorised metadata and a caller assertion signed by this node, bound to this request.
+pub(super) struct Vouch<'a> {
+    /// This node's city.
+    pub city: &'a str,
+    pub signer: &'a assertion::Signer,
+}
+
+impl Vouch<'_> {
+    pub fn run(&self, a: Authorised) -> Result<Ready, ProxyError> {
+        let Authorised {
+            call,
+            mut parts,
+            who,
+            intent,
+            upstream,
+            consent: _,
+        } = a;
+        let h = &mut parts.headers;
+        headers::strip_from_caller(h);
+        match &upstream {
+            Upstream::Provider(svc) => {
+                let org = &svc.record.organisation;
+                headers::to_provider(h, &intent, self.city, org, &who.principal);
+            }
+            Upstream::Peer(peer) => {
+                headers::pin_authorised(h, &intent, &peer.city, call.target_org.as_deref());
+                let now = assertion::now_s();
+                let claims = AssertionClaims {
+                    iss: self.city.to_string(),
+                    aud: peer.city.clone(),
+                    sub: who.principal.org.clone(),
+                    roles: who.roles.clone(),
+                    purpose: intent.purpose.clone(),
+                    subj: intent.subject.clone(),
+                    own: intent.own,
+                    knd: who.principal.kind.as_str().to_string(),
+                    prs: who.principal.person.clone(),
+                    rid: call.request_id.clone(),
+                    svc: call.service.clone(),
+                    mth: call.method.clone(),
+                    iat: now,
+                    exp: now + assertion::TTL.as_secs(),
+                    jti: tongban_telemetry::trace::unique_id(),
+                };
+                let token = self
+                    .signer
+                    .sign(&claims)
+                    .map_err(|e| ProxyError::Internal(e.to_string()))?;
+                headers::set(h, assertion::HEADER, &token);
+            }
+        }
         Ok(Ready {
             call,
             parts,
             upstream,
             permit: None,
         })
-    }
-
-    /// Step 4, the metadata the upstream gets: for a local provider, this node is also the
-    /// providing node and checks the consent itself (its id is returned); for the peer, the
-    /// authorised metadata and a caller assertion signed by this node.
-    fn hand_over(
-        &self,
-        h: &mut HeaderMap,
-        upstream: &Upstream,
-        caller: &Caller,
-        call: &Call,
-        intent: &Intent,
-    ) -> Result<String, ProxyError> {
-        match upstream {
-            Upstream::Provider(svc) => {
-                let consent = self.check_consent(h, svc, &caller.id(), call, intent)?;
-                let org = &svc.record.organisation;
-                headers::to_provider(h, intent, &self.city, org, &caller.vouched());
-                Ok(consent)
-            }
-            Upstream::Peer(peer) => {
-                let org = call.target_org.as_deref();
-                headers::pin_authorised(h, intent, &peer.city, org);
-                let token = self.sign_assertion(caller, &peer.city, call, intent)?;
-                headers::set(h, assertion::HEADER, &token);
-                // The providing node checks the consent; the id was recorded when routed
-                // (a citizen about themselves shows none: their own data).
-                if intent.own {
-                    return Ok(consent::OWN_DATA.to_string());
-                }
-                Ok(consent::presented_id(h).unwrap_or_default())
-            }
-        }
-    }
-
-    /// Step 4: what this node vouches for across the boundary, bound to this request.
-    fn sign_assertion(
-        &self,
-        caller: &Caller,
-        peer_city: &str,
-        call: &Call,
-        intent: &Intent,
-    ) -> Result<String, ProxyError> {
-        let claims = AssertionClaims {
-            iss: self.city.clone(),
-            aud: peer_city.to_string(),
-            sub: caller.org.clone(),
-            roles: caller.roles.clone(),
-            purpose: intent.purpose.clone(),
-            subj: intent.subject.clone(),
-            own: intent.own,
-            knd: caller.kind.as_str().to_string(),
-            prs: caller.person.clone(),
-            rid: call.request_id.clone(),
-            svc: call.service.clone(),
-            mth: call.method.clone(),
-            iat: assertion::now_s(),
-            exp: assertion::now_s() + assertion::TTL.as_secs(),
-            jti: tongban_telemetry::trace::unique_id(),
-        };
-        self.trust
-            .signer
-            .sign(&claims)
-            .map_err(|e| ProxyError::Internal(e.to_string()))
-    }
-}
-
-/// Whether the call is a citizen's own: a citizen token about the citizen themselves (their
-/// own data needs no consent). A citizen token about anyone else is refused: a citizen acts
-/// only for themselves.
-fn own_data(caller: &Caller, intent: &Intent) -> Result<bool, ProxyError> {
-    if caller.kind != crate::auth::PersonKind::Citizen {
-        return Ok(false);
-    }
-    match intent.subject.as_deref() {
-        None => Ok(false),
-        Some(subject) if caller.is_citizen(subject) => Ok(true),
-        Some(_) => Err(ProxyError::NotOwnSubject),
     }
 }

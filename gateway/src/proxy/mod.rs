@@ -8,9 +8,11 @@
 //! where an error becomes an audited refusal. The modules, in the order a call meets them:
 //!
 //! - [`call`]: what a call asks for, from its path and metadata;
-//! - [`checks`]: acceptable at all, this node's policy, the citizen's consent;
+//! - [`stage`]: the typed values a call becomes, stage by stage
+//!   (`Accepted → Authenticated → Intended → Routed → Authorised → Ready`);
+//! - [`checks`]: acceptable at all, the intent, this node's policy, the citizen's consent;
 //! - [`route`]: which provider, or which peer node;
-//! - [`home`], [`provider`]: the steps of each side;
+//! - [`home`], [`provider`]: the steps of each side, and their own stages;
 //! - [`headers`]: what is stripped, set and pinned on the way;
 //! - [`forward`]: upstream and back, audited before the final status leaves;
 //! - [`error`]: why a call was refused, mapped to a status once.
@@ -23,6 +25,7 @@ mod headers;
 mod home;
 mod provider;
 mod route;
+mod stage;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -44,7 +47,7 @@ use crate::assertion::{self, ReplayCache};
 use crate::audit::exchange::Exchange;
 use crate::audit::Auditor;
 use crate::auth::Authenticator;
-use crate::catalog::Catalog;
+use crate::catalog::{self, Catalog};
 use crate::config::Limits;
 use crate::federation::Peer;
 use crate::grpc;
@@ -53,7 +56,7 @@ use crate::ratelimit::RateLimiter;
 use crate::subject::Pseudonymizer;
 use crate::trust::PeerIdentity;
 use call::Call;
-use route::Upstream;
+use stage::Upstream;
 
 /// What the proxy checks calls with (DESIGN §6).
 pub struct TrustChecks {
@@ -110,6 +113,52 @@ struct Ready {
 }
 
 impl Proxy {
+    /// The intent stage with this node's pseudonyms (`vouched`: at the providing node).
+    fn intend<'a>(&'a self, vouched: Option<checks::VouchedIntent<'a>>) -> checks::Intend<'a> {
+        checks::Intend {
+            pseudonyms: &self.trust.pseudonyms,
+            vouched,
+        }
+    }
+
+    /// The routing stage over `snapshot`.
+    fn route<'a>(&'a self, snapshot: &'a catalog::Snapshot) -> route::Route<'a> {
+        route::Route {
+            city: &self.city,
+            items: &self.items,
+            snapshot,
+            peers: &self.peers,
+        }
+    }
+
+    /// The authorisation stage, with this node's policy and what it checks consents with
+    /// (its own key and its peers' keys, the revocations in `snapshot`).
+    fn authorise(
+        &self,
+        snapshot: &catalog::Snapshot,
+        routed: stage::Routed,
+    ) -> Result<stage::Authorised, ProxyError> {
+        let issuer_key = |city: &str| {
+            if city == self.city {
+                Some(self.trust.own_key.clone())
+            } else {
+                self.peers.get(city).and_then(|p| p.node_key())
+            }
+        };
+        let revoked = |city: &str, id: &str| snapshot.consent_revoked(city, id);
+        let policy = self.trust.policy.current();
+        checks::Authorise {
+            city: &self.city,
+            policy: &policy,
+            consents: checks::ConsentCheck {
+                issuer_key: &issuer_key,
+                revoked: &revoked,
+                cache: &self.trust.consents,
+            },
+        }
+        .run(routed)
+    }
+
     /// Home ingress: a call from a system of this node's city.
     pub async fn from_caller<B: CallBody>(&self, req: Request<B>) -> Response<Body> {
         let (parts, body) = req.into_parts();

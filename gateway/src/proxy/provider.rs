@@ -1,22 +1,21 @@
 //! The providing node's steps (DESIGN §2, steps 5–7): a call forwarded by another city's
 //! node. The peer is who its mTLS certificate says; the caller is what that node's signed
 //! assertion vouches for. This node's policy has the final say, it checks the citizen's
-//! consent, caps the peer's calls in flight, and tells its provider where the call came from.
+//! consent, caps the peer's calls in flight, and tells its provider where the call came from
+//! and who is behind it.
 
 use std::sync::Arc;
 
-use http::request::Parts;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tongban_proto::metadata::{PersonKind, VouchedPrincipal};
 
-use super::call::{Call, Intent};
-use super::checks::Principal;
+use super::checks::VouchedIntent;
 use super::headers;
-use super::route::Upstream;
+use super::stage::{Accepted, Authenticated, Authorised, Who};
 use super::{Proxy, ProxyError, Ready};
-use crate::assertion::{self, AssertionClaims};
+use crate::assertion::{self, AssertionClaims, ReplayCache};
 use crate::audit::exchange::Exchange;
 use crate::trust::PeerIdentity;
-use tongban_proto::metadata::{PersonKind, VouchedPrincipal};
 
 impl Proxy {
     /// Everything the providing node checks, in order; the first failure is the refusal.
@@ -24,105 +23,93 @@ impl Proxy {
         &self,
         ex: &mut Exchange,
         peer: &PeerIdentity,
-        mut parts: Parts,
+        parts: http::request::Parts,
     ) -> Result<Ready, ProxyError> {
-        let mut call = self.accept(ex, &parts)?;
-        self.check_metadata(&parts.headers)?;
-        let claims = ex
+        let accepted = self.accept(ex, parts)?;
+        let (authenticated, claims) = ex
             .step(|| tracing::debug_span!("authenticate", tongban.peer = %peer.city))
-            .in_scope(|| self.verify_assertion(&parts, peer, &call))?;
-        ex.caller(&peer.city, &claims.sub);
-        let principal = vouched_principal(&peer.city, &claims);
-        ex.person(principal.kind.as_str(), &principal.person);
-        let target = call.target_city.get_or_insert_with(|| self.city.clone());
-        if *target != self.city {
-            return Err(ProxyError::NotRelayed {
-                own: self.city.clone(),
-                target: target.clone(),
-            });
-        }
-        let svc = ex
-            .step(|| tracing::debug_span!("route"))
-            .in_scope(|| self.local_provider(&self.catalog.snapshot(), &call))?;
-        let org = svc.record.organisation.clone();
-        ex.routed_local(&self.city, &org);
+            .in_scope(|| {
+                VerifyAssertion {
+                    city: &self.city,
+                    peer,
+                    replay: &self.trust.replay,
+                }
+                .run(accepted)
+            })?;
+        let who = &authenticated.who.principal;
+        ex.caller(&who.city, &who.org);
+        ex.person(who.kind.as_str(), &who.person);
         // The purpose is the one the home node vouched for, not the metadata's.
-        let mut intent = Intent::parse(
-            &parts.headers,
-            &call,
-            &self.trust.pseudonyms,
-            Some(&claims.purpose),
-        )?;
-        intent.own = claims.own && principal.is_citizen();
-        ex.intent(
-            &intent.purpose,
-            intent.catalog_code.as_deref(),
-            intent.subject.as_deref(),
-        );
-        let caller_id = principal.caller();
-        if principal.person.is_empty() && self.personal_data(&call, || svc.record.personal_data) {
-            return Err(ProxyError::Unauthenticated(format!(
-                "{}: the caller assertion names no person, and the call is about a person's data",
-                self.city
-            )));
+        let intended = self
+            .intend(Some(VouchedIntent {
+                purpose: &claims.purpose,
+                own: claims.own,
+            }))
+            .run(authenticated)?;
+        let i = &intended.intent;
+        ex.intent(&i.purpose, i.catalog_code.as_deref(), i.subject.as_deref());
+        let snapshot = self.catalog.snapshot();
+        let routed = ex
+            .step(|| tracing::debug_span!("route"))
+            .in_scope(|| self.route(&snapshot).local(intended))?;
+        if let super::stage::Upstream::Provider(svc) = &routed.upstream {
+            ex.routed_local(&self.city, &svc.record.organisation);
         }
-        let consent = ex.step(|| tracing::debug_span!("policy")).in_scope(|| {
-            let who = Principal::vouched(&peer.city, &claims);
-            self.authorise(&who, &self.city, &call, &intent)?;
-            self.check_consent(&parts.headers, &svc, &caller_id, &call, &intent)
-        })?;
-        ex.consent(consent);
-        let permit = self.peer_slot(&peer.city)?;
-        headers::strip_from_peer(&mut parts.headers);
-        let h = &mut parts.headers;
-        headers::to_provider(h, &intent, &self.city, &org, &principal);
-        Ok(Ready {
-            call,
-            parts,
-            upstream: Upstream::Provider(svc),
-            permit,
-        })
+        let authorised = ex
+            .step(|| tracing::debug_span!("policy"))
+            .in_scope(|| self.authorise(&snapshot, routed))?;
+        ex.consent(authorised.consent.clone());
+        Admit {
+            city: &self.city,
+            peer_city: &peer.city,
+            streams: self.peer_streams.get(&peer.city),
+            max_streams: self.limits.max_streams_per_peer,
+        }
+        .run(authorised)
     }
+}
 
-    /// Step 5: the assertion the peer's node signed, with the key of the certificate that
-    /// carried the call, bound to this request; never seen before.
-    fn verify_assertion(
-        &self,
-        parts: &Parts,
-        peer: &PeerIdentity,
-        call: &Call,
-    ) -> Result<AssertionClaims, ProxyError> {
-        let token = parts
+/// The authentication stage of the providing node: `Accepted → Authenticated`. The caller
+/// assertion the peer's node signed, verified with the key of the certificate that carried
+/// the call, bound to this request and never seen before; the principal it vouches for.
+pub(super) struct VerifyAssertion<'a> {
+    /// This node's city.
+    pub city: &'a str,
+    pub peer: &'a PeerIdentity,
+    pub replay: &'a ReplayCache,
+}
+
+impl VerifyAssertion<'_> {
+    pub fn run(&self, a: Accepted) -> Result<(Authenticated, AssertionClaims), ProxyError> {
+        let token = a
+            .parts
             .headers
             .get(assertion::HEADER)
             .and_then(|v| v.to_str().ok());
         let expected = assertion::Expected {
-            peer_city: &peer.city,
-            own_city: &self.city,
-            request_id: &call.request_id,
-            service: &call.service,
-            method: &call.method,
+            peer_city: &self.peer.city,
+            own_city: self.city,
+            request_id: &a.call.request_id,
+            service: &a.call.service,
+            method: &a.call.method,
         };
-        let claims = assertion::verify(token, &peer.public_key, &expected)
+        let claims = assertion::verify(token, &self.peer.public_key, &expected)
             .map_err(|e| ProxyError::Unauthenticated(e.to_string()))?;
-        self.trust
-            .replay
+        self.replay
             .check_and_remember(&claims.jti, claims.exp)
             .map_err(|e| ProxyError::Unauthenticated(e.to_string()))?;
-        Ok(claims)
-    }
-
-    /// One of the peer city's concurrency slots, or RESOURCE_EXHAUSTED.
-    fn peer_slot(&self, city: &str) -> Result<Option<OwnedSemaphorePermit>, ProxyError> {
-        let Some(sem) = self.peer_streams.get(city) else {
-            return Ok(None);
+        let who = Who {
+            principal: vouched_principal(&self.peer.city, &claims),
+            roles: claims.roles.clone(),
         };
-        Arc::clone(sem).try_acquire_owned().map(Some).map_err(|_| {
-            ProxyError::ResourceExhausted(format!(
-                "{}: peer city `{city}` already has {} calls in flight (limits.max_streams_per_peer)",
-                self.city, self.limits.max_streams_per_peer
-            ))
-        })
+        Ok((
+            Authenticated {
+                call: a.call,
+                parts: a.parts,
+                who,
+            },
+            claims,
+        ))
     }
 }
 
@@ -142,5 +129,57 @@ fn vouched_principal(peer_city: &str, claims: &AssertionClaims) -> VouchedPrinci
         city: peer_city.to_string(),
         org: claims.sub.clone(),
         person: claims.prs.clone(),
+    }
+}
+
+/// The admission stage: `Authorised → Ready`. One of the peer city's slots for calls in
+/// flight (`limits.max_streams_per_peer`), and the metadata this node gives its provider.
+pub(super) struct Admit<'a> {
+    pub city: &'a str,
+    pub peer_city: &'a str,
+    pub streams: Option<&'a Arc<Semaphore>>,
+    pub max_streams: u64,
+}
+
+impl Admit<'_> {
+    pub fn run(&self, a: Authorised) -> Result<Ready, ProxyError> {
+        let permit = self.slot()?;
+        let Authorised {
+            call,
+            mut parts,
+            who,
+            intent,
+            upstream,
+            consent: _,
+        } = a;
+        let org = match &upstream {
+            super::stage::Upstream::Provider(svc) => svc.record.organisation.clone(),
+            super::stage::Upstream::Peer(_) => {
+                return Err(ProxyError::Internal(
+                    "a providing node routes only to its own providers".into(),
+                ))
+            }
+        };
+        let h = &mut parts.headers;
+        headers::strip_from_peer(h);
+        headers::to_provider(h, &intent, self.city, &org, &who.principal);
+        Ok(Ready {
+            call,
+            parts,
+            upstream,
+            permit,
+        })
+    }
+
+    fn slot(&self) -> Result<Option<OwnedSemaphorePermit>, ProxyError> {
+        let Some(sem) = self.streams else {
+            return Ok(None);
+        };
+        Arc::clone(sem).try_acquire_owned().map(Some).map_err(|_| {
+            ProxyError::ResourceExhausted(format!(
+                "{}: peer city `{}` already has {} calls in flight (limits.max_streams_per_peer)",
+                self.city, self.peer_city, self.max_streams
+            ))
+        })
     }
 }

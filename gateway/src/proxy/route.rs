@@ -2,25 +2,86 @@
 //! that names a catalog item (`x-tongban-catalog-code`) goes to the organisation whose
 //! registration lists that item, without the caller naming the organisation.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::call::Call;
-use super::{Proxy, ProxyError};
+use super::stage::{Intended, Routed, Upstream};
+use super::ProxyError;
 use crate::catalog::{LocalService, Snapshot};
 use crate::federation::Peer;
 
-/// Where a call goes next.
-pub(super) enum Upstream {
-    /// A provider registered in this city.
-    Provider(Arc<LocalService>),
-    /// The node of another city, over the mTLS channel.
-    Peer(Arc<Peer>),
+/// The routing stage: `Intended → Routed`, from one catalog snapshot.
+pub(super) struct Route<'a> {
+    /// This node's city.
+    pub city: &'a str,
+    /// The federation's business catalog (which items exist, which handle personal data).
+    pub items: &'a tongban_catalog::Catalog,
+    pub snapshot: &'a Snapshot,
+    pub peers: &'a BTreeMap<String, Arc<Peer>>,
 }
 
-impl Proxy {
+impl Route<'_> {
+    /// Home node: a provider of this city, or the peer node of the target city.
+    pub fn run(&self, i: Intended) -> Result<Routed, ProxyError> {
+        let upstream = self.route(&i.call)?;
+        let target_city = match &upstream {
+            Upstream::Provider(_) => self.city.to_string(),
+            Upstream::Peer(p) => p.city.clone(),
+        };
+        Ok(self.routed(i, upstream, target_city))
+    }
+
+    /// Providing node: only a provider of this city (calls are not relayed to a third).
+    pub fn local(&self, mut i: Intended) -> Result<Routed, ProxyError> {
+        let target = i
+            .call
+            .target_city
+            .get_or_insert_with(|| self.city.to_string());
+        if target != self.city {
+            return Err(ProxyError::NotRelayed {
+                own: self.city.to_string(),
+                target: target.clone(),
+            });
+        }
+        let svc = self.local_provider(&i.call)?;
+        Ok(self.routed(i, Upstream::Provider(svc), self.city.to_string()))
+    }
+
+    fn routed(&self, i: Intended, upstream: Upstream, target_city: String) -> Routed {
+        let personal = self.personal(&upstream, &i.call);
+        Routed {
+            call: i.call,
+            parts: i.parts,
+            who: i.who,
+            intent: i.intent,
+            upstream,
+            target_city,
+            personal,
+        }
+    }
+
+    /// Whether a call touches personal data: a call naming a catalog item exactly when the
+    /// federation catalog says the item does; any other call when the registration of the
+    /// service says so.
+    fn personal(&self, upstream: &Upstream, call: &Call) -> bool {
+        match call
+            .catalog_code
+            .as_deref()
+            .and_then(|c| self.items.personal_data(c))
+        {
+            Some(personal) => personal,
+            None => match upstream {
+                Upstream::Provider(svc) => svc.record.personal_data,
+                Upstream::Peer(p) => self.snapshot.peer_personal(&p.city, &call.service),
+            },
+        }
+    }
+
     /// The target city (named, or the only one offering the service or item), then a
     /// provider of this city or the peer node of that one.
-    pub(super) fn route(&self, snap: &Snapshot, call: &Call) -> Result<Upstream, ProxyError> {
+    fn route(&self, call: &Call) -> Result<Upstream, ProxyError> {
+        let snap = self.snapshot;
         let code = call.catalog_code.as_deref();
         if let Some(code) = code {
             if self.items.personal_data(code).is_none() {
@@ -52,10 +113,10 @@ impl Proxy {
             },
         };
         if city == self.city {
-            return self.local_provider(snap, call).map(Upstream::Provider);
+            return self.local_provider(call).map(Upstream::Provider);
         }
         let Some(peer) = self.peers.get(&city) else {
-            let mut known: Vec<&str> = vec![self.city.as_str()];
+            let mut known: Vec<&str> = vec![self.city];
             known.extend(self.peers.keys().map(String::as_str));
             return Err(ProxyError::UnknownCity {
                 city,
@@ -83,11 +144,8 @@ impl Proxy {
 
     /// The one provider of this city offering the service (for the named organisation and
     /// catalog item, when given).
-    pub(super) fn local_provider(
-        &self,
-        snap: &Snapshot,
-        call: &Call,
-    ) -> Result<Arc<LocalService>, ProxyError> {
+    fn local_provider(&self, call: &Call) -> Result<Arc<LocalService>, ProxyError> {
+        let snap = self.snapshot;
         let code = call.catalog_code.as_deref();
         let mut offers = snap.local_providers(&call.service, code).filter(|s| {
             call.target_org
@@ -97,14 +155,14 @@ impl Proxy {
         let first = offers
             .next()
             .ok_or_else(|| match (&call.target_org, code) {
-                (None, Some(_)) => not_offered(call, self.city.clone()),
+                (None, Some(_)) => not_offered(call, self.city.to_string()),
                 (Some(o), _) => ProxyError::UnknownService {
                     service: format!("{} (organisation {o})", call.service),
-                    city: self.city.clone(),
+                    city: self.city.to_string(),
                 },
                 (None, None) => ProxyError::UnknownService {
                     service: call.service.clone(),
-                    city: self.city.clone(),
+                    city: self.city.to_string(),
                 },
             })?;
         let rest: Vec<_> = offers.collect();
@@ -113,7 +171,7 @@ impl Proxy {
             orgs.extend(rest.iter().map(|s| s.record.organisation.clone()));
             return Err(ProxyError::AmbiguousOrg {
                 service: call.service.clone(),
-                city: self.city.clone(),
+                city: self.city.to_string(),
                 orgs: orgs.join(", "),
             });
         }
