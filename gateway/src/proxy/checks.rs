@@ -64,7 +64,8 @@ pub(super) struct Intend<'a> {
 impl Intend<'_> {
     pub fn run(&self, a: Authenticated) -> Result<Intended, ProxyError> {
         let vouched_purpose = self.vouched.as_ref().map(|v| v.purpose);
-        let mut intent = Intent::parse(&a.parts.headers, &a.call, self.pseudonyms, vouched_purpose)?;
+        let mut intent =
+            Intent::parse(&a.parts.headers, &a.call, self.pseudonyms, vouched_purpose)?;
         intent.own = match &self.vouched {
             Some(v) => v.own && a.who.is_citizen(),
             None => own_data(&a.who, &intent)?,
@@ -194,5 +195,235 @@ impl Authorise<'_> {
             city: self.city.to_string(),
             source,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use tongban_proto::metadata::PersonKind;
+
+    use super::*;
+    use crate::consent::{subject_digest, ConsentClaims, ConsentError};
+    use crate::proxy::stage::testing::{accepted, provider, who, V2};
+
+    /// A valid resident id (GB 11643) from its first 17 digits.
+    fn resident(first17: &str) -> String {
+        format!("{first17}{}", subject::check_digit(first17).unwrap())
+    }
+
+    fn my_id() -> String {
+        resident("37010219850312002")
+    }
+
+    fn other_id() -> String {
+        resident("37010219700101005")
+    }
+
+    fn pseudonyms() -> (tempfile::TempDir, Pseudonymizer) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Pseudonymizer::open(dir.path()).unwrap();
+        (dir, p)
+    }
+
+    fn about(subject: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("x-tongban-purpose", "case-handling".into()),
+            ("x-tongban-subject", subject.into()),
+            ("x-tongban-catalog-code", "JQ-03".into()),
+        ]
+    }
+
+    fn authenticated(metadata: &[(&str, String)], who: Who) -> Authenticated {
+        let refs: Vec<(&str, &str)> = metadata.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let a = accepted(&refs);
+        Authenticated {
+            call: a.call,
+            parts: a.parts,
+            who,
+        }
+    }
+
+    #[test]
+    fn intend_knows_a_citizens_own_data_and_refuses_them_anyone_elses() {
+        let (_dir, p) = pseudonyms();
+        let home = Intend {
+            pseudonyms: &p,
+            vouched: None,
+        };
+        let me = who(
+            PersonKind::Citizen,
+            "jinan",
+            "portal",
+            &p.pseudonym(&my_id()),
+        );
+        let got = home
+            .run(authenticated(&about(&my_id()), me.clone()))
+            .unwrap();
+        assert!(got.intent.own);
+        assert_eq!(got.intent.subject, Some(p.pseudonym(&my_id())));
+        assert_eq!(got.intent.catalog_code.as_deref(), Some("JQ-03"));
+        let e = home
+            .run(authenticated(&about(&other_id()), me.clone()))
+            .unwrap_err();
+        assert!(matches!(e, ProxyError::NotOwnSubject), "{e}");
+        // No subject: not own data, not refused (a call about nobody).
+        let none = [("x-tongban-purpose", "case-handling".to_string())];
+        assert!(!home.run(authenticated(&none, me)).unwrap().intent.own);
+        // An official is never "own data", whoever the subject is.
+        let official = who(
+            PersonKind::Official,
+            "jinan",
+            "hrss",
+            &p.pseudonym(&my_id()),
+        );
+        assert!(
+            !home
+                .run(authenticated(&about(&my_id()), official.clone()))
+                .unwrap()
+                .intent
+                .own
+        );
+        // At the providing node: the home node's purpose and word on own data, for a
+        // citizen only.
+        let provider = Intend {
+            pseudonyms: &p,
+            vouched: Some(VouchedIntent {
+                purpose: "medical-treatment",
+                own: true,
+            }),
+        };
+        let got = provider
+            .run(authenticated(&about(&other_id()), official))
+            .unwrap();
+        assert_eq!(got.intent.purpose, "medical-treatment");
+        assert!(!got.intent.own);
+        let citizen = who(PersonKind::Citizen, "jinan", "portal", "home-pseudonym");
+        assert!(
+            provider
+                .run(authenticated(&about(&other_id()), citizen))
+                .unwrap()
+                .intent
+                .own
+        );
+        // A malformed purpose names the metadata key.
+        let bad = [("x-tongban-purpose", "Case Handling".to_string())];
+        let e = home
+            .run(authenticated(
+                &bad,
+                who(PersonKind::Official, "jinan", "hrss", "x"),
+            ))
+            .unwrap_err();
+        assert!(e.to_string().contains("x-tongban-purpose"), "{e}");
+    }
+
+    const POLICY: &str = r#"
+[[rules]]
+name = "jinan departments for case handling"
+effect = "allow"
+callers = ["jinan/*"]
+services = ["tongban.crosscity.v2.CrossCityService"]
+purposes = ["case-handling"]
+"#;
+
+    /// A call routed to this node's provider of JQ-03 (personal data) about [`my_id`].
+    fn routed(p: &Pseudonymizer, who: Who, consent: Option<&str>, own: bool) -> Routed {
+        let mut md = about(&my_id());
+        if let Some(c) = consent {
+            md.push(("x-tongban-consent", c.to_string()));
+        }
+        let i = Intend {
+            pseudonyms: p,
+            vouched: None,
+        }
+        .run(authenticated(&md, who.clone()))
+        .unwrap();
+        let mut intent = i.intent;
+        intent.own = own;
+        Routed {
+            call: i.call,
+            parts: i.parts,
+            who,
+            intent,
+            upstream: Upstream::Provider(provider("hrss", &["JQ-03"], true)),
+            target_city: "jinan".into(),
+            personal: true,
+        }
+    }
+
+    #[test]
+    fn authorise_needs_a_person_the_policy_and_a_consent_for_exactly_the_item() {
+        let (_dir, p) = pseudonyms();
+        let policy = Policy::parse(POLICY).unwrap();
+        let (signer, public, _) = crate::trust::test_node_key();
+        let key = |_: &str| Some(public.clone());
+        let revoked = |_: &str, id: &str| id == "c-revoked";
+        let cache = VerifiedConsents::new(16);
+        let authorise = Authorise {
+            city: "jinan",
+            policy: &policy,
+            consents: ConsentCheck {
+                issuer_key: &key,
+                revoked: &revoked,
+                cache: &cache,
+            },
+        };
+        let now = crate::assertion::now_s();
+        let consent = |id: &str, items: &[&str]| {
+            signer
+                .sign(&ConsentClaims {
+                    iss: "jinan".into(),
+                    jti: id.into(),
+                    sbj: subject_digest(id, &my_id()),
+                    gnt: "jinan/hrss".into(),
+                    tgt: "jinan".into(),
+                    svc: V2.into(),
+                    itm: items.iter().map(|i| i.to_string()).collect(),
+                    pur: "case-handling".into(),
+                    iat: now,
+                    exp: now + 600,
+                })
+                .unwrap()
+        };
+        let official = who(PersonKind::Official, "jinan", "hrss", "zhang.wei");
+        let ok = consent("c-1", &["JQ-03"]);
+        let got = authorise
+            .run(routed(&p, official.clone(), Some(&ok), false))
+            .unwrap();
+        assert_eq!(got.consent, "c-1");
+        // Nobody behind the token: refused before anything else.
+        let nobody = who(PersonKind::Official, "jinan", "hrss", "");
+        assert!(matches!(
+            authorise.run(routed(&p, nobody, Some(&ok), false)),
+            Err(ProxyError::Auth(AuthError::NoPerson))
+        ));
+        // Another city's organisation: no rule allows it.
+        let qd = who(PersonKind::Official, "qingdao", "hrss", "li.na");
+        assert!(matches!(
+            authorise.run(routed(&p, qd, Some(&ok), false)),
+            Err(ProxyError::PermissionDenied(_))
+        ));
+        // No consent, a consent for another item, a revoked one.
+        let refused = |c: Option<&str>| match authorise.run(routed(&p, official.clone(), c, false))
+        {
+            Err(ProxyError::Consent { source, .. }) => source,
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("allowed"),
+        };
+        assert!(matches!(refused(None), ConsentError::Missing(_)));
+        let jq16 = consent("c-2", &["JQ-16"]);
+        assert!(matches!(refused(Some(&jq16)), ConsentError::OutOfScope(_)));
+        let gone = consent("c-revoked", &["JQ-03"]);
+        assert!(matches!(refused(Some(&gone)), ConsentError::Revoked(_)));
+        // The citizen about themselves: no consent, recorded as their own data.
+        let me = who(
+            PersonKind::Citizen,
+            "jinan",
+            "portal",
+            &p.pseudonym(&my_id()),
+        );
+        let got = authorise.run(routed(&p, me, None, true)).unwrap();
+        assert_eq!(got.consent, consent::OWN_DATA);
     }
 }

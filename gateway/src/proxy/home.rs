@@ -38,8 +38,8 @@ impl Proxy {
         let i = &intended.intent;
         ex.intent(&i.purpose, i.catalog_code.as_deref(), i.subject.as_deref());
         let snapshot = self.catalog.snapshot();
-        let routed = tracing::debug_span!("route")
-            .in_scope(|| self.route(&snapshot).run(intended))?;
+        let routed =
+            tracing::debug_span!("route").in_scope(|| self.route(&snapshot).run(intended))?;
         match &routed.upstream {
             Upstream::Provider(svc) => ex.routed_local(&self.city, &svc.record.organisation),
             Upstream::Peer(p) => {
@@ -155,5 +155,123 @@ impl Vouch<'_> {
             upstream,
             permit: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use tongban_proto::metadata::{PersonKind, VouchedPrincipal, PRINCIPAL};
+
+    use super::*;
+    use crate::auth::{AuthError, Authenticated as Token};
+    use crate::proxy::call::Intent;
+    use crate::proxy::stage::testing::{accepted, provider, who};
+
+    fn caller(kind: PersonKind, person: &str) -> Caller {
+        Caller {
+            city: "jinan".into(),
+            org: "hrss".into(),
+            roles: vec!["r".into()],
+            kind,
+            person: person.into(),
+            token_id: "t-1".into(),
+            exp: 0,
+        }
+    }
+
+    #[test]
+    fn authenticate_takes_the_principal_the_listener_made_and_never_a_token() {
+        let mut a = accepted(&[("authorization", "Bearer not-looked-at")]);
+        a.parts
+            .extensions
+            .insert(Token(Ok(caller(PersonKind::Official, "zhang.wei"))));
+        let got = Authenticate.run(a).unwrap();
+        assert_eq!(
+            got.who.principal,
+            VouchedPrincipal {
+                kind: PersonKind::Official,
+                city: "jinan".into(),
+                org: "hrss".into(),
+                person: "zhang.wei".into(),
+            }
+        );
+        assert_eq!(got.who.roles, vec!["r".to_string()]);
+        // The listener's refusal is the refusal; no principal at all is a missing token.
+        let mut a = accepted(&[]);
+        a.parts
+            .extensions
+            .insert(Token(Err(AuthError::Invalid("expired".into()))));
+        assert!(matches!(
+            Authenticate.run(a),
+            Err(ProxyError::Auth(AuthError::Invalid(_)))
+        ));
+        assert!(matches!(
+            Authenticate.run(accepted(&[])),
+            Err(ProxyError::Auth(AuthError::Missing))
+        ));
+    }
+
+    #[test]
+    fn throttle_refuses_the_call_past_the_callers_burst() {
+        let rate = RateLimiter::new(1, 1);
+        let t = Throttle { rate: &rate };
+        let a = |org: &str| Authenticated {
+            call: accepted(&[]).call,
+            parts: accepted(&[]).parts,
+            who: who(PersonKind::Official, "jinan", org, "x"),
+        };
+        assert!(t.run(a("hrss")).is_ok());
+        assert!(matches!(t.run(a("hrss")), Err(ProxyError::RateLimited(_))));
+        // Another organisation has its own bucket.
+        assert!(t.run(a("gjj")).is_ok());
+    }
+
+    #[test]
+    fn vouch_hands_a_local_provider_the_principal_and_drops_credentials() {
+        let (signer, _, der) = crate::trust::test_node_key();
+        drop(signer);
+        let signer = assertion::Signer::new(&der);
+        let a = accepted(&[
+            ("authorization", "Bearer secret"),
+            ("cookie", "c=1"),
+            (
+                PRINCIPAL,
+                "kind=official;city=qingdao;org=gaj;person=forged",
+            ),
+            ("x-tongban-purpose", "case-handling"),
+        ]);
+        let authorised = Authorised {
+            call: a.call,
+            parts: a.parts,
+            who: who(PersonKind::Citizen, "jinan", "portal", "pseudonym-a"),
+            intent: Intent {
+                purpose: "case-handling".into(),
+                catalog_code: Some("JQ-03".into()),
+                subject: None,
+                own: false,
+            },
+            upstream: Upstream::Provider(provider("hrss", &["JQ-03"], true)),
+            consent: String::new(),
+        };
+        let ready = Vouch {
+            city: "jinan",
+            signer: &signer,
+        }
+        .run(authorised)
+        .unwrap();
+        let h = &ready.parts.headers;
+        assert!(h.get("authorization").is_none());
+        assert!(h.get("cookie").is_none());
+        assert!(h.get(assertion::HEADER).is_none());
+        let p = VouchedPrincipal::parse(h.get(PRINCIPAL).unwrap().to_str().unwrap()).unwrap();
+        assert_eq!(p.kind, PersonKind::Citizen);
+        assert_eq!(
+            (p.caller(), p.person.as_str()),
+            ("jinan/portal".into(), "pseudonym-a")
+        );
+        assert_eq!(h.get("x-tongban-caller").unwrap(), "jinan/portal");
+        assert_eq!(h.get("x-tongban-catalog-code").unwrap(), "JQ-03");
     }
 }

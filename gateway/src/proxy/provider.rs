@@ -183,3 +183,176 @@ impl Admit<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use tongban_proto::metadata::PRINCIPAL;
+
+    use super::*;
+    use crate::federation::Peer;
+    use crate::proxy::call::Intent;
+    use crate::proxy::home::Vouch;
+    use crate::proxy::stage::testing::{accepted, provider, who};
+    use crate::proxy::stage::Upstream;
+    use crate::upstream::Endpoint;
+
+    fn intent(own: bool) -> Intent {
+        Intent {
+            purpose: "case-handling".into(),
+            catalog_code: Some("JQ-03".into()),
+            subject: Some("pseudonym-at-home".into()),
+            own,
+        }
+    }
+
+    /// What Jinan's `Vouch` stage sends Qingdao for `who`: the call's metadata, assertion
+    /// included.
+    fn vouched_by_jinan(der: &[u8], who: Who, own: bool) -> http::HeaderMap {
+        let signer = assertion::Signer::new(der);
+        let ep = Arc::new(Endpoint::provider("http://127.0.0.1:9").unwrap());
+        let peer = Arc::new(Peer::new("qingdao".into(), ep.clone(), ep));
+        let a = accepted(&[("x-tongban-purpose", "case-handling")]);
+        let ready = Vouch {
+            city: "jinan",
+            signer: &signer,
+        }
+        .run(Authorised {
+            call: a.call,
+            parts: a.parts,
+            who,
+            intent: intent(own),
+            upstream: Upstream::Peer(peer),
+            consent: String::new(),
+        })
+        .unwrap();
+        ready.parts.headers
+    }
+
+    fn at_qingdao(h: &http::HeaderMap) -> Accepted {
+        let pairs: Vec<(String, String)> = h
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        let refs: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        accepted(&refs)
+    }
+
+    #[test]
+    fn the_assertion_vouch_signs_carries_the_person_once_to_the_providing_node() {
+        let (_, public, der) = crate::trust::test_node_key();
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::sled::SledStore::open_now(dir.path()).unwrap();
+        let replay = ReplayCache::open(&store).unwrap();
+        let jinan = PeerIdentity {
+            city: "jinan".into(),
+            public_key: public,
+        };
+        let verify = VerifyAssertion {
+            city: "qingdao",
+            peer: &jinan,
+            replay: &replay,
+        };
+        let official = who(PersonKind::Official, "jinan", "hrss", "zhang.wei");
+        let h = vouched_by_jinan(&der, official.clone(), false);
+        assert!(
+            h.get(PRINCIPAL).is_none(),
+            "the provider's metadata is set at qingdao"
+        );
+        let (got, claims) = verify.run(at_qingdao(&h)).unwrap();
+        assert_eq!(got.who, official);
+        assert_eq!(claims.purpose, "case-handling");
+        // The same assertion again: a replay.
+        let e = verify.run(at_qingdao(&h)).unwrap_err();
+        assert!(e.to_string().contains("replay"), "{e}");
+        // Signed by another key than the certificate's: refused.
+        let (_, _, other) = crate::trust::test_node_key();
+        let forged = vouched_by_jinan(&other, official, false);
+        assert!(matches!(
+            verify.run(at_qingdao(&forged)),
+            Err(ProxyError::Unauthenticated(_))
+        ));
+        // A citizen crosses as the home node's pseudonym, with the home node's word on own
+        // data.
+        let citizen = who(PersonKind::Citizen, "jinan", "portal", "pseudonym-a");
+        let h = vouched_by_jinan(&der, citizen.clone(), true);
+        let (got, claims) = verify.run(at_qingdao(&h)).unwrap();
+        assert_eq!(got.who, citizen);
+        assert!(claims.own);
+    }
+
+    #[test]
+    fn an_assertion_without_a_kind_is_a_citizens_only_by_its_role() {
+        let (_, _, der) = crate::trust::test_node_key();
+        drop(der);
+        let mut claims = AssertionClaims {
+            iss: "jinan".into(),
+            aud: "qingdao".into(),
+            sub: "portal".into(),
+            roles: vec!["citizen".into()],
+            purpose: "case-handling".into(),
+            subj: None,
+            own: true,
+            knd: String::new(),
+            prs: "p".into(),
+            rid: "r".into(),
+            svc: "s.S".into(),
+            mth: "M".into(),
+            iat: 0,
+            exp: 0,
+            jti: "j".into(),
+        };
+        assert_eq!(
+            vouched_principal("jinan", &claims).kind,
+            PersonKind::Citizen
+        );
+        claims.roles.clear();
+        assert_eq!(
+            vouched_principal("jinan", &claims).kind,
+            PersonKind::Official
+        );
+        claims.knd = "system".into();
+        assert_eq!(vouched_principal("jinan", &claims).kind, PersonKind::System);
+    }
+
+    #[test]
+    fn admit_holds_one_of_the_peers_slots_and_tells_the_provider_who_called() {
+        let slots = Arc::new(Semaphore::new(1));
+        let admit = Admit {
+            city: "qingdao",
+            peer_city: "jinan",
+            streams: Some(&slots),
+            max_streams: 1,
+        };
+        let authorised = || {
+            let a = accepted(&[(PRINCIPAL, "kind=system;city=x;org=y;person=forged")]);
+            Authorised {
+                call: a.call,
+                parts: a.parts,
+                who: who(PersonKind::Official, "jinan", "hrss", "zhang.wei"),
+                intent: intent(false),
+                upstream: Upstream::Provider(provider("hrss", &["JQ-03"], true)),
+                consent: "c-1".into(),
+            }
+        };
+        let first = admit.run(authorised()).unwrap();
+        assert_eq!(
+            first.parts.headers.get(PRINCIPAL).unwrap(),
+            "kind=official;city=jinan;org=hrss;person=zhang.wei"
+        );
+        assert_eq!(
+            first.parts.headers.get("x-tongban-origin-city").unwrap(),
+            "jinan"
+        );
+        assert!(matches!(
+            admit.run(authorised()),
+            Err(ProxyError::ResourceExhausted(_))
+        ));
+        drop(first);
+        assert!(admit.run(authorised()).is_ok());
+    }
+}

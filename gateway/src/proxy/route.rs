@@ -192,3 +192,116 @@ fn not_offered(call: &Call, city: String) -> ProxyError {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::HashSet;
+
+    use tongban_proto::federation::v1::SignedCatalog;
+    use tongban_proto::metadata::PersonKind;
+
+    use super::*;
+    use crate::catalog::{PeerCatalog, PeerService};
+    use crate::proxy::call::Intent;
+    use crate::proxy::stage::testing::{accepted, provider, who, V2};
+    use crate::upstream::Endpoint;
+
+    /// Jinan's view: its hrss provides JQ-03 (personal) and JQ-19 is not registered here;
+    /// Qingdao's catalog offers JQ-03 at its hrss.
+    fn snapshot() -> Snapshot {
+        let peer = PeerCatalog {
+            city: "qingdao".into(),
+            version: 1,
+            issued_at_ms: 0,
+            services: vec![PeerService {
+                organisation: "hrss".into(),
+                service: V2.into(),
+                catalog_codes: vec!["JQ-03".into()],
+                personal_data: false,
+                description: String::new(),
+            }],
+            revoked_consents: HashSet::new(),
+        };
+        Snapshot {
+            city: "jinan".into(),
+            local_version: 1,
+            local: vec![provider("hrss", &["JQ-03"], true)],
+            peers: [("qingdao".to_string(), Arc::new(peer))].into(),
+            signed_local: Arc::new(SignedCatalog::default()),
+            revoked_consents: HashSet::new(),
+        }
+    }
+
+    fn peers() -> BTreeMap<String, Arc<Peer>> {
+        let ep = Arc::new(Endpoint::provider("http://127.0.0.1:9").unwrap());
+        let peer = Arc::new(Peer::new("qingdao".into(), ep.clone(), ep));
+        [("qingdao".to_string(), peer)].into()
+    }
+
+    fn intended(metadata: &[(&str, &str)]) -> Intended {
+        let a = accepted(metadata);
+        Intended {
+            intent: Intent {
+                purpose: "case-handling".into(),
+                catalog_code: a.call.catalog_code.clone(),
+                subject: None,
+                own: false,
+            },
+            call: a.call,
+            parts: a.parts,
+            who: who(PersonKind::Official, "jinan", "gjj", "x"),
+        }
+    }
+
+    #[test]
+    fn route_by_item_and_city_and_say_whether_personal_data_passes() {
+        let items = tongban_catalog::Catalog::embedded().unwrap();
+        let (snap, peers) = (snapshot(), peers());
+        let route = Route {
+            city: "jinan",
+            items: &items,
+            snapshot: &snap,
+            peers: &peers,
+        };
+        let code = |c: &'static str, city: &'static str| {
+            intended(&[
+                ("x-tongban-catalog-code", c),
+                ("x-tongban-target-city", city),
+            ])
+        };
+        // Here, to the organisation registered for the item; personal by the catalog.
+        let r = route.run(code("JQ-03", "jinan")).unwrap();
+        assert!(matches!(&r.upstream, Upstream::Provider(s) if s.record.organisation == "hrss"));
+        assert_eq!(r.target_city, "jinan");
+        assert!(r.personal);
+        // To Qingdao's node: the catalog's word on the item wins over the registration's.
+        let r = route.run(code("JQ-03", "qingdao")).unwrap();
+        assert!(matches!(&r.upstream, Upstream::Peer(p) if p.city == "qingdao"));
+        assert!(r.personal);
+        // An item nobody here registered, an unknown item, an unknown city.
+        let e = |i| route.run(i).err().unwrap();
+        assert!(matches!(
+            e(code("JQ-19", "jinan")),
+            ProxyError::ItemNotOffered { .. }
+        ));
+        assert!(matches!(
+            e(code("JQ-99", "jinan")),
+            ProxyError::UnknownItem { .. }
+        ));
+        assert!(matches!(
+            e(code("JQ-03", "beijing")),
+            ProxyError::UnknownCity { .. }
+        ));
+        // Offered in both cities and no city named: the caller must choose.
+        let both = intended(&[("x-tongban-catalog-code", "JQ-03")]);
+        assert!(matches!(e(both), ProxyError::AmbiguousCity { .. }));
+        // The providing node routes only to its own providers, never on to a third city.
+        assert!(route.local(code("JQ-03", "jinan")).is_ok());
+        assert!(matches!(
+            route.local(code("JQ-03", "qingdao")).err().unwrap(),
+            ProxyError::NotRelayed { .. }
+        ));
+    }
+}

@@ -46,12 +46,14 @@ pub(super) enum Upstream {
 }
 
 /// A call this node looks at: it is serving, and the path and metadata are readable.
+#[derive(Debug)]
 pub(super) struct Accepted {
     pub call: Call,
     pub parts: Parts,
 }
 
 /// The call, and who is behind it.
+#[derive(Debug)]
 pub(super) struct Authenticated {
     pub call: Call,
     pub parts: Parts,
@@ -59,6 +61,7 @@ pub(super) struct Authenticated {
 }
 
 /// The call, who is behind it, and why and about whom it is made.
+#[derive(Debug)]
 pub(super) struct Intended {
     pub call: Call,
     pub parts: Parts,
@@ -90,4 +93,70 @@ pub(super) struct Authorised {
     pub intent: Intent,
     pub upstream: Upstream,
     pub consent: String,
+}
+
+/// What the stages' unit tests start from: calls, principals and services made in memory,
+/// without a socket or a node.
+#[cfg(test)]
+pub(super) mod testing {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use http::request::Parts;
+    use tongban_proto::metadata::{PersonKind, VouchedPrincipal};
+
+    use super::{Accepted, Who};
+    use crate::catalog::LocalService;
+    use crate::proxy::call::Call;
+    use crate::registry::ServiceRecord;
+    use crate::upstream::EndpointSet;
+
+    pub const V2: &str = "tongban.crosscity.v2.CrossCityService";
+
+    /// The parts of a gRPC request to `V2/Submit` with `metadata`.
+    pub fn parts(metadata: &[(&str, &str)]) -> Parts {
+        let mut b = http::Request::builder()
+            .method("POST")
+            .uri(format!("/{V2}/Submit"))
+            .header("content-type", "application/grpc");
+        for (k, v) in metadata {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    /// A call accepted with `metadata`, request id `rid-1`.
+    pub fn accepted(metadata: &[(&str, &str)]) -> Accepted {
+        let parts = parts(metadata);
+        let call = Call::parse(&parts, &crate::config::Limits::default(), "rid-1".into()).unwrap();
+        Accepted { call, parts }
+    }
+
+    pub fn who(kind: PersonKind, city: &str, org: &str, person: &str) -> Who {
+        Who {
+            principal: VouchedPrincipal {
+                kind,
+                city: city.into(),
+                org: org.into(),
+                person: person.into(),
+            },
+            roles: Vec::new(),
+        }
+    }
+
+    /// `org`'s provider of `V2`, registered for `codes`.
+    pub fn provider(org: &str, codes: &[&str], personal_data: bool) -> Arc<LocalService> {
+        Arc::new(LocalService {
+            record: ServiceRecord {
+                organisation: org.into(),
+                service: V2.into(),
+                endpoints: vec!["http://127.0.0.1:9".into()],
+                catalog_codes: codes.iter().map(|c| c.to_string()).collect(),
+                personal_data,
+                description: String::new(),
+            },
+            endpoints: Arc::new(EndpointSet::new(Vec::new())),
+        })
+    }
 }
