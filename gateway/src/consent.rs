@@ -25,8 +25,8 @@ use tongban_proto::consent::v1::{
 use tongban_proto::federation::v1::RevokedConsent;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Caller;
 use crate::auth::{require, Grant};
-use crate::auth::{Authenticator, Caller};
 use crate::config::{validate_city_id, validate_org_id};
 
 /// A consent's target city meaning every city of the federation: the subject lets the
@@ -350,7 +350,6 @@ pub trait Republish: Send + Sync {
 /// The Consent API on the caller listener.
 pub struct ConsentApi {
     pub city: String,
-    pub auth: Arc<Authenticator>,
     pub store: ConsentStore,
     pub pseudonyms: Arc<Pseudonymizer>,
     /// The federation's catalog: the items a consent may name.

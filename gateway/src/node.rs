@@ -301,7 +301,7 @@ impl PreparedNode {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
                 .unwrap_or(0),
-            auth: Some(checks.auth.clone()),
+            operators_only: true,
             audit_writable: metrics.audit.writable.clone(),
             catalog: catalog.clone(),
             peers: peers.clone(),
@@ -313,7 +313,7 @@ impl PreparedNode {
             catalog: catalog.clone(),
             peers: peers.clone(),
             routes: Routes::new(AdminServer::new(crate::status_api::StatusApi {
-                auth: None,
+                operators_only: false,
                 ..status.clone()
             }))
             .add_service(health_svc.clone())
@@ -321,7 +321,6 @@ impl PreparedNode {
         };
         let consent_api = ConsentApi {
             city: config.city.clone(),
-            auth: checks.auth.clone(),
             store: consents,
             pseudonyms: checks.pseudonyms.clone(),
             items: config.items.clone(),
@@ -332,7 +331,6 @@ impl PreparedNode {
             city: config.city.clone(),
             publisher,
             peers: peers.clone(),
-            auth: checks.auth.clone(),
             items: config.items.clone(),
         }))
         .add_service(ConsentServer::new(consent_api))
@@ -340,7 +338,6 @@ impl PreparedNode {
             city: config.city.clone(),
             signer: Arc::new(assertion::Signer::new(identity.key_pkcs8())),
             auditor: auditor.clone(),
-            auth: checks.auth.clone(),
             pseudonyms: checks.pseudonyms.clone(),
             peers: peers
                 .iter()

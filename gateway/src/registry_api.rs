@@ -12,8 +12,8 @@ use tongban_proto::registry::v1::{
 };
 use tonic::{Code, Request, Response, Status};
 
+use crate::auth::Caller;
 use crate::auth::{require, Grant};
-use crate::auth::{Authenticator, Caller};
 use crate::catalog::Publisher;
 use crate::error::{ApiError, BadField, FieldViolation};
 use crate::federation::Peer;
@@ -56,7 +56,6 @@ pub struct RegistryApi {
     pub city: String,
     pub publisher: Arc<Publisher>,
     pub peers: BTreeMap<String, Arc<Peer>>,
-    pub auth: Arc<Authenticator>,
     /// The federation's business catalog: registrations may list only its items.
     pub items: Arc<tongban_catalog::Catalog>,
 }

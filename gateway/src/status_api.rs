@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::audit::api::OPERATOR_ROLE;
 use crate::audit::Auditor;
-use crate::auth::{require, Authenticator, Grant};
+use crate::auth::{require, Grant};
 use crate::catalog::Catalog;
 use crate::federation::Peer;
 use crate::stats;
@@ -24,7 +24,9 @@ pub struct StatusApi {
     pub started_at_ms: i64,
     /// `Some` on the caller listener (role audit-operator required); `None` on the admin
     /// listener, where access is by network.
-    pub auth: Option<Arc<Authenticator>>,
+    /// On the caller listener: only an operator (role `audit-operator`) reads the status;
+    /// the admin listener's copy answers without a token.
+    pub operators_only: bool,
     /// Whether the audit log can be written now.
     pub audit_writable: prometheus_client::metrics::gauge::Gauge,
     pub catalog: Arc<Catalog>,
@@ -45,7 +47,7 @@ impl Admin for StatusApi {
         &self,
         req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        if self.auth.is_some() {
+        if self.operators_only {
             let caller = crate::auth::principal_of(&req)?;
             require(
                 &caller,

@@ -345,7 +345,9 @@ async fn withdrawal_listing_restart_and_someone_elses_application() {
     let a = w.status(&first.application_id, "JQ-08").await;
     assert_eq!(state(&a), State::Received);
     assert_eq!(a.due_date, first.due_date);
-    // The portal view: the citizen's applications at gjj, newest first, paged.
+    // The service centre's view of the citizen's applications at gjj: those of the item it
+    // names (the one the consent was checked for), newest first, paged.
+    let third = w.submit("JQ-08").await.unwrap();
     let list = |token: &str| {
         w.as_centre(
             ListApplicationsRequest {
@@ -363,7 +365,7 @@ async fn withdrawal_listing_restart_and_someone_elses_application() {
         .unwrap()
         .into_inner();
     assert_eq!(p1.applications.len(), 1);
-    assert_eq!(p1.applications[0].application_id, second.application_id);
+    assert_eq!(p1.applications[0].application_id, third.application_id);
     let p2 = w
         .client("jinan")
         .await
@@ -372,7 +374,23 @@ async fn withdrawal_listing_restart_and_someone_elses_application() {
         .unwrap()
         .into_inner();
     assert_eq!(p2.applications[0].application_id, first.application_id);
-    assert!(p2.next_page_token.is_empty());
+    assert!(
+        p2.next_page_token.is_empty(),
+        "the JQ-07 application is not listed"
+    );
+    let jq07 = w
+        .client("jinan")
+        .await
+        .list_applications(w.as_centre(ListApplicationsRequest::default(), "JQ-07"))
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<_> = jq07
+        .applications
+        .iter()
+        .map(|a| &a.application_id)
+        .collect();
+    assert_eq!(ids, vec![&second.application_id]);
     // Withdrawal by its submitter.
     let withdrawn = w
         .client("jinan")

@@ -557,6 +557,34 @@ async fn a_consent_names_items_and_a_token_without_sub_is_refused_for_personal_d
     assert!(client.get_status(get("JQ-03")).await.is_ok());
     let e = client.get_status(get("JQ-16")).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // The organisation that submitted it reads it only about its applicant: with another
+    // citizen's subject and consent, it is not found (an access is recorded under the
+    // citizen whose data it touches, never under another).
+    let someone = demo_subject("37010219700101001");
+    let (_, theirs) = w
+        .fed
+        .grant_consent_for(
+            CROSSCITY_V2,
+            "jinan",
+            &someone,
+            &grantee,
+            ("qingdao", "case-handling"),
+            &["JQ-03"],
+        )
+        .await
+        .unwrap();
+    let req = call(
+        GetStatusRequest {
+            application_id: app.application_id.clone(),
+        },
+        &official,
+        "qingdao",
+        Some(&someone),
+        Some("JQ-03"),
+        Some(&theirs),
+    );
+    let e = client.get_status(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
     // A medical-treatment consent (data item MR-01 of the result registry) never opens a
     // criminal-record query (JQ-16), whatever purpose the call claims.
     let (_, medical) = w

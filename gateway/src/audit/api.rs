@@ -16,8 +16,8 @@ use tonic::{Request, Response, Status};
 
 use super::index::Filter;
 use super::Auditor;
+use crate::auth::Caller;
 use crate::auth::{require, Grant};
-use crate::auth::{Authenticator, Caller};
 use crate::error::{ApiError, BadField};
 use crate::subject::{validate_resident_id, Pseudonymizer};
 use crate::upstream::{Endpoint, EndpointChannel};
@@ -32,7 +32,6 @@ pub struct AuditApi {
     /// Signs the assertion that asks a peer for a citizen's accesses.
     pub signer: Arc<crate::assertion::Signer>,
     pub auditor: Arc<Auditor>,
-    pub auth: Arc<Authenticator>,
     pub pseudonyms: Arc<Pseudonymizer>,
     /// The peer nodes' endpoints (to fetch their side of an exchange).
     pub peers: BTreeMap<String, Arc<Endpoint>>,

@@ -66,10 +66,12 @@ impl Department {
     /// for, never from the calling organisation alone:
     /// - a citizen (their own token, or a portal on their behalf): only their own
     ///   applications (the node lets a citizen name only themselves in `x-tongban-subject`);
-    /// - an official or a system account: the applications its organisation submitted
-    ///   itself (not those citizens submitted through it), and those of the citizen in
-    ///   `x-tongban-subject` for the catalog item the node checked that citizen's consent
-    ///   for (`x-tongban-catalog-code`).
+    /// - an official or a system account: a call naming the application's item
+    ///   (`x-tongban-catalog-code`, so that the node checked the consent for that item), for
+    ///   an item with personal data about its applicant (`x-tongban-subject`, whose consent
+    ///   the node checked, so the access is recorded under the right citizen), and either
+    ///   submitted by the caller's organisation itself (not by citizens through it) or about
+    ///   that applicant.
     fn may_see(&self, s: &Stored, v: &Vouched) -> bool {
         let about_applicant = v
             .subject
@@ -78,8 +80,14 @@ impl Department {
         if v.principal.is_citizen() {
             return about_applicant;
         }
-        (s.caller == v.caller && !s.by_citizen)
-            || (about_applicant && v.catalog_code.as_deref() == Some(s.code.as_str()))
+        let personal = self
+            .office
+            .catalog
+            .item(&s.code)
+            .is_none_or(|i| i.personal_data);
+        let own_submission = s.caller == v.caller && !s.by_citizen;
+        v.catalog_code.as_deref() == Some(s.code.as_str())
+            && (about_applicant || (own_submission && !personal))
     }
 }
 
@@ -220,17 +228,13 @@ impl CrossCityService for Department {
             })?)
         };
         let pseudonym = self.pseudonyms.pseudonym(subject);
-        let (apps, next) = self
-            .office
-            .store
-            .by_subject(&pseudonym, after.as_deref(), size)?;
+        // Only what the caller may see: an official, the item the call names.
+        let (apps, next) =
+            self.office
+                .store
+                .by_subject(&pseudonym, after.as_deref(), size, |s| self.may_see(s, &v))?;
         Ok(Response::new(ListApplicationsResponse {
-            // An official sees only the items the citizen consented to (the one named).
-            applications: apps
-                .iter()
-                .filter(|s| self.may_see(s, &v))
-                .map(Stored::to_wire)
-                .collect(),
+            applications: apps.iter().map(Stored::to_wire).collect(),
             next_page_token: next.map(hex::encode).unwrap_or_default(),
         }))
     }

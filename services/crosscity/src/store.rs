@@ -176,13 +176,15 @@ impl Store {
         Ok(out)
     }
 
-    /// Up to `limit` applications of the subject `pseudonym`, newest first, after the index
-    /// key `after` (the page token); also the token of the next page.
+    /// Up to `limit` applications of the subject `pseudonym` that `keep` keeps (those the
+    /// caller may see), newest first, after the index key `after` (the page token); also the
+    /// token of the next page, only when there is one.
     pub fn by_subject(
         &self,
         pseudonym: &str,
         after: Option<&[u8]>,
         limit: usize,
+        keep: impl Fn(&Stored) -> bool,
     ) -> Result<(Vec<Stored>, Option<Vec<u8>>), CrossCityError> {
         let prefix = format!("{pseudonym}/").into_bytes();
         let start = match after {
@@ -200,14 +202,15 @@ impl Store {
             if !k.starts_with(&prefix) {
                 break;
             }
+            let id = k.rsplit(|b| *b == b'/').next().unwrap_or_default();
+            let id = String::from_utf8_lossy(id).into_owned();
+            let Some(s) = self.get(&id)?.filter(|s| keep(s)) else {
+                continue;
+            };
             if out.len() == limit {
                 return Ok((out, last));
             }
-            let id = k.rsplit(|b| *b == b'/').next().unwrap_or_default();
-            let id = String::from_utf8_lossy(id).into_owned();
-            if let Some(s) = self.get(&id)? {
-                out.push(s);
-            }
+            out.push(s);
             last = Some(k.to_vec());
         }
         Ok((out, None))
