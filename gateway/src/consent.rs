@@ -430,9 +430,11 @@ impl ConsentApi {
         Ok(out)
     }
 
-    /// A portal acts for any subject; a citizen only for itself.
+    /// A portal acts for any subject; a citizen only for itself. Either way a person (or a
+    /// named system account) is behind it: a subject's consents are personal data.
     async fn authorise<T>(&self, req: &Request<T>, subject: &str) -> Result<Caller, Status> {
         let caller = crate::auth::principal_of(req)?;
+        caller.require_person()?;
         validate_resident_id(subject).map_err(|m| BadField::new("subject", m))?;
         let pseudonym = self.pseudonyms.pseudonym(subject);
         require(

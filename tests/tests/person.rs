@@ -657,6 +657,33 @@ async fn a_consent_names_items_and_a_token_without_sub_is_refused_for_personal_d
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     assert!(e.message().contains("`sub`"), "{}", e.message());
     assert_eq!(reason(&e), "TOKEN_NO_PERSON");
+    // Nor may a consent portal without a `sub` read a citizen's consents.
+    let portal = w
+        .fed
+        .idp("jinan")
+        .unwrap()
+        .issue(
+            "portal",
+            &["consent-portal".into()],
+            Duration::from_secs(600),
+            "",
+        )
+        .unwrap();
+    let nameless = Who {
+        city: "jinan",
+        token: portal,
+    };
+    let e = ConsentClient::new(w.fed.channel("jinan").await.unwrap())
+        .list(authorised(
+            ListRequest {
+                subject: citizen_id.clone(),
+            },
+            &nameless,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert_eq!(reason(&e), "TOKEN_NO_PERSON");
     // ... and let through for an item without personal data.
     let msg = example_application(w.catalog.item("JQ-19").unwrap(), &citizen_id);
     let biz = call(

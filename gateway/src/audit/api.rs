@@ -150,8 +150,10 @@ impl AuditApi {
             .map_err(|s| s.message().to_string())
     }
 
+    /// An operator, named: the audit is about people, so whoever reads it is recorded.
     async fn operator<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
         let c = crate::auth::principal_of(req)?;
+        c.require_person()?;
         require(&c, "read the audit", &[Grant::Role(OPERATOR_ROLE)])?;
         Ok(c)
     }
@@ -282,6 +284,7 @@ impl Audit for AuditApi {
         req: Request<AccessLogRequest>,
     ) -> Result<Response<AccessLogResponse>, Status> {
         let caller = crate::auth::principal_of(&req)?;
+        caller.require_person()?;
         let r = req.into_inner();
         validate_resident_id(&r.subject).map_err(|m| BadField::new("subject", m))?;
         let pseudonym = self.pseudonyms.pseudonym(&r.subject);
