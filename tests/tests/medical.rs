@@ -146,10 +146,11 @@ impl World {
         )
     }
 
-    /// Jinan's report `id` as FHIR R4 JSON, exported through the Qingdao hospital's node.
+    /// Jinan's report `id` (its registry id) as FHIR R4 JSON, exported through the Qingdao
+    /// hospital's node.
     async fn export_fhir(&self, id: &str) -> String {
         let req = self.qingdao_asks(GetReportRequest {
-            report_id: id.into(),
+            registry_id: id.into(),
         });
         self.registry("qingdao")
             .await
@@ -160,7 +161,8 @@ impl World {
             .json
     }
 
-    async fn publish(&self, report: Report) -> Result<(), tonic::Status> {
+    /// Publishes `report` in Jinan; its registry id.
+    async fn publish(&self, report: Report) -> Result<String, tonic::Status> {
         let req = self.call(
             PublishRequest {
                 report: Some(report),
@@ -170,7 +172,11 @@ impl World {
             "medical-treatment",
             Some(&self.publish_consent),
         );
-        self.registry("jinan").await.publish(req).await.map(|_| ())
+        self.registry("jinan")
+            .await
+            .publish(req)
+            .await
+            .map(|r| r.into_inner().registry_id)
     }
 
     async fn query(
@@ -229,6 +235,7 @@ fn report(
         results,
         conclusion: "未见异常".into(),
         attachment: Vec::new(),
+        registry_id: String::new(),
     }
 }
 
@@ -444,15 +451,31 @@ async fn a_large_report_streams_across_the_boundary() {
     );
     r.kind = ReportKind::Imaging as i32;
     r.attachment = attachment.clone();
-    w.publish(r).await.unwrap();
+    let ct1 = w.publish(r).await.unwrap();
     let rs = w
         .query("medical-treatment", Some(&w.read_consent))
         .await
         .unwrap();
     assert_eq!(rs[0].item, "CT-HEAD");
     assert!(rs[0].verdict.as_ref().unwrap().eligible);
+    // The registry's id, in the query's answer too: `jinan-rpt-` and 122 random bits.
+    assert_eq!(rs[0].registry_id, ct1);
+    let random = ct1.strip_prefix("jinan-rpt-").unwrap();
+    assert!(
+        random.len() == 32 && random.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{ct1}"
+    );
+    // The institution's own id no longer fetches it (it is guessable).
+    let e = w
+        .registry("qingdao")
+        .await
+        .get_report(w.qingdao_asks(GetReportRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("registry_id"), "{}", e.message());
     let req = w.qingdao_asks(GetReportRequest {
-        report_id: "CT1".into(),
+        registry_id: ct1.clone(),
     });
     let mut stream = w
         .registry("qingdao")
@@ -613,7 +636,7 @@ async fn reports_export_as_fhir_r4_that_an_independent_validator_accepts() {
         now - DAY,
         vec![k, lab("hb", "718-7", 128.0, "g/L")],
     );
-    w.publish(lab_report).await.unwrap();
+    let lab_id = w.publish(lab_report).await.unwrap();
     let mut ct = report(
         "CT9",
         &w.patient,
@@ -631,15 +654,19 @@ async fn reports_export_as_fhir_r4_that_an_independent_validator_accepts() {
         }],
     );
     ct.kind = ReportKind::Imaging as i32;
-    w.publish(ct).await.unwrap();
+    let ct_id = w.publish(ct).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     for (id, expect_types, expect_status) in [
         (
-            "R/1 2",
+            lab_id.as_str(),
             vec!["DiagnosticReport", "Observation", "Observation"],
             "final",
         ),
-        ("CT9", vec!["DiagnosticReport", "ImagingStudy"], "amended"),
+        (
+            ct_id.as_str(),
+            vec!["DiagnosticReport", "ImagingStudy"],
+            "amended",
+        ),
     ] {
         let doc = w.export_fhir(id).await;
         assert!(!doc.contains(&w.patient), "clear id in the export");
@@ -652,7 +679,7 @@ async fn reports_export_as_fhir_r4_that_an_independent_validator_accepts() {
         assert_eq!(v["types"], serde_json::json!(expect_types), "{v}");
         assert_eq!(v["statuses"][0], expect_status, "{v}");
         assert_eq!(v["without_code"], "refused", "{v}");
-        if id == "CT9" {
+        if id == ct_id {
             assert_eq!(v["imaging_uids"][0], "1.2.840.113619.2.55.3.604688119");
         } else {
             assert_eq!(v["loinc"], serde_json::json!(["2823-3", "718-7"]));
@@ -970,7 +997,7 @@ async fn the_hl7_r4_examples_import_publish_and_export_valid_fhir() {
         matches!(&hb.value, Some(result::Value::Quantity(q)) if q.value == 176.0 && q.unit == "g/L")
     );
     assert_eq!(hb.reference_range.as_ref().unwrap().low, Some(135.0));
-    w.publish(report.clone()).await.unwrap();
+    let ghp = w.publish(report.clone()).await.unwrap();
     assert_eq!(
         import(&hl7_example("Bundle-lipids.json"), &d).unwrap()[0]
             .results
@@ -1004,7 +1031,7 @@ async fn the_hl7_r4_examples_import_publish_and_export_valid_fhir() {
     );
 
     // Exported back as FHIR R4, accepted by the independent validator.
-    let doc = w.export_fhir("ghp-example").await;
+    let doc = w.export_fhir(&ghp).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("ghp-export.json");
     std::fs::write(&file, doc).unwrap();
@@ -1051,16 +1078,17 @@ async fn a_citizen_reads_only_their_own_results_from_either_city() {
     let w = world().await;
     let now = now_ms();
     let p = w.patient.clone();
-    w.publish(report(
-        "R-own",
-        &p,
-        QILU,
-        ReportStatus::Final,
-        now - DAY,
-        vec![lab("k", "2823-3", 4.1, "mmol/L")],
-    ))
-    .await
-    .unwrap();
+    let own = w
+        .publish(report(
+            "R-own",
+            &p,
+            QILU,
+            ReportStatus::Final,
+            now - DAY,
+            vec![lab("k", "2823-3", 4.1, "mmol/L")],
+        ))
+        .await
+        .unwrap();
     // The patient, signed in: their own report, without a consent.
     let mine = citizen_token(&w, "jinan", &p);
     let header = w
@@ -1068,7 +1096,7 @@ async fn a_citizen_reads_only_their_own_results_from_either_city() {
         .await
         .export_fhir(as_citizen(
             GetReportRequest {
-                report_id: "R-own".into(),
+                registry_id: own.clone(),
             },
             &mine,
             &p,
@@ -1086,9 +1114,10 @@ async fn a_citizen_reads_only_their_own_results_from_either_city() {
     ] {
         let token = citizen_token(&w, city, &id);
         let mut registry = w.registry(city).await;
-        for report_id in ["R-own", "R-none"] {
+        let none = format!("jinan-rpt-{}", "0".repeat(32));
+        for report_id in [own.as_str(), none.as_str()] {
             let req = || GetReportRequest {
-                report_id: report_id.into(),
+                registry_id: report_id.into(),
             };
             let e = registry
                 .get_report(as_citizen(req(), &token, &id, "jinan"))

@@ -17,6 +17,12 @@ pub enum MedicalError {
     NotFound(String),
     #[error("this call must name catalog item {0} in x-tongban-catalog-code: the item the node checks the patient's consent for")]
     ItemNotNamed(&'static str),
+    #[error("report `{0}` of this institution was published for another patient: publish a correction under a new report id")]
+    OtherPatientsReport(String),
+    #[error("report.patient_id is not the patient the node authorised (x-tongban-subject)")]
+    PatientMismatch,
+    #[error("registry_id is required: the registry's id of the report, as Publish and Query return it (report_id is the institution's own and is not accepted)")]
+    NoRegistryId,
     #[error("result store failed: {0}")]
     Store(String),
 }
@@ -28,6 +34,9 @@ impl ApiError for MedicalError {
             MedicalError::Invalid(_) | MedicalError::NoSubject => Code::InvalidArgument,
             MedicalError::NotLocal(_) | MedicalError::ItemNotNamed(_) => Code::PermissionDenied,
             MedicalError::NotFound(_) => Code::NotFound,
+            MedicalError::OtherPatientsReport(_) => Code::FailedPrecondition,
+            MedicalError::PatientMismatch => Code::PermissionDenied,
+            MedicalError::NoRegistryId => Code::InvalidArgument,
             MedicalError::Store(_) => {
                 tracing::error!(error = %self, "result store failure");
                 Code::Internal
@@ -42,6 +51,9 @@ impl ApiError for MedicalError {
             MedicalError::NoSubject => "SUBJECT_REQUIRED",
             MedicalError::NotLocal(_) => "NOT_LOCAL",
             MedicalError::NotFound(_) => "REPORT_NOT_FOUND",
+            MedicalError::OtherPatientsReport(_) => "REPORT_OF_ANOTHER_PATIENT",
+            MedicalError::PatientMismatch => "SUBJECT_MISMATCH",
+            MedicalError::NoRegistryId => "INVALID_REQUEST",
             MedicalError::ItemNotNamed(_) => "CATALOG_CODE_REQUIRED",
             MedicalError::Store(_) => "RESULT_STORE",
         }
@@ -54,6 +66,9 @@ impl ApiError for MedicalError {
                 tongban_proto::metadata::SUBJECT,
                 self.to_string(),
             )],
+            MedicalError::NoRegistryId => {
+                vec![FieldViolation::new("registry_id", self.to_string())]
+            }
             MedicalError::ItemNotNamed(_) => vec![FieldViolation::new(
                 tongban_proto::metadata::CATALOG_CODE,
                 self.to_string(),

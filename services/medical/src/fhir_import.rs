@@ -758,6 +758,8 @@ fn diagnostic_report(
         results,
         conclusion: s(r, "conclusion").unwrap_or("").to_string(),
         attachment: Vec::new(),
+        // The registry assigns it when the report is published.
+        registry_id: String::new(),
     })
 }
 

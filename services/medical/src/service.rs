@@ -166,14 +166,21 @@ impl ResultRegistry for Registry {
             return Err(MedicalError::Invalid(bad).into());
         }
         let patient = report.patient_id.to_ascii_uppercase();
+        // The node checked the consent of the patient in x-tongban-subject: the report must
+        // be that patient's.
+        if v.subject.as_deref() != Some(patient.as_str()) {
+            return Err(MedicalError::PatientMismatch.into());
+        }
         let pseudonym = self.pseudonyms.pseudonym(&patient);
         report.patient_id = tongban_gateway::subject::mask(&patient);
         let (id, n) = (report.report_id.clone(), report.results.len());
-        self.store.put_report(report, &pseudonym).await?;
-        tracing::info!(report = %id, results = n, by = %v.caller, "report published");
+        let new_id = format!("{}-rpt-{}", self.city, uuid::Uuid::new_v4().simple());
+        let registry_id = self.store.put_report(report, &pseudonym, new_id).await?;
+        tracing::info!(report = %id, registry_id = %registry_id, results = n, by = %v.caller, "report published");
         Ok(Response::new(PublishResponse {
             report_id: id,
             results: i32::try_from(n).unwrap_or(i32::MAX),
+            registry_id,
         }))
     }
 
@@ -218,6 +225,7 @@ impl ResultRegistry for Registry {
                     verdict: Some(verdict),
                     valid_until_ms: valid_until,
                     conclusion: report.conclusion.clone(),
+                    registry_id: report.registry_id.clone(),
                 });
             }
         }
@@ -266,7 +274,10 @@ impl Registry {
     ) -> Result<(String, Report), MedicalError> {
         let v = vouched(req.metadata())?.naming(crate::READ_ITEM)?;
         let subject = v.subject.ok_or(MedicalError::NoSubject)?;
-        let id = req.into_inner().report_id;
+        let id = req.into_inner().registry_id;
+        if id.is_empty() {
+            return Err(MedicalError::NoRegistryId);
+        }
         match self.store.report(&id)? {
             Some((header, owner)) if owner == self.pseudonyms.pseudonym(&subject) => {
                 Ok((id, header))

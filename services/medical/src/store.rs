@@ -17,6 +17,8 @@ pub struct Store {
     attachments: sled::Tree,
     owners: sled::Tree,
     by_patient: sled::Tree,
+    /// `institution_code/report_id` → registry id (a republished report keeps its id).
+    sources: sled::Tree,
     decisions: sled::Tree,
 }
 
@@ -46,6 +48,7 @@ impl Store {
             attachments: db.open_tree("attachments")?,
             owners: db.open_tree("owners")?,
             by_patient: db.open_tree("by_patient")?,
+            sources: db.open_tree("sources")?,
             decisions: db.open_tree("decisions")?,
             db,
         })
@@ -56,24 +59,37 @@ impl Store {
         Ok(())
     }
 
-    /// Stores a report (its `patient_id` already masked) for the patient `pseudonym`.
+    /// Stores a report (its `patient_id` already masked) for the patient `pseudonym`, under
+    /// its registry id: the one it already has when the same institution published the same
+    /// report id before (for the same patient), `new_id` otherwise. Returns the registry id.
     pub async fn put_report(
         &self,
         mut report: Report,
         pseudonym: &str,
-    ) -> Result<(), MedicalError> {
-        let id = report.report_id.clone();
+        new_id: String,
+    ) -> Result<String, MedicalError> {
+        let source = format!("{}/{}", report.institution_code, report.report_id);
+        let id = match self.sources.get(source.as_bytes())? {
+            Some(v) => {
+                let id = String::from_utf8_lossy(&v).into_owned();
+                let owner = self.owners.get(id.as_bytes())?;
+                if owner.as_deref().is_some_and(|o| o != pseudonym.as_bytes()) {
+                    return Err(MedicalError::OtherPatientsReport(report.report_id));
+                }
+                id
+            }
+            None => new_id,
+        };
+        report.registry_id = id.clone();
         let attachment = std::mem::take(&mut report.attachment);
-        if let Some(old) = self.owners.get(id.as_bytes())? {
-            self.by_patient
-                .remove([old.as_ref(), b"/", id.as_bytes()].concat())?;
-        }
         self.reports.insert(id.as_bytes(), report.encode_to_vec())?;
         self.attachments.insert(id.as_bytes(), attachment)?;
         self.owners.insert(id.as_bytes(), pseudonym.as_bytes())?;
         self.by_patient
             .insert(format!("{pseudonym}/{id}").as_bytes(), &[])?;
-        self.flush().await
+        self.sources.insert(source.as_bytes(), id.as_bytes())?;
+        self.flush().await?;
+        Ok(id)
     }
 
     /// The report header and the pseudonym of its patient.
@@ -86,7 +102,12 @@ impl Store {
             .get(id.as_bytes())?
             .map(|o| String::from_utf8_lossy(&o).into_owned())
             .unwrap_or_default();
-        Ok(Some((Report::decode(v.as_ref())?, owner)))
+        let mut report = Report::decode(v.as_ref())?;
+        if report.registry_id.is_empty() {
+            // Published before registry ids: its key is the institution's id.
+            report.registry_id = id.to_string();
+        }
+        Ok(Some((report, owner)))
     }
 
     pub fn attachment(&self, id: &str) -> Result<Vec<u8>, MedicalError> {
@@ -137,5 +158,56 @@ impl Store {
             out.push(d);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn report(institution: &str, id: &str) -> Report {
+        Report {
+            report_id: id.into(),
+            institution_code: institution.into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_report_keeps_its_registry_id_and_institutions_never_collide() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let first = store
+            .put_report(report("QILU", "R1"), "p-a", "id-1".into())
+            .await
+            .unwrap();
+        assert_eq!(first, "id-1");
+        // Republished (an amendment): the same registry id, still one report of p-a.
+        let again = store
+            .put_report(report("QILU", "R1"), "p-a", "id-2".into())
+            .await
+            .unwrap();
+        assert_eq!(again, "id-1");
+        assert_eq!(store.reports_of("p-a").unwrap().len(), 1);
+        assert_eq!(store.report("id-1").unwrap().unwrap().0.registry_id, "id-1");
+        // The same institution's id for another patient: refused, nothing replaced.
+        let e = store
+            .put_report(report("QILU", "R1"), "p-b", "id-3".into())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, MedicalError::OtherPatientsReport(_)), "{e}");
+        assert_eq!(store.report("id-1").unwrap().unwrap().1, "p-a");
+        // Another institution's report with the same id is another report.
+        let other = store
+            .put_report(report("COMMUNITY", "R1"), "p-b", "id-4".into())
+            .await
+            .unwrap();
+        assert_eq!(other, "id-4");
+        assert_eq!(store.reports_of("p-a").unwrap().len(), 1);
+        assert_eq!(store.reports_of("p-b").unwrap().len(), 1);
+        // Not found by the institution's id.
+        assert!(store.report("R1").unwrap().is_none());
     }
 }
