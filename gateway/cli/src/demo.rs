@@ -106,6 +106,7 @@ async fn run_demo(serve: bool, portal: PortalArgs) -> anyhow::Result<ExitCode> {
     }
     println!();
     let checked = demo::check_items(&items)
+        .and_then(|()| demo::check_medical(&story))
         .and_then(|()| demo::check(&rows))
         .and_then(
             |()| match heads.iter().find(|h| h.verified.is_err() || h.records == 0) {

@@ -993,3 +993,40 @@ pub fn check_medical(s: &MedicalStory) -> Result<(), DemoError> {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn told() -> MedicalStory {
+        MedicalStory {
+            found: vec![
+                "K eligible".into(),
+                "NA not eligible: past its validity".into(),
+                "ALT not eligible: institution was not accredited for ALT".into(),
+                "GLU not eligible: report status preliminary".into(),
+            ],
+            eligible: 2,
+            not_eligible: 3,
+            recognised: 1,
+            retested: 1,
+            ..MedicalStory::default()
+        }
+    }
+
+    #[test]
+    fn the_medical_story_is_checked_and_any_other_ending_fails() {
+        assert!(check_medical(&told()).is_ok());
+        let mut all_eligible = told();
+        all_eligible.eligible = 5;
+        all_eligible.not_eligible = 0;
+        assert!(check_medical(&all_eligible).is_err());
+        let mut no_decision = told();
+        no_decision.retested = 0;
+        assert!(check_medical(&no_decision).is_err());
+        let mut wrong_reason = told();
+        wrong_reason.found.retain(|l| !l.contains("preliminary"));
+        assert!(check_medical(&wrong_reason).is_err());
+        assert!(check_medical(&MedicalStory::default()).is_err());
+    }
+}
