@@ -125,6 +125,88 @@ impl ApiError for BadField {
 
 crate::into_status!(Forbidden, BadField);
 
+/// A request message that does not decode (a string field that is not UTF-8, a truncated
+/// field): the caller's bad input, `INVALID_ARGUMENT` with a `BadRequest` naming the field,
+/// not the `INTERNAL` tonic answers with (a server fault to the caller). `None` for any
+/// other message.
+#[derive(Debug, thiserror::Error)]
+#[error("the request does not decode: {field}: {why}")]
+pub struct Undecodable {
+    pub field: String,
+    pub why: String,
+}
+
+impl ApiError for Undecodable {
+    fn code(&self) -> tonic::Code {
+        tonic::Code::InvalidArgument
+    }
+    fn reason(&self) -> &'static str {
+        "UNDECODABLE_REQUEST"
+    }
+    fn violations(&self) -> Vec<FieldViolation> {
+        vec![FieldViolation::new(self.field.clone(), self.to_string())]
+    }
+}
+
+impl Undecodable {
+    const PREFIX: &'static str = "failed to decode Protobuf message: ";
+
+    /// From prost's message (`failed to decode Protobuf message: SubmitRequest.fields:
+    /// invalid string value: data is not UTF-8 encoded`): the field path (`fields`), and why.
+    pub fn from_message(message: &str) -> Option<Undecodable> {
+        let rest = message.strip_prefix(Self::PREFIX)?;
+        let mut field = Vec::new();
+        let mut parts = rest.split(": ").peekable();
+        while let Some(p) = parts.peek() {
+            match p.split_once('.') {
+                Some((msg, name))
+                    if !msg.is_empty()
+                        && !name.is_empty()
+                        && !p.contains(' ')
+                        && msg.starts_with(|c: char| c.is_ascii_uppercase()) =>
+                {
+                    field.push(name.to_string());
+                    parts.next();
+                }
+                _ => break,
+            }
+        }
+        let why = parts.collect::<Vec<_>>().join(": ");
+        // prost names the innermost field first.
+        field.reverse();
+        Some(Undecodable {
+            field: if field.is_empty() {
+                "message".into()
+            } else {
+                field.join(".")
+            },
+            why,
+        })
+    }
+
+    /// A server's response layer (`tower::util::MapResponseLayer::new(Undecodable::answer)`):
+    /// turns tonic's `INTERNAL` decode refusal into this error; every other response passes
+    /// unchanged.
+    pub fn answer(resp: http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> {
+        let h = resp.headers();
+        if h.get("grpc-status").map(|v| v.as_bytes()) != Some(b"13") {
+            return resp;
+        }
+        let message = h
+            .get("grpc-message")
+            .map(|v| percent_encoding::percent_decode(v.as_bytes()).decode_utf8_lossy())
+            .map(|m| m.into_owned())
+            .unwrap_or_default();
+        match Undecodable::from_message(&message) {
+            Some(u) => {
+                tracing::debug!(field = %u.field, "request does not decode");
+                u.status().into_http()
+            }
+            None => resp,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +227,27 @@ mod tests {
             token_id: String::new(),
             exp: 0,
         }
+    }
+
+    #[test]
+    fn an_undecodable_request_names_its_field() {
+        let u = Undecodable::from_message(
+            "failed to decode Protobuf message: SubmitRequest.fields: invalid string value: data is not UTF-8 encoded",
+        )
+        .unwrap();
+        assert_eq!(u.field, "fields");
+        assert_eq!(u.why, "invalid string value: data is not UTF-8 encoded");
+        let nested = Undecodable::from_message(
+            "failed to decode Protobuf message: MaterialRef.uri: SubmitRequest.materials: invalid string value: data is not UTF-8 encoded",
+        )
+        .unwrap();
+        assert_eq!(nested.field, "materials.uri");
+        assert_eq!(nested.status().code(), tonic::Code::InvalidArgument);
+        assert!(Undecodable::from_message("store failed").is_none());
+        // Another INTERNAL passes through untouched.
+        let other = tonic::Status::internal("store failed").into_http::<tonic::body::Body>();
+        let kept = Undecodable::answer(other);
+        assert_eq!(kept.headers().get("grpc-status").unwrap(), "13");
     }
 
     #[test]

@@ -463,6 +463,19 @@ async fn each_kind_of_invalid_field_is_named() {
         ("JQ-09", "amount_yuan", Some("5000001"), "integer"),
         ("JQ-02", "period_to", None, "required"),
         ("JQ-02", "colour", Some("red"), "unknown field"),
+        // Unclean text never reaches a signed certificate.
+        (
+            "JQ-01",
+            "applicant_name",
+            Some("王\u{0}秀\u{1b}[2J英"),
+            "control characters",
+        ),
+        (
+            "JQ-01",
+            "applicant_name",
+            Some("王\u{202E}英秀"),
+            "bidirectional override",
+        ),
     ];
     for (code, field, value, kind) in cases {
         let item = w.catalog.item(code).unwrap();
@@ -854,4 +867,51 @@ fn a_bad_catalog_file_is_refused_naming_the_item_and_the_key() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
+}
+
+/// `SubmitRequest` as bytes on the wire, so that a test can send a form value that is not
+/// UTF-8 (no stub can).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawSubmit {
+    #[prost(string, tag = "1")]
+    catalog_code: String,
+    #[prost(string, tag = "2")]
+    applicant_id: String,
+    #[prost(map = "string, bytes", tag = "3")]
+    fields: std::collections::HashMap<String, Vec<u8>>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_value_that_is_not_utf8_is_invalid_argument_naming_the_field() {
+    let w = world(SLOW).await;
+    let item = w.catalog.item("JQ-01").unwrap();
+    let ok = example_application(item, &w.citizen);
+    let mut fields: std::collections::HashMap<String, Vec<u8>> = ok
+        .fields
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
+        .collect();
+    // "王" cut after its first byte, then Latin-1 bytes.
+    fields.insert("applicant_name".into(), vec![0xe7, 0x8e, b'x', 0xff, 0xfe]);
+    let raw = RawSubmit {
+        catalog_code: "JQ-01".into(),
+        applicant_id: w.citizen.clone(),
+        fields,
+    };
+    let req = w.as_centre(raw, "JQ-01");
+    let mut grpc = tonic::client::Grpc::new(w.fed.channel("jinan").await.unwrap());
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<RawSubmit, Application>::default();
+    let e = grpc
+        .unary(
+            req,
+            http::uri::PathAndQuery::from_static("/tongban.crosscity.v2.CrossCityService/Submit"),
+            codec,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert_eq!(bad_fields(&e), ["fields"], "{e:?}");
+    assert!(e.message().contains("UTF-8"), "{}", e.message());
+    w.shutdown().await;
 }

@@ -17,10 +17,13 @@ pub struct Field {
 /// A field's type and its validation.
 #[derive(Debug, Clone)]
 pub enum FieldType {
-    /// Free text; `pattern` must match the whole value; `max_len` in characters.
+    /// Free text; `pattern` must match the whole value; `max_len` in characters;
+    /// `multiline` lets a value hold line breaks (`\n`). Never a control character or a
+    /// bidirectional override ([`unclean`]).
     Text {
         pattern: Option<Regex>,
         max_len: Option<usize>,
+        multiline: bool,
     },
     /// One of `values`.
     Enum(Vec<String>),
@@ -77,8 +80,15 @@ impl FieldType {
     /// The validation in words (for listings and docs).
     pub fn describe(&self) -> String {
         match self {
-            FieldType::Text { pattern, max_len } => {
+            FieldType::Text {
+                pattern,
+                max_len,
+                multiline,
+            } => {
                 let mut parts = Vec::new();
+                if *multiline {
+                    parts.push("line breaks allowed".to_string());
+                }
                 if let Some(re) = pattern {
                     parts.push(format!("pattern {}", pattern_text(re)));
                 }
@@ -102,13 +112,25 @@ impl FieldType {
         }
     }
 
-    /// Checks a value; the error says what is expected.
+    /// Checks a value (in NFC, see [`normalise`]); the error says what is expected.
     pub fn check(&self, v: &str) -> Result<(), String> {
         if v.chars().count() > MAX_VALUE_CHARS {
             return Err(format!("longer than {MAX_VALUE_CHARS} characters"));
         }
+        let multiline = matches!(
+            self,
+            FieldType::Text {
+                multiline: true,
+                ..
+            }
+        );
+        if let Some(why) = unclean(v, multiline) {
+            return Err(why);
+        }
         match self {
-            FieldType::Text { pattern, max_len } => {
+            FieldType::Text {
+                pattern, max_len, ..
+            } => {
                 if let Some(max) = max_len {
                     let n = v.chars().count();
                     if n > *max {
@@ -171,9 +193,67 @@ fn pattern_text(re: &Regex) -> &str {
 }
 
 /// Parses `YYYY-MM-DD`.
+/// A date `YYYY-MM-DD`. A value of that shape that is no day of the calendar
+/// (`2027-02-30`) is told so, apart from a malformed one.
 pub fn parse_date(v: &str) -> Result<time::Date, String> {
-    time::Date::parse(v, format_description!("[year]-[month]-[day]"))
-        .map_err(|_| "must be a date YYYY-MM-DD".to_string())
+    let b = v.as_bytes();
+    let shaped = b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+    if !shaped {
+        return Err("must be a date YYYY-MM-DD".to_string());
+    }
+    time::Date::parse(v, format_description!("[year]-[month]-[day]")).map_err(|_| {
+        let (year, month, day) = (&v[..4], &v[5..7], &v[8..]);
+        let month_n: u8 = month.parse().unwrap_or(0);
+        match time::Month::try_from(month_n) {
+            Err(_) => format!("{v} is not a day of the calendar: there is no month {month}"),
+            Ok(m) => {
+                let days = year.parse::<i32>().ok().map(|y| m.length(y));
+                match days {
+                    Some(n) => format!(
+                        "{v} is not a day of the calendar: {m} {year} has {n} days, not {day}"
+                    ),
+                    None => format!("{v} is not a day of the calendar"),
+                }
+            }
+        }
+    })
+}
+
+/// Why a text value is not clean: a C0 or C1 control character (a line break only where the
+/// field allows it) or a bidirectional embedding, override or isolate, which would make
+/// what a reader sees differ from what is stored and signed. `None` when clean.
+pub fn unclean(v: &str, multiline: bool) -> Option<String> {
+    v.chars().find_map(|c| {
+        let control = c.is_control() && !(multiline && c == '\n');
+        let bidi = matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+        (control || bidi).then(|| {
+            let what = if bidi {
+                "a bidirectional override"
+            } else {
+                "a control character"
+            };
+            format!(
+                "holds {what} (U+{:04X}), which is not allowed",
+                u32::from(c)
+            )
+        })
+    })
+}
+
+/// The form in which values are checked, stored and signed: Unicode NFC, so that the same
+/// text typed on two systems (composed or decomposed) is one value.
+pub fn normalise(v: &str) -> String {
+    use unicode_normalization::UnicodeNormalization as _;
+    if unicode_normalization::is_nfc(v) {
+        v.to_string()
+    } else {
+        v.nfc().collect()
+    }
 }
 
 /// GB 11643: 17 digits (a division code, a birth date, a sequence) and a check character.
@@ -287,6 +367,61 @@ mod tests {
         let bad = "37010219851312002";
         let c = tongban_proto::metadata::resident_id_check_digit(bad).unwrap();
         assert!(check_resident_id(&format!("{bad}{c}")).is_err());
+    }
+
+    #[test]
+    fn impossible_dates_are_told_apart_from_malformed_ones() {
+        let e = FieldType::Date.check("2027-02-30").unwrap_err();
+        assert!(e.contains("not a day of the calendar"), "{e}");
+        assert!(e.contains("February 2027 has 28 days"), "{e}");
+        let e = FieldType::Date.check("2028-02-30").unwrap_err();
+        assert!(e.contains("29 days"), "{e}");
+        let e = FieldType::Date.check("2027-13-01").unwrap_err();
+        assert!(e.contains("no month 13"), "{e}");
+        for malformed in ["2027-2-3", "27-02-03", "2027/02/03", "２０２７-02-03", ""] {
+            let e = FieldType::Date.check(malformed).unwrap_err();
+            assert_eq!(e, "must be a date YYYY-MM-DD", "{malformed}");
+        }
+        assert!(FieldType::Date.check("2028-02-29").is_ok());
+    }
+
+    #[test]
+    fn text_refuses_control_characters_and_bidi_overrides() {
+        let one_line = FieldType::Text {
+            pattern: None,
+            max_len: Some(30),
+            multiline: false,
+        };
+        assert!(one_line.check("王秀英").is_ok());
+        for bad in [
+            "王\u{0}秀英",
+            "王秀\u{1b}[2J英",
+            "王秀英\n",
+            "tab\there",
+            "c1\u{85}",
+            "del\u{7f}",
+            "abc\u{202E}fed",
+            "x\u{2066}y",
+        ] {
+            let e = one_line.check(bad).unwrap_err();
+            assert!(e.contains("U+"), "{bad:?}: {e}");
+        }
+        let lines = FieldType::Text {
+            pattern: None,
+            max_len: None,
+            multiline: true,
+        };
+        assert!(lines.check("第一行\n第二行").is_ok());
+        assert!(lines.check("第一行\r\n第二行").is_err());
+        // Every other type refuses them too (an enum, a date: their shapes already would).
+        assert!(FieldType::Phone.check("1380531000\u{0}").is_err());
+    }
+
+    #[test]
+    fn values_are_checked_and_kept_in_nfc() {
+        // "é" decomposed (e + combining acute) becomes the composed character.
+        assert_eq!(normalise("Jose\u{301}"), "Jos\u{e9}");
+        assert_eq!(normalise("王秀英"), "王秀英");
     }
 
     #[test]

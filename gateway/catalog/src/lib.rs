@@ -14,7 +14,7 @@ mod load;
 use std::collections::BTreeMap;
 
 pub use calendar::Calendar;
-pub use fields::{Field, FieldType, Violation};
+pub use fields::{normalise, unclean, Field, FieldType, Violation};
 pub use load::LoadError;
 
 /// The Jinan–Qingdao catalog shipped with Tongban (`deploy/catalog/jinan-qingdao.toml`): the

@@ -48,7 +48,16 @@ const DATA_ITEM_KEYS: &[&str] = &[
     "personal_data",
 ];
 const FIELD_KEYS: &[&str] = &[
-    "name", "type", "required", "example", "pattern", "max_len", "values", "min", "max",
+    "name",
+    "type",
+    "required",
+    "example",
+    "pattern",
+    "max_len",
+    "multiline",
+    "values",
+    "min",
+    "max",
 ];
 
 /// Where a key is being read: the top level or one item, for the error.
@@ -122,6 +131,13 @@ impl<'a> Keys<'a> {
         match self.get(key)? {
             Value::Boolean(b) => Ok(*b),
             other => Err(self.type_err(key, "true or false", other)),
+        }
+    }
+
+    fn opt_bool(&self, key: &str) -> Result<Option<bool>, LoadError> {
+        match self.t.get(key) {
+            None => Ok(None),
+            Some(_) => self.boolean(key).map(Some),
         }
     }
 
@@ -485,6 +501,7 @@ fn field(v: &Value, i: usize, label: &str) -> Result<Field, LoadError> {
                 .opt_int("max_len")?
                 .map(|n| usize::try_from(n).map_err(|_| at.err(k.name("max_len"), "negative")))
                 .transpose()?,
+            multiline: k.opt_bool("multiline")?.unwrap_or(false),
         },
         "enum" => {
             let values = k.strings("values")?;

@@ -107,8 +107,45 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
-/// Signs `doc` with an organisation's key; the result is the certificate's JSON bytes.
+/// Every text of a document, with where it is (for the refusal of an unclean one).
+fn texts(d: &Document) -> Vec<(String, &str)> {
+    let mut out = vec![
+        ("document_id".to_string(), d.document_id.as_str()),
+        ("kind".to_string(), d.kind.as_str()),
+        ("item.name_zh".to_string(), d.item.name_zh.as_str()),
+        ("item.name_en".to_string(), d.item.name_en.as_str()),
+        ("holder.masked_id".to_string(), d.holder.masked_id.as_str()),
+        (
+            "issuer.organisation_name".to_string(),
+            d.issuer.organisation_name.as_str(),
+        ),
+    ];
+    for (k, v) in &d.details {
+        out.push((format!("details.{k}"), k.as_str()));
+        out.push((format!("details.{k}"), v.as_str()));
+    }
+    out
+}
+
+/// Every text of `doc` clean (no control character, no bidirectional override).
+fn clean(doc: &Document) -> Result<(), VerifyError> {
+    match texts(doc)
+        .into_iter()
+        .find_map(|(at, v)| tongban_catalog::unclean(v, false).map(|why| (at, why)))
+    {
+        Some((at, why)) => Err(VerifyError::Malformed(format!(
+            "refusing to sign: {at} {why}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Signs `doc` with an organisation's key; the result is the certificate's JSON bytes. A
+/// document holding a control character or a bidirectional override anywhere is refused:
+/// the form was checked when it was submitted, and is checked again before anything is
+/// signed.
 pub fn sign(doc: Document, signer: &NodeIdentity) -> Result<Vec<u8>, VerifyError> {
+    clean(&doc)?;
     let bytes = canonical(&doc)?;
     let b64 = base64::engine::general_purpose::STANDARD;
     let signed = Signed {
@@ -184,4 +221,53 @@ pub fn verify(
         return Err(VerifyError::Expired(doc.valid_until.clone()));
     }
     Ok(signed.document)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn doc(details: &[(&str, &str)]) -> Document {
+        Document {
+            format: FORMAT.into(),
+            document_id: "qingdao-hrss-1".into(),
+            kind: "certificate".into(),
+            item: ItemRef {
+                code: "JQ-01".into(),
+                name_zh: "社会保障卡申领".into(),
+                name_en: "Social security card".into(),
+            },
+            holder: Holder {
+                masked_id: "370***********002X".into(),
+                pseudonym: "p".into(),
+            },
+            issuer: Issuer {
+                city: "qingdao".into(),
+                organisation: "hrss".into(),
+                organisation_name: "人力资源和社会保障局".into(),
+            },
+            issued_at: "2026-12-04T00:00:00Z".into(),
+            valid_until: "2036-12-04T00:00:00Z".into(),
+            details: details
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn nothing_unclean_is_ever_signed() {
+        assert!(clean(&doc(&[("applicant_name", "王秀英")])).is_ok());
+        for (k, v) in [
+            ("applicant_name", "王\u{0}秀英"),
+            ("applicant_name", "王秀\u{1b}[2J英"),
+            ("applicant_name", "王\u{202E}英秀"),
+            ("name\u{7}", "x"),
+        ] {
+            let e = clean(&doc(&[(k, v)])).unwrap_err();
+            assert!(e.to_string().contains("refusing to sign"), "{e}");
+        }
+    }
 }

@@ -111,6 +111,9 @@ impl Department {
         use tongban_proto::h2;
         let office = self.office_handle();
         let served = h2::server()
+            .layer(tower::util::MapResponseLayer::new(
+                tongban_gateway::error::Undecodable::answer,
+            ))
             .add_service(CrossCityServiceServer::new(self))
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(listener).with_nodelay(Some(true)),

@@ -120,10 +120,11 @@ pub fn check<'a>(
             format!("applicant_id {m}"),
         ));
     }
+    // Checked, stored and signed in Unicode NFC (composed): one text, one value.
     let fields: BTreeMap<String, String> = req
         .fields
         .into_iter()
-        .map(|(k, v)| (k, v.trim().to_string()))
+        .map(|(k, v)| (k, tongban_catalog::normalise(v.trim())))
         .collect();
     for v in item.validate(&fields) {
         bad.push(FieldViolation::new(format!("fields.{}", v.field), v.reason));
@@ -144,6 +145,11 @@ pub fn check<'a>(
             bad.push(FieldViolation::new(
                 format!("materials[{i}].uri"),
                 "uri is required (at most 2048 characters)",
+            ));
+        } else if let Some(why) = tongban_catalog::unclean(&m.uri, false) {
+            bad.push(FieldViolation::new(
+                format!("materials[{i}].uri"),
+                format!("uri {why}"),
             ));
         }
         if m.sha256.len() != 64 || !m.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {

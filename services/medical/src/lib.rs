@@ -70,6 +70,9 @@ impl Registry {
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
         tongban_proto::h2::server()
+            .layer(tower::util::MapResponseLayer::new(
+                tongban_gateway::error::Undecodable::answer,
+            ))
             .add_service(RecognitionServer::new(self.clone()))
             .add_service(ResultRegistryServer::new(self).max_decoding_message_size(64 << 20))
             .serve_with_incoming_shutdown(
