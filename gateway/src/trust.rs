@@ -39,6 +39,51 @@ pub enum TrustError {
     PeerRefused(String),
     #[error("bad signature: {0}")]
     Signature(String),
+    #[error("organisation signing certificate of `{city}/{org}` refused: {problem}")]
+    OrgCertRefused {
+        city: String,
+        org: String,
+        problem: CertProblem,
+    },
+}
+
+/// Why a certificate chain was refused, each named as an inspector needs it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertProblem {
+    #[error("unknown issuer: it does not chain to the city's CA in the trust bundle")]
+    UnknownIssuer,
+    #[error("bad signature: a certificate of the chain is not signed by its issuer's key")]
+    BadSignature,
+    #[error("expired (or not yet valid) at the time of signing")]
+    Expired,
+    #[error("wrong key usage: the certificate is not for this use")]
+    WrongKeyUsage,
+    #[error("it names another organisation or city")]
+    WrongName,
+    #[error("no certificate")]
+    Missing,
+    #[error("{0}")]
+    Other(String),
+}
+
+impl CertProblem {
+    fn of(e: &rustls::Error) -> CertProblem {
+        use rustls::CertificateError as C;
+        match e {
+            rustls::Error::InvalidCertificate(c) => match c {
+                C::UnknownIssuer => CertProblem::UnknownIssuer,
+                C::BadSignature => CertProblem::BadSignature,
+                C::Expired
+                | C::ExpiredContext { .. }
+                | C::NotValidYet
+                | C::NotValidYetContext { .. } => CertProblem::Expired,
+                C::InvalidPurpose | C::InvalidPurposeContext { .. } => CertProblem::WrongKeyUsage,
+                C::NotValidForName | C::NotValidForNameContext { .. } => CertProblem::WrongName,
+                other => CertProblem::Other(format!("{other:?}")),
+            },
+            other => CertProblem::Other(other.to_string()),
+        }
+    }
 }
 
 fn invalid(what: &'static str, message: impl Into<String>) -> TrustError {
@@ -196,8 +241,22 @@ impl TrustBundle {
         chain: &[CertificateDer<'static>],
         at: UnixTime,
     ) -> Result<(), TrustError> {
-        let what = format!("a certificate of organisation `{org}`");
-        self.verify_named(city, org_name(city, org), &what, chain, at)
+        let refused = |problem| TrustError::OrgCertRefused {
+            city: city.to_string(),
+            org: org.to_string(),
+            problem,
+        };
+        let trust = self.city(city)?;
+        let (ee, intermediates) = chain
+            .split_first()
+            .ok_or_else(|| refused(CertProblem::Missing))?;
+        let name = ServerName::try_from(org_name(city, org))
+            .map_err(|e| invalid("trust bundle", e.to_string()))?;
+        trust
+            .verifier
+            .verify_server_cert(ee, intermediates, &name, &[], at)
+            .map_err(|e| refused(CertProblem::of(&e)))?;
+        Ok(())
     }
 
     fn verify_named(
@@ -669,4 +728,27 @@ pub(crate) fn test_node_key() -> (NodeJwtSigner, std::sync::Arc<Vec<u8>>, Vec<u8
         std::sync::Arc::new(public),
         der,
     )
+}
+
+#[cfg(test)]
+mod cert_problem_tests {
+    use super::CertProblem;
+    use rustls::CertificateError as C;
+
+    #[test]
+    fn each_certificate_problem_is_named_as_such() {
+        let of = |c: C| CertProblem::of(&rustls::Error::InvalidCertificate(c));
+        assert_eq!(of(C::UnknownIssuer), CertProblem::UnknownIssuer);
+        assert_eq!(of(C::BadSignature), CertProblem::BadSignature);
+        assert_eq!(of(C::Expired), CertProblem::Expired);
+        assert_eq!(of(C::NotValidYet), CertProblem::Expired);
+        assert_eq!(of(C::InvalidPurpose), CertProblem::WrongKeyUsage);
+        assert_eq!(of(C::NotValidForName), CertProblem::WrongName);
+        assert!(CertProblem::UnknownIssuer
+            .to_string()
+            .starts_with("unknown issuer"));
+        assert!(CertProblem::WrongKeyUsage
+            .to_string()
+            .starts_with("wrong key usage"));
+    }
 }

@@ -783,11 +783,17 @@ async fn certificates_verify_anywhere_and_forgeries_do_not() {
             .unwrap();
     let forged = ecert::sign(signed.document.clone(), &forger_key).unwrap();
     assert!(ecert::verify(&forged, &forger_bundle, now).is_ok());
+    // Named for what it is: an unknown issuer, of an organisation signing certificate.
     let e = ecert::verify(&forged, &bundle, now).unwrap_err();
-    assert!(matches!(e, VerifyError::BadSignature(_)), "{e}");
+    assert!(matches!(e, VerifyError::UnknownIssuer(_)), "{e}");
     let (code, out) = cli_verify(&forged, &bundle_path);
     assert_eq!(code, 1);
-    assert!(out.contains("bad signature"), "{out}");
+    assert!(out.contains("unknown issuer"), "{out}");
+    assert!(
+        out.contains("organisation signing certificate of qingdao/gaj"),
+        "{out}"
+    );
+    assert!(!out.contains("peer"), "{out}");
     // A city outside the federation.
     let mut foreign = signed.clone();
     foreign.document.issuer.city = "beijing".into();

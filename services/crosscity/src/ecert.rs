@@ -91,7 +91,11 @@ pub enum VerifyError {
     Edited { expected: String, actual: String },
     #[error("bad signature: {0}")]
     BadSignature(String),
-    #[error("expired: valid until {0}")]
+    #[error("unknown issuer: {0}")]
+    UnknownIssuer(String),
+    #[error("wrong key usage: {0}")]
+    WrongKeyUsage(String),
+    #[error("expired: {0}")]
     Expired(String),
 }
 
@@ -125,6 +129,40 @@ fn texts(d: &Document) -> Vec<(String, &str)> {
         out.push((format!("details.{k}"), v.as_str()));
     }
     out
+}
+
+/// Why the organisation signing certificate of the document's issuer was refused, named as
+/// such: an unknown issuer (a CA other than the city's in the trust bundle), a bad signature
+/// in the chain, a certificate not valid when the document was issued, or one not made for
+/// signing.
+fn signer_refused(doc: &Document, e: trust::TrustError) -> VerifyError {
+    let who = format!(
+        "the organisation signing certificate of {}/{}",
+        doc.issuer.city, doc.issuer.organisation
+    );
+    match e {
+        trust::TrustError::OrgCertRefused { problem, .. } => match problem {
+            trust::CertProblem::UnknownIssuer => VerifyError::UnknownIssuer(format!(
+                "{who} does not chain to {}'s CA in the trust bundle",
+                doc.issuer.city
+            )),
+            // A certificate that names the city's CA as its issuer but is not signed by the
+            // CA's key was issued by someone else (a CA named like it): an unknown issuer.
+            trust::CertProblem::BadSignature => VerifyError::UnknownIssuer(format!(
+                "{who} names {}'s CA as its issuer, but is not signed by the key of the CA in the trust bundle",
+                doc.issuer.city
+            )),
+            trust::CertProblem::Expired => VerifyError::Expired(format!(
+                "{who} was not valid at issuance ({})",
+                doc.issued_at
+            )),
+            trust::CertProblem::WrongKeyUsage => VerifyError::WrongKeyUsage(format!(
+                "{who} is not a certificate for signing documents"
+            )),
+            other => VerifyError::BadSignature(format!("{who} is refused: {other}")),
+        },
+        other => VerifyError::BadSignature(format!("{who} is refused: {other}")),
+    }
 }
 
 /// Every text of `doc` clean (no control character, no bidirectional override).
@@ -202,7 +240,7 @@ pub fn verify(
     ));
     bundle
         .verify_org_cert(&doc.issuer.city, &doc.issuer.organisation, &chain, at)
-        .map_err(|e| VerifyError::BadSignature(format!("signer not trusted: {e}")))?;
+        .map_err(|e| signer_refused(doc, e))?;
     let sig = b64
         .decode(&signed.signature)
         .map_err(|e| VerifyError::Malformed(format!("signature: {e}")))?;
@@ -218,7 +256,10 @@ pub fn verify(
     let until = OffsetDateTime::parse(&doc.valid_until, &Rfc3339)
         .map_err(|e| VerifyError::Malformed(format!("valid_until: {e}")))?;
     if until < now {
-        return Err(VerifyError::Expired(doc.valid_until.clone()));
+        return Err(VerifyError::Expired(format!(
+            "the document was valid until {}",
+            doc.valid_until
+        )));
     }
     Ok(signed.document)
 }
