@@ -459,6 +459,12 @@ async fn each_kind_of_invalid_field_is_named() {
             Some("990102"),
             "division-code",
         ),
+        (
+            "JQ-08",
+            "to_division",
+            Some("379901"),
+            "division-code not in GB/T 2260",
+        ),
         ("JQ-01", "phone", Some("12805310001"), "phone"),
         ("JQ-09", "amount_yuan", Some("5000001"), "integer"),
         ("JQ-02", "period_to", None, "required"),

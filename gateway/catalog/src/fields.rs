@@ -1,6 +1,7 @@
 //! Form fields and the checks of their values. Messages name what is wrong and never repeat
 //! an identity number.
 
+use crate::divisions::Divisions;
 use regex::Regex;
 use time::macros::format_description;
 
@@ -112,8 +113,15 @@ impl FieldType {
         }
     }
 
-    /// Checks a value (in NFC, see [`normalise`]); the error says what is expected.
+    /// Checks a value against the embedded division table; see [`Self::check_in`].
     pub fn check(&self, v: &str) -> Result<(), String> {
+        let table = Divisions::embedded().map_err(|e| e.to_string())?;
+        self.check_in(v, table)
+    }
+
+    /// Checks a value (in NFC, see [`normalise`]) with the division codes of `divisions`;
+    /// the error says what is expected.
+    pub fn check_in(&self, v: &str, divisions: &Divisions) -> Result<(), String> {
         if v.chars().count() > MAX_VALUE_CHARS {
             return Err(format!("longer than {MAX_VALUE_CHARS} characters"));
         }
@@ -152,9 +160,9 @@ impl FieldType {
                 }
             }
             FieldType::Date => parse_date(v).map(|_| ()),
-            FieldType::ResidentId => check_resident_id(v),
-            FieldType::CreditCode => check_credit_code(v),
-            FieldType::DivisionCode => check_division_code(v),
+            FieldType::ResidentId => check_resident_id(v, divisions),
+            FieldType::CreditCode => check_credit_code(v, divisions),
+            FieldType::DivisionCode => check_division_code(v, divisions),
             FieldType::Phone => {
                 let b = v.as_bytes();
                 let ok = b.len() == 11
@@ -257,7 +265,9 @@ pub fn normalise(v: &str) -> String {
 }
 
 /// GB 11643: 17 digits (a division code, a birth date, a sequence) and a check character.
-pub fn check_resident_id(v: &str) -> Result<(), String> {
+/// The division code is the one of the place of first issue, current or not
+/// ([`Divisions::fits_resident_id`]).
+pub fn check_resident_id(v: &str, divisions: &Divisions) -> Result<(), String> {
     let b = v.as_bytes();
     if b.len() != 18 || !b[..17].iter().all(u8::is_ascii_digit) {
         return Err("must be an 18-character resident identity number (GB 11643)".into());
@@ -266,10 +276,17 @@ pub fn check_resident_id(v: &str) -> Result<(), String> {
     if Some(b[17].to_ascii_uppercase()) != expected {
         return Err("check character does not match (GB 11643)".into());
     }
-    check_division_code(&v[..6])
-        .map_err(|_| "does not start with a known division code (GB 11643)".to_string())?;
     let birth = format!("{}-{}-{}", &v[6..10], &v[10..12], &v[12..14]);
     parse_date(&birth).map_err(|_| "holds no valid birth date (GB 11643)".to_string())?;
+    let year: u32 = v[6..10].parse().unwrap_or(0);
+    if !divisions.fits_resident_id(&v[..6], year) {
+        return Err(format!(
+            "does not start with a division code of GB/T 2260 ({} is in no revision from {} to {})",
+            &v[..6],
+            divisions.oldest,
+            divisions.version
+        ));
+    }
     Ok(())
 }
 
@@ -298,7 +315,8 @@ pub fn credit_code_check_char(first17: &str) -> Option<char> {
 
 /// GB 32100: 18 characters: registration authority, entity type, a division code, the
 /// organisation code and a check character.
-pub fn check_credit_code(v: &str) -> Result<(), String> {
+/// GB 32100: 18 characters, a check character, and the registering authority's division.
+pub fn check_credit_code(v: &str, divisions: &Divisions) -> Result<(), String> {
     if v.len() != 18 || !v.bytes().all(|c| CREDIT_CHARS.contains(&c)) {
         return Err(
             "must be an 18-character unified social credit code of 0-9 and A-Y without I, O, S, V, Z (GB 32100)"
@@ -308,65 +326,103 @@ pub fn check_credit_code(v: &str) -> Result<(), String> {
     if credit_code_check_char(&v[..17]) != v[17..].chars().next() {
         return Err("check character does not match (GB 32100)".into());
     }
-    check_division_code(&v[2..8])
-        .map_err(|_| "holds no valid division code in characters 3–8 (GB 32100)".to_string())
+    // The registering authority's division at registration (a former code included), or
+    // 100000 for the national authorities.
+    let authority = &v[2..8];
+    if authority == "100000" || divisions.ever_existed(authority) {
+        Ok(())
+    } else {
+        Err(format!(
+            "characters 3–8 ({authority}) are no division code of GB/T 2260 (GB 32100)"
+        ))
+    }
 }
 
-/// Province-level prefixes of GB/T 2260.
-const PROVINCES: &[u8] = &[
-    11, 12, 13, 14, 15, 21, 22, 23, 31, 32, 33, 34, 35, 36, 37, 41, 42, 43, 44, 45, 46, 50, 51, 52,
-    53, 54, 61, 62, 63, 64, 65, 71, 81, 82,
-];
-
-/// GB/T 2260: six digits, a province of the standard, and a county part only under a city.
-pub fn check_division_code(v: &str) -> Result<(), String> {
+/// GB/T 2260: six digits, a code in use in the newest revision of `divisions` (a field
+/// names a place today).
+pub fn check_division_code(v: &str, divisions: &Divisions) -> Result<(), String> {
     let b = v.as_bytes();
     if b.len() != 6 || !b.iter().all(u8::is_ascii_digit) {
         return Err("must be a six-digit administrative division code (GB/T 2260)".into());
     }
-    let province = (b[0] - b'0') * 10 + (b[1] - b'0');
-    if !PROVINCES.contains(&province) {
-        return Err(format!(
-            "province {province:02} is not a division of GB/T 2260"
-        ));
+    if divisions.is_current(v) {
+        Ok(())
+    } else if divisions.ever_existed(v) {
+        Err(format!(
+            "{v} is no longer in use (GB/T 2260, revision {}): give today's code",
+            divisions.version
+        ))
+    } else {
+        Err(format!(
+            "{v} is not a division code of GB/T 2260 (revision {})",
+            divisions.version
+        ))
     }
-    if &b[2..4] == b"00" && &b[4..6] != b"00" {
-        return Err("a county part needs a city part (GB/T 2260)".into());
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
+
+    fn d() -> &'static Divisions {
+        Divisions::embedded().unwrap()
+    }
 
     #[test]
     fn credit_codes() {
         // A published code (Haier Group) and one with its check character changed.
-        assert!(check_credit_code("91370200163562681G").is_ok());
-        assert!(check_credit_code("91370200163562681H").is_err());
-        assert!(check_credit_code("91370200163562681").is_err());
-        assert!(check_credit_code("9137020016356268IG").is_err());
+        assert!(check_credit_code("91370200163562681G", d()).is_ok());
+        assert!(check_credit_code("91370200163562681H", d()).is_err());
+        assert!(check_credit_code("91370200163562681", d()).is_err());
+        assert!(check_credit_code("9137020016356268IG", d()).is_err());
+        let with_check =
+            |first17: &str| format!("{first17}{}", credit_code_check_char(first17).unwrap());
+        // The registering authority: a division of GB/T 2260 (a former one too), or the
+        // national authorities' 100000; never an invented one.
+        assert!(check_credit_code(&with_check("91370181163562681"), d()).is_ok());
+        assert!(check_credit_code(&with_check("11100000000013127"), d()).is_ok());
+        let e = check_credit_code(&with_check("91379901163562681"), d()).unwrap_err();
+        assert!(e.contains("379901"), "{e}");
     }
 
     #[test]
     fn division_codes() {
-        assert!(check_division_code("370102").is_ok());
-        assert!(check_division_code("370000").is_ok());
-        assert!(check_division_code("990102").is_err());
-        assert!(check_division_code("370012").is_err());
-        assert!(check_division_code("3701").is_err());
+        assert!(check_division_code("370102", d()).is_ok());
+        assert!(check_division_code("370000", d()).is_ok());
+        assert!(check_division_code("990102", d()).is_err());
+        assert!(check_division_code("370012", d()).is_err());
+        assert!(check_division_code("3701", d()).is_err());
+        // Shape alone no longer passes: Shandong has no prefecture 99.
+        let e = check_division_code("379901", d()).unwrap_err();
+        assert!(e.contains("not a division code"), "{e}");
+        // A former code: named as such.
+        let e = check_division_code("370181", d()).unwrap_err();
+        assert!(e.contains("no longer in use"), "{e}");
     }
 
     #[test]
     fn resident_ids() {
         let first = "37010219850312002";
         let c = tongban_proto::metadata::resident_id_check_digit(first).unwrap();
-        assert!(check_resident_id(&format!("{first}{c}")).is_ok());
+        assert!(check_resident_id(&format!("{first}{c}"), d()).is_ok());
         // A bad birth date with a matching check character.
         let bad = "37010219851312002";
         let c = tongban_proto::metadata::resident_id_check_digit(bad).unwrap();
-        assert!(check_resident_id(&format!("{bad}{c}")).is_err());
+        assert!(check_resident_id(&format!("{bad}{c}"), d()).is_err());
+        let id = |first17: &str| {
+            let c = tongban_proto::metadata::resident_id_check_digit(first17).unwrap();
+            format!("{first17}{c}")
+        };
+        // Issued in 章丘市 (370181, abolished 2016): still a valid id.
+        assert!(check_resident_id(&id("37018119900101001"), d()).is_ok());
+        // An unknown county of a known prefecture: only before the oldest revision.
+        assert!(check_resident_id(&id("37018819800101001"), d()).is_ok());
+        assert!(check_resident_id(&id("37018820100101001"), d()).is_err());
+        // No such prefecture, ever.
+        let e = check_resident_id(&id("37990119800101001"), d()).unwrap_err();
+        assert!(e.contains("GB/T 2260"), "{e}");
     }
 
     #[test]

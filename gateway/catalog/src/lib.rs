@@ -8,12 +8,15 @@
 //! stops a start instead of becoming a wrong answer at run time.
 
 mod calendar;
+pub mod divisions;
 mod fields;
 mod load;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub use calendar::Calendar;
+pub use divisions::Divisions;
 pub use fields::{normalise, unclean, Field, FieldType, Violation};
 pub use load::LoadError;
 
@@ -93,6 +96,8 @@ pub struct Item {
     /// Kinds of material an application must reference.
     pub materials: Vec<String>,
     pub fields: Vec<Field>,
+    /// The division codes its fields are checked against (the catalog's table).
+    pub divisions: Arc<Divisions>,
 }
 
 impl Item {
@@ -113,7 +118,7 @@ impl Item {
                 }),
                 None | Some("") => {}
                 Some(v) => {
-                    if let Err(reason) = f.kind.check(v) {
+                    if let Err(reason) = f.kind.check_in(v, &self.divisions) {
                         out.push(Violation {
                             field: f.name.clone(),
                             reason: format!("{}: {reason}", f.name),
@@ -150,6 +155,8 @@ pub struct Catalog {
     pub cities: Vec<String>,
     pub organisations: BTreeMap<String, Organisation>,
     pub calendar: Calendar,
+    /// The GB/T 2260 division codes (`divisions = "FILE"`, else the embedded table).
+    pub divisions: Arc<Divisions>,
     items: Vec<Item>,
     data_items: Vec<DataItem>,
 }
@@ -167,7 +174,7 @@ impl Catalog {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        Catalog::parse(&text)
+        load::parse(&text, path.parent())
     }
 
     /// Loads `path`, or the embedded catalog when `None`.
@@ -180,7 +187,7 @@ impl Catalog {
 
     /// Parses and validates catalog text.
     pub fn parse(text: &str) -> Result<Catalog, LoadError> {
-        load::parse(text)
+        load::parse(text, None)
     }
 
     /// Every item, in file order.

@@ -2,12 +2,13 @@
 //! operator has to fix (a generic deserializer would name a line at best).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use regex::Regex;
 use toml::{Table, Value};
 
 use crate::fields::{parse_date, Field, FieldType, TYPE_NAMES};
-use crate::{Calendar, Catalog, DataItem, Item, Organisation, Produces};
+use crate::{Calendar, Catalog, DataItem, Divisions, Item, Organisation, Produces};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LoadError {
@@ -205,7 +206,7 @@ fn id_ok(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-pub(crate) fn parse(text: &str) -> Result<Catalog, LoadError> {
+pub(crate) fn parse(text: &str, base: Option<&std::path::Path>) -> Result<Catalog, LoadError> {
     let t: Table = text
         .parse()
         .map_err(|e: toml::de::Error| LoadError::Syntax(e.to_string()))?;
@@ -222,7 +223,31 @@ pub(crate) fn parse(text: &str) -> Result<Catalog, LoadError> {
         "calendar",
         "items",
         "data_items",
+        "divisions",
     ])?;
+    // The division table first: the items' examples are checked against it.
+    let divisions = match top.opt_string("divisions")? {
+        None => Divisions::embedded()
+            .map(|d| Arc::new(d.clone()))
+            .map_err(|e| top.at.err("divisions", e.to_string()))?,
+        Some(file) => {
+            let base = base.ok_or_else(|| {
+                top.at.err(
+                    "divisions",
+                    "a division file is named only in a catalog file",
+                )
+            })?;
+            let path = base.join(&file);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                top.at
+                    .err("divisions", format!("cannot read {}: {e}", path.display()))
+            })?;
+            Arc::new(
+                Divisions::parse(&text)
+                    .map_err(|e| top.at.err("divisions", format!("{}: {e}", path.display())))?,
+            )
+        }
+    };
     let federation = top.string("federation")?;
     let version = top.string("version")?;
     let cities = top.strings("cities")?;
@@ -249,7 +274,7 @@ pub(crate) fn parse(text: &str) -> Result<Catalog, LoadError> {
             Some(Value::String(c)) => c.clone(),
             _ => format!("items[{i}]"),
         };
-        let item = item(it, &label, &cities, &organisations)?;
+        let item = item(it, &label, &cities, &organisations, &divisions)?;
         if items.iter().any(|x| x.code == item.code) {
             return Err(LoadError::Item {
                 item: item.code.clone(),
@@ -289,6 +314,7 @@ pub(crate) fn parse(text: &str) -> Result<Catalog, LoadError> {
         cities,
         organisations,
         calendar,
+        divisions,
         items,
         data_items,
     })
@@ -348,6 +374,7 @@ fn item(
     label: &str,
     cities: &[String],
     orgs: &BTreeMap<String, Organisation>,
+    divisions: &Arc<Divisions>,
 ) -> Result<Item, LoadError> {
     let k = Keys {
         t,
@@ -375,7 +402,7 @@ fn item(
         Value::Array(a) => a
             .iter()
             .enumerate()
-            .map(|(i, v)| field(v, i, label))
+            .map(|(i, v)| field(v, i, label, divisions))
             .collect::<Result<Vec<_>, _>>()?,
         other => return Err(k.type_err("fields", "an array of field tables", other)),
     };
@@ -399,6 +426,7 @@ fn item(
         providers,
         produces,
         fields,
+        divisions: divisions.clone(),
     })
 }
 
@@ -470,7 +498,7 @@ fn providers(
     Ok(providers)
 }
 
-fn field(v: &Value, i: usize, label: &str) -> Result<Field, LoadError> {
+fn field(v: &Value, i: usize, label: &str, divisions: &Divisions) -> Result<Field, LoadError> {
     let at = At::Item(label);
     let Value::Table(t) = v else {
         return Err(at.err(format!("fields[{i}]"), "expected a table"));
@@ -530,7 +558,7 @@ fn field(v: &Value, i: usize, label: &str) -> Result<Field, LoadError> {
         }
     };
     let example = k.string("example")?;
-    kind.check(&example)
+    kind.check_in(&example, divisions)
         .map_err(|m| at.err(k.name("example"), format!("the example is invalid: {m}")))?;
     Ok(Field {
         name,
@@ -556,6 +584,36 @@ mod tests {
             LoadError::Item { item, key, .. } => (item.clone(), key.clone()),
             other => panic!("not an item error: {other}"),
         }
+    }
+
+    #[test]
+    fn a_catalog_file_names_its_division_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = crate::divisions::EMBEDDED.replace("# version = 202101", "# a copy");
+        std::fs::write(dir.path().join("codes.csv"), &table).unwrap();
+        let text = format!("divisions = \"codes.csv\"\n{}", crate::EMBEDDED);
+        std::fs::write(dir.path().join("catalog.toml"), &text).unwrap();
+        let c = Catalog::load(&dir.path().join("catalog.toml")).unwrap();
+        assert_eq!(c.divisions.version, 202101);
+        // A table without Jinan's 历下区 (370102): an example that uses it is refused, naming
+        // the item and the key; a table that does not load is refused naming its line.
+        let without: String = table
+            .lines()
+            .filter(|l| !l.starts_with("370102,"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(dir.path().join("codes.csv"), without).unwrap();
+        let e = Catalog::load(&dir.path().join("catalog.toml")).unwrap_err();
+        assert!(
+            matches!(&e, LoadError::Item { key, .. } if key.ends_with(".example")),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("codes.csv"), "code,name\n").unwrap();
+        let e = Catalog::load(&dir.path().join("catalog.toml")).unwrap_err();
+        assert!(e.to_string().contains("line 1"), "{e}");
+        // Only a catalog file may name one.
+        let e = Catalog::parse(&text).unwrap_err();
+        assert!(e.to_string().contains("divisions"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,9 @@ pub enum CatalogCmd {
     /// Load and validate medical recognition rules (deploy/medical/): exit 0, or 64 naming
     /// the entry.
     CheckRules { file: PathBuf },
+    /// Load and validate a GB/T 2260 division table (deploy/divisions/): exit 0, or 64
+    /// naming the line.
+    CheckDivisions { file: PathBuf },
     /// Print a catalog's items (the embedded one without --file).
     Show {
         #[arg(long)]
@@ -22,6 +25,7 @@ pub enum CatalogCmd {
 pub fn run(cmd: CatalogCmd) -> ExitCode {
     let path = match &cmd {
         CatalogCmd::CheckRules { file } => return check_rules(file),
+        CatalogCmd::CheckDivisions { file } => return check_divisions(file),
         CatalogCmd::Check { file } => Some(file.clone()),
         CatalogCmd::Show { file } => file.clone(),
     };
@@ -34,13 +38,15 @@ pub fn run(cmd: CatalogCmd) -> ExitCode {
     };
     match cmd {
         CatalogCmd::Check { .. } => println!(
-            "ok: {} {}, {} items, {} organisations",
+            "ok: {} {}, {} items, {} data items, {} organisations, division codes of revision {}",
             catalog.federation,
             catalog.version,
             catalog.items().len(),
-            catalog.organisations.len()
+            catalog.data_items().len(),
+            catalog.organisations.len(),
+            catalog.divisions.version
         ),
-        CatalogCmd::CheckRules { .. } => {}
+        CatalogCmd::CheckRules { .. } | CatalogCmd::CheckDivisions { .. } => {}
         CatalogCmd::Show { .. } => {
             for i in catalog.items() {
                 let providers: Vec<String> = i
@@ -83,6 +89,32 @@ fn check_rules(file: &std::path::Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("tongban: {e}");
+            ExitCode::from(crate::EX_CONFIG)
+        }
+    }
+}
+
+fn check_divisions(file: &std::path::Path) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tongban: cannot read {}: {e}", file.display());
+            return ExitCode::from(crate::EX_CONFIG);
+        }
+    };
+    match tongban_catalog::Divisions::parse(&text) {
+        Ok(d) => {
+            println!(
+                "ok: revision {} (oldest {}), {} codes, {} in use",
+                d.version,
+                d.oldest,
+                d.len(),
+                d.current_len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tongban: {}: {e}", file.display());
             ExitCode::from(crate::EX_CONFIG)
         }
     }
