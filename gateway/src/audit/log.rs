@@ -197,12 +197,24 @@ fn read_segment_with(
     segment: u64,
     path: &Path,
     records: bool,
-    mut each: impl FnMut(ReadEntry) -> bool,
+    each: impl FnMut(ReadEntry) -> bool,
 ) -> Result<Stop, AuditError> {
     let mut data = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut data))
         .map_err(io(path))?;
+    read_frames(segment, &data, records, each)
+}
+
+/// The frames of one segment's bytes (`segment`: its first sequence), in order, until the
+/// end or the first broken frame; `each` returns false to stop. Reads nothing else: what a
+/// damaged or hostile file can reach.
+pub fn read_frames(
+    segment: u64,
+    data: &[u8],
+    records: bool,
+    mut each: impl FnMut(ReadEntry) -> bool,
+) -> Result<Stop, AuditError> {
     let mut off = 0usize;
     while off < data.len() {
         if data.len() - off < 8 {
