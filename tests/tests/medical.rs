@@ -1150,3 +1150,39 @@ async fn a_citizen_reads_only_their_own_results_from_either_city() {
     w.registries.stop().await;
     w.fed.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validity_counts_from_each_results_own_collection_time() {
+    let w = world().await;
+    let now = now_ms();
+    // A report of yesterday, whose sodium was collected 20 days ago (valid 7 days).
+    let mut old_na = lab("na", "2951-2", 140.0, "mmol/L");
+    old_na.collected_at_ms = now - 20 * DAY;
+    let fresh_k = lab("k", "2823-3", 4.1, "mmol/L");
+    w.publish(report(
+        "R-own-times",
+        &w.patient,
+        QILU,
+        ReportStatus::Final,
+        now - DAY,
+        vec![old_na, fresh_k],
+    ))
+    .await
+    .unwrap();
+    let rs = w
+        .query("medical-treatment", Some(&w.read_consent))
+        .await
+        .unwrap();
+    let na = verdict_of(&rs, "R-own-times", "na");
+    assert!(!na.verdict.as_ref().unwrap().eligible, "{na:?}");
+    assert!(
+        na.verdict.as_ref().unwrap().reasons[0].contains("past its validity"),
+        "{na:?}"
+    );
+    assert_eq!(na.collected_at_ms, now - 20 * DAY);
+    let k = verdict_of(&rs, "R-own-times", "k");
+    assert!(k.verdict.as_ref().unwrap().eligible, "{k:?}");
+    assert_eq!(k.collected_at_ms, now - DAY);
+    w.registries.stop().await;
+    w.fed.shutdown().await;
+}

@@ -91,11 +91,14 @@ pub fn export(report: &Report) -> Value {
                 "status": "available",
                 "modality": [{ "system": "http://dicom.nema.org/resources/ontology/DCM", "code": r.modality }],
                 "subject": subject,
-                "started": effective,
+                "started": own_time(r.collected_at_ms, report.collected_at_ms),
                 "series": [{
-                    "uid": r.study_instance_uid,
+                    "uid": if r.series_instance_uid.is_empty() { &r.study_instance_uid } else { &r.series_instance_uid },
                     "modality": { "system": "http://dicom.nema.org/resources/ontology/DCM", "code": r.modality },
-                    "bodySite": { "display": r.body_site },
+                    "bodySite": match &r.body_site_coding {
+                        Some(c) => json!({ "system": c.system, "code": c.code, "display": c.display }),
+                        None => json!({ "display": r.body_site }),
+                    },
                 }],
                 "description": text_value(r).unwrap_or_default(),
             }}));
@@ -123,8 +126,8 @@ pub fn export(report: &Report) -> Value {
             }]}],
             "code": { "coding": coding, "text": if r.display.is_empty() { &r.local_code } else { &r.display } },
             "subject": subject,
-            "effectiveDateTime": effective,
-            "issued": instant(report.issued_at_ms),
+            "effectiveDateTime": own_time(r.collected_at_ms, report.collected_at_ms),
+            "issued": own_time(r.issued_at_ms, report.issued_at_ms),
             "performer": performer,
         });
         match &r.value {
@@ -219,6 +222,11 @@ fn prune(v: &mut Value) -> bool {
         Value::Null => true,
         _ => false,
     }
+}
+
+/// A result's own time, else its report's.
+fn own_time(own_ms: i64, report_ms: i64) -> String {
+    instant(if own_ms > 0 { own_ms } else { report_ms })
 }
 
 fn text_value(r: &tongban_proto::medical::v1::Result) -> Option<String> {

@@ -876,6 +876,13 @@ fn observations(
                 .to_string(),
             text: s(rr, "text").unwrap_or("").to_string(),
         });
+    // The Observation's own times, when it has them (a panel's members may differ).
+    let collected = s(obs, "effectiveDateTime")
+        .or_else(|| s(obs, "effectiveInstant"))
+        .or_else(|| obs.get("effectivePeriod").and_then(|p| s(p, "start")))
+        .and_then(millis)
+        .unwrap_or(0);
+    let issued = s(obs, "issued").and_then(millis).unwrap_or(0);
     let interpretation = obs
         .get("interpretation")
         .and_then(Value::as_array)
@@ -898,6 +905,8 @@ fn observations(
         value: Some(value),
         reference_range: range,
         interpretation: interpretation.to_string(),
+        collected_at_ms: collected,
+        issued_at_ms: issued,
         ..Default::default()
     });
     Ok(())
@@ -925,8 +934,13 @@ fn imaging_result(study: &Value, at: &str) -> Result<LabResult, ImportError> {
                 "an imaging study needs its modality",
             )
         })?;
-    let body_site = series
-        .and_then(|x| x.get("bodySite"))
+    let site = series.and_then(|x| x.get("bodySite"));
+    let body_site_coding = site.map(|b| Coding {
+        system: s(b, "system").unwrap_or("").to_string(),
+        code: s(b, "code").unwrap_or("").to_string(),
+        display: s(b, "display").unwrap_or("").to_string(),
+    });
+    let body_site = site
         .and_then(|b| s(b, "display").or_else(|| s(b, "code")))
         .ok_or_else(|| {
             err(
@@ -962,7 +976,10 @@ fn imaging_result(study: &Value, at: &str) -> Result<LabResult, ImportError> {
         modality: modality.to_string(),
         body_site: body_site.to_ascii_lowercase(),
         study_instance_uid: uid,
+        series_instance_uid: series.and_then(|x| s(x, "uid")).unwrap_or("").to_string(),
+        body_site_coding,
         accession_number: accession.to_string(),
+        collected_at_ms: s(study, "started").and_then(millis).unwrap_or(0),
         value: s(study, "description").map(|d| result::Value::Text(d.to_string())),
         ..Default::default()
     })
@@ -1008,7 +1025,99 @@ fn imaging_study(r: &Value, at: &str, d: &Defaults) -> Result<Report, ImportErro
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
+
+    /// The CBC fixture, with the haemoglobin collected days before the report's time and
+    /// issued apart from it.
+    fn cbc_with_own_times() -> String {
+        let text = include_str!("../../../tests/fixtures/fhir/cbc-contained.json");
+        let mut v: Value = serde_json::from_str(text).unwrap();
+        let hb = &mut v["contained"][0];
+        hb["effectiveDateTime"] = Value::from("2026-11-05T10:30:10+01:00");
+        hb["issued"] = Value::from("2026-11-06T08:00:00Z");
+        v.to_string()
+    }
+
+    #[test]
+    fn each_result_keeps_its_own_times_through_import_export_import() {
+        let d = Defaults::default();
+        let first = import(&cbc_with_own_times(), &d).unwrap();
+        let r = &first[0];
+        let hb = r.results.iter().find(|x| x.loinc == "718-7").unwrap();
+        assert_eq!(hb.collected_at_ms, millis("2026-11-05T09:30:10Z").unwrap());
+        assert_eq!(hb.issued_at_ms, millis("2026-11-06T08:00:00Z").unwrap());
+        // The others have none of their own: the report's.
+        let wbc = r.results.iter().find(|x| x.loinc == "6690-2").unwrap();
+        assert_eq!(wbc.collected_at_ms, 0);
+        // Exported: the haemoglobin's own times, the others the report's; imported again:
+        // the same registry content.
+        let exported = crate::fhir::export(r).to_string();
+        // The export names the patient masked: the importer is told who it is.
+        let again_d = Defaults {
+            patient: Some("370102197805060048".into()),
+            ..Defaults::default()
+        };
+        let again = import(&exported, &again_d).unwrap();
+        let hb2 = again[0]
+            .results
+            .iter()
+            .find(|x| x.loinc == "718-7")
+            .unwrap();
+        assert_eq!(
+            (hb2.collected_at_ms, hb2.issued_at_ms),
+            (hb.collected_at_ms, hb.issued_at_ms)
+        );
+        let wbc2 = again[0]
+            .results
+            .iter()
+            .find(|x| x.loinc == "6690-2")
+            .unwrap();
+        assert_eq!(wbc2.collected_at_ms, r.collected_at_ms);
+        assert_eq!(again[0].collected_at_ms, r.collected_at_ms);
+    }
+
+    #[test]
+    fn imaging_keeps_its_series_uid_and_body_site_coding() {
+        let study = r#"{"resourceType":"ImagingStudy","id":"ct","status":"available",
+            "subject":{"identifier":{"system":"urn:oid:2.16.156.10011.1.1","value":"370102197805060048"}},
+            "started":"2026-11-20T08:15:00+08:00",
+            "identifier":[{"system":"urn:dicom:uid","value":"urn:oid:1.2.3.4"}],
+            "series":[{"uid":"1.2.3.4.5","modality":{"system":"http://dicom.nema.org/resources/ontology/DCM","code":"CT"},
+                       "bodySite":{"system":"http://snomed.info/sct","code":"T-15460","display":"Wrist Joint"}}]}"#;
+        let d = Defaults {
+            patient: Some("370102197805060048".into()),
+            institution_code: Some("12370000495570024A".into()),
+            institution_name: Some("山东大学齐鲁医院".into()),
+        };
+        let first = import(study, &d);
+        let Ok(first) = first else {
+            // The importer may need a performer in another form; say which.
+            panic!("{first:?}");
+        };
+        let r = &first[0].results[0];
+        assert_eq!(r.study_instance_uid, "1.2.3.4");
+        assert_eq!(r.series_instance_uid, "1.2.3.4.5");
+        let coding = r.body_site_coding.clone().unwrap();
+        assert_eq!(
+            (
+                coding.system.as_str(),
+                coding.code.as_str(),
+                coding.display.as_str()
+            ),
+            ("http://snomed.info/sct", "T-15460", "Wrist Joint")
+        );
+        let exported = crate::fhir::export(&first[0]);
+        let text = exported.to_string();
+        assert!(text.contains("\"uid\":\"1.2.3.4.5\""), "{text}");
+        assert!(text.contains("T-15460"), "{text}");
+        let again = import(&text, &d).unwrap();
+        let r2 = &again[0].results[0];
+        assert_eq!(r2.series_instance_uid, r.series_instance_uid);
+        assert_eq!(r2.body_site_coding, r.body_site_coding);
+        assert_eq!(r2.study_instance_uid, r.study_instance_uid);
+    }
 
     #[test]
     fn structure_errors_name_the_element() {

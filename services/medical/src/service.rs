@@ -200,10 +200,16 @@ impl ResultRegistry for Registry {
             let kind = ReportKind::try_from(report.kind).unwrap_or(ReportKind::Unspecified);
             let status = ReportStatus::try_from(report.status).unwrap_or(ReportStatus::Unspecified);
             for r in &report.results {
+                // Validity counts from the result's own collection or study time.
+                let collected = if r.collected_at_ms > 0 {
+                    r.collected_at_ms
+                } else {
+                    report.collected_at_ms
+                };
                 let (item, verdict, valid_until) = self.rules.verdict(
                     kind,
                     status,
-                    report.collected_at_ms,
+                    collected,
                     &report.institution_code,
                     r,
                     valid_at,
@@ -219,7 +225,7 @@ impl ResultRegistry for Registry {
                     item: code,
                     kind: report.kind,
                     status: report.status,
-                    collected_at_ms: report.collected_at_ms,
+                    collected_at_ms: collected,
                     institution_code: report.institution_code.clone(),
                     institution_name: report.institution_name.clone(),
                     verdict: Some(verdict),

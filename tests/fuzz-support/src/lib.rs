@@ -7,8 +7,11 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
+/// One target: what it is given arbitrary bytes to do.
+pub type Target = fn(&[u8]);
+
 /// The targets, by name (the directory of each corpus under `tests/fuzz/corpus`).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("form", form),
     ("fhir", fhir),
     ("metadata", metadata),
