@@ -236,6 +236,7 @@ fn report(
         conclusion: "未见异常".into(),
         attachment: Vec::new(),
         registry_id: String::new(),
+        performers: Vec::new(),
     }
 }
 

@@ -843,6 +843,7 @@ pub async fn run_medical(fed: &LocalFederation) -> Result<MedicalStory, DemoErro
                 conclusion: String::new(),
                 attachment: Vec::new(),
                 registry_id: String::new(),
+                performers: Vec::new(),
             }
         };
     let qilu = ("12370000495570024A", "山东大学齐鲁医院");

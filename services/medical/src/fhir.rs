@@ -67,10 +67,22 @@ pub fn export(report: &Report) -> Value {
     let kind = ReportKind::try_from(report.kind).unwrap_or(ReportKind::Unspecified);
     let base = fhir_id(&report.report_id);
     let subject = json!({ "display": report.patient_id });
-    let performer = json!([{
+    // The institution, then every other performer as the source named it (a practitioner
+    // stays a practitioner).
+    let mut performer = vec![json!({
+        "type": "Organization",
         "display": report.institution_name,
         "identifier": { "system": USCC_SYSTEM, "value": report.institution_code },
-    }]);
+    })];
+    for p in &report.performers {
+        performer.push(json!({
+            "reference": p.reference,
+            "type": p.kind,
+            "identifier": { "system": p.identifier_system, "value": p.identifier_value },
+            "display": p.display,
+        }));
+    }
+    let performer = Value::Array(performer);
     let effective = instant(report.collected_at_ms);
     let mut entries = Vec::new();
     let mut results = Vec::new();

@@ -688,6 +688,7 @@ fn diagnostic_report(
     let issued = s(r, "issued").and_then(millis).unwrap_or(collected);
     let patient = patient(r, at, d)?;
     let (institution_code, institution_name) = institution(r, at, d)?;
+    let performers = other_performers(r);
     let mut results = Vec::new();
     for (i, reference) in r
         .get("result")
@@ -760,7 +761,48 @@ fn diagnostic_report(
         attachment: Vec::new(),
         // The registry assigns it when the report is published.
         registry_id: String::new(),
+        performers,
     })
+}
+
+/// The performers that are not the institution (a practitioner, a role, another
+/// organisation), with their kind: from `type`, else from the reference's resource type.
+fn other_performers(r: &Value) -> Vec<tongban_proto::medical::v1::Performer> {
+    r.get("performer")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            p.get("identifier").and_then(|i| s(i, "system")) != Some(USCC_SYSTEM)
+                || s(p, "reference").is_some_and(|x| !x.starts_with("Organization/"))
+        })
+        .map(|p| {
+            let reference = s(p, "reference").unwrap_or("").to_string();
+            let kind = s(p, "type")
+                .map(str::to_string)
+                .or_else(|| {
+                    reference
+                        .split_once('/')
+                        .map(|(t, _)| t.to_string())
+                        .filter(|t| t.chars().next().is_some_and(|c| c.is_ascii_uppercase()))
+                })
+                .unwrap_or_default();
+            let identifier = p.get("identifier");
+            tongban_proto::medical::v1::Performer {
+                kind,
+                reference,
+                identifier_system: identifier
+                    .and_then(|i| s(i, "system"))
+                    .unwrap_or("")
+                    .to_string(),
+                identifier_value: identifier
+                    .and_then(|i| s(i, "value"))
+                    .unwrap_or("")
+                    .to_string(),
+                display: s(p, "display").unwrap_or("").to_string(),
+            }
+        })
+        .collect()
 }
 
 /// An Observation's result, or its members' (a panel), depth-bounded.
@@ -1076,6 +1118,36 @@ mod tests {
             .unwrap();
         assert_eq!(wbc2.collected_at_ms, r.collected_at_ms);
         assert_eq!(again[0].collected_at_ms, r.collected_at_ms);
+    }
+
+    #[test]
+    fn a_practitioner_performer_stays_a_practitioner() {
+        let text = include_str!("../../../tests/fixtures/fhir/cbc-contained.json");
+        let mut v: Value = serde_json::from_str(text).unwrap();
+        v["performer"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({ "reference": "Practitioner/f005", "display": "王医生" }));
+        let d = Defaults::default();
+        let first = import(&v.to_string(), &d).unwrap();
+        let r = &first[0];
+        assert_eq!(r.institution_code, "12370000495570024A");
+        assert_eq!(r.performers.len(), 1, "{:?}", r.performers);
+        assert_eq!(
+            (
+                r.performers[0].kind.as_str(),
+                r.performers[0].display.as_str()
+            ),
+            ("Practitioner", "王医生")
+        );
+        let exported = crate::fhir::export(r).to_string();
+        let again_d = Defaults {
+            patient: Some("370102197805060048".into()),
+            ..Defaults::default()
+        };
+        let again = import(&exported, &again_d).unwrap();
+        assert_eq!(again[0].performers, r.performers);
+        assert_eq!(again[0].institution_code, r.institution_code);
     }
 
     #[test]
