@@ -5,8 +5,11 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out="$root/target/fhir-r4-examples"
-files=(Bundle-ghp.json Bundle-lipids.json ImagingStudy-example.json DiagnosticReport-f201.json DiagnosticReport-102.json)
-if [ -f "$out/.complete" ]; then
+files=(Bundle-ghp.json Bundle-lipids.json ImagingStudy-example.json DiagnosticReport-f201.json DiagnosticReport-102.json
+  Bundle-lri-example.json Bundle-report.json Bundle-hla-1.json Bundle-micro.json)
+# The marker names the file list, so that a longer list fetches again.
+marker="$out/.complete-$(printf '%s\n' "${files[@]}" | cksum | cut -d' ' -f1)"
+if [ -f "$marker" ]; then
   exit 0
 fi
 mkdir -p "$out"
@@ -21,5 +24,5 @@ with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as t:
         with open(f"{out}/{name}", "wb") as f:
             f.write(t.extractfile(member).read())
 PY
-touch "$out/.complete"
+touch "$marker"
 echo "fhir r4 examples ready: $out"

@@ -1187,3 +1187,41 @@ async fn validity_counts_from_each_results_own_collection_time() {
     w.registries.stop().await;
     w.fed.shutdown().await;
 }
+
+#[test]
+fn skip_invalid_imports_the_usable_results_of_the_hl7_examples_and_lists_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = ["--patient", "37010219850312002X", "--institution", QILU];
+    for (name, imported) in [
+        (
+            "Bundle-lri-example.json",
+            Some("report RP723234: 3 result(s)"),
+        ),
+        ("Bundle-report.json", Some("report report: 11 result(s)")),
+        ("Bundle-hla-1.json", None),
+        ("Bundle-micro.json", None),
+    ] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, hl7_example(name)).unwrap();
+        // By default all or nothing: refused, naming the first bad element.
+        let (code, out) = cli_import(&file, &ids);
+        assert_eq!(code, 65, "{name}: {out}");
+        assert!(out.contains("refused: Bundle.entry["), "{name}: {out}");
+        let mut args = ids.to_vec();
+        args.push("--skip-invalid");
+        let (code, out) = cli_import(&file, &args);
+        match imported {
+            Some(report) => {
+                assert_eq!(code, 0, "{name}: {out}");
+                assert!(out.contains(report), "{name}: {out}");
+                // Each skipped element, with its FHIRPath and why.
+                assert!(out.contains("skipped Bundle.entry["), "{name}: {out}");
+            }
+            // Nothing usable at all: still refused, with the first reason.
+            None => {
+                assert_eq!(code, 65, "{name}: {out}");
+                assert!(out.contains("no usable"), "{name}: {out}");
+            }
+        }
+    }
+}

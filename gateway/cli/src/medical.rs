@@ -53,6 +53,10 @@ pub struct ImportArgs {
     /// Only check and print what would be published.
     #[arg(long)]
     dry_run: bool,
+    /// Import the usable results and skip the others, listing each skipped element with its
+    /// FHIRPath and why (by default one unusable element refuses the whole file).
+    #[arg(long)]
+    skip_invalid: bool,
     /// The hospital's node (caller address), e.g. http://127.0.0.1:7000.
     #[arg(long, required_unless_present = "dry_run")]
     node: Option<String>,
@@ -89,6 +93,7 @@ fn import(args: ImportArgs) -> ExitCode {
         institution,
         institution_name,
         dry_run,
+        skip_invalid,
         node,
         token,
         city,
@@ -106,13 +111,21 @@ fn import(args: ImportArgs) -> ExitCode {
         institution_code: institution,
         institution_name,
     };
-    let reports = match fhir_import::import(&text, &defaults) {
+    let imported = if skip_invalid {
+        fhir_import::import_skipping_invalid(&text, &defaults)
+    } else {
+        fhir_import::import(&text, &defaults).map(|r| (r, Vec::new()))
+    };
+    let (reports, skipped) = match imported {
         Ok(r) => r,
         Err(e) => {
             eprintln!("tongban: {} refused: {e}", file.display());
             return ExitCode::from(crate::EX_DATAERR);
         }
     };
+    for s in &skipped {
+        println!("skipped {}: {}", s.at, s.message);
+    }
     for r in &reports {
         let codes: Vec<String> = r
             .results

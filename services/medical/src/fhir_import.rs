@@ -58,6 +58,41 @@ fn err(at: impl Into<String>, message: impl Into<String>) -> ImportError {
 
 /// Imports a JSON document.
 pub fn import(text: &str, defaults: &Defaults) -> Result<Vec<Report>, ImportError> {
+    import_with(text, defaults, &mut None)
+}
+
+/// [`import`] that imports what it can: a result, an imaging study or a whole report that
+/// cannot be used is skipped, and each skipped element is returned with its FHIRPath and
+/// why. A file that is not FHIR at all, or in which nothing is usable, is still refused.
+pub fn import_skipping_invalid(
+    text: &str,
+    defaults: &Defaults,
+) -> Result<(Vec<Report>, Vec<ImportError>), ImportError> {
+    let mut skipped = Some(Vec::new());
+    let reports = import_with(text, defaults, &mut skipped)?;
+    Ok((reports, skipped.unwrap_or_default()))
+}
+
+/// `Err(e)` when strict (`skipped` is `None`); otherwise `e` is kept and `None` returned.
+fn keep_going<T>(
+    r: Result<T, ImportError>,
+    skipped: &mut Option<Vec<ImportError>>,
+) -> Result<Option<T>, ImportError> {
+    match (r, skipped) {
+        (Ok(v), _) => Ok(Some(v)),
+        (Err(e), None) => Err(e),
+        (Err(e), Some(list)) => {
+            list.push(e);
+            Ok(None)
+        }
+    }
+}
+
+fn import_with(
+    text: &str,
+    defaults: &Defaults,
+    skipped: &mut Option<Vec<ImportError>>,
+) -> Result<Vec<Report>, ImportError> {
     let doc: Value = serde_json::from_str(text).map_err(|e| err("$", format!("not JSON: {e}")))?;
     let root = doc
         .get("resourceType")
@@ -88,15 +123,16 @@ pub fn import(text: &str, defaults: &Defaults) -> Result<Vec<Report>, ImportErro
             for (i, e) in entries.iter().enumerate() {
                 let Some(r) = e.get("resource") else { continue };
                 let at = format!("Bundle.entry[{i}].resource");
-                match r.get("resourceType").and_then(Value::as_str) {
+                let one = match r.get("resourceType").and_then(Value::as_str) {
                     Some("DiagnosticReport") => {
-                        reports.push(diagnostic_report(r, &at, &index, defaults)?)
+                        diagnostic_report(r, &at, &index, defaults, skipped)
                     }
                     Some("ImagingStudy") if !index.referenced_study(r) => {
-                        reports.push(imaging_study(r, &at, defaults)?)
+                        imaging_study(r, &at, defaults)
                     }
-                    _ => {}
-                }
+                    _ => continue,
+                };
+                reports.extend(keep_going(one, skipped)?);
             }
         }
         "DiagnosticReport" => reports.push(diagnostic_report(
@@ -104,6 +140,7 @@ pub fn import(text: &str, defaults: &Defaults) -> Result<Vec<Report>, ImportErro
             "DiagnosticReport",
             &index,
             defaults,
+            skipped,
         )?),
         "ImagingStudy" => reports.push(imaging_study(&doc, "ImagingStudy", defaults)?),
         other => {
@@ -114,7 +151,13 @@ pub fn import(text: &str, defaults: &Defaults) -> Result<Vec<Report>, ImportErro
         }
     }
     if reports.is_empty() {
-        return Err(err(root, "holds no DiagnosticReport or ImagingStudy"));
+        let why = match skipped.as_ref().and_then(|s| s.first()) {
+            Some(first) => {
+                format!("holds no usable DiagnosticReport or ImagingStudy (first skipped: {first})")
+            }
+            None => "holds no DiagnosticReport or ImagingStudy".to_string(),
+        };
+        return Err(err(root, why));
     }
     Ok(reports)
 }
@@ -671,6 +714,7 @@ fn diagnostic_report(
     at: &str,
     index: &Index,
     d: &Defaults,
+    skipped: &mut Option<Vec<ImportError>>,
 ) -> Result<Report, ImportError> {
     let status = s(r, "status")
         .and_then(status_of)
@@ -698,15 +742,22 @@ fn diagnostic_report(
         .enumerate()
     {
         let ref_at = format!("{at}.result[{i}].reference");
-        let target =
-            s(reference, "reference").ok_or_else(|| err(&ref_at, "a result needs a reference"))?;
-        let (obs, obs_at) = index.resolve(r, at, target).ok_or_else(|| {
-            err(
-                &ref_at,
-                format!("`{target}` resolves to no contained or bundled Observation"),
-            )
-        })?;
-        observations(&obs, &obs_at, r, at, index, &mut results, 0)?;
+        let one = (|| {
+            let target = s(reference, "reference")
+                .ok_or_else(|| err(&ref_at, "a result needs a reference"))?;
+            let (obs, obs_at) = index.resolve(r, at, target).ok_or_else(|| {
+                err(
+                    &ref_at,
+                    format!("`{target}` resolves to no contained or bundled Observation"),
+                )
+            })?;
+            let mut found = Vec::new();
+            observations(&obs, &obs_at, r, at, index, &mut found, 0)?;
+            Ok(found)
+        })();
+        if let Some(found) = keep_going(one, skipped)? {
+            results.extend(found);
+        }
     }
     let mut kind = ReportKind::Laboratory;
     for (i, st) in r
@@ -717,15 +768,20 @@ fn diagnostic_report(
         .enumerate()
     {
         let ref_at = format!("{at}.imagingStudy[{i}].reference");
-        let target = s(st, "reference").ok_or_else(|| err(&ref_at, "needs a reference"))?;
-        let (study, study_at) = index.resolve(r, at, target).ok_or_else(|| {
-            err(
-                &ref_at,
-                format!("`{target}` resolves to no contained or bundled ImagingStudy"),
-            )
-        })?;
-        results.push(imaging_result(&study, &study_at)?);
-        kind = ReportKind::Imaging;
+        let one = (|| {
+            let target = s(st, "reference").ok_or_else(|| err(&ref_at, "needs a reference"))?;
+            let (study, study_at) = index.resolve(r, at, target).ok_or_else(|| {
+                err(
+                    &ref_at,
+                    format!("`{target}` resolves to no contained or bundled ImagingStudy"),
+                )
+            })?;
+            imaging_result(&study, &study_at)
+        })();
+        if let Some(found) = keep_going(one, skipped)? {
+            results.push(found);
+            kind = ReportKind::Imaging;
+        }
     }
     if results.is_empty() {
         return Err(err(
