@@ -335,49 +335,31 @@ async fn two_citizens_of_one_portal_cannot_reach_each_others_data_in_either_city
             .unwrap();
         let channel = w.fed.channel(home).await.unwrap();
         let mut consents = ConsentClient::new(channel.clone());
-        let e = consents
-            .list(authorised(
+        let list = |subject: &str, who: &Who<'_>| {
+            authorised(
                 ListRequest {
-                    subject: b_id.clone(),
+                    subject: subject.to_string(),
                 },
-                &a,
-            ))
-            .await
-            .unwrap_err();
-        assert_eq!(e.code(), Code::PermissionDenied, "{home}: list {e:?}");
-        let e = consents
-            .revoke(authorised(
+                who,
+            )
+        };
+        let revoke = |subject: &str| {
+            authorised(
                 RevokeRequest {
-                    subject: b_id.clone(),
+                    subject: subject.to_string(),
                     id: b_consent.clone(),
                 },
                 &a,
-            ))
-            .await
-            .unwrap_err();
+            )
+        };
+        let e = consents.list(list(&b_id, &a)).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{home}: list {e:?}");
+        let e = consents.revoke(revoke(&b_id)).await.unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied, "{home}: revoke {e:?}");
         // Revoking B's consent id as A's own: A has no such consent.
-        let e = consents
-            .revoke(authorised(
-                RevokeRequest {
-                    subject: a_id.clone(),
-                    id: b_consent.clone(),
-                },
-                &a,
-            ))
-            .await
-            .unwrap_err();
+        let e = consents.revoke(revoke(&a_id)).await.unwrap_err();
         assert_eq!(e.code(), Code::NotFound, "{home}: revoke as own {e:?}");
-        let still = consents
-            .list(authorised(
-                ListRequest {
-                    subject: b_id.clone(),
-                },
-                &b,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+        let still = consents.list(list(&b_id, &b)).await.unwrap().into_inner();
         let c = still.consents.iter().find(|c| c.id == b_consent).unwrap();
         assert!(!c.revoked, "{home}");
         assert_eq!(c.items, vec!["JQ-03".to_string()]);
