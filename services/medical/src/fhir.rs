@@ -61,6 +61,12 @@ fn observation_status(s: ReportStatus) -> &'static str {
     }
 }
 
+/// The identifier system of a result's id within its report.
+pub const RESULT_ID_SYSTEM: &str = "urn:tongban:result-id";
+
+/// The extension that carries the performing department of a report.
+pub const DEPARTMENT_EXTENSION: &str = "urn:tongban:fhir:extension:department";
+
 /// The report as a FHIR R4 Bundle.
 pub fn export(report: &Report) -> Value {
     let status = ReportStatus::try_from(report.status).unwrap_or(ReportStatus::Unspecified);
@@ -131,6 +137,9 @@ pub fn export(report: &Report) -> Value {
         let mut obs = json!({
             "resourceType": "Observation",
             "id": id,
+            // The result's own id within its report (the resource id is made unique in the
+            // bundle).
+            "identifier": [{ "system": RESULT_ID_SYSTEM, "value": r.result_id }],
             "status": observation_status(status),
             "category": [{ "coding": [{
                 "system": "http://terminology.hl7.org/CodeSystem/observation-category",
@@ -204,6 +213,15 @@ pub fn export(report: &Report) -> Value {
     }
     if !report.conclusion.is_empty() {
         dr["conclusion"] = json!(report.conclusion);
+    }
+    // The verifying physician, and the department (an extension: FHIR R4 has no element
+    // for it), so that an import of the export gives the same report.
+    if !report.verifier.is_empty() {
+        dr["resultsInterpreter"] = json!([{ "type": "Practitioner", "display": report.verifier }]);
+    }
+    if !report.department.is_empty() {
+        dr["extension"] =
+            json!([{ "url": DEPARTMENT_EXTENSION, "valueString": report.department }]);
     }
     let report_url = format!("urn:uuid:{}", uuid::Uuid::new_v4());
     entries.insert(0, json!({ "fullUrl": report_url, "resource": dr }));

@@ -810,8 +810,22 @@ fn diagnostic_report(
         issued_at_ms: issued.max(collected),
         institution_code,
         institution_name,
-        department: String::new(),
-        verifier: String::new(),
+        department: r
+            .get("extension")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|x| s(x, "url") == Some(crate::fhir::DEPARTMENT_EXTENSION))
+            .and_then(|x| s(x, "valueString"))
+            .unwrap_or("")
+            .to_string(),
+        verifier: r
+            .get("resultsInterpreter")
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+            .and_then(|x| s(x, "display"))
+            .unwrap_or("")
+            .to_string(),
         results,
         conclusion: s(r, "conclusion").unwrap_or("").to_string(),
         attachment: Vec::new(),
@@ -991,7 +1005,15 @@ fn observations(
         .and_then(|c| s(c, "code"))
         .unwrap_or("");
     out.push(LabResult {
-        result_id: s(obs, "id").map_or_else(|| format!("r{}", out.len() + 1), str::to_string),
+        result_id: obs
+            .get("identifier")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|i| s(i, "system") == Some(crate::fhir::RESULT_ID_SYSTEM))
+            .and_then(|i| s(i, "value"))
+            .or_else(|| s(obs, "id"))
+            .map_or_else(|| format!("r{}", out.len() + 1), str::to_string),
         local_code: local.unwrap_or("").to_string(),
         loinc: loinc.unwrap_or("").to_string(),
         display: obs
@@ -1174,6 +1196,28 @@ mod tests {
             .unwrap();
         assert_eq!(wbc2.collected_at_ms, r.collected_at_ms);
         assert_eq!(again[0].collected_at_ms, r.collected_at_ms);
+        // The same registry content, field by field (the patient is masked in an export,
+        // and given again on import; a result without its own times gets the report's).
+        let mut with_patient = again[0].clone();
+        with_patient.patient_id = r.patient_id.clone();
+        for (x, y) in with_patient.results.iter_mut().zip(&r.results) {
+            if y.collected_at_ms == 0 {
+                x.collected_at_ms = 0;
+            }
+            if y.issued_at_ms == 0 {
+                x.issued_at_ms = 0;
+            }
+        }
+        assert_eq!(with_patient, *r);
+        // A report with its department and verifier keeps them too.
+        let mut named = r.clone();
+        named.department = "检验科".into();
+        named.verifier = "王医生".into();
+        let back = import(&crate::fhir::export(&named).to_string(), &again_d).unwrap();
+        assert_eq!(
+            (back[0].department.as_str(), back[0].verifier.as_str()),
+            ("检验科", "王医生")
+        );
     }
 
     #[test]
