@@ -32,7 +32,9 @@ pub fn status_response(status: Status, request_id: &str) -> http::Response<Body>
 
 /// Parses a `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n).
 pub fn parse_timeout(v: &str) -> Option<Duration> {
-    if v.len() < 2 || v.len() > 9 {
+    // ASCII only: the unit is the last byte (a multi-byte last character was a panic, found
+    // by the fuzzer).
+    if v.len() < 2 || v.len() > 9 || !v.is_ascii() {
         return None;
     }
     let (digits, unit) = v.split_at(v.len() - 1);
@@ -534,7 +536,7 @@ mod tests {
         assert_eq!(parse_timeout("2S"), Some(Duration::from_secs(2)));
         assert_eq!(parse_timeout("1H"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_timeout("5n"), Some(Duration::from_nanos(5)));
-        for bad in ["", "m", "10", "10x", "-1m", "123456789m", "1.5S"] {
+        for bad in ["", "m", "10", "10x", "-1m", "123456789m", "1.5S", "1ώ", "\u{15}\u{fffd}ώ"] {
             assert_eq!(parse_timeout(bad), None, "{bad}");
         }
         for d in [
