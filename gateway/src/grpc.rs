@@ -536,7 +536,17 @@ mod tests {
         assert_eq!(parse_timeout("2S"), Some(Duration::from_secs(2)));
         assert_eq!(parse_timeout("1H"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_timeout("5n"), Some(Duration::from_nanos(5)));
-        for bad in ["", "m", "10", "10x", "-1m", "123456789m", "1.5S", "1ώ", "\u{15}\u{fffd}ώ"] {
+        for bad in [
+            "",
+            "m",
+            "10",
+            "10x",
+            "-1m",
+            "123456789m",
+            "1.5S",
+            "1ώ",
+            "\u{15}\u{fffd}ώ",
+        ] {
             assert_eq!(parse_timeout(bad), None, "{bad}");
         }
         for d in [
