@@ -202,10 +202,11 @@ pub fn principal_of<T>(req: &tonic::Request<T>) -> Result<Caller, AuthError> {
     }
 }
 
-/// The same, from the parts of an HTTP request (the proxy).
-pub fn principal_in(ext: &http::Extensions) -> Result<Caller, AuthError> {
-    match ext.get::<Authenticated>() {
-        Some(a) => a.0.clone(),
+/// The same, taken out of the extensions of an HTTP request (the proxy: once per call, no
+/// copy).
+pub fn take_principal(ext: &mut http::Extensions) -> Result<Caller, AuthError> {
+    match ext.remove::<Authenticated>() {
+        Some(a) => a.0,
         None => Err(AuthError::Missing),
     }
 }

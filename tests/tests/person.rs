@@ -82,6 +82,25 @@ impl World {
         Who { city, token }
     }
 
+    /// The consent of Jinan's citizen `subject` for Jinan's service centre, towards Qingdao,
+    /// for case handling, naming `items`: its token.
+    async fn centre_consent(
+        &self,
+        subject: &str,
+        items: &[&str],
+    ) -> Result<String, tongban_devkit::local::LocalError> {
+        let grantee = format!("jinan/{SERVICE_CENTRE}");
+        let grant = self.fed.grant_consent_for(
+            CROSSCITY_V2,
+            "jinan",
+            subject,
+            &grantee,
+            ("qingdao", "case-handling"),
+            items,
+        );
+        grant.await.map(|(_, token)| token)
+    }
+
     async fn client(&self, city: &str) -> CrossCityServiceClient<tonic::transport::Channel> {
         CrossCityServiceClient::new(self.fed.channel(city).await.unwrap())
     }
@@ -382,19 +401,7 @@ async fn two_citizens_of_one_portal_cannot_reach_each_others_data_in_either_city
 async fn the_official_is_in_both_audit_records_and_the_citizens_access_log() {
     let w = world().await;
     let citizen_id = demo_subject("37010219850312002");
-    let grantee = format!("jinan/{SERVICE_CENTRE}");
-    let (_, consent) = w
-        .fed
-        .grant_consent_for(
-            CROSSCITY_V2,
-            "jinan",
-            &citizen_id,
-            &grantee,
-            ("qingdao", "case-handling"),
-            &["JQ-03"],
-        )
-        .await
-        .unwrap();
+    let consent = w.centre_consent(&citizen_id, &["JQ-03"]).await.unwrap();
     let official = w.official("jinan", SERVICE_CENTRE, "zhang.wei@zwfw");
     let msg = example_application(w.catalog.item("JQ-03").unwrap(), &citizen_id);
     let ok = w
@@ -480,18 +487,7 @@ async fn a_consent_names_items_and_a_token_without_sub_is_refused_for_personal_d
     let w = world().await;
     let citizen_id = demo_subject("37010219850312002");
     let grantee = format!("jinan/{SERVICE_CENTRE}");
-    let (_, jq03) = w
-        .fed
-        .grant_consent_for(
-            CROSSCITY_V2,
-            "jinan",
-            &citizen_id,
-            &grantee,
-            ("qingdao", "case-handling"),
-            &["JQ-03"],
-        )
-        .await
-        .unwrap();
+    let jq03 = w.centre_consent(&citizen_id, &["JQ-03"]).await.unwrap();
     let official = w.official("jinan", SERVICE_CENTRE, "li.na");
     let submit = |code: &str, consent: &str, who: &Who<'_>| {
         let msg = example_application(w.catalog.item(code).unwrap(), &citizen_id);
@@ -543,18 +539,7 @@ async fn a_consent_names_items_and_a_token_without_sub_is_refused_for_personal_d
     // citizen's subject and consent, it is not found (an access is recorded under the
     // citizen whose data it touches, never under another).
     let someone = demo_subject("37010219700101001");
-    let (_, theirs) = w
-        .fed
-        .grant_consent_for(
-            CROSSCITY_V2,
-            "jinan",
-            &someone,
-            &grantee,
-            ("qingdao", "case-handling"),
-            &["JQ-03"],
-        )
-        .await
-        .unwrap();
+    let theirs = w.centre_consent(&someone, &["JQ-03"]).await.unwrap();
     let req = call(
         GetStatusRequest {
             application_id: app.application_id.clone(),
@@ -589,32 +574,13 @@ async fn a_consent_names_items_and_a_token_without_sub_is_refused_for_personal_d
     assert_eq!(reason(&e), "CONSENT_OUT_OF_SCOPE", "{e:?}");
     // Nor can a consent name MR-01 for another service than the registry's.
     let e = w
-        .fed
-        .grant_consent_for(
-            CROSSCITY_V2,
-            "jinan",
-            &citizen_id,
-            &grantee,
-            ("qingdao", "case-handling"),
-            &[tongban_medical::READ_ITEM],
-        )
+        .centre_consent(&citizen_id, &[tongban_medical::READ_ITEM])
         .await
         .unwrap_err();
     assert!(e.to_string().contains("served by"), "{e}");
     // A whole-service consent (no item) never covers a personal-data item: the node has
     // no item to check it against, and the department refuses the unnamed item.
-    let (_, whole) = w
-        .fed
-        .grant_consent_for(
-            CROSSCITY_V2,
-            "jinan",
-            &citizen_id,
-            &grantee,
-            ("qingdao", "case-handling"),
-            &[],
-        )
-        .await
-        .unwrap();
+    let whole = w.centre_consent(&citizen_id, &[]).await.unwrap();
     let msg = example_application(w.catalog.item("JQ-16").unwrap(), &citizen_id);
     let mut unnamed = call(
         msg,

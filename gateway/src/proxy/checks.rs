@@ -125,7 +125,7 @@ impl Authorise<'_> {
             // The providing node checks the consent; the id presented is recorded here (a
             // citizen about themselves shows none: their own data).
             Upstream::Peer(_) if r.intent.own => consent::OWN_DATA.to_string(),
-            Upstream::Peer(_) => consent::presented_id(&r.parts.headers).unwrap_or_default(),
+            Upstream::Peer(_) => r.presented_consent.clone().unwrap_or_default(),
         };
         Ok(Authorised {
             call: r.call,
@@ -349,6 +349,7 @@ purposes = ["case-handling"]
             upstream: Upstream::Provider(provider("hrss", &["JQ-03"], true)),
             target_city: "jinan".into(),
             personal: true,
+            presented_consent: None,
         }
     }
 

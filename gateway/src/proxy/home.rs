@@ -43,7 +43,7 @@ impl Proxy {
         match &routed.upstream {
             Upstream::Provider(svc) => ex.routed_local(&self.city, &svc.record.organisation),
             Upstream::Peer(p) => {
-                let consent = crate::consent::presented_id(&routed.parts.headers);
+                let consent = routed.presented_consent.clone();
                 let org = routed.call.target_org.as_deref();
                 ex.routed_to_peer(&p.city, p.node_key(), org, consent);
             }
@@ -67,10 +67,11 @@ pub(super) struct Authenticate;
 
 impl Authenticate {
     pub fn run(&self, a: Accepted) -> Result<Authenticated, ProxyError> {
-        let caller = crate::auth::principal_in(&a.parts.extensions)?;
+        let mut parts = a.parts;
+        let caller = crate::auth::take_principal(&mut parts.extensions)?;
         Ok(Authenticated {
             call: a.call,
-            parts: a.parts,
+            parts,
             who: who_of(caller),
         })
     }

@@ -50,6 +50,10 @@ impl Route<'_> {
 
     fn routed(&self, i: Intended, upstream: Upstream, target_city: String) -> Routed {
         let personal = self.personal(&upstream, &i.call);
+        let presented_consent = match &upstream {
+            Upstream::Peer(_) => crate::consent::presented_id(&i.parts.headers),
+            Upstream::Provider(_) => None,
+        };
         Routed {
             call: i.call,
             parts: i.parts,
@@ -58,6 +62,7 @@ impl Route<'_> {
             upstream,
             target_city,
             personal,
+            presented_consent,
         }
     }
 

@@ -81,6 +81,9 @@ pub(super) struct Routed {
     /// Whether it touches personal data (the catalog's word on the item, else the
     /// registration's).
     pub personal: bool,
+    /// Going to the peer: the id of the consent the call presents (unverified; the
+    /// providing node checks it), for this node's record.
+    pub presented_consent: Option<String>,
 }
 
 /// The call as this node's policy allowed it, with the consent it was checked against

@@ -615,6 +615,15 @@ fn s<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 }
 
 /// A FHIR dateTime or instant (a date alone is its midnight UTC) as Unix milliseconds.
+/// The first element of the array `array` of `v` whose `key` is `value` (an identifier by
+/// its system, an extension by its url).
+fn element_where<'a>(v: &'a Value, array: &str, key: &str, value: &str) -> Option<&'a Value> {
+    v.get(array)?
+        .as_array()?
+        .iter()
+        .find(|x| s(x, key) == Some(value))
+}
+
 fn millis(v: &str) -> Option<i64> {
     let t = OffsetDateTime::parse(v, &Rfc3339).ok().or_else(|| {
         time::Date::parse(v, time::macros::format_description!("[year]-[month]-[day]"))
@@ -810,12 +819,7 @@ fn diagnostic_report(
         issued_at_ms: issued.max(collected),
         institution_code,
         institution_name,
-        department: r
-            .get("extension")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .find(|x| s(x, "url") == Some(crate::fhir::DEPARTMENT_EXTENSION))
+        department: element_where(r, "extension", "url", crate::fhir::DEPARTMENT_EXTENSION)
             .and_then(|x| s(x, "valueString"))
             .unwrap_or("")
             .to_string(),
@@ -1005,12 +1009,7 @@ fn observations(
         .and_then(|c| s(c, "code"))
         .unwrap_or("");
     out.push(LabResult {
-        result_id: obs
-            .get("identifier")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .find(|i| s(i, "system") == Some(crate::fhir::RESULT_ID_SYSTEM))
+        result_id: element_where(obs, "identifier", "system", crate::fhir::RESULT_ID_SYSTEM)
             .and_then(|i| s(i, "value"))
             .or_else(|| s(obs, "id"))
             .map_or_else(|| format!("r{}", out.len() + 1), str::to_string),
