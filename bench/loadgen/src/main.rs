@@ -269,6 +269,10 @@ async fn main() -> anyhow::Result<()> {
     if t.failed.is_empty() {
         Ok(())
     } else {
-        anyhow::bail!("{} calls failed", t.failed.values().sum::<u64>())
+        anyhow::bail!(
+            "{} calls failed, by code: {:?}",
+            t.failed.values().sum::<u64>(),
+            t.failed
+        )
     }
 }
