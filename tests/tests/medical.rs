@@ -17,8 +17,8 @@ use tongban_proto::medical::v1::recognition_client::RecognitionClient;
 use tongban_proto::medical::v1::result_registry_client::ResultRegistryClient;
 use tongban_proto::medical::v1::{
     report_chunk, result, DecideRequest, Decision, GetReportRequest, PublishRequest, Quantity,
-    QueryRequest, QueryResult, Report, ReportKind, ReportStatus, Result as LabResult, RetestReason,
-    StatisticsRequest,
+    QueryRequest, QueryResult, Report, ReportChunk, ReportKind, ReportStatus, Result as LabResult,
+    RetestReason, StatisticsRequest,
 };
 use tongban_proto::metadata;
 use tonic::metadata::MetadataValue;
@@ -179,6 +179,51 @@ impl World {
             .map(|r| r.into_inner().registry_id)
     }
 
+    /// The metadata of a Jinan hospital's publish call (token, target, subject, item,
+    /// consent).
+    fn publish_metadata(&self) -> tonic::metadata::MetadataMap {
+        self.call(
+            PublishRequest::default(),
+            ("jinan", "qilu"),
+            "jinan",
+            "medical-treatment",
+            Some(&self.publish_consent),
+        )
+        .into_parts()
+        .0
+    }
+
+    /// Sends `chunks` to Jinan's registry with PublishStream.
+    async fn publish_chunks(
+        &self,
+        chunks: Vec<ReportChunk>,
+    ) -> Result<tongban_proto::medical::v1::PublishResponse, tonic::Status> {
+        let mut req = Request::new(tokio_stream::iter(chunks));
+        *req.metadata_mut() = self.publish_metadata();
+        self.registry("jinan")
+            .await
+            .publish_stream(req)
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// Jinan's registry's attachment files: (stored, staged).
+    fn attachment_files(&self) -> (usize, usize) {
+        let dir = self
+            .fed
+            .root
+            .join("jinan")
+            .join("medical")
+            .join("attachments");
+        let count = |d: std::path::PathBuf| {
+            std::fs::read_dir(d)
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().file_type().unwrap().is_file())
+                .count()
+        };
+        (count(dir.clone()), count(dir.join("staging")))
+    }
+
     async fn query(
         &self,
         purpose: &str,
@@ -234,9 +279,7 @@ fn report(
         verifier: "王医生".into(),
         results,
         conclusion: "未见异常".into(),
-        attachment: Vec::new(),
-        registry_id: String::new(),
-        performers: Vec::new(),
+        ..Default::default()
     }
 }
 
@@ -502,6 +545,187 @@ async fn a_large_report_streams_across_the_boundary() {
     assert_ne!(header.patient_id, w.patient);
     assert_eq!(chunks, 24, "6 MiB in 256 KiB chunks");
     assert_eq!(got, attachment);
+    // The header says what the registry stored, for the receiver to check.
+    assert_eq!(header.attachment_bytes, 6 << 20);
+    assert_eq!(header.attachment_sha256, sha256_hex(&attachment));
+    w.registries.stop().await;
+    w.fed.shutdown().await;
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+fn header(r: Report) -> ReportChunk {
+    ReportChunk {
+        part: Some(report_chunk::Part::Header(r)),
+    }
+}
+
+fn piece(b: &[u8]) -> ReportChunk {
+    ReportChunk {
+        part: Some(report_chunk::Part::Attachment(b.to_vec())),
+    }
+}
+
+fn ct_report(patient: &str, id: &str, now: i64) -> Report {
+    let mut r = report(
+        id,
+        patient,
+        QILU,
+        ReportStatus::Final,
+        now - DAY,
+        vec![LabResult {
+            result_id: "ct".into(),
+            modality: "CT".into(),
+            body_site: "head".into(),
+            value: Some(result::Value::Text("颅内未见明显异常".into())),
+            ..Default::default()
+        }],
+    );
+    r.kind = ReportKind::Imaging as i32;
+    r
+}
+
+/// The field a refusal's BadRequest names first.
+fn field_of(e: &tonic::Status) -> String {
+    e.get_details_bad_request()
+        .and_then(|b| b.field_violations.first().map(|v| v.field.clone()))
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_upload_is_checked_before_and_after_its_bytes() {
+    let w = world().await;
+    let now = now_ms();
+    let bytes: Vec<u8> = (0..(1u32 << 20) + 77).map(|i| (i % 253) as u8).collect();
+    // Bad input first: the attachment before the header, the attachment in the header, a
+    // second header, a header that fails its checks (refused before a byte is taken).
+    let e = w.publish_chunks(vec![piece(&bytes)]).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert_eq!(field_of(&e), "header");
+    let mut inline = ct_report(&w.patient, "CT-S", now);
+    inline.attachment = bytes.clone();
+    let e = w.publish_chunks(vec![header(inline)]).await.unwrap_err();
+    assert_eq!(field_of(&e), "header.attachment", "{e:?}");
+    let twice = vec![
+        header(ct_report(&w.patient, "CT-S", now)),
+        piece(&bytes[..10]),
+        header(ct_report(&w.patient, "CT-S", now)),
+    ];
+    let e = w.publish_chunks(twice).await.unwrap_err();
+    assert_eq!(field_of(&e), "header", "{e:?}");
+    let mut empty = ct_report(&w.patient, "CT-S", now);
+    empty.results.clear();
+    let e = w
+        .publish_chunks(vec![header(empty), piece(&bytes)])
+        .await
+        .unwrap_err();
+    assert_eq!(field_of(&e), "report.results", "{e:?}");
+    // An attachment cut on the way: the SHA-256 in the header does not match.
+    let mut claimed = ct_report(&w.patient, "CT-S", now);
+    claimed.attachment_sha256 = sha256_hex(&bytes);
+    let e = w
+        .publish_chunks(vec![header(claimed.clone()), piece(&bytes[..1 << 20])])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert_eq!(field_of(&e), "report.attachment_sha256");
+    assert!(e.message().contains("attachment_sha256"), "{}", e.message());
+    // Nothing of the refused uploads is stored, nor left staged.
+    assert!(w
+        .query("medical-treatment", Some(&w.read_consent))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(w.attachment_files(), (0, 0));
+
+    // The whole attachment, in uneven chunks: stored, and fetched across the boundary
+    // intact (length and SHA-256 in the header).
+    let chunks = vec![
+        header(claimed.clone()),
+        piece(&bytes[..1000]),
+        piece(&bytes[1000..700_000]),
+        piece(&bytes[700_000..]),
+    ];
+    let first = w.publish_chunks(chunks).await.unwrap();
+    assert_eq!(first.results, 1);
+    let md = w.qingdao_asks(GetReportRequest::default()).into_parts().0;
+    let mut sink = Vec::new();
+    let fetched = tongban_medical::transfer::fetch(
+        &mut w.registry("qingdao").await,
+        md.clone(),
+        &first.registry_id,
+        &mut sink,
+    )
+    .await
+    .unwrap();
+    assert!(fetched.intact(), "{fetched:?}");
+    assert_eq!(sink, bytes);
+    assert_eq!(fetched.header.attachment_bytes, bytes.len() as u64);
+    // An amendment replaces the attachment under the same registry id; the old file goes.
+    let smaller = &bytes[..5000];
+    claimed.attachment_sha256 = sha256_hex(smaller);
+    let again = w
+        .publish_chunks(vec![header(claimed), piece(smaller)])
+        .await
+        .unwrap();
+    assert_eq!(again.registry_id, first.registry_id);
+    let mut sink = Vec::new();
+    let fetched = tongban_medical::transfer::fetch(
+        &mut w.registry("qingdao").await,
+        md,
+        &first.registry_id,
+        &mut sink,
+    )
+    .await
+    .unwrap();
+    assert!(fetched.intact());
+    assert_eq!(sink, smaller);
+    assert_eq!(w.attachment_files(), (1, 0));
+
+    // A publisher that goes away mid-upload: nothing stored, its staged file removed.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut req = Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    *req.metadata_mut() = w.publish_metadata();
+    let mut client = w.registry("jinan").await;
+    let call = tokio::spawn(async move { client.publish_stream(req).await });
+    tx.send(header(ct_report(&w.patient, "CT-GONE", now)))
+        .await
+        .unwrap();
+    tx.send(piece(&bytes)).await.unwrap();
+    let mut staged = false;
+    for _ in 0..200 {
+        if w.attachment_files().1 == 1 {
+            staged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(staged, "the upload never reached the registry");
+    call.abort();
+    let mut cleaned = false;
+    for _ in 0..500 {
+        if w.attachment_files() == (1, 0) {
+            cleaned = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        cleaned,
+        "a cancelled upload left {:?}",
+        w.attachment_files()
+    );
+    let reports: Vec<String> = w
+        .query("medical-treatment", Some(&w.read_consent))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.report_id)
+        .collect();
+    assert_eq!(reports, ["CT-S"]);
     w.registries.stop().await;
     w.fed.shutdown().await;
 }

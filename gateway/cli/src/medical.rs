@@ -1,4 +1,6 @@
-//! `tongban medical import`: FHIR R4 resources into a city's result registry.
+//! `tongban medical import`: FHIR R4 resources into a city's result registry (with a large
+//! attachment streamed); `query`: a patient's results and verdicts; `fetch`: a whole report,
+//! its attachment checked against its SHA-256.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +38,31 @@ pub enum MedicalCmd {
         #[arg(long = "item")]
         items: Vec<String>,
     },
+    /// A whole report (GetReport) by its registry id: prints its header and writes its
+    /// attachment to --out, streamed, checking its length and SHA-256 against the header
+    /// (exit 65 when they differ; the file is removed).
+    Fetch {
+        /// The hospital's node (caller address).
+        #[arg(long)]
+        node: String,
+        /// The hospital's caller JWT; env TONGBAN_TOKEN.
+        #[arg(long, env = "TONGBAN_TOKEN", hide_env_values = true)]
+        token: String,
+        #[arg(long)]
+        patient: String,
+        /// The patient's consent for this hospital.
+        #[arg(long)]
+        consent: String,
+        /// The city whose registry holds the report.
+        #[arg(long)]
+        city: String,
+        /// The registry's id of the report (`<city>-rpt-…`, as query and import print it).
+        #[arg(long)]
+        registry_id: String,
+        /// Where the attachment goes.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// What `tongban medical import` takes.
@@ -69,6 +96,38 @@ pub struct ImportArgs {
     /// The patient's consent token for this hospital (ResultRegistry, medical-treatment).
     #[arg(long)]
     consent: Option<String>,
+    /// The report's attachment (a DICOM study, a PDF): streamed in chunks with its SHA-256,
+    /// whatever its size. The file must hold exactly one report.
+    #[arg(long)]
+    attachment: Option<PathBuf>,
+}
+
+/// The metadata of a call to `city`'s registry about `patient`, naming `item`.
+fn registry_call(
+    token: &str,
+    city: &str,
+    patient: &str,
+    item: &str,
+    consent: Option<&str>,
+) -> anyhow::Result<tonic::metadata::MetadataMap> {
+    let mut md = tonic::metadata::MetadataMap::new();
+    md.insert("authorization", format!("Bearer {}", token.trim()).parse()?);
+    md.insert(metadata::TARGET_CITY, city.parse()?);
+    md.insert(metadata::PURPOSE, "medical-treatment".parse()?);
+    md.insert(metadata::SUBJECT, patient.parse()?);
+    md.insert(metadata::CATALOG_CODE, item.parse()?);
+    if let Some(c) = consent {
+        md.insert(metadata::CONSENT, c.parse()?);
+    }
+    Ok(md)
+}
+
+async fn channel(node: &str) -> anyhow::Result<tonic::transport::Channel> {
+    tonic::transport::Channel::from_shared(node.to_string())
+        .map_err(|_| anyhow::anyhow!("`{node}` is not a node url (e.g. http://127.0.0.1:7000)"))?
+        .connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the node at {node}: {e}"))
 }
 
 pub fn run(cmd: MedicalCmd) -> ExitCode {
@@ -82,6 +141,62 @@ pub fn run(cmd: MedicalCmd) -> ExitCode {
             items,
         } => query(node, token, patient, consent, city, items),
         MedicalCmd::Import(args) => import(args),
+        MedicalCmd::Fetch {
+            node,
+            token,
+            patient,
+            consent,
+            city,
+            registry_id,
+            out,
+        } => crate::block_on(async move {
+            let md = registry_call(
+                &token,
+                &city,
+                &patient,
+                tongban_medical::READ_ITEM,
+                Some(&consent),
+            )?;
+            let mut client = ResultRegistryClient::new(channel(&node).await?);
+            let file = tokio::fs::File::create(&out)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+            let started = std::time::Instant::now();
+            let fetched =
+                match tongban_medical::transfer::fetch(&mut client, md, &registry_id, file).await {
+                    Ok(f) => f,
+                    Err(s) => {
+                        let _ = std::fs::remove_file(&out);
+                        eprintln!("tongban: {:?}: {}", s.code(), s.message());
+                        return Ok(ExitCode::FAILURE);
+                    }
+                };
+            let secs = started.elapsed().as_secs_f64();
+            let h = &fetched.header;
+            println!(
+                "report {} ({}): {} result(s), {}",
+                h.report_id,
+                h.registry_id,
+                h.results.len(),
+                h.institution_code
+            );
+            if !fetched.intact() {
+                let _ = std::fs::remove_file(&out);
+                eprintln!(
+                    "tongban: the attachment arrived damaged: {} bytes with SHA-256 {}, the registry stored {} bytes with SHA-256 {}",
+                    fetched.bytes, fetched.sha256, h.attachment_bytes, h.attachment_sha256
+                );
+                return Ok(ExitCode::from(crate::EX_DATAERR));
+            }
+            println!(
+                "attachment: {} bytes, sha256 {} (checked), {:.1} MB/s, written to {}",
+                fetched.bytes,
+                fetched.sha256,
+                fetched.bytes as f64 / 1e6 / secs.max(1e-9),
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }),
     }
 }
 
@@ -98,6 +213,7 @@ fn import(args: ImportArgs) -> ExitCode {
         token,
         city,
         consent,
+        attachment,
     } = args;
     let text = match std::fs::read_to_string(&file) {
         Ok(t) => t,
@@ -146,6 +262,14 @@ fn import(args: ImportArgs) -> ExitCode {
             r.institution_code
         );
     }
+    if attachment.is_some() && reports.len() != 1 {
+        eprintln!(
+            "tongban: --attachment needs a file holding exactly one report; {} holds {}",
+            file.display(),
+            reports.len()
+        );
+        return ExitCode::from(crate::EX_CONFIG);
+    }
     if dry_run {
         return ExitCode::SUCCESS;
     }
@@ -154,24 +278,47 @@ fn import(args: ImportArgs) -> ExitCode {
         let token = token
             .ok_or_else(|| anyhow::anyhow!("--token (or TONGBAN_TOKEN) is needed to publish"))?;
         let city = city.unwrap_or_default();
-        let mut client = ResultRegistryClient::new(crate::client::connect(&node, &token).await?);
-        for r in reports {
-            let mut req = tonic::Request::new(PublishRequest {
-                report: Some(r.clone()),
-            });
-            let md = req.metadata_mut();
-            md.insert(metadata::TARGET_CITY, city.parse()?);
-            md.insert(metadata::PURPOSE, "medical-treatment".parse()?);
-            md.insert(metadata::SUBJECT, r.patient_id.parse()?);
-            md.insert(
-                metadata::CATALOG_CODE,
-                tongban_medical::PUBLISH_ITEM.parse()?,
-            );
-            if let Some(c) = &consent {
-                md.insert(metadata::CONSENT, c.parse()?);
-            }
-            match client.publish(req).await {
-                Ok(_) => println!("published {}", r.report_id),
+        let mut client = ResultRegistryClient::new(channel(&node).await?);
+        for mut r in reports {
+            let md = registry_call(
+                &token,
+                &city,
+                &r.patient_id,
+                tongban_medical::PUBLISH_ITEM,
+                consent.as_deref(),
+            )?;
+            let id = r.report_id.clone();
+            let published = match &attachment {
+                None => {
+                    let mut req = tonic::Request::new(PublishRequest { report: Some(r) });
+                    *req.metadata_mut() = md;
+                    client.publish(req).await.map(|a| (a.into_inner(), 0.0))
+                }
+                Some(path) => {
+                    let open = || async {
+                        tokio::fs::File::open(path)
+                            .await
+                            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
+                    };
+                    let (sha256, bytes) = tongban_medical::transfer::digest(open().await?).await?;
+                    r.attachment_sha256 = sha256;
+                    let started = std::time::Instant::now();
+                    tongban_medical::transfer::publish_stream(&mut client, md, r, open().await?)
+                        .await
+                        .map(|a| {
+                            let secs = started.elapsed().as_secs_f64().max(1e-9);
+                            (a, bytes as f64 / 1e6 / secs)
+                        })
+                }
+            };
+            match published {
+                Ok((a, mbps)) => {
+                    print!("published {id} as {}", a.registry_id);
+                    if attachment.is_some() {
+                        print!(" with its attachment ({mbps:.1} MB/s)");
+                    }
+                    println!();
+                }
                 Err(s) => {
                     eprintln!("tongban: {:?}: {}", s.code(), s.message());
                     return Ok(ExitCode::FAILURE);

@@ -28,17 +28,8 @@ pub enum ProviderCmd {
         /// How long the reference back office takes per step of an application.
         #[arg(long, default_value_t = 1000)]
         step_ms: u64,
-        /// Register with this node at start (its caller address, e.g. http://127.0.0.1:7000)
-        /// for the organisation's catalog items; retried until the node answers.
-        #[arg(long)]
-        node: Option<String>,
-        /// The organisation's caller JWT for --node (`tongban token issue --org ORG`); env
-        /// TONGBAN_TOKEN.
-        #[arg(long, env = "TONGBAN_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        /// The URL the node reaches this provider at (default http://LISTEN).
-        #[arg(long)]
-        advertise: Option<String>,
+        #[command(flatten)]
+        register: Registration,
     },
     /// The city's registry of mutually recognisable examination and lab results
     /// (tongban.medical.v1.ResultRegistry, h2c): reports in sled under --data-dir, verdicts by
@@ -49,6 +40,11 @@ pub enum ProviderCmd {
         /// The recognition rules; the embedded Jinan–Qingdao rules if absent.
         #[arg(long)]
         rules: Option<PathBuf>,
+        /// The largest report attachment taken (MiB); larger uploads get RESOURCE_EXHAUSTED.
+        #[arg(long, default_value_t = 1024)]
+        max_attachment_mib: u64,
+        #[command(flatten)]
+        register: Registration,
     },
     /// The probe: an in-memory tongban.crosscity.v1 service without rules (the benchmark's
     /// backend; it costs next to nothing per call).
@@ -58,6 +54,47 @@ pub enum ProviderCmd {
         #[arg(long)]
         listen: std::net::SocketAddr,
     },
+}
+
+/// Registering with the node at start.
+#[derive(clap::Args)]
+pub struct Registration {
+    /// Register with this node at start (its caller address, e.g. http://127.0.0.1:7000)
+    /// for the organisation's catalog items; retried until the node answers.
+    #[arg(long)]
+    node: Option<String>,
+    /// The organisation's caller JWT for --node (`tongban token issue --org ORG`); env
+    /// TONGBAN_TOKEN.
+    #[arg(long, env = "TONGBAN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The URL the node reaches this provider at (default http://LISTEN, with the port
+    /// bound when LISTEN's is 0).
+    #[arg(long)]
+    advertise: Option<String>,
+}
+
+impl Registration {
+    /// Starts registering `registrations` (their endpoints filled in) in the background.
+    fn spawn(
+        self,
+        listen: std::net::SocketAddr,
+        registrations: Vec<ServiceRegistration>,
+    ) -> anyhow::Result<()> {
+        let Some(node) = self.node else {
+            return Ok(());
+        };
+        let token = self
+            .token
+            .context("--node needs --token (or TONGBAN_TOKEN)")?;
+        let endpoint = self.advertise.unwrap_or_else(|| format!("http://{listen}"));
+        tokio::spawn(async move {
+            for mut r in registrations {
+                r.endpoints = vec![endpoint.clone()];
+                register_until_done(node.clone(), token.clone(), r).await;
+            }
+        });
+        Ok(())
+    }
 }
 
 /// Where a provider runs: its city and organisation (it serves and registers as that
@@ -88,6 +125,8 @@ pub fn run(cmd: ProviderCmd) -> ExitCode {
                     data_dir,
                 },
             rules,
+            max_attachment_mib,
+            register,
         } => {
             let rules = match tongban_medical::Rules::load_or_embedded(rules.as_deref()) {
                 Ok(r) => r,
@@ -98,9 +137,27 @@ pub fn run(cmd: ProviderCmd) -> ExitCode {
             };
             crate::block_on(async move {
                 let version = rules.version.clone();
-                let registry = tongban_medical::Registry::open(&city, data_dir, rules).await?;
+                let mut registry = tongban_medical::Registry::open(&city, data_dir, rules).await?;
+                registry.max_attachment_bytes = max_attachment_mib.saturating_mul(1 << 20);
                 let listener = bind(listen).await?;
+                let listen = listener.local_addr()?;
                 tracing::info!(%city, %org, %listen, rules = %version, "medical result registry started");
+                let registration =
+                    |service: &str, personal_data, codes: &[&str]| ServiceRegistration {
+                        organisation: org.clone(),
+                        service: service.into(),
+                        endpoints: Vec::new(),
+                        catalog_codes: codes.iter().map(|c| c.to_string()).collect(),
+                        personal_data,
+                        description: format!("medical results of {city}"),
+                    };
+                register.spawn(
+                    listen,
+                    vec![
+                        registration(tongban_medical::SERVICE, true, &tongban_medical::ITEMS),
+                        registration(tongban_medical::RECOGNITION, false, &[]),
+                    ],
+                )?;
                 registry
                     .serve(listener, crate::node::wait_for_signal())
                     .await?;
@@ -126,9 +183,7 @@ pub fn run(cmd: ProviderCmd) -> ExitCode {
             catalog,
             certs,
             step_ms,
-            node,
-            token,
-            advertise,
+            register,
         } => {
             let config = match department_config(city, org, data_dir, catalog, &certs, step_ms) {
                 Ok(c) => c,
@@ -141,19 +196,19 @@ pub fn run(cmd: ProviderCmd) -> ExitCode {
                 let (city, org) = (config.city.clone(), config.org.clone());
                 let dept = tongban_crosscity::Department::open(config).await?;
                 let listener = bind(listen).await?;
+                let listen = listener.local_addr()?;
                 tracing::info!(%city, %org, %listen, codes = %dept.codes().join(","), "cross-city provider started");
-                if let Some(node) = node {
-                    let token = token.context("--node needs --token (or TONGBAN_TOKEN)")?;
-                    let registration = ServiceRegistration {
+                register.spawn(
+                    listen,
+                    vec![ServiceRegistration {
                         organisation: org.clone(),
                         service: "tongban.crosscity.v2.CrossCityService".into(),
-                        endpoints: vec![advertise.unwrap_or_else(|| format!("http://{listen}"))],
+                        endpoints: Vec::new(),
                         catalog_codes: dept.codes(),
                         personal_data: dept.personal_data(),
                         description: format!("cross-city services of {city}/{org}"),
-                    };
-                    tokio::spawn(register_until_done(node, token, registration));
-                }
+                    }],
+                )?;
                 dept.serve(listener, crate::node::wait_for_signal()).await?;
                 Ok(ExitCode::SUCCESS)
             })

@@ -841,9 +841,7 @@ pub async fn run_medical(fed: &LocalFederation) -> Result<MedicalStory, DemoErro
                 verifier: "李检验".into(),
                 results,
                 conclusion: String::new(),
-                attachment: Vec::new(),
-                registry_id: String::new(),
-                performers: Vec::new(),
+                ..Default::default()
             }
         };
     let qilu = ("12370000495570024A", "山东大学齐鲁医院");

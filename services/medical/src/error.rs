@@ -23,6 +23,8 @@ pub enum MedicalError {
     PatientMismatch,
     #[error("registry_id is required: the registry's id of the report, as Publish and Query return it (report_id is the institution's own and is not accepted)")]
     NoRegistryId,
+    #[error("the attachment exceeds the registry's limit of {0} bytes")]
+    AttachmentTooLarge(u64),
     #[error("result store failed: {0}")]
     Store(String),
 }
@@ -37,6 +39,7 @@ impl ApiError for MedicalError {
             MedicalError::OtherPatientsReport(_) => Code::FailedPrecondition,
             MedicalError::PatientMismatch => Code::PermissionDenied,
             MedicalError::NoRegistryId => Code::InvalidArgument,
+            MedicalError::AttachmentTooLarge(_) => Code::ResourceExhausted,
             MedicalError::Store(_) => {
                 tracing::error!(error = %self, "result store failure");
                 Code::Internal
@@ -55,6 +58,7 @@ impl ApiError for MedicalError {
             MedicalError::PatientMismatch => "SUBJECT_MISMATCH",
             MedicalError::NoRegistryId => "INVALID_REQUEST",
             MedicalError::ItemNotNamed(_) => "CATALOG_CODE_REQUIRED",
+            MedicalError::AttachmentTooLarge(_) => "ATTACHMENT_TOO_LARGE",
             MedicalError::Store(_) => "RESULT_STORE",
         }
     }
@@ -68,6 +72,9 @@ impl ApiError for MedicalError {
             )],
             MedicalError::NoRegistryId => {
                 vec![FieldViolation::new("registry_id", self.to_string())]
+            }
+            MedicalError::AttachmentTooLarge(_) => {
+                vec![FieldViolation::new("attachment", self.to_string())]
             }
             MedicalError::ItemNotNamed(_) => vec![FieldViolation::new(
                 tongban_proto::metadata::CATALOG_CODE,

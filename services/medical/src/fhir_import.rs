@@ -836,6 +836,8 @@ fn diagnostic_report(
         // The registry assigns it when the report is published.
         registry_id: String::new(),
         performers,
+        attachment_bytes: 0,
+        attachment_sha256: String::new(),
     })
 }
 

@@ -5,7 +5,9 @@
 //!   (`deploy/medical/`), and the verdict on one result with every reason it failed;
 //! - [`fhir`]: a report as FHIR R4 JSON; [`fhir_import`]: FHIR R4 resources into reports;
 //! - [`federated`]: a hospital's query across every city, merged, partial when one is down;
-//! - [`store`]: reports (patients by keyed pseudonym only), attachments and decisions in sled;
+//! - [`store`]: reports (patients by keyed pseudonym only) and decisions in sled, attachments
+//!   in files, written as they arrive;
+//! - [`transfer`]: large attachments on the client side, streamed with their SHA-256;
 //! - [`service`]: the services, `ResultRegistry` and `Recognition`;
 //! - [`error`]: every refusal, mapped to a gRPC status once.
 //!
@@ -19,6 +21,7 @@ pub mod fhir_import;
 pub mod rules;
 pub mod service;
 pub mod store;
+pub mod transfer;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -60,6 +63,7 @@ impl Registry {
             rules: Arc::new(rules),
             store: store::Store::open(&data_dir).await?,
             pseudonyms: Arc::new(pseudonyms),
+            max_attachment_bytes: service::DEFAULT_MAX_ATTACHMENT_BYTES,
         })
     }
 

@@ -4,6 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 use std::sync::Arc;
 
+use tokio::io::AsyncReadExt as _;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tongban_gateway::error::FieldViolation;
 use tongban_gateway::subject::Pseudonymizer;
@@ -16,14 +18,17 @@ use tongban_proto::medical::v1::{
 };
 use tongban_proto::metadata::{CALLER, CATALOG_CODE, ORIGIN_CITY, SUBJECT};
 use tonic::metadata::MetadataMap;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::MedicalError;
 use crate::rules::Rules;
-use crate::store::{DecisionRecord, Store};
+use crate::store::{Attachment, DecisionRecord, Staged, Store};
 
 /// Attachment bytes per streamed chunk.
 pub const CHUNK: usize = 256 * 1024;
+
+/// The largest attachment a registry takes by default (`--max-attachment-mib`).
+pub const DEFAULT_MAX_ATTACHMENT_BYTES: u64 = 1 << 30;
 
 /// The registry of one city.
 #[derive(Clone)]
@@ -32,6 +37,8 @@ pub struct Registry {
     pub rules: Arc<Rules>,
     pub(crate) store: Store,
     pub(crate) pseudonyms: Arc<Pseudonymizer>,
+    /// The largest attachment taken; larger uploads are refused (RESOURCE_EXHAUSTED).
+    pub max_attachment_bytes: u64,
 }
 
 /// What the node told the registry.
@@ -154,34 +161,66 @@ impl ResultRegistry for Registry {
         &self,
         req: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
-        let v = vouched(req.metadata())?.naming(crate::PUBLISH_ITEM)?;
-        if v.origin_city != self.city {
-            return Err(MedicalError::NotLocal(self.city.clone()).into());
-        }
+        let v = self.publisher(req.metadata())?;
         let mut report = req.into_inner().report.ok_or_else(|| {
             MedicalError::Invalid(vec![FieldViolation::new("report", "report is missing")])
         })?;
-        let bad = check_report(&report);
-        if !bad.is_empty() {
-            return Err(MedicalError::Invalid(bad).into());
+        let attachment = std::mem::take(&mut report.attachment);
+        let pseudonym = self.accept(&v, &mut report)?;
+        let staged = if attachment.is_empty() {
+            Staged::none()
+        } else {
+            self.store
+                .stage_bytes(&attachment, self.max_attachment_bytes)
+                .await?
+        };
+        Ok(Response::new(
+            self.store_report(&v, report, &pseudonym, staged).await?,
+        ))
+    }
+
+    async fn publish_stream(
+        &self,
+        req: Request<Streaming<ReportChunk>>,
+    ) -> Result<Response<PublishResponse>, Status> {
+        let v = self.publisher(req.metadata())?;
+        let mut chunks = req.into_inner();
+        let mut report = match chunks.message().await?.and_then(|c| c.part) {
+            Some(report_chunk::Part::Header(r)) => r,
+            _ => {
+                return Err(MedicalError::Invalid(vec![FieldViolation::new(
+                    "header",
+                    "the first message must be the report's header",
+                )])
+                .into())
+            }
+        };
+        if !report.attachment.is_empty() {
+            return Err(MedicalError::Invalid(vec![FieldViolation::new(
+                "header.attachment",
+                "PublishStream takes the attachment in the messages after the header, not in it",
+            )])
+            .into());
         }
-        let patient = report.patient_id.to_ascii_uppercase();
-        // The node checked the consent of the patient in x-tongban-subject: the report must
-        // be that patient's.
-        if v.subject.as_deref() != Some(patient.as_str()) {
-            return Err(MedicalError::PatientMismatch.into());
+        // The header is checked before a byte of the attachment is taken.
+        let pseudonym = self.accept(&v, &mut report)?;
+        let mut staging = self.store.stage(self.max_attachment_bytes).await?;
+        while let Some(chunk) = chunks.message().await? {
+            match chunk.part {
+                Some(report_chunk::Part::Attachment(bytes)) => staging.write(&bytes).await?,
+                _ => {
+                    return Err(MedicalError::Invalid(vec![FieldViolation::new(
+                        "header",
+                        "only the first message is a header; the others carry the attachment",
+                    )])
+                    .into())
+                }
+            }
         }
-        let pseudonym = self.pseudonyms.pseudonym(&patient);
-        report.patient_id = tongban_gateway::subject::mask(&patient);
-        let (id, n) = (report.report_id.clone(), report.results.len());
-        let new_id = format!("{}-rpt-{}", self.city, uuid::Uuid::new_v4().simple());
-        let registry_id = self.store.put_report(report, &pseudonym, new_id).await?;
-        tracing::info!(report = %id, registry_id = %registry_id, results = n, by = %v.caller, "report published");
-        Ok(Response::new(PublishResponse {
-            report_id: id,
-            results: i32::try_from(n).unwrap_or(i32::MAX),
-            registry_id,
-        }))
+        let staged = staging.finish().await?;
+        Ok(Response::new(
+            self.store_report(&v, report, &pseudonym, staged).await?,
+        ))
     }
 
     async fn query(&self, req: Request<QueryRequest>) -> Result<Response<QueryResponse>, Status> {
@@ -247,16 +286,48 @@ impl ResultRegistry for Registry {
 
     async fn get_report(&self, req: Request<GetReportRequest>) -> Result<Response<Chunks>, Status> {
         let (id, header) = self.owned_report(req)?;
-        let attachment = self.store.attachment(&id)?;
-        let mut parts = vec![Ok(ReportChunk {
-            part: Some(report_chunk::Part::Header(header)),
-        })];
-        parts.extend(attachment.chunks(CHUNK).map(|c| {
-            Ok(ReportChunk {
-                part: Some(report_chunk::Part::Attachment(c.to_vec())),
-            })
-        }));
-        Ok(Response::new(Box::pin(tokio_stream::iter(parts))))
+        let attachment = self.store.attachment(&id).await?;
+        // Read as the receiver takes it: two chunks ahead at most, whatever the size.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            let header = ReportChunk {
+                part: Some(report_chunk::Part::Header(header)),
+            };
+            if tx.send(Ok(header)).await.is_err() {
+                return;
+            }
+            let part = |c: Vec<u8>| {
+                Ok(ReportChunk {
+                    part: Some(report_chunk::Part::Attachment(c)),
+                })
+            };
+            match attachment {
+                Attachment::None => {}
+                Attachment::Inline(bytes) => {
+                    for c in bytes.chunks(CHUNK) {
+                        if tx.send(part(c.to_vec())).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Attachment::File(mut file) => loop {
+                    match read_chunk(&mut file).await {
+                        Ok(c) if c.is_empty() => return,
+                        Ok(c) => {
+                            if tx.send(part(c)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            let e = MedicalError::Store(format!("attachment of `{id}`: {e}"));
+                            let _ = tx.send(Err(e.into())).await;
+                            return;
+                        }
+                    }
+                },
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn export_fhir(
@@ -270,7 +341,86 @@ impl ResultRegistry for Registry {
     }
 }
 
+/// Up to [`CHUNK`] bytes of `file` (fewer only at its end; none past it).
+async fn read_chunk(file: &mut tokio::fs::File) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(CHUNK);
+    while buf.len() < CHUNK {
+        let n = (&mut *file)
+            .take((CHUNK - buf.len()) as u64)
+            .read_to_end(&mut buf)
+            .await?;
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(buf)
+}
+
 impl Registry {
+    /// The node's word that this call publishes, from a system of this city.
+    fn publisher(&self, md: &MetadataMap) -> Result<Vouched, MedicalError> {
+        let v = vouched(md)?.naming(crate::PUBLISH_ITEM)?;
+        if v.origin_city != self.city {
+            return Err(MedicalError::NotLocal(self.city.clone()));
+        }
+        Ok(v)
+    }
+
+    /// Checks a report to publish (without its attachment) and masks its patient's id;
+    /// returns the patient's pseudonym.
+    fn accept(&self, v: &Vouched, report: &mut Report) -> Result<String, MedicalError> {
+        let bad = check_report(report);
+        if !bad.is_empty() {
+            return Err(MedicalError::Invalid(bad));
+        }
+        let patient = report.patient_id.to_ascii_uppercase();
+        // The node checked the consent of the patient in x-tongban-subject: the report must
+        // be that patient's.
+        if v.subject.as_deref() != Some(patient.as_str()) {
+            return Err(MedicalError::PatientMismatch);
+        }
+        report.patient_id = tongban_gateway::subject::mask(&patient);
+        Ok(self.pseudonyms.pseudonym(&patient))
+    }
+
+    /// Stores a checked report with its received attachment, after checking the
+    /// attachment against the SHA-256 the publisher gave.
+    async fn store_report(
+        &self,
+        v: &Vouched,
+        report: Report,
+        pseudonym: &str,
+        attachment: Staged,
+    ) -> Result<PublishResponse, MedicalError> {
+        let claimed = report.attachment_sha256.trim().to_ascii_lowercase();
+        if !claimed.is_empty() && claimed != attachment.sha256 {
+            return Err(MedicalError::Invalid(vec![FieldViolation::new(
+                "report.attachment_sha256",
+                format!(
+                    "the attachment received ({} bytes) has SHA-256 {}, not {claimed}: it was damaged or cut on the way",
+                    attachment.bytes,
+                    if attachment.sha256.is_empty() { "of nothing" } else { &attachment.sha256 },
+                ),
+            )]));
+        }
+        let (id, n, bytes) = (
+            report.report_id.clone(),
+            report.results.len(),
+            attachment.bytes,
+        );
+        let new_id = format!("{}-rpt-{}", self.city, uuid::Uuid::new_v4().simple());
+        let registry_id = self
+            .store
+            .put_report(report, pseudonym, new_id, attachment)
+            .await?;
+        tracing::info!(report = %id, registry_id = %registry_id, results = n, attachment_bytes = bytes, by = %v.caller, "report published");
+        Ok(PublishResponse {
+            report_id: id,
+            results: i32::try_from(n).unwrap_or(i32::MAX),
+            registry_id,
+        })
+    }
+
     /// The report a call asks for, if it is about the patient the node vouched for; NOT_FOUND
     /// alike when there is no such report and when it is another patient's, so that a
     /// refusal never tells whether someone else's report exists.

@@ -1,11 +1,21 @@
-//! Reports and decisions in sled. A report is stored without its patient's id (a keyed
-//! pseudonym indexes it, a masked id is kept for display) and its attachment apart, so that
-//! a query reads headers only. Writes are flushed before they are acknowledged.
+//! Reports and decisions in sled, attachments in files. A report is stored without its
+//! patient's id (a keyed pseudonym indexes it, a masked id is kept for display) and its
+//! attachment apart, so that a query reads headers only. Writes are flushed before they are
+//! acknowledged.
+//!
+//! An attachment (a CT study runs to hundreds of MiB) never sits in memory whole: it is
+//! written to `attachments/staging/` as it arrives ([`Staging`]), hashed on the way, synced,
+//! and then renamed to `attachments/<registry id>.<uuid>` when its report is stored; the
+//! report's header names that file. A republished report gets a new file and its old one is
+//! removed after the new header is durable. What a crash leaves half-done (a staged file, a
+//! renamed file whose header never landed) is removed when the store opens.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use prost::Message;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt as _;
 use tongban_proto::medical::v1::Report;
 
 use crate::error::MedicalError;
@@ -14,7 +24,12 @@ use crate::error::MedicalError;
 pub struct Store {
     db: sled::Db,
     reports: sled::Tree,
+    /// Attachments of reports published before attachments moved to files: read, never
+    /// written (a republished report moves its attachment to a file).
     attachments: sled::Tree,
+    /// registry id → the name of its attachment's file under `files`.
+    attachment_files: sled::Tree,
+    files: PathBuf,
     owners: sled::Tree,
     by_patient: sled::Tree,
     /// `institution_code/report_id` → registry id (a republished report keeps its id).
@@ -38,20 +53,164 @@ pub struct DecisionRecord {
     pub caller: String,
 }
 
+/// An attachment being received: written to a staging file as it comes, hashed, counted
+/// against the limit. Dropped unfinished (the publisher went away, the upload was refused),
+/// its file is removed.
+pub struct Staging {
+    file: tokio::fs::File,
+    path: PathBuf,
+    hasher: Sha256,
+    bytes: u64,
+    limit: u64,
+}
+
+/// A received attachment, synced to disk, waiting for its report to be stored. Removed when
+/// dropped unstored.
+pub struct Staged {
+    path: Option<PathBuf>,
+    pub bytes: u64,
+    /// Lowercase hex.
+    pub sha256: String,
+}
+
+impl Staging {
+    /// Appends a chunk; past the limit, the upload is refused (and its file removed on drop).
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), MedicalError> {
+        let len = u64::try_from(chunk.len()).unwrap_or(u64::MAX);
+        if self.bytes.saturating_add(len) > self.limit {
+            return Err(MedicalError::AttachmentTooLarge(self.limit));
+        }
+        self.file.write_all(chunk).await.map_err(io)?;
+        self.hasher.update(chunk);
+        self.bytes += len;
+        Ok(())
+    }
+
+    /// Syncs the file: the attachment is durable before its report is acknowledged.
+    pub async fn finish(mut self) -> Result<Staged, MedicalError> {
+        self.file.flush().await.map_err(io)?;
+        self.file.sync_all().await.map_err(io)?;
+        let path = std::mem::take(&mut self.path);
+        Ok(Staged {
+            path: Some(path),
+            bytes: self.bytes,
+            sha256: hex::encode(std::mem::take(&mut self.hasher).finalize()),
+        })
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl Staged {
+    /// No attachment.
+    pub fn none() -> Staged {
+        Staged {
+            path: None,
+            bytes: 0,
+            sha256: String::new(),
+        }
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(p) = &self.path {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// A stored attachment, opened for reading.
+pub enum Attachment {
+    None,
+    File(tokio::fs::File),
+    /// Published before attachments moved to files.
+    Inline(Vec<u8>),
+}
+
+fn io(e: std::io::Error) -> MedicalError {
+    MedicalError::Store(format!("attachment file: {e}"))
+}
+
+/// Syncs a directory, so that a rename in it is durable.
+async fn sync_dir(dir: &Path) -> Result<(), MedicalError> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
+        .await
+        .map_err(|e| MedicalError::Store(format!("sync task failed: {e}")))?
+        .map_err(io)
+}
+
 impl Store {
     pub async fn open(dir: &Path) -> Result<Store, MedicalError> {
         let db = tongban_gateway::store::sled::open_db(&dir.join("results"), 16 * 1024 * 1024)
             .await
             .map_err(|e| MedicalError::Store(e.to_string()))?;
-        Ok(Store {
+        let files = dir.join("attachments");
+        let store = Store {
             reports: db.open_tree("reports")?,
             attachments: db.open_tree("attachments")?,
+            attachment_files: db.open_tree("attachment_files")?,
+            files,
             owners: db.open_tree("owners")?,
             by_patient: db.open_tree("by_patient")?,
             sources: db.open_tree("sources")?,
             decisions: db.open_tree("decisions")?,
             db,
+        };
+        store.sweep()?;
+        Ok(store)
+    }
+
+    /// Removes what a crash left half-done: staged files, and attachment files no header
+    /// names.
+    fn sweep(&self) -> Result<(), MedicalError> {
+        let staging = self.files.join("staging");
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).map_err(io)?;
+        let mut named = std::collections::HashSet::new();
+        for kv in self.attachment_files.iter() {
+            let (_, v) = kv?;
+            named.insert(String::from_utf8_lossy(&v).into_owned());
+        }
+        for entry in std::fs::read_dir(&self.files).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.file_type().map_err(io)?.is_file() && !named.contains(&name) {
+                tracing::warn!(file = %name, "removing an attachment file no report names (an interrupted publish)");
+                std::fs::remove_file(entry.path()).map_err(io)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A new attachment upload of at most `limit` bytes.
+    pub async fn stage(&self, limit: u64) -> Result<Staging, MedicalError> {
+        let path = self
+            .files
+            .join("staging")
+            .join(uuid::Uuid::new_v4().simple().to_string());
+        let file = tokio::fs::File::create(&path).await.map_err(io)?;
+        Ok(Staging {
+            file,
+            path,
+            hasher: Sha256::new(),
+            bytes: 0,
+            limit,
         })
+    }
+
+    /// An attachment held in memory (a unary Publish), staged like a streamed one.
+    pub async fn stage_bytes(&self, bytes: &[u8], limit: u64) -> Result<Staged, MedicalError> {
+        let mut s = self.stage(limit).await?;
+        s.write(bytes).await?;
+        s.finish().await
     }
 
     async fn flush(&self) -> Result<(), MedicalError> {
@@ -61,12 +220,14 @@ impl Store {
 
     /// Stores a report (its `patient_id` already masked) for the patient `pseudonym`, under
     /// its registry id: the one it already has when the same institution published the same
-    /// report id before (for the same patient), `new_id` otherwise. Returns the registry id.
+    /// report id before (for the same patient), `new_id` otherwise, with its `attachment`.
+    /// Returns the registry id.
     pub async fn put_report(
         &self,
         mut report: Report,
         pseudonym: &str,
         new_id: String,
+        mut attachment: Staged,
     ) -> Result<String, MedicalError> {
         let source = format!("{}/{}", report.institution_code, report.report_id);
         let id = match self.sources.get(source.as_bytes())? {
@@ -81,14 +242,43 @@ impl Store {
             None => new_id,
         };
         report.registry_id = id.clone();
-        let attachment = std::mem::take(&mut report.attachment);
+        report.attachment.clear();
+        report.attachment_bytes = attachment.bytes;
+        report.attachment_sha256 = if attachment.bytes == 0 {
+            String::new()
+        } else {
+            attachment.sha256.clone()
+        };
+        // The file first (renamed and synced), then the header that names it.
+        let old = match attachment.path.take() {
+            Some(staged) if attachment.bytes > 0 => {
+                let name = format!("{id}.{}", uuid::Uuid::new_v4().simple());
+                if let Err(e) = tokio::fs::rename(&staged, self.files.join(&name)).await {
+                    let _ = std::fs::remove_file(&staged);
+                    return Err(io(e));
+                }
+                sync_dir(&self.files).await?;
+                self.attachment_files
+                    .insert(id.as_bytes(), name.as_bytes())?
+            }
+            staged => {
+                if let Some(p) = staged {
+                    let _ = std::fs::remove_file(p);
+                }
+                self.attachment_files.remove(id.as_bytes())?
+            }
+        };
+        self.attachments.remove(id.as_bytes())?;
         self.reports.insert(id.as_bytes(), report.encode_to_vec())?;
-        self.attachments.insert(id.as_bytes(), attachment)?;
         self.owners.insert(id.as_bytes(), pseudonym.as_bytes())?;
         self.by_patient
             .insert(format!("{pseudonym}/{id}").as_bytes(), &[])?;
         self.sources.insert(source.as_bytes(), id.as_bytes())?;
         self.flush().await?;
+        if let Some(old) = old {
+            // Readers that opened it keep reading it; new readers get the new one.
+            let _ = std::fs::remove_file(self.files.join(String::from_utf8_lossy(&old).as_ref()));
+        }
         Ok(id)
     }
 
@@ -110,12 +300,27 @@ impl Store {
         Ok(Some((report, owner)))
     }
 
-    pub fn attachment(&self, id: &str) -> Result<Vec<u8>, MedicalError> {
-        Ok(self
-            .attachments
-            .get(id.as_bytes())?
-            .map(|v| v.to_vec())
-            .unwrap_or_default())
+    /// The attachment of report `id`, opened for reading.
+    pub async fn attachment(&self, id: &str) -> Result<Attachment, MedicalError> {
+        // A republish may remove the file between reading its name and opening it: then the
+        // name is read again.
+        for _ in 0..3 {
+            let Some(name) = self.attachment_files.get(id.as_bytes())? else {
+                return Ok(match self.attachments.get(id.as_bytes())? {
+                    Some(v) if !v.is_empty() => Attachment::Inline(v.to_vec()),
+                    _ => Attachment::None,
+                });
+            };
+            let path = self.files.join(String::from_utf8_lossy(&name).as_ref());
+            match tokio::fs::File::open(&path).await {
+                Ok(f) => return Ok(Attachment::File(f)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(e)),
+            }
+        }
+        Err(MedicalError::Store(format!(
+            "the attachment of report `{id}` kept changing while it was opened"
+        )))
     }
 
     /// Every report header of the patient `pseudonym`.
@@ -180,13 +385,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).await.unwrap();
         let first = store
-            .put_report(report("QILU", "R1"), "p-a", "id-1".into())
+            .put_report(report("QILU", "R1"), "p-a", "id-1".into(), Staged::none())
             .await
             .unwrap();
         assert_eq!(first, "id-1");
         // Republished (an amendment): the same registry id, still one report of p-a.
         let again = store
-            .put_report(report("QILU", "R1"), "p-a", "id-2".into())
+            .put_report(report("QILU", "R1"), "p-a", "id-2".into(), Staged::none())
             .await
             .unwrap();
         assert_eq!(again, "id-1");
@@ -194,14 +399,19 @@ mod tests {
         assert_eq!(store.report("id-1").unwrap().unwrap().0.registry_id, "id-1");
         // The same institution's id for another patient: refused, nothing replaced.
         let e = store
-            .put_report(report("QILU", "R1"), "p-b", "id-3".into())
+            .put_report(report("QILU", "R1"), "p-b", "id-3".into(), Staged::none())
             .await
             .unwrap_err();
         assert!(matches!(e, MedicalError::OtherPatientsReport(_)), "{e}");
         assert_eq!(store.report("id-1").unwrap().unwrap().1, "p-a");
         // Another institution's report with the same id is another report.
         let other = store
-            .put_report(report("COMMUNITY", "R1"), "p-b", "id-4".into())
+            .put_report(
+                report("COMMUNITY", "R1"),
+                "p-b",
+                "id-4".into(),
+                Staged::none(),
+            )
             .await
             .unwrap();
         assert_eq!(other, "id-4");
