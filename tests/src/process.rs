@@ -92,7 +92,7 @@ pub struct NodeProcess {
     /// `host:port` of its web listener (gRPC-Web).
     pub web: String,
     /// Every line it logged so far (text or JSON).
-    pub lines: Arc<Mutex<Vec<String>>>,
+    pub lines: Lines,
 }
 
 impl Drop for NodeProcess {
@@ -111,52 +111,14 @@ impl NodeProcess {
 
     /// [`Self::spawn`], or why the node did not start (with everything it logged).
     pub fn try_spawn(config: &Path, extra: &[&str]) -> Result<NodeProcess, String> {
-        let mut child = Command::new(crate::tongban_bin())
-            .args(extra)
-            .args(["node", "--config"])
-            .arg(config)
-            .env("NO_COLOR", "1")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let kept = lines.clone();
-        std::thread::spawn(move || {
-            // Keep draining so the child never blocks on a full pipe.
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if line.contains("node started") {
-                    let _ = tx.send((
-                        field(&line, "caller"),
-                        field(&line, "admin"),
-                        field(&line, "web"),
-                    ));
-                }
-                kept.lock().unwrap().push(line);
-            }
-        });
-        let (caller, admin, web) = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(a) => a,
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "the node did not print its addresses ({e}): {}",
-                    lines.lock().unwrap().join("\n")
-                ));
-            }
-        };
+        let mut cmd = Command::new(crate::tongban_bin());
+        cmd.args(extra).args(["node", "--config"]).arg(config);
+        let (child, lines, start) = spawn_logged(cmd, "node started", "node")?;
         Ok(NodeProcess {
             child,
-            caller: caller.expect("caller address in the start line"),
-            admin: admin.expect("admin address in the start line"),
-            web: web.expect("web address in the start line"),
+            caller: field(&start, "caller").expect("caller address in the start line"),
+            admin: field(&start, "admin").expect("admin address in the start line"),
+            web: field(&start, "web").expect("web address in the start line"),
             lines,
         })
     }
@@ -171,6 +133,98 @@ impl NodeProcess {
         }
         false
     }
+}
+
+/// Everything a child process logged so far.
+pub type Lines = Arc<Mutex<Vec<String>>>;
+
+/// Starts `cmd` with its stderr read line by line (kept, and drained so that the child
+/// never blocks), and waits up to 30 s for a line containing `marker`: the child, its lines
+/// and that line. `what` names it in the error.
+pub fn spawn_logged(
+    mut cmd: Command,
+    marker: &'static str,
+    what: &str,
+) -> Result<(Child, Lines, String), String> {
+    let mut child = cmd
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let kept = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains(marker) {
+                let _ = tx.send(line.clone());
+            }
+            kept.lock().unwrap().push(line);
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(start) => Ok((child, lines, start)),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!(
+                "the {what} did not print its addresses ({e}): {}",
+                lines.lock().unwrap().join("\n")
+            ))
+        }
+    }
+}
+
+/// A child process (a provider, a registry); killed on drop.
+pub struct ChildProcess {
+    pub child: Child,
+    /// `host:port` it listens on (`listen` of its start line).
+    pub listen: String,
+    pub lines: Lines,
+}
+
+impl ChildProcess {
+    /// Starts `tongban <args>` and waits for its line containing `marker`.
+    pub fn spawn(args: &[&std::ffi::OsStr], marker: &'static str) -> ChildProcess {
+        let mut cmd = Command::new(crate::tongban_bin());
+        cmd.args(args);
+        let (child, lines, start) =
+            spawn_logged(cmd, marker, marker).unwrap_or_else(|e| panic!("{e}"));
+        ChildProcess {
+            child,
+            listen: field(&start, "listen").expect("listen address in the start line"),
+            lines,
+        }
+    }
+
+    /// Its peak resident memory so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        peak_rss_kib(self.child.id())
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The peak resident memory (VmHWM) of process `pid`, in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"))
 }
 
 /// A field of the start line, in JSON (`fields.<name>`) or text (`name=value`) form.

@@ -420,4 +420,71 @@ mod tests {
         // Not found by the institution's id.
         assert!(store.report("R1").unwrap().is_none());
     }
+
+    fn files_in(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_type().unwrap().is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn an_upload_past_the_limit_is_refused_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let staging = dir.path().join("attachments").join("staging");
+        let mut s = store.stage(10).await.unwrap();
+        s.write(b"123456").await.unwrap();
+        assert_eq!(files_in(&staging).len(), 1);
+        let e = s.write(b"789012").await.unwrap_err();
+        assert!(matches!(e, MedicalError::AttachmentTooLarge(10)), "{e}");
+        drop(s);
+        assert!(files_in(&staging).is_empty());
+        // Exactly at the limit is taken.
+        let staged = store.stage_bytes(b"0123456789", 10).await.unwrap();
+        assert_eq!(staged.bytes, 10);
+        // A staged attachment whose report is never stored is removed too.
+        drop(staged);
+        assert!(files_in(&staging).is_empty());
+    }
+
+    #[tokio::test]
+    async fn opening_sweeps_what_an_interrupted_publish_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = dir.path().join("attachments");
+        let kept = {
+            let store = Store::open(dir.path()).await.unwrap();
+            let staged = store.stage_bytes(b"the study", 1 << 20).await.unwrap();
+            let id = store
+                .put_report(report("QILU", "CT1"), "p-a", "id-1".into(), staged)
+                .await
+                .unwrap();
+            let (r, _) = store.report(&id).unwrap().unwrap();
+            assert_eq!(r.attachment_bytes, 9);
+            assert_eq!(
+                r.attachment_sha256,
+                hex::encode(Sha256::digest(b"the study"))
+            );
+            files_in(&files)
+        };
+        assert_eq!(kept.len(), 1);
+        // A crash after the rename and before the header, and one mid-upload.
+        std::fs::write(files.join("id-2.0123"), b"orphan").unwrap();
+        std::fs::write(files.join("staging").join("half"), b"half").unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        assert_eq!(files_in(&files), kept);
+        assert!(files_in(&files.join("staging")).is_empty());
+        let Attachment::File(mut f) = store.attachment("id-1").await.unwrap() else {
+            panic!("no attachment file");
+        };
+        let mut back = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut f, &mut back)
+            .await
+            .unwrap();
+        assert_eq!(back, b"the study");
+    }
 }
