@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's benchmark, one command: `bash bench/run.sh` (about 3 minutes).
 #
-# What it runs (issue 9 is open): release builds of the node, the reference provider and `tongban-loadgen`; a Jinan
+# What it runs: release builds of the node, the reference provider and `tongban-loadgen`; a Jinan
 # and a Qingdao node with their providers as separate processes on core 0 (taskset), the
 # load generator on core 1; the same calls straight to Jinan's provider and through nginx
 # (grpc_pass) and haproxy (h2), each pinned to core 0 too; then, through Jinan, local calls (Jinan's provider) and
@@ -136,6 +136,47 @@ for city in jinan qingdao; do
   consent[$city]=$("$bin/tongban-loadgen" --node http://127.0.0.1:7000 --token "$jinan_token" \
     --to "$city" --subject "$subject" --grant-consent "$portal_token" --grant-only)
 done
+
+# Large reports (issue 20), before any load run so that each process's peak RSS is the
+# transfer's: a 200 MiB imaging attachment (random bytes) published through Jinan's node to
+# Jinan's result registry (PublishStream), then fetched by a Qingdao hospital through
+# Qingdao's node across the boundary (GetReport), its SHA-256 checked by the CLI and the
+# file compared byte for byte.
+mkdir -p "$work/medical-jinan"
+start registry-jinan "$bin/tongban" provider medical --city jinan --org wjw --listen 127.0.0.1:7401 \
+  --data-dir "$work/medical-jinan" --node http://127.0.0.1:7000 \
+  --token "$("$bin/tongban" token issue --certs "$work/certs" --city jinan --org wjw --ttl 1h)"
+study_patient=370102197805060048   # the subject of tests/fixtures/fhir/ct-head-study.json
+grant_medical() { # grantee, item
+  "$bin/tongban-loadgen" --node http://127.0.0.1:7000 --token "$jinan_token" --to jinan \
+    --subject "$study_patient" --grant-consent "$portal_token" --grant-only --grantee "$1" \
+    --catalog-code "$2" --service tongban.medical.v1.ResultRegistry --purpose medical-treatment
+}
+publish_consent=$(grant_medical jinan/qilu MR-02)
+read_consent=$(grant_medical qingdao/qdfy MR-01)
+for _ in $(seq 1 100); do
+  "$bin/tongban" registry list --node http://127.0.0.1:8000 --token "$(token qingdao)" --city jinan 2>/dev/null |
+    grep -q "ResultRegistry.* up " && break
+  sleep 0.1
+done
+head -c $((200 << 20)) /dev/urandom >"$work/study.dcm"
+rss_now() { awk '/VmRSS/ {print $2}' "/proc/$(cat "$work/$1.pid")/status"; }
+transfer_rss_before="node-jinan $(rss_now node-jinan); node-qingdao $(rss_now node-qingdao); registry-jinan $(rss_now registry-jinan)"
+publish_out=$($client_cpu "$bin/tongban" medical import tests/fixtures/fhir/ct-head-study.json \
+  --institution 12370000495570024A --attachment "$work/study.dcm" --node http://127.0.0.1:7000 \
+  --token "$("$bin/tongban" token issue --certs "$work/certs" --city jinan --org qilu --ttl 1h)" \
+  --city jinan --consent "$publish_consent" 2>&1 || true)
+registry_id=$(grep -o 'jinan-rpt-[0-9a-f]*' <<<"$publish_out" | head -n1 || true)
+fetch_out=$($client_cpu "$bin/tongban" medical fetch --node http://127.0.0.1:8000 \
+  --token "$("$bin/tongban" token issue --certs "$work/certs" --city qingdao --org qdfy --ttl 1h)" \
+  --patient "$study_patient" --consent "$read_consent" --city jinan --registry-id "${registry_id:-none}" \
+  --out "$work/fetched.dcm" 2>&1 || true)
+if [ -n "$registry_id" ] && cmp -s "$work/study.dcm" "$work/fetched.dcm"; then
+  transfer_row="| 200 MiB | $(grep -o '[0-9.]* MB/s' <<<"$publish_out" | head -n1) | $(grep -o '[0-9.]* MB/s' <<<"$fetch_out" | head -n1) | identical (SHA-256 checked by the CLI, then cmp) | $(rss_kib node-jinan) | $(rss_kib node-qingdao) | $(rss_kib registry-jinan) |"
+else
+  transfer_row="| 200 MiB | failed: $(tr '\n|' '  ' <<<"$publish_out" | head -c 200) | $(tr '\n|' '  ' <<<"$fetch_out" | head -c 200) | - | - | - | - |"
+fi
+rm -f "$work/study.dcm" "$work/fetched.dcm"
 
 cpu_ticks() { awk '{print $14+$15}' "/proc/$(cat "$work/$1.pid")/stat"; }
 # Per-thread CPU ticks of a process: "name/tid ticks" lines.
@@ -391,6 +432,14 @@ audit_benches=$(cargo bench --quiet -p tongban-gateway --bench audit_append --be
   echo "| target | req/s | HTTP 2xx |"
   echo "| --- | ---: | ---: |"
   for r in "${h2rows[@]}"; do echo "$r"; done
+  echo
+  echo "Large reports: a 200 MiB attachment published through Jinan's node (\`tongban medical import --attachment\`, PublishStream) and"
+  echo "fetched from Qingdao through Qingdao's node across the boundary (\`tongban medical fetch\`, GetReport), before any load run;"
+  echo "peak RSS (VmHWM, KiB) of each process afterwards (resident before the transfer: $transfer_rss_before):"
+  echo
+  echo "| attachment | publish | fetch across the boundary | content | node jinan peak | node qingdao peak | registry jinan peak |"
+  echo "| --- | ---: | ---: | --- | ---: | ---: | ---: |"
+  echo "$transfer_row"
   echo
   echo "Peak RSS (KiB), before the span-export rows: $peak_rss"
   echo

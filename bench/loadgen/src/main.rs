@@ -70,6 +70,9 @@ struct Args {
     grantee: String,
     #[arg(long, default_value = "JQ-03")]
     catalog_code: String,
+    /// The service a granted consent names (--grant-consent).
+    #[arg(long, default_value = "tongban.crosscity.v1.CrossCityService")]
+    service: String,
     /// Calls per second (open loop); 0: closed loop with --in-flight calls.
     #[arg(long, default_value_t = 1000)]
     rate: u64,
@@ -170,7 +173,7 @@ async fn grant_consent(args: &Args, portal_token: &str) -> anyhow::Result<String
         subject,
         grantee: args.grantee.clone(),
         target_city: args.to.clone(),
-        service: "tongban.crosscity.v1.CrossCityService".into(),
+        service: args.service.clone(),
         purpose: args.purpose.clone(),
         expires_at_ms: i64::try_from(now_ms)? + 24 * 3600 * 1000,
         items: vec![args.catalog_code.clone()],
