@@ -137,6 +137,16 @@ for city in jinan qingdao; do
     --to "$city" --subject "$subject" --grant-consent "$portal_token" --grant-only)
 done
 
+cpu_ticks() { awk '{print $14+$15}' "/proc/$(cat "$work/$1.pid")/stat"; }
+# Per-thread CPU ticks of a process: "name/tid ticks" lines.
+thread_ticks() {
+  local pid; pid=$(cat "$work/$1.pid")
+  for t in /proc/"$pid"/task/*; do echo "$(tr ' ' '_' <"$t/comm")/${t##*/} $(awk '{print $14+$15}' "$t/stat")"; done
+}
+rss_kib() { awk '/VmHWM/ {print $2}' "/proc/$(cat "$work/$1.pid")/status"; }
+procs=(node-jinan node-qingdao provider-jinan provider-qingdao)
+hz=$(getconf CLK_TCK)
+
 # Large reports (issue 20), before any load run so that each process's peak RSS is the
 # transfer's: a 200 MiB imaging attachment (random bytes) published through Jinan's node to
 # Jinan's result registry (PublishStream), then fetched by a Qingdao hospital through
@@ -177,16 +187,6 @@ else
   transfer_row="| 200 MiB | failed: $(tr '\n|' '  ' <<<"$publish_out" | head -c 200) | $(tr '\n|' '  ' <<<"$fetch_out" | head -c 200) | - | - | - | - |"
 fi
 rm -f "$work/study.dcm" "$work/fetched.dcm"
-
-cpu_ticks() { awk '{print $14+$15}' "/proc/$(cat "$work/$1.pid")/stat"; }
-# Per-thread CPU ticks of a process: "name/tid ticks" lines.
-thread_ticks() {
-  local pid; pid=$(cat "$work/$1.pid")
-  for t in /proc/"$pid"/task/*; do echo "$(tr ' ' '_' <"$t/comm")/${t##*/} $(awk '{print $14+$15}' "$t/stat")"; done
-}
-rss_kib() { awk '/VmHWM/ {print $2}' "/proc/$(cat "$work/$1.pid")/status"; }
-procs=(node-jinan node-qingdao provider-jinan provider-qingdao)
-hz=$(getconf CLK_TCK)
 
 rows=()
 threads=()

@@ -4,6 +4,7 @@ checks a copy without a required element is refused (so the validation is real).
 
 usage: fhir_validate.py FILE
 prints JSON: {"fhir_version", "types", "statuses", "loinc", "units", "imaging_uids",
+              "series": [[uid, body site code or display], ...] of every study,
               "without_code": "refused" | "accepted"}
 """
 import copy
@@ -18,7 +19,7 @@ def main() -> int:
     doc = json.load(open(sys.argv[1], encoding="utf-8"))
     bundle = Bundle.parse_obj(doc)
     out = {"fhir_version": fhir.resources.__fhir_version__, "types": [], "statuses": [],
-           "loinc": [], "units": [], "imaging_uids": []}
+           "loinc": [], "units": [], "imaging_uids": [], "series": []}
     for e in bundle.entry:
         r = e.resource
         out["types"].append(r.resource_type)
@@ -29,6 +30,7 @@ def main() -> int:
                 out["units"].append(r.valueQuantity.code)
         if r.resource_type == "ImagingStudy":
             out["imaging_uids"].append(r.series[0].uid)
+            out["series"] += [[s.uid, s.bodySite.code or s.bodySite.display] for s in r.series]
     broken = copy.deepcopy(doc)
     del broken["entry"][0]["resource"]["code"]
     try:

@@ -868,15 +868,33 @@ async fn reports_export_as_fhir_r4_that_an_independent_validator_accepts() {
         QILU,
         ReportStatus::Amended,
         now - DAY,
-        vec![LabResult {
-            result_id: "ct".into(),
-            modality: "CT".into(),
-            body_site: "head".into(),
-            study_instance_uid: "1.2.840.113619.2.55.3.604688119".into(),
-            accession_number: "A2026112301".into(),
-            value: Some(result::Value::Text("颅内未见明显异常".into())),
-            ..Default::default()
-        }],
+        vec![
+            LabResult {
+                result_id: "ct".into(),
+                modality: "CT".into(),
+                body_site: "head".into(),
+                study_instance_uid: "1.2.840.113619.2.55.3.604688119".into(),
+                accession_number: "A2026112301".into(),
+                value: Some(result::Value::Text("颅内未见明显异常".into())),
+                ..Default::default()
+            },
+            // A second series of the same study: exported as a series of the same study.
+            LabResult {
+                result_id: "ct-chest".into(),
+                modality: "CT".into(),
+                body_site: "chest".into(),
+                study_instance_uid: "1.2.840.113619.2.55.3.604688119".into(),
+                series_instance_uid: "1.2.840.113619.2.55.3.604688119.2".into(),
+                body_site_coding: Some(tongban_proto::medical::v1::Coding {
+                    system: "http://snomed.info/sct".into(),
+                    code: "51185008".into(),
+                    display: "Chest".into(),
+                }),
+                accession_number: "A2026112301".into(),
+                value: Some(result::Value::Text("双肺未见明显异常".into())),
+                ..Default::default()
+            },
+        ],
     );
     ct.kind = ReportKind::Imaging as i32;
     let ct_id = w.publish(ct).await.unwrap();
@@ -906,6 +924,14 @@ async fn reports_export_as_fhir_r4_that_an_independent_validator_accepts() {
         assert_eq!(v["without_code"], "refused", "{v}");
         if id == ct_id {
             assert_eq!(v["imaging_uids"][0], "1.2.840.113619.2.55.3.604688119");
+            assert_eq!(
+                v["series"],
+                serde_json::json!([
+                    ["1.2.840.113619.2.55.3.604688119", "head"],
+                    ["1.2.840.113619.2.55.3.604688119.2", "51185008"]
+                ]),
+                "{v}"
+            );
         } else {
             assert_eq!(v["loinc"], serde_json::json!(["2823-3", "718-7"]));
             assert_eq!(v["units"], serde_json::json!(["mmol/L", "g/L"]));

@@ -1,6 +1,6 @@
 //! FHIR R4 (4.0.1) export of a report: a `Bundle` of type `collection` holding its
 //! `DiagnosticReport`, one `Observation` per laboratory result and one `ImagingStudy` per
-//! imaging result, linked by `urn:uuid:` full URLs.
+//! study (a series per imaging result), linked by `urn:uuid:` full URLs.
 //!
 //! Mapping: report status → `DiagnosticReport.status` (and the Observations', where
 //! `partial` becomes `preliminary` and `appended` `amended`); kind → category `LAB` or `RAD`
@@ -10,9 +10,10 @@
 //! LOINC and the local code → `Observation.code.coding`; quantity → `valueQuantity` with UCUM
 //! (`http://unitsofmeasure.org`); coded → `valueCodeableConcept`; text → `valueString`;
 //! reference range → `referenceRange`; interpretation → `interpretation` (v3
-//! ObservationInterpretation); imaging → `ImagingStudy` with the study UID
-//! (`urn:dicom:uid`), the accession number, and a series with its modality (DICOM DCM) and
-//! body site; conclusion → `conclusion`.
+//! ObservationInterpretation); imaging → one `ImagingStudy` per study UID with the
+//! accession number and a series per result (its UID, modality (DICOM DCM), body site
+//! coding, time, description, and its result id in an extension); conclusion →
+//! `conclusion`.
 
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
@@ -67,6 +68,98 @@ pub const RESULT_ID_SYSTEM: &str = "urn:tongban:result-id";
 /// The extension that carries the performing department of a report.
 pub const DEPARTMENT_EXTENSION: &str = "urn:tongban:fhir:extension:department";
 
+/// The extension on an `ImagingStudy.series` that carries the id of the result it is.
+pub const RESULT_ID_EXTENSION: &str = "urn:tongban:fhir:extension:result-id";
+
+/// Imaging results grouped by study (their study UID), in the order of their first result.
+fn studies_of(
+    results: &[tongban_proto::medical::v1::Result],
+) -> Vec<Vec<&tongban_proto::medical::v1::Result>> {
+    let mut groups: Vec<Vec<&tongban_proto::medical::v1::Result>> = Vec::new();
+    for r in results {
+        let same = groups.iter_mut().find(|g| {
+            !r.study_instance_uid.is_empty() && g[0].study_instance_uid == r.study_instance_uid
+        });
+        match same {
+            Some(g) => g.push(r),
+            None => groups.push(vec![r]),
+        }
+    }
+    groups
+}
+
+/// One study: its UID and accession number, and a series per result (its UID, modality,
+/// body site coding, time, description and result id).
+fn imaging_study(
+    base: &str,
+    group: Vec<&tongban_proto::medical::v1::Result>,
+    report: &Report,
+    subject: &Value,
+) -> Value {
+    let first = group[0];
+    let mut modalities: Vec<&str> = Vec::new();
+    for r in &group {
+        if !modalities.contains(&r.modality.as_str()) {
+            modalities.push(&r.modality);
+        }
+    }
+    let own = |r: &tongban_proto::medical::v1::Result| {
+        if r.collected_at_ms > 0 {
+            r.collected_at_ms
+        } else {
+            report.collected_at_ms
+        }
+    };
+    let started = group
+        .iter()
+        .map(|r| own(r))
+        .min()
+        .unwrap_or(report.collected_at_ms);
+    let series: Vec<Value> = group
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut se = json!({
+                "uid": if r.series_instance_uid.is_empty() { &r.study_instance_uid } else { &r.series_instance_uid },
+                "number": i + 1,
+                "modality": { "system": "http://dicom.nema.org/resources/ontology/DCM", "code": r.modality },
+                "bodySite": match &r.body_site_coding {
+                    Some(c) => json!({ "system": c.system, "code": c.code, "display": c.display }),
+                    None => json!({ "display": r.body_site }),
+                },
+                "started": instant(own(r)),
+                "extension": [{ "url": RESULT_ID_EXTENSION, "valueString": r.result_id }],
+            });
+            if let Some(d) = text_value(r) {
+                se["description"] = Value::from(d);
+            }
+            se
+        })
+        .collect();
+    let mut study = json!({
+        "resourceType": "ImagingStudy",
+        "id": fhir_id(&format!("{base}-{}", first.result_id)),
+        "identifier": [
+            { "system": "urn:dicom:uid", "value": format!("urn:oid:{}", first.study_instance_uid) },
+            { "type": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN" }] },
+              "value": first.accession_number },
+        ],
+        "status": "available",
+        "modality": modalities
+            .iter()
+            .map(|m| json!({ "system": "http://dicom.nema.org/resources/ontology/DCM", "code": m }))
+            .collect::<Vec<_>>(),
+        "subject": subject,
+        "started": instant(started),
+        "numberOfSeries": series.len(),
+        "series": series,
+    });
+    if let Some(d) = text_value(first).filter(|_| group.len() == 1) {
+        study["description"] = Value::from(d);
+    }
+    study
+}
+
 /// The report as a FHIR R4 Bundle.
 pub fn export(report: &Report) -> Value {
     let status = ReportStatus::try_from(report.status).unwrap_or(ReportStatus::Unspecified);
@@ -93,33 +186,18 @@ pub fn export(report: &Report) -> Value {
     let mut entries = Vec::new();
     let mut results = Vec::new();
     let mut studies = Vec::new();
+    if kind == ReportKind::Imaging {
+        for group in studies_of(&report.results) {
+            let url = format!("urn:uuid:{}", uuid::Uuid::new_v4());
+            studies.push(json!({ "reference": url }));
+            entries.push(json!({ "fullUrl": url, "resource": imaging_study(&base, group, report, &subject) }));
+        }
+    }
     for r in &report.results {
         let url = format!("urn:uuid:{}", uuid::Uuid::new_v4());
         let id = fhir_id(&format!("{base}-{}", r.result_id));
         if kind == ReportKind::Imaging {
-            studies.push(json!({ "reference": url }));
-            entries.push(json!({ "fullUrl": url, "resource": {
-                "resourceType": "ImagingStudy",
-                "id": id,
-                "identifier": [
-                    { "system": "urn:dicom:uid", "value": format!("urn:oid:{}", r.study_instance_uid) },
-                    { "type": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN" }] },
-                      "value": r.accession_number },
-                ],
-                "status": "available",
-                "modality": [{ "system": "http://dicom.nema.org/resources/ontology/DCM", "code": r.modality }],
-                "subject": subject,
-                "started": own_time(r.collected_at_ms, report.collected_at_ms),
-                "series": [{
-                    "uid": if r.series_instance_uid.is_empty() { &r.study_instance_uid } else { &r.series_instance_uid },
-                    "modality": { "system": "http://dicom.nema.org/resources/ontology/DCM", "code": r.modality },
-                    "bodySite": match &r.body_site_coding {
-                        Some(c) => json!({ "system": c.system, "code": c.code, "display": c.display }),
-                        None => json!({ "display": r.body_site }),
-                    },
-                }],
-                "description": text_value(r).unwrap_or_default(),
-            }}));
+            // Exported below, a study with its series together.
             continue;
         }
         let mut coding = Vec::new();

@@ -544,8 +544,14 @@ fn conformance_inner(v: &Value, at: &str) -> Result<(), ImportError> {
                 se,
                 &[
                     ("uid", Str),
+                    ("number", Num),
                     ("modality", Dt(D::Coding)),
+                    ("description", Str),
+                    ("numberOfInstances", Num),
                     ("bodySite", Dt(D::Coding)),
+                    ("laterality", Dt(D::Coding)),
+                    ("started", Str),
+                    ("extension", Arr),
                 ],
                 &se_at,
             )?;
@@ -785,10 +791,10 @@ fn diagnostic_report(
                     format!("`{target}` resolves to no contained or bundled ImagingStudy"),
                 )
             })?;
-            imaging_result(&study, &study_at)
+            imaging_results(&study, &study_at)
         })();
         if let Some(found) = keep_going(one, skipped)? {
-            results.push(found);
+            results.extend(found);
             kind = ReportKind::Imaging;
         }
     }
@@ -1033,42 +1039,22 @@ fn observations(
     Ok(())
 }
 
-/// One ImagingStudy as a result: modality, body site, study UID, accession number.
-fn imaging_result(study: &Value, at: &str) -> Result<LabResult, ImportError> {
-    let series = study
+/// One ImagingStudy as results, one per series (each with its own modality, body site,
+/// series UID and time; the study's UID and accession number shared): a CT of the chest and
+/// the abdomen is two recognisable results. A study without series is one result named by
+/// the study alone.
+fn imaging_results(study: &Value, at: &str) -> Result<Vec<LabResult>, ImportError> {
+    let series: Vec<&Value> = study
         .get("series")
         .and_then(Value::as_array)
-        .and_then(|a| a.first());
-    let modality = series
-        .and_then(|x| x.get("modality"))
-        .and_then(|m| s(m, "code"))
-        .or_else(|| {
-            study
-                .get("modality")
-                .and_then(Value::as_array)
-                .and_then(|a| a.first())
-                .and_then(|m| s(m, "code"))
-        })
-        .ok_or_else(|| {
-            err(
-                format!("{at}.modality"),
-                "an imaging study needs its modality",
-            )
-        })?;
-    let site = series.and_then(|x| x.get("bodySite"));
-    let body_site_coding = site.map(|b| Coding {
-        system: s(b, "system").unwrap_or("").to_string(),
-        code: s(b, "code").unwrap_or("").to_string(),
-        display: s(b, "display").unwrap_or("").to_string(),
-    });
-    let body_site = site
-        .and_then(|b| s(b, "display").or_else(|| s(b, "code")))
-        .ok_or_else(|| {
-            err(
-                format!("{at}.series[0].bodySite"),
-                "an imaging study needs its body site",
-            )
-        })?;
+        .into_iter()
+        .flatten()
+        .collect();
+    let study_modality = study
+        .get("modality")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+        .and_then(|m| s(m, "code"));
     let identifiers: Vec<&Value> = study
         .get("identifier")
         .and_then(Value::as_array)
@@ -1080,7 +1066,7 @@ fn imaging_result(study: &Value, at: &str) -> Result<LabResult, ImportError> {
         .find(|i| s(i, "system") == Some("urn:dicom:uid"))
         .and_then(|i| s(i, "value"))
         .map(|v| v.trim_start_matches("urn:oid:").to_string())
-        .or_else(|| series.and_then(|x| s(x, "uid")).map(str::to_string))
+        .or_else(|| series.first().and_then(|x| s(x, "uid")).map(str::to_string))
         .unwrap_or_default();
     let accession = identifiers
         .iter()
@@ -1092,18 +1078,86 @@ fn imaging_result(study: &Value, at: &str) -> Result<LabResult, ImportError> {
         })
         .and_then(|i| s(i, "value"))
         .unwrap_or("");
-    Ok(LabResult {
-        result_id: s(study, "id").unwrap_or("study").to_string(),
-        modality: modality.to_string(),
-        body_site: body_site.to_ascii_lowercase(),
-        study_instance_uid: uid,
-        series_instance_uid: series.and_then(|x| s(x, "uid")).unwrap_or("").to_string(),
-        body_site_coding,
-        accession_number: accession.to_string(),
-        collected_at_ms: s(study, "started").and_then(millis).unwrap_or(0),
-        value: s(study, "description").map(|d| result::Value::Text(d.to_string())),
-        ..Default::default()
-    })
+    let study_id = s(study, "id").unwrap_or("study");
+    let started = s(study, "started").and_then(millis).unwrap_or(0);
+    let description = s(study, "description");
+    let one = |se: Option<&Value>, i: usize| -> Result<LabResult, ImportError> {
+        let se_at = format!("{at}.series[{i}]");
+        let modality = se
+            .and_then(|x| x.get("modality"))
+            .and_then(|m| s(m, "code"))
+            .or(study_modality)
+            .ok_or_else(|| {
+                err(
+                    format!("{at}.modality"),
+                    "an imaging study needs its modality",
+                )
+            })?;
+        let site = se.and_then(|x| x.get("bodySite"));
+        let body_site = site
+            .and_then(|b| s(b, "display").or_else(|| s(b, "code")))
+            .ok_or_else(|| {
+                err(
+                    format!("{se_at}.bodySite"),
+                    "an imaging study needs its body site",
+                )
+            })?;
+        let result_id = se
+            .and_then(|x| element_where(x, "extension", "url", crate::fhir::RESULT_ID_EXTENSION))
+            .and_then(|x| s(x, "valueString"))
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                if series.len() <= 1 {
+                    study_id.to_string()
+                } else {
+                    let n = se
+                        .and_then(|x| x.get("number"))
+                        .and_then(Value::as_u64)
+                        .map_or(i + 1, |n| n as usize);
+                    format!("{study_id}.{n}")
+                }
+            });
+        Ok(LabResult {
+            result_id,
+            modality: modality.to_string(),
+            body_site: body_site.to_ascii_lowercase(),
+            study_instance_uid: uid.clone(),
+            series_instance_uid: se.and_then(|x| s(x, "uid")).unwrap_or("").to_string(),
+            body_site_coding: site.map(|b| Coding {
+                system: s(b, "system").unwrap_or("").to_string(),
+                code: s(b, "code").unwrap_or("").to_string(),
+                display: s(b, "display").unwrap_or("").to_string(),
+            }),
+            accession_number: accession.to_string(),
+            collected_at_ms: se
+                .and_then(|x| s(x, "started"))
+                .and_then(millis)
+                .unwrap_or(started),
+            value: se
+                .and_then(|x| s(x, "description"))
+                .or(description)
+                .map(|d| result::Value::Text(d.to_string())),
+            ..Default::default()
+        })
+    };
+    if series.is_empty() {
+        return Ok(vec![one(None, 0)?]);
+    }
+    let results = series
+        .iter()
+        .enumerate()
+        .map(|(i, se)| one(Some(se), i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut ids = std::collections::BTreeSet::new();
+    for (i, r) in results.iter().enumerate() {
+        if !ids.insert(r.result_id.as_str()) {
+            return Err(err(
+                format!("{at}.series[{i}]"),
+                format!("two series give the result id `{}`", r.result_id),
+            ));
+        }
+    }
+    Ok(results)
 }
 
 /// A standalone ImagingStudy as an imaging report of its own.
@@ -1114,7 +1168,7 @@ fn imaging_study(r: &Value, at: &str, d: &Defaults) -> Result<Report, ImportErro
     let started = s(r, "started")
         .ok_or_else(|| err(format!("{at}.started"), "the study time is required"))
         .and_then(|t| millis(t).ok_or_else(|| err(format!("{at}.started"), "not a dateTime")))?;
-    let result = imaging_result(r, at)?;
+    let results = imaging_results(r, at)?;
     // An R4 ImagingStudy names no performing organisation at its top level.
     let institution_code = d.institution_code.clone().ok_or_else(|| {
         err(
@@ -1127,10 +1181,9 @@ fn imaging_study(r: &Value, at: &str, d: &Defaults) -> Result<Report, ImportErro
         .map_err(|m| err(at, format!("institution {m}")))?;
     let institution_name = d.institution_name.clone().unwrap_or_default();
     Ok(Report {
-        report_id: if result.study_instance_uid.is_empty() {
-            s(r, "id").unwrap_or("study").to_string()
-        } else {
-            result.study_instance_uid.clone()
+        report_id: match results.first() {
+            Some(x) if !x.study_instance_uid.is_empty() => x.study_instance_uid.clone(),
+            _ => s(r, "id").unwrap_or("study").to_string(),
         },
         patient_id: patient(r, at, d)?,
         kind: ReportKind::Imaging as i32,
@@ -1139,7 +1192,7 @@ fn imaging_study(r: &Value, at: &str, d: &Defaults) -> Result<Report, ImportErro
         issued_at_ms: started,
         institution_code,
         institution_name,
-        results: vec![result],
+        results,
         ..Default::default()
     })
 }
@@ -1290,6 +1343,76 @@ mod tests {
         assert_eq!(r2.series_instance_uid, r.series_instance_uid);
         assert_eq!(r2.body_site_coding, r.body_site_coding);
         assert_eq!(r2.study_instance_uid, r.study_instance_uid);
+    }
+
+    #[test]
+    fn a_study_of_several_series_is_a_result_per_series_and_comes_back_the_same() {
+        let study = r#"{"resourceType":"ImagingStudy","id":"ct","status":"available",
+            "subject":{"identifier":{"system":"urn:oid:2.16.156.10011.1.1","value":"370102197805060048"}},
+            "started":"2026-11-20T08:15:00+08:00",
+            "identifier":[{"system":"urn:dicom:uid","value":"urn:oid:1.2.3.4"},
+              {"type":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v2-0203","code":"ACSN"}]},"value":"A77"}],
+            "modality":[{"system":"http://dicom.nema.org/resources/ontology/DCM","code":"CT"}],
+            "description":"胸腹部CT",
+            "series":[
+              {"uid":"1.2.3.4.1","number":3,"modality":{"system":"http://dicom.nema.org/resources/ontology/DCM","code":"CT"},
+               "bodySite":{"system":"http://snomed.info/sct","code":"51185008","display":"Thorax"},
+               "description":"胸部平扫"},
+              {"uid":"1.2.3.4.2","number":4,"modality":{"system":"http://dicom.nema.org/resources/ontology/DCM","code":"CT"},
+               "bodySite":{"system":"http://snomed.info/sct","code":"818983003","display":"Abdomen"},
+               "started":"2026-11-20T08:40:00+08:00"}]}"#;
+        let d = Defaults {
+            patient: Some("370102197805060048".into()),
+            institution_code: Some("12370000495570024A".into()),
+            institution_name: Some("山东大学齐鲁医院".into()),
+        };
+        let first = import(study, &d).unwrap();
+        let rs = &first[0].results;
+        assert_eq!(rs.len(), 2, "{rs:?}");
+        assert_eq!(
+            rs.iter()
+                .map(|r| (
+                    r.result_id.as_str(),
+                    r.series_instance_uid.as_str(),
+                    r.body_site.as_str()
+                ))
+                .collect::<Vec<_>>(),
+            [
+                ("ct.3", "1.2.3.4.1", "thorax"),
+                ("ct.4", "1.2.3.4.2", "abdomen")
+            ]
+        );
+        assert!(rs
+            .iter()
+            .all(|r| r.study_instance_uid == "1.2.3.4" && r.accession_number == "A77"));
+        // Each series its own time and description, the study's where it has none.
+        assert_eq!(
+            rs[0].collected_at_ms,
+            millis("2026-11-20T08:15:00+08:00").unwrap()
+        );
+        assert_eq!(
+            rs[1].collected_at_ms,
+            millis("2026-11-20T08:40:00+08:00").unwrap()
+        );
+        assert_eq!(rs[0].value, Some(result::Value::Text("胸部平扫".into())));
+        assert_eq!(rs[1].value, Some(result::Value::Text("胸腹部CT".into())));
+        // Exported: one ImagingStudy with both series; imported again: the same results.
+        let exported = crate::fhir::export(&first[0]);
+        let studies: Vec<&Value> = exported["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| &e["resource"])
+            .filter(|r| r["resourceType"] == "ImagingStudy")
+            .collect();
+        assert_eq!(studies.len(), 1);
+        assert_eq!(studies[0]["series"].as_array().unwrap().len(), 2);
+        let again = import(&exported.to_string(), &d).unwrap();
+        assert_eq!(again[0].results, first[0].results);
+        // Two series that would give one result id are refused, naming the second.
+        let clash = study.replace("\"number\":4", "\"number\":3");
+        let e = import(&clash, &d).unwrap_err();
+        assert_eq!(e.at, "ImagingStudy.series[1]", "{e:?}");
     }
 
     #[test]
