@@ -244,6 +244,13 @@ impl std::fmt::Debug for KeySet {
 }
 
 impl KeySet {
+    /// Its key ids, sorted.
+    pub fn key_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.keys.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
     /// Parses a JWKS document. Keys without `kid` or `alg`, or with an algorithm other than
     /// RS256, ES256 or EdDSA, are refused: nothing is guessed.
     pub fn parse(json: &str) -> Result<KeySet, JwksError> {
@@ -342,6 +349,8 @@ pub struct Authenticator {
     pseudonyms: Arc<Pseudonymizer>,
     /// Refreshes by outcome, in the node's metrics (once [`Self::count_refreshes_in`]).
     refreshes: std::sync::OnceLock<crate::policy::Reloads>,
+    /// Counts the key sets installed whose key ids differ from the one before (rotations).
+    rotations: tokio::sync::watch::Sender<u64>,
 }
 
 fn now_s() -> u64 {
@@ -371,6 +380,7 @@ impl Authenticator {
             keys: ArcSwap::from_pointee(keys),
             last_refresh: Mutex::new(past),
             refreshes: std::sync::OnceLock::new(),
+            rotations: tokio::sync::watch::channel(0).0,
             cache: VerifiedCache::new(cache_entries),
             pseudonyms,
         })
@@ -392,8 +402,22 @@ impl Authenticator {
         }
         let keys = loaded?;
         let n = keys.len();
+        let rotated = keys.key_ids() != self.keys.load().key_ids();
         self.keys.store(Arc::new(keys));
+        if rotated {
+            self.rotations.send_modify(|g| *g += 1);
+        }
         Ok(n)
+    }
+
+    /// The ids (`kid`) of the keys that verify callers' tokens now, sorted.
+    pub fn key_ids(&self) -> Vec<String> {
+        self.keys.load().key_ids()
+    }
+
+    /// A receiver that changes every time the key set changes its key ids.
+    pub fn subscribe_rotations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.rotations.subscribe()
     }
 
     /// Counts every key refresh from now on in `refreshes` (`ok` or `failed`).

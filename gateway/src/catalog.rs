@@ -382,11 +382,14 @@ impl Publisher {
         Ok(())
     }
 
-    pub async fn register(&self, rec: &ServiceRecord) -> Result<u64, RegistryError> {
+    /// Registers or replaces a service: the new catalog version, and whether it replaced a
+    /// registration.
+    pub async fn register(&self, rec: &ServiceRecord) -> Result<(u64, bool), RegistryError> {
         let _g = self.lock.lock().await;
+        let replaced = self.registry.contains(&rec.organisation, &rec.service)?;
         let v = self.registry.register(rec).await?;
         self.install(v)?;
-        Ok(v)
+        Ok((v, replaced))
     }
 
     pub async fn withdraw(&self, organisation: &str, service: &str) -> Result<u64, RegistryError> {

@@ -9,9 +9,11 @@
 //! token learns who it is about. The issuing node stores its records under its keyed
 //! pseudonym of the subject, and publishes revocations with its signed catalog.
 
+use crate::audit::change::Change;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+use tongban_proto::audit::v1::ChangeKind;
 
 use jsonwebtoken::Validation;
 use prost::Message;
@@ -357,6 +359,8 @@ pub struct ConsentApi {
     pub key: crate::trust::NodeJwtSigner,
     /// Publishes the node's revocations (with its signed catalog) after a revoke.
     pub publisher: Arc<dyn Republish>,
+    /// Grants and revocations are records in the node's chain.
+    pub auditor: Arc<crate::audit::Auditor>,
 }
 
 /// Why the Consent API refused or failed a request (beyond authentication, roles and
@@ -511,6 +515,13 @@ impl ConsentRpc for ConsentApi {
             .insert(&pseudonym, &record)
             .await
             .map_err(storage)?;
+        self.auditor
+            .record_change(
+                Change::new(&self.city, ChangeKind::ConsentGranted, &record.id)
+                    .by(&caller)
+                    .consent(&pseudonym, &record),
+            )
+            .await?;
         tracing::info!(consent = %record.id, by = %caller.id(), grantee = %record.grantee, "consent granted");
         Ok(Response::new(GrantResponse {
             consent: Some(record),
@@ -535,12 +546,20 @@ impl ConsentRpc for ConsentApi {
         let subject = req.get_ref().subject.clone();
         let caller = self.authorise(&req, &subject).await?;
         let id = req.into_inner().id;
+        let pseudonym = self.pseudonyms.pseudonym(&subject);
         let record = self
             .store
-            .revoke(&self.pseudonyms.pseudonym(&subject), &id)
+            .revoke(&pseudonym, &id)
             .await
             .map_err(storage)?
             .ok_or_else(|| ConsentApiError::NotFound(id.clone()))?;
+        self.auditor
+            .record_change(
+                Change::new(&self.city, ChangeKind::ConsentRevoked, &record.id)
+                    .by(&caller)
+                    .consent(&pseudonym, &record),
+            )
+            .await?;
         self.publisher.republish().await?;
         tracing::info!(consent = %id, by = %caller.id(), "consent revoked");
         Ok(Response::new(RevokeResponse {

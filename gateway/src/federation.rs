@@ -282,12 +282,13 @@ impl Federation for FederationApi {
             .check_and_remember(&claims.jti, claims.exp)
             .map_err(|e| unauthenticated(e.to_string()))?;
         let limit = r.limit.clamp(1, 1000) as usize;
-        let accesses =
+        let (accesses, coverage) =
             crate::audit::api::accesses_of(&self.auditor, &self.pseudonyms, &r.subject, limit)
                 .await;
         Ok(Response::new(tongban_proto::audit::v1::AccessLogResponse {
             accesses,
             unreachable: Vec::new(),
+            coverage: Some(coverage.to_proto()),
         }))
     }
 

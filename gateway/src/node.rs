@@ -1,10 +1,12 @@
 //! Wiring of one node: load what the config names (before any port is bound), bind, start the
 //! listeners and the peer sync tasks, and shut everything down on request.
 
+use crate::audit::change::Change;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tongban_proto::audit::v1::ChangeKind;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -326,12 +328,14 @@ impl PreparedNode {
             items: config.items.clone(),
             key: identity.jwt_signer(),
             publisher: publisher.clone(),
+            auditor: auditor.clone(),
         };
         let caller_routes = Routes::new(RegistryServer::new(RegistryApi {
             city: config.city.clone(),
             publisher,
             peers: peers.clone(),
             items: config.items.clone(),
+            auditor: auditor.clone(),
         }))
         .add_service(ConsentServer::new(consent_api))
         .add_service(AuditServer::new(AuditApi {
@@ -362,7 +366,56 @@ impl PreparedNode {
         .add_service(health_svc)
         .prepare();
 
+        // What the node starts with is in its chain before it serves: itself, the catalog
+        // of items and the policy, with their versions and digests.
+        let policy_now = checks.policy.current();
+        for change in [
+            Change::new(&config.city, ChangeKind::NodeStarted, &config.city)
+                .by_node()
+                .version(env!("CARGO_PKG_VERSION"))
+                .detail(format!(
+                    "peers {}",
+                    config
+                        .peers
+                        .iter()
+                        .map(|p| p.city.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )),
+            Change::new(
+                &config.city,
+                ChangeKind::CatalogLoaded,
+                &config.items.source,
+            )
+            .by_node()
+            .version(&config.items.version)
+            .digest(config.items.digest.clone())
+            .detail(format!("federation {}", config.items.federation)),
+            Change::new(
+                &config.city,
+                ChangeKind::PolicyLoaded,
+                checks.policy.path().display().to_string(),
+            )
+            .by_node()
+            .digest(policy_now.digest())
+            .detail(format!("{} rules", policy_now.rules().len())),
+        ] {
+            auditor
+                .record_change(change)
+                .await
+                .map_err(|e| NodeError::Audit(e.0))?;
+        }
         let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(record_policy_loads(
+            auditor.clone(),
+            checks.policy.clone(),
+            shutdown.clone(),
+        )));
+        tasks.push(tokio::spawn(record_key_rotations(
+            auditor.clone(),
+            checks.auth.clone(),
+            shutdown.clone(),
+        )));
         if let Some(repair) = auditor.repaired() {
             tracing::warn!(
                 seq = repair.torn.seq,
@@ -524,6 +577,64 @@ async fn refresh_jwks(auth: Arc<Authenticator>, mut shutdown: watch::Receiver<bo
     }
 }
 
+/// Records every policy the node installs after its start (the file changed, or a reload).
+async fn record_policy_loads(
+    auditor: Arc<Auditor>,
+    policy: Arc<PolicyStore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut loads = policy.subscribe();
+    let city = auditor.city.clone();
+    loop {
+        tokio::select! {
+            r = loads.changed() => if r.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+        let now = policy.current();
+        let change = Change::new(
+            &city,
+            ChangeKind::PolicyLoaded,
+            policy.path().display().to_string(),
+        )
+        .by_node()
+        .version(*loads.borrow_and_update())
+        .digest(now.digest())
+        .detail(format!("{} rules", now.rules().len()));
+        if let Err(error) = auditor.record_change(change).await {
+            tracing::error!(%error, "the policy reload could not be recorded");
+        }
+    }
+}
+
+/// Records every change of the keys that verify callers' tokens.
+async fn record_key_rotations(
+    auditor: Arc<Auditor>,
+    auth: Arc<Authenticator>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut rotations = auth.subscribe_rotations();
+    let city = auditor.city.clone();
+    let source = match &auth.settings().source {
+        JwksSource::File(p) => p.display().to_string(),
+        JwksSource::Url(u) => u.url.to_string(),
+    };
+    loop {
+        tokio::select! {
+            r = rotations.changed() => if r.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+        rotations.borrow_and_update();
+        let ids = auth.key_ids().join(",");
+        let change = Change::new(&city, ChangeKind::KeysRotated, &source)
+            .by_node()
+            .content(ids.as_bytes())
+            .detail(format!("key ids {ids}"));
+        if let Err(error) = auditor.record_change(change).await {
+            tracing::error!(%error, "the key rotation could not be recorded");
+        }
+    }
+}
+
 /// Forgets expired caller-assertion ids.
 async fn purge_replays(replay: ReplayCache, mut shutdown: watch::Receiver<bool>) {
     loop {
@@ -643,6 +754,14 @@ impl RunningNode {
         self.begin_shutdown();
         for t in self.tasks {
             let _ = t.await;
+        }
+        // The stop is the chain's last record, and the last checkpoint covers it.
+        let stopped = Change::new(&self.city, ChangeKind::NodeStopped, &self.city).by_node();
+        if let Err(error) = self.auditor.record_change(stopped).await {
+            tracing::error!(%error, "the stop could not be recorded");
+        }
+        if let Err(error) = self.auditor.checkpoint_now() {
+            tracing::error!(%error, "the final audit checkpoint failed");
         }
         tracing::info!(city = %self.city, "node stopped");
     }

@@ -174,6 +174,8 @@ impl Rule {
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     rules: Vec<Rule>,
+    /// SHA-256 (hex) of the text it was parsed from.
+    digest: String,
 }
 
 impl Policy {
@@ -183,7 +185,16 @@ impl Policy {
         for (i, r) in file.rules.iter().enumerate() {
             r.validate(i)?;
         }
-        Ok(Policy { rules: file.rules })
+        use sha2::Digest as _;
+        Ok(Policy {
+            rules: file.rules,
+            digest: hex::encode(sha2::Sha256::digest(text.as_bytes())),
+        })
+    }
+
+    /// SHA-256 (hex) of the text it was parsed from.
+    pub fn digest(&self) -> &str {
+        &self.digest
     }
 
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
@@ -259,6 +270,11 @@ impl PolicyStore {
             generation: watch::channel(0).0,
             reloads: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The policy file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// A receiver that changes every time a new policy is installed.

@@ -193,6 +193,11 @@ impl Registry {
         Ok(v)
     }
 
+    /// Whether `organisation` has `service` registered.
+    pub fn contains(&self, organisation: &str, service: &str) -> Result<bool, RegistryError> {
+        Ok(self.services.get(&key(organisation, service))?.is_some())
+    }
+
     /// Withdraws a service; returns the new catalog version.
     pub async fn withdraw(&self, organisation: &str, service: &str) -> Result<u64, RegistryError> {
         if !self.services.remove(&key(organisation, service))? {

@@ -1,8 +1,10 @@
 //! `tongban.registry.v1.Registry` on the caller listener: organisations register and
 //! withdraw their services; anyone lists the local and federated catalog.
 
+use crate::audit::change::Change;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use tongban_proto::audit::v1::ChangeKind;
 
 use tongban_proto::registry::v1::registry_server::Registry as RegistryRpc;
 use tongban_proto::registry::v1::{
@@ -58,6 +60,8 @@ pub struct RegistryApi {
     pub peers: BTreeMap<String, Arc<Peer>>,
     /// The federation's business catalog: registrations may list only its items.
     pub items: Arc<tongban_catalog::Catalog>,
+    /// Registrations and withdrawals are records in the node's chain.
+    pub auditor: Arc<crate::audit::Auditor>,
 }
 
 impl RegistryApi {
@@ -107,7 +111,30 @@ impl RegistryRpc for RegistryApi {
             .ok_or_else(|| BadField::new("registration", "registration is missing"))?;
         let rec = ServiceRecord::try_from(reg)?;
         self.check_codes(&rec)?;
-        let version = self.publisher.register(&rec).await?;
+        let (version, replaced) = self.publisher.register(&rec).await?;
+        let kind = if replaced {
+            ChangeKind::RegistrationChanged
+        } else {
+            ChangeKind::RegistrationAdded
+        };
+        self.auditor
+            .record_change(
+                Change::new(
+                    &self.city,
+                    kind,
+                    format!("{}/{}", rec.organisation, rec.service),
+                )
+                .by(&caller)
+                .service(&rec.organisation, &rec.service)
+                .version(version)
+                .detail(format!(
+                    "endpoints {}; items {}; personal data {}",
+                    rec.endpoints.join(" "),
+                    rec.catalog_codes.join(","),
+                    rec.personal_data
+                )),
+            )
+            .await?;
         tracing::info!(organisation = %rec.organisation, service = %rec.service, version, by = %caller.id(), "service registered");
         Ok(Response::new(RegisterServiceResponse {
             catalog_version: version,
@@ -119,9 +146,21 @@ impl RegistryRpc for RegistryApi {
         req: Request<WithdrawServiceRequest>,
     ) -> Result<Response<WithdrawServiceResponse>, Status> {
         let org = req.get_ref().organisation.clone();
-        self.may_manage(&req, &org).await?;
+        let caller = self.may_manage(&req, &org).await?;
         let r = req.into_inner();
         let version = self.publisher.withdraw(&r.organisation, &r.service).await?;
+        self.auditor
+            .record_change(
+                Change::new(
+                    &self.city,
+                    ChangeKind::RegistrationWithdrawn,
+                    format!("{}/{}", r.organisation, r.service),
+                )
+                .by(&caller)
+                .service(&r.organisation, &r.service)
+                .version(version),
+            )
+            .await?;
         tracing::info!(organisation = %r.organisation, service = %r.service, version, "service withdrawn");
         Ok(Response::new(WithdrawServiceResponse {
             catalog_version: version,

@@ -223,8 +223,23 @@ async fn citizens_see_who_accessed_their_data_and_only_theirs() {
         .unwrap()
         .into_inner()
         .accesses;
+    // One access, and the grant of the consent it was checked against (the citizen's own
+    // consent events are in their log too).
+    let changes: Vec<(&str, &str)> = log
+        .iter()
+        .filter(|a| !a.change.is_empty())
+        .map(|a| (a.change.as_str(), a.consent_id.as_str()))
+        .collect();
+    assert_eq!(changes.len(), 1, "{log:?}");
+    assert_eq!(changes[0].0, "consent_granted");
+    let granted = changes[0].1.to_string();
+    let log: Vec<_> = log.into_iter().filter(|a| a.change.is_empty()).collect();
     assert_eq!(log.len(), 1);
     let a = &log[0];
+    assert_eq!(
+        a.consent_id, granted,
+        "the access was checked against that consent"
+    );
     assert_eq!(
         (a.caller_city.as_str(), a.caller_org.as_str()),
         ("jinan", "hrss")

@@ -207,6 +207,36 @@ async fn keys_rotate_without_restart_over_https() {
     client.submit(call(token(&key2, "e"))).await.unwrap();
     assert_eq!(provider.provider.calls(), 3);
 
+    // Both rotations are records in the node's chain, with the key ids in force after each.
+    let mut rotated = Vec::new();
+    for _ in 0..100 {
+        let (records, _) = node
+            .auditor()
+            .query(&tongban_gateway::audit::index::Filter {
+                limit: 1000,
+                ..Default::default()
+            })
+            .await;
+        rotated = records
+            .into_iter()
+            .filter_map(|r| r.state_change)
+            .filter(|c| c.kind == tongban_proto::audit::v1::ChangeKind::KeysRotated as i32)
+            .map(|c| c.detail)
+            .collect::<Vec<_>>();
+        if rotated.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rotated.sort();
+    assert_eq!(
+        rotated,
+        [
+            format!("key ids {},{}", idp::kid("jinan", 1), idp::kid("jinan", 2)),
+            format!("key ids {}", idp::kid("jinan", 2)),
+        ]
+    );
+
     node.shutdown().await;
     provider.stop().await;
     let _ = server.stop.send(());

@@ -182,6 +182,20 @@ async fn the_portal_in_a_real_browser() {
         "{r}"
     );
     assert_eq!(r["allowedPurpose"], "办理业务", "{r}");
+    // The grant and the revocation the citizen made in the portal, recorded in Jinan's
+    // chain, are in the log as the citizen's own acts ("本人"), beside the consents the demo's
+    // service centre granted for them.
+    let own = |key: &str, what: &str| {
+        r[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|x| x.as_str())
+            .filter(|x| x.contains("本人") && x.contains(what) && x.contains("(JQ-03)"))
+            .count()
+    };
+    assert_eq!(own("grantRows", "您授予了此授权"), 1, "{r}");
+    assert_eq!(own("revokeRows", "您撤回了此授权"), 1, "{r}");
     assert_eq!(r["allowed"]["ok"], true, "{r}");
     assert_eq!(r["refused"]["ok"], false, "{r}");
     assert_eq!(r["refused"]["code"], 7, "PERMISSION_DENIED: {r}");

@@ -159,6 +159,10 @@ pub struct Catalog {
     pub divisions: Arc<Divisions>,
     items: Vec<Item>,
     data_items: Vec<DataItem>,
+    /// SHA-256 (hex) of the catalog file's text, as loaded.
+    pub digest: String,
+    /// The file it was loaded from, or "embedded".
+    pub source: String,
 }
 
 impl Catalog {
@@ -174,7 +178,9 @@ impl Catalog {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        load::parse(&text, path.parent())
+        let mut c = load::parse(&text, path.parent())?;
+        c.source = path.display().to_string();
+        Ok(c)
     }
 
     /// Loads `path`, or the embedded catalog when `None`.

@@ -317,6 +317,11 @@ pub(crate) fn parse(text: &str, base: Option<&std::path::Path>) -> Result<Catalo
         divisions,
         items,
         data_items,
+        digest: {
+            use sha2::Digest as _;
+            hex::encode(sha2::Sha256::digest(text.as_bytes()))
+        },
+        source: "embedded".into(),
     })
 }
 

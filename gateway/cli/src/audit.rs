@@ -126,6 +126,31 @@ fn audit_verify(data_dir: &std::path::Path) -> ExitCode {
 }
 
 fn print_record(r: &tongban_proto::audit::v1::AuditRecord) {
+    if let Some(c) = &r.state_change {
+        println!(
+            "seq {:<6} {} {:<8} change {} {} by {}/{} {} ({}){}{}",
+            r.seq,
+            r.request_id,
+            r.node_city,
+            tongban_gateway::audit::change::kind_name(c.kind),
+            c.object,
+            r.caller_city,
+            r.caller_org,
+            r.caller_person,
+            r.caller_kind,
+            if c.version.is_empty() {
+                String::new()
+            } else {
+                format!(" version {}", c.version)
+            },
+            if c.digest.is_empty() {
+                String::new()
+            } else {
+                format!(" sha256 {}", c.digest)
+            },
+        );
+        return;
+    }
     println!(
         "seq {:<6} {} {:<8} side {:<8} caller {}/{} → {} {}/{} purpose {} status {} {}µs{}",
         r.seq,
@@ -153,6 +178,16 @@ fn print_record(r: &tongban_proto::audit::v1::AuditRecord) {
     );
 }
 
+/// Says when an answer came before the node's index caught up with its log.
+fn print_coverage(c: Option<tongban_proto::audit::v1::Coverage>) {
+    if let Some(c) = c.filter(|c| !c.complete) {
+        println!(
+            "(incomplete: the node's index reached seq {} of {}; records after it are not in this answer, ask again)",
+            c.indexed_seq, c.head_seq
+        );
+    }
+}
+
 async fn run_online(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
     use tongban_proto::audit::v1::audit_client::AuditClient;
     use tongban_proto::audit::v1::{GetRequest, QueryRequest};
@@ -177,6 +212,7 @@ async fn run_online(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             .map(|r| {
                 let r = r.into_inner();
                 r.records.iter().for_each(print_record);
+                print_coverage(r.coverage);
                 if !r.next_page_token.is_empty() {
                     println!("(more: next page token {})", r.next_page_token);
                 }
@@ -188,6 +224,7 @@ async fn run_online(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                 let r = r.into_inner();
                 println!("this node:");
                 r.local.iter().for_each(print_record);
+                print_coverage(r.coverage);
                 println!("peer:");
                 r.peer.iter().for_each(print_record);
                 if !r.peer_error.is_empty() {

@@ -58,19 +58,24 @@ fn internal(e: impl std::fmt::Display) -> Status {
     AuditApiFailure(e.to_string()).status()
 }
 
-/// The accesses to `subject`'s data this node recorded, newest first.
+/// The accesses to `subject`'s data this node recorded, and the changes of their consents,
+/// newest first; with how much of the log they reflect.
 pub async fn accesses_of(
     auditor: &Auditor,
     pseudonyms: &Pseudonymizer,
     subject: &str,
     limit: usize,
-) -> Vec<Access> {
+) -> (Vec<Access>, super::Coverage) {
     let pseudonym = pseudonyms.pseudonym(subject);
-    auditor
-        .for_subject(&pseudonym, limit)
-        .await
+    let (records, coverage) = auditor.for_subject(&pseudonym, limit).await;
+    let accesses = records
         .into_iter()
         .map(|a| Access {
+            change: a
+                .state_change
+                .as_ref()
+                .map(|c| super::change::kind_name(c.kind).to_string())
+                .unwrap_or_default(),
             at_ms: a.started_at_ms,
             caller_city: a.caller_city,
             caller_org: a.caller_org,
@@ -86,7 +91,8 @@ pub async fn accesses_of(
             caller_person: a.caller_person,
             caller_kind: a.caller_kind,
         })
-        .collect()
+        .collect();
+    (accesses, coverage)
 }
 
 /// What binds a subject access log request to its subject: SHA-256 of the resident id.
@@ -114,7 +120,7 @@ impl AuditApi {
         caller: &Caller,
         subject: &str,
         limit: usize,
-    ) -> Result<Vec<Access>, String> {
+    ) -> Result<(Vec<Access>, Option<tongban_proto::audit::v1::Coverage>), String> {
         let rid = tongban_telemetry::trace::unique_id();
         let now = crate::assertion::now_s();
         let claims = crate::assertion::AssertionClaims {
@@ -146,7 +152,10 @@ impl AuditApi {
         FederationClient::new(ch)
             .subject_access_log(req)
             .await
-            .map(|r| r.into_inner().accesses)
+            .map(|r| {
+                let r = r.into_inner();
+                (r.accesses, r.coverage)
+            })
             .map_err(|s| s.message().to_string())
     }
 
@@ -191,7 +200,7 @@ impl Audit for AuditApi {
             after: parse_page_token(&q.page_token)?,
             limit: q.limit.clamp(1, MAX_PAGE) as usize,
         };
-        let (mut records, next) = self.auditor.query(&filter).await;
+        let (mut records, next, coverage) = self.auditor.query_covered(&filter).await;
         // The index used the most selective filter; apply the others.
         if filter.caller.is_some() && !q.service.is_empty() {
             records.retain(|r| r.service == q.service);
@@ -199,6 +208,7 @@ impl Audit for AuditApi {
         Ok(Response::new(QueryResponse {
             records,
             next_page_token: page_token(next),
+            coverage: Some(coverage.to_proto()),
         }))
     }
 
@@ -210,7 +220,7 @@ impl Audit for AuditApi {
                 BadField::new("request_id", "request_id must be 1 to 64 characters").into(),
             );
         }
-        let local = self.auditor.records_for_request(&rid).await;
+        let (local, coverage) = self.auditor.records_for_request_covered(&rid).await;
         let mut peer = Vec::new();
         let mut peer_error = String::new();
         let peer_cities: Vec<String> = local
@@ -239,6 +249,7 @@ impl Audit for AuditApi {
             local,
             peer,
             peer_error,
+            coverage: Some(coverage.to_proto()),
         }))
     }
 
@@ -294,7 +305,8 @@ impl Audit for AuditApi {
             &[Grant::Role(OPERATOR_ROLE), Grant::Citizen(&pseudonym)],
         )?;
         let limit = r.limit.clamp(1, MAX_PAGE) as usize;
-        let mut accesses = accesses_of(&self.auditor, &self.pseudonyms, &r.subject, limit).await;
+        let (mut accesses, coverage) =
+            accesses_of(&self.auditor, &self.pseudonyms, &r.subject, limit).await;
         let mut unreachable = Vec::new();
         // A citizen sees every city's records: each peer is asked, vouched for by this node.
         if caller.kind == crate::auth::PersonKind::Citizen {
@@ -303,7 +315,15 @@ impl Audit for AuditApi {
                     .peer_accesses(city, endpoint, &caller, &r.subject, limit)
                     .await
                 {
-                    Ok(mut more) => accesses.append(&mut more),
+                    Ok((mut more, cov)) => {
+                        accesses.append(&mut more);
+                        if let Some(c) = cov.filter(|c| !c.complete) {
+                            unreachable.push(format!(
+                                "{city}: answered before its index caught up (records up to seq {} of {})",
+                                c.indexed_seq, c.head_seq
+                            ));
+                        }
+                    }
                     Err(why) => unreachable.push(format!("{city}: {why}")),
                 }
             }
@@ -316,6 +336,7 @@ impl Audit for AuditApi {
         Ok(Response::new(AccessLogResponse {
             accesses,
             unreachable,
+            coverage: Some(coverage.to_proto()),
         }))
     }
 }

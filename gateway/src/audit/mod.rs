@@ -3,6 +3,7 @@
 //! checkpoints of the log head exchanged between nodes and signed receipts ([`receipt`]).
 
 pub mod api;
+pub mod change;
 pub mod exchange;
 pub mod index;
 pub mod log;
@@ -49,6 +50,31 @@ pub struct Auditor {
     seals: receipt::VerifiedSeals,
     /// Set when a peer holds a checkpoint this log contradicts: the node stops serving.
     contradiction: watch::Sender<Option<String>>,
+    /// Holds the index thread while set (see [`Auditor::hold_index`]).
+    index_hold: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+/// How much of the log a read reflects (`tongban.audit.v1.Coverage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Coverage {
+    /// The last seq committed when the read began.
+    pub head_seq: u64,
+    /// The last seq indexed when the read was answered.
+    pub indexed_seq: u64,
+}
+
+impl Coverage {
+    pub fn complete(&self) -> bool {
+        self.indexed_seq >= self.head_seq
+    }
+
+    pub fn to_proto(self) -> tongban_proto::audit::v1::Coverage {
+        tongban_proto::audit::v1::Coverage {
+            head_seq: self.head_seq,
+            indexed_seq: self.indexed_seq.min(self.head_seq),
+            complete: self.complete(),
+        }
+    }
 }
 
 /// Group commits the index may lag behind the log.
@@ -107,10 +133,19 @@ impl Auditor {
         }
         let idx = index.clone();
         let (indexed_tx, indexed) = watch::channel(log.head().seq);
+        let index_hold = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let hold = index_hold.clone();
         std::thread::Builder::new()
             .name("audit-index".into())
             .spawn(move || {
                 for batch in rx {
+                    {
+                        let (held, released) = &*hold;
+                        let mut h = held.lock().unwrap_or_else(|p| p.into_inner());
+                        while *h {
+                            h = released.wait(h).unwrap_or_else(|p| p.into_inner());
+                        }
+                    }
                     if let Err(error) = idx.insert_batch(&batch) {
                         let seq = batch.first().map(|a| a.seq);
                         tracing::error!(%error, ?seq, "audit index update failed (tongban audit reindex rebuilds it)");
@@ -138,7 +173,18 @@ impl Auditor {
             indexed,
             seals: receipt::VerifiedSeals::new(receipt::SEALS_CAPACITY),
             contradiction: watch::Sender::new(None),
+            index_hold,
         }))
+    }
+
+    /// Holds (`true`) or releases the index thread: a failure-injecting knob for tests and
+    /// drills. While held, appends stay durable and the index falls behind, so reads answer
+    /// with what is indexed and say they are incomplete ([`Coverage`]).
+    #[doc(hidden)]
+    pub fn hold_index(&self, held: bool) {
+        let (h, released) = &*self.index_hold;
+        *h.lock().unwrap_or_else(|p| p.into_inner()) = held;
+        released.notify_all();
     }
 
     /// Whether the log's directory takes a write now: a small file is written, synced and
@@ -155,7 +201,8 @@ impl Auditor {
         removed
     }
 
-    /// Appends a record; resolves once it is durable.
+    /// Appends a record (an exchange's, or a state change's: [`change`]); resolves once it
+    /// is durable.
     pub async fn record(&self, r: AuditRecord) -> Result<Appended, AuditError> {
         self.log.append(r).await
     }
@@ -209,11 +256,16 @@ impl Auditor {
     }
 
     /// Waits (bounded) until the index covers everything committed so far, so that a read
-    /// sees every exchange whose answer has already been released.
-    pub async fn caught_up(&self) {
+    /// sees every exchange whose answer has already been released; says how far it got.
+    pub async fn caught_up(&self) -> Coverage {
         let head = self.head().seq;
         let mut rx = self.indexed.clone();
         let _ = tokio::time::timeout(INDEX_CATCH_UP, rx.wait_for(|s| *s >= head)).await;
+        let indexed = *rx.borrow();
+        Coverage {
+            head_seq: head,
+            indexed_seq: indexed,
+        }
     }
 
     fn read_all(&self, seqs: impl IntoIterator<Item = u64>) -> Vec<AuditRecord> {
@@ -226,20 +278,44 @@ impl Auditor {
     }
 
     pub async fn records_for_request(&self, request_id: &str) -> Vec<AuditRecord> {
-        self.caught_up().await;
-        self.read_all(self.index.by_request(request_id))
+        self.records_for_request_covered(request_id).await.0
+    }
+
+    /// [`Self::records_for_request`], with how much of the log it reflects.
+    pub async fn records_for_request_covered(
+        &self,
+        request_id: &str,
+    ) -> (Vec<AuditRecord>, Coverage) {
+        let coverage = self.caught_up().await;
+        (self.read_all(self.index.by_request(request_id)), coverage)
     }
 
     pub async fn query(&self, f: &Filter) -> (Vec<AuditRecord>, Option<index::Cursor>) {
-        self.caught_up().await;
-        let (hits, next) = self.index.query(f);
-        (self.read_all(hits.into_iter().map(|(_, s)| s)), next)
+        let (records, next, _) = self.query_covered(f).await;
+        (records, next)
     }
 
-    /// A subject's records, newest first.
-    pub async fn for_subject(&self, pseudonym: &str, limit: usize) -> Vec<AuditRecord> {
-        self.caught_up().await;
-        self.read_all(self.index.by_subject(pseudonym, limit))
+    /// [`Self::query`], with how much of the log it reflects.
+    pub async fn query_covered(
+        &self,
+        f: &Filter,
+    ) -> (Vec<AuditRecord>, Option<index::Cursor>, Coverage) {
+        let coverage = self.caught_up().await;
+        let (hits, next) = self.index.query(f);
+        (
+            self.read_all(hits.into_iter().map(|(_, s)| s)),
+            next,
+            coverage,
+        )
+    }
+
+    /// A subject's records, newest first, with how much of the log they reflect.
+    pub async fn for_subject(&self, pseudonym: &str, limit: usize) -> (Vec<AuditRecord>, Coverage) {
+        let coverage = self.caught_up().await;
+        (
+            self.read_all(self.index.by_subject(pseudonym, limit)),
+            coverage,
+        )
     }
 
     fn own_checkpoint_hashes(&self) -> Vec<(u64, Hash)> {

@@ -170,6 +170,9 @@ try {
   out.allowedPerson = out.allowed.requestId ? await allowedRow.locator("td[data-col=person]").textContent() : null;
   out.allowedItem = out.allowed.requestId ? await allowedRow.locator("td[data-col=item]").textContent() : null;
   out.allowedPurpose = out.allowed.requestId ? await allowedRow.locator("td[data-col=purpose]").textContent() : null;
+  // The citizen's own consent grant is in their log too, as what it is.
+  out.grantRows = await page.locator(`#access tr[data-change="consent_granted"]`).allTextContents();
+  out.revokeRows = await page.locator(`#access tr[data-change="consent_revoked"]`).allTextContents();
   await step(page, "09-access-log");
   await audit(page, "access log");
 

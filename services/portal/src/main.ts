@@ -456,12 +456,23 @@ async function access(): Promise<void> {
       // A citizen token acts only about the citizen themselves: a citizen's access here is
       // the reader's own. An official is shown by the id their city issued.
       const person = a.callerKind === "citizen" ? t().citizenSelf : a.callerKind === "system" ? `${a.callerPerson} (${t().system})` : a.callerPerson;
-      const what = a.catalogCode ? itemName(a.catalogCode) : `${a.service.split(".").slice(-1)[0]}/${a.method}`;
-      const cells = [when(a.atMs), `${cityName(a.callerCity)}/${a.callerOrg}`, person, `${cityName(a.nodeCity || a.targetCity)}`, what, purposeName(a.purpose), consent, a.grpcStatus === 0 ? t().allowed : `${t().refused} (${a.grpcStatus})`];
+      const what = a.catalogCode
+        ? a.catalogCode.split(",").map(itemName).join(", ")
+        : `${a.service.split(".").slice(-1)[0]}/${a.method}`;
+      // A change of the citizen's consents (granted, revoked) rather than an access.
+      const outcome =
+        a.change === "consent_granted"
+          ? t().consentGranted
+          : a.change === "consent_revoked"
+            ? t().consentRevoked
+            : a.grpcStatus === 0
+              ? t().allowed
+              : `${t().refused} (${a.grpcStatus})`;
+      const cells = [when(a.atMs), `${cityName(a.callerCity)}/${a.callerOrg}`, person, `${cityName(a.nodeCity || a.targetCity)}`, what, purposeName(a.purpose), consent, outcome];
       body.append(
         el(
           "tr",
-          { "data-request-id": a.requestId, "data-status": String(a.grpcStatus) },
+          { "data-request-id": a.requestId, "data-status": String(a.grpcStatus), "data-change": a.change },
           ...cells.map((v, i) => el("td", { "data-col": columns[i][0] }, v)),
         ),
       );
@@ -470,6 +481,9 @@ async function access(): Promise<void> {
     m.append(r.accesses.length ? table : el("p", {}, t().none));
     if (r.unreachable.length > 0) {
       m.append(el("p", { class: "error", role: "status", id: "unreachable" }, `${t().partial}: ${r.unreachable.join("; ")}`));
+    }
+    if (r.coverage && !r.coverage.complete) {
+      m.append(el("p", { class: "error", role: "status", id: "incomplete" }, t().incomplete));
     }
   } catch (e) {
     show(failure(e));
