@@ -43,6 +43,7 @@ fn appended(i: u64) -> Appended {
     Appended {
         seq: i + 1,
         hash: [7; 32],
+        leaf: [8; 32],
         location: Location {
             segment: 1,
             offset: i * 400,

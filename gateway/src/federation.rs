@@ -217,6 +217,17 @@ impl Federation for FederationApi {
             .ok_or_else(|| FederationError::NoCheckpoint.into())
     }
 
+    async fn prove_consistency(
+        &self,
+        req: Request<tongban_proto::audit::v1::ConsistencyRequest>,
+    ) -> Result<Response<tongban_proto::audit::v1::ConsistencyProof>, Status> {
+        peer_of(&req)?;
+        let r = req.into_inner();
+        Ok(Response::new(
+            self.auditor.prove_consistency(r.from_seq, r.to_seq).await?,
+        ))
+    }
+
     async fn get_held_checkpoint(
         &self,
         req: Request<GetCheckpointRequest>,
@@ -282,9 +293,14 @@ impl Federation for FederationApi {
             .check_and_remember(&claims.jti, claims.exp)
             .map_err(|e| unauthenticated(e.to_string()))?;
         let limit = r.limit.clamp(1, 1000) as usize;
-        let (accesses, coverage) =
-            crate::audit::api::accesses_of(&self.auditor, &self.pseudonyms, &r.subject, limit)
-                .await;
+        let (accesses, coverage) = crate::audit::api::accesses_of(
+            &self.auditor,
+            &self.pseudonyms,
+            &r.subject,
+            limit,
+            r.with_proofs,
+        )
+        .await;
         Ok(Response::new(tongban_proto::audit::v1::AccessLogResponse {
             accesses,
             unreachable: Vec::new(),
@@ -470,9 +486,34 @@ impl PeerSync {
         match fetched {
             Ok(Ok(signed)) => {
                 let city = &self.peer.city;
+                let signed = signed.into_inner();
+                // A newer checkpoint must extend the one held: the peer proves it.
+                let proof = match self.auditor.consistency_needed(city, &signed) {
+                    None => None,
+                    Some((from_seq, to_seq)) => {
+                        let asked = tokio::time::timeout(
+                            self.connect_timeout * 2,
+                            client.prove_consistency(
+                                tongban_proto::audit::v1::ConsistencyRequest { from_seq, to_seq },
+                            ),
+                        )
+                        .await;
+                        match asked {
+                            Ok(Ok(p)) => Some(p.into_inner().hashes),
+                            Ok(Err(s)) => {
+                                tracing::warn!(peer = %city, error = %s, "the peer gave no consistency proof for its new checkpoint");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(peer = %city, "consistency proof timed out");
+                                return;
+                            }
+                        }
+                    }
+                };
                 if let Err(error) =
                     self.auditor
-                        .store_peer_checkpoint(city, cert, &signed.into_inner())
+                        .store_peer_checkpoint(city, cert, &signed, proof.as_deref())
                 {
                     tracing::error!(peer = %city, %error, "peer audit checkpoint refused");
                 }

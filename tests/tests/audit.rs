@@ -216,6 +216,7 @@ async fn citizens_see_who_accessed_their_data_and_only_theirs() {
             AccessLogRequest {
                 subject: citizen.clone(),
                 limit: 10,
+                ..Default::default()
             },
             &token(&citizen),
         ))
@@ -255,6 +256,7 @@ async fn citizens_see_who_accessed_their_data_and_only_theirs() {
             AccessLogRequest {
                 subject: other.clone(),
                 limit: 10,
+                ..Default::default()
             },
             &token(&citizen),
         ))
@@ -266,6 +268,7 @@ async fn citizens_see_who_accessed_their_data_and_only_theirs() {
             AccessLogRequest {
                 subject: other,
                 limit: 10,
+                ..Default::default()
             },
             &operator(&f, "jinan"),
         ))
@@ -432,8 +435,24 @@ async fn peers_hold_each_others_signed_checkpoints_and_see_a_rewrite() {
         .unwrap()
         .auditor()
         .clone();
+    // (Jinan may hold an older one of qingdao's already, fetched when it connected: then the
+    // new one comes with its consistency proof.)
+    let first_proof = match j_auditor.consistency_needed("qingdao", &signed) {
+        None => None,
+        Some((from_seq, to_seq)) => Some(
+            fed_client
+                .prove_consistency(tongban_proto::audit::v1::ConsistencyRequest {
+                    from_seq,
+                    to_seq,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .hashes,
+        ),
+    };
     j_auditor
-        .store_peer_checkpoint("qingdao", &q_cert, &signed)
+        .store_peer_checkpoint("qingdao", &q_cert, &signed, first_proof.as_deref())
         .unwrap();
     let mut rewritten = cp.clone();
     rewritten.head_hash = vec![7; 32];
@@ -444,7 +463,7 @@ async fn peers_hold_each_others_signed_checkpoints_and_see_a_rewrite() {
         checkpoint: bytes,
     };
     let e = j_auditor
-        .store_peer_checkpoint("qingdao", &q_cert, &lie)
+        .store_peer_checkpoint("qingdao", &q_cert, &lie, None)
         .unwrap_err();
     assert!(e.contains("rewritten"), "{e}");
     assert_eq!(j_auditor.conflicts(), 1);
@@ -452,8 +471,55 @@ async fn peers_hold_each_others_signed_checkpoints_and_see_a_rewrite() {
     let mut forged = signed.clone();
     forged.signature[0] ^= 1;
     assert!(j_auditor
-        .store_peer_checkpoint("qingdao", &q_cert, &forged)
+        .store_peer_checkpoint("qingdao", &q_cert, &forged, None)
         .is_err());
+
+    // Qingdao's log grows; its newer checkpoint is kept only with a consistency proof from
+    // the one held (RFC 6962), which qingdao gives over the federation channel.
+    submit(&f, None).await;
+    submit(&f, None).await;
+    let newer = fed_client
+        .get_checkpoint(GetCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let newer_cp = Checkpoint::decode(newer.checkpoint.as_slice()).unwrap();
+    assert!(newer_cp.seq > cp.seq);
+    assert_eq!(newer_cp.tree_root.len(), 32);
+    assert_eq!(
+        j_auditor.consistency_needed("qingdao", &newer),
+        Some((cp.seq, newer_cp.seq))
+    );
+    let e = j_auditor
+        .store_peer_checkpoint("qingdao", &q_cert, &newer, None)
+        .unwrap_err();
+    assert!(e.contains("needs a consistency proof"), "{e}");
+    let proof = fed_client
+        .prove_consistency(tongban_proto::audit::v1::ConsistencyRequest {
+            from_seq: cp.seq,
+            to_seq: newer_cp.seq,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // A fork: qingdao's key signs a head of the same size over another history. Its
+    // genuine proof does not lead there: refused, and kept as evidence.
+    let mut fork = newer_cp.clone();
+    fork.tree_root = vec![9; 32];
+    let bytes = fork.encode_to_vec();
+    let forked = tongban_proto::audit::v1::SignedCheckpoint {
+        signature: q_id.sign(&bytes),
+        checkpoint: bytes,
+    };
+    let e = j_auditor
+        .store_peer_checkpoint("qingdao", &q_cert, &forked, Some(&proof.hashes))
+        .unwrap_err();
+    assert!(e.contains("forked"), "{e}");
+    assert_eq!(j_auditor.conflicts(), 2);
+    // The genuine one, with its proof: kept.
+    j_auditor
+        .store_peer_checkpoint("qingdao", &q_cert, &newer, Some(&proof.hashes))
+        .unwrap();
     // Qingdao's own chain still verifies against its checkpoints.
     let report = q_auditor.verify().unwrap();
     assert_eq!(report.first_bad, None);

@@ -245,6 +245,7 @@ async fn every_state_change_is_a_record_with_who_made_it() {
             AccessLogRequest {
                 subject: subject.clone(),
                 limit: 50,
+                ..Default::default()
             },
             &citizen,
         ))

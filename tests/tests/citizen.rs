@@ -106,6 +106,7 @@ async fn a_citizens_access_log_covers_both_cities() {
     let mut req = tonic::Request::new(AccessLogRequest {
         subject: me.clone(),
         limit: 50,
+        ..Default::default()
     });
     authorize(&mut req, &token);
     let log = AuditClient::new(f.channel("jinan").await)
@@ -135,6 +136,7 @@ async fn a_citizens_access_log_covers_both_cities() {
     let mut req = tonic::Request::new(AccessLogRequest {
         subject: me.clone(),
         limit: 50,
+        ..Default::default()
     });
     authorize(&mut req, &other);
     let e = AuditClient::new(f.channel("jinan").await)

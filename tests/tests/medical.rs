@@ -409,6 +409,7 @@ async fn a_qingdao_hospital_finds_a_jinan_patients_results_with_verdicts() {
     let mut req = Request::new(AccessLogRequest {
         subject: p.clone(),
         limit: 50,
+        ..Default::default()
     });
     req.metadata_mut().insert(
         "authorization",

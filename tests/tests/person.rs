@@ -387,6 +387,7 @@ async fn two_citizens_of_one_portal_cannot_reach_each_others_data_in_either_city
                 AccessLogRequest {
                     subject: b_id.clone(),
                     limit: 10,
+                    ..Default::default()
                 },
                 &a,
             ))
@@ -437,6 +438,7 @@ async fn the_official_is_in_both_audit_records_and_the_citizens_access_log() {
         AccessLogRequest {
             subject: citizen_id.clone(),
             limit: 50,
+            ..Default::default()
         },
         &me,
     );

@@ -5,10 +5,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use prost::Message as _;
 use tongban_proto::audit::v1::audit_server::Audit;
 use tongban_proto::audit::v1::{
     Access, AccessLogRequest, AccessLogResponse, CheckpointsRequest, CheckpointsResponse,
-    GetRequest, GetResponse, QueryRequest, QueryResponse, VerifyRequest, VerifyResponse,
+    GetRequest, GetResponse, ProveRequest, ProveResponse, QueryRequest, QueryResponse,
+    VerifyRequest, VerifyResponse,
 };
 use tongban_proto::federation::v1::federation_client::FederationClient;
 use tongban_proto::federation::v1::GetAuditRecordsRequest;
@@ -65,12 +67,16 @@ pub async fn accesses_of(
     pseudonyms: &Pseudonymizer,
     subject: &str,
     limit: usize,
+    with_proofs: bool,
 ) -> (Vec<Access>, super::Coverage) {
     let pseudonym = pseudonyms.pseudonym(subject);
     let (records, coverage) = auditor.for_subject(&pseudonym, limit).await;
-    let accesses = records
+    let mut accesses: Vec<Access> = records
         .into_iter()
         .map(|a| Access {
+            seq: a.seq,
+            proof: None,
+            node_certificate: Vec::new(),
             change: a
                 .state_change
                 .as_ref()
@@ -92,6 +98,20 @@ pub async fn accesses_of(
             caller_kind: a.caller_kind,
         })
         .collect();
+    if with_proofs {
+        let cert = auditor.node_certificate();
+        for a in &mut accesses {
+            match auditor.prove_inclusion(a.seq).await {
+                Ok(p) => {
+                    a.proof = Some(p);
+                    a.node_certificate = cert.clone();
+                }
+                Err(error) => {
+                    tracing::warn!(seq = a.seq, %error, "no inclusion proof for an access log entry")
+                }
+            }
+        }
+    }
     (accesses, coverage)
 }
 
@@ -120,6 +140,7 @@ impl AuditApi {
         caller: &Caller,
         subject: &str,
         limit: usize,
+        with_proofs: bool,
     ) -> Result<(Vec<Access>, Option<tongban_proto::audit::v1::Coverage>), String> {
         let rid = tongban_telemetry::trace::unique_id();
         let now = crate::assertion::now_s();
@@ -145,6 +166,7 @@ impl AuditApi {
             subject: subject.to_string(),
             limit: u32::try_from(limit).unwrap_or(MAX_PAGE),
             request_id: rid,
+            with_proofs,
         });
         let value = tonic::metadata::MetadataValue::try_from(token).map_err(|e| e.to_string())?;
         req.metadata_mut().insert(crate::assertion::HEADER, value);
@@ -279,6 +301,47 @@ impl Audit for AuditApi {
         }))
     }
 
+    async fn prove(&self, req: Request<ProveRequest>) -> Result<Response<ProveResponse>, Status> {
+        use tongban_proto::audit::v1::prove_request::What;
+        use tongban_proto::audit::v1::prove_response::Proof;
+        let caller = crate::auth::principal_of(&req)?;
+        caller.require_person()?;
+        let operator = caller.roles.iter().any(|r| r == OPERATOR_ROLE);
+        let proof = match req.into_inner().what {
+            Some(What::InclusionOfSeq(seq)) => {
+                let p = self.auditor.prove_inclusion(seq).await?;
+                // A citizen proves only a record about themselves; another's is not found,
+                // exactly like one that does not exist.
+                if !operator {
+                    let about = tongban_proto::audit::v1::LogEntry::decode(p.entry.as_slice())
+                        .ok()
+                        .and_then(|e| e.record)
+                        .map(|r| r.subject_pseudonym)
+                        .unwrap_or_default();
+                    if about.is_empty() || !caller.is_citizen(&about) {
+                        return Err(super::ProveError::NotYours(seq).into());
+                    }
+                }
+                Proof::Inclusion(p)
+            }
+            Some(What::Consistency(c)) => {
+                require(
+                    &caller,
+                    "prove the audit log's consistency",
+                    &[Grant::Role(OPERATOR_ROLE)],
+                )?;
+                Proof::Consistency(self.auditor.prove_consistency(c.from_seq, c.to_seq).await?)
+            }
+            None => {
+                return Err(BadField::new("what", "name inclusion_of_seq or consistency").into())
+            }
+        };
+        Ok(Response::new(ProveResponse {
+            proof: Some(proof),
+            node_certificate: self.auditor.node_certificate(),
+        }))
+    }
+
     async fn checkpoints(
         &self,
         req: Request<CheckpointsRequest>,
@@ -305,14 +368,20 @@ impl Audit for AuditApi {
             &[Grant::Role(OPERATOR_ROLE), Grant::Citizen(&pseudonym)],
         )?;
         let limit = r.limit.clamp(1, MAX_PAGE) as usize;
-        let (mut accesses, coverage) =
-            accesses_of(&self.auditor, &self.pseudonyms, &r.subject, limit).await;
+        let (mut accesses, coverage) = accesses_of(
+            &self.auditor,
+            &self.pseudonyms,
+            &r.subject,
+            limit,
+            r.with_proofs,
+        )
+        .await;
         let mut unreachable = Vec::new();
         // A citizen sees every city's records: each peer is asked, vouched for by this node.
         if caller.kind == crate::auth::PersonKind::Citizen {
             for (city, endpoint) in &self.peers {
                 match self
-                    .peer_accesses(city, endpoint, &caller, &r.subject, limit)
+                    .peer_accesses(city, endpoint, &caller, &r.subject, limit, r.with_proofs)
                     .await
                 {
                     Ok((mut more, cov)) => {

@@ -97,6 +97,8 @@ pub struct Location {
 pub struct Appended {
     pub seq: u64,
     pub hash: Hash,
+    /// Its Merkle leaf hash, for the tree store.
+    pub leaf: Hash,
     pub location: Location,
     /// Shared: the exchange that appended it and the index thread both get the entry, and
     /// a record is a score of strings.
@@ -105,11 +107,13 @@ pub struct Appended {
     pub receipt: Option<ReceiptLeaf>,
 }
 
-/// The head of the chain.
+/// The head of the chain, and the Merkle root of its `seq` entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Head {
     pub seq: u64,
     pub hash: Hash,
+    /// MTH of entries 1..=seq (RFC 6962; [`super::merkle`]).
+    pub root: Hash,
 }
 
 fn segment_name(first_seq: u64) -> String {
@@ -156,6 +160,8 @@ fn frame(entry: &LogEntry) -> Result<(Vec<u8>, Hash), AuditError> {
 pub struct ReadEntry {
     pub entry: LogEntry,
     pub hash: Hash,
+    /// Its Merkle leaf hash (SHA-256(0x00 ‖ payload)).
+    pub leaf: Hash,
     pub location: Location,
     /// Offset just past the frame.
     pub end: u64,
@@ -261,6 +267,7 @@ pub fn read_frames(
         let read = ReadEntry {
             entry,
             hash: Sha256::digest(payload).into(),
+            leaf: super::merkle::leaf_hash(payload),
             location: Location {
                 segment,
                 offset: off as u64,
@@ -280,6 +287,8 @@ pub fn read_frames(
 pub struct VerifyReport {
     pub records: u64,
     pub head: Head,
+    /// The Merkle tree of the entries walked (its root is `head.root`).
+    pub tree: super::merkle::Frontier,
     /// The first sequence that does not verify, and why.
     pub first_bad: Option<(u64, String)>,
     /// Set when the only problem is a torn final frame: what a crash in the middle of a write
@@ -403,7 +412,9 @@ fn walk_dir(
         head: Head {
             seq: 0,
             hash: [0; 32],
+            root: super::merkle::empty_root(),
         },
+        tree: super::merkle::Frontier::default(),
         records: 0,
         bad: None,
         torn: None,
@@ -432,9 +443,11 @@ fn walk_dir(
         }
     }
     walk.anchor(until.is_none_or(|u| u > walk.head.seq));
+    walk.head.root = walk.tree.root();
     Ok(VerifyReport {
         records: walk.records,
         head: walk.head,
+        tree: walk.tree,
         first_bad: walk.bad,
         torn_tail: walk.torn,
     })
@@ -443,6 +456,8 @@ fn walk_dir(
 /// The state of a walk along the chain.
 struct Walk<'a> {
     head: Head,
+    /// The Merkle tree so far (`head.root` is set from it at the end only).
+    tree: super::merkle::Frontier,
     records: u64,
     bad: Option<(u64, String)>,
     torn: Option<TornTail>,
@@ -480,9 +495,11 @@ impl Walk<'_> {
             return false;
         }
         each(r);
+        self.tree.push(r.leaf);
         self.head = Head {
             seq: r.entry.seq,
             hash: r.hash,
+            root: self.head.root,
         };
         self.records += 1;
         true
@@ -541,6 +558,31 @@ pub fn short(h: &Hash) -> String {
     hex::encode(&h[..8])
 }
 
+/// The payload (the encoded `LogEntry`) of the frame at `loc`, checksum checked.
+pub fn read_payload_at(dir: &Path, loc: Location) -> Result<Vec<u8>, AuditError> {
+    let path = dir.join(segment_name(loc.segment));
+    let f = File::open(&path).map_err(io(&path))?;
+    let mut hdr = [0u8; 8];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut hdr, loc.offset).map_err(io(&path))?;
+    let len = u32::from_be_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
+    if len > MAX_ENTRY {
+        return Err(AuditError::Corrupt {
+            seq: 0,
+            reason: format!("bad frame length at {}:{}", path.display(), loc.offset),
+        });
+    }
+    let mut payload = vec![0u8; len as usize];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut payload, loc.offset + 8)
+        .map_err(io(&path))?;
+    if crc32fast::hash(&payload) != u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]) {
+        return Err(AuditError::Corrupt {
+            seq: 0,
+            reason: format!("bad frame at {}:{}", path.display(), loc.offset),
+        });
+    }
+    Ok(payload)
+}
+
 /// Reads the entry at `loc`.
 pub fn read_at(dir: &Path, loc: Location) -> Result<ReadEntry, AuditError> {
     let path = dir.join(segment_name(loc.segment));
@@ -567,6 +609,7 @@ pub fn read_at(dir: &Path, loc: Location) -> Result<ReadEntry, AuditError> {
         })?;
     Ok(ReadEntry {
         hash: Sha256::digest(&payload).into(),
+        leaf: super::merkle::leaf_hash(&payload),
         entry,
         location: loc,
         end: loc.offset + 8 + u64::from(len),
@@ -645,6 +688,7 @@ impl AuditLog {
             seg_first,
             file_len,
             head: report.head,
+            tree: report.tree.clone(),
             head_tx,
             durable_tx,
             committed,
@@ -763,6 +807,8 @@ struct Framed {
     appended: Vec<Appended>,
     /// The head after the batch.
     head: Head,
+    /// The Merkle tree after the batch.
+    tree: super::merkle::Frontier,
     /// The segment's length after the batch.
     end: u64,
 }
@@ -774,6 +820,8 @@ struct Writer {
     seg_first: u64,
     file_len: u64,
     head: Head,
+    /// The Merkle tree of the log (its root is `head.root`).
+    tree: super::merkle::Frontier,
     head_tx: watch::Sender<Head>,
     durable_tx: watch::Sender<Head>,
     committed: std::sync::mpsc::SyncSender<Vec<Appended>>,
@@ -875,6 +923,7 @@ impl Writer {
         self.opts.metrics.writable.set(1);
         self.file_len = framed.end;
         self.head = framed.head;
+        self.tree = framed.tree;
         if matches!(self.opts.durability, Durability::Sync) {
             self.last_sync = Instant::now();
             self.durable_tx.send_replace(framed.head);
@@ -902,6 +951,7 @@ impl Writer {
             done: Vec::with_capacity(batch.len()),
             appended: Vec::with_capacity(batch.len()),
             head: self.head,
+            tree: self.tree.clone(),
             end: self.file_len,
         };
         let mut receipts = ReceiptGroup::default();
@@ -925,10 +975,14 @@ impl Writer {
                 offset: out.end,
             };
             out.end += bytes.len() as u64;
+            // The leaf is the payload: the frame without its length and checksum.
+            let merkle_leaf = super::merkle::leaf_hash(&bytes[8..]);
+            out.tree.push(merkle_leaf);
             out.buf.extend_from_slice(&bytes);
             out.head = Head {
                 seq: entry.seq,
                 hash,
+                root: out.head.root,
             };
             let mut record = entry.record.unwrap_or_default();
             record.seq = entry.seq;
@@ -941,12 +995,14 @@ impl Writer {
             out.appended.push(Appended {
                 seq: entry.seq,
                 hash,
+                leaf: merkle_leaf,
                 location,
                 record: Arc::new(record),
                 receipt: None,
             });
             out.done.push(p.done);
         }
+        out.head.root = out.tree.root();
         // The group's receipts share one seal (see `receipt`).
         if !receipts.is_empty() {
             let group = Arc::new(receipts);

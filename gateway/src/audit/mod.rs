@@ -7,6 +7,7 @@ pub mod change;
 pub mod exchange;
 pub mod index;
 pub mod log;
+pub mod merkle;
 pub mod receipt;
 
 use std::path::Path;
@@ -16,7 +17,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prost::Message;
 use rustls::pki_types::CertificateDer;
 use tokio::sync::watch;
-use tongban_proto::audit::v1::{AuditRecord, Checkpoint, SignedCheckpoint};
+use tongban_proto::audit::v1::{
+    AuditRecord, Checkpoint, ConsistencyProof, InclusionProof, SignedCheckpoint,
+};
 
 use crate::store::sled::SledStore;
 use crate::store::{Keyspace, Store};
@@ -36,6 +39,8 @@ pub struct Auditor {
     pub city: String,
     log: AuditLog,
     index: AuditIndex,
+    /// The Merkle tree of the log, for proofs (follows the log with the index).
+    tree: Arc<merkle::TreeStore>,
     identity: Arc<NodeIdentity>,
     receipt_key: trust::NodeJwtSigner,
     /// seq → SignedCheckpoint (this node's)
@@ -53,6 +58,65 @@ pub struct Auditor {
     /// Holds the index thread while set (see [`Auditor::hold_index`]).
     index_hold: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
 }
+
+/// Why a proof cannot be given.
+#[derive(Debug, thiserror::Error)]
+pub enum ProveError {
+    #[error("no record {seq}: the log holds records 1 to {head}")]
+    NoSuchRecord { seq: u64, head: u64 },
+    #[error("no checkpoint of this node covers record {0} yet")]
+    NotCheckpointed(u64),
+    #[error("this node signed no checkpoint at seq {0}")]
+    NoCheckpoint(u64),
+    #[error("no record {0} about you")]
+    NotYours(u64),
+    #[error("from_seq {from} is after to_seq {to}")]
+    Backwards { from: u64, to: u64 },
+    #[error("record {0} is not in the index (tongban audit reindex)")]
+    NotIndexed(u64),
+    #[error("the merkle tree has not reached seq {seq} yet (indexed up to {indexed}): ask again")]
+    Lagging { seq: u64, indexed: u64 },
+    #[error("merkle tree: {0}")]
+    Tree(merkle::ProofError),
+    #[error("audit log: {0}")]
+    Audit(AuditError),
+}
+
+impl crate::error::ApiError for ProveError {
+    fn code(&self) -> tonic::Code {
+        match self {
+            ProveError::NoSuchRecord { .. }
+            | ProveError::NoCheckpoint(_)
+            | ProveError::NotYours(_) => tonic::Code::NotFound,
+            ProveError::Backwards { .. } => tonic::Code::InvalidArgument,
+            ProveError::NotCheckpointed(_) | ProveError::Lagging { .. } => tonic::Code::Unavailable,
+            ProveError::NotIndexed(_) | ProveError::Tree(_) | ProveError::Audit(_) => {
+                tracing::error!(error = %self, "audit proof failed");
+                tonic::Code::Internal
+            }
+        }
+    }
+    fn reason(&self) -> &'static str {
+        match self {
+            ProveError::NoSuchRecord { .. } | ProveError::NotYours(_) => "AUDIT_RECORD_NOT_FOUND",
+            ProveError::NoCheckpoint(_) => "AUDIT_CHECKPOINT_NOT_FOUND",
+            ProveError::Backwards { .. } => "INVALID_REQUEST",
+            ProveError::NotCheckpointed(_) | ProveError::Lagging { .. } => "AUDIT_BEHIND",
+            ProveError::NotIndexed(_) | ProveError::Tree(_) | ProveError::Audit(_) => "AUDIT_STORE",
+        }
+    }
+    fn violations(&self) -> Vec<crate::error::FieldViolation> {
+        match self {
+            ProveError::Backwards { .. } => vec![crate::error::FieldViolation::new(
+                "consistency.from_seq",
+                self.to_string(),
+            )],
+            _ => Vec::new(),
+        }
+    }
+}
+
+crate::into_status!(ProveError);
 
 /// How much of the log a read reflects (`tongban.audit.v1.Coverage`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +141,9 @@ impl Coverage {
     }
 }
 
+/// The Merkle tree store's directory inside the log directory.
+pub const MERKLE_DIR: &str = "merkle";
+
 /// Group commits the index may lag behind the log.
 pub const INDEX_QUEUE_GROUPS: usize = 256;
 
@@ -90,17 +157,37 @@ fn storage(e: impl std::fmt::Display) -> AuditError {
     }
 }
 
-/// Walks the log from seq 1 and (re)indexes every entry after `after`.
-pub fn index_log(dir: &Path, index: &AuditIndex, after: u64) -> Result<VerifyReport, AuditError> {
+/// Walks the log from seq 1 and (re)indexes every entry after `after`, and adds to the
+/// Merkle tree every entry after its size.
+pub fn index_log(
+    dir: &Path,
+    index: &AuditIndex,
+    after: u64,
+    tree: &merkle::TreeStore,
+) -> Result<VerifyReport, AuditError> {
     let mut failed = None;
+    let tree_size = tree.size();
+    let mut leaves = Vec::new();
     let report = log::verify_dir(dir, &[], |r| {
         if r.entry.seq > after && failed.is_none() {
             let record = r.entry.record.clone().unwrap_or_default();
             if let Err(e) = index.insert_parts(r.entry.seq, r.location, &record) {
-                failed = Some(e);
+                failed = Some(e.to_string());
+            }
+        }
+        if r.entry.seq > tree_size {
+            leaves.push(r.leaf);
+            if leaves.len() >= 4096 {
+                if let Err(e) = tree.append(&leaves) {
+                    failed = Some(e.to_string());
+                }
+                leaves.clear();
             }
         }
     })?;
+    if let Err(e) = tree.append(&leaves) {
+        failed = Some(e.to_string());
+    }
     match failed {
         Some(e) => Err(storage(e)),
         None => Ok(report),
@@ -117,6 +204,7 @@ impl Auditor {
         identity: Arc<NodeIdentity>,
     ) -> Result<Arc<Auditor>, AuditError> {
         let index = AuditIndex::open(dir).map_err(storage)?;
+        let tree = Arc::new(merkle::TreeStore::open(&dir.join(MERKLE_DIR)).map_err(storage)?);
         let checkpoints = store.keyspace("audit.checkpoints").map_err(storage)?;
         // Bounded: the index lags the log by at most this many group commits (each up to
         // the writer's batch), and the writer waits rather than queue more.
@@ -127,11 +215,23 @@ impl Auditor {
         // The index follows the log: entries past its head go (the log was cut back to
         // a torn tail's start, or restored), a missing tail is indexed now.
         index.truncate_to(log.head().seq).map_err(storage)?;
+        tree.truncate_to(log.head().seq).map_err(storage)?;
         let up_to = index.indexed_up_to();
-        if up_to < log.head().seq {
-            index_log(dir, &index, up_to)?;
+        if up_to < log.head().seq || tree.size() < log.head().seq {
+            index_log(dir, &index, up_to, &tree)?;
+        }
+        if tree.root(log.head().seq).map_err(storage)? != log.head().root {
+            // Derived data that disagrees with the log (a damaged level file): the log is
+            // the source of truth, so the tree is rebuilt from it.
+            tracing::warn!(
+                seq = log.head().seq,
+                "the audit merkle tree disagreed with the log; rebuilding it"
+            );
+            tree.clear().map_err(storage)?;
+            index_log(dir, &index, log.head().seq, &tree)?;
         }
         let idx = index.clone();
+        let tree_w = tree.clone();
         let (indexed_tx, indexed) = watch::channel(log.head().seq);
         let index_hold = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
         let hold = index_hold.clone();
@@ -150,6 +250,11 @@ impl Auditor {
                         let seq = batch.first().map(|a| a.seq);
                         tracing::error!(%error, ?seq, "audit index update failed (tongban audit reindex rebuilds it)");
                     }
+                    let leaves: Vec<log::Hash> = batch.iter().map(|a| a.leaf).collect();
+                    if let Err(error) = tree_w.append(&leaves) {
+                        let seq = batch.first().map(|a| a.seq);
+                        tracing::error!(%error, ?seq, "audit merkle tree update failed (tongban audit reindex rebuilds it)");
+                    }
                     if let Some(last) = batch.last() {
                         indexed_tx.send_replace(last.seq);
                     }
@@ -163,6 +268,7 @@ impl Auditor {
             city: identity.city.clone(),
             log,
             index,
+            tree,
             receipt_key: identity.jwt_signer(),
             identity,
             checkpoints,
@@ -361,7 +467,14 @@ impl Auditor {
             return Ok(());
         }
         let here = self.entry_hash(cp.seq).map_err(|e| e.to_string())?;
-        if here.as_slice() != cp.head_hash.as_slice() {
+        // The tree too, where the checkpoint has one and the store has reached it.
+        let tree_differs = !cp.tree_root.is_empty()
+            && self.tree.size() >= cp.seq
+            && self
+                .tree
+                .root(cp.seq)
+                .is_ok_and(|r| r.as_slice() != cp.tree_root.as_slice());
+        if here.as_slice() != cp.head_hash.as_slice() || tree_differs {
             return Err(format!(
                 "peer `{peer}` holds a checkpoint of this node's audit log at {theirs}, but the record here at seq {} has hash {} (head {ours}): the log was rewritten or replaced",
                 cp.seq,
@@ -435,6 +548,7 @@ impl Auditor {
             seq: head.seq,
             head_hash: head.hash.to_vec(),
             at_ms: now_ms(),
+            tree_root: head.root.to_vec(),
         };
         let bytes = cp.encode_to_vec();
         let signed = SignedCheckpoint {
@@ -447,6 +561,109 @@ impl Auditor {
         Ok(Some(signed))
     }
 
+    /// This node's checkpoint at `seq`, if it signed one there.
+    pub fn own_checkpoint_at(&self, seq: u64) -> Option<SignedCheckpoint> {
+        let v = self.checkpoints.get(&seq.to_be_bytes()).ok()??;
+        SignedCheckpoint::decode(v.as_slice()).ok()
+    }
+
+    /// The inclusion proof of the record `seq` against this node's newest checkpoint
+    /// (signed now when none covers the record yet), with the entry itself.
+    pub async fn prove_inclusion(&self, seq: u64) -> Result<InclusionProof, ProveError> {
+        let head = self.head().seq;
+        if seq == 0 || seq > head {
+            return Err(ProveError::NoSuchRecord { seq, head });
+        }
+        let covers = |s: &Option<SignedCheckpoint>| {
+            s.as_ref()
+                .and_then(|s| Checkpoint::decode(s.checkpoint.as_slice()).ok())
+                .is_some_and(|c| c.seq >= seq && !c.tree_root.is_empty())
+        };
+        let mut signed = self.latest_checkpoint();
+        if !covers(&signed) {
+            self.checkpoint_now().map_err(ProveError::Audit)?;
+            signed = self.latest_checkpoint();
+        }
+        if !covers(&signed) {
+            return Err(ProveError::NotCheckpointed(seq));
+        }
+        let signed = signed.ok_or(ProveError::NotCheckpointed(seq))?;
+        let cp = Checkpoint::decode(signed.checkpoint.as_slice())
+            .map_err(|e| ProveError::Audit(storage(e)))?;
+        self.tree_covers(cp.seq).await?;
+        let loc = self
+            .index
+            .location(seq)
+            .ok_or(ProveError::NotIndexed(seq))?;
+        let entry = log::read_payload_at(self.log.dir(), loc).map_err(ProveError::Audit)?;
+        let hashes = self
+            .tree
+            .inclusion_proof(seq - 1, cp.seq)
+            .map_err(ProveError::Tree)?;
+        Ok(InclusionProof {
+            entry,
+            leaf_index: seq - 1,
+            tree_size: cp.seq,
+            hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+            checkpoint: Some(signed),
+        })
+    }
+
+    /// That this node's checkpoint at `to_seq` (0: its newest) extends its checkpoint at
+    /// `from_seq`.
+    pub async fn prove_consistency(
+        &self,
+        from_seq: u64,
+        to_seq: u64,
+    ) -> Result<ConsistencyProof, ProveError> {
+        let second = if to_seq == 0 {
+            self.latest_checkpoint()
+        } else {
+            self.own_checkpoint_at(to_seq)
+        }
+        .ok_or(ProveError::NoCheckpoint(to_seq))?;
+        let first = self
+            .own_checkpoint_at(from_seq)
+            .ok_or(ProveError::NoCheckpoint(from_seq))?;
+        let to = Checkpoint::decode(second.checkpoint.as_slice())
+            .map_err(|e| ProveError::Audit(storage(e)))?
+            .seq;
+        if from_seq > to {
+            return Err(ProveError::Backwards { from: from_seq, to });
+        }
+        self.tree_covers(to).await?;
+        let hashes = self
+            .tree
+            .consistency_proof(from_seq, to)
+            .map_err(ProveError::Tree)?;
+        Ok(ConsistencyProof {
+            first: Some(first),
+            second: Some(second),
+            hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+        })
+    }
+
+    /// Waits (bounded) until the Merkle tree store holds `seq` leaves.
+    async fn tree_covers(&self, seq: u64) -> Result<(), ProveError> {
+        let coverage = self.caught_up().await;
+        if self.tree.size() < seq {
+            return Err(ProveError::Lagging {
+                seq,
+                indexed: coverage.indexed_seq,
+            });
+        }
+        Ok(())
+    }
+
+    /// This node's certificate (DER), which signs its checkpoints.
+    pub fn node_certificate(&self) -> Vec<u8> {
+        self.identity
+            .chain
+            .first()
+            .map(|c| c.as_ref().to_vec())
+            .unwrap_or_default()
+    }
+
     pub fn own_checkpoints(&self) -> Vec<SignedCheckpoint> {
         decoded(self.checkpoints.as_ref())
     }
@@ -456,14 +673,28 @@ impl Auditor {
         SignedCheckpoint::decode(v.as_slice()).ok()
     }
 
-    /// Keeps a peer's checkpoint after checking its signature. A checkpoint that contradicts
-    /// one received earlier (same seq, other hash; or a lower seq) is kept as evidence and
-    /// reported: the peer rewrote or rolled back its history.
+    /// The consistency proof a newer checkpoint of `city` needs before it is kept: from
+    /// the one held (from, to), when both carry a tree root and the new one is further.
+    pub fn consistency_needed(&self, city: &str, signed: &SignedCheckpoint) -> Option<(u64, u64)> {
+        let cp = Checkpoint::decode(signed.checkpoint.as_slice()).ok()?;
+        let prev = self
+            .peer_checkpoint(city)
+            .and_then(|s| Checkpoint::decode(s.checkpoint.as_slice()).ok())?;
+        (prev.seq < cp.seq && !prev.tree_root.is_empty() && !cp.tree_root.is_empty())
+            .then_some((prev.seq, cp.seq))
+    }
+
+    /// Keeps a peer's checkpoint after checking its signature, and that it extends the one
+    /// held: `consistency` is the peer's proof for [`Self::consistency_needed`]. A checkpoint
+    /// that contradicts the one held (same seq, other hash; a lower seq; a tree that does
+    /// not extend the held tree) is kept as evidence and reported: the peer rewrote, rolled
+    /// back or forked its history.
     pub fn store_peer_checkpoint(
         &self,
         city: &str,
         node_cert: &CertificateDer<'_>,
         signed: &SignedCheckpoint,
+        consistency: Option<&[Vec<u8>]>,
     ) -> Result<Checkpoint, String> {
         trust::verify_signature(node_cert, &signed.checkpoint, &signed.signature)
             .map_err(|e| e.to_string())?;
@@ -474,17 +705,43 @@ impl Auditor {
         let previous = self
             .peer_checkpoint(city)
             .and_then(|s| Checkpoint::decode(s.checkpoint.as_slice()).ok());
-        if let Some(prev) = previous {
+        let evidence = |why: String| {
+            let _ = self.conflicts.insert(
+                format!("{city}/{}", now_ms()).as_bytes(),
+                &signed.encode_to_vec(),
+            );
+            why
+        };
+        if let Some(prev) = &previous {
             let rewritten = prev.seq == cp.seq && prev.head_hash != cp.head_hash;
             if rewritten || cp.seq < prev.seq {
-                let _ = self.conflicts.insert(
-                    format!("{city}/{}", now_ms()).as_bytes(),
-                    &signed.encode_to_vec(),
-                );
-                return Err(format!(
+                return Err(evidence(format!(
                     "peer `{city}` contradicts its earlier checkpoint (seq {} then {}): its audit history was rewritten or rolled back",
                     prev.seq, cp.seq
-                ));
+                )));
+            }
+        }
+        if let Some((from, to)) = self.consistency_needed(city, signed) {
+            let prev = previous.as_ref().ok_or("no held checkpoint")?;
+            let proof = consistency.ok_or_else(|| {
+                format!("peer `{city}`'s checkpoint at seq {to} needs a consistency proof from seq {from}")
+            })?;
+            let hashes: Option<Vec<Hash>> = proof
+                .iter()
+                .map(|h| <Hash>::try_from(h.as_slice()).ok())
+                .collect();
+            let roots = (
+                <Hash>::try_from(prev.tree_root.as_slice()).ok(),
+                <Hash>::try_from(cp.tree_root.as_slice()).ok(),
+            );
+            let consistent = match (hashes, roots) {
+                (Some(h), (Some(a), Some(b))) => merkle::verify_consistency(from, to, &a, &b, &h),
+                _ => false,
+            };
+            if !consistent {
+                return Err(evidence(format!(
+                    "peer `{city}`'s checkpoint at seq {to} does not extend its checkpoint at seq {from} (the consistency proof fails): its audit history forked or was rewritten"
+                )));
             }
         }
         self.peer_checkpoints
@@ -571,11 +828,15 @@ pub fn verify_offline(data_dir: &Path) -> Result<(VerifyReport, bool), AuditErro
     Ok((report, used))
 }
 
-/// Rebuilds the indexes from the log (`tongban audit reindex`; the node must be stopped).
+/// Rebuilds the indexes and the Merkle tree from the log (`tongban audit reindex`; the node
+/// must be stopped).
 pub fn reindex_offline(data_dir: &Path) -> Result<VerifyReport, AuditError> {
-    let index = AuditIndex::open(&data_dir.join("audit")).map_err(storage)?;
+    let dir = data_dir.join("audit");
+    let index = AuditIndex::open(&dir).map_err(storage)?;
     index.clear().map_err(storage)?;
-    let report = index_log(&data_dir.join("audit"), &index, 0)?;
+    let tree = merkle::TreeStore::open(&dir.join(MERKLE_DIR)).map_err(storage)?;
+    tree.clear().map_err(storage)?;
+    let report = index_log(&dir, &index, 0, &tree)?;
     index.flush().map_err(storage)?;
     Ok(report)
 }
