@@ -43,6 +43,34 @@ pub enum AuditCmd {
         at: NodeArgs,
         request_id: String,
     },
+    /// A proof from a node's Audit API, written as a file that `verify-proof` and the
+    /// format document's verifiers check offline: a record's inclusion (--seq; operators, or
+    /// a citizen for a record about themselves) or the consistency of two checkpoints
+    /// (--from, --to; operators).
+    Prove {
+        #[command(flatten)]
+        at: NodeArgs,
+        /// The record whose inclusion to prove.
+        #[arg(long, conflicts_with_all = ["from", "to"])]
+        seq: Option<u64>,
+        /// The seq of the earlier checkpoint.
+        #[arg(long, requires = "to")]
+        from: Option<u64>,
+        /// The seq of the later checkpoint (0: the newest).
+        #[arg(long)]
+        to: Option<u64>,
+        /// Where the proof goes (JSON).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a proof file offline against the federation's trust bundle: the node
+    /// certificate, the checkpoints' signatures and the hashes. Exit 0 and what it proves,
+    /// or 65 and why not.
+    VerifyProof {
+        file: PathBuf,
+        #[arg(long, default_value = "deploy/certs/trust-bundle.toml")]
+        trust_bundle: PathBuf,
+    },
 }
 
 /// Runs an audit command.
@@ -50,7 +78,49 @@ pub fn run(cmd: AuditCmd) -> ExitCode {
     match cmd {
         AuditCmd::Verify { data_dir } => audit_verify(&data_dir),
         AuditCmd::Reindex { data_dir } => reindex(&data_dir),
+        AuditCmd::VerifyProof { file, trust_bundle } => verify_proof(&file, &trust_bundle),
         online => crate::block_on(run_online(online)),
+    }
+}
+
+fn verify_proof(file: &std::path::Path, bundle: &std::path::Path) -> ExitCode {
+    use tongban_gateway::audit::proof::{self, Checked};
+    let checked = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| format!("{}: {e}", file.display())))
+        .and_then(|v| proof::from_json(&v))
+        .and_then(|resp| {
+            let bundle = tongban_gateway::trust::TrustBundle::load(bundle)
+                .map_err(|e| format!("trust bundle: {e}"))?;
+            proof::verify(&resp, &bundle)
+        });
+    match checked {
+        Ok(Checked::Inclusion {
+            city,
+            seq,
+            tree_size,
+            record,
+        }) => {
+            println!(
+                "proved: record {seq} of {city}'s audit log is in the tree of {tree_size} records its node signed"
+            );
+            print_record(&record);
+            ExitCode::SUCCESS
+        }
+        Ok(Checked::Consistency {
+            city,
+            first,
+            second,
+        }) => {
+            println!(
+                "proved: {city}'s checkpoint at seq {second} extends its checkpoint at seq {first}"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            eprintln!("tongban: the proof does not verify: {why}");
+            ExitCode::from(super::EX_DATAERR)
+        }
     }
 }
 
@@ -231,7 +301,38 @@ async fn run_online(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                     println!("  ({})", r.peer_error);
                 }
             }),
-        AuditCmd::Verify { .. } | AuditCmd::Reindex { .. } => return Ok(ExitCode::FAILURE),
+        AuditCmd::Prove {
+            at,
+            seq,
+            from,
+            to,
+            out,
+        } => {
+            use tongban_proto::audit::v1::{prove_request::What, ConsistencyRequest, ProveRequest};
+            let what = match (seq, from) {
+                (Some(seq), _) => What::InclusionOfSeq(seq),
+                (None, Some(from_seq)) => What::Consistency(ConsistencyRequest {
+                    from_seq,
+                    to_seq: to.unwrap_or(0),
+                }),
+                (None, None) => anyhow::bail!("name --seq, or --from and --to"),
+            };
+            let r = AuditClient::new(at.connect().await?)
+                .prove(ProveRequest { what: Some(what) })
+                .await;
+            match r {
+                Ok(r) => {
+                    let json = tongban_gateway::audit::proof::to_json(&r.into_inner());
+                    std::fs::write(&out, serde_json::to_string_pretty(&json)?)?;
+                    println!("proof written to {}", out.display());
+                    Ok(())
+                }
+                Err(s) => Err(s),
+            }
+        }
+        AuditCmd::Verify { .. } | AuditCmd::Reindex { .. } | AuditCmd::VerifyProof { .. } => {
+            return Ok(ExitCode::FAILURE)
+        }
     };
     Ok(crate::client::exit_code(result))
 }

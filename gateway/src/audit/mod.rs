@@ -8,6 +8,7 @@ pub mod exchange;
 pub mod index;
 pub mod log;
 pub mod merkle;
+pub mod proof;
 pub mod receipt;
 
 use std::path::Path;
