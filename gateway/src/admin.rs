@@ -121,6 +121,10 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: watch::Receive
     crate::server::serve_auto(listener, None, svc, "admin", shutdown).await;
 }
 
+/// The health service name that is SERVING once a peer has confirmed the node's audit log
+/// since it started (or the node has no peers).
+pub const ANCHOR_HEALTH: &str = "tongban.audit.anchor";
+
 /// Keeps the node's overall health (`""` in grpc.health.v1) SERVING only while its audit log
 /// can be written and no peer has contradicted it: the log's writability is probed every
 /// [`HEALTH_PROBE_EVERY`] (a failed append also marks it unwritable at once), so a full or
@@ -132,7 +136,9 @@ pub async fn watch_health(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut contradiction = auditor.watch_contradiction();
+    let mut anchor = auditor.watch_anchor();
     let mut serving = true;
+    let mut anchored: Option<bool> = None;
     loop {
         let a = auditor.clone();
         let probed = tokio::task::spawn_blocking(move || a.probe_writable())
@@ -151,8 +157,20 @@ pub async fn watch_health(
                 false
             }
         };
-        let contradicted = contradiction.borrow_and_update().is_some();
-        let now = writable && !contradicted;
+        contradiction.borrow_and_update();
+        // Confirmed by a peer since the start (or no peers): `tongban.audit.anchor`.
+        let confirmed = anchor.borrow_and_update().confirmed();
+        metrics.audit.anchor_confirmed.set(i64::from(confirmed));
+        if anchored != Some(confirmed) {
+            let status = if confirmed {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            health.set_service_status(ANCHOR_HEALTH, status).await;
+            anchored = Some(confirmed);
+        }
+        let now = writable && auditor.refusal().is_none();
         if now != serving {
             let status = if now {
                 tracing::info!("audit log writable again; the node reports SERVING");
@@ -166,6 +184,7 @@ pub async fn watch_health(
         tokio::select! {
             _ = tokio::time::sleep(HEALTH_PROBE_EVERY) => {},
             _ = contradiction.changed() => {},
+            _ = anchor.changed() => {},
             _ = shutdown.changed() => return,
         }
     }

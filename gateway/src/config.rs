@@ -118,6 +118,8 @@ struct RawAudit {
     segment_bytes: u64,
     checkpoint_every: u64,
     checkpoint_interval_s: u64,
+    anchor: String,
+    anchor_wait_s: u64,
 }
 
 impl Default for RawAudit {
@@ -128,6 +130,8 @@ impl Default for RawAudit {
             segment_bytes: 64 * 1024 * 1024,
             checkpoint_every: 1000,
             checkpoint_interval_s: 10,
+            anchor: "wait".into(),
+            anchor_wait_s: 60,
         }
     }
 }
@@ -325,6 +329,19 @@ pub struct AuditConfig {
     pub checkpoint_every: u64,
     /// ... or this often, whichever comes first (also how often peers' are fetched).
     pub checkpoint_interval: Duration,
+    /// What the node does at start until a peer has confirmed its audit log.
+    pub anchor: AnchorPolicy,
+}
+
+/// `audit.anchor`: at start a node asks its peers for the checkpoints they hold of it before
+/// it serves; when none answers, this decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnchorPolicy {
+    /// Refuse calls (and report NOT_SERVING) until a peer confirms; stop after this long.
+    Wait(Duration),
+    /// Serve at once, the anchor marked unchecked (health, status, metrics) until a peer
+    /// confirms.
+    Serve,
 }
 
 impl Default for AuditConfig {
@@ -334,6 +351,7 @@ impl Default for AuditConfig {
             segment_bytes: 64 * 1024 * 1024,
             checkpoint_every: 1000,
             checkpoint_interval: Duration::from_secs(10),
+            anchor: AnchorPolicy::Wait(Duration::from_secs(60)),
         }
     }
 }
@@ -695,6 +713,20 @@ impl NodeConfig {
                     ConfigError::key("audit.checkpoint_interval_s", "must be greater than 0")
                 })?,
             ),
+            anchor: match a.anchor.as_str() {
+                "wait" => AnchorPolicy::Wait(Duration::from_secs(
+                    positive("anchor_wait_s", a.anchor_wait_s).map_err(|_| {
+                        ConfigError::key("audit.anchor_wait_s", "must be greater than 0")
+                    })?,
+                )),
+                "serve" => AnchorPolicy::Serve,
+                other => {
+                    return Err(ConfigError::key(
+                        "audit.anchor",
+                        format!("must be \"wait\" or \"serve\", not {other:?}"),
+                    ))
+                }
+            },
         };
         if raw.policy.reload_interval_ms < 100 {
             return Err(ConfigError::key(
@@ -1012,6 +1044,19 @@ address = "127.0.0.1:8100"
         assert_eq!(
             key_of(parse(&zero).unwrap_err()),
             "limits.max_message_bytes"
+        );
+        for (audit, key) in [
+            ("anchor = \"maybe\"", "audit.anchor"),
+            ("anchor_wait_s = 0", "audit.anchor_wait_s"),
+        ] {
+            let text = format!("{GOOD}\n[audit]\n{audit}\n");
+            assert_eq!(key_of(parse(&text).unwrap_err()), key, "{audit}");
+        }
+        let serve = parse(&format!("{GOOD}\n[audit]\nanchor = \"serve\"\n")).unwrap();
+        assert_eq!(serve.audit.anchor, AnchorPolicy::Serve);
+        assert_eq!(
+            parse(GOOD).unwrap().audit.anchor,
+            AnchorPolicy::Wait(Duration::from_secs(60))
         );
     }
 

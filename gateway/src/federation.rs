@@ -458,11 +458,20 @@ impl PeerSync {
         match held {
             Ok(Ok(signed)) => match self.auditor.check_anchor(city, &signed.into_inner()) {
                 Ok(()) => {
-                    tracing::debug!(peer = %city, "audit log agrees with the checkpoint the peer holds of it")
+                    tracing::debug!(peer = %city, "audit log agrees with the checkpoint the peer holds of it");
+                    self.auditor
+                        .set_anchor(crate::audit::Anchor::Confirmed(city.clone()));
                 }
                 Err(reason) => self.auditor.contradict(reason),
             },
-            Ok(Err(s)) if s.code() == tonic::Code::NotFound => {}
+            // The peer holds no checkpoint of this node: it never saw its log, so it has
+            // nothing to contradict (a new federation, or a new peer).
+            Ok(Err(s)) if s.code() == tonic::Code::NotFound => {
+                self.auditor
+                    .set_anchor(crate::audit::Anchor::Confirmed(format!(
+                        "{city} (which held no checkpoint of it)"
+                    )));
+            }
             Ok(Err(s)) => {
                 tracing::warn!(peer = %city, error = %s, "cannot fetch the checkpoint the peer holds of this node")
             }

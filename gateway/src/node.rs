@@ -2,6 +2,7 @@
 //! listeners and the peer sync tasks, and shut everything down on request.
 
 use crate::audit::change::Change;
+use crate::config::AnchorPolicy;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -366,6 +367,20 @@ impl PreparedNode {
         .add_service(health_svc)
         .prepare();
 
+        // Anchored before serving: the peers' checkpoints of this log are checked as each
+        // peer connects (federation); until one has, `audit.anchor` decides.
+        auditor.require_anchor(matches!(config.audit.anchor, AnchorPolicy::Wait(_)));
+        if config.peers.is_empty() {
+            auditor.set_anchor(crate::audit::Anchor::Alone);
+        }
+        let anchor_status = if auditor.anchor().confirmed() {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        health
+            .set_service_status(crate::admin::ANCHOR_HEALTH, anchor_status)
+            .await;
         // What the node starts with is in its chain before it serves: itself, the catalog
         // of items and the policy, with their versions and digests.
         let policy_now = checks.policy.current();
@@ -406,6 +421,13 @@ impl PreparedNode {
                 .map_err(|e| NodeError::Audit(e.0))?;
         }
         let mut tasks = Vec::new();
+        if let AnchorPolicy::Wait(wait) = config.audit.anchor {
+            tasks.push(tokio::spawn(anchor_deadline(
+                auditor.clone(),
+                wait,
+                shutdown.clone(),
+            )));
+        }
         tasks.push(tokio::spawn(record_policy_loads(
             auditor.clone(),
             checks.policy.clone(),
@@ -575,6 +597,27 @@ async fn refresh_jwks(auth: Arc<Authenticator>, mut shutdown: watch::Receiver<bo
             tracing::warn!(%error, "periodic jwks refresh failed; keeping the current keys");
         }
     }
+}
+
+/// With `audit.anchor = "wait"`: gives up when no peer has confirmed the audit log within
+/// `wait` (the node stops: `tongban node` exits 69).
+async fn anchor_deadline(
+    auditor: Arc<Auditor>,
+    wait: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut anchor = auditor.watch_anchor();
+    let confirmed = tokio::time::timeout(wait, anchor.wait_for(|a| a.confirmed()));
+    tokio::select! {
+        r = confirmed => if matches!(r, Ok(Ok(_))) { return },
+        _ = shutdown.changed() => return,
+    }
+    let why = format!(
+        "no peer confirmed this node's audit log within {} s of its start (audit.anchor = \"wait\", audit.anchor_wait_s): start a peer, or set audit.anchor = \"serve\" to serve with the anchor unchecked",
+        wait.as_secs()
+    );
+    tracing::error!(reason = %why, "giving up waiting for the audit anchor");
+    auditor.set_anchor(crate::audit::Anchor::GaveUp(why));
 }
 
 /// Records every policy the node installs after its start (the file changed, or a reload).

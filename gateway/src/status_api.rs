@@ -91,6 +91,8 @@ impl Admin for StatusApi {
             last_checkpoint_seq: checkpoint.seq,
             last_checkpoint_at_ms: checkpoint.at_ms,
             contradicted: self.auditor.contradicted().unwrap_or_default(),
+            audit_anchor: self.auditor.anchor().describe(),
+            audit_anchor_confirmed: self.auditor.anchor().confirmed(),
             audit_writable: self.audit_writable.get() == 1,
             listener_connection_errors: listener,
             upstream_connection_errors: upstream,

@@ -211,3 +211,218 @@ async fn a_rolled_back_node_is_caught_by_its_peer_and_refuses_to_serve() {
     assert_eq!(serving.ok(), Some(true));
     f.shutdown().await;
 }
+
+/// The case: a node restarted from an older copy of its data while its peer was down
+/// no longer serves until a peer has checked it (`audit.anchor = "wait"`, the default), and
+/// is caught when the peer returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_rolled_back_while_its_peer_is_down_serves_nothing_until_checked() {
+    let mut f = Fed::start(&["jinan", "qingdao"]).await;
+    f.fed.stop_node("qingdao").await.unwrap();
+    let data = f.fed.city("qingdao").unwrap().config.data_dir.clone();
+    let backup = tempfile::tempdir().unwrap();
+    copy_tree(&data, backup.path());
+    f.fed.restart_node("qingdao").await.unwrap();
+    assert!(
+        f.fed
+            .wait_until_federated(CONVERGE, |_, p| !p.services.is_empty())
+            .await
+    );
+    for _ in 0..3 {
+        f.submit("jinan", Some("qingdao"), "JQ-03").await.unwrap();
+    }
+    let head = f.auditor("qingdao").head().seq;
+    f.fed.stop_node("qingdao").await.unwrap();
+    f.fed.restart_node("qingdao").await.unwrap();
+    assert!(held_checkpoint_reaches(&f, "jinan", "qingdao", head).await);
+
+    // Jinan goes down; qingdao is rolled back and restarted alone.
+    f.fed.stop_node("jinan").await.unwrap();
+    f.fed.stop_node("qingdao").await.unwrap();
+    std::fs::remove_dir_all(&data).unwrap();
+    copy_tree(backup.path(), &data);
+    f.fed.restart_node("qingdao").await.unwrap();
+    let qingdao = f.fed.city("qingdao").unwrap().node().unwrap();
+    assert!(!qingdao.auditor().anchor().confirmed());
+    // A local call in qingdao: refused, saying why; none of 20 is served.
+    for _ in 0..20 {
+        let e = f
+            .submit("qingdao", Some("qingdao"), "JQ-03")
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+        assert!(
+            e.message().contains("waits for a peer to confirm"),
+            "{}",
+            e.message()
+        );
+    }
+
+    // Jinan returns: qingdao is checked against the checkpoint jinan holds, and caught.
+    f.fed.restart_node("jinan").await.unwrap();
+    let qingdao = f.fed.city("qingdao").unwrap().node().unwrap();
+    let mut contradiction = qingdao.auditor().watch_contradiction();
+    tokio::time::timeout(CONVERGE, contradiction.wait_for(Option::is_some))
+        .await
+        .expect("never checked")
+        .unwrap();
+    let e = f
+        .submit("qingdao", Some("qingdao"), "JQ-03")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    // (The rolled-back node appended its restart's records since, so its log now differs
+    // at the held seq rather than ending before it.)
+    assert!(
+        e.message()
+            .contains("holds a checkpoint of this node's audit log"),
+        "{}",
+        e.message()
+    );
+    f.shutdown().await;
+}
+
+/// `audit.anchor = "serve"`: a node whose peer is down serves at once, its anchor marked
+/// unchecked in health (`tongban.audit.anchor`), status and metrics until the peer confirms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_mode_serves_unchecked_and_says_so_until_a_peer_confirms() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let mut f = Fed::start(&["jinan", "qingdao"]).await;
+    f.fed.stop_node("jinan").await.unwrap();
+    f.fed.stop_node("qingdao").await.unwrap();
+    f.fed
+        .cities
+        .iter_mut()
+        .find(|c| c.city == "qingdao")
+        .unwrap()
+        .config
+        .audit
+        .anchor = tongban_gateway::config::AnchorPolicy::Serve;
+    f.fed.restart_node("qingdao").await.unwrap();
+    f.submit("qingdao", Some("qingdao"), "JQ-03").await.unwrap();
+    async fn anchor_health(f: &Fed) -> i32 {
+        HealthClient::new(f.channel("qingdao").await)
+            .check(HealthCheckRequest {
+                service: "tongban.audit.anchor".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+    }
+    // Health says so (the node itself serves), and so do status and metrics.
+    let mut unchecked = false;
+    for _ in 0..100 {
+        if anchor_health(&f).await == ServingStatus::NotServing as i32 {
+            unchecked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(unchecked, "the anchor health never said unchecked");
+    let mut overall = HealthClient::new(f.channel("qingdao").await);
+    let node = overall
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(node, ServingStatus::Serving as i32);
+    let op = tongban_devkit::local::dev_token_with_roles(
+        &f.fed.certs,
+        "qingdao",
+        "ops",
+        &["audit-operator"],
+    )
+    .unwrap();
+    let url = f.fed.city("qingdao").unwrap().caller_url();
+    let out = std::process::Command::new(tongban_bin())
+        .args(["status", "--node", &url, "--token", &op])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("AUDIT ANCHOR unchecked"), "{stdout}");
+    let admin = f.fed.city("qingdao").unwrap().node().unwrap().admin_addr;
+    assert!(
+        metrics_text(admin).contains("tongban_audit_anchor_confirmed 0"),
+        "the gauge says unchecked"
+    );
+
+    // Jinan returns and confirms: SERVING.
+    f.fed.restart_node("jinan").await.unwrap();
+    let mut confirmed = false;
+    for _ in 0..250 {
+        if anchor_health(&f).await == ServingStatus::Serving as i32 {
+            confirmed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(confirmed, "the anchor was never confirmed");
+    assert!(f
+        .fed
+        .city("qingdao")
+        .unwrap()
+        .node()
+        .unwrap()
+        .auditor()
+        .anchor()
+        .describe()
+        .contains("confirmed by jinan"));
+    let admin = f.fed.city("qingdao").unwrap().node().unwrap().admin_addr;
+    assert!(metrics_text(admin).contains("tongban_audit_anchor_confirmed 1"));
+    f.shutdown().await;
+}
+
+/// The admin listener's /metrics, over plain HTTP/1.1.
+fn metrics_text(admin: std::net::SocketAddr) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// `audit.anchor = "wait"` is bounded: a node none of whose peers answers within
+/// `anchor_wait_s` stops, and `tongban node` says why and exits 69.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_no_peer_confirms_stops_after_the_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let cities = ["jinan".to_string(), "qingdao".to_string()];
+    let g = tongban_devkit::certs::init(&dir.path().join("certs"), &cities, false).unwrap();
+    // Qingdao's address: nobody listens there.
+    let nobody = tongban_tests::process::free_addrs(2);
+    let peers = [("jinan", nobody[0].clone()), ("qingdao", nobody[1].clone())];
+    let config = tongban_tests::process::write_node_config(
+        dir.path(),
+        &g,
+        "jinan",
+        &peers,
+        "[audit]\nanchor_wait_s = 1\n",
+    );
+    let mut node = tongban_tests::process::NodeProcess::spawn(&config, &[]);
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = node.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the node never gave up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(69));
+    let lines = node.lines.lock().unwrap().join("\n");
+    assert!(
+        lines.contains("no peer confirmed this node's audit log within 1 s"),
+        "{lines}"
+    );
+}

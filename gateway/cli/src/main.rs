@@ -25,6 +25,8 @@ use clap::{Parser, Subcommand};
 const EX_CONFIG: u8 = 64;
 /// sysexits EX_DATAERR: the audit log does not verify (or a peer contradicts it).
 const EX_DATAERR: u8 = 65;
+/// sysexits EX_UNAVAILABLE: no peer confirmed the audit log in time (`audit.anchor = "wait"`).
+const EX_UNAVAILABLE: u8 = 69;
 
 #[derive(Parser)]
 #[command(

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use tongban_gateway::NodeConfig;
 
-use crate::{EX_CONFIG, EX_DATAERR};
+use crate::{EX_CONFIG, EX_DATAERR, EX_UNAVAILABLE};
 
 /// Parses and loads everything the config names before a port is bound; a bad config exits
 /// with 64 and a message naming the key.
@@ -65,16 +65,20 @@ async fn run_node(config: NodeConfig) -> ExitCode {
         }
     };
     let mut contradiction = node.auditor().watch_contradiction();
-    let contradicted = tokio::select! {
+    let mut anchor = node.auditor().watch_anchor();
+    let gave_up =
+        |a: &tongban_gateway::audit::Anchor| matches!(a, tongban_gateway::audit::Anchor::GaveUp(_));
+    let stop = tokio::select! {
         () = wait_for_signal() => None,
-        Ok(c) = contradiction.wait_for(Option::is_some) => c.clone(),
+        Ok(c) = contradiction.wait_for(Option::is_some) => c.clone().map(|why| (EX_DATAERR, format!("the audit log is contradicted by a peer: {why}"))),
+        Ok(a) = anchor.wait_for(gave_up) => Some((EX_UNAVAILABLE, a.describe())),
     };
     node.shutdown().await;
-    match contradicted {
+    match stop {
         None => ExitCode::SUCCESS,
-        Some(why) => {
-            eprintln!("tongban: the audit log is contradicted by a peer: {why}");
-            ExitCode::from(EX_DATAERR)
+        Some((code, why)) => {
+            eprintln!("tongban: {why}");
+            ExitCode::from(code)
         }
     }
 }

@@ -96,6 +96,11 @@ pub fn run(at: StatusArgs) -> ExitCode {
         if !s.audit_writable {
             println!("AUDIT NOT WRITABLE: the node reports NOT_SERVING");
         }
+        if s.audit_anchor_confirmed {
+            println!("audit anchor: {}", s.audit_anchor);
+        } else {
+            println!("AUDIT ANCHOR {}", s.audit_anchor);
+        }
         println!(
             "{:<10} {:<6} {:<10} {:<9} last catalog",
             "peer", "link", "catalog", "services"

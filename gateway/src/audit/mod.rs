@@ -58,6 +58,42 @@ pub struct Auditor {
     contradiction: watch::Sender<Option<String>>,
     /// Holds the index thread while set (see [`Auditor::hold_index`]).
     index_hold: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    /// Whether a peer has confirmed this log since the node started.
+    anchor: watch::Sender<Anchor>,
+    /// Whether calls wait for the anchor (`audit.anchor = "wait"`).
+    anchor_required: std::sync::atomic::AtomicBool,
+}
+
+/// Whether this node's audit log has been checked, since it started, against the checkpoints
+/// its peers hold of it (the defence against a node restarted from an older copy of its data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Anchor {
+    /// No peer has answered yet.
+    Unchecked,
+    /// This peer answered, and its checkpoint of this log (if it held one) agrees.
+    Confirmed(String),
+    /// The node has no peers: nobody to ask.
+    Alone,
+    /// No peer answered within `audit.anchor_wait_s` (the node stops).
+    GaveUp(String),
+}
+
+impl Anchor {
+    pub fn confirmed(&self) -> bool {
+        matches!(self, Anchor::Confirmed(_) | Anchor::Alone)
+    }
+
+    /// For status: "confirmed by qingdao", "unchecked", …
+    pub fn describe(&self) -> String {
+        match self {
+            Anchor::Unchecked => {
+                "unchecked: no peer has confirmed this node's audit log yet".into()
+            }
+            Anchor::Confirmed(p) => format!("confirmed by {p}"),
+            Anchor::Alone => "no peers to confirm it".into(),
+            Anchor::GaveUp(why) => why.clone(),
+        }
+    }
 }
 
 /// Why a proof cannot be given.
@@ -281,7 +317,60 @@ impl Auditor {
             seals: receipt::VerifiedSeals::new(receipt::SEALS_CAPACITY),
             contradiction: watch::Sender::new(None),
             index_hold,
+            anchor: watch::Sender::new(Anchor::Unchecked),
+            anchor_required: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// Whether calls wait until a peer has confirmed the log (`audit.anchor = "wait"`).
+    pub fn require_anchor(&self, required: bool) {
+        self.anchor_required
+            .store(required, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// This node's anchor now.
+    pub fn anchor(&self) -> Anchor {
+        self.anchor.borrow().clone()
+    }
+
+    pub fn watch_anchor(&self) -> watch::Receiver<Anchor> {
+        self.anchor.subscribe()
+    }
+
+    /// Sets the anchor: a peer confirmed the log, the node has no peers, or it gave up. A
+    /// confirmation stays; giving up is only possible while unchecked.
+    pub fn set_anchor(&self, to: Anchor) {
+        self.anchor.send_if_modified(|a| {
+            let change = matches!(
+                (&*a, &to),
+                (Anchor::Unchecked, _) | (Anchor::GaveUp(_), Anchor::Confirmed(_))
+            );
+            if change {
+                if let Anchor::Confirmed(p) = &to {
+                    tracing::info!(peer = %p, "audit log anchored: the peer's checkpoint of it agrees");
+                }
+                *a = to;
+            }
+            change
+        });
+    }
+
+    /// Why this node must not serve calls now, if it must not: a peer contradicted its log,
+    /// or it waits for a peer to confirm it.
+    pub fn refusal(&self) -> Option<String> {
+        if let Some(why) = self.contradicted() {
+            return Some(why);
+        }
+        let waiting = self
+            .anchor_required
+            .load(std::sync::atomic::Ordering::Relaxed);
+        match self.anchor() {
+            Anchor::Unchecked if waiting => Some(
+                "it waits for a peer to confirm its audit log before serving (audit.anchor = \"wait\")".into(),
+            ),
+            Anchor::GaveUp(why) => Some(why),
+            _ => None,
+        }
     }
 
     /// Holds (`true`) or releases the index thread: a failure-injecting knob for tests and

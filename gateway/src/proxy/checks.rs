@@ -21,9 +21,10 @@ impl Proxy {
     /// The call as such: this node serving, the call readable, its metadata within
     /// `limits.max_metadata_bytes`.
     pub(super) fn accept(&self, ex: &mut Exchange, parts: Parts) -> Result<Accepted, ProxyError> {
-        if let Some(why) = self.auditor.contradicted() {
-            // A peer holds a checkpoint this node's audit log contradicts: serve nothing
-            // until an operator has looked.
+        if let Some(why) = self.auditor.refusal() {
+            // A peer holds a checkpoint this node's audit log contradicts (serve nothing
+            // until an operator has looked), or no peer has confirmed the log yet and the
+            // node waits for one (`audit.anchor = "wait"`).
             return Err(ProxyError::Unavailable(format!(
                 "{} refuses to serve: {why}",
                 self.city

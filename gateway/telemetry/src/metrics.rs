@@ -76,6 +76,8 @@ pub struct AuditMetrics {
     pub commit_seconds: Histogram,
     /// 1 while the audit log can be written, 0 when a write or the probe failed.
     pub writable: Gauge,
+    /// 1 once a peer confirmed the node's audit log (or it has no peers), 0 until then.
+    pub anchor_confirmed: Gauge,
 }
 
 impl Default for AuditMetrics {
@@ -87,6 +89,7 @@ impl Default for AuditMetrics {
             group_commit_records: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             commit_seconds: latency_histogram(),
             writable,
+            anchor_confirmed: Gauge::default(),
         }
     }
 }
@@ -154,6 +157,11 @@ impl NodeMetrics {
             "audit_writable",
             "1 while the audit log can be written; 0 makes the node NOT_SERVING",
             audit.writable.clone(),
+        );
+        registry.register(
+            "audit_anchor_confirmed",
+            "1 once a peer confirmed this node's audit log against the checkpoints it holds (or the node has no peers)",
+            audit.anchor_confirmed.clone(),
         );
         let peer_up = Family::<PeerLabels, Gauge>::default();
         registry.register(
