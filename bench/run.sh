@@ -406,7 +406,7 @@ print(f"sizes\t{log}\t{os.path.getsize(os.path.join(audit, 'index.bin'))}")
 PY
 
 # The audit log's own capacity: group-commit appends with the index following them.
-audit_benches=$(cargo bench --quiet -p tongban-gateway --bench audit_append --bench audit_index 2>"$work/cargo-bench.err" | grep -E '^\||^audit|records/s' || true)
+audit_benches=$(cargo bench --quiet -p tongban-gateway --bench audit_append --bench audit_index --bench audit_merkle 2>"$work/cargo-bench.err" | grep -E '^\||^audit|records/s' || true)
 [ -n "$audit_benches" ] || audit_benches="(cargo bench failed: $(tail -n 3 "$work/cargo-bench.err" | tr '\n' ' '))"
 
 {
