@@ -120,6 +120,27 @@ struct RawAudit {
     checkpoint_interval_s: u64,
     anchor: String,
     anchor_wait_s: u64,
+    retention: RawRetention,
+}
+
+/// `[audit.retention]`, in days.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRetention {
+    exchange_days: u64,
+    personal_data_days: u64,
+    state_change_days: u64,
+}
+
+impl Default for RawRetention {
+    fn default() -> Self {
+        let d = Retention::default();
+        RawRetention {
+            exchange_days: d.exchange.as_secs() / 86_400,
+            personal_data_days: d.personal_data.as_secs() / 86_400,
+            state_change_days: d.state_change.as_secs() / 86_400,
+        }
+    }
 }
 
 impl Default for RawAudit {
@@ -132,6 +153,7 @@ impl Default for RawAudit {
             checkpoint_interval_s: 10,
             anchor: "wait".into(),
             anchor_wait_s: 60,
+            retention: RawRetention::default(),
         }
     }
 }
@@ -331,6 +353,45 @@ pub struct AuditConfig {
     pub checkpoint_interval: Duration,
     /// What the node does at start until a peer has confirmed its audit log.
     pub anchor: AnchorPolicy,
+    /// How long records are kept before `tongban audit prune` may remove them (archived).
+    pub retention: Retention,
+}
+
+/// How long audit records of each class are kept before a prune may remove them (once
+/// archived). The defaults are illustrative: the operator sets them from the law that
+/// applies to the city.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Exchanges that were about nobody's personal data.
+    pub exchange: Duration,
+    /// Exchanges about a person (a subject pseudonym in the record).
+    pub personal_data: Duration,
+    /// Consents, registrations, policy and catalog loads, starts and stops.
+    pub state_change: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        let days = |d: u64| Duration::from_secs(d * 86_400);
+        Retention {
+            exchange: days(3 * 365),
+            personal_data: days(5 * 365),
+            state_change: days(10 * 365),
+        }
+    }
+}
+
+impl Retention {
+    /// How long `r` must be kept.
+    pub fn of(&self, r: &tongban_proto::audit::v1::AuditRecord) -> Duration {
+        if r.state_change.is_some() {
+            self.state_change
+        } else if !r.subject_pseudonym.is_empty() {
+            self.personal_data
+        } else {
+            self.exchange
+        }
+    }
 }
 
 /// `audit.anchor`: at start a node asks its peers for the checkpoints they hold of it before
@@ -352,6 +413,7 @@ impl Default for AuditConfig {
             checkpoint_every: 1000,
             checkpoint_interval: Duration::from_secs(10),
             anchor: AnchorPolicy::Wait(Duration::from_secs(60)),
+            retention: Retention::default(),
         }
     }
 }
@@ -725,6 +787,14 @@ impl NodeConfig {
                         "audit.anchor",
                         format!("must be \"wait\" or \"serve\", not {other:?}"),
                     ))
+                }
+            },
+            retention: {
+                let days = |d: u64| Duration::from_secs(d.saturating_mul(86_400));
+                Retention {
+                    exchange: days(a.retention.exchange_days),
+                    personal_data: days(a.retention.personal_data_days),
+                    state_change: days(a.retention.state_change_days),
                 }
             },
         };

@@ -11,6 +11,9 @@ usage:
       checks a proof file (inclusion or consistency) against the city CA
   audit_verify.py receipt RECEIPT --cert PEM --issuer CITY
       checks a receipt against the providing node's certificate
+  audit_verify.py archive DIR [--ca PEM]
+      checks an archive (section 8): its files, certificate (against --ca, else its own
+      ca.pem), checkpoints, chain and tree
 
 prints one JSON object: {"ok": bool, "why": str, ...}; exit 0 when ok, 1 otherwise.
 """
@@ -124,6 +127,33 @@ def mth(leaves):
     return node(mth(leaves[:k]), mth(leaves[k:]))
 
 
+class Frontier:
+    """The roots of the perfect subtrees of a tree's leaves, largest first."""
+
+    def __init__(self, size=0, nodes=()):
+        self.size, self.nodes = size, list(nodes)
+        bits = [l for l in range(63, -1, -1) if size >> l & 1]
+        if bits != [l for l, _ in self.nodes]:
+            raise Failure("the frontier does not fit its size")
+
+    def push(self, leaf):
+        level, h = 0, leaf
+        while self.nodes and self.nodes[-1][0] == level:
+            _, left = self.nodes.pop()
+            h = node(left, h)
+            level += 1
+        self.nodes.append((level, h))
+        self.size += 1
+
+    def root(self):
+        if not self.nodes:
+            return sha(b"")
+        acc = self.nodes[-1][1]
+        for _, left in reversed(self.nodes[:-1]):
+            acc = node(left, acc)
+        return acc
+
+
 def verify_inclusion(index, size, leaf, proof, root):
     """RFC 9162 2.1.3.2."""
     if index >= size:
@@ -231,18 +261,26 @@ class Failure(Exception):
 
 # --- the log ------------------------------------------------------------------------------
 
-def read_log(directory):
-    """The entries of an audit directory: [(seq, entry hash, leaf hash, record bytes)], or a
-    Failure naming the first problem."""
+def read_log(directory, start=0, prev=bytes(32), frontier=None):
+    """The entries of an audit directory (or an archive's segments) after seq `start`:
+    [(seq, entry hash, leaf hash, record bytes, tree root after it)], or a Failure naming the
+    first problem. A pruned log starts at its pruned.json."""
+    base = os.path.join(directory, "pruned.json")
+    if os.path.exists(base) and start == 0:
+        b = json.load(open(base))
+        start, prev = b["seq"], bytes.fromhex(b["hash"])
+        frontier = Frontier(b["seq"], [(l, bytes.fromhex(h)) for l, h in b["frontier"]])
+    frontier = frontier or Frontier()
     segs = []
     for name in os.listdir(directory):
         if name.startswith("seg-") and name.endswith(".log") and len(name) == 20:
-            segs.append((int(name[4:16]), os.path.join(directory, name)))
+            if int(name[4:16]) > start:
+                segs.append((int(name[4:16]), os.path.join(directory, name)))
     segs.sort()
-    entries, prev = [], bytes(32)
+    entries = []
     for first, path in segs:
-        if first != len(entries) + 1:
-            raise Failure(f"{os.path.basename(path)} starts at seq {first}, expected {len(entries) + 1}")
+        if first != start + len(entries) + 1:
+            raise Failure(f"{os.path.basename(path)} starts at seq {first}, expected {start + len(entries) + 1}")
         data = open(path, "rb").read()
         off = 0
         while off < len(data):
@@ -261,26 +299,49 @@ def read_log(directory):
                 e = message(payload, LOG_ENTRY)
             except ValueError as err:
                 raise Failure(f"undecodable entry at {os.path.basename(path)}:{off}: {err}")
-            want = len(entries) + 1
+            want = start + len(entries) + 1
             if e["seq"] != want:
                 raise Failure(f"sequence: expected {want}, found {e['seq']}")
             if e["prev_hash"] != prev:
                 raise Failure(f"chain broken at seq {want}: prev_hash is not the previous entry's hash")
             prev = sha(payload)
-            entries.append((want, prev, leaf_hash(payload), e["record"]))
+            frontier.push(leaf_hash(payload))
+            entries.append((want, prev, leaf_hash(payload), e["record"], frontier.root()))
             off += 8 + n
-    return entries
+    return start, entries
+
+
+def check_checkpoints(signed_list, cert, start, entries):
+    """Each checkpoint signed by `cert`, and holding for the entries (those of the part a
+    prune archived are skipped: the archive holds them). Returns how many were checked."""
+    by_seq = {e[0]: e for e in entries}
+    last = start + len(entries)
+    checked = 0
+    for s in signed_list:
+        signed = {"checkpoint": base64.b64decode(s["checkpoint"]), "signature": base64.b64decode(s["signature"])}
+        cp = checkpoint_of(signed, cert, "checkpoint")
+        if cp["seq"] > last:
+            raise Failure(f"the log ends at seq {last} but a checkpoint covers seq {cp['seq']}")
+        if cp["seq"] <= start:
+            continue
+        e = by_seq[cp["seq"]]
+        if e[1] != cp["head_hash"]:
+            raise Failure(f"the checkpoint at seq {cp['seq']} names another head hash")
+        if cp["tree_root"] and e[4] != cp["tree_root"]:
+            raise Failure(f"the checkpoint at seq {cp['seq']} names another tree root")
+        checked += 1
+    return checked
 
 
 def cmd_log(args):
     directory = args[0]
     opts = dict(zip(args[1::2], args[2::2]))
     try:
-        entries = read_log(directory)
+        start, entries = read_log(directory)
     except Failure as f:
         return {"ok": False, "why": str(f)}
-    out = {"ok": True, "records": len(entries), "head_seq": len(entries),
-           "head_hash": entries[-1][1].hex() if entries else bytes(32).hex(),
+    out = {"ok": True, "start": start, "records": len(entries), "head_seq": start + len(entries),
+           "head_hash": entries[-1][1].hex() if entries else "",
            "state_changes": sum(1 for e in entries if message(e[3], RECORD)["side"] == 4)}
     if "--checkpoints" in opts:
         cert = load_cert(opts["--cert"])
@@ -288,25 +349,49 @@ def cmd_log(args):
             why = trusted_for(cert, load_cert(opts["--ca"]), opts["--city"])
             if why:
                 return {"ok": False, "why": f"node certificate {why}"}
-        leaves = [e[2] for e in entries]
-        checked = 0
-        for s in json.load(open(opts["--checkpoints"])):
-            signed = {"checkpoint": base64.b64decode(s["checkpoint"]), "signature": base64.b64decode(s["signature"])}
-            try:
-                cp = checkpoint_of(signed, cert, "checkpoint")
-            except Failure as f:
-                return {"ok": False, "why": str(f)}
-            if cp["seq"] > len(entries):
-                return {"ok": False, "why": f"the log ends at seq {len(entries)} but a checkpoint covers seq {cp['seq']}"}
-            if cp["seq"] == 0:
-                continue
-            if entries[cp["seq"] - 1][1] != cp["head_hash"]:
-                return {"ok": False, "why": f"the checkpoint at seq {cp['seq']} names another head hash"}
-            if cp["tree_root"] and mth(leaves[:cp["seq"]]) != cp["tree_root"]:
-                return {"ok": False, "why": f"the checkpoint at seq {cp['seq']} names another tree root"}
-            checked += 1
-        out["checkpoints"] = checked
+        try:
+            out["checkpoints"] = check_checkpoints(json.load(open(opts["--checkpoints"])), cert, start, entries)
+        except Failure as f:
+            return {"ok": False, "why": str(f)}
     return out
+
+
+def cmd_archive(args):
+    directory = args[0]
+    opts = dict(zip(args[1::2], args[2::2]))
+    try:
+        m = json.load(open(os.path.join(directory, "manifest.json")))
+        if m.get("format") != "tongban-audit-archive/1":
+            return {"ok": False, "why": "not an archive"}
+        for name, digest in m["files"].items():
+            if ".." in name or name.startswith("/"):
+                return {"ok": False, "why": f"the manifest names {name}, outside the archive"}
+            if hashlib.sha256(open(os.path.join(directory, name), "rb").read()).hexdigest() != digest:
+                return {"ok": False, "why": f"{name} is not the file the manifest names"}
+        seg_dir = os.path.join(directory, "segments")
+        listed = {n for n in os.listdir(seg_dir)}
+        if any(f"segments/{n}" not in m["files"] for n in listed):
+            return {"ok": False, "why": "a segment is not in the manifest"}
+        cert = load_cert(os.path.join(directory, "node.pem"))
+        ca = load_cert(opts.get("--ca", os.path.join(directory, "ca.pem")))
+        why = trusted_for(cert, ca, m["city"])
+        if why:
+            return {"ok": False, "why": f"node certificate {why}"}
+        frontier = Frontier(m["from_seq"] - 1, [(l, bytes.fromhex(h)) for l, h in m["frontier"]])
+        start, entries = read_log(seg_dir, m["from_seq"] - 1, bytes.fromhex(m["prev_hash"]), frontier)
+        if start + len(entries) != m["to_seq"]:
+            return {"ok": False, "why": f"the archive holds records to {start + len(entries)}, its manifest says {m['to_seq']}"}
+        signed = json.load(open(os.path.join(directory, "checkpoints.json")))
+        checked = check_checkpoints(signed, cert, start, entries)
+        seqs = [message(base64.b64decode(s["checkpoint"]), CHECKPOINT)["seq"] for s in signed]
+        if m["to_seq"] not in seqs:
+            return {"ok": False, "why": "no checkpoint at the archive's last record"}
+    except Failure as f:
+        return {"ok": False, "why": str(f)}
+    except (OSError, KeyError, ValueError) as e:
+        return {"ok": False, "why": f"unreadable archive: {e}"}
+    return {"ok": True, "why": "", "city": m["city"], "from_seq": m["from_seq"], "to_seq": m["to_seq"],
+            "records": len(entries), "checkpoints": checked}
 
 
 def cmd_proof(args):
@@ -400,7 +485,7 @@ def cmd_receipt(args):
 
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
-    out = {"log": cmd_log, "proof": cmd_proof, "receipt": cmd_receipt}[cmd](args)
+    out = {"log": cmd_log, "proof": cmd_proof, "receipt": cmd_receipt, "archive": cmd_archive}[cmd](args)
     print(json.dumps(out))
     return 0 if out["ok"] else 1
 

@@ -63,6 +63,37 @@ pub enum AuditCmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write an archive of the log (the node stopped): its records from --from to --to
+    /// (rounded down to the newest checkpoint at or before it), the checkpoints, the node
+    /// certificate and the city's CA, with a manifest; checkable offline on another machine
+    /// (`verify-archive`, docs/audit-format.md §8).
+    Archive {
+        /// The node's config (its data directory, certificate and trust bundle).
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        from: Option<u64>,
+        #[arg(long)]
+        to: Option<u64>,
+        /// The archive's directory (created).
+        out: PathBuf,
+    },
+    /// Check an archive offline: the files, the node certificate against the trust bundle,
+    /// the checkpoints, the chain and the tree. Exit 0, or 65 and why not.
+    VerifyArchive {
+        archive: PathBuf,
+        #[arg(long, default_value = "deploy/certs/trust-bundle.toml")]
+        trust_bundle: PathBuf,
+    },
+    /// Remove from the log (the node stopped) the oldest whole segments that --archive
+    /// holds and whose records are all past their retention (`[audit.retention]`); the log
+    /// then starts after them, anchored on the archive.
+    Prune {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        archive: PathBuf,
+    },
     /// Check a proof file offline against the federation's trust bundle: the node
     /// certificate, the checkpoints' signatures and the hashes. Exit 0 and what it proves,
     /// or 65 and why not.
@@ -79,7 +110,116 @@ pub fn run(cmd: AuditCmd) -> ExitCode {
         AuditCmd::Verify { data_dir } => audit_verify(&data_dir),
         AuditCmd::Reindex { data_dir } => reindex(&data_dir),
         AuditCmd::VerifyProof { file, trust_bundle } => verify_proof(&file, &trust_bundle),
+        AuditCmd::Archive {
+            config,
+            from,
+            to,
+            out,
+        } => archive(&config, from, to, &out),
+        AuditCmd::VerifyArchive {
+            archive,
+            trust_bundle,
+        } => {
+            let checked = tongban_gateway::trust::TrustBundle::load(&trust_bundle)
+                .map_err(|e| format!("trust bundle: {e}"))
+                .and_then(|b| tongban_gateway::audit::archive::verify(&archive, &b));
+            match checked {
+                Ok(s) => {
+                    println!(
+                        "archive verifies: {}'s records {} to {}, {} signed checkpoint(s), the last at seq {}",
+                        s.city, s.from_seq, s.to_seq, s.checkpoints, s.to_seq
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(why) => {
+                    eprintln!("tongban: the archive does not verify: {why}");
+                    ExitCode::from(super::EX_DATAERR)
+                }
+            }
+        }
+        AuditCmd::Prune { config, archive } => prune(&config, &archive),
         online => crate::block_on(run_online(online)),
+    }
+}
+
+fn archive(
+    config: &std::path::Path,
+    from: Option<u64>,
+    to: Option<u64>,
+    out: &std::path::Path,
+) -> ExitCode {
+    let done = tongban_gateway::NodeConfig::load(config)
+        .map_err(|e| e.to_string())
+        .and_then(|c| {
+            let ca = city_ca(&c)?;
+            tongban_gateway::audit::archive::write(&c.data_dir, &c.cert_path, &ca, from, to, out)
+        });
+    match done {
+        Ok(s) => {
+            println!(
+                "archived {}'s records {} to {} ({} checkpoint(s)) in {}",
+                s.city,
+                s.from_seq,
+                s.to_seq,
+                s.checkpoints,
+                out.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            eprintln!("tongban: {why}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The PEM of the node's city's CA, from its trust bundle file.
+fn city_ca(c: &tongban_gateway::NodeConfig) -> Result<Vec<u8>, String> {
+    let text = std::fs::read_to_string(&c.trust_bundle_path)
+        .map_err(|e| format!("{}: {e}", c.trust_bundle_path.display()))?;
+    let file: tongban_gateway::trust::TrustBundleFile =
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", c.trust_bundle_path.display()))?;
+    let entry = file
+        .cities
+        .into_iter()
+        .find(|e| e.id == c.city)
+        .ok_or_else(|| format!("the trust bundle lists no city `{}`", c.city))?;
+    Ok(entry.ca_pem.into_bytes())
+}
+
+fn prune(config: &std::path::Path, archive: &std::path::Path) -> ExitCode {
+    let done = tongban_gateway::NodeConfig::load(config)
+        .map_err(|e| e.to_string())
+        .and_then(|c| {
+            let bundle = tongban_gateway::trust::TrustBundle::load(&c.trust_bundle_path)
+                .map_err(|e| format!("trust bundle: {e}"))?;
+            tongban_gateway::audit::archive::prune(
+                &c.data_dir,
+                archive,
+                &bundle,
+                &c.audit.retention,
+                tongban_gateway::audit::now_ms(),
+            )
+        });
+    match done {
+        Ok(p) => {
+            println!(
+                "pruned {} segment(s), {} record(s): the log now starts after seq {}{}",
+                p.segments,
+                p.records,
+                p.base,
+                if p.stopped.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (stopped: {})", p.stopped)
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            eprintln!("tongban: {why}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -330,9 +470,12 @@ async fn run_online(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                 Err(s) => Err(s),
             }
         }
-        AuditCmd::Verify { .. } | AuditCmd::Reindex { .. } | AuditCmd::VerifyProof { .. } => {
-            return Ok(ExitCode::FAILURE)
-        }
+        AuditCmd::Verify { .. }
+        | AuditCmd::Reindex { .. }
+        | AuditCmd::VerifyProof { .. }
+        | AuditCmd::Archive { .. }
+        | AuditCmd::VerifyArchive { .. }
+        | AuditCmd::Prune { .. } => return Ok(ExitCode::FAILURE),
     };
     Ok(crate::client::exit_code(result))
 }

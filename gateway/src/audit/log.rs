@@ -116,6 +116,69 @@ pub struct Head {
     pub root: Hash,
 }
 
+/// Where a pruned log starts (`audit/pruned.json`): the last entry removed (its seq and
+/// hash) and the Merkle frontier of the entries up to it, as the archive that holds them
+/// says (`tongban audit prune`). A log without the file starts at seq 1.
+pub const BASE_FILE: &str = "pruned.json";
+
+/// The start of a pruned log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Base {
+    pub seq: u64,
+    pub hash: Hash,
+    pub tree: super::merkle::Frontier,
+}
+
+impl Base {
+    /// The base of the log in `dir`: none when it was never pruned.
+    pub fn read(dir: &Path) -> Result<Option<Base>, AuditError> {
+        let path = dir.join(BASE_FILE);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let bad = |why: &str| AuditError::Corrupt {
+            seq: 0,
+            reason: format!("{}: {why}", path.display()),
+        };
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(&e.to_string()))?;
+        let hash = |x: &serde_json::Value| -> Option<Hash> {
+            hex::decode(x.as_str()?).ok()?.try_into().ok()
+        };
+        let seq = v["seq"].as_u64().ok_or_else(|| bad("no seq"))?;
+        let nodes = v["frontier"]
+            .as_array()
+            .ok_or_else(|| bad("no frontier"))?
+            .iter()
+            .map(|n| Some((u32::try_from(n[0].as_u64()?).ok()?, hash(&n[1])?)))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| bad("a frontier node is not [level, hex hash]"))?;
+        Ok(Some(Base {
+            seq,
+            hash: hash(&v["hash"]).ok_or_else(|| bad("no hash"))?,
+            tree: super::merkle::Frontier::from_parts(seq, nodes)
+                .ok_or_else(|| bad("the frontier does not fit seq"))?,
+        }))
+    }
+
+    /// Writes the base of the log in `dir` (to a temporary file, synced, then renamed).
+    pub fn write(&self, dir: &Path) -> Result<(), AuditError> {
+        let v = serde_json::json!({
+            "seq": self.seq,
+            "hash": hex::encode(self.hash),
+            "frontier": self.tree.nodes().iter().map(|(l, h)| serde_json::json!([l, hex::encode(h)])).collect::<Vec<_>>(),
+        });
+        let tmp = dir.join(format!("{BASE_FILE}.tmp"));
+        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(v.to_string().as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(io(&tmp))?;
+        fs::rename(&tmp, dir.join(BASE_FILE)).map_err(io(dir))?;
+        sync_dir(dir)
+    }
+}
+
 fn segment_name(first_seq: u64) -> String {
     format!("seg-{first_seq:012}.log")
 }
@@ -408,19 +471,26 @@ fn walk_dir(
     mut each: impl FnMut(&ReadEntry),
 ) -> Result<VerifyReport, AuditError> {
     let checkpoints: HashMap<u64, Hash> = checkpoints.iter().copied().collect();
+    let base = Base::read(dir)?;
     let mut walk = Walk {
         head: Head {
-            seq: 0,
-            hash: [0; 32],
+            seq: base.as_ref().map_or(0, |b| b.seq),
+            hash: base.as_ref().map_or([0; 32], |b| b.hash),
             root: super::merkle::empty_root(),
         },
-        tree: super::merkle::Frontier::default(),
+        tree: base.as_ref().map(|b| b.tree.clone()).unwrap_or_default(),
         records: 0,
         bad: None,
         torn: None,
         checkpoints: &checkpoints,
     };
-    let segs = segments(dir)?;
+    // Segments a prune removed from the log's account but not yet from the disk (a crash
+    // between the two) are not part of it.
+    let start = walk.head.seq;
+    let segs: Vec<(u64, PathBuf)> = segments(dir)?
+        .into_iter()
+        .filter(|(first, _)| *first > start)
+        .collect();
     for (i, (first, path)) in segs.iter().enumerate() {
         if *first != walk.head.seq + 1 {
             let why = format!(
@@ -667,7 +737,16 @@ impl AuditLog {
                 })
             }
         };
-        if let Some((first, path)) = segments(dir)?.last() {
+        // Segments a prune left on disk (it stopped between writing the base and removing
+        // them) are removed now: the archive holds them.
+        let base = Base::read(dir)?.map_or(0, |b| b.seq);
+        let mut segs = segments(dir)?;
+        for (first, path) in segs.iter().filter(|(f, _)| *f <= base) {
+            tracing::info!(segment = %path.display(), first, "removing an audit segment a prune archived");
+            fs::remove_file(path).map_err(io(path))?;
+        }
+        segs.retain(|(f, _)| *f > base);
+        if let Some((first, path)) = segs.last() {
             seg_first = *first;
             file_len = fs::metadata(path).map_err(io(path))?.len();
         }

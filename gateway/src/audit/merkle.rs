@@ -62,6 +62,18 @@ impl Frontier {
         self.size
     }
 
+    /// The roots of the perfect subtrees, largest first: (level, root).
+    pub fn nodes(&self) -> &[(u32, Hash)] {
+        &self.nodes
+    }
+
+    /// A frontier from its parts; `None` unless the levels are those of `size`'s bits.
+    pub fn from_parts(size: u64, nodes: Vec<(u32, Hash)>) -> Option<Frontier> {
+        let levels: Vec<u32> = (0..64u32).rev().filter(|l| size & (1 << l) != 0).collect();
+        (levels == nodes.iter().map(|(l, _)| *l).collect::<Vec<_>>())
+            .then_some(Frontier { size, nodes })
+    }
+
     /// Appends a leaf; `completed(level, index, hash)` is told of every perfect subtree that
     /// the leaf completes (the leaf itself at level 0 first).
     pub fn push_with(&mut self, leaf: Hash, mut completed: impl FnMut(u32, u64, &Hash)) {

@@ -3,6 +3,7 @@
 //! checkpoints of the log head exchanged between nodes and signed receipts ([`receipt`]).
 
 pub mod api;
+pub mod archive;
 pub mod change;
 pub mod exchange;
 pub mod index;
@@ -203,6 +204,10 @@ pub fn index_log(
     tree: &merkle::TreeStore,
 ) -> Result<VerifyReport, AuditError> {
     let mut failed = None;
+    // A pruned log starts after its base: the index keeps a place for each archived record.
+    if let Some(base) = log::Base::read(dir)? {
+        index.skip_to(base.seq.max(after)).map_err(storage)?;
+    }
     let tree_size = tree.size();
     let mut leaves = Vec::new();
     let report = log::verify_dir(dir, &[], |r| {
@@ -264,7 +269,7 @@ impl Auditor {
                 seq = log.head().seq,
                 "the audit merkle tree disagreed with the log; rebuilding it"
             );
-            tree.clear().map_err(storage)?;
+            rebuild_tree(dir, &tree)?;
             index_log(dir, &index, log.head().seq, &tree)?;
         }
         let idx = index.clone();
@@ -555,6 +560,29 @@ impl Auditor {
         }
         if cp.seq == 0 {
             return Ok(());
+        }
+        // A checkpoint of records pruned (archived) since: checked by the tree, which keeps
+        // them, or at the base itself by its hash.
+        if let Ok(Some(base)) = log::Base::read(self.log.dir()) {
+            if cp.seq <= base.seq {
+                let agrees = if cp.seq == base.seq {
+                    base.hash.as_slice() == cp.head_hash.as_slice()
+                } else {
+                    cp.tree_root.is_empty()
+                        || self
+                            .tree
+                            .root(cp.seq)
+                            .is_ok_and(|r| r.as_slice() == cp.tree_root.as_slice())
+                };
+                return if agrees {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "peer `{peer}` holds a checkpoint of this node's audit log at {theirs}, which the archived part of the log (up to seq {}) contradicts",
+                        base.seq
+                    ))
+                };
+            }
         }
         let here = self.entry_hash(cp.seq).map_err(|e| e.to_string())?;
         // The tree too, where the checkpoint has one and the store has reached it.
@@ -918,6 +946,26 @@ pub fn verify_offline(data_dir: &Path) -> Result<(VerifyReport, bool), AuditErro
     Ok((report, used))
 }
 
+/// Empties the Merkle tree store down to what the log cannot rebuild: the part a prune
+/// archived, which only the store keeps (its frontier must match the log's base).
+fn rebuild_tree(dir: &Path, tree: &merkle::TreeStore) -> Result<(), AuditError> {
+    let Some(base) = log::Base::read(dir)? else {
+        return tree.clear().map_err(storage);
+    };
+    let kept = tree.size() >= base.seq && tree.root(base.seq).map_err(storage)? == base.tree.root();
+    if !kept {
+        return Err(AuditError::Corrupt {
+            seq: base.seq,
+            reason: format!(
+                "the merkle tree store ({}) no longer holds the {} records archived before the log's base: restore it from a backup of the data directory (proofs need it)",
+                dir.join(MERKLE_DIR).display(),
+                base.seq
+            ),
+        });
+    }
+    tree.truncate_to(base.seq).map_err(storage)
+}
+
 /// Rebuilds the indexes and the Merkle tree from the log (`tongban audit reindex`; the node
 /// must be stopped).
 pub fn reindex_offline(data_dir: &Path) -> Result<VerifyReport, AuditError> {
@@ -925,7 +973,7 @@ pub fn reindex_offline(data_dir: &Path) -> Result<VerifyReport, AuditError> {
     let index = AuditIndex::open(&dir).map_err(storage)?;
     index.clear().map_err(storage)?;
     let tree = merkle::TreeStore::open(&dir.join(MERKLE_DIR)).map_err(storage)?;
-    tree.clear().map_err(storage)?;
+    rebuild_tree(&dir, &tree)?;
     let report = index_log(&dir, &index, 0, &tree)?;
     index.flush().map_err(storage)?;
     Ok(report)
