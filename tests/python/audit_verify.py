@@ -12,7 +12,7 @@ usage:
   audit_verify.py receipt RECEIPT --cert PEM --issuer CITY
       checks a receipt against the providing node's certificate
   audit_verify.py archive DIR [--ca PEM]
-      checks an archive (section 8): its files, certificate (against --ca, else its own
+      checks an archive (section 7): its files, certificate (against --ca, else its own
       ca.pem), checkpoints, chain and tree
 
 prints one JSON object: {"ok": bool, "why": str, ...}; exit 0 when ok, 1 otherwise.

@@ -66,7 +66,7 @@ pub enum AuditCmd {
     /// Write an archive of the log (the node stopped): its records from --from to --to
     /// (rounded down to the newest checkpoint at or before it), the checkpoints, the node
     /// certificate and the city's CA, with a manifest; checkable offline on another machine
-    /// (`verify-archive`, docs/audit-format.md §8).
+    /// (`verify-archive`, docs/audit-format.md §7).
     Archive {
         /// The node's config (its data directory, certificate and trust bundle).
         #[arg(long)]

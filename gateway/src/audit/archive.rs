@@ -2,7 +2,7 @@
 //! archive holds once its retention has passed (`tongban audit archive`, `verify-archive`,
 //! `prune`; the node stopped for `archive` and `prune`).
 //!
-//! An archive is a directory (docs/audit-format.md §8):
+//! An archive is a directory (docs/audit-format.md §7):
 //! - `segments/seg-NNNNNNNNNNNN.log`: the frames of entries `from_seq..=to_seq`, as logged;
 //! - `checkpoints.json`: the node's signed checkpoints in that range, the last at `to_seq`;
 //! - `node.pem`, `ca.pem`: the node certificate that signed them and its city's CA;
