@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs (once) the command-line tools some tests run as independent checks: `openssl`
-# reads the keys `tongban certs init` writes. From Debian's packages when missing.
+# reads the keys `tongban certs init` writes, serves as the tests' RFC 3161 time-stamping
+# authority (`ts -reply`) and verifies its tokens (`ts -verify`). From Debian's packages when
+# missing.
 set -euo pipefail
 missing=()
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)

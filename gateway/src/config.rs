@@ -121,6 +121,20 @@ struct RawAudit {
     anchor: String,
     anchor_wait_s: u64,
     retention: RawRetention,
+    tsa: Option<RawTsa>,
+}
+
+/// `[audit.tsa]`: an RFC 3161 time-stamping authority for checkpoints.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTsa {
+    url: String,
+    #[serde(default = "default_tsa_timeout_ms")]
+    timeout_ms: u64,
+}
+
+fn default_tsa_timeout_ms() -> u64 {
+    5000
 }
 
 /// `[audit.retention]`, in days.
@@ -154,6 +168,7 @@ impl Default for RawAudit {
             anchor: "wait".into(),
             anchor_wait_s: 60,
             retention: RawRetention::default(),
+            tsa: None,
         }
     }
 }
@@ -355,6 +370,9 @@ pub struct AuditConfig {
     pub anchor: AnchorPolicy,
     /// How long records are kept before `tongban audit prune` may remove them (archived).
     pub retention: Retention,
+    /// An RFC 3161 time-stamping authority for checkpoints (`[audit.tsa]`): its URL (http)
+    /// and how long to wait for it.
+    pub tsa: Option<(String, Duration)>,
 }
 
 /// How long audit records of each class are kept before a prune may remove them (once
@@ -414,6 +432,7 @@ impl Default for AuditConfig {
             checkpoint_interval: Duration::from_secs(10),
             anchor: AnchorPolicy::Wait(Duration::from_secs(60)),
             retention: Retention::default(),
+            tsa: None,
         }
     }
 }
@@ -788,6 +807,21 @@ impl NodeConfig {
                         format!("must be \"wait\" or \"serve\", not {other:?}"),
                     ))
                 }
+            },
+            tsa: match &a.tsa {
+                None => None,
+                Some(t) if !t.url.starts_with("http://") => {
+                    return Err(ConfigError::key(
+                        "audit.tsa.url",
+                        "must be an http:// URL of an RFC 3161 time-stamping authority",
+                    ))
+                }
+                Some(t) => Some((
+                    t.url.clone(),
+                    Duration::from_millis(positive("timeout_ms", t.timeout_ms).map_err(|_| {
+                        ConfigError::key("audit.tsa.timeout_ms", "must be greater than 0")
+                    })?),
+                )),
             },
             retention: {
                 let days = |d: u64| Duration::from_secs(d.saturating_mul(86_400));

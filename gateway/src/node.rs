@@ -62,6 +62,8 @@ pub enum NodeError {
     },
     #[error("cannot build the reflection service: {0}")]
     Reflection(String),
+    #[error("audit.tsa.url: {0}")]
+    Tsa(String),
     #[error("peer `{0}` is not in the trust bundle")]
     UnknownPeer(String),
     #[error("auth.jwks_file: {0}")]
@@ -81,7 +83,8 @@ impl NodeError {
             NodeError::Trust(_)
             | NodeError::UnknownPeer(_)
             | NodeError::Jwks(_)
-            | NodeError::Policy(_) => 64,
+            | NodeError::Policy(_)
+            | NodeError::Tsa(_) => 64,
             NodeError::Store { .. } | NodeError::Bind { .. } | NodeError::SubjectKey(_) => 74,
             NodeError::Registry(_) | NodeError::Reflection(_) => 70,
             // A log that does not verify: the node refuses to write on top of it.
@@ -473,10 +476,17 @@ impl PreparedNode {
         )));
         let policy = checks.policy.clone();
         let auth = checks.auth.clone();
+        let tsa = match &config.audit.tsa {
+            None => None,
+            Some((url, timeout)) => {
+                Some(crate::audit::tsa::Tsa::new(url, *timeout).map_err(NodeError::Tsa)?)
+            }
+        };
         tasks.push(tokio::spawn(crate::audit::run_checkpoints(
             auditor.clone(),
             config.audit.checkpoint_every,
             config.audit.checkpoint_interval,
+            tsa,
             shutdown.clone(),
         )));
         let proxy = Arc::new(Proxy {

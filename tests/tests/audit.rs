@@ -461,6 +461,7 @@ async fn peers_hold_each_others_signed_checkpoints_and_see_a_rewrite() {
     let lie = tongban_proto::audit::v1::SignedCheckpoint {
         signature: q_id.sign(&bytes),
         checkpoint: bytes,
+        timestamp_token: Vec::new(),
     };
     let e = j_auditor
         .store_peer_checkpoint("qingdao", &q_cert, &lie, None)
@@ -510,6 +511,7 @@ async fn peers_hold_each_others_signed_checkpoints_and_see_a_rewrite() {
     let forked = tongban_proto::audit::v1::SignedCheckpoint {
         signature: q_id.sign(&bytes),
         checkpoint: bytes,
+        timestamp_token: Vec::new(),
     };
     let e = j_auditor
         .store_peer_checkpoint("qingdao", &q_cert, &forked, Some(&proof.hashes))

@@ -382,3 +382,121 @@ fn frame_offsets(b: &[u8]) -> Vec<(usize, usize)> {
     }
     out
 }
+
+/// Trusted time: with `[audit.tsa]`, a node's checkpoints are time-stamped by an RFC 3161
+/// TSA (a local one: OpenSSL's `ts -reply` behind HTTP), and OpenSSL's `ts -verify`, knowing
+/// only the TSA's CA, confirms that the token time-stamps that checkpoint and no other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_are_time_stamped_by_a_tsa_that_openssl_verifies() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/tsa_server.py");
+    let mut tsa = std::process::Command::new(tongban_tests::python())
+        .arg(script)
+        .arg(dir.path().join("tsa"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(tsa.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+
+    let mut f = Fed::start(&["jinan", "qingdao"]).await;
+    f.fed.stop_node("jinan").await.unwrap();
+    {
+        let c = f.fed.cities.iter_mut().find(|c| c.city == "jinan").unwrap();
+        c.config.audit.tsa = Some((
+            info["url"].as_str().unwrap().to_string(),
+            Duration::from_secs(5),
+        ));
+        c.config.audit.checkpoint_interval = Duration::from_millis(300);
+    }
+    f.fed.restart_node("jinan").await.unwrap();
+    let citizen = demo_subject("37010219850312002");
+    let (_, consent) = f
+        .fed
+        .grant_consent_for(
+            "tongban.crosscity.v1.CrossCityService",
+            "jinan",
+            &citizen,
+            "jinan/hrss",
+            ("qingdao", "case-handling"),
+            &["JQ-03"],
+        )
+        .await
+        .unwrap();
+    let mut stamped = None;
+    for _ in 0..100 {
+        submit(&f, &citizen, &consent).await;
+        let auditor = f
+            .fed
+            .city("jinan")
+            .unwrap()
+            .node()
+            .unwrap()
+            .auditor()
+            .clone();
+        if let Some(s) = auditor
+            .own_checkpoints()
+            .into_iter()
+            .rev()
+            .find(|s| !s.timestamp_token.is_empty())
+        {
+            stamped = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let signed = stamped.expect("no checkpoint was ever time-stamped");
+    let (at_ms, imprint) =
+        tongban_gateway::audit::tsa::token_time(&signed.timestamp_token).unwrap();
+    use sha2::Digest as _;
+    assert_eq!(imprint, sha2::Sha256::digest(&signed.checkpoint).to_vec());
+    let now = tongban_gateway::audit::now_ms();
+    assert!((now - at_ms).abs() < 60_000, "{at_ms} vs {now}");
+    // Through the Audit API too.
+    let op = dev_token_with_roles(&f.fed.certs, "jinan", "ops", &["audit-operator"]).unwrap();
+    let own = AuditClient::new(f.channel("jinan").await)
+        .checkpoints(with_token(CheckpointsRequest {}, &op))
+        .await
+        .unwrap()
+        .into_inner()
+        .own;
+    assert!(own
+        .iter()
+        .any(|s| s.timestamp_token == signed.timestamp_token));
+
+    // OpenSSL, an independent verifier, with only the TSA's CA.
+    let d = dir.path();
+    std::fs::write(d.join("cp.bin"), &signed.checkpoint).unwrap();
+    std::fs::write(d.join("token.der"), &signed.timestamp_token).unwrap();
+    let verify = |data: &str| {
+        std::process::Command::new("openssl")
+            .args(["ts", "-verify", "-token_in", "-in"])
+            .arg(d.join("token.der"))
+            .arg("-data")
+            .arg(d.join(data))
+            .arg("-CAfile")
+            .arg(info["ca"].as_str().unwrap())
+            .arg("-untrusted")
+            .arg(info["tsa_cert"].as_str().unwrap())
+            .output()
+            .unwrap()
+    };
+    let ok = verify("cp.bin");
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).contains("Verification: OK"),
+        "{ok:?}"
+    );
+    let mut other = signed.checkpoint.clone();
+    other[0] ^= 1;
+    std::fs::write(d.join("other.bin"), other).unwrap();
+    let bad = verify("other.bin");
+    assert!(!String::from_utf8_lossy(&bad.stdout).contains("Verification: OK"));
+    let _ = tsa.kill();
+    let _ = tsa.wait();
+    f.shutdown().await;
+}

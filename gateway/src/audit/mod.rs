@@ -11,6 +11,7 @@ pub mod log;
 pub mod merkle;
 pub mod proof;
 pub mod receipt;
+pub mod tsa;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -672,6 +673,7 @@ impl Auditor {
         let signed = SignedCheckpoint {
             signature: self.identity.sign(&bytes),
             checkpoint: bytes,
+            timestamp_token: Vec::new(),
         };
         self.checkpoints
             .insert(&head.seq.to_be_bytes(), &signed.encode_to_vec())
@@ -909,6 +911,38 @@ impl Auditor {
     }
 }
 
+/// Has the newest checkpoint time-stamped, if it is not yet.
+async fn stamp_latest(auditor: &Auditor, tsa: &tsa::Tsa) {
+    let Some(mut signed) = auditor.latest_checkpoint() else {
+        return;
+    };
+    if !signed.timestamp_token.is_empty() {
+        return;
+    }
+    let Ok(cp) = Checkpoint::decode(signed.checkpoint.as_slice()) else {
+        return;
+    };
+    match tsa.stamp(&signed.checkpoint).await {
+        Ok(stamp) => {
+            signed.timestamp_token = stamp.token;
+            match auditor
+                .checkpoints
+                .insert(&cp.seq.to_be_bytes(), &signed.encode_to_vec())
+            {
+                Ok(()) => tracing::debug!(
+                    seq = cp.seq,
+                    at_ms = stamp.gen_time_ms,
+                    "audit checkpoint time-stamped"
+                ),
+                Err(error) => tracing::error!(%error, "cannot keep the time-stamp token"),
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, tsa = %tsa.url(), seq = cp.seq, "the checkpoint could not be time-stamped (the next one will be tried)")
+        }
+    }
+}
+
 /// Every signed checkpoint of a keyspace.
 fn decoded(ks: &dyn Keyspace) -> Vec<SignedCheckpoint> {
     ks.scan_prefix(b"")
@@ -979,11 +1013,13 @@ pub fn reindex_offline(data_dir: &Path) -> Result<VerifyReport, AuditError> {
     Ok(report)
 }
 
-/// Signs a checkpoint every `every` records or `interval`, whichever comes first.
+/// Signs a checkpoint every `every` records or `interval`, whichever comes first; with a
+/// TSA, has the newest one time-stamped.
 pub async fn run_checkpoints(
     auditor: Arc<Auditor>,
     every: u64,
     interval: Duration,
+    tsa: Option<tsa::Tsa>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut heads = auditor.subscribe();
@@ -1005,6 +1041,9 @@ pub async fn run_checkpoints(
             Ok(Some(_)) => last = auditor.head().seq,
             Ok(None) => {}
             Err(error) => tracing::error!(%error, "audit checkpoint failed"),
+        }
+        if let Some(tsa) = &tsa {
+            stamp_latest(&auditor, tsa).await;
         }
     }
 }

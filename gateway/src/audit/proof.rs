@@ -67,6 +67,7 @@ fn signed_of(v: &Value, what: &str) -> Result<SignedCheckpoint, String> {
     Ok(SignedCheckpoint {
         checkpoint: b64(&v["checkpoint"], &format!("{what}.checkpoint"))?,
         signature: b64(&v["signature"], &format!("{what}.signature"))?,
+        timestamp_token: Vec::new(),
     })
 }
 
