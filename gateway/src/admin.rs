@@ -139,24 +139,30 @@ pub async fn watch_health(
     let mut anchor = auditor.watch_anchor();
     let mut serving = true;
     let mut anchored: Option<bool> = None;
+    let mut writable = true;
+    let mut probe_due = true;
     loop {
-        let a = auditor.clone();
-        let probed = tokio::task::spawn_blocking(move || a.probe_writable())
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
-        let writable = match probed {
-            Ok(()) => {
-                metrics.audit.writable.set(1);
-                true
-            }
-            Err(error) => {
-                if metrics.audit.writable.get() == 1 || serving {
-                    tracing::error!(%error, "audit log cannot be written; the node reports NOT_SERVING");
+        // The disk is probed on the timer; a change of the anchor or a contradiction is
+        // reported at once, with the last probe's answer.
+        if probe_due {
+            let a = auditor.clone();
+            let probed = tokio::task::spawn_blocking(move || a.probe_writable())
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+            writable = match probed {
+                Ok(()) => {
+                    metrics.audit.writable.set(1);
+                    true
                 }
-                metrics.audit.writable.set(0);
-                false
-            }
-        };
+                Err(error) => {
+                    if metrics.audit.writable.get() == 1 || serving {
+                        tracing::error!(%error, "audit log cannot be written; the node reports NOT_SERVING");
+                    }
+                    metrics.audit.writable.set(0);
+                    false
+                }
+            };
+        }
         contradiction.borrow_and_update();
         // Confirmed by a peer since the start (or no peers): `tongban.audit.anchor`.
         let confirmed = anchor.borrow_and_update().confirmed();
@@ -182,9 +188,9 @@ pub async fn watch_health(
             serving = now;
         }
         tokio::select! {
-            _ = tokio::time::sleep(HEALTH_PROBE_EVERY) => {},
-            _ = contradiction.changed() => {},
-            _ = anchor.changed() => {},
+            _ = tokio::time::sleep(HEALTH_PROBE_EVERY) => probe_due = true,
+            _ = contradiction.changed() => probe_due = false,
+            _ = anchor.changed() => probe_due = false,
             _ = shutdown.changed() => return,
         }
     }
