@@ -11,7 +11,7 @@ use std::time::Duration;
 use prost::Message;
 use tongban_gateway::audit::log::{read_segment, segments};
 use tongban_proto::audit::v1::Checkpoint;
-use tongban_tests::{tongban_bin, Fed, CONVERGE};
+use tongban_tests::{copy_tree, tongban_bin, Fed, CONVERGE};
 use tonic::Code;
 
 fn audit_dir(f: &Fed, city: &str) -> std::path::PathBuf {
@@ -73,19 +73,6 @@ async fn a_node_whose_log_lost_its_last_record_refuses_to_start() {
         "{stdout}"
     );
     f.shutdown().await;
-}
-
-fn copy_tree(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let to = dst.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), &to).unwrap();
-        }
-    }
 }
 
 /// Waits until `holder` keeps a checkpoint of `of` at `seq` or later.

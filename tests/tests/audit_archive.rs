@@ -11,7 +11,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use tongban_tests::process::{NodeProcess, TwoCities};
-use tongban_tests::tongban_bin;
+use tongban_tests::{audit_verifier as verifier, copy_tree, tongban_bin};
 
 fn tongban(args: &[&std::ffi::OsStr]) -> (i32, String) {
     let out: Output = std::process::Command::new(tongban_bin())
@@ -26,17 +26,6 @@ fn tongban(args: &[&std::ffi::OsStr]) -> (i32, String) {
             String::from_utf8_lossy(&out.stderr)
         ),
     )
-}
-
-fn verifier(args: &[&str]) -> serde_json::Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/audit_verify.py");
-    let out = std::process::Command::new(tongban_tests::python())
-        .arg(script)
-        .args(args)
-        .output()
-        .unwrap();
-    serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim())
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
 }
 
 /// Stops a node process cleanly (SIGTERM): it records its stop and signs a last checkpoint.
@@ -251,17 +240,4 @@ async fn an_archive_is_checked_offline_then_pruned_and_the_node_still_verifies()
     assert_eq!(code, 0, "{text}");
     cities.jinan = NodeProcess::spawn(&config, &[]);
     cities.stop().await;
-}
-
-fn copy_tree(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let to = dst.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), &to).unwrap();
-        }
-    }
 }

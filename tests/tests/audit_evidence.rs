@@ -21,7 +21,7 @@ use tongban_proto::audit::v1::{
     ProveResponse, Side,
 };
 use tongban_proto::crosscity::v1::SubmitRequest;
-use tongban_tests::{authorize, Fed};
+use tongban_tests::{audit_verifier as verifier, authorize, Fed};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request};
 
@@ -29,25 +29,6 @@ fn with_token<T>(msg: T, token: &str) -> Request<T> {
     let mut r = Request::new(msg);
     authorize(&mut r, token);
     r
-}
-
-/// Runs the independent verifier; its JSON whatever it concluded.
-fn verifier(args: &[&str]) -> serde_json::Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/audit_verify.py");
-    let out = std::process::Command::new(tongban_tests::python())
-        .arg(script)
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "verifier output ({e}): {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    assert_eq!(out.status.success(), v["ok"] == true, "{v}");
-    v
 }
 
 fn write_json(dir: &Path, name: &str, v: &serde_json::Value) -> String {
