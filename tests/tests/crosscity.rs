@@ -927,3 +927,90 @@ async fn a_form_value_that_is_not_utf8_is_invalid_argument_naming_the_field() {
     assert!(e.message().contains("UTF-8"), "{}", e.message());
     w.shutdown().await;
 }
+
+/// A department honours an idempotency key on `Submit`: the same submission again (a retry
+/// after a timeout, an orchestrator resuming after a crash) returns the first application;
+/// the same key with another submission is refused; another caller's key is its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_makes_a_repeated_submission_return_the_first_application() {
+    let w = world(SLOW).await;
+    let item = w.catalog.item("JQ-08").unwrap();
+    let keyed = |key: &str| {
+        let mut m = example_application(item, &w.citizen);
+        m.idempotency_key = key.to_string();
+        m
+    };
+    // Bad keys first: too long, or with a space.
+    for bad in ["k".repeat(129), "two words".to_string()] {
+        let e = w
+            .client("jinan")
+            .await
+            .submit(w.as_centre(keyed(&bad), "JQ-08"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert_eq!(bad_fields(&e), ["idempotency_key"]);
+    }
+    let first = w
+        .client("jinan")
+        .await
+        .submit(w.as_centre(keyed("move-2026-001"), "JQ-08"))
+        .await
+        .unwrap()
+        .into_inner();
+    // Again, twice at once: the same application, not a second or third.
+    let (a, b) = tokio::join!(
+        async {
+            w.client("jinan")
+                .await
+                .submit(w.as_centre(keyed("move-2026-001"), "JQ-08"))
+                .await
+        },
+        async {
+            w.client("jinan")
+                .await
+                .submit(w.as_centre(keyed("move-2026-001"), "JQ-08"))
+                .await
+        }
+    );
+    assert_eq!(a.unwrap().into_inner().application_id, first.application_id);
+    assert_eq!(b.unwrap().into_inner().application_id, first.application_id);
+    let listed = w
+        .client("jinan")
+        .await
+        .list_applications(w.as_centre(ListApplicationsRequest::default(), "JQ-08"))
+        .await
+        .unwrap()
+        .into_inner()
+        .applications;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    // The same key with another submission: refused, naming the first application.
+    let mut other = keyed("move-2026-001");
+    other
+        .fields
+        .insert("account_number".into(), "370100999999999".into());
+    let e = w
+        .client("jinan")
+        .await
+        .submit(w.as_centre(other, "JQ-08"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains(&first.application_id),
+        "{}",
+        e.message()
+    );
+    // A new key is a new application; no key is always new.
+    let second = w
+        .client("jinan")
+        .await
+        .submit(w.as_centre(keyed("move-2026-002"), "JQ-08"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(second.application_id, first.application_id);
+    let unkeyed = w.submit("JQ-08").await.unwrap();
+    assert_ne!(unkeyed.application_id, first.application_id);
+    w.shutdown().await;
+}

@@ -601,6 +601,7 @@ pub fn example_application(
                 ),
             })
             .collect(),
+        idempotency_key: String::new(),
     }
 }
 

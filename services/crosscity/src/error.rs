@@ -42,6 +42,8 @@ pub enum CrossCityError {
     Final { id: String, state: &'static str },
     #[error("x-tongban-subject is required to list a citizen's applications")]
     NoSubject,
+    #[error("idempotency key `{key}` was used for another submission (application `{id}`): use a new key for a new submission")]
+    KeyReused { key: String, id: String },
     #[error("application store failed: {0}")]
     Store(String),
 }
@@ -61,9 +63,9 @@ impl ApiError for CrossCityError {
             }
             CrossCityError::Invalid(_) | CrossCityError::NoSubject => Code::InvalidArgument,
             CrossCityError::UnknownItem(_) | CrossCityError::NotFound(_) => Code::NotFound,
-            CrossCityError::OtherOrganisation { .. } | CrossCityError::Final { .. } => {
-                Code::FailedPrecondition
-            }
+            CrossCityError::OtherOrganisation { .. }
+            | CrossCityError::Final { .. }
+            | CrossCityError::KeyReused { .. } => Code::FailedPrecondition,
             CrossCityError::CodeMismatch { .. }
             | CrossCityError::SubjectMismatch
             | CrossCityError::SubjectRequired(_)
@@ -89,6 +91,7 @@ impl ApiError for CrossCityError {
             CrossCityError::ItemNotNamed(_) => "CATALOG_CODE_REQUIRED",
             CrossCityError::Final { .. } => "APPLICATION_FINAL",
             CrossCityError::NoSubject => "SUBJECT_REQUIRED",
+            CrossCityError::KeyReused { .. } => "IDEMPOTENCY_KEY_REUSED",
             CrossCityError::Store(_) => "APPLICATION_STORE",
         }
     }

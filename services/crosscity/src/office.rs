@@ -83,6 +83,12 @@ impl Office {
     }
 
     /// Takes in a new application (persisted before this returns) and starts its handling.
+    /// Holds every read-modify-write of applications off while the guard lives (a keyed
+    /// submission claims its key and stores its application under it).
+    pub async fn exclusive(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.lock.lock().await
+    }
+
     pub async fn receive(self: &Arc<Self>, s: Stored) -> Result<Stored, CrossCityError> {
         self.store.put(&s).await?;
         self.publish(&s);

@@ -16,7 +16,8 @@ use tonic::{Request, Response, Status};
 use crate::error::CrossCityError;
 use crate::office::{now_ms, Office};
 use crate::rules::{self, mask_id, Vouched};
-use crate::store::{Material, Stored};
+use crate::store::{Keyed, Material, Stored};
+use tongban_gateway::error::FieldViolation;
 
 /// The provider of one organisation of one city.
 #[derive(Clone)]
@@ -98,10 +99,48 @@ impl CrossCityService for Department {
     async fn submit(&self, req: Request<SubmitRequest>) -> Result<Response<Application>, Status> {
         let v = Vouched::from_metadata(req.metadata())?;
         let o = &self.office;
-        let sub = rules::check(&o.catalog, &o.city, &o.org, req.into_inner(), &v)?;
+        let msg = req.into_inner();
+        let key = msg.idempotency_key.clone();
+        if key.len() > 128 || !key.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+            return Err(CrossCityError::Invalid(vec![FieldViolation::new(
+                "idempotency_key",
+                "idempotency_key is at most 128 printable ASCII characters, without spaces",
+            )])
+            .into());
+        }
+        let sub = rules::check(&o.catalog, &o.city, &o.org, msg, &v)?;
+        let mut id = new_application_id(&o.city, &o.org);
+        // A keyed submission: claimed and stored under the office's lock, so a retry (even
+        // one racing the first) returns the first application and never makes a second.
+        let _exclusive = if key.is_empty() {
+            None
+        } else {
+            let guard = o.exclusive().await;
+            let digest = submission_digest(&sub, &self.pseudonyms.pseudonym(&sub.applicant_id));
+            let keyed = Keyed {
+                id: id.clone(),
+                digest: digest.clone(),
+            };
+            match o.store.claim_key(&v.caller, &key, &keyed)? {
+                None => {}
+                Some(first) if first.digest != digest => {
+                    return Err(CrossCityError::KeyReused { key, id: first.id }.into())
+                }
+                Some(first) => {
+                    if let Some(existing) = o.store.get(&first.id)? {
+                        tracing::info!(application = %existing.id, caller = %v.caller, "repeated submission answered with the first application (idempotency key)");
+                        return Ok(Response::new(existing.to_wire()));
+                    }
+                    // Claimed, then a crash before it was stored: it is stored now, under
+                    // the id the key names.
+                    id = first.id;
+                }
+            }
+            Some(guard)
+        };
         let received = now_ms();
         let mut s = Stored {
-            id: new_application_id(&o.city, &o.org),
+            id,
             code: sub.item.code.clone(),
             state: State::Unspecified as i32,
             provider_city: o.city.clone(),
@@ -258,4 +297,23 @@ impl CrossCityService for Department {
 /// so that nobody can guess another applicant's id from their own.
 fn new_application_id(city: &str, org: &str) -> String {
     format!("{city}-{org}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// What makes two submissions the same one, for an idempotency key: the item, the applicant
+/// (their pseudonym), the fields and the materials.
+fn submission_digest(sub: &rules::Submission<'_>, applicant: &str) -> String {
+    use sha2::Digest as _;
+    let materials: Vec<(&str, &str, String)> = sub
+        .materials
+        .iter()
+        .map(|m| {
+            (
+                m.kind.as_str(),
+                m.uri.as_str(),
+                m.sha256.to_ascii_lowercase(),
+            )
+        })
+        .collect();
+    let canonical = serde_json::json!([sub.item.code, applicant, sub.fields, materials]);
+    hex::encode(sha2::Sha256::digest(canonical.to_string().as_bytes()))
 }

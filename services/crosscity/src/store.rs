@@ -121,6 +121,16 @@ pub struct Store {
     db: sled::Db,
     apps: sled::Tree,
     by_subject: sled::Tree,
+    /// `caller NUL key` → the application a keyed submission created, and the digest of that
+    /// submission.
+    keys: sled::Tree,
+}
+
+/// What an idempotency key was first used for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Keyed {
+    pub id: String,
+    pub digest: String,
 }
 
 /// Index key: pseudonym, then the inverted receipt time (newest first), then the id.
@@ -139,8 +149,29 @@ impl Store {
         Ok(Store {
             apps: db.open_tree("apps")?,
             by_subject: db.open_tree("by_subject")?,
+            keys: db.open_tree("idempotency_keys")?,
             db,
         })
+    }
+
+    /// Claims `key` of `caller` for `keyed`, atomically: `None` when it was free (now it is
+    /// this submission's; made durable by the application's own `put`), else what it was
+    /// first used for.
+    pub fn claim_key(
+        &self,
+        caller: &str,
+        key: &str,
+        keyed: &Keyed,
+    ) -> Result<Option<Keyed>, CrossCityError> {
+        let k = format!("{caller}\0{key}");
+        let v = serde_json::to_vec(keyed)?;
+        match self
+            .keys
+            .compare_and_swap(k.as_bytes(), None as Option<&[u8]>, Some(v))?
+        {
+            Ok(()) => Ok(None),
+            Err(e) => Ok(e.current.map(|c| serde_json::from_slice(&c)).transpose()?),
+        }
     }
 
     /// A new, never reused sequence number for an application id.
