@@ -7,6 +7,7 @@
 //! does not load is refused with an error naming the item and the key, so an operator's typo
 //! stops a start instead of becoming a wrong answer at run time.
 
+pub mod bundle;
 mod calendar;
 pub mod divisions;
 mod fields;
@@ -159,6 +160,8 @@ pub struct Catalog {
     pub divisions: Arc<Divisions>,
     items: Vec<Item>,
     data_items: Vec<DataItem>,
+    /// "One thing" bundles of items (`[[bundles]]`).
+    pub bundles: Vec<bundle::Bundle>,
     /// SHA-256 (hex) of the catalog file's text, as loaded.
     pub digest: String,
     /// The file it was loaded from, or "embedded".
@@ -199,6 +202,10 @@ impl Catalog {
     /// Every item, in file order.
     pub fn items(&self) -> &[Item] {
         &self.items
+    }
+
+    pub fn bundle(&self, code: &str) -> Option<&bundle::Bundle> {
+        self.bundles.iter().find(|b| b.code == code)
     }
 
     pub fn item(&self, code: &str) -> Option<&Item> {

@@ -24,6 +24,12 @@ pub enum LoadError {
         key: String,
         message: String,
     },
+    #[error("catalog bundle {bundle}, key `{key}`: {message}")]
+    Bundle {
+        bundle: String,
+        key: String,
+        message: String,
+    },
 }
 
 const ITEM_KEYS: &[&str] = &[
@@ -223,6 +229,7 @@ pub(crate) fn parse(text: &str, base: Option<&std::path::Path>) -> Result<Catalo
         "calendar",
         "items",
         "data_items",
+        "bundles",
         "divisions",
     ])?;
     // The division table first: the items' examples are checked against it.
@@ -308,7 +315,32 @@ pub(crate) fn parse(text: &str, base: Option<&std::path::Path>) -> Result<Catalo
         }
         data_items.push(d);
     }
+    let mut bundles: Vec<crate::bundle::Bundle> = Vec::new();
+    match t.get("bundles") {
+        None => {}
+        Some(Value::Array(a)) => {
+            for (i, v) in a.iter().enumerate() {
+                let Value::Table(bt) = v else {
+                    return Err(top.at.err(format!("bundles[{i}]"), "expected a table"));
+                };
+                let b = crate::bundle::bundle(bt, i, &items)?;
+                if items.iter().any(|x| x.code == b.code)
+                    || data_items.iter().any(|x| x.code == b.code)
+                    || bundles.iter().any(|x| x.code == b.code)
+                {
+                    return Err(LoadError::Bundle {
+                        bundle: b.code.clone(),
+                        key: "code".into(),
+                        message: "duplicate code (an item or another bundle has it)".into(),
+                    });
+                }
+                bundles.push(b);
+            }
+        }
+        Some(other) => return Err(top.type_err("bundles", "an array of [[bundles]]", other)),
+    }
     Ok(Catalog {
+        bundles,
         federation,
         version,
         cities,

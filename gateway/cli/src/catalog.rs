@@ -38,11 +38,12 @@ pub fn run(cmd: CatalogCmd) -> ExitCode {
     };
     match cmd {
         CatalogCmd::Check { .. } => println!(
-            "ok: {} {}, {} items, {} data items, {} organisations, division codes of revision {}",
+            "ok: {} {}, {} items, {} data items, {} bundles, {} organisations, division codes of revision {}",
             catalog.federation,
             catalog.version,
             catalog.items().len(),
             catalog.data_items().len(),
+            catalog.bundles.len(),
             catalog.organisations.len(),
             catalog.divisions.version
         ),
