@@ -21,8 +21,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use toml::{Table, Value};
 
-use crate::load::LoadError;
 use crate::Item;
+
+/// Why a bundle is refused: the bundle, the key, what is wrong (the loader reports it as
+/// `LoadError::Bundle`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleError {
+    pub bundle: String,
+    pub key: String,
+    pub message: String,
+}
 
 /// One item of a bundle.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,15 +67,15 @@ const KEYS: &[&str] = &[
     "from_results",
 ];
 
-fn err(bundle: &str, key: impl Into<String>, message: impl Into<String>) -> LoadError {
-    LoadError::Bundle {
+fn err(bundle: &str, key: impl Into<String>, message: impl Into<String>) -> BundleError {
+    BundleError {
         bundle: bundle.to_string(),
         key: key.into(),
         message: message.into(),
     }
 }
 
-fn string(t: &Table, bundle: &str, key: &str) -> Result<String, LoadError> {
+fn string(t: &Table, bundle: &str, key: &str) -> Result<String, BundleError> {
     match t.get(key) {
         Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.clone()),
         Some(_) => Err(err(bundle, key, "a non-empty string is required")),
@@ -81,7 +89,7 @@ fn target(
     bundle: &str,
     key: &str,
     members: &BTreeMap<&str, &Item>,
-) -> Result<Target, LoadError> {
+) -> Result<Target, BundleError> {
     let (code, field) = s
         .split_once('.')
         .ok_or_else(|| err(bundle, key, format!("`{s}` is not ITEM.field")))?;
@@ -103,7 +111,7 @@ fn target(
 }
 
 /// Reads and checks one `[[bundles]]` table against the catalog's `items`.
-pub(crate) fn bundle(t: &Table, index: usize, items: &[Item]) -> Result<Bundle, LoadError> {
+pub(crate) fn bundle(t: &Table, index: usize, items: &[Item]) -> Result<Bundle, BundleError> {
     let label = match t.get("code") {
         Some(Value::String(c)) => c.clone(),
         _ => format!("bundles[{index}]"),

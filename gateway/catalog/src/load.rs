@@ -323,7 +323,11 @@ pub(crate) fn parse(text: &str, base: Option<&std::path::Path>) -> Result<Catalo
                 let Value::Table(bt) = v else {
                     return Err(top.at.err(format!("bundles[{i}]"), "expected a table"));
                 };
-                let b = crate::bundle::bundle(bt, i, &items)?;
+                let b = crate::bundle::bundle(bt, i, &items).map_err(|e| LoadError::Bundle {
+                    bundle: e.bundle,
+                    key: e.key,
+                    message: e.message,
+                })?;
                 if items.iter().any(|x| x.code == b.code)
                     || data_items.iter().any(|x| x.code == b.code)
                     || bundles.iter().any(|x| x.code == b.code)
