@@ -930,7 +930,7 @@ async fn a_form_value_that_is_not_utf8_is_invalid_argument_naming_the_field() {
 
 /// A department honours an idempotency key on `Submit`: the same submission again (a retry
 /// after a timeout, an orchestrator resuming after a crash) returns the first application;
-/// the same key with another submission is refused; another caller's key is its own.
+/// the same key with another submission is refused; a new key is a new application.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotency_key_makes_a_repeated_submission_return_the_first_application() {
     let w = world(SLOW).await;
