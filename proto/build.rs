@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "tongban/consent/v1/consent.proto",
     "tongban/audit/v1/audit.proto",
     "tongban/admin/v1/admin.proto",
+    "tongban/bundle/v1/bundle.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

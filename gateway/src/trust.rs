@@ -665,6 +665,25 @@ impl NodeIdentity {
     }
 }
 
+/// The public key of `city`'s node from its certificate file (PEM, the node's first), once
+/// the certificate is checked as that city's node certificate: what a service of the city
+/// verifies its node's signed statements with (e.g. consent tokens).
+pub fn node_public_key(
+    city: &str,
+    cert_path: &Path,
+    bundle: &TrustBundle,
+) -> Result<Vec<u8>, TrustError> {
+    let pem = read_file("node certificate", cert_path)?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| invalid("node certificate", e.to_string()))?;
+    bundle.verify_node_cert(city, &chain)?;
+    let first = chain
+        .first()
+        .ok_or_else(|| invalid("node certificate", "no certificate in the file"))?;
+    public_key_of(first)
+}
+
 /// The raw public key of a node certificate: 32 bytes of Ed25519, or the 65-byte
 /// uncompressed point of a P-256 key.
 pub fn public_key_of(cert: &CertificateDer<'_>) -> Result<Vec<u8>, TrustError> {

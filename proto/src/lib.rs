@@ -29,6 +29,7 @@ protos! {
     audit => "tongban.audit.v1",
     medical => "tongban.medical.v1",
     admin => "tongban.admin.v1",
+    bundle => "tongban.bundle.v1",
 }
 
 /// The cross-city services: v2 is the service departments run (the 27 items); v1 is its

@@ -192,8 +192,18 @@ pub struct ChildProcess {
 impl ChildProcess {
     /// Starts `tongban <args>` and waits for its line containing `marker`.
     pub fn spawn(args: &[&std::ffi::OsStr], marker: &'static str) -> ChildProcess {
+        Self::spawn_env(args, &[], marker)
+    }
+
+    /// [`Self::spawn`] with `env` added to its environment.
+    pub fn spawn_env(
+        args: &[&std::ffi::OsStr],
+        env: &[(&str, &str)],
+        marker: &'static str,
+    ) -> ChildProcess {
         let mut cmd = Command::new(crate::tongban_bin());
         cmd.args(args);
+        cmd.envs(env.iter().copied());
         let (child, lines, start) =
             spawn_logged(cmd, marker, marker).unwrap_or_else(|e| panic!("{e}"));
         ChildProcess {

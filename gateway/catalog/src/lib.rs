@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 pub use calendar::Calendar;
 pub use divisions::Divisions;
-pub use fields::{normalise, unclean, Field, FieldType, Violation};
+pub use fields::{credit_code_check_char, normalise, unclean, Field, FieldType, Violation};
 pub use load::LoadError;
 
 /// The Jinan–Qingdao catalog shipped with Tongban (`deploy/catalog/jinan-qingdao.toml`): the

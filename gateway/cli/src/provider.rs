@@ -46,6 +46,34 @@ pub enum ProviderCmd {
         #[command(flatten)]
         register: Registration,
     },
+    /// The city's "one thing" bundle service (tongban.bundle.v1, h2c): bundles in sled under
+    /// --data-dir, each item submitted to its department through --node as --org, with the
+    /// citizen's consent; unfinished bundles resume at start.
+    Bundle {
+        #[command(flatten)]
+        at: Placement,
+        /// The catalog file (its [[bundles]]); the embedded Jinan–Qingdao catalog if absent.
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+        /// The federation PKI: CERTS/trust-bundle.toml, and CERTS/<city>/node.pem (the node
+        /// whose consents the service checks).
+        #[arg(long, default_value = "deploy/certs")]
+        certs: PathBuf,
+        /// The city node's caller address: the service registers there and reaches the
+        /// departments through it.
+        #[arg(long)]
+        node: String,
+        /// The organisation's caller JWT at --node; env TONGBAN_TOKEN.
+        #[arg(long, env = "TONGBAN_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The URL the node reaches this service at (default http://LISTEN).
+        #[arg(long)]
+        advertise: Option<String>,
+        /// How long an item whose department cannot be reached is retried (its deadline),
+        /// in seconds from its first attempt; then the bundle ends partial.
+        #[arg(long, default_value_t = 1800)]
+        retry_for_s: u64,
+    },
     /// The probe: an in-memory tongban.crosscity.v1 service without rules (the benchmark's
     /// backend; it costs next to nothing per call).
     Probe {
@@ -172,6 +200,67 @@ pub fn run(cmd: ProviderCmd) -> ExitCode {
                 .await?;
             Ok(ExitCode::SUCCESS)
         }),
+        ProviderCmd::Bundle {
+            at:
+                Placement {
+                    city,
+                    org,
+                    listen,
+                    data_dir,
+                },
+            catalog,
+            certs,
+            node,
+            token,
+            advertise,
+            retry_for_s,
+        } => {
+            let retry = tongban_bundle::Retry {
+                retry_for: Duration::from_secs(retry_for_s),
+                ..tongban_bundle::Retry::default()
+            };
+            let config = match bundle_config(
+                &city,
+                &org,
+                data_dir,
+                catalog,
+                &certs,
+                (&node, &token),
+                retry,
+            ) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("tongban: {e:#}");
+                    return ExitCode::from(crate::EX_CONFIG);
+                }
+            };
+            crate::block_on(async move {
+                let service = tongban_bundle::BundleService::open(config).await?;
+                let listener = bind(listen).await?;
+                let listen = listener.local_addr()?;
+                tracing::info!(%city, %org, %listen, "bundle service started");
+                Registration {
+                    node: Some(node),
+                    token: Some(token),
+                    advertise,
+                }
+                .spawn(
+                    listen,
+                    vec![ServiceRegistration {
+                        organisation: org.clone(),
+                        service: tongban_bundle::SERVICE.into(),
+                        endpoints: Vec::new(),
+                        catalog_codes: Vec::new(),
+                        personal_data: true,
+                        description: format!("\"one thing\" bundles of {city}"),
+                    }],
+                )?;
+                service
+                    .serve(listener, crate::node::wait_for_signal())
+                    .await?;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
         ProviderCmd::Crosscity {
             at:
                 Placement {
@@ -287,5 +376,32 @@ fn department_config(
         catalog: Arc::new(catalog),
         signer,
         step: Duration::from_millis(step_ms),
+    })
+}
+
+fn bundle_config(
+    city: &str,
+    org: &str,
+    data_dir: PathBuf,
+    catalog: Option<PathBuf>,
+    certs: &std::path::Path,
+    (node, token): (&str, &str),
+    retry: tongban_bundle::Retry,
+) -> anyhow::Result<tongban_bundle::BundleConfig> {
+    let catalog = tongban_catalog::Catalog::load_or_embedded(catalog.as_deref())?;
+    let trust = tongban_gateway::trust::TrustBundle::load(&certs.join("trust-bundle.toml"))?;
+    let home_node_key =
+        tongban_gateway::trust::node_public_key(city, &certs.join(city).join("node.pem"), &trust)
+            .with_context(|| format!("the node certificate of {city}"))?;
+    Ok(tongban_bundle::BundleConfig {
+        city: city.to_string(),
+        org: org.to_string(),
+        data_dir,
+        catalog: Arc::new(catalog),
+        trust: Arc::new(trust),
+        home_node_key,
+        node: node.to_string(),
+        token: token.to_string(),
+        retry,
     })
 }

@@ -5,6 +5,7 @@
 //! The node library (`tongban-gateway`) does not depend on this crate, nor on any domain
 //! service: the `tongban` binary and the tests wire them together.
 
+pub mod bundles;
 pub mod certs;
 pub mod demo;
 pub mod departments;

@@ -194,7 +194,7 @@ impl Office {
             },
             issued_at: ecert::rfc3339(issued),
             valid_until: ecert::rfc3339(until),
-            details: s.fields.clone(),
+            details: details_of(item, s),
         };
         let bytes = ecert::sign(doc, &self.signer)
             .map_err(|e| CrossCityError::Store(format!("cannot sign the result: {e}")))?;
@@ -232,6 +232,41 @@ impl Office {
         self.publish(&s);
         Ok(s)
     }
+}
+
+/// The result's details: the application's fields, and what the office issues with the
+/// result. A registration office that registers an enterprise at a domicile (an item with a
+/// `domicile_division` field and no `credit_code` of its own) assigns its unified social
+/// credit code (GB 32100): the number later items of a bundle take from this result.
+fn details_of(
+    item: &tongban_catalog::Item,
+    s: &Stored,
+) -> std::collections::BTreeMap<String, String> {
+    let mut details = s.fields.clone();
+    let registers = item.fields.iter().any(|f| f.name == "domicile_division")
+        && !item.fields.iter().any(|f| f.name == "credit_code");
+    if let (true, Some(division)) = (registers, s.fields.get("domicile_division")) {
+        if let Some(code) = issue_credit_code(division, &s.id) {
+            details.insert("credit_code".into(), code);
+        }
+    }
+    details
+}
+
+/// A unified social credit code for the enterprise registered by application `id` at
+/// `division`: `91` (market regulation, enterprise), the division, nine digits derived from
+/// the application id, and the GB 32100 check character.
+pub fn issue_credit_code(division: &str, id: &str) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(id.as_bytes());
+    let digits: String = h
+        .iter()
+        .take(9)
+        .map(|b| char::from(b'0' + b % 10))
+        .collect();
+    let first17 = format!("91{division}{digits}");
+    let check = tongban_catalog::credit_code_check_char(&first17)?;
+    Some(format!("{first17}{check}"))
 }
 
 pub fn state_name(s: State) -> &'static str {
