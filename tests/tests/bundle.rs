@@ -565,3 +565,95 @@ async fn withdrawing_a_bundle_withdraws_what_was_sent_and_sends_nothing_more() {
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
     w.shutdown().await;
 }
+
+/// Opening a food business: JQ-22 takes the enterprise's credit code from JQ-19's signed
+/// result (verified before it is used); without food, the optional JQ-22 is left out and
+/// the consent names JQ-19 alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_item_takes_a_field_from_an_earlier_result_and_optional_items_can_be_skipped() {
+    let w = World::start(Duration::from_millis(20), Retry::default()).await;
+    let me = demo_subject("37010219850312002");
+    let catalog = tongban_catalog::Catalog::embedded().unwrap();
+    let bundle = catalog.bundle("JQB-02").unwrap();
+    let (fields, materials) = example_form(&catalog, bundle);
+    let (_, consent) = grant(&w.f.fed, "jinan", &me, "qingdao", &["JQ-19", "JQ-22"])
+        .await
+        .unwrap();
+    let msg = SubmitRequest {
+        bundle_code: "JQB-02".into(),
+        target_city: "qingdao".into(),
+        applicant_id: me.clone(),
+        fields: fields.clone(),
+        materials: materials.clone(),
+        skip: Vec::new(),
+        consent,
+        idempotency_key: String::new(),
+    };
+    let s = w
+        .client("jinan")
+        .await
+        .submit(as_citizen(&w.f.fed, "jinan", &me, msg).unwrap())
+        .await
+        .unwrap()
+        .into_inner();
+    let s = follow(&w, "jinan", &me, &s.bundle_id).await;
+    assert_eq!(s.state, BundleState::Completed as i32, "{s:#?}");
+    let trust = tongban_gateway::trust::TrustBundle::load(&w.f.fed.certs.trust_bundle).unwrap();
+    let registered = tongban_crosscity::ecert::verify(
+        &item(&s, "JQ-19").application.as_ref().unwrap().result,
+        &trust,
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    let code = registered.details["credit_code"].clone();
+    let food = tongban_crosscity::ecert::verify(
+        &item(&s, "JQ-22").application.as_ref().unwrap().result,
+        &trust,
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    assert_eq!(food.details["credit_code"], code);
+    // No food: JQ-22 skipped, and a consent for JQ-19 alone.
+    let (_, consent) = grant(&w.f.fed, "jinan", &me, "qingdao", &["JQ-19"])
+        .await
+        .unwrap();
+    let msg = SubmitRequest {
+        bundle_code: "JQB-02".into(),
+        target_city: "qingdao".into(),
+        applicant_id: me.clone(),
+        fields: fields
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("food_"))
+            .collect(),
+        materials: materials
+            .into_iter()
+            .filter(|m| m.kind != "premises-layout" && m.kind != "food-safety-plan")
+            .collect(),
+        skip: vec!["JQ-22".into()],
+        consent,
+        idempotency_key: "business-2".into(),
+    };
+    let mut client = w.client("jinan").await;
+    let first = client
+        .submit(as_citizen(&w.f.fed, "jinan", &me, msg.clone()).unwrap())
+        .await
+        .unwrap()
+        .into_inner();
+    // The same key again: the same bundle, not a second one.
+    let again = client
+        .submit(as_citizen(&w.f.fed, "jinan", &me, msg).unwrap())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.bundle_id, first.bundle_id);
+    let s = follow(&w, "jinan", &me, &first.bundle_id).await;
+    assert_eq!(s.state, BundleState::Completed as i32, "{s:#?}");
+    assert_eq!(item(&s, "JQ-22").state, ItemState::Skipped as i32);
+    assert_eq!(
+        applications(&w, "jinan", "qingdao", &me, "JQ-19")
+            .await
+            .len(),
+        2
+    );
+    w.shutdown().await;
+}
