@@ -84,6 +84,16 @@ async fn run_demo(serve: bool, portal: PortalArgs) -> anyhow::Result<ExitCode> {
         story.recognised, story.retested
     );
     println!();
+    println!("\"one thing\" bundles (高效办成一件事): a citizen of each city moves to the other, one form,");
+    println!("one consent naming the four items, one status (household registration first, then pension,");
+    println!("provident fund and medical insurance, each at the other city's department):");
+    let moving = tongban_devkit::bundles::run_moving(fed).await?;
+    for story in &moving {
+        for l in story.lines() {
+            println!("  {l}");
+        }
+    }
+    println!();
     println!("federation checks (consent, revocation, routing) on the probe service:");
     let rows = demo::run_calls(fed).await?;
     println!("{}", demo::table(&rows));
@@ -107,6 +117,16 @@ async fn run_demo(serve: bool, portal: PortalArgs) -> anyhow::Result<ExitCode> {
     println!();
     let checked = demo::check_items(&items)
         .and_then(|()| demo::check_medical(&story))
+        .and_then(|()| match moving.iter().find(|m| !m.ok()) {
+            Some(m) => Err(demo::DemoError::Check(format!(
+                "the moving bundle {} → {} did not complete with verified certificates",
+                m.home, m.target
+            ))),
+            None if moving.len() == 2 => Ok(()),
+            None => Err(demo::DemoError::Check(
+                "the moving bundle did not run both ways".into(),
+            )),
+        })
         .and_then(|()| demo::check(&rows))
         .and_then(
             |()| match heads.iter().find(|h| h.verified.is_err() || h.records == 0) {
@@ -119,7 +139,7 @@ async fn run_demo(serve: bool, portal: PortalArgs) -> anyhow::Result<ExitCode> {
         );
     match &checked {
         Ok(()) => println!(
-            "ok: all {} items completed both ways with verified certificates; the recognition story went as told; each cross-city call was answered by the other city's provider",
+            "ok: all {} items completed both ways with verified certificates; the moving bundle completed both ways; the recognition story went as told; each cross-city call was answered by the other city's provider",
             items.len()
         ),
         Err(e) => println!("FAILED: {e}"),

@@ -236,3 +236,148 @@ pub async fn grant(
     )
     .await
 }
+
+/// The moving bundle (JQB-01) of one citizen, as the demo tells it.
+#[derive(Debug, Clone)]
+pub struct MovingStory {
+    pub home: String,
+    pub target: String,
+    /// The bundle's single status, at its end.
+    pub status: tongban_proto::bundle::v1::BundleStatus,
+    /// Every change of the status the citizen saw (`WatchStatus`).
+    pub changes: usize,
+    /// Each item's result verified with the trust bundle alone (or why not).
+    pub certificates: Vec<(String, Result<String, String>)>,
+}
+
+impl MovingStory {
+    pub fn ok(&self) -> bool {
+        self.status.state == tongban_proto::bundle::v1::BundleState::Completed as i32
+            && self.certificates.len() == 4
+            && self.certificates.iter().all(|(_, c)| c.is_ok())
+    }
+
+    /// The single status, a line for the bundle and one per item.
+    pub fn lines(&self) -> Vec<String> {
+        use tongban_proto::bundle::v1::{BundleState, ItemState};
+        let s = &self.status;
+        let state = BundleState::try_from(s.state)
+            .map(tongban_bundle::engine::state_name)
+            .unwrap_or("unknown");
+        let mut out = vec![format!(
+            "{} {} → {}: {} {}, due {} ({} status changes seen)",
+            s.bundle_code, self.home, self.target, s.bundle_id, state, s.due_date, self.changes
+        )];
+        for i in &s.items {
+            let app = i.application.clone().unwrap_or_default();
+            let cert = match self.certificates.iter().find(|(c, _)| c == &i.code) {
+                Some((_, Ok(by))) => format!("certificate verified ({by})"),
+                Some((_, Err(e))) => format!("certificate NOT verified: {e}"),
+                None => String::new(),
+            };
+            out.push(format!(
+                "  {:<6} {:<10} {:<13} {:<44} due {}  {}",
+                i.code,
+                ItemState::try_from(i.state)
+                    .map(tongban_bundle::engine::item_state_name)
+                    .unwrap_or("unknown"),
+                format!("{}/{}", app.provider_city, app.provider_org),
+                app.application_id,
+                app.due_date,
+                cert
+            ));
+        }
+        out
+    }
+}
+
+/// A citizen of each city moves to the other: one consent, one form, one status each,
+/// through the home city's bundle service; followed to the end, each result verified.
+pub async fn run_moving(fed: &LocalFederation) -> Result<Vec<MovingStory>, LocalError> {
+    use tongban_proto::bundle::v1::bundle_service_client::BundleServiceClient;
+    use tongban_proto::bundle::v1::{BundleState, GetStatusRequest, SubmitRequest};
+    let other = |e: &dyn std::fmt::Display| LocalError::Other(e.to_string());
+    let catalog = tongban_catalog::Catalog::embedded().map_err(|e| other(&e))?;
+    let trust = TrustBundle::load(&fed.certs.trust_bundle).map_err(|e| other(&e))?;
+    let bundle = catalog
+        .bundle("JQB-01")
+        .ok_or_else(|| LocalError::Other("the catalog has no JQB-01".into()))?;
+    let items: Vec<&str> = bundle.items.iter().map(|i| i.code.as_str()).collect();
+    let mut out = Vec::new();
+    for (home, target, citizen) in [
+        (
+            "jinan",
+            "qingdao",
+            crate::demo::demo_subject("37010219850312002"),
+        ),
+        (
+            "qingdao",
+            "jinan",
+            crate::demo::demo_subject("37020219920704003"),
+        ),
+    ] {
+        let (_, consent) = grant(fed, home, &citizen, target, &items).await?;
+        let (mut fields, materials) = example_form(&catalog, bundle);
+        let division = |c: &str| if c == "jinan" { "370102" } else { "370202" };
+        fields.insert("from_division".into(), division(home).into());
+        fields.insert("to_division".into(), division(target).into());
+        let mut client = BundleServiceClient::new(fed.channel(home).await?);
+        let msg = SubmitRequest {
+            bundle_code: bundle.code.clone(),
+            target_city: target.into(),
+            applicant_id: citizen.clone(),
+            fields,
+            materials,
+            skip: Vec::new(),
+            consent,
+            idempotency_key: String::new(),
+        };
+        let started = client
+            .submit(as_citizen(fed, home, &citizen, msg)?)
+            .await?
+            .into_inner();
+        let mut watch = as_citizen(
+            fed,
+            home,
+            &citizen,
+            GetStatusRequest {
+                bundle_id: started.bundle_id.clone(),
+            },
+        )?;
+        watch.set_timeout(Duration::from_secs(60));
+        let mut stream = client.watch_status(watch).await?.into_inner();
+        let mut last = started;
+        let mut changes = 0;
+        while let Some(s) = stream.message().await? {
+            changes += 1;
+            last = s;
+            if last.state != BundleState::InProgress as i32 {
+                break;
+            }
+        }
+        let certificates = last
+            .items
+            .iter()
+            .filter_map(|i| i.application.as_ref().map(|a| (i.code.clone(), a)))
+            .filter(|(_, a)| !a.result.is_empty())
+            .map(|(code, a)| {
+                let v = tongban_crosscity::ecert::verify(
+                    &a.result,
+                    &trust,
+                    time::OffsetDateTime::now_utc(),
+                )
+                .map(|d| format!("{}/{}", d.issuer.city, d.issuer.organisation))
+                .map_err(|e| e.to_string());
+                (code, v)
+            })
+            .collect();
+        out.push(MovingStory {
+            home: home.into(),
+            target: target.into(),
+            status: last,
+            changes,
+            certificates,
+        });
+    }
+    Ok(out)
+}

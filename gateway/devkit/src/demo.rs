@@ -397,10 +397,12 @@ pub struct Demo {
     pub fed: LocalFederation,
     pub departments: crate::departments::Departments,
     pub registries: crate::medical::Registries,
+    pub bundles: crate::bundles::Bundles,
 }
 
 impl Demo {
     pub async fn shutdown(self) {
+        self.bundles.stop().await;
         self.departments.stop().await;
         self.registries.stop().await;
         self.fed.shutdown().await;
@@ -439,10 +441,12 @@ pub async fn start_for_browsers(
     let departments = crate::departments::Departments::start(&fed, DEMO_STEP).await?;
     let rules = tongban_medical::Rules::embedded().map_err(|e| DemoError::Check(e.to_string()))?;
     let registries = crate::medical::Registries::start(&fed, &rules).await?;
+    let bundles = crate::bundles::Bundles::start(&fed, tongban_bundle::Retry::default()).await?;
     Ok(Demo {
         fed,
         departments,
         registries,
+        bundles,
     })
 }
 
