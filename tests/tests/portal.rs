@@ -70,7 +70,9 @@ async fn the_portal_in_a_real_browser() {
             "--log",
             "debug,h2=info,hyper=info,hyper_util=info,tower=info",
         ])
-        .args(["demo", "--serve", "--portal-dir"])
+        // Slower back offices (400 ms a step): a bundle stays in progress long enough to be
+        // withdrawn from the page.
+        .args(["demo", "--serve", "--step-ms", "400", "--portal-dir"])
         .arg(portal.join("dist"))
         .env("NO_COLOR", "1")
         .env_remove("RUST_LOG")
@@ -227,8 +229,24 @@ async fn the_portal_in_a_real_browser() {
     for (page, found) in r["accessibility"].as_object().unwrap() {
         assert_eq!(found, &serde_json::json!([]), "{page}: {found}");
     }
-    assert_eq!(r["accessibility"].as_object().unwrap().len(), 4, "{r}");
-    assert_eq!(r["steps"].as_array().unwrap().len(), 12, "{r}");
+    assert_eq!(r["accessibility"].as_object().unwrap().len(), 5, "{r}");
+    assert_eq!(r["steps"].as_array().unwrap().len(), 16, "{r}");
+    // The bundles: the three of the catalog; the third service's rule named at the
+    // bundle's field before anything was sent; one consent for the four services; all four
+    // completed under one status; the second withdrawn, every service with it.
+    assert_eq!(r["bundles"], 3, "{r}");
+    assert!(
+        r["bundleFieldError"]
+            .as_str()
+            .unwrap()
+            .contains("[0-9]{9,15}"),
+        "{r}"
+    );
+    assert_eq!(r["bundleConsentItems"], 4, "{r}");
+    assert_eq!(r["bundleItemsCompleted"], 4, "{r}");
+    assert_eq!(r["bundleStatus"], "已全部办结", "{r}");
+    assert_eq!(r["withdrawnItems"], 4, "{r}");
+    assert_eq!(r["myBundles"], 2, "{r}");
 
     // The certificate the citizen downloaded verifies with the federation's trust bundle.
     let verify = Command::new(tongban_bin())

@@ -22,6 +22,10 @@ pub struct PortalArgs {
     /// Address of the portal's site (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub portal_addr: std::net::SocketAddr,
+    /// How long the departments' back offices take per step of an application (ms); a
+    /// slower office leaves time to follow and withdraw a bundle in the portal.
+    #[arg(long, default_value_t = 20)]
+    pub step_ms: u64,
 }
 
 /// Runs the demo.
@@ -52,7 +56,8 @@ async fn run_demo(serve: bool, portal: PortalArgs) -> anyhow::Result<ExitCode> {
         Some(l) => vec![RunningPortal::url_of(l)?.trim_end_matches('/').to_string()],
         None => Vec::new(),
     };
-    let demo = demo::start_for_browsers(dir.path(), &origins).await?;
+    let step = std::time::Duration::from_millis(portal.step_ms);
+    let demo = demo::start_with_step(dir.path(), &origins, step).await?;
     let fed = &demo.fed;
     for c in &fed.cities {
         println!(

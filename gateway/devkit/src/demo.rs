@@ -419,6 +419,15 @@ pub async fn start_for_browsers(
     root: &std::path::Path,
     origins: &[String],
 ) -> Result<Demo, DemoError> {
+    start_with_step(root, origins, DEMO_STEP).await
+}
+
+/// [`start_for_browsers`], the departments' back offices taking `step` per step.
+pub async fn start_with_step(
+    root: &std::path::Path,
+    origins: &[String],
+    step: Duration,
+) -> Result<Demo, DemoError> {
     let fed = LocalFederation::start_for_browsers(
         root,
         &["jinan", "qingdao"],
@@ -438,7 +447,7 @@ pub async fn start_for_browsers(
     if !federated {
         return Err(DemoError::NotFederated(wait));
     }
-    let departments = crate::departments::Departments::start(&fed, DEMO_STEP).await?;
+    let departments = crate::departments::Departments::start(&fed, step).await?;
     let rules = tongban_medical::Rules::embedded().map_err(|e| DemoError::Check(e.to_string()))?;
     let registries = crate::medical::Registries::start(&fed, &rules).await?;
     let bundles = crate::bundles::Bundles::start(&fed, tongban_bundle::Retry::default()).await?;

@@ -5,7 +5,9 @@
 // grants a consent to Qingdao's hrss, which then calls Jinan about the citizen (allowed),
 // revokes it, and the same call is refused; finds that refused call in the access log;
 // switches to English; a second citizen sees none of the first's data; an expired token is
-// refused with a message the page shows. Screenshots of each step go to SCREENS.
+// refused with a message the page shows; the second citizen then moves to Qingdao with a
+// "one thing" bundle (a field error of its third service shown at the bundle's field, then
+// one consent and one status to completion) and withdraws a second one mid-way. Screenshots of each step go to SCREENS.
 //
 // usage (after `npm run build`, which bundles this file to .e2e/portal.e2e.mjs):
 //   node .e2e/portal.e2e.mjs '{"portal": URL, "qingdaoCaller": "http://…", "qingdaoToken": "…",
@@ -213,6 +215,60 @@ try {
   out.secondAccess = secondRows.length;
   out.secondAccessNotOwn = secondRows.filter((r) => !r.includes("本人") || r.includes("hrss"));
   await step(page, "12-second-citizen");
+
+  // A "one thing" bundle (the second citizen moves to Qingdao): one form for four services,
+  // first with a bad provident fund account (a rule of the third service, JQ-08): the
+  // message appears at the bundle's field, and nothing is sent or consented.
+  await page.click("#tab-bundles");
+  await page.waitForSelector("#bundles li");
+  out.bundles = await page.locator("#bundles li").count();
+  await page.click("#start-JQB-01");
+  await page.waitForSelector("#bundle-form");
+  for (const input of await page.locator("#bundle-form input[type=text], #bundle-form input[type=date]").all()) {
+    await input.fill((await input.getAttribute("placeholder")) ?? "");
+  }
+  await page.selectOption("#bundle-target-city", "qingdao");
+  out.bundleConsentItems = await page.locator("#bundle-consent-items li").count();
+  for (const input of await page.locator("#bundle-materials input[type=file]").all()) {
+    const kind = await input.getAttribute("name");
+    await input.setInputFiles({ name: `${kind}.pdf`, mimeType: "application/pdf", buffer: Buffer.from(`scan of ${kind}`) });
+  }
+  await page.fill("#bfield-provident_fund_account", "12AB");
+  await page.click("#bundle-submit");
+  await page.waitForFunction(() => (document.querySelector("#bfield-provident_fund_account-error")?.textContent ?? "") !== "");
+  out.bundleFieldError = await page.textContent("#bfield-provident_fund_account-error");
+  await step(page, "13-bundle-validation");
+  await audit(page, "bundle form");
+  // Corrected: one consent naming the four services, then one status until all are done.
+  await page.fill("#bfield-provident_fund_account", (await page.getAttribute("#bfield-provident_fund_account", "placeholder")) ?? "");
+  await page.click("#bundle-submit");
+  await page.waitForSelector("#bundle-status .bundle[data-bundle-state=COMPLETED]", { timeout: 60000 });
+  out.bundleItemsCompleted = await page.locator("#bundle-status li[data-item-state=COMPLETED]").count();
+  out.bundleStatus = await page.textContent("#bundle-status .bundle-state");
+  await step(page, "14-bundle-completed");
+  // A second one, withdrawn while its first service is with the department.
+  await page.click("#tab-bundles");
+  await page.waitForSelector("#start-JQB-01");
+  await page.click("#start-JQB-01");
+  await page.waitForSelector("#bundle-form");
+  for (const input of await page.locator("#bundle-form input[type=text], #bundle-form input[type=date]").all()) {
+    await input.fill((await input.getAttribute("placeholder")) ?? "");
+  }
+  for (const input of await page.locator("#bundle-materials input[type=file]").all()) {
+    const kind = await input.getAttribute("name");
+    await input.setInputFiles({ name: `${kind}.pdf`, mimeType: "application/pdf", buffer: Buffer.from(`scan of ${kind}`) });
+  }
+  await page.click("#bundle-submit");
+  await page.waitForSelector("#bundle-status .withdraw-bundle");
+  await page.click("#bundle-status .withdraw-bundle");
+  await page.waitForSelector("#bundle-status .bundle[data-bundle-state=WITHDRAWN]", { timeout: 30000 });
+  out.withdrawnItems = await page.locator("#bundle-status li[data-item-state=WITHDRAWN]").count();
+  await step(page, "15-bundle-withdrawn");
+  // Both in the citizen's list.
+  await page.click("#tab-bundles");
+  await page.waitForSelector("#my-bundles .bundle");
+  out.myBundles = await page.locator("#my-bundles .bundle").count();
+  await step(page, "16-my-bundles");
   out.pageErrors = errors;
 } finally {
   await browser.close();

@@ -9,6 +9,7 @@ import { current } from "./auth.js";
 import type { PortalConfig } from "./config.js";
 import { BadRequestSchema } from "./gen/google/rpc/error_details_pb.js";
 import { Audit } from "./gen/tongban/audit/v1/audit_pb.js";
+import { BundleService } from "./gen/tongban/bundle/v1/bundle_pb.js";
 import { Consent } from "./gen/tongban/consent/v1/consent_pb.js";
 import { CrossCityService } from "./gen/tongban/crosscity/v2/crosscity_pb.js";
 import { Registry } from "./gen/tongban/registry/v1/registry_pb.js";
@@ -21,6 +22,7 @@ export interface Clients {
   consent: Client<typeof Consent>;
   audit: Client<typeof Audit>;
   crosscity: Client<typeof CrossCityService>;
+  bundle: Client<typeof BundleService>;
 }
 
 const bearer: Interceptor = (next) => async (req) => {
@@ -40,6 +42,7 @@ export function clients(cfg: PortalConfig): Clients {
     consent: createClient(Consent, transport),
     audit: createClient(Audit, transport),
     crosscity: createClient(CrossCityService, transport),
+    bundle: createClient(BundleService, transport),
   };
 }
 

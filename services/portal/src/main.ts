@@ -11,8 +11,10 @@ import { loadConfig, type PortalConfig } from "./config.js";
 import { cityName, purposeName, t, toggleLang } from "./i18n.js";
 import type { CatalogItem } from "./gen/tongban/registry/v1/registry_pb.js";
 import { State, type Application } from "./gen/tongban/crosscity/v2/crosscity_pb.js";
+import { BundleState, ItemState, type BundleDefinition, type BundleStatus } from "./gen/tongban/bundle/v1/bundle_pb.js";
+import { Code } from "@connectrpc/connect";
 
-type Tab = "services" | "applications" | "consents" | "access";
+type Tab = "services" | "applications" | "bundles" | "consents" | "access";
 
 let cfg: PortalConfig;
 let api: Clients;
@@ -91,6 +93,7 @@ function nav(): HTMLElement {
   const tabs: [Tab, string][] = [
     ["services", t().tabServices],
     ["applications", t().tabApplications],
+    ["bundles", t().tabBundles],
     ["consents", t().tabConsents],
     ["access", t().tabAccess],
   ];
@@ -130,6 +133,9 @@ function render(): void {
       break;
     case "applications":
       void applications();
+      break;
+    case "bundles":
+      void bundles();
       break;
     case "consents":
       void consents();
@@ -342,6 +348,210 @@ async function applications(): Promise<void> {
   if (found.length === 0) list.append(el("p", {}, t().none));
   for (const app of found) list.append(applicationView(app));
   m.append(list);
+}
+
+// --- "one thing" bundles ---
+
+function bundleStateName(s: BundleState): string {
+  return t().bundleStates[`BUNDLE_STATE_${BundleState[s]}`] ?? BundleState[s];
+}
+
+function itemStateName(s: ItemState): string {
+  return t().itemStates[`ITEM_STATE_${ItemState[s]}`] ?? ItemState[s];
+}
+
+/** The bundles of the catalog, and the citizen's own, newest first. */
+async function bundles(): Promise<void> {
+  const m = main();
+  m.replaceChildren(el("h2", {}, t().tabBundles), el("p", {}, t().bundlesIntro));
+  try {
+    await catalogItems();
+    const defs = (await api.bundle.listBundles({}, { headers: about(cfg.city) })).bundles;
+    const list = el("ul", { class: "items", id: "bundles" });
+    for (const d of defs) {
+      const name = document.documentElement.lang === "en" ? d.nameEn : d.nameZh;
+      const b = el("button", { type: "button", id: `start-${d.code}`, "aria-label": `${t().startBundle} ${d.code} ${name}` }, t().startBundle);
+      b.onclick = () => bundleForm(d);
+      list.append(
+        el("li", {}, el("span", { class: "code" }, d.code), el("span", { class: "name" }, name), el("span", { class: "meta" }, d.items.map((i) => itemName(i.code)).join(" → ")), b),
+      );
+    }
+    m.append(list);
+    const mine = (await api.bundle.listMine({}, { headers: about(cfg.city) })).bundles;
+    const box = el("div", { id: "my-bundles" }, el("h3", {}, t().myBundles));
+    if (mine.length === 0) box.append(el("p", {}, t().none));
+    for (const b of mine) box.append(bundleView(b));
+    m.append(box);
+  } catch (e) {
+    show(failure(e));
+  }
+}
+
+function bundleForm(d: BundleDefinition): void {
+  const m = main();
+  const name = document.documentElement.lang === "en" ? d.nameEn : d.nameZh;
+  const f = el("form", { id: "bundle-form", novalidate: "" });
+  const cities = el("select", { id: "bundle-target-city" });
+  for (const c of cfg.cities.filter((c) => c !== cfg.city).concat([cfg.city])) cities.append(el("option", { value: c }, cityName(c)));
+  f.append(el("h2", {}, `${d.code} ${name}`), el("div", { class: "field" }, el("label", { for: "bundle-target-city" }, t().targetCity), cities));
+  // Optional items: the citizen chooses; the consent names exactly the chosen ones.
+  const optional = d.items.filter((i) => i.optional);
+  if (optional.length > 0) {
+    const fs = el("fieldset", { id: "bundle-optional" }, el("legend", {}, t().includeItem));
+    for (const i of optional) {
+      const id = `include-${i.code}`;
+      const box = el("input", { type: "checkbox", id, value: i.code });
+      box.checked = true;
+      fs.append(el("div", { class: "check" }, box, el("label", { for: id }, itemName(i.code))));
+    }
+    f.append(fs);
+  }
+  for (const field of d.form) {
+    const id = `bfield-${field.name}`;
+    const input = el("input", { id, name: field.name, type: field.type === "date" ? "date" : "text", placeholder: field.example, "aria-describedby": `${id}-hint ${id}-error`, autocomplete: "off" });
+    if (field.required) input.setAttribute("aria-required", "true");
+    f.append(
+      el(
+        "div",
+        { class: "field" },
+        el("label", { for: id }, `${field.name}${field.required ? ` (${t().required})` : ""}`),
+        input,
+        el("small", { id: `${id}-hint` }, `${field.fills.join(", ")}${field.values.length ? ` · ${field.values.join(" / ")}` : ""} · ${t().example} ${field.example}`),
+        el("span", { class: "field-error", id: `${id}-error`, role: "status" }),
+      ),
+    );
+  }
+  const kinds = [...new Set(d.items.flatMap((i) => i.materials))];
+  if (kinds.length > 0) {
+    const fs = el("fieldset", { id: "bundle-materials", "aria-describedby": "bundle-materials-error" }, el("legend", {}, t().materials));
+    for (const kind of kinds) {
+      const id = `bmaterial-${kind}`;
+      fs.append(el("div", { class: "field" }, el("label", { for: id }, kind), el("input", { id, name: kind, type: "file" })));
+    }
+    fs.append(el("span", { class: "field-error", id: "bundle-materials-error", role: "status" }));
+    f.append(fs);
+  }
+  const consentList = el("ul", { id: "bundle-consent-items" });
+  f.append(el("p", {}, t().bundleConsent), consentList);
+  const chosen = () => d.items.filter((i) => !i.optional || (f.querySelector(`#include-${CSS.escape(i.code)}`) as HTMLInputElement | null)?.checked).map((i) => i.code);
+  const showConsent = () => consentList.replaceChildren(...chosen().map((c) => el("li", {}, itemName(c))));
+  showConsent();
+  f.onchange = showConsent;
+  const cancel = el("button", { type: "button" }, t().cancel);
+  cancel.onclick = () => render();
+  f.append(el("div", { class: "actions" }, el("button", { type: "submit", class: "primary", id: "bundle-submit" }, t().submit), cancel));
+  f.onsubmit = (ev) => {
+    ev.preventDefault();
+    void submitBundle(d, f, chosen());
+  };
+  m.replaceChildren(f);
+}
+
+async function submitBundle(d: BundleDefinition, f: HTMLFormElement, items: string[]): Promise<void> {
+  const s = current();
+  if (!s) return render();
+  const targetCity = (f.querySelector("#bundle-target-city") as HTMLSelectElement).value;
+  const fields: Record<string, string> = {};
+  for (const field of d.form) {
+    const v = (f.querySelector(`#bfield-${CSS.escape(field.name)}`) as HTMLInputElement).value.trim();
+    if (v !== "") fields[field.name] = v;
+  }
+  const needed = new Set(d.items.filter((i) => items.includes(i.code)).flatMap((i) => i.materials));
+  const materials = [];
+  for (const kind of needed) {
+    const file = (f.querySelector(`#bmaterial-${CSS.escape(kind)}`) as HTMLInputElement).files?.[0];
+    if (file) materials.push({ kind, uri: `portal-upload:${encodeURIComponent(file.name)}`, sha256: await sha256Hex(file) });
+  }
+  const skip = d.items.filter((i) => !items.includes(i.code)).map((i) => i.code);
+  for (const e of f.querySelectorAll(".field-error")) e.textContent = "";
+  const req = { bundleCode: d.code, targetCity, applicantId: s.subject, fields, materials, skip, consent: "" };
+  const headers = about(cfg.city);
+  try {
+    // First without a consent: the form is checked against every item's rules, and no
+    // consent is granted for a form that cannot go.
+    try {
+      const st = await api.bundle.submit(req, { headers });
+      return void followBundle(st);
+    } catch (e) {
+      const fail = failure(e);
+      if (!(fail.code === Code.PermissionDenied && fail.fields.has("consent"))) throw e;
+    }
+    // One consent naming exactly the bundle's items, for the city that handles them.
+    const grant = await api.consent.grant({
+      subject: s.subject,
+      grantee: d.consentGrantee,
+      targetCity,
+      service: d.consentService,
+      purpose: d.consentPurpose,
+      expiresAtMs: BigInt(Date.now() + 90 * 86400_000),
+      items,
+    });
+    const st = await api.bundle.submit({ ...req, consent: grant.token }, { headers });
+    void followBundle(st);
+  } catch (e) {
+    const fail = failure(e);
+    if (fail.fields.size > 0) {
+      // Each message at the bundle's field it concerns (paths name the item: JQ-08.account_number).
+      for (const [path, why] of fail.fields) {
+        const form = d.form.find((x) => x.fills.includes(path) || path === `fields.${x.name}`);
+        const target = form ? f.querySelector(`#bfield-${CSS.escape(form.name)}-error`) : path.endsWith(".materials") ? f.querySelector("#bundle-materials-error") : null;
+        if (target) target.textContent = [target.textContent, why].filter((x) => x).join("; ");
+      }
+      notice = { kind: "error", text: `${t().error}: ${fail.message}` };
+      const n = document.getElementById("notice");
+      if (n) n.textContent = notice.text;
+      else f.prepend(el("p", { class: "error", role: "alert", id: "notice" }, notice.text));
+      return;
+    }
+    show(fail);
+  }
+}
+
+function bundleView(b: BundleStatus): HTMLElement {
+  const box = el("section", { class: "bundle", id: `bundle-${b.bundleId}`, "data-bundle-state": BundleState[b.state], "aria-live": "polite" });
+  box.append(
+    el("h3", {}, `${b.bundleCode} · ${cityName(b.targetCity)}`),
+    el("p", {}, `${t().status}: `, el("strong", { class: "bundle-state" }, bundleStateName(b.state))),
+  );
+  if (b.dueDate) box.append(el("p", {}, `${t().due}: ${b.dueDate}`));
+  const list = el("ol", { class: "bundle-items" });
+  for (const i of b.items) {
+    const app = i.application;
+    const li = el("li", { "data-item": i.code, "data-item-state": ItemState[i.state] }, `${itemName(i.code)}: ${itemStateName(i.state)}`);
+    if (app && app.state !== State.UNSPECIFIED) li.append(` (${stateName(app.state)}${app.dueDate ? `, ${t().due} ${app.dueDate}` : ""})`);
+    if (i.reason) li.append(el("div", { class: "reason" }, i.reason));
+    list.append(li);
+  }
+  box.append(list);
+  if (b.action.length > 0) {
+    box.append(el("p", { class: "error" }, t().actionNeeded), el("ul", { class: "actions-needed" }, ...b.action.map((a) => el("li", {}, a))));
+  }
+  if (b.state === BundleState.IN_PROGRESS) {
+    const w = el("button", { type: "button", class: "withdraw-bundle", id: `withdraw-${b.bundleId}` }, t().withdrawBundle);
+    w.onclick = async () => {
+      try {
+        const after = await api.bundle.withdraw({ bundleId: b.bundleId, reason: "" }, { headers: about(cfg.city) });
+        document.getElementById(`bundle-${b.bundleId}`)?.replaceWith(bundleView(after));
+      } catch (e) {
+        show(failure(e));
+      }
+    };
+    box.append(w);
+  }
+  return box;
+}
+
+/** Follows a bundle live (WatchStatus): one status for all its items. */
+async function followBundle(first: BundleStatus): Promise<void> {
+  const m = main();
+  m.replaceChildren(el("h2", {}, t().submitted), el("div", { id: "bundle-status" }, bundleView(first)));
+  try {
+    for await (const b of api.bundle.watchStatus({ bundleId: first.bundleId }, { headers: about(cfg.city) })) {
+      document.getElementById(`bundle-${b.bundleId}`)?.replaceWith(bundleView(b));
+    }
+  } catch (e) {
+    show(failure(e));
+  }
 }
 
 // --- consents ---
