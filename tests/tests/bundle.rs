@@ -9,7 +9,9 @@
 use std::time::Duration;
 
 use tongban_bundle::Retry;
-use tongban_devkit::bundles::{as_citizen, example_form, grant, Bundles};
+use tongban_devkit::bundles::{
+    as_citizen, citizen_applications, example_form, grant, moving_request, Bundles,
+};
 use tongban_devkit::demo::demo_subject;
 use tongban_devkit::departments::Departments;
 use tongban_proto::bundle::v1::bundle_service_client::BundleServiceClient;
@@ -17,8 +19,7 @@ use tongban_proto::bundle::v1::{
     BundleState, BundleStatus, GetStatusRequest, ItemState, ListMineRequest, SubmitRequest,
     WithdrawRequest,
 };
-use tongban_proto::crosscity::v2::cross_city_service_client::CrossCityServiceClient;
-use tongban_proto::crosscity::v2::{Application, ListApplicationsRequest, State};
+use tongban_proto::crosscity::v2::{Application, State};
 use tongban_tests::Fed;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
@@ -65,21 +66,7 @@ fn retry_for(d: Duration) -> Retry {
 /// The moving bundle of a citizen of `home` moving to `target`, with the example form.
 fn moving(home: &str, target: &str, citizen: &str, consent: &str) -> SubmitRequest {
     let catalog = tongban_catalog::Catalog::embedded().unwrap();
-    let bundle = catalog.bundle("JQB-01").unwrap();
-    let (mut fields, materials) = example_form(&catalog, bundle);
-    let division = |c: &str| if c == "jinan" { "370102" } else { "370202" };
-    fields.insert("from_division".into(), division(home).into());
-    fields.insert("to_division".into(), division(target).into());
-    SubmitRequest {
-        bundle_code: "JQB-01".into(),
-        target_city: target.into(),
-        applicant_id: citizen.into(),
-        fields,
-        materials,
-        skip: Vec::new(),
-        consent: consent.into(),
-        idempotency_key: String::new(),
-    }
+    moving_request(&catalog, (home, target), citizen, consent).unwrap()
 }
 
 /// Follows bundle `id` until it is final (or `until` holds), as its citizen.
@@ -133,20 +120,9 @@ async fn applications(
     citizen: &str,
     code: &str,
 ) -> Vec<Application> {
-    let mut client = CrossCityServiceClient::new(w.f.channel(home).await);
-    let mut req = as_citizen(&w.f.fed, home, citizen, ListApplicationsRequest::default()).unwrap();
-    let md = req.metadata_mut();
-    md.insert("x-tongban-target-city", target.parse().unwrap());
-    md.insert("x-tongban-catalog-code", code.parse().unwrap());
-    client
-        .list_applications(req)
+    citizen_applications(&w.f.fed, (home, target), citizen, code)
         .await
         .unwrap()
-        .into_inner()
-        .applications
-        .into_iter()
-        .filter(|a| a.catalog_code == code)
-        .collect()
 }
 
 fn item<'a>(s: &'a BundleStatus, code: &str) -> &'a tongban_proto::bundle::v1::ItemStatus {

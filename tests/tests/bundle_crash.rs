@@ -9,15 +9,16 @@
 use std::ffi::OsStr;
 use std::time::Duration;
 
-use tongban_devkit::bundles::{as_citizen, example_form, grant, BUNDLE_ORG};
+use tongban_devkit::bundles::{
+    as_citizen, citizen_applications, grant, moving_request, BUNDLE_ORG,
+};
 use tongban_devkit::demo::demo_subject;
 use tongban_devkit::departments::Departments;
 use tongban_proto::bundle::v1::bundle_service_client::BundleServiceClient;
 use tongban_proto::bundle::v1::{
-    BundleState, BundleStatus, GetStatusRequest, ItemState, ListBundlesRequest, SubmitRequest,
+    BundleState, BundleStatus, GetStatusRequest, ItemState, ListBundlesRequest,
 };
-use tongban_proto::crosscity::v2::cross_city_service_client::CrossCityServiceClient;
-use tongban_proto::crosscity::v2::{Application, ListApplicationsRequest};
+use tongban_proto::crosscity::v2::Application;
 use tongban_tests::process::ChildProcess;
 use tongban_tests::Fed;
 
@@ -116,20 +117,9 @@ fn item_state(s: &BundleStatus, code: &str) -> i32 {
 }
 
 async fn applications(f: &Fed, me: &str, code: &str) -> Vec<Application> {
-    let mut client = CrossCityServiceClient::new(f.channel("jinan").await);
-    let mut req = as_citizen(&f.fed, "jinan", me, ListApplicationsRequest::default()).unwrap();
-    let md = req.metadata_mut();
-    md.insert("x-tongban-target-city", "qingdao".parse().unwrap());
-    md.insert("x-tongban-catalog-code", code.parse().unwrap());
-    client
-        .list_applications(req)
+    citizen_applications(&f.fed, ("jinan", "qingdao"), me, code)
         .await
         .unwrap()
-        .into_inner()
-        .applications
-        .into_iter()
-        .filter(|a| a.catalog_code == code)
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,17 +143,7 @@ async fn killed_mid_bundle_it_resumes_and_submits_no_item_twice() {
         .await
         .unwrap();
     let catalog = tongban_catalog::Catalog::embedded().unwrap();
-    let (fields, materials) = example_form(&catalog, catalog.bundle("JQB-01").unwrap());
-    let msg = SubmitRequest {
-        bundle_code: "JQB-01".into(),
-        target_city: "qingdao".into(),
-        applicant_id: me.clone(),
-        fields,
-        materials,
-        skip: Vec::new(),
-        consent,
-        idempotency_key: String::new(),
-    };
+    let msg = moving_request(&catalog, ("jinan", "qingdao"), &me, &consent).unwrap();
     let started = client
         .clone()
         .submit(as_citizen(&f.fed, "jinan", &me, msg).unwrap())

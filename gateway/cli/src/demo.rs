@@ -92,7 +92,11 @@ async fn run_demo(serve: bool, portal: PortalArgs) -> anyhow::Result<ExitCode> {
     println!("\"one thing\" bundles (高效办成一件事): a citizen of each city moves to the other, one form,");
     println!("one consent naming the four items, one status (household registration first, then pension,");
     println!("provident fund and medical insurance, each at the other city's department):");
-    let moving = tongban_devkit::bundles::run_moving(fed).await?;
+    let moves = [
+        ("jinan", "qingdao", demo::demo_subject("37010219850312002")),
+        ("qingdao", "jinan", demo::demo_subject("37020219920704003")),
+    ];
+    let moving = tongban_devkit::bundles::run_moving(fed, &moves).await?;
     for story in &moving {
         for l in story.lines() {
             println!("  {l}");

@@ -237,6 +237,66 @@ pub async fn grant(
     .await
 }
 
+/// The moving bundle (JQB-01) of `citizen` of `home` moving to `target`, with the example
+/// form (the divisions of the two cities) and every material.
+pub fn moving_request(
+    catalog: &tongban_catalog::Catalog,
+    (home, target): (&str, &str),
+    citizen: &str,
+    consent: &str,
+) -> Result<tongban_proto::bundle::v1::SubmitRequest, LocalError> {
+    let bundle = catalog
+        .bundle("JQB-01")
+        .ok_or_else(|| LocalError::Other("the catalog has no JQB-01".into()))?;
+    let (mut fields, materials) = example_form(catalog, bundle);
+    let division = |c: &str| if c == "jinan" { "370102" } else { "370202" };
+    fields.insert("from_division".into(), division(home).into());
+    fields.insert("to_division".into(), division(target).into());
+    Ok(tongban_proto::bundle::v1::SubmitRequest {
+        bundle_code: bundle.code.clone(),
+        target_city: target.into(),
+        applicant_id: citizen.into(),
+        fields,
+        materials,
+        skip: Vec::new(),
+        consent: consent.into(),
+        idempotency_key: String::new(),
+    })
+}
+
+/// The applications of `citizen` (of `home`) for item `code` at `target`'s department, as
+/// they see them with their own token.
+pub async fn citizen_applications(
+    fed: &LocalFederation,
+    (home, target): (&str, &str),
+    citizen: &str,
+    code: &str,
+) -> Result<Vec<tongban_proto::crosscity::v2::Application>, LocalError> {
+    use tongban_proto::crosscity::v2::cross_city_service_client::CrossCityServiceClient;
+    use tongban_proto::metadata::{CATALOG_CODE, TARGET_CITY};
+    let mut client = CrossCityServiceClient::new(fed.channel(home).await?);
+    let mut req = as_citizen(
+        fed,
+        home,
+        citizen,
+        tongban_proto::crosscity::v2::ListApplicationsRequest::default(),
+    )?;
+    let value = |v: &str| {
+        tonic::metadata::MetadataValue::try_from(v)
+            .map_err(|_| LocalError::Other("a metadata value is not ascii".into()))
+    };
+    req.metadata_mut().insert(TARGET_CITY, value(target)?);
+    req.metadata_mut().insert(CATALOG_CODE, value(code)?);
+    Ok(client
+        .list_applications(req)
+        .await?
+        .into_inner()
+        .applications
+        .into_iter()
+        .filter(|a| a.catalog_code == code)
+        .collect())
+}
+
 /// The moving bundle (JQB-01) of one citizen, as the demo tells it.
 #[derive(Debug, Clone)]
 pub struct MovingStory {
@@ -291,11 +351,14 @@ impl MovingStory {
     }
 }
 
-/// A citizen of each city moves to the other: one consent, one form, one status each,
-/// through the home city's bundle service; followed to the end, each result verified.
-pub async fn run_moving(fed: &LocalFederation) -> Result<Vec<MovingStory>, LocalError> {
+/// Each `(home, target, citizen)` moves: one consent, one form, one status, through the
+/// home city's bundle service; followed to the end, each result verified.
+pub async fn run_moving(
+    fed: &LocalFederation,
+    moves: &[(&str, &str, String)],
+) -> Result<Vec<MovingStory>, LocalError> {
     use tongban_proto::bundle::v1::bundle_service_client::BundleServiceClient;
-    use tongban_proto::bundle::v1::{BundleState, GetStatusRequest, SubmitRequest};
+    use tongban_proto::bundle::v1::{BundleState, GetStatusRequest};
     let other = |e: &dyn std::fmt::Display| LocalError::Other(e.to_string());
     let catalog = tongban_catalog::Catalog::embedded().map_err(|e| other(&e))?;
     let trust = TrustBundle::load(&fed.certs.trust_bundle).map_err(|e| other(&e))?;
@@ -304,42 +367,19 @@ pub async fn run_moving(fed: &LocalFederation) -> Result<Vec<MovingStory>, Local
         .ok_or_else(|| LocalError::Other("the catalog has no JQB-01".into()))?;
     let items: Vec<&str> = bundle.items.iter().map(|i| i.code.as_str()).collect();
     let mut out = Vec::new();
-    for (home, target, citizen) in [
-        (
-            "jinan",
-            "qingdao",
-            crate::demo::demo_subject("37010219850312002"),
-        ),
-        (
-            "qingdao",
-            "jinan",
-            crate::demo::demo_subject("37020219920704003"),
-        ),
-    ] {
-        let (_, consent) = grant(fed, home, &citizen, target, &items).await?;
-        let (mut fields, materials) = example_form(&catalog, bundle);
-        let division = |c: &str| if c == "jinan" { "370102" } else { "370202" };
-        fields.insert("from_division".into(), division(home).into());
-        fields.insert("to_division".into(), division(target).into());
+    for (home, target, citizen) in moves {
+        let (home, target) = (*home, *target);
+        let (_, consent) = grant(fed, home, citizen, target, &items).await?;
         let mut client = BundleServiceClient::new(fed.channel(home).await?);
-        let msg = SubmitRequest {
-            bundle_code: bundle.code.clone(),
-            target_city: target.into(),
-            applicant_id: citizen.clone(),
-            fields,
-            materials,
-            skip: Vec::new(),
-            consent,
-            idempotency_key: String::new(),
-        };
+        let msg = moving_request(&catalog, (home, target), citizen, &consent)?;
         let started = client
-            .submit(as_citizen(fed, home, &citizen, msg)?)
+            .submit(as_citizen(fed, home, citizen, msg)?)
             .await?
             .into_inner();
         let mut watch = as_citizen(
             fed,
             home,
-            &citizen,
+            citizen,
             GetStatusRequest {
                 bundle_id: started.bundle_id.clone(),
             },
