@@ -396,6 +396,19 @@ async fn checkpoints_are_time_stamped_by_a_tsa_that_openssl_verifies() {
         c.config.audit.checkpoint_interval = Duration::from_millis(300);
     }
     f.fed.restart_node("jinan").await.unwrap();
+    // Restarted, it serves once Qingdao confirmed its audit log (audit.anchor = "wait").
+    let mut anchor = f
+        .fed
+        .city("jinan")
+        .unwrap()
+        .node()
+        .unwrap()
+        .auditor()
+        .watch_anchor();
+    tokio::time::timeout(Duration::from_secs(20), anchor.wait_for(|a| a.confirmed()))
+        .await
+        .expect("qingdao confirmed jinan's audit log")
+        .unwrap();
     let citizen = demo_subject("37010219850312002");
     let (_, consent) = f
         .fed
