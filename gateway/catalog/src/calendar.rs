@@ -40,6 +40,23 @@ impl Calendar {
         d
     }
 
+    /// Working days after `start` up to and including `end` (0 when `end` is not after
+    /// `start`): how long something received on `start` and done on `end` took.
+    pub fn working_days_between(&self, start: Date, end: Date) -> u32 {
+        let mut d = start;
+        let mut n = 0;
+        while d < end {
+            d = match d.next_day() {
+                Some(next) => next,
+                None => break,
+            };
+            if self.is_working_day(d) {
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// The due date (CST) of something received at `received_ms` (Unix milliseconds).
     pub fn due_date(&self, received_ms: i64, limit_days: u32) -> Date {
         self.add_working_days(cst_date(received_ms), limit_days)

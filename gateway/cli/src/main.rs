@@ -12,6 +12,7 @@ mod node;
 mod policy;
 mod provider;
 mod registry;
+mod report;
 mod status;
 mod token;
 
@@ -71,6 +72,9 @@ enum Cmd {
         #[command(flatten)]
         portal: demo::PortalArgs,
     },
+    /// The regulators' indicators (监测评估) for a window, from the nodes' audit logs and the
+    /// departments' application states: table, CSV, JSON or one self-contained HTML page.
+    Report(report::ReportArgs),
     /// Manage the registry of a node (through its Registry API).
     #[command(subcommand)]
     Registry(registry::RegistryCmd),
@@ -149,6 +153,7 @@ fn main() -> ExitCode {
         Cmd::Cert(c) => cert::run(c),
         Cmd::Medical(c) => medical::run(c),
         Cmd::Catalog(c) => catalog::run(c),
+        Cmd::Report(a) => report::run(a),
     }
 }
 

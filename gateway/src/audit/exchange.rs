@@ -190,6 +190,11 @@ impl Exchange {
         self.receipts = Receipts::Take(peer.to_string(), key);
     }
 
+    /// This node refused the call, for `reason` (its `ErrorInfo` reason).
+    pub fn refused(&mut self, reason: &str) {
+        self.record.refusal_reason = reason.to_string();
+    }
+
     /// The consent the call was checked against (empty: none needed).
     pub fn consent(&mut self, id: String) {
         self.record.consent_id = id;

@@ -264,8 +264,12 @@ impl Proxy {
     }
 
     /// Refuses a call with `e`, after its audit record is durable.
-    async fn refuse(&self, ex: Exchange, e: ProxyError) -> Response<Body> {
+    async fn refuse(&self, mut ex: Exchange, e: ProxyError) -> Response<Body> {
         let status = e.status();
+        // A status the provider or the other node answered is passed on, not refused here.
+        if !matches!(e, ProxyError::Passthrough(_)) {
+            ex.refused(crate::error::ApiError::reason(&e));
+        }
         let request_id = ex.request_id().to_string();
         if let ProxyError::RateLimited(r) = &e {
             self.metrics

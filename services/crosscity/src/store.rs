@@ -194,6 +194,16 @@ impl Store {
         }
     }
 
+    /// Every application, one at a time (reports read a department's states this way, in
+    /// bounded memory).
+    pub fn each(&self, mut f: impl FnMut(Stored)) -> Result<(), CrossCityError> {
+        for kv in self.apps.iter() {
+            let (_, v) = kv?;
+            f(serde_json::from_slice(&v)?);
+        }
+        Ok(())
+    }
+
     /// Applications that are not final (resumed after a restart).
     pub fn open_applications(&self) -> Result<Vec<Stored>, CrossCityError> {
         let mut out = Vec::new();

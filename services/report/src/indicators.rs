@@ -1,0 +1,417 @@
+//! The indicators and how they are counted.
+//!
+//! Applications are counted by the period of their receipt (a cohort): of those received in
+//! a period, how many were accepted, rejected (by reason), withdrawn, completed, completed
+//! by their statutory due date, and how many working days completion took (median and p90,
+//! from a histogram: bounded memory). Refusals at the gateway are counted by the node that
+//! refused (each refusal is made by exactly one node), by the period of the call.
+//!
+//! **Privacy.** Every count keeps up to five distinct citizens (their pseudonyms, never an
+//! id). A cell that counts 1 to 4 distinct citizens is suppressed: shown as `<5`, and left
+//! out of rates and charts. Events with no citizen (a call about nobody) neither count nor
+//! suppress.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use time::{Date, Duration, Month};
+
+/// The least number of distinct citizens a shown cell counts.
+pub const MIN_CITIZENS: usize = 5;
+
+/// How the window is cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Period {
+    Day,
+    Week,
+    Month,
+}
+
+impl Period {
+    pub fn parse(s: &str) -> Option<Period> {
+        match s {
+            "day" => Some(Period::Day),
+            "week" => Some(Period::Week),
+            "month" => Some(Period::Month),
+            _ => None,
+        }
+    }
+
+    /// The first day of the period `d` is in (weeks start on Monday).
+    pub fn start(self, d: Date) -> Date {
+        match self {
+            Period::Day => d,
+            Period::Week => d - Duration::days(i64::from(d.weekday().number_days_from_monday())),
+            Period::Month => Date::from_calendar_date(d.year(), d.month(), 1).unwrap_or(d),
+        }
+    }
+
+    pub fn label(self, start: Date) -> String {
+        match self {
+            Period::Day | Period::Week => start.to_string(),
+            Period::Month => format!("{}-{:02}", start.year(), u8::from(start.month())),
+        }
+    }
+}
+
+/// Up to [`MIN_CITIZENS`] distinct citizens.
+#[derive(Debug, Clone, Default)]
+pub struct Distinct(Vec<String>);
+
+impl Distinct {
+    fn add(&mut self, who: &str) {
+        if !who.is_empty() && self.0.len() < MIN_CITIZENS && !self.0.iter().any(|w| w == who) {
+            self.0.push(who.to_string());
+        }
+    }
+}
+
+/// A count and the distinct citizens behind it.
+#[derive(Debug, Clone, Default)]
+pub struct Count {
+    pub n: u64,
+    citizens: Distinct,
+}
+
+impl Count {
+    pub fn add(&mut self, citizen: &str) {
+        self.n += 1;
+        self.citizens.add(citizen);
+    }
+
+    /// Suppressed: it counts 1 to 4 distinct citizens.
+    pub fn suppressed(&self) -> bool {
+        (1..MIN_CITIZENS).contains(&self.citizens.0.len())
+    }
+
+    /// The value to publish: the number, or `None` when suppressed.
+    pub fn shown(&self) -> Option<u64> {
+        (!self.suppressed()).then_some(self.n)
+    }
+}
+
+impl Serialize for Count {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.shown() {
+            Some(n) => s.serialize_u64(n),
+            None => s.serialize_str("<5"),
+        }
+    }
+}
+
+/// Where a row is: the period's first day, the item, the direction.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    pub period: Date,
+    pub item: String,
+    pub from: String,
+    pub to: String,
+}
+
+/// Working days to completion: 0 to 60, and 61 for "more".
+const DAYS: usize = 62;
+
+/// The applications received in one period, for one item and direction.
+#[derive(Debug, Clone)]
+pub struct Applications {
+    pub submitted: Count,
+    pub accepted: Count,
+    pub rejected: Count,
+    pub rejected_by_reason: BTreeMap<String, Count>,
+    pub withdrawn: Count,
+    pub completed: Count,
+    pub completed_on_time: Count,
+    days: [u64; DAYS],
+}
+
+impl Default for Applications {
+    fn default() -> Self {
+        Applications {
+            submitted: Count::default(),
+            accepted: Count::default(),
+            rejected: Count::default(),
+            rejected_by_reason: BTreeMap::new(),
+            withdrawn: Count::default(),
+            completed: Count::default(),
+            completed_on_time: Count::default(),
+            days: [0; DAYS],
+        }
+    }
+}
+
+/// What the report needs of one application.
+#[derive(Debug, Clone)]
+pub struct AppFacts {
+    pub item: String,
+    pub from: String,
+    pub to: String,
+    pub citizen: String,
+    pub received: Date,
+    pub accepted: bool,
+    pub rejected: Option<String>,
+    pub withdrawn: bool,
+    /// Completed: the working days it took, and whether by its due date.
+    pub completed: Option<(u32, bool)>,
+}
+
+impl Applications {
+    fn add(&mut self, a: &AppFacts) {
+        let c = a.citizen.as_str();
+        self.submitted.add(c);
+        if a.accepted {
+            self.accepted.add(c);
+        }
+        if let Some(reason) = &a.rejected {
+            self.rejected.add(c);
+            self.rejected_by_reason
+                .entry(reason.clone())
+                .or_default()
+                .add(c);
+        }
+        if a.withdrawn {
+            self.withdrawn.add(c);
+        }
+        if let Some((days, on_time)) = a.completed {
+            self.completed.add(c);
+            if on_time {
+                self.completed_on_time.add(c);
+            }
+            let i = usize::try_from(days).unwrap_or(DAYS - 1).min(DAYS - 1);
+            self.days[i] += 1;
+        }
+    }
+
+    /// The share completed on time, of those completed (unless either is suppressed).
+    pub fn on_time_rate(&self) -> Option<f64> {
+        let done = self.completed.shown()?;
+        let on_time = self.completed_on_time.shown()?;
+        (done > 0).then(|| on_time as f64 / done as f64)
+    }
+
+    /// The `q` quantile (0..=1) of working days to completion (unless suppressed).
+    pub fn working_days(&self, q: f64) -> Option<u32> {
+        let n = self.completed.shown()?;
+        if n == 0 {
+            return None;
+        }
+        let rank = ((q * n as f64).ceil() as u64).clamp(1, n);
+        let mut seen = 0;
+        for (d, c) in self.days.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return u32::try_from(d).ok();
+            }
+        }
+        None
+    }
+}
+
+/// Refusals at the gateway in one period, for one item (or service) and direction.
+#[derive(Debug, Clone, Default)]
+pub struct Refusals {
+    pub total: Count,
+    /// By kind: consent, policy, unknown_item, unavailable, other.
+    pub by_kind: BTreeMap<&'static str, Count>,
+    /// By the node's exact reason (`refusal_reason`).
+    pub by_reason: BTreeMap<String, Count>,
+}
+
+/// The kind of a refusal, from the node's reason.
+pub fn refusal_kind(reason: &str) -> &'static str {
+    match reason {
+        r if r.starts_with("CONSENT_") || r == "SUBJECT_REQUIRED" => "consent",
+        "DENIED_BY_POLICY" | "NOT_OWN_SUBJECT" => "policy",
+        "CATALOG_ITEM_UNKNOWN"
+        | "CATALOG_ITEM_NOT_OFFERED"
+        | "SERVICE_NOT_OFFERED"
+        | "UNKNOWN_CITY" => "unknown_item",
+        "UNAVAILABLE" | "DEADLINE_EXCEEDED" | "AUDIT_UNAVAILABLE" => "unavailable",
+        _ => "other",
+    }
+}
+
+/// What the report needs of one audit record.
+#[derive(Debug, Clone)]
+pub struct CallFacts {
+    pub day: Date,
+    pub item: String,
+    pub from: String,
+    pub to: String,
+    pub citizen: String,
+    pub refusal: Option<String>,
+    /// A department's `Submit` answered OK, recorded by the node serving the department.
+    pub submit_served: bool,
+}
+
+/// The indicators of a window.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub from: Date,
+    pub to: Date,
+    pub period: Period,
+    pub applications: BTreeMap<Key, Applications>,
+    pub refusals: BTreeMap<Key, Refusals>,
+    /// Departments' `Submit` calls the nodes served (the audit's side of `submitted`).
+    pub submits_served: BTreeMap<Key, Count>,
+    /// Audit records read, and applications read.
+    pub records_read: u64,
+    pub applications_read: u64,
+}
+
+impl Report {
+    pub fn new(from: Date, to: Date, period: Period) -> Report {
+        Report {
+            from,
+            to,
+            period,
+            applications: BTreeMap::new(),
+            refusals: BTreeMap::new(),
+            submits_served: BTreeMap::new(),
+            records_read: 0,
+            applications_read: 0,
+        }
+    }
+
+    fn within(&self, d: Date) -> bool {
+        d >= self.from && d <= self.to
+    }
+
+    fn key(&self, d: Date, item: &str, from: &str, to: &str) -> Key {
+        Key {
+            period: self.period.start(d),
+            item: item.to_string(),
+            from: from.to_string(),
+            to: to.to_string(),
+        }
+    }
+
+    pub fn add_application(&mut self, a: &AppFacts) {
+        self.applications_read += 1;
+        if !self.within(a.received) {
+            return;
+        }
+        let k = self.key(a.received, &a.item, &a.from, &a.to);
+        self.applications.entry(k).or_default().add(a);
+    }
+
+    pub fn add_call(&mut self, c: &CallFacts) {
+        self.records_read += 1;
+        if !self.within(c.day) {
+            return;
+        }
+        let k = self.key(c.day, &c.item, &c.from, &c.to);
+        if let Some(reason) = &c.refusal {
+            let r = self.refusals.entry(k.clone()).or_default();
+            r.total.add(&c.citizen);
+            r.by_kind
+                .entry(refusal_kind(reason))
+                .or_default()
+                .add(&c.citizen);
+            r.by_reason
+                .entry(reason.clone())
+                .or_default()
+                .add(&c.citizen);
+        }
+        if c.submit_served {
+            self.submits_served.entry(k).or_default().add(&c.citizen);
+        }
+    }
+
+    /// The periods of the window, in order.
+    pub fn periods(&self) -> Vec<Date> {
+        let mut out = Vec::new();
+        let mut d = self.period.start(self.from);
+        while d <= self.to {
+            out.push(d);
+            d = match self.period {
+                Period::Day => d + Duration::days(1),
+                Period::Week => d + Duration::days(7),
+                Period::Month => {
+                    let (y, m) = if d.month() == Month::December {
+                        (d.year() + 1, Month::January)
+                    } else {
+                        (d.year(), d.month().next())
+                    };
+                    match Date::from_calendar_date(y, m, 1) {
+                        Ok(n) => n,
+                        Err(_) => break,
+                    }
+                }
+            };
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use time::macros::date;
+
+    fn app(citizen: &str, days: u32, on_time: bool) -> AppFacts {
+        AppFacts {
+            item: "JQ-03".into(),
+            from: "jinan".into(),
+            to: "qingdao".into(),
+            citizen: citizen.into(),
+            received: date!(2026 - 12 - 02),
+            accepted: true,
+            rejected: None,
+            withdrawn: false,
+            completed: Some((days, on_time)),
+        }
+    }
+
+    #[test]
+    fn cells_of_fewer_than_five_citizens_are_suppressed_and_left_out_of_rates() {
+        let mut r = Report::new(date!(2026 - 12 - 01), date!(2026 - 12 - 31), Period::Week);
+        // Four citizens, ten applications: suppressed however many applications.
+        for i in 0..10 {
+            r.add_application(&app(&format!("c{}", i % 4), 1, true));
+        }
+        let a = r.applications.values().next().unwrap();
+        assert_eq!(a.submitted.n, 10);
+        assert!(a.submitted.suppressed());
+        assert_eq!(serde_json::to_value(&a.submitted).unwrap(), "<5");
+        assert_eq!(a.on_time_rate(), None);
+        assert_eq!(a.working_days(0.5), None);
+        // A fifth citizen: shown.
+        r.add_application(&app("c4", 3, false));
+        let a = r.applications.values().next().unwrap();
+        assert_eq!(serde_json::to_value(&a.submitted).unwrap(), 11);
+        assert_eq!(a.working_days(0.5), Some(1));
+        assert_eq!(a.working_days(0.9), Some(1));
+        assert_eq!(a.working_days(1.0), Some(3));
+        // On time: 10 of 11, by four citizens only: suppressed, so no rate either.
+        assert!(a.completed_on_time.suppressed());
+        assert_eq!(a.on_time_rate(), None);
+        // A fifth on time: 11 of 12.
+        r.add_application(&app("c5", 0, true));
+        let a = r.applications.values().next().unwrap();
+        assert_eq!(a.on_time_rate(), Some(11.0 / 12.0));
+        // Weeks start on Monday.
+        assert_eq!(
+            r.applications.keys().next().unwrap().period,
+            date!(2026 - 11 - 30)
+        );
+    }
+
+    #[test]
+    fn periods_cover_the_window() {
+        let r = Report::new(date!(2026 - 11 - 15), date!(2027 - 01 - 02), Period::Month);
+        assert_eq!(
+            r.periods(),
+            [
+                date!(2026 - 11 - 01),
+                date!(2026 - 12 - 01),
+                date!(2027 - 01 - 01)
+            ]
+        );
+        assert_eq!(refusal_kind("CONSENT_REQUIRED"), "consent");
+        assert_eq!(refusal_kind("DENIED_BY_POLICY"), "policy");
+        assert_eq!(refusal_kind("CATALOG_ITEM_UNKNOWN"), "unknown_item");
+        assert_eq!(refusal_kind("UNAVAILABLE"), "unavailable");
+    }
+}
