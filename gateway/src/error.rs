@@ -76,6 +76,22 @@ macro_rules! into_status {
     };
 }
 
+/// The kind of a node's refusal, from its `ErrorInfo` reason, as the regulators' report and
+/// the `tongban_refusals_total` metric group them: `consent`, `policy`, `unknown_item`,
+/// `unavailable` or `other`.
+pub fn refusal_kind(reason: &str) -> &'static str {
+    match reason {
+        r if r.starts_with("CONSENT_") || r == "SUBJECT_REQUIRED" => "consent",
+        "DENIED_BY_POLICY" | "NOT_OWN_SUBJECT" => "policy",
+        "CATALOG_ITEM_UNKNOWN"
+        | "CATALOG_ITEM_NOT_OFFERED"
+        | "SERVICE_NOT_OFFERED"
+        | "UNKNOWN_CITY" => "unknown_item",
+        "UNAVAILABLE" | "DEADLINE_EXCEEDED" | "AUDIT_UNAVAILABLE" => "unavailable",
+        _ => "other",
+    }
+}
+
 /// A caller without the right to do something.
 #[derive(Debug, thiserror::Error)]
 #[error("{caller} may not {action} (needs {needs})")]

@@ -107,6 +107,23 @@ async fn metrics_count_known_traffic_and_cover_the_dashboard() {
         ),
         Some(f64::from(limited))
     );
+    // The node's own refusals by kind and reason (the audit's refusal_reason, live).
+    assert_eq!(
+        value(
+            &j,
+            "tongban_refusals_total",
+            &[("kind", "other"), ("reason", "RATE_LIMITED")]
+        ),
+        Some(f64::from(limited))
+    );
+    let unknown: f64 = j["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["name"] == "tongban_refusals_total" && s["labels"]["kind"] == "unknown_item")
+        .map(|s| s["value"].as_f64().unwrap())
+        .sum();
+    assert_eq!(unknown, 1.0, "{j}");
     // The latency histogram saw the same calls (all of them, whatever their status).
     let route = [
         ("side", "home"),

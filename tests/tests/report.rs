@@ -334,6 +334,40 @@ async fn every_indicator_equals_the_traffic_and_reconciles_with_the_audit() {
         !html.contains("src=") && !html.contains("href=") && !html.contains("<link"),
         "the page fetches nothing"
     );
+    // A real browser renders the page: a screenshot, and not one console message (the page
+    // has no script; a broken one would log). Skipped without Debian's Chromium.
+    let chromium = std::path::Path::new("/usr/bin/chromium");
+    if chromium.exists() {
+        let screens =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/report-screens");
+        std::fs::create_dir_all(&screens).unwrap();
+        let shot = screens.join("report.png");
+        let _ = std::fs::remove_file(&shot);
+        let page = dir.path().join("report.html");
+        let o = Command::new(chromium)
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--enable-logging=stderr",
+                "--v=0",
+                "--window-size=1000,1600",
+            ])
+            .arg(format!("--screenshot={}", shot.display()))
+            .arg(format!("file://{}", page.display()))
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&o.stderr);
+        let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE")).collect();
+        assert!(console.is_empty(), "console messages: {console:#?}");
+        assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "{log}");
+    } else {
+        eprintln!("SKIPPED the browser check: no Chromium at /usr/bin/chromium");
+    }
     // Nothing in any form names a citizen.
     for text in [&csv, &html, &from_cli.to_string()] {
         for i in 0..33 {

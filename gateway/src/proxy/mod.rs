@@ -268,7 +268,15 @@ impl Proxy {
         let status = e.status();
         // A status the provider or the other node answered is passed on, not refused here.
         if !matches!(e, ProxyError::Passthrough(_)) {
-            ex.refused(crate::error::ApiError::reason(&e));
+            let reason = crate::error::ApiError::reason(&e);
+            ex.refused(reason);
+            self.metrics
+                .refusals
+                .get_or_create(&tongban_telemetry::metrics::RefusalLabels {
+                    kind: crate::error::refusal_kind(reason).to_string(),
+                    reason: reason.to_string(),
+                })
+                .inc();
         }
         let request_id = ex.request_id().to_string();
         if let ProxyError::RateLimited(r) = &e {

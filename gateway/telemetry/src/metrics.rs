@@ -58,6 +58,14 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// A refusal this node made: its `ErrorInfo` reason and the kind the regulators' report
+/// groups it in (consent, policy, unknown_item, unavailable, other).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub kind: String,
+    pub reason: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallerLabels {
     /// `city/organisation`.
@@ -106,6 +114,7 @@ pub struct NodeMetrics {
     pub jwks_refreshes: Family<OutcomeLabels, Counter>,
     pub policy_reloads: Family<OutcomeLabels, Counter>,
     pub rate_limited: Family<CallerLabels, Counter>,
+    pub refusals: Family<RefusalLabels, Counter>,
     services: Mutex<HashSet<String>>,
 }
 
@@ -193,6 +202,12 @@ impl NodeMetrics {
             "Calls refused because their caller exceeded its rate",
             rate_limited.clone(),
         );
+        let refusals = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "refusals",
+            "Calls this node refused itself, by kind and reason (what the audit's refusal_reason holds)",
+            refusals.clone(),
+        );
         registry.register(
             "spans_dropped",
             "Finished spans dropped because the export queue was full or the collector failed",
@@ -208,6 +223,7 @@ impl NodeMetrics {
             jwks_refreshes,
             policy_reloads,
             rate_limited,
+            refusals,
             services: Mutex::new(HashSet::new()),
         }
     }

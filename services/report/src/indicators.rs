@@ -217,19 +217,7 @@ pub struct Refusals {
     pub by_reason: BTreeMap<String, Count>,
 }
 
-/// The kind of a refusal, from the node's reason.
-pub fn refusal_kind(reason: &str) -> &'static str {
-    match reason {
-        r if r.starts_with("CONSENT_") || r == "SUBJECT_REQUIRED" => "consent",
-        "DENIED_BY_POLICY" | "NOT_OWN_SUBJECT" => "policy",
-        "CATALOG_ITEM_UNKNOWN"
-        | "CATALOG_ITEM_NOT_OFFERED"
-        | "SERVICE_NOT_OFFERED"
-        | "UNKNOWN_CITY" => "unknown_item",
-        "UNAVAILABLE" | "DEADLINE_EXCEEDED" | "AUDIT_UNAVAILABLE" => "unavailable",
-        _ => "other",
-    }
-}
+pub use tongban_gateway::error::refusal_kind;
 
 /// What the report needs of one audit record.
 #[derive(Debug, Clone)]

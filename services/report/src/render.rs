@@ -52,10 +52,10 @@ fn refusals_json(r: &Report, k: &Key, f: &Refusals) -> Value {
     Value::Object(m)
 }
 
-/// The report as JSON.
-pub fn json(r: &Report) -> Value {
-    // Rows with audited submissions but no application (none should exist: a department
-    // answered OK, so it stored one) still show, so that a gap is visible.
+/// The rows of the applications' tables: the departments' rows, and rows of submissions the
+/// nodes audited with no department's application beside them (a department not read, or a
+/// gap to look into): they show, so that the difference is visible.
+fn keys(r: &Report) -> Vec<&Key> {
     let mut keys: Vec<&Key> = r.applications.keys().collect();
     for k in r.submits_served.keys() {
         if !r.applications.contains_key(k) {
@@ -63,6 +63,12 @@ pub fn json(r: &Report) -> Value {
         }
     }
     keys.sort();
+    keys
+}
+
+/// The report as JSON.
+pub fn json(r: &Report) -> Value {
+    let keys = keys(r);
     let empty = Applications::default();
     json!({
         "format": FORMAT,
@@ -166,7 +172,9 @@ pub fn table(r: &Report) -> String {
         "p90",
         "audited"
     );
-    for (k, a) in &r.applications {
+    let empty = Applications::default();
+    for k in keys(r) {
+        let a = r.applications.get(k).unwrap_or(&empty);
         let rate = a
             .on_time_rate()
             .map_or_else(|| "-".to_string(), |x| format!("{:.0}%", x * 100.0));
@@ -309,13 +317,14 @@ pub fn html(r: &Report) -> String {
         .iter()
         .map(|(item, (o, d, hidden))| {
             let rate = (*d > 0).then(|| *o as f64 / *d as f64);
-            let text = match rate {
-                Some(x) => format!(
+            let text = match (rate, hidden) {
+                (Some(x), _) => format!(
                     "{:.0}%{}",
                     x * 100.0,
                     if *hidden { " (some cells <5)" } else { "" }
                 ),
-                None => "<5".to_string(),
+                (None, true) => "<5".to_string(),
+                (None, false) => "none completed".to_string(),
             };
             (item.clone(), rate, text)
         })
