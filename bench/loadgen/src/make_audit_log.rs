@@ -37,13 +37,13 @@ fn record(i: u64, start_ms: i64, span_ms: i64, n: u64) -> AuditRecord {
     // A cheap, repeatable mix (no RNG state shared between tasks).
     let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let item = 1 + (h >> 7) % 27;
-    let jinan_first = (h >> 13) % 2 == 0;
+    let jinan_first = (h >> 13).is_multiple_of(2);
     let (caller, target) = if jinan_first {
         ("jinan", "qingdao")
     } else {
         ("qingdao", "jinan")
     };
-    let refused = (h >> 17) % 50 == 0;
+    let refused = (h >> 17).is_multiple_of(50);
     let at =
         start_ms + i64::try_from(i * u64::try_from(span_ms).unwrap_or(0) / n.max(1)).unwrap_or(0);
     AuditRecord {
