@@ -151,6 +151,14 @@ async fn every_indicator_equals_the_traffic_and_reconciles_with_the_audit() {
         let e = client.submit(req).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
     }
+    // Mutual recognition: the demo's patient story (results published in Jinan, found
+    // from Qingdao with her consent, decided on by the Qingdao physician).
+    let rules = tongban_medical::Rules::embedded().unwrap();
+    let registries = tongban_devkit::medical::Registries::start(&f.fed, &rules)
+        .await
+        .unwrap();
+    let story = tongban_devkit::demo::run_medical(&f.fed).await.unwrap();
+    assert!(story.eligible > 0 && story.not_eligible > 0, "{story:?}");
     let mut ended = std::collections::BTreeMap::<(&str, i32), u32>::new();
     for (dir, c, code, id) in &pending {
         let s = settle(&f, *dir, c, code, id).await;
@@ -202,6 +210,7 @@ async fn every_indicator_equals_the_traffic_and_reconciles_with_the_audit() {
         .map(|c| f.fed.city(c).unwrap().config.data_dir.clone())
         .collect();
     departments.stop().await;
+    registries.stop().await;
     let dir = f.dir;
     f.fed.shutdown().await;
     let today = tongban_catalog::cst_date(time::OffsetDateTime::now_utc().unix_timestamp() * 1000);
@@ -216,6 +225,11 @@ async fn every_indicator_equals_the_traffic_and_reconciles_with_the_audit() {
                 .await
                 .unwrap();
         }
+    }
+    for city in ["jinan", "qingdao"] {
+        sources::read_medical(&mut r, &root.join(city).join("medical"))
+            .await
+            .unwrap();
     }
     let row = |item: &str, from: &str, to: &str| {
         r.applications
@@ -278,7 +292,33 @@ async fn every_indicator_equals_the_traffic_and_reconciles_with_the_audit() {
         .unwrap();
     assert_eq!(unknown.by_kind["unknown_item"].n, 3);
     assert!(unknown.by_kind["unknown_item"].suppressed());
+    // The medical indicators equal the story: every result found got its verdict, every
+    // decision is counted; one patient, so every cell is suppressed in what is published.
+    let sum = |f: &dyn Fn(&tongban_report::indicators::Medical) -> u64| -> u64 {
+        r.medical.values().map(f).sum()
+    };
+    assert_eq!(
+        sum(&|m| m.queried.n),
+        (story.eligible + story.not_eligible) as u64
+    );
+    assert_eq!(sum(&|m| m.eligible.n), story.eligible as u64);
+    assert_eq!(sum(&|m| m.not_eligible.n), story.not_eligible as u64);
+    assert_eq!(sum(&|m| m.recognised.n), story.recognised as u64);
+    assert_eq!(sum(&|m| m.retested.n), story.retested as u64);
+    assert!(r.medical.values().all(|m| m.queried.suppressed()));
+    assert!(
+        r.medical
+            .keys()
+            .all(|k| k.from == "jinan" && k.to == "qingdao"),
+        "{:?}",
+        r.medical.keys()
+    );
     let j = render::json(&r);
+    assert!(j["medical"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["queried"] == "<5"));
     assert_eq!(j["format"], "tongban-report/1");
 
     // The CLI: the same figures as JSON (valid against the schema), CSV and HTML.
@@ -299,6 +339,7 @@ async fn every_indicator_equals_the_traffic_and_reconciles_with_the_audit() {
         for city in ["jinan", "qingdao"] {
             cmd.arg("--departments")
                 .arg(root.join(city).join("departments"));
+            cmd.arg("--medical").arg(root.join(city).join("medical"));
         }
         let o = cmd.arg("--out").arg(out).output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -308,6 +349,7 @@ async fn every_indicator_equals_the_traffic_and_reconciles_with_the_audit() {
     let from_cli: serde_json::Value = serde_json::from_str(&run("json", &json_file)).unwrap();
     assert_eq!(from_cli["applications"], j["applications"]);
     assert_eq!(from_cli["refusals"], j["refusals"]);
+    assert_eq!(from_cli["medical"], j["medical"]);
     let schema =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/report.schema.json");
     let checked = tongban_tests::run_python_json(

@@ -26,6 +26,9 @@ pub struct ReportArgs {
     /// A department's data directory, or a directory holding several; repeat as needed.
     #[arg(long)]
     departments: Vec<PathBuf>,
+    /// A medical result registry's data directory (its verdicts and decisions); repeat.
+    #[arg(long)]
+    medical: Vec<PathBuf>,
     /// The catalog whose working-day calendar counts the days; the embedded one if absent.
     #[arg(long)]
     catalog: Option<PathBuf>,
@@ -66,9 +69,9 @@ pub fn run(a: ReportArgs) -> ExitCode {
         }
         let period = Period::parse(&a.period)
             .ok_or_else(|| format!("--period `{}`: day, week or month", a.period))?;
-        if a.audit.is_empty() && a.departments.is_empty() {
+        if a.audit.is_empty() && a.departments.is_empty() && a.medical.is_empty() {
             return Err(
-                "nothing to read: give --audit (a node's data directory) and/or --departments"
+                "nothing to read: give --audit (a node's data directory), --departments or --medical"
                     .into(),
             );
         }
@@ -99,6 +102,15 @@ pub fn run(a: ReportArgs) -> ExitCode {
             for d in dirs {
                 sources::read_department(&mut report, &d, &catalog.calendar).await?;
             }
+        }
+        for dir in &a.medical {
+            if !sources::is_medical(dir) {
+                anyhow::bail!(
+                    "{}: no medical result registry here (no results/ in it)",
+                    dir.display()
+                );
+            }
+            sources::read_medical(&mut report, dir).await?;
         }
         let text = match a.format {
             Format::Table => render::table(&report),

@@ -274,6 +274,25 @@ impl ResultRegistry for Registry {
                 });
             }
         }
+        // The verdicts given, for the regulators' indicators (before the answer leaves).
+        let asked_by = v.caller.split('/').next().unwrap_or_default().to_string();
+        let at = now_ms();
+        let verdicts: Vec<crate::store::VerdictRecord> = results
+            .iter()
+            .map(|q| {
+                let verdict = q.verdict.clone().unwrap_or_default();
+                crate::store::VerdictRecord {
+                    at_ms: at,
+                    held_by: self.city.clone(),
+                    patient: pseudonym.clone(),
+                    item: q.item.clone(),
+                    asked_by: asked_by.clone(),
+                    eligible: verdict.eligible,
+                    reasons: verdict.reasons,
+                }
+            })
+            .collect();
+        self.store.put_verdicts(&verdicts).await?;
         tracing::info!(results = results.len(), by = %v.caller, "query answered");
         Ok(Response::new(QueryResponse {
             results,

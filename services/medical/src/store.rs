@@ -35,6 +35,7 @@ pub struct Store {
     /// `institution_code/report_id` → registry id (a republished report keeps its id).
     sources: sled::Tree,
     decisions: sled::Tree,
+    verdicts: sled::Tree,
 }
 
 /// A physician's decision as recorded.
@@ -51,6 +52,23 @@ pub struct DecisionRecord {
     pub reason_text: String,
     pub physician: String,
     pub caller: String,
+}
+
+/// A recognition verdict this registry gave in answer to a query: the regulators' report
+/// counts results queried, eligible and not (by reason) from these.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VerdictRecord {
+    pub at_ms: i64,
+    /// The city of this registry (where the result was produced and is held).
+    pub held_by: String,
+    /// The patient's keyed pseudonym at this registry.
+    pub patient: String,
+    /// The recognition item (empty: the result maps to none).
+    pub item: String,
+    /// The city that asked (its caller's city).
+    pub asked_by: String,
+    pub eligible: bool,
+    pub reasons: Vec<String>,
 }
 
 /// An attachment being received: written to a staging file as it comes, hashed, counted
@@ -162,6 +180,7 @@ impl Store {
             by_patient: db.open_tree("by_patient")?,
             sources: db.open_tree("sources")?,
             decisions: db.open_tree("decisions")?,
+            verdicts: db.open_tree("verdicts")?,
             db,
         };
         store.sweep()?;
@@ -344,6 +363,38 @@ impl Store {
         self.decisions
             .insert(key.as_bytes(), serde_json::to_vec(d)?)?;
         self.flush().await
+    }
+
+    /// Records the verdicts given in answer to one query (one write, flushed with it).
+    pub async fn put_verdicts(&self, v: &[VerdictRecord]) -> Result<(), MedicalError> {
+        if v.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for (i, r) in v.iter().enumerate() {
+            let key = format!("{:020}/{}/{i}", r.at_ms, uuid::Uuid::new_v4().simple());
+            batch.insert(key.as_bytes(), serde_json::to_vec(r)?);
+        }
+        self.verdicts.apply_batch(batch)?;
+        self.flush().await
+    }
+
+    /// Every verdict recorded, one at a time (bounded memory).
+    pub fn each_verdict(&self, mut f: impl FnMut(VerdictRecord)) -> Result<(), MedicalError> {
+        for kv in self.verdicts.iter() {
+            let (_, v) = kv?;
+            f(serde_json::from_slice(&v)?);
+        }
+        Ok(())
+    }
+
+    /// Every decision recorded, one at a time.
+    pub fn each_decision(&self, mut f: impl FnMut(DecisionRecord)) -> Result<(), MedicalError> {
+        for kv in self.decisions.iter() {
+            let (_, v) = kv?;
+            f(serde_json::from_slice(&v)?);
+        }
+        Ok(())
     }
 
     /// Decisions recorded in `[from, until]`.

@@ -219,6 +219,39 @@ pub struct Refusals {
 
 pub use tongban_gateway::error::refusal_kind;
 
+/// Mutual recognition of results in one period, for one recognition item and direction
+/// (the city that produced and holds the results → the city that asked or decided).
+#[derive(Debug, Clone, Default)]
+pub struct Medical {
+    pub queried: Count,
+    pub eligible: Count,
+    pub not_eligible: Count,
+    pub not_eligible_by_reason: BTreeMap<String, Count>,
+    pub recognised: Count,
+    pub retested: Count,
+    pub retested_by_reason: BTreeMap<String, Count>,
+}
+
+impl Medical {
+    /// Recognised, of those decided (unless either is suppressed).
+    pub fn recognition_rate(&self) -> Option<f64> {
+        let r = self.recognised.shown()?;
+        let t = self.retested.shown()?;
+        (r + t > 0).then(|| r as f64 / (r + t) as f64)
+    }
+}
+
+/// One verdict a registry gave, or one physician's decision.
+#[derive(Debug, Clone)]
+pub enum MedicalFact {
+    Verdict {
+        eligible: bool,
+        reasons: Vec<String>,
+    },
+    /// `reason` when re-tested.
+    Decision { recognised: bool, reason: String },
+}
+
 /// What the report needs of one audit record.
 #[derive(Debug, Clone)]
 pub struct CallFacts {
@@ -242,9 +275,11 @@ pub struct Report {
     pub refusals: BTreeMap<Key, Refusals>,
     /// Departments' `Submit` calls the nodes served (the audit's side of `submitted`).
     pub submits_served: BTreeMap<Key, Count>,
+    pub medical: BTreeMap<Key, Medical>,
     /// Audit records read, and applications read.
     pub records_read: u64,
     pub applications_read: u64,
+    pub medical_read: u64,
 }
 
 impl Report {
@@ -256,8 +291,10 @@ impl Report {
             applications: BTreeMap::new(),
             refusals: BTreeMap::new(),
             submits_served: BTreeMap::new(),
+            medical: BTreeMap::new(),
             records_read: 0,
             applications_read: 0,
+            medical_read: 0,
         }
     }
 
@@ -303,6 +340,51 @@ impl Report {
         }
         if c.submit_served {
             self.submits_served.entry(k).or_default().add(&c.citizen);
+        }
+    }
+
+    /// One medical verdict or decision on `day` about item `item` of a result produced in
+    /// `from`, asked or decided in `to`; `citizen` is the patient's pseudonym (for a
+    /// decision, which names no patient: its report's id).
+    pub fn add_medical(
+        &mut self,
+        day: Date,
+        (item, from, to): (&str, &str, &str),
+        citizen: &str,
+        fact: &MedicalFact,
+    ) {
+        self.medical_read += 1;
+        if !self.within(day) {
+            return;
+        }
+        let k = self.key(day, item, from, to);
+        let m = self.medical.entry(k).or_default();
+        match fact {
+            MedicalFact::Verdict { eligible, reasons } => {
+                m.queried.add(citizen);
+                if *eligible {
+                    m.eligible.add(citizen);
+                } else {
+                    m.not_eligible.add(citizen);
+                    for r in reasons {
+                        m.not_eligible_by_reason
+                            .entry(r.clone())
+                            .or_default()
+                            .add(citizen);
+                    }
+                }
+            }
+            MedicalFact::Decision { recognised, reason } => {
+                if *recognised {
+                    m.recognised.add(citizen);
+                } else {
+                    m.retested.add(citizen);
+                    m.retested_by_reason
+                        .entry(reason.clone())
+                        .or_default()
+                        .add(citizen);
+                }
+            }
         }
     }
 

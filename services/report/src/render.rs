@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 
-use crate::indicators::{Applications, Count, Key, Refusals, Report, MIN_CITIZENS};
+use crate::indicators::{Applications, Count, Key, Medical, Refusals, Report, MIN_CITIZENS};
 
 /// The JSON format's name.
 pub const FORMAT: &str = "tongban-report/1";
@@ -52,6 +52,22 @@ fn refusals_json(r: &Report, k: &Key, f: &Refusals) -> Value {
     Value::Object(m)
 }
 
+fn medical_json(r: &Report, k: &Key, m: &Medical) -> Value {
+    let mut o = key_json(r, k);
+    o.insert("queried".into(), json!(m.queried));
+    o.insert("eligible".into(), json!(m.eligible));
+    o.insert("not_eligible".into(), json!(m.not_eligible));
+    o.insert(
+        "not_eligible_by_reason".into(),
+        json!(m.not_eligible_by_reason),
+    );
+    o.insert("recognised".into(), json!(m.recognised));
+    o.insert("retested".into(), json!(m.retested));
+    o.insert("retested_by_reason".into(), json!(m.retested_by_reason));
+    o.insert("recognition_rate".into(), json!(m.recognition_rate()));
+    Value::Object(o)
+}
+
 /// The rows of the applications' tables: the departments' rows, and rows of submissions the
 /// nodes audited with no department's application beside them (a department not read, or a
 /// gap to look into): they show, so that the difference is visible.
@@ -79,9 +95,10 @@ pub fn json(r: &Report) -> Value {
             "min_citizens": MIN_CITIZENS,
             "rule": "a cell counting 1 to 4 distinct citizens is shown as \"<5\" and left out of rates"
         },
-        "sources": { "audit_records": r.records_read, "applications": r.applications_read },
+        "sources": { "audit_records": r.records_read, "applications": r.applications_read, "medical_records": r.medical_read },
         "applications": keys.iter().map(|k| applications_json(r, k, r.applications.get(*k).unwrap_or(&empty))).collect::<Vec<_>>(),
         "refusals": r.refusals.iter().map(|(k, f)| refusals_json(r, k, f)).collect::<Vec<_>>(),
+        "medical": r.medical.iter().map(|(k, m)| medical_json(r, k, m)).collect::<Vec<_>>(),
     })
 }
 
@@ -142,6 +159,24 @@ pub fn csv(r: &Report) -> String {
         for (kind, c) in &f.by_kind {
             line(k, &format!("refused: {kind}"), cell(c));
         }
+    }
+    for (k, m) in &r.medical {
+        line(k, "results_queried", cell(&m.queried));
+        line(k, "eligible", cell(&m.eligible));
+        line(k, "not_eligible", cell(&m.not_eligible));
+        for (reason, c) in &m.not_eligible_by_reason {
+            line(k, &format!("not_eligible: {reason}"), cell(c));
+        }
+        line(k, "recognised", cell(&m.recognised));
+        line(k, "retested", cell(&m.retested));
+        for (reason, c) in &m.retested_by_reason {
+            line(k, &format!("retested: {reason}"), cell(c));
+        }
+        line(
+            k,
+            "recognition_rate",
+            opt(m.recognition_rate().map(|x| format!("{x:.3}"))),
+        );
     }
     out
 }
@@ -229,6 +264,41 @@ pub fn table(r: &Report) -> String {
                 kind("unknown_item"),
                 kind("unavailable"),
                 kind("other"),
+            );
+        }
+    }
+    if !r.medical.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nmutual recognition of results (origin → asking city):"
+        );
+        let _ = writeln!(
+            out,
+            "{:<10}  {:<6}  {:<18}  {:>7}  {:>8}  {:>12}  {:>10}  {:>8}  {:>11}",
+            "period",
+            "item",
+            "direction",
+            "queried",
+            "eligible",
+            "not eligible",
+            "recognised",
+            "retested",
+            "recognition"
+        );
+        for (k, m) in &r.medical {
+            let _ = writeln!(
+                out,
+                "{:<10}  {:<6}  {:<18}  {:>7}  {:>8}  {:>12}  {:>10}  {:>8}  {:>11}",
+                r.period.label(k.period),
+                k.item,
+                format!("{} → {}", k.from, k.to),
+                cell(&m.queried),
+                cell(&m.eligible),
+                cell(&m.not_eligible),
+                cell(&m.recognised),
+                cell(&m.retested),
+                m.recognition_rate()
+                    .map_or_else(|| "-".to_string(), |x| format!("{:.0}%", x * 100.0)),
             );
         }
     }
@@ -379,9 +449,38 @@ pub fn html(r: &Report) -> String {
         "chart-refusals",
         &refusal_rows,
     ));
-    page.push_str(
-        "<p id=\"recognition\">Recognition rate of medical results: not in this report yet.</p>",
-    );
+    let mut recognition: BTreeMap<String, (u64, u64, bool)> = BTreeMap::new();
+    for (k, m) in &r.medical {
+        let e = recognition.entry(k.item.clone()).or_default();
+        match (m.recognised.shown(), m.retested.shown()) {
+            (Some(a), Some(b)) => {
+                e.0 += a;
+                e.1 += a + b;
+            }
+            _ => e.2 = true,
+        }
+    }
+    let recognition_rows: Vec<(String, Option<f64>, String)> = recognition
+        .iter()
+        .filter(|(_, (_, d, hidden))| *d > 0 || *hidden)
+        .map(|(item, (a, d, hidden))| {
+            let rate = (*d > 0).then(|| *a as f64 / *d as f64);
+            let text = match rate {
+                Some(x) => format!(
+                    "{:.0}%{}",
+                    x * 100.0,
+                    if *hidden { " (some cells <5)" } else { "" }
+                ),
+                None => "<5".to_string(),
+            };
+            (item.clone(), rate, text)
+        })
+        .collect();
+    page.push_str(&bars(
+        "Medical results recognised instead of re-tested, by item",
+        "chart-recognition",
+        &recognition_rows,
+    ));
     page.push_str("<h2>Applications</h2><table id=\"applications\"><thead><tr><th scope=\"col\">period</th><th scope=\"col\">item</th><th scope=\"col\">direction</th><th scope=\"col\">submitted</th><th scope=\"col\">accepted</th><th scope=\"col\">rejected</th><th scope=\"col\">withdrawn</th><th scope=\"col\">completed</th><th scope=\"col\">on time</th><th scope=\"col\">median days</th><th scope=\"col\">p90 days</th></tr></thead><tbody>");
     for (k, a) in &r.applications {
         let opt = |v: Option<u32>| v.map_or_else(|| "–".to_string(), |d| d.to_string());
@@ -419,6 +518,23 @@ pub fn html(r: &Report) -> String {
             esc(&k.to),
             esc(&cell(&f.total)),
             esc(&reasons.join("; ")),
+        );
+    }
+    page.push_str("</tbody></table>");
+    page.push_str("<h2>Mutual recognition of results</h2><table id=\"medical\"><thead><tr><th scope=\"col\">period</th><th scope=\"col\">item</th><th scope=\"col\">origin → asking city</th><th scope=\"col\">queried</th><th scope=\"col\">eligible</th><th scope=\"col\">not eligible</th><th scope=\"col\">recognised</th><th scope=\"col\">re-tested</th></tr></thead><tbody>");
+    for (k, m) in &r.medical {
+        let _ = write!(
+            page,
+            "<tr><td>{}</td><td>{}</td><td>{} → {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&r.period.label(k.period)),
+            esc(&k.item),
+            esc(&k.from),
+            esc(&k.to),
+            esc(&cell(&m.queried)),
+            esc(&cell(&m.eligible)),
+            esc(&cell(&m.not_eligible)),
+            esc(&cell(&m.recognised)),
+            esc(&cell(&m.retested)),
         );
     }
     page.push_str("</tbody></table></body></html>\n");

@@ -142,3 +142,50 @@ pub async fn read_department(
         })
         .map_err(|e| source(dir, e))
 }
+
+/// Reads the verdicts and decisions of the medical result registry whose data directory is
+/// `dir` into `report`.
+pub async fn read_medical(report: &mut Report, dir: &Path) -> Result<(), ReportError> {
+    use tongban_proto::medical::v1::{Decision, RetestReason};
+    let store = tongban_medical::store::Store::open(dir)
+        .await
+        .map_err(|e| source(dir, e))?;
+    store
+        .each_verdict(|v| {
+            let item = if v.item.is_empty() {
+                "-"
+            } else {
+                v.item.as_str()
+            };
+            report.add_medical(
+                cst_date(v.at_ms),
+                (item, &v.held_by, &v.asked_by),
+                &v.patient,
+                &crate::indicators::MedicalFact::Verdict {
+                    eligible: v.eligible,
+                    reasons: v.reasons.clone(),
+                },
+            );
+        })
+        .map_err(|e| source(dir, e))?;
+    store
+        .each_decision(|d| {
+            let decided_in = d.caller.split('/').next().unwrap_or_default().to_string();
+            let recognised = d.decision == Decision::Accepted as i32;
+            let reason = RetestReason::try_from(d.reason)
+                .map(|r| r.as_str_name().to_ascii_lowercase())
+                .unwrap_or_default();
+            report.add_medical(
+                cst_date(d.at_ms),
+                (&d.item, &d.origin_city, &decided_in),
+                &d.report_id,
+                &crate::indicators::MedicalFact::Decision { recognised, reason },
+            );
+        })
+        .map_err(|e| source(dir, e))
+}
+
+/// Whether `dir` is a medical result registry's data directory.
+pub fn is_medical(dir: &Path) -> bool {
+    dir.join("results").is_dir()
+}
