@@ -6,6 +6,7 @@
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use tongban_proto::audit::v1::ChangeKind;
 
 use rustls::pki_types::CertificateDer;
 use tokio::sync::{mpsc, watch};
@@ -71,7 +72,8 @@ impl Peer {
     }
 
     /// Marks the peer down; `stopping`: it ended its catalog stream itself (info, not warn).
-    async fn set_down(&self, stopping: bool, health: &HealthReporter) {
+    /// Whether it was up.
+    async fn set_down(&self, stopping: bool, health: &HealthReporter) -> bool {
         if stopping && self.is_up() {
             tracing::info!(peer = %self.city, "peer stopped (it ended the catalog stream)");
             self.up.store(false, Ordering::Relaxed);
@@ -81,12 +83,13 @@ impl Peer {
                     tonic_health::ServingStatus::NotServing,
                 )
                 .await;
-            return;
+            return true;
         }
-        self.set_up(false, health).await;
+        self.set_up(false, health).await
     }
 
-    async fn set_up(&self, up: bool, health: &HealthReporter) {
+    /// Marks the peer up or down; whether that changed its state.
+    async fn set_up(&self, up: bool, health: &HealthReporter) -> bool {
         let was = self.up.swap(up, Ordering::Relaxed);
         let status = if up {
             tonic_health::ServingStatus::Serving
@@ -103,6 +106,7 @@ impl Peer {
                 tracing::warn!(peer = %self.city, "peer lost");
             }
         }
+        was != up
     }
 }
 
@@ -381,7 +385,9 @@ impl PeerSync {
                 return;
             }
             // A clean end of the stream is the peer stopping; an error is the peer lost.
-            self.peer.set_down(result.is_ok(), &self.health).await;
+            if self.peer.set_down(result.is_ok(), &self.health).await {
+                self.record_link(ChangeKind::PeerLinkDown).await;
+            }
             match result {
                 Ok(()) => tracing::info!(peer = %self.peer.city, "peer ended the catalog stream"),
                 Err(error) => {
@@ -392,6 +398,16 @@ impl PeerSync {
                 _ = tokio::time::sleep(self.retry) => {},
                 _ = shutdown.changed() => return,
             }
+        }
+    }
+
+    /// Records the link to the peer coming up or going down (its availability is measured
+    /// from these); a log that cannot be written is reported, not waited for.
+    async fn record_link(&self, kind: ChangeKind) {
+        let change =
+            crate::audit::change::Change::new(&self.identity.city, kind, &self.peer.city).by_node();
+        if let Err(error) = self.auditor.record_change(change).await {
+            tracing::warn!(peer = %self.peer.city, %error, "peer link change not recorded");
         }
     }
 
@@ -436,10 +452,13 @@ impl PeerSync {
                     );
                     // Up before its catalog is visible: a call routed by that catalog must not
                     // find the peer still marked down.
-                    if !self.peer.is_up() {
-                        self.peer.set_up(true, &self.health).await;
-                    }
+                    let came_up = !self.peer.is_up() && self.peer.set_up(true, &self.health).await;
                     self.catalog.set_peer(catalog);
+                    // Recorded once the catalog is visible: the audit write must not hold up
+                    // the first call routed to the peer.
+                    if came_up {
+                        self.record_link(ChangeKind::PeerLinkUp).await;
+                    }
                 }
                 _ = checkpoints.tick() => self.fetch_checkpoint(&mut client, &cert).await,
             }

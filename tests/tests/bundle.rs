@@ -34,6 +34,11 @@ struct World {
 
 impl World {
     async fn start(step: Duration, retry: Retry) -> World {
+        // The bundle service's and the nodes' warnings, shown with a failing test.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("warn,tongban_bundle=info")
+            .try_init();
         let f = Fed::start(&["jinan", "qingdao"]).await;
         let departments = Departments::start(&f.fed, step).await.unwrap();
         let bundles = Bundles::start(&f.fed, retry).await.unwrap();
@@ -90,7 +95,12 @@ async fn follow_until(
     let mut stream = client.watch_status(req).await.unwrap().into_inner();
     let mut last = None;
     let found = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(s) = stream.message().await.unwrap() {
+        loop {
+            let s = match stream.message().await {
+                Ok(Some(s)) => s,
+                Ok(None) => break,
+                Err(e) => panic!("watching bundle {id} failed: {e:?}; last status {last:#?}"),
+            };
             let done = until(&s) || s.state != BundleState::InProgress as i32;
             last = Some(s);
             if done {

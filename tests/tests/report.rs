@@ -68,7 +68,7 @@ fn citizen(city: &str, i: u32) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_indicator_equals_the_traffic_and_reconciles_with_the_audit() {
-    let f = Fed::start(&["jinan", "qingdao"]).await;
+    let mut f = Fed::start(&["jinan", "qingdao"]).await;
     let departments = Departments::start(&f.fed, Duration::from_millis(150))
         .await
         .unwrap();
@@ -203,6 +203,29 @@ async fn every_indicator_equals_the_traffic_and_reconciles_with_the_audit() {
         .count();
     assert_eq!(served_at_qingdao, 13, "{listed}");
 
+    // The link from Jinan to Qingdao goes down for a while: Qingdao's node stops, then
+    // starts again (each node records its links going up and down).
+    let wait_for = |f: &Fed, up: bool| f.peer_up("jinan", "qingdao") == up;
+    f.fed.stop_node("qingdao").await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !wait_for(&f, false) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "jinan never saw qingdao go"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let down_seen = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let outage = down_seen.elapsed();
+    f.fed.restart_node("qingdao").await.unwrap();
+    while !wait_for(&f, true) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "jinan never saw qingdao return"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Stopped, the data directories are read in place.
     let root = f.fed.root.clone();
     let audit_dirs: Vec<_> = ["jinan", "qingdao"]
@@ -226,11 +249,28 @@ async fn every_indicator_equals_the_traffic_and_reconciles_with_the_audit() {
                 .unwrap();
         }
     }
-    for city in ["jinan", "qingdao"] {
-        sources::read_medical(&mut r, &root.join(city).join("medical"))
-            .await
-            .unwrap();
-    }
+    r.finish(time::OffsetDateTime::now_utc().unix_timestamp() * 1000);
+    // Jinan's link to Qingdao: up for most of Jinan's run, down for at least the outage.
+    let links = r.link_rows();
+    let (_, up, running, _) = links
+        .iter()
+        .find(|(k, ..)| k.from == "jinan" && k.to == "qingdao")
+        .copied()
+        .unwrap_or_else(|| panic!("no link row: {links:?}"));
+    let outage_ms = u64::try_from(outage.as_millis()).unwrap();
+    assert!(up > 0 && up < running, "up {up} ms of {running} ms");
+    assert!(
+        running - up >= outage_ms,
+        "down {} ms, the outage lasted {outage_ms} ms",
+        running - up
+    );
+    let registries_dirs: Vec<_> = ["jinan", "qingdao"]
+        .iter()
+        .map(|c| root.join(c).join("medical"))
+        .collect();
+    sources::read_medical(&mut r, &registries_dirs)
+        .await
+        .unwrap();
     let row = |item: &str, from: &str, to: &str| {
         r.applications
             .iter()
@@ -293,7 +333,8 @@ async fn every_indicator_equals_the_traffic_and_reconciles_with_the_audit() {
     assert_eq!(unknown.by_kind["unknown_item"].n, 3);
     assert!(unknown.by_kind["unknown_item"].suppressed());
     // The medical indicators equal the story: every result found got its verdict, every
-    // decision is counted; one patient, so every cell is suppressed in what is published.
+    // decision is counted (its patient found through the report's verdicts); one patient,
+    // so every cell is suppressed in what is published.
     let sum = |f: &dyn Fn(&tongban_report::indicators::Medical) -> u64| -> u64 {
         r.medical.values().map(f).sum()
     };

@@ -26,6 +26,13 @@ fn status(url: &str, token: &str) -> (i32, String, String) {
 async fn status_shows_peers_catalogs_and_audit_and_fails_when_a_peer_is_down() {
     let mut f = Fed::start(&["jinan", "qingdao"]).await;
     f.submit("jinan", Some("qingdao"), "JQ-03").await.unwrap();
+    // The node's start (itself, its catalog, its policy), the registration, the link to
+    // Qingdao coming up (recorded just after its catalog is visible) and the exchange.
+    let mut heads = f.auditor("jinan").subscribe();
+    tokio::time::timeout(Duration::from_secs(10), heads.wait_for(|h| h.seq >= 6))
+        .await
+        .expect("jinan's log reaches 6 records")
+        .unwrap();
     let url = f.fed.city("jinan").unwrap().caller_url();
     let op = dev_token_with_roles(&f.fed.certs, "jinan", "ops", &["audit-operator"]).unwrap();
     let (code, out, err) = status(&url, &op);
@@ -37,9 +44,8 @@ async fn status_shows_peers_catalogs_and_audit_and_fails_when_a_peer_is_down() {
         peer_line.contains(" up ") && peer_line.contains("v1"),
         "{peer_line}"
     );
-    // The node's start (itself, its catalog, its policy), the registration and the exchange.
     let head = f.auditor("jinan").head().seq;
-    assert_eq!(head, 5);
+    assert_eq!(head, 6);
     assert!(out.contains(&format!("audit: head seq {head} ")), "{out}");
 
     // A caller without the operator role may not look.

@@ -16,7 +16,7 @@ mod load;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-pub use calendar::{cst_date, Calendar};
+pub use calendar::{cst_date, Calendar, CST};
 pub use divisions::Divisions;
 pub use fields::{credit_code_check_char, normalise, unclean, Field, FieldType, Violation};
 pub use load::LoadError;

@@ -110,8 +110,12 @@ pub fn run(a: ReportArgs) -> ExitCode {
                     dir.display()
                 );
             }
-            sources::read_medical(&mut report, dir).await?;
         }
+        if !a.medical.is_empty() {
+            sources::read_medical(&mut report, &a.medical).await?;
+        }
+        // What is still open (a node running, a link up) ends now.
+        report.finish(time::OffsetDateTime::now_utc().unix_timestamp() * 1000);
         let text = match a.format {
             Format::Table => render::table(&report),
             Format::Csv => render::csv(&report),

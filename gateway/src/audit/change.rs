@@ -130,6 +130,8 @@ pub fn kind_name(kind: i32) -> &'static str {
         ChangeKind::NodeStarted => "node_started",
         ChangeKind::NodeStopped => "node_stopped",
         ChangeKind::KeysRotated => "keys_rotated",
+        ChangeKind::PeerLinkUp => "peer_link_up",
+        ChangeKind::PeerLinkDown => "peer_link_down",
     }
 }
 

@@ -285,6 +285,7 @@ impl ResultRegistry for Registry {
                     at_ms: at,
                     held_by: self.city.clone(),
                     patient: pseudonym.clone(),
+                    report_id: q.report_id.clone(),
                     item: q.item.clone(),
                     asked_by: asked_by.clone(),
                     eligible: verdict.eligible,

@@ -63,6 +63,9 @@ pub struct VerdictRecord {
     pub held_by: String,
     /// The patient's keyed pseudonym at this registry.
     pub patient: String,
+    /// The report the result is in (its id as Query returns it, which decisions name).
+    #[serde(default)]
+    pub report_id: String,
     /// The recognition item (empty: the result maps to none).
     pub item: String,
     /// The city that asked (its caller's city).

@@ -276,10 +276,22 @@ pub struct Report {
     /// Departments' `Submit` calls the nodes served (the audit's side of `submitted`).
     pub submits_served: BTreeMap<Key, Count>,
     pub medical: BTreeMap<Key, Medical>,
+    /// Each peer link's time up, per period: key (period, "-", node's city, peer's city).
+    pub links: BTreeMap<Key, u64>,
+    /// Each node's time running (between its start and stop records), per period: key
+    /// (period, "-", node's city, node's city).
+    pub running: BTreeMap<Key, u64>,
+    /// While reading a log: when each (node, peer) link came up, when each node started,
+    /// and each node's last record.
+    link_since: BTreeMap<(String, String), i64>,
+    node_since: BTreeMap<String, i64>,
+    last_seen: BTreeMap<String, i64>,
     /// Audit records read, and applications read.
     pub records_read: u64,
     pub applications_read: u64,
     pub medical_read: u64,
+    /// When the open intervals were ended ([`Report::finish`]).
+    pub now_ms: i64,
 }
 
 impl Report {
@@ -292,9 +304,15 @@ impl Report {
             refusals: BTreeMap::new(),
             submits_served: BTreeMap::new(),
             medical: BTreeMap::new(),
+            links: BTreeMap::new(),
+            running: BTreeMap::new(),
+            link_since: BTreeMap::new(),
+            node_since: BTreeMap::new(),
+            last_seen: BTreeMap::new(),
             records_read: 0,
             applications_read: 0,
             medical_read: 0,
+            now_ms: 0,
         }
     }
 
@@ -386,6 +404,166 @@ impl Report {
                 }
             }
         }
+    }
+
+    /// Unix ms of the start of day `d` in China Standard Time.
+    fn day_ms(d: Date) -> i64 {
+        let t = d.midnight().assume_offset(tongban_catalog::CST);
+        t.unix_timestamp() * 1000
+    }
+
+    /// The period after the one starting on `d`.
+    fn next_period(&self, d: Date) -> Option<Date> {
+        match self.period {
+            Period::Day => d.next_day(),
+            Period::Week => Some(d + Duration::days(7)),
+            Period::Month => {
+                let (y, m) = if d.month() == Month::December {
+                    (d.year() + 1, Month::January)
+                } else {
+                    (d.year(), d.month().next())
+                };
+                Date::from_calendar_date(y, m, 1).ok()
+            }
+        }
+    }
+
+    /// Adds `[a, b)` (Unix ms), cut by period and clipped to the window, to `map`.
+    fn add_interval(
+        &self,
+        map: &mut BTreeMap<Key, u64>,
+        (node, peer): (&str, &str),
+        a: i64,
+        b: i64,
+    ) {
+        let start = Self::day_ms(self.from).max(a);
+        let end = self.to.next_day().map_or(b, Self::day_ms).min(b);
+        if end <= start {
+            return;
+        }
+        let mut p = self.period.start(tongban_catalog::cst_date(start));
+        while let Some(next) = self.next_period(p) {
+            let (ps, pe) = (Self::day_ms(p).max(start), Self::day_ms(next).min(end));
+            if pe > ps {
+                *map.entry(Key {
+                    period: p,
+                    item: "-".into(),
+                    from: node.into(),
+                    to: peer.into(),
+                })
+                .or_default() += u64::try_from(pe - ps).unwrap_or(0);
+            }
+            if Self::day_ms(next) >= end {
+                break;
+            }
+            p = next;
+        }
+    }
+
+    /// A node's record at `at_ms` (any record: it was running then).
+    pub fn seen(&mut self, node: &str, at_ms: i64) {
+        let e = self.last_seen.entry(node.to_string()).or_insert(at_ms);
+        *e = (*e).max(at_ms);
+    }
+
+    /// The node started (`up` true) or stopped at `at_ms`: every link of it is down. A
+    /// start with no stop before it (the process died) ends the previous run at its last
+    /// record.
+    pub fn node_event(&mut self, node: &str, at_ms: i64, started: bool) {
+        let end = if started {
+            self.last_seen
+                .get(node)
+                .copied()
+                .unwrap_or(at_ms)
+                .min(at_ms)
+        } else {
+            at_ms
+        };
+        self.close_node(node, end);
+        if started {
+            self.node_since.insert(node.to_string(), at_ms);
+        }
+        self.seen(node, at_ms);
+    }
+
+    fn close_node(&mut self, node: &str, end: i64) {
+        if let Some(since) = self.node_since.remove(node) {
+            let mut running = std::mem::take(&mut self.running);
+            self.add_interval(&mut running, (node, node), since, end);
+            self.running = running;
+        }
+        let open: Vec<(String, String)> = self
+            .link_since
+            .keys()
+            .filter(|(n, _)| n == node)
+            .cloned()
+            .collect();
+        for k in open {
+            if let Some(since) = self.link_since.remove(&k) {
+                let mut links = std::mem::take(&mut self.links);
+                self.add_interval(&mut links, (&k.0, &k.1), since, end);
+                self.links = links;
+            }
+        }
+    }
+
+    /// The link from `node` to `peer` came up or went down at `at_ms`.
+    pub fn link_event(&mut self, node: &str, peer: &str, at_ms: i64, up: bool) {
+        self.seen(node, at_ms);
+        let k = (node.to_string(), peer.to_string());
+        if up {
+            self.link_since.entry(k).or_insert(at_ms);
+        } else if let Some(since) = self.link_since.remove(&k) {
+            let mut links = std::mem::take(&mut self.links);
+            self.add_interval(&mut links, (node, peer), since, at_ms);
+            self.links = links;
+        }
+    }
+
+    /// Ends what is still open at `now_ms` (nodes still running, links still up): call
+    /// once every log is read.
+    pub fn finish(&mut self, now_ms: i64) {
+        self.now_ms = now_ms;
+        let nodes: Vec<String> = self.node_since.keys().cloned().collect();
+        for n in nodes {
+            self.close_node(&n, now_ms);
+        }
+        let links: Vec<(String, String)> = self.link_since.keys().cloned().collect();
+        for (n, p) in links {
+            self.link_event(&n, &p, now_ms, false);
+        }
+    }
+
+    /// The length of the period starting on `p`, in ms, clipped to the window and to `now`.
+    pub fn period_ms(&self, p: Date, now_ms: i64) -> u64 {
+        let start = Self::day_ms(self.from).max(Self::day_ms(p));
+        let end = self
+            .next_period(p)
+            .map_or(now_ms, Self::day_ms)
+            .min(self.to.next_day().map_or(now_ms, Self::day_ms))
+            .min(now_ms);
+        u64::try_from(end - start).unwrap_or(0)
+    }
+
+    /// Each link's share of its period up (period clipped to the window and to the time
+    /// of the report): ((period, node, peer), up ms, running ms, period ms).
+    pub fn link_rows(&self) -> Vec<(&Key, u64, u64, u64)> {
+        self.links
+            .iter()
+            .map(|(k, up)| {
+                let running = self
+                    .running
+                    .get(&Key {
+                        period: k.period,
+                        item: "-".into(),
+                        from: k.from.clone(),
+                        to: k.from.clone(),
+                    })
+                    .copied()
+                    .unwrap_or(0);
+                (k, *up, running, self.period_ms(k.period, self.now_ms))
+            })
+            .collect()
     }
 
     /// The periods of the window, in order.

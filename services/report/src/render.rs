@@ -7,11 +7,21 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde_json::{json, Value};
+use time::Date;
 
 use crate::indicators::{Applications, Count, Key, Medical, Refusals, Report, MIN_CITIZENS};
 
 /// The JSON format's name.
 pub const FORMAT: &str = "tongban-report/1";
+
+/// `part / whole`, at most 1 (0 when `whole` is 0).
+fn share(part: u64, whole: u64) -> f64 {
+    if whole > 0 {
+        (part as f64 / whole as f64).min(1.0)
+    } else {
+        0.0
+    }
+}
 
 fn cell(c: &Count) -> String {
     c.shown()
@@ -99,6 +109,16 @@ pub fn json(r: &Report) -> Value {
         "applications": keys.iter().map(|k| applications_json(r, k, r.applications.get(*k).unwrap_or(&empty))).collect::<Vec<_>>(),
         "refusals": r.refusals.iter().map(|(k, f)| refusals_json(r, k, f)).collect::<Vec<_>>(),
         "medical": r.medical.iter().map(|(k, m)| medical_json(r, k, m)).collect::<Vec<_>>(),
+        "links": r.link_rows().into_iter().map(|(k, up, running, period)| json!({
+            "period": r.period.label(k.period),
+            "node": k.from,
+            "peer": k.to,
+            "up_seconds": up / 1000,
+            "running_seconds": running / 1000,
+            "period_seconds": period / 1000,
+            "up_share": share(up, period),
+            "up_share_running": share(up, running),
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -159,6 +179,16 @@ pub fn csv(r: &Report) -> String {
         for (kind, c) in &f.by_kind {
             line(k, &format!("refused: {kind}"), cell(c));
         }
+    }
+    for (k, up, running, period) in r.link_rows() {
+        line(k, "link_up_share", format!("{:.4}", share(up, period)));
+        line(
+            k,
+            "link_up_share_running",
+            format!("{:.4}", share(up, running)),
+        );
+        line(k, "link_up_seconds", (up / 1000).to_string());
+        line(k, "node_running_seconds", (running / 1000).to_string());
     }
     for (k, m) in &r.medical {
         line(k, "results_queried", cell(&m.queried));
@@ -267,6 +297,27 @@ pub fn table(r: &Report) -> String {
             );
         }
     }
+    let links = r.link_rows();
+    if !links.is_empty() {
+        let _ = writeln!(
+            out,
+            "\npeer links (share of the period up, and of the time the node ran):"
+        );
+        for (k, up, running, period) in links {
+            let _ = writeln!(
+                out,
+                "{:<10}  {} → {}  {:>6.2}%  {:>6.2}% of running  up {:.1} s, node running {:.1} s, period {} s",
+                r.period.label(k.period),
+                k.from,
+                k.to,
+                share(up, period) * 100.0,
+                share(up, running) * 100.0,
+                up as f64 / 1000.0,
+                running as f64 / 1000.0,
+                period / 1000
+            );
+        }
+    }
     if !r.medical.is_empty() {
         let _ = writeln!(
             out,
@@ -329,7 +380,7 @@ fn bars(title: &str, id: &str, rows: &[(String, Option<f64>, String)]) -> String
         .max(1e-9);
     let h = 22 * rows.len().max(1) + 10;
     let mut svg = format!(
-        "<figure id=\"{id}\"><figcaption>{}</figcaption><svg role=\"img\" aria-label=\"{}\" width=\"640\" height=\"{h}\" viewBox=\"0 0 640 {h}\" xmlns=\"http://www.w3.org/2000/svg\">",
+        "<figure id=\"{id}\"><figcaption>{}</figcaption><svg role=\"img\" aria-label=\"{}\" width=\"760\" height=\"{h}\" viewBox=\"0 0 760 {h}\" xmlns=\"http://www.w3.org/2000/svg\">",
         esc(title),
         esc(title)
     );
@@ -355,20 +406,25 @@ fn bars(title: &str, id: &str, rows: &[(String, Option<f64>, String)]) -> String
 
 /// One self-contained page: the charts and the tables, nothing fetched.
 pub fn html(r: &Report) -> String {
-    let volume_rows: Vec<(String, Option<f64>, String)> = r
-        .applications
+    // One bar per period and direction: the items' shown cells summed, a suppressed cell left
+    // out and flagged (summing would otherwise reveal it).
+    let mut volumes: BTreeMap<(Date, &str, &str), (u64, bool)> = BTreeMap::new();
+    for (k, a) in &r.applications {
+        let e = volumes
+            .entry((k.period, k.from.as_str(), k.to.as_str()))
+            .or_default();
+        match a.submitted.shown() {
+            Some(n) => e.0 += n,
+            None => e.1 = true,
+        }
+    }
+    let volume_rows: Vec<(String, Option<f64>, String)> = volumes
         .iter()
-        .map(|(k, a)| {
+        .map(|((period, from, to), (n, hidden))| {
             (
-                format!(
-                    "{} {} {} → {}",
-                    r.period.label(k.period),
-                    k.item,
-                    k.from,
-                    k.to
-                ),
-                a.submitted.shown().map(|n| n as f64),
-                cell(&a.submitted),
+                format!("{} {from} → {to}", r.period.label(*period)),
+                Some(*n as f64),
+                format!("{n}{}", if *hidden { " + cells <5" } else { "" }),
             )
         })
         .collect();
@@ -435,7 +491,7 @@ pub fn html(r: &Report) -> String {
         min = MIN_CITIZENS,
     );
     page.push_str(&bars(
-        "Applications submitted, by period, item and direction",
+        "Applications submitted, by period and direction",
         "chart-volumes",
         &volume_rows,
     ));
@@ -518,6 +574,21 @@ pub fn html(r: &Report) -> String {
             esc(&k.to),
             esc(&cell(&f.total)),
             esc(&reasons.join("; ")),
+        );
+    }
+    page.push_str("</tbody></table>");
+    page.push_str("<h2>Peer links</h2><table id=\"links\"><thead><tr><th scope=\"col\">period</th><th scope=\"col\">link</th><th scope=\"col\">share of the period up</th><th scope=\"col\">share of the node's running time up</th><th scope=\"col\">up (s)</th><th scope=\"col\">node running (s)</th></tr></thead><tbody>");
+    for (k, up, running, period) in r.link_rows() {
+        let _ = write!(
+            page,
+            "<tr><td>{}</td><td>{} → {}</td><td>{:.2}%</td><td>{:.2}%</td><td>{:.1}</td><td>{:.1}</td></tr>",
+            esc(&r.period.label(k.period)),
+            esc(&k.from),
+            esc(&k.to),
+            share(up, period) * 100.0,
+            share(up, running) * 100.0,
+            up as f64 / 1000.0,
+            running as f64 / 1000.0
         );
     }
     page.push_str("</tbody></table>");

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use tongban_catalog::{cst_date, Calendar};
 use tongban_gateway::audit::log;
-use tongban_proto::audit::v1::Side;
+use tongban_proto::audit::v1::{ChangeKind, Side};
 use tongban_proto::crosscity::v2::State;
 
 use crate::indicators::{AppFacts, CallFacts, Report};
@@ -40,6 +40,24 @@ pub fn read_audit(report: &mut Report, data_dir: &Path) -> Result<(), ReportErro
         log::read_segment(first, &path, |e| {
             if let Some(r) = e.entry.record {
                 let side = Side::try_from(r.side).unwrap_or(Side::Unspecified);
+                report.seen(&r.node_city, r.started_at_ms);
+                if let Some(c) = &r.state_change {
+                    match ChangeKind::try_from(c.kind).unwrap_or(ChangeKind::Unspecified) {
+                        ChangeKind::NodeStarted => {
+                            report.node_event(&r.node_city, r.started_at_ms, true)
+                        }
+                        ChangeKind::NodeStopped => {
+                            report.node_event(&r.node_city, r.started_at_ms, false)
+                        }
+                        ChangeKind::PeerLinkUp => {
+                            report.link_event(&r.node_city, &c.object, r.started_at_ms, true)
+                        }
+                        ChangeKind::PeerLinkDown => {
+                            report.link_event(&r.node_city, &c.object, r.started_at_ms, false)
+                        }
+                        _ => {}
+                    }
+                }
                 if side == Side::Node || side == Side::Unspecified {
                     return true;
                 }
@@ -143,46 +161,68 @@ pub async fn read_department(
         .map_err(|e| source(dir, e))
 }
 
-/// Reads the verdicts and decisions of the medical result registry whose data directory is
-/// `dir` into `report`.
-pub async fn read_medical(report: &mut Report, dir: &Path) -> Result<(), ReportError> {
+/// Reads the verdicts and decisions of the medical result registries whose data
+/// directories are `dirs` into `report`. A decision names a report, not a patient: its
+/// patient is the one the report's verdicts name (the origin registry's records, when read
+/// here); a decision whose report was never queried here counts as a citizen of its own.
+pub async fn read_medical(report: &mut Report, dirs: &[PathBuf]) -> Result<(), ReportError> {
+    use std::collections::HashMap;
     use tongban_proto::medical::v1::{Decision, RetestReason};
-    let store = tongban_medical::store::Store::open(dir)
-        .await
-        .map_err(|e| source(dir, e))?;
-    store
-        .each_verdict(|v| {
-            let item = if v.item.is_empty() {
-                "-"
-            } else {
-                v.item.as_str()
-            };
-            report.add_medical(
-                cst_date(v.at_ms),
-                (item, &v.held_by, &v.asked_by),
-                &v.patient,
-                &crate::indicators::MedicalFact::Verdict {
-                    eligible: v.eligible,
-                    reasons: v.reasons.clone(),
-                },
-            );
-        })
-        .map_err(|e| source(dir, e))?;
-    store
-        .each_decision(|d| {
-            let decided_in = d.caller.split('/').next().unwrap_or_default().to_string();
-            let recognised = d.decision == Decision::Accepted as i32;
-            let reason = RetestReason::try_from(d.reason)
-                .map(|r| r.as_str_name().to_ascii_lowercase())
-                .unwrap_or_default();
-            report.add_medical(
-                cst_date(d.at_ms),
-                (&d.item, &d.origin_city, &decided_in),
-                &d.report_id,
-                &crate::indicators::MedicalFact::Decision { recognised, reason },
-            );
-        })
-        .map_err(|e| source(dir, e))
+    let mut stores = Vec::new();
+    for dir in dirs {
+        let store = tongban_medical::store::Store::open(dir)
+            .await
+            .map_err(|e| source(dir, e))?;
+        stores.push((dir, store));
+    }
+    let mut patients: HashMap<(String, String), String> = HashMap::new();
+    for (dir, store) in &stores {
+        store
+            .each_verdict(|v| {
+                let item = if v.item.is_empty() {
+                    "-"
+                } else {
+                    v.item.as_str()
+                };
+                if !v.report_id.is_empty() {
+                    patients
+                        .entry((v.held_by.clone(), v.report_id.clone()))
+                        .or_insert_with(|| v.patient.clone());
+                }
+                report.add_medical(
+                    cst_date(v.at_ms),
+                    (item, &v.held_by, &v.asked_by),
+                    &v.patient,
+                    &crate::indicators::MedicalFact::Verdict {
+                        eligible: v.eligible,
+                        reasons: v.reasons.clone(),
+                    },
+                );
+            })
+            .map_err(|e| source(dir, e))?;
+    }
+    for (dir, store) in &stores {
+        store
+            .each_decision(|d| {
+                let decided_in = d.caller.split('/').next().unwrap_or_default().to_string();
+                let recognised = d.decision == Decision::Accepted as i32;
+                let reason = RetestReason::try_from(d.reason)
+                    .map(|r| r.as_str_name().to_ascii_lowercase())
+                    .unwrap_or_default();
+                let patient = patients
+                    .get(&(d.origin_city.clone(), d.report_id.clone()))
+                    .cloned()
+                    .unwrap_or_else(|| format!("report:{}/{}", d.origin_city, d.report_id));
+                report.add_medical(
+                    cst_date(d.at_ms),
+                    (&d.item, &d.origin_city, &decided_in),
+                    &patient,
+                    &crate::indicators::MedicalFact::Decision { recognised, reason },
+                );
+            })
+            .map_err(|e| source(dir, e))?;
+    }
+    Ok(())
 }
 
 /// Whether `dir` is a medical result registry's data directory.
