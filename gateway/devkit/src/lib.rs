@@ -9,6 +9,7 @@ pub mod bundles;
 pub mod certs;
 pub mod demo;
 pub mod departments;
+pub mod etcd;
 pub mod idp;
 pub mod local;
 pub mod medical;

@@ -5,8 +5,14 @@
 //! no sled type is used outside this module. (The audit index is a flat file of its own,
 //! next to the log: `audit::index`.)
 
+pub mod conformance;
+#[cfg(feature = "etcd")]
+pub mod etcd;
+pub mod faulty;
+pub mod kv;
 pub mod secret;
 pub mod sled;
+pub mod sled_kv;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,6 +29,12 @@ pub enum StoreError {
     Io(String),
     #[error("store holds undecodable data: {0}")]
     Corrupt(String),
+    /// The store cannot be reached (etcd down or partitioned away); names the backend.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A watch asked for history the store no longer holds.
+    #[error("store history before revision {revision} is compacted")]
+    Compacted { revision: i64 },
 }
 
 /// A key and its value.

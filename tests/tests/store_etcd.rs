@@ -1,0 +1,84 @@
+//! The shared-store conformance suite against a real etcd (Debian's etcd-server, started
+//! on loopback with a temporary data dir), plainly and through the failure-injecting
+//! wrapper; and an etcd that goes away for real (SIGSTOP, as a partition looks to a client).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tongban_devkit::etcd::LocalEtcd;
+use tongban_gateway::store::etcd::{EtcdConfig, EtcdKv};
+use tongban_gateway::store::kv::{Committed, KvStore, Snapshot, Txn};
+use tongban_gateway::store::StoreError;
+
+async fn connect(etcd: &LocalEtcd, prefix: &str) -> EtcdKv {
+    EtcdKv::connect(&EtcdConfig {
+        endpoints: vec![etcd.endpoint.clone()],
+        prefix: prefix.into(),
+        timeout: Duration::from_secs(1),
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_passes_the_conformance_suite() {
+    let etcd = LocalEtcd::start().await.unwrap();
+    let store: Arc<dyn KvStore> = Arc::new(connect(&etcd, "/tongban/jinan/").await);
+    tongban_gateway::store::conformance::run(store, "conformance/").await;
+    // The city prefix isolates cities sharing one etcd.
+    let qingdao = connect(&etcd, "/tongban/qingdao/").await;
+    assert!(qingdao.range(b"").await.unwrap().entries.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_etcd_fails_writes_naming_it_and_snapshots_recover() {
+    let etcd = LocalEtcd::start().await.unwrap();
+    let a: Arc<dyn KvStore> = Arc::new(connect(&etcd, "/tongban/jinan/").await);
+    let b: Arc<dyn KvStore> = Arc::new(connect(&etcd, "/tongban/jinan/").await);
+    a.commit(Txn::new().put("registry/x", "1")).await.unwrap();
+    let snap = Snapshot::follow(b.clone(), b"registry/").await.unwrap();
+    assert_eq!(snap.get(b"registry/x").unwrap().value, b"1");
+
+    // etcd stops answering (SIGSTOP: its sockets stay open, as with a partition).
+    let pid = etcd.pid().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let started = std::time::Instant::now();
+    let e = a
+        .commit(Txn::new().put("registry/y", "2"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+    assert!(e.to_string().contains("etcd at http://127.0.0.1:"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the write failed within its timeout, not a hang: {:?}",
+        started.elapsed()
+    );
+    // The snapshot still answers from what it had.
+    assert_eq!(snap.get(b"registry/x").unwrap().value, b"1");
+
+    // Back: writes work again and the snapshot catches up by itself.
+    assert!(std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let rev = loop {
+        match a.commit(Txn::new().put("registry/y", "2")).await {
+            Ok(Committed::Applied(r)) => break r,
+            Ok(c) => panic!("{c:?}"),
+            Err(_) if started.elapsed() < Duration::from_secs(30) => continue,
+            Err(e) => panic!("etcd did not come back: {e}"),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), snap.reach(rev))
+        .await
+        .expect("the snapshot catches up after etcd returns");
+    assert_eq!(snap.get(b"registry/y").unwrap().value, b"2");
+}
