@@ -13,7 +13,7 @@ python3 tests/tools/module_cycles.py gateway/src gateway/devkit/src gateway/cli/
   gateway/catalog/src gateway/telemetry/src services/crosscity/src services/bundle/src services/report/src
 export TONGBAN_PYTHON="$root/target/pyenv/bin/python"
 # Some tests run the `tongban` binary itself (audit verify, a node killed with SIGKILL).
-cargo build --quiet -p tongban --bin tongban
+cargo build --quiet -p tongban --bin tongban --features etcd
 export TONGBAN_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/tongban"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"

@@ -363,15 +363,19 @@ pub struct Publisher {
     pub consents: ConsentStore,
     pub catalog: Arc<Catalog>,
     lock: tokio::sync::Mutex<()>,
+    /// The version installed last (a replica installs what another replica wrote too).
+    installed: std::sync::atomic::AtomicU64,
 }
 
 impl Publisher {
     pub fn new(registry: Registry, consents: ConsentStore, catalog: Arc<Catalog>) -> Self {
+        let installed = registry.version().unwrap_or(0);
         Publisher {
             registry,
             consents,
             catalog,
             lock: tokio::sync::Mutex::new(()),
+            installed: std::sync::atomic::AtomicU64::new(installed),
         }
     }
 
@@ -379,7 +383,39 @@ impl Publisher {
         let records = self.registry.list()?;
         self.catalog
             .set_local(version, records, self.consents.revocations());
+        self.installed
+            .fetch_max(version, std::sync::atomic::Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Installs what other replicas of the city write (registrations, revocations), as the
+    /// shared store's watch brings it; stops when the publisher is dropped.
+    pub fn follow_replicas(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        // Registry and consents share one snapshot: one watch for both.
+        let mut changes = self.registry.snapshot().changes();
+        tokio::spawn(async move {
+            loop {
+                if changes.changed().await.is_err() {
+                    return;
+                }
+                let Some(p) = weak.upgrade() else { return };
+                let _g = p.lock.lock().await;
+                let Ok(v) = p.registry.version() else {
+                    continue;
+                };
+                if v > p.installed.load(std::sync::atomic::Ordering::SeqCst) {
+                    if let Err(error) = p.install(v) {
+                        tracing::warn!(%error, "cannot install the catalog another replica wrote");
+                    } else {
+                        tracing::info!(
+                            version = v,
+                            "catalog version from another replica installed"
+                        );
+                    }
+                }
+            }
+        });
     }
 
     /// Registers or replaces a service: the new catalog version, and whether it replaced a

@@ -52,6 +52,9 @@ impl ConfigError {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     city: String,
+    /// This replica's id when the city runs several (env `TONGBAN_REPLICA`).
+    #[serde(default)]
+    replica: String,
     listen: RawListen,
     storage: RawStorage,
     tls: RawTls,
@@ -243,14 +246,102 @@ struct RawStorage {
     data_dir: PathBuf,
     #[serde(default = "default_cache_mib")]
     cache_mib: u64,
+    /// Where the city's shared state lives: `sled` (in `data_dir`, the default) or `etcd`.
+    #[serde(default)]
+    backend: Option<String>,
+    #[serde(default)]
+    etcd: Option<RawEtcd>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEtcd {
+    endpoints: Vec<String>,
+    /// Default `/tongban/<city>/`.
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default = "default_etcd_timeout_ms")]
+    timeout_ms: u64,
+}
+
+fn default_etcd_timeout_ms() -> u64 {
+    2000
+}
+
+/// `[storage] backend` and `[storage.etcd]`, checked before anything is opened.
+fn shared_backend(
+    city: &str,
+    storage: &RawStorage,
+) -> Result<crate::store::SharedBackend, ConfigError> {
+    match (storage.backend.as_deref().unwrap_or("sled"), &storage.etcd) {
+        ("sled", None) => Ok(crate::store::SharedBackend::Sled),
+        ("sled", Some(_)) => Err(ConfigError::key(
+            "storage.etcd",
+            "is set but storage.backend is `sled`: set backend = \"etcd\" or remove [storage.etcd]",
+        )),
+        ("etcd", None) => Err(ConfigError::key(
+            "storage.etcd",
+            "backend = \"etcd\" needs [storage.etcd] with endpoints",
+        )),
+        ("etcd", Some(e)) => {
+            if !crate::store::ETCD_BUILT_IN {
+                return Err(ConfigError::key(
+                    "storage.backend",
+                    "this build has no etcd backend: build tongban with `--features etcd`",
+                ));
+            }
+            if e.endpoints.is_empty() {
+                return Err(ConfigError::key(
+                    "storage.etcd.endpoints",
+                    "must list at least one endpoint",
+                ));
+            }
+            for (i, ep) in e.endpoints.iter().enumerate() {
+                let rest = ep.strip_prefix("http://").ok_or_else(|| {
+                    ConfigError::key(
+                        format!("storage.etcd.endpoints[{i}]"),
+                        format!(
+                            "`{ep}` must be http://host:port (TLS to etcd is not supported yet)"
+                        ),
+                    )
+                })?;
+                validate_host_port(rest)
+                    .map_err(|m| ConfigError::key(format!("storage.etcd.endpoints[{i}]"), m))?;
+            }
+            if !(100..=60_000).contains(&e.timeout_ms) {
+                return Err(ConfigError::key(
+                    "storage.etcd.timeout_ms",
+                    "must be between 100 and 60000",
+                ));
+            }
+            let prefix = e
+                .prefix
+                .clone()
+                .unwrap_or_else(|| format!("/tongban/{city}/"));
+            if !prefix.ends_with('/') {
+                return Err(ConfigError::key(
+                    "storage.etcd.prefix",
+                    "must end with `/` (so that one city's keys are not a prefix of another's)",
+                ));
+            }
+            Ok(crate::store::SharedBackend::Etcd {
+                endpoints: e.endpoints.clone(),
+                prefix,
+                timeout: Duration::from_millis(e.timeout_ms),
+            })
+        }
+        (other, _) => Err(ConfigError::key(
+            "storage.backend",
+            format!("`{other}` is not a backend: sled or etcd"),
+        )),
+    }
 }
 
 fn default_cache_mib() -> u64 {
     DEFAULT_STORE_CACHE_BYTES / (1024 * 1024)
 }
 
-/// The store's page cache (sled's default of 1 GiB grows the node's memory with its store).
-pub const DEFAULT_STORE_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+pub use crate::store::DEFAULT_STORE_CACHE_BYTES;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -315,6 +406,9 @@ fn millis(d: Duration) -> u64 {
 pub struct NodeConfig {
     /// This node's city id (lowercase ascii).
     pub city: String,
+    /// This replica's id (`replica`, lowercase ascii; empty for a city that runs one node):
+    /// in every audit record and checkpoint, and what peers hold this log's checkpoints by.
+    pub replica: String,
     /// Where city systems call the node (TLS per `caller_tls`, or h2c when the config says
     /// `listen.caller_plaintext = true`).
     pub caller_addr: SocketAddr,
@@ -326,6 +420,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Bytes of the store's page cache (`storage.cache_mib`): bounds the node's memory.
     pub store_cache_bytes: u64,
+    /// Where the city's shared state lives (`storage.backend`, `[storage.etcd]`).
+    pub shared_store: crate::store::SharedBackend,
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
     pub trust_bundle_path: PathBuf,
@@ -566,6 +662,9 @@ impl NodeConfig {
         if let Some(v) = env("TONGBAN_LISTEN_WEB") {
             raw.listen.web = Some(v);
         }
+        if let Some(v) = env("TONGBAN_REPLICA") {
+            raw.replica = v;
+        }
         if let Some(v) = env("TONGBAN_DATA_DIR") {
             raw.storage.data_dir = PathBuf::from(v);
         }
@@ -574,6 +673,10 @@ impl NodeConfig {
 
     fn validate(raw: RawConfig, base: &Path) -> Result<NodeConfig, ConfigError> {
         validate_city_id(&raw.city).map_err(|m| ConfigError::key("city", m))?;
+        if !raw.replica.is_empty() {
+            validate_ident(&raw.replica, 32)
+                .map_err(|m| ConfigError::key("replica", format!("replica id {m}")))?;
+        }
         let caller_addr = parse_addr("listen.caller", &raw.listen.caller)?;
         let peer_addr = parse_addr("listen.peer", &raw.listen.peer)?;
         let admin_addr = parse_addr("listen.admin", &raw.listen.admin)?;
@@ -636,6 +739,7 @@ impl NodeConfig {
         if raw.storage.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::key("storage.data_dir", "must not be empty"));
         }
+        let shared_store = shared_backend(&raw.city, &raw.storage)?;
         let mut peers: Vec<PeerConfig> = Vec::new();
         for (i, p) in raw.peers.into_iter().enumerate() {
             let key = format!("peers[{i}]");
@@ -852,11 +956,13 @@ impl NodeConfig {
         }
         Ok(NodeConfig {
             city: raw.city,
+            replica: raw.replica,
             caller_addr,
             peer_addr,
             admin_addr,
             data_dir: resolve(&raw.storage.data_dir),
             store_cache_bytes: raw.storage.cache_mib * 1024 * 1024,
+            shared_store,
             cert_path: resolve(&raw.tls.cert),
             key_path: resolve(&raw.tls.key),
             trust_bundle_path: resolve(&raw.tls.trust_bundle),
@@ -1032,6 +1138,61 @@ address = "127.0.0.1:8100"
         match err {
             ConfigError::Key { key, .. } => key,
             other => panic!("expected a key error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn the_shared_store_is_sled_unless_etcd_is_configured() {
+        use crate::store::SharedBackend;
+        assert_eq!(parse(GOOD).unwrap().shared_store, SharedBackend::Sled);
+        let with = |storage: &str| {
+            GOOD.replacen(
+                "[storage]\ndata_dir = \"data\"",
+                &format!("[storage]\ndata_dir = \"data\"\n{storage}"),
+                1,
+            )
+        };
+        let cases = [
+            ("backend = \"etcd\"", "storage.etcd"),
+            ("backend = \"redis\"", "storage.backend"),
+            (
+                "[storage.etcd]\nendpoints = [\"http://127.0.0.1:2379\"]",
+                "storage.etcd",
+            ),
+        ];
+        for (text, key) in cases {
+            assert_eq!(key_of(parse(&with(text)).unwrap_err()), key, "{text}");
+        }
+        let etcd = |rest: &str| {
+            with(&format!(
+                "backend = \"etcd\"\n[storage.etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n{rest}"
+            ))
+        };
+        if crate::store::ETCD_BUILT_IN {
+            let SharedBackend::Etcd {
+                endpoints,
+                prefix,
+                timeout,
+            } = parse(&etcd("")).unwrap().shared_store
+            else {
+                panic!("not etcd")
+            };
+            assert_eq!(endpoints, vec!["http://127.0.0.1:2379".to_string()]);
+            assert_eq!(prefix, "/tongban/jinan/");
+            assert_eq!(timeout, Duration::from_secs(2));
+            assert_eq!(
+                key_of(parse(&etcd("prefix = \"/tongban/jinan\"")).unwrap_err()),
+                "storage.etcd.prefix"
+            );
+            let https = with(
+                "backend = \"etcd\"\n[storage.etcd]\nendpoints = [\"https://127.0.0.1:2379\"]",
+            );
+            assert_eq!(
+                key_of(parse(&https).unwrap_err()),
+                "storage.etcd.endpoints[0]"
+            );
+        } else {
+            assert_eq!(key_of(parse(&etcd("")).unwrap_err()), "storage.backend");
         }
     }
 

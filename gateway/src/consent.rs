@@ -36,7 +36,8 @@ use crate::config::{validate_city_id, validate_org_id};
 pub const ANY_CITY: &str = "*";
 use crate::error::{ApiError, BadField};
 use crate::registry::validate_service_name;
-use crate::store::{Keyspace, Store, StoreError};
+use crate::store::kv::{Committed, Cond, KvStore, Snapshot, Txn};
+use crate::store::StoreError;
 use crate::subject::{validate_resident_id, Pseudonymizer};
 use crate::verified::{self, VerifiedCache};
 
@@ -256,80 +257,99 @@ pub fn verify(
     Ok(c)
 }
 
-/// Consent records of this node's subjects, in the node's store.
+/// Consent records of this city's subjects, in the city's shared store: a consent granted
+/// on one replica is checked on every other, and a revocation reaches them by their watch.
 #[derive(Clone)]
 pub struct ConsentStore {
-    store: Arc<dyn Store>,
-    /// `pseudonym/id` → ConsentRecord
-    records: Arc<dyn Keyspace>,
-    /// `id` → expiry (ms), for the revocations this node publishes
-    revoked: Arc<dyn Keyspace>,
+    store: Arc<dyn KvStore>,
+    /// `consent.records/<pseudonym>/<id>` → ConsentRecord, and `consent.revoked/<id>` →
+    /// expiry (ms) for the revocations this city publishes.
+    snap: Snapshot,
 }
 
+const RECORDS: &str = "consent.records/";
+const REVOKED: &str = "consent.revoked/";
+
 impl ConsentStore {
-    pub fn open(store: Arc<dyn Store>) -> Result<ConsentStore, StoreError> {
-        Ok(ConsentStore {
-            records: store.keyspace("consent.records")?,
-            revoked: store.keyspace("consent.revoked")?,
-            store,
-        })
+    /// The consents in `store`, read from `snap` (a snapshot of the city's shared state).
+    pub fn open(store: Arc<dyn KvStore>, snap: Snapshot) -> ConsentStore {
+        ConsentStore { store, snap }
     }
 
     fn key(pseudonym: &str, id: &str) -> Vec<u8> {
-        format!("{pseudonym}/{id}").into_bytes()
+        format!("{RECORDS}{pseudonym}/{id}").into_bytes()
+    }
+
+    /// The snapshot: notified when another replica grants or revokes.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snap
     }
 
     pub async fn insert(&self, pseudonym: &str, r: &ConsentRecord) -> Result<(), StoreError> {
-        self.records
-            .insert(&Self::key(pseudonym, &r.id), &r.encode_to_vec())?;
-        self.store.flush().await
+        let txn = Txn::new().put(Self::key(pseudonym, &r.id), r.encode_to_vec());
+        match self.store.commit(txn).await? {
+            Committed::Applied(rev) => {
+                self.snap.reach(rev).await;
+                Ok(())
+            }
+            Committed::Conflict => Err(StoreError::Io("unconditional write refused".into())),
+        }
     }
 
     pub fn list(&self, pseudonym: &str) -> Result<Vec<ConsentRecord>, StoreError> {
-        let prefix = format!("{pseudonym}/");
-        let mut out = Vec::new();
-        for kv in self.records.scan_prefix(prefix.as_bytes()) {
-            let (_, v) = kv?;
-            if let Ok(r) = ConsentRecord::decode(v.as_slice()) {
-                out.push(r);
-            }
-        }
-        Ok(out)
+        let prefix = format!("{RECORDS}{pseudonym}/");
+        Ok(self
+            .snap
+            .scan(prefix.as_bytes())
+            .into_iter()
+            .filter_map(|kv| ConsentRecord::decode(kv.value.as_slice()).ok())
+            .collect())
     }
 
-    /// Marks a consent revoked; `None` when the subject has no such consent.
+    /// Marks a consent revoked; `None` when the subject has no such consent. The record and
+    /// the published revocation change together, and only if no replica changed the record
+    /// in between (else it is read again).
     pub async fn revoke(
         &self,
         pseudonym: &str,
         id: &str,
     ) -> Result<Option<ConsentRecord>, StoreError> {
         let key = Self::key(pseudonym, id);
-        let Some(v) = self.records.get(&key)? else {
-            return Ok(None);
-        };
-        let Ok(mut r) = ConsentRecord::decode(v.as_slice()) else {
-            return Ok(None);
-        };
-        r.revoked = true;
-        self.records.insert(&key, &r.encode_to_vec())?;
-        self.revoked
-            .insert(id.as_bytes(), &r.expires_at_ms.to_be_bytes())?;
-        self.store.flush().await?;
-        Ok(Some(r))
+        loop {
+            let Some(kv) = self.store.get(&key).await? else {
+                return Ok(None);
+            };
+            let Ok(mut r) = ConsentRecord::decode(kv.value.as_slice()) else {
+                return Ok(None);
+            };
+            r.revoked = true;
+            let txn = Txn::new()
+                .when(Cond::Unchanged(key.clone(), kv.revision))
+                .put(key.clone(), r.encode_to_vec())
+                .put(
+                    format!("{REVOKED}{id}").into_bytes(),
+                    r.expires_at_ms.to_be_bytes().to_vec(),
+                );
+            if let Committed::Applied(rev) = self.store.commit(txn).await? {
+                self.snap.reach(rev).await;
+                return Ok(Some(r));
+            }
+        }
     }
 
     /// Revocations still worth publishing (not yet expired).
     pub fn revocations(&self) -> Vec<RevokedConsent> {
         let now = now_ms();
-        self.revoked
-            .scan_prefix(b"")
-            .flatten()
-            .filter_map(|(k, v)| {
-                let exp = <[u8; 8]>::try_from(v.as_slice())
+        self.snap
+            .scan(REVOKED.as_bytes())
+            .into_iter()
+            .filter_map(|kv| {
+                let exp = <[u8; 8]>::try_from(kv.value.as_slice())
                     .map(i64::from_be_bytes)
                     .ok()?;
+                let id = kv.key.strip_prefix(REVOKED.as_bytes())?;
                 (exp > now).then(|| RevokedConsent {
-                    id: String::from_utf8_lossy(&k).into_owned(),
+                    id: String::from_utf8_lossy(id).into_owned(),
                     expires_at_ms: exp,
                 })
             })

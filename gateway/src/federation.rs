@@ -237,8 +237,9 @@ impl Federation for FederationApi {
         req: Request<GetCheckpointRequest>,
     ) -> Result<Response<SignedCheckpoint>, Status> {
         let peer = peer_of(&req)?;
+        let replica = &req.get_ref().replica;
         self.auditor
-            .peer_checkpoint(&peer.city)
+            .peer_checkpoint_of(&peer.city, replica)
             .map(Response::new)
             .ok_or_else(|| FederationError::NoHeldCheckpoint(peer.city).into())
     }
@@ -452,13 +453,13 @@ impl PeerSync {
                     );
                     // Up before its catalog is visible: a call routed by that catalog must not
                     // find the peer still marked down.
-                    let came_up = !self.peer.is_up() && self.peer.set_up(true, &self.health).await;
-                    self.catalog.set_peer(catalog);
-                    // Recorded once the catalog is visible: the audit write must not hold up
-                    // the first call routed to the peer.
-                    if came_up {
+                    // The link's coming up is on record before anything is routed by it (so
+                    // that a catalog seen implies its link-up record).
+                    if !self.peer.is_up() {
                         self.record_link(ChangeKind::PeerLinkUp).await;
+                        self.peer.set_up(true, &self.health).await;
                     }
+                    self.catalog.set_peer(catalog);
                 }
                 _ = checkpoints.tick() => self.fetch_checkpoint(&mut client, &cert).await,
             }
@@ -471,7 +472,9 @@ impl PeerSync {
         let city = &self.peer.city;
         let held = tokio::time::timeout(
             self.connect_timeout * 2,
-            client.get_held_checkpoint(GetCheckpointRequest {}),
+            client.get_held_checkpoint(GetCheckpointRequest {
+                replica: self.auditor.replica().to_string(),
+            }),
         )
         .await;
         match held {
@@ -508,7 +511,7 @@ impl PeerSync {
     ) {
         let fetched = tokio::time::timeout(
             self.connect_timeout * 2,
-            client.get_checkpoint(GetCheckpointRequest {}),
+            client.get_checkpoint(GetCheckpointRequest::default()),
         )
         .await;
         match fetched {

@@ -34,7 +34,6 @@ use crate::registry::{Registry, RegistryError};
 use crate::registry_api::RegistryApi;
 use crate::server::{self, Side};
 use crate::store::sled::SledStore;
-use crate::store::Store;
 use crate::subject::Pseudonymizer;
 use crate::trust::{NodeIdentity, TrustBundle, TrustError};
 use crate::upstream::{Endpoint, Keepalive};
@@ -161,8 +160,21 @@ impl PreparedNode {
         )?);
         let store = config.data_dir.join("state");
         let db = open_store(&store, config.store_cache_bytes).await?;
-        let shared: Arc<dyn Store> = Arc::new(db.clone());
-        let registry = Registry::open(shared.clone())?;
+        let shared = crate::store::open_shared(&config.shared_store, &db)
+            .await
+            .map_err(|source| NodeError::Store {
+                path: store.display().to_string(),
+                source,
+            })?;
+        // One snapshot of the city's shared state (registry and consents together, so that
+        // a catalog installed from it never pairs a version with older revocations).
+        let snapshot = crate::store::kv::Snapshot::follow(shared.clone(), b"")
+            .await
+            .map_err(|source| NodeError::Store {
+                path: store.display().to_string(),
+                source,
+            })?;
+        let registry = Registry::open(shared.clone(), snapshot.clone());
         let caller_tls = match &config.caller_tls {
             Some(t) => Some(NodeIdentity::caller_server_config(
                 &t.cert,
@@ -199,7 +211,7 @@ impl PreparedNode {
             auth: Arc::new(auth),
             policy: Arc::new(PolicyStore::open(&config.policy_file)?),
             signer: assertion::Signer::new(identity.key_pkcs8()),
-            replay: ReplayCache::open(shared.as_ref()).map_err(|source| NodeError::Store {
+            replay: ReplayCache::open(&db).map_err(|source| NodeError::Store {
                 path: store.display().to_string(),
                 source,
             })?,
@@ -210,10 +222,7 @@ impl PreparedNode {
                 usize::try_from(config.limits.verified_tokens).unwrap_or(usize::MAX),
             ),
         };
-        let consents = ConsentStore::open(shared).map_err(|source| NodeError::Store {
-            path: store.display().to_string(),
-            source,
-        })?;
+        let consents = ConsentStore::open(shared, snapshot);
         let metrics = Arc::new(NodeMetrics::new());
         checks
             .policy
@@ -230,6 +239,7 @@ impl PreparedNode {
             metrics: metrics.audit.clone(),
         };
         let auditor = Auditor::open(&config.data_dir.join("audit"), &db, opts, identity.clone())?;
+        auditor.set_replica(&config.replica);
         Ok(PreparedNode {
             config,
             bundle,
@@ -273,6 +283,7 @@ impl PreparedNode {
             Keepalive::of(&config.limits),
         ));
         let publisher = Arc::new(Publisher::new(registry, consents.clone(), catalog.clone()));
+        publisher.follow_replicas();
         let mut peers = BTreeMap::new();
         for p in &config.peers {
             let tls = identity.peer_client_config(&bundle, &p.city)?;

@@ -10,7 +10,7 @@ use prost::Message;
 use tongban_proto::registry::v1::ServiceRegistration;
 
 use crate::config::validate_org_id;
-use crate::store::{Keyspace, Store};
+use crate::store::kv::{Committed, Cond, KeyValue, KvStore, Op, Snapshot, Txn};
 use crate::upstream::parse_endpoint_url;
 
 /// Services a provider may not register: they are the node's own.
@@ -136,88 +136,124 @@ impl From<&ServiceRecord> for ServiceRegistration {
     }
 }
 
-/// The registry in the node's store. Writes are flushed before they are acknowledged.
+/// The registry in the city's shared store (every replica of the city sees one registry).
+/// Reads come from a snapshot kept current by a watch; writes are transactions that bump
+/// the catalog version with a compare-and-swap, so two replicas registering at once both
+/// get a version of their own, and are durable before they are acknowledged.
 #[derive(Clone)]
 pub struct Registry {
-    store: Arc<dyn Store>,
-    services: Arc<dyn Keyspace>,
-    meta: Arc<dyn Keyspace>,
+    store: Arc<dyn KvStore>,
+    snap: Snapshot,
 }
 
-const VERSION_KEY: &[u8] = b"catalog_version";
+const SERVICES: &str = "registry.services/";
+const VERSION_KEY: &[u8] = b"registry.meta/catalog_version";
 
 fn key(organisation: &str, service: &str) -> Vec<u8> {
-    format!("{organisation}/{service}").into_bytes()
+    format!("{SERVICES}{organisation}/{service}").into_bytes()
+}
+
+fn version_of(kv: Option<&KeyValue>) -> u64 {
+    kv.and_then(|kv| <[u8; 8]>::try_from(kv.value.as_slice()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
 }
 
 impl Registry {
-    pub fn open(store: Arc<dyn Store>) -> Result<Registry, RegistryError> {
-        Ok(Registry {
-            services: store.keyspace("registry.services")?,
-            meta: store.keyspace("registry.meta")?,
-            store,
-        })
+    /// The registry in `store`, read from `snap` (a snapshot of the city's shared state).
+    pub fn open(store: Arc<dyn KvStore>, snap: Snapshot) -> Registry {
+        Registry { store, snap }
     }
 
-    /// The local catalog version; it only grows, across restarts too.
+    /// The registry's snapshot: notified when another replica changes it.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snap
+    }
+
+    /// The local catalog version; it only grows, across restarts and replicas too.
     pub fn version(&self) -> Result<u64, RegistryError> {
-        Ok(self
-            .meta
-            .get(VERSION_KEY)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0))
+        Ok(version_of(self.snap.get(VERSION_KEY).as_ref()))
     }
 
     /// A new catalog version without a registry change (consent revocations are published
     /// with the catalog).
     pub async fn bump_version(&self) -> Result<u64, RegistryError> {
-        let v = self.bump()?;
-        self.store.flush().await?;
-        Ok(v)
+        self.write(None, |_| Ok((Vec::new(), Vec::new()))).await
     }
 
-    fn bump(&self) -> Result<u64, RegistryError> {
-        let next = self.version()? + 1;
-        self.meta.insert(VERSION_KEY, &next.to_be_bytes())?;
-        Ok(next)
+    /// Reads `target` (when given), then commits `change(target)` with the version bumped;
+    /// again from the read when another replica wrote in between. Returns the new version
+    /// once this replica's snapshot shows it.
+    async fn write(
+        &self,
+        target: Option<&[u8]>,
+        change: impl Fn(Option<&KeyValue>) -> Result<(Vec<Cond>, Vec<Op>), RegistryError>,
+    ) -> Result<u64, RegistryError> {
+        loop {
+            let current = self.store.get(VERSION_KEY).await?;
+            let read = match target {
+                Some(k) => self.store.get(k).await?,
+                None => None,
+            };
+            let (conds, ops) = change(read.as_ref())?;
+            let next = version_of(current.as_ref()) + 1;
+            let mut txn = Txn::new().when(Cond::Unchanged(
+                VERSION_KEY.to_vec(),
+                current.as_ref().map_or(0, |kv| kv.revision),
+            ));
+            txn.when.extend(conds);
+            txn.then.extend(ops);
+            txn = txn.put(VERSION_KEY.to_vec(), next.to_be_bytes().to_vec());
+            match self.store.commit(txn).await? {
+                Committed::Applied(rev) => {
+                    self.snap.reach(rev).await;
+                    return Ok(next);
+                }
+                Committed::Conflict => continue,
+            }
+        }
     }
 
     /// Registers or replaces a service; returns the new catalog version.
     pub async fn register(&self, rec: &ServiceRecord) -> Result<u64, RegistryError> {
         let value = ServiceRegistration::from(rec).encode_to_vec();
-        self.services
-            .insert(&key(&rec.organisation, &rec.service), &value)?;
-        let v = self.bump()?;
-        self.store.flush().await?;
-        Ok(v)
+        let k = key(&rec.organisation, &rec.service);
+        self.write(None, |_| {
+            Ok((Vec::new(), vec![Op::Put(k.clone(), value.clone())]))
+        })
+        .await
     }
 
     /// Whether `organisation` has `service` registered.
     pub fn contains(&self, organisation: &str, service: &str) -> Result<bool, RegistryError> {
-        Ok(self.services.get(&key(organisation, service))?.is_some())
+        Ok(self.snap.get(&key(organisation, service)).is_some())
     }
 
     /// Withdraws a service; returns the new catalog version.
     pub async fn withdraw(&self, organisation: &str, service: &str) -> Result<u64, RegistryError> {
-        if !self.services.remove(&key(organisation, service))? {
-            return Err(RegistryError::NotFound {
-                organisation: organisation.to_string(),
-                service: service.to_string(),
-            });
-        }
-        let v = self.bump()?;
-        self.store.flush().await?;
-        Ok(v)
+        let k = key(organisation, service);
+        self.write(Some(&k), |existing| {
+            let Some(existing) = existing else {
+                return Err(RegistryError::NotFound {
+                    organisation: organisation.to_string(),
+                    service: service.to_string(),
+                });
+            };
+            Ok((
+                vec![Cond::Unchanged(k.clone(), existing.revision)],
+                vec![Op::Delete(k.clone())],
+            ))
+        })
+        .await
     }
 
     /// Every registered service, ordered by organisation and service.
     pub fn list(&self) -> Result<Vec<ServiceRecord>, RegistryError> {
-        self.services
-            .scan_prefix(b"")
+        self.snap
+            .scan(SERVICES.as_bytes())
+            .into_iter()
             .map(|kv| {
-                let (_, v) = kv?;
-                let reg = ServiceRegistration::decode(v.as_slice())
+                let reg = ServiceRegistration::decode(kv.value.as_slice())
                     .map_err(|e| RegistryError::Corrupt(e.to_string()))?;
                 ServiceRecord::try_from(reg)
             })
@@ -270,7 +306,9 @@ mod tests {
             let store = crate::store::sled::SledStore::open(dir.path())
                 .await
                 .unwrap();
-            Registry::open(Arc::new(store)).unwrap()
+            let shared: Arc<dyn KvStore> = Arc::new(store.shared().unwrap());
+            let snap = Snapshot::follow(shared.clone(), b"").await.unwrap();
+            Registry::open(shared, snap)
         };
         {
             let r = open().await;

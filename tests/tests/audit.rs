@@ -412,7 +412,7 @@ async fn peers_hold_each_others_signed_checkpoints_and_see_a_rewrite() {
     let mut fed_client =
         FederationClient::new(EndpointChannel::new(Arc::new(ep), Duration::from_secs(2)));
     let signed = fed_client
-        .get_checkpoint(GetCheckpointRequest {})
+        .get_checkpoint(GetCheckpointRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -480,7 +480,7 @@ async fn peers_hold_each_others_signed_checkpoints_and_see_a_rewrite() {
     submit(&f, None).await;
     submit(&f, None).await;
     let newer = fed_client
-        .get_checkpoint(GetCheckpointRequest {})
+        .get_checkpoint(GetCheckpointRequest::default())
         .await
         .unwrap()
         .into_inner();

@@ -409,6 +409,13 @@ async fn checkpoints_are_time_stamped_by_a_tsa_that_openssl_verifies() {
         .await
         .expect("qingdao confirmed jinan's audit log")
         .unwrap();
+    // And it holds Qingdao's catalog again (the link is back up).
+    assert!(
+        f.fed
+            .wait_until_federated(Duration::from_secs(20), |_, p| !p.services.is_empty())
+            .await,
+        "jinan sees qingdao's catalog again"
+    );
     let citizen = demo_subject("37010219850312002");
     let (_, consent) = f
         .fed

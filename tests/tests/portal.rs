@@ -91,10 +91,14 @@ async fn the_portal_in_a_real_browser() {
     });
     let (tx, rx) = std::sync::mpsc::channel();
     let stdout = demo.stdout.take().unwrap();
+    let out_lines = Arc::new(Mutex::new(String::new()));
+    let out_kept = out_lines.clone();
     std::thread::spawn(move || {
         let mut p = Printed::default();
         let mut sent = false;
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            out_kept.lock().unwrap().push_str(&line);
+            out_kept.lock().unwrap().push('\n');
             parse(&line, &mut p);
             if !sent && p.portal.is_some() && p.qingdao_caller.is_some() && p.certs.is_some() {
                 let _ = tx.send(std::mem::take(&mut p));
@@ -102,9 +106,19 @@ async fn the_portal_in_a_real_browser() {
             }
         }
     });
-    let printed = rx
-        .recv_timeout(Duration::from_secs(120))
-        .expect("the demo printed the portal's address");
+    let printed = match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(p) => p,
+        Err(e) => {
+            let status = demo.try_wait();
+            let log = logs.lock().unwrap().clone();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "the demo did not print the portal's address ({e}); demo {status:?}\nstdout:\n{}\nlast log lines:\n{}",
+                out_lines.lock().unwrap(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    };
     let certs = PathBuf::from(printed.certs.unwrap());
 
     // Qingdao's hrss token, and an expired citizen token (beyond the node's leeway).

@@ -27,7 +27,7 @@ async fn status_shows_peers_catalogs_and_audit_and_fails_when_a_peer_is_down() {
     let mut f = Fed::start(&["jinan", "qingdao"]).await;
     f.submit("jinan", Some("qingdao"), "JQ-03").await.unwrap();
     // The node's start (itself, its catalog, its policy), the registration, the link to
-    // Qingdao coming up (recorded just after its catalog is visible) and the exchange.
+    // Qingdao coming up (recorded before its catalog is visible) and the exchange.
     let mut heads = f.auditor("jinan").subscribe();
     tokio::time::timeout(Duration::from_secs(10), heads.wait_for(|h| h.seq >= 6))
         .await

@@ -552,11 +552,13 @@ pub fn node_config(
     std::fs::write(&policy_file, open_policy(&cities))?;
     Ok(NodeConfig {
         city: city.to_string(),
+        replica: String::new(),
         caller_addr,
         peer_addr,
         admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         data_dir: dir.join("data"),
         store_cache_bytes: tongban_gateway::config::DEFAULT_STORE_CACHE_BYTES,
+        shared_store: tongban_gateway::store::SharedBackend::Sled,
         cert_path: files.node_cert.clone(),
         key_path: files.node_key.clone(),
         trust_bundle_path: certs.trust_bundle.clone(),

@@ -64,6 +64,19 @@ pub struct Auditor {
     anchor: watch::Sender<Anchor>,
     /// Whether calls wait for the anchor (`audit.anchor = "wait"`).
     anchor_required: std::sync::atomic::AtomicBool,
+    /// This replica's id (empty for a city that runs one node): in every record and
+    /// checkpoint, and what peers keep this log's checkpoints under.
+    replica: std::sync::OnceLock<String>,
+}
+
+/// Where a peer replica's checkpoints are kept: `city` for a single node (as before replicas),
+/// `city#replica` for a replica with an id.
+fn peer_key(city: &str, replica: &str) -> Vec<u8> {
+    if replica.is_empty() {
+        city.as_bytes().to_vec()
+    } else {
+        format!("{city}#{replica}").into_bytes()
+    }
 }
 
 /// Whether this node's audit log has been checked, since it started, against the checkpoints
@@ -309,6 +322,7 @@ impl Auditor {
             })?;
         Ok(Arc::new(Auditor {
             city: identity.city.clone(),
+            replica: std::sync::OnceLock::new(),
             log,
             index,
             tree,
@@ -405,8 +419,22 @@ impl Auditor {
 
     /// Appends a record (an exchange's, or a state change's: [`change`]); resolves once it
     /// is durable.
-    pub async fn record(&self, r: AuditRecord) -> Result<Appended, AuditError> {
+    pub async fn record(&self, mut r: AuditRecord) -> Result<Appended, AuditError> {
+        if r.replica.is_empty() {
+            r.replica = self.replica().to_string();
+        }
         self.log.append(r).await
+    }
+
+    /// This log is kept by replica `replica` of the city's node (`replica` in the config);
+    /// set once, before the node serves.
+    pub fn set_replica(&self, replica: &str) {
+        let _ = self.replica.set(replica.to_string());
+    }
+
+    /// This replica's id (empty for a city that runs one node).
+    pub fn replica(&self) -> &str {
+        self.replica.get().map_or("", String::as_str)
     }
 
     /// This node's receipt for a committed provider-side record: under its group commit's
@@ -547,6 +575,13 @@ impl Auditor {
                 cp.city, self.city
             ));
         }
+        if cp.replica != self.replica() {
+            return Err(format!(
+                "peer `{peer}` returned a checkpoint of replica `{}`, not of this replica `{}`",
+                cp.replica,
+                self.replica()
+            ));
+        }
         let head = self.head();
         let theirs = format!(
             "seq {} hash {}",
@@ -668,6 +703,7 @@ impl Auditor {
             head_hash: head.hash.to_vec(),
             at_ms: now_ms(),
             tree_root: head.root.to_vec(),
+            replica: self.replica().to_string(),
         };
         let bytes = cp.encode_to_vec();
         let signed = SignedCheckpoint {
@@ -798,7 +834,7 @@ impl Auditor {
     pub fn consistency_needed(&self, city: &str, signed: &SignedCheckpoint) -> Option<(u64, u64)> {
         let cp = Checkpoint::decode(signed.checkpoint.as_slice()).ok()?;
         let prev = self
-            .peer_checkpoint(city)
+            .peer_checkpoint_of(city, &cp.replica)
             .and_then(|s| Checkpoint::decode(s.checkpoint.as_slice()).ok())?;
         (prev.seq < cp.seq && !prev.tree_root.is_empty() && !cp.tree_root.is_empty())
             .then_some((prev.seq, cp.seq))
@@ -823,7 +859,7 @@ impl Auditor {
             return Err(format!("checkpoint of `{}` from peer `{city}`", cp.city));
         }
         let previous = self
-            .peer_checkpoint(city)
+            .peer_checkpoint_of(city, &cp.replica)
             .and_then(|s| Checkpoint::decode(s.checkpoint.as_slice()).ok());
         let evidence = |why: String| {
             let _ = self.conflicts.insert(
@@ -865,14 +901,20 @@ impl Auditor {
             }
         }
         self.peer_checkpoints
-            .insert(city.as_bytes(), &signed.encode_to_vec())
+            .insert(&peer_key(city, &cp.replica), &signed.encode_to_vec())
             .map_err(|e| e.to_string())?;
         Ok(cp)
     }
 
-    /// The newest checkpoint of `city`'s log that this node holds.
+    /// The newest checkpoint of `city`'s log that this node holds (of the city's single
+    /// node, or of its replica without an id).
     pub fn peer_checkpoint(&self, city: &str) -> Option<SignedCheckpoint> {
-        let v = self.peer_checkpoints.get(city.as_bytes()).ok()??;
+        self.peer_checkpoint_of(city, "")
+    }
+
+    /// The newest checkpoint of the log of `city`'s replica `replica` held here.
+    pub fn peer_checkpoint_of(&self, city: &str, replica: &str) -> Option<SignedCheckpoint> {
+        let v = self.peer_checkpoints.get(&peer_key(city, replica)).ok()??;
         SignedCheckpoint::decode(v.as_slice()).ok()
     }
 

@@ -146,6 +146,8 @@ struct SnapshotInner {
     seen: watch::Sender<Revision>,
     /// Whether the watch is live (false while it reconnects after a store failure).
     live: watch::Sender<bool>,
+    /// Dropped with the snapshot: its follower stops (and lets go of the store) at once.
+    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 #[derive(Default)]
@@ -160,15 +162,22 @@ impl Snapshot {
         let range = store.range(prefix).await?;
         let (seen, _) = watch::channel(range.revision);
         let (live, _) = watch::channel(true);
+        let (stop, stopped) = tokio::sync::oneshot::channel();
         let inner = Arc::new(SnapshotInner {
             prefix: prefix.to_vec(),
             state: RwLock::new(State::default()),
             seen,
             live,
+            _stop: stop,
         });
         inner.load(range);
         let weak = Arc::downgrade(&inner);
-        tokio::spawn(async move { follow_loop(store, weak).await });
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stopped => {}
+                _ = follow_loop(store, weak) => {}
+            }
+        });
         Ok(Snapshot { inner })
     }
 
@@ -272,8 +281,9 @@ impl SnapshotInner {
     }
 }
 
-/// Follows the store until the snapshot is dropped; on a broken watch, retries with backoff
-/// from the revision reached (reading the prefix again when that history is gone).
+/// Follows the store until the snapshot is dropped (the caller stops it then); on a broken
+/// watch, retries with backoff from the revision reached, reading the prefix again when
+/// that history is gone.
 async fn follow_loop(store: Arc<dyn KvStore>, weak: std::sync::Weak<SnapshotInner>) {
     let mut backoff = std::time::Duration::from_millis(50);
     loop {
@@ -287,18 +297,15 @@ async fn follow_loop(store: Arc<dyn KvStore>, weak: std::sync::Weak<SnapshotInne
                     inner.live.send_replace(true);
                 }
                 loop {
-                    // Check now and then that someone still holds the snapshot.
-                    let next =
-                        tokio::time::timeout(std::time::Duration::from_secs(1), w.next()).await;
+                    let next = w.next().await;
                     let Some(inner) = weak.upgrade() else { return };
                     match next {
-                        Err(_) => continue,
-                        Ok(Some(Ok(e))) => {
+                        Some(Ok(e)) => {
                             backoff = std::time::Duration::from_millis(50);
                             inner.apply(e);
                         }
-                        Ok(Some(Err(e))) => break e,
-                        Ok(None) => break StoreError::Unavailable("the watch ended".into()),
+                        Some(Err(e)) => break e,
+                        None => break StoreError::Unavailable("the watch ended".into()),
                     }
                 }
             }

@@ -68,3 +68,51 @@ pub trait Store: Send + Sync {
     /// Makes every write so far durable.
     fn flush(&self) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>>;
 }
+
+/// The store's page cache (sled's default of 1 GiB grows the node's memory with its store).
+pub const DEFAULT_STORE_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Which shared store a node uses (`[storage] backend`).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum SharedBackend {
+    /// The node's own sled database: one node per city (the default).
+    #[default]
+    Sled,
+    /// An etcd cluster shared by the replicas of the city.
+    Etcd {
+        endpoints: Vec<String>,
+        /// Every key of the city under it (`/tongban/<city>/` by default).
+        prefix: String,
+        timeout: std::time::Duration,
+    },
+}
+
+/// Whether this build has the etcd backend (the `etcd` feature).
+pub const ETCD_BUILT_IN: bool = cfg!(feature = "etcd");
+
+/// Opens the shared store the config names; `local` is the node's own database.
+pub async fn open_shared(
+    backend: &SharedBackend,
+    local: &sled::SledStore,
+) -> Result<Arc<dyn kv::KvStore>, StoreError> {
+    match backend {
+        SharedBackend::Sled => Ok(Arc::new(local.shared()?)),
+        #[cfg(feature = "etcd")]
+        SharedBackend::Etcd {
+            endpoints,
+            prefix,
+            timeout,
+        } => Ok(Arc::new(
+            etcd::EtcdKv::connect(&etcd::EtcdConfig {
+                endpoints: endpoints.clone(),
+                prefix: prefix.clone(),
+                timeout: *timeout,
+            })
+            .await?,
+        )),
+        #[cfg(not(feature = "etcd"))]
+        SharedBackend::Etcd { .. } => Err(StoreError::Unavailable(
+            "this build has no etcd backend: build tongban with `--features etcd`".into(),
+        )),
+    }
+}

@@ -18,6 +18,8 @@ fn io(e: ::sled::Error) -> StoreError {
 #[derive(Clone)]
 pub struct SledStore {
     db: ::sled::Db,
+    /// The shared store over this database: one per database (it serialises the commits).
+    shared: Arc<std::sync::OnceLock<super::sled_kv::SledKv>>,
 }
 
 /// How long opening waits for a previous instance on the same data dir to let go of it.
@@ -27,22 +29,39 @@ impl SledStore {
     /// Opens (or creates) the store at `path`. A previous instance that is still closing gets
     /// a bounded wait; a store held by a running node is [`StoreError::Locked`] after it.
     pub async fn open(path: &Path) -> Result<SledStore, StoreError> {
-        Self::open_with_cache(path, crate::config::DEFAULT_STORE_CACHE_BYTES).await
+        Self::open_with_cache(path, super::DEFAULT_STORE_CACHE_BYTES).await
     }
 
     /// [`Self::open`] with a page cache of `cache_bytes` (sled's default, 1 GiB, would let
     /// the node's memory grow with its store).
     pub async fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
-        open_db(path, cache_bytes).await.map(|db| SledStore { db })
+        open_db(path, cache_bytes).await.map(SledStore::new)
+    }
+
+    fn new(db: ::sled::Db) -> SledStore {
+        SledStore {
+            db,
+            shared: Arc::default(),
+        }
+    }
+
+    /// The shared store (registry, consents) kept in this database: the backend of a node
+    /// that runs alone.
+    pub fn shared(&self) -> Result<super::sled_kv::SledKv, StoreError> {
+        if let Some(kv) = self.shared.get() {
+            return Ok(kv.clone());
+        }
+        let kv = super::sled_kv::SledKv::open(self.db.clone())?;
+        Ok(self.shared.get_or_init(|| kv).clone())
     }
 
     /// Opens the store at `path` without waiting (offline tools; the node must be stopped).
     pub fn open_now(path: &Path) -> Result<SledStore, StoreError> {
         ::sled::Config::new()
             .path(path)
-            .cache_capacity(crate::config::DEFAULT_STORE_CACHE_BYTES)
+            .cache_capacity(super::DEFAULT_STORE_CACHE_BYTES)
             .open()
-            .map(|db| SledStore { db })
+            .map(SledStore::new)
             .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))
     }
 }

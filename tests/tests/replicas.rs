@@ -1,0 +1,246 @@
+//! Two replicas of Jinan's node on one real etcd (Debian's etcd-server on loopback), with
+//! Qingdao beside them: what one replica writes, the other serves within a second.
+//! - a service registered on replica A is in replica B's catalog, at the same version;
+//! - a consent granted on A is listed and honoured on B (a call through B with it passes);
+//! - revoked on B, A's published catalog carries the revocation, Qingdao (which checks
+//!   consents) has it within a second, and calls with it through either replica are refused;
+//! - each replica keeps its own audit chain: B starts beside A without tripping the rollback
+//!   check that A's checkpoints held by Qingdao would otherwise set off.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use tongban_devkit::demo::demo_subject;
+use tongban_devkit::etcd::LocalEtcd;
+use tongban_gateway::node::{Listeners, PreparedNode, RunningNode};
+use tongban_gateway::store::SharedBackend;
+use tongban_proto::consent::v1::consent_client::ConsentClient;
+use tongban_proto::consent::v1::{ListRequest, RevokeRequest};
+use tongban_proto::crosscity::v1::cross_city_service_client::CrossCityServiceClient;
+use tongban_proto::crosscity::v1::SubmitRequest;
+use tongban_tests::Fed;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+const WITHIN: Duration = Duration::from_secs(1);
+
+struct Replicas {
+    f: Fed,
+    b: RunningNode,
+    b_url: String,
+    _etcd: LocalEtcd,
+}
+
+/// Jinan's node (A) moved onto etcd, a second Jinan replica (B) beside it with its own data
+/// dir and listeners and the same pseudonym secret, and Qingdao.
+async fn start() -> Replicas {
+    let etcd = LocalEtcd::start().await.unwrap();
+    let mut f = Fed::start(&["jinan", "qingdao"]).await;
+    let backend = SharedBackend::Etcd {
+        endpoints: vec![etcd.endpoint.clone()],
+        prefix: "/tongban/jinan/".into(),
+        timeout: Duration::from_secs(2),
+    };
+    f.fed.stop_node("jinan").await.unwrap();
+    let a = f.fed.cities.iter_mut().find(|c| c.city == "jinan").unwrap();
+    a.config.shared_store = backend;
+    a.config.replica = "a".into();
+    let mut b_config = a.config.clone();
+    b_config.replica = "b".into();
+    f.fed.restart_node("jinan").await.unwrap();
+    // The registrations were in A's sled store: registered again, now into etcd.
+    f.fed
+        .register_crosscity("jinan", "hrss", &["JQ-03", "JQ-07"], false)
+        .await
+        .unwrap();
+
+    b_config.data_dir = f.fed.root.join("jinan-b").join("data");
+    std::fs::create_dir_all(&b_config.data_dir).unwrap();
+    let a_dir = &f.fed.city("jinan").unwrap().config.data_dir;
+    std::fs::copy(
+        a_dir.join("subject.key"),
+        b_config.data_dir.join("subject.key"),
+    )
+    .unwrap();
+    b_config.caller_addr = "127.0.0.1:0".parse().unwrap();
+    b_config.peer_addr = "127.0.0.1:0".parse().unwrap();
+    b_config.admin_addr = "127.0.0.1:0".parse().unwrap();
+    b_config.web = None;
+    let listeners = Listeners::bind(&b_config).await.unwrap();
+    let prepared = PreparedNode::prepare(b_config).await.unwrap();
+    let b_url = format!("http://{}", listeners.caller.local_addr().unwrap());
+    let b = prepared.start(listeners).await.unwrap();
+    assert!(
+        b.wait_for_catalog(Duration::from_secs(10), |s| s
+            .peers
+            .get("qingdao")
+            .is_some_and(|p| !p.services.is_empty()))
+            .await,
+        "replica B federates with qingdao"
+    );
+    Replicas {
+        f,
+        b,
+        b_url,
+        _etcd: etcd,
+    }
+}
+
+async fn channel(url: &str) -> Channel {
+    Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// jinan/hrss → qingdao, Submit JQ-03 about `subject` with `consent`, through `node_url`.
+async fn submit(r: &Replicas, node_url: &str, subject: &str, consent: &str) -> tonic::Code {
+    let msg = SubmitRequest {
+        catalog_code: "JQ-03".into(),
+        ..Default::default()
+    };
+    let mut req =
+        r.f.req("jinan", msg, Some("qingdao"), Duration::from_secs(5));
+    for (k, v) in [
+        ("x-tongban-subject", subject),
+        ("x-tongban-consent", consent),
+        ("x-tongban-catalog-code", "JQ-03"),
+    ] {
+        req.metadata_mut()
+            .insert(k, MetadataValue::try_from(v).unwrap());
+    }
+    match CrossCityServiceClient::new(channel(node_url).await)
+        .submit(req)
+        .await
+    {
+        Ok(_) => tonic::Code::Ok,
+        Err(s) => {
+            eprintln!("through {node_url}: {:?} {}", s.code(), s.message());
+            s.code()
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_etcd_serve_one_registry_and_one_set_of_consents() {
+    let r = Box::pin(start()).await;
+    let a_url = r.f.fed.city("jinan").unwrap().caller_url();
+    let a = r.f.fed.city("jinan").unwrap().node().unwrap();
+
+    // Registered on A: in B's catalog within a second, at A's version.
+    let v =
+        r.f.fed
+            .register_crosscity("jinan", "gjj", &["JQ-08"], false)
+            .await
+            .unwrap();
+    assert!(
+        r.b.wait_for_catalog(WITHIN, |s| s.local_version == v
+            && s.local.iter().any(|l| l.record.organisation == "gjj"))
+            .await,
+        "B serves A's registration (version {v}) within {WITHIN:?}"
+    );
+    assert_eq!(a.snapshot().local_version, v);
+    let names = |s: &tongban_gateway::catalog::Snapshot| -> Vec<String> {
+        s.local
+            .iter()
+            .map(|l| format!("{}/{}", l.record.organisation, l.record.service))
+            .collect()
+    };
+    assert_eq!(names(&a.snapshot()), names(&r.b.snapshot()));
+
+    // A consent granted on A: B lists it and a call through B with it passes.
+    let citizen = demo_subject("37010219850312002");
+    let (id, token) =
+        r.f.fed
+            .grant_consent(
+                "jinan",
+                &citizen,
+                "jinan/hrss",
+                "qingdao",
+                "case-handling",
+                &["JQ-03"],
+            )
+            .await
+            .unwrap();
+    let portal = tongban_devkit::local::dev_token_with_roles(
+        &r.f.fed.certs,
+        "jinan",
+        "portal",
+        &["consent-portal"],
+    )
+    .unwrap();
+    fn as_portal<T>(portal: &str, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.metadata_mut().insert(
+            "authorization",
+            MetadataValue::try_from(format!("Bearer {portal}")).unwrap(),
+        );
+        req
+    }
+    let mut b_consents = ConsentClient::new(channel(&r.b_url).await);
+    let listed = b_consents
+        .list(as_portal(
+            &portal,
+            ListRequest {
+                subject: citizen.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.consents.iter().any(|c| c.id == id), "{listed:?}");
+    assert_eq!(
+        submit(&r, &r.b_url, &citizen, &token).await,
+        tonic::Code::Ok
+    );
+
+    // Revoked on B: A's catalog carries the revocation within a second, and A refuses it.
+    b_consents
+        .revoke(as_portal(
+            &portal,
+            RevokeRequest {
+                subject: citizen.clone(),
+                id: id.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert!(
+        a.wait_for_catalog(WITHIN, |s| s.revoked_consents.contains(&id))
+            .await,
+        "A publishes B's revocation within {WITHIN:?}"
+    );
+    // Qingdao, which checks consents on its side, has it from A's catalog stream.
+    let qingdao = r.f.fed.city("qingdao").unwrap().node().unwrap();
+    assert!(
+        qingdao
+            .wait_for_catalog(WITHIN, |s| s.consent_revoked("jinan", &id))
+            .await,
+        "qingdao learns of the revocation within {WITHIN:?}"
+    );
+    assert_eq!(
+        submit(&r, &a_url, &citizen, &token).await,
+        tonic::Code::PermissionDenied
+    );
+    assert_eq!(
+        submit(&r, &r.b_url, &citizen, &token).await,
+        tonic::Code::PermissionDenied
+    );
+
+    // Each replica's own chain: its id in its records and in the checkpoints it signs.
+    for (node, replica) in [(a, "a"), (&r.b, "b")] {
+        let auditor = node.auditor();
+        let last = auditor.read(auditor.head().seq).unwrap();
+        assert_eq!(last.replica, replica, "{last:?}");
+        let signed = auditor.checkpoint_now().unwrap().unwrap();
+        let cp = <tongban_proto::audit::v1::Checkpoint as prost::Message>::decode(
+            signed.checkpoint.as_slice(),
+        )
+        .unwrap();
+        assert_eq!((cp.city.as_str(), cp.replica.as_str()), ("jinan", replica));
+    }
+    r.b.shutdown().await;
+    r.f.fed.shutdown().await;
+}
