@@ -37,7 +37,7 @@ impl World {
         // The bundle service's and the nodes' warnings, shown with a failing test.
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
-            .with_env_filter("warn,tongban_bundle=info")
+            .with_env_filter("warn,tongban_bundle=debug")
             .try_init();
         let f = Fed::start(&["jinan", "qingdao"]).await;
         let departments = Departments::start(&f.fed, step).await.unwrap();

@@ -82,3 +82,37 @@ async fn a_stopped_etcd_fails_writes_naming_it_and_snapshots_recover() {
         .expect("the snapshot catches up after etcd returns");
     assert_eq!(snap.get(b"registry/y").unwrap().value, b"2");
 }
+
+/// The three-member example of deploy/etcd, started from its files: the conformance suite
+/// through all three endpoints, and writes go on with one member killed (a quorum of two).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_three_member_example_keeps_working_without_one_member() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/etcd");
+    let mut cluster = tongban_devkit::etcd::ExampleCluster::start(&dir)
+        .await
+        .unwrap();
+    let config = EtcdConfig {
+        endpoints: cluster.endpoints(),
+        prefix: "/tongban/jinan/".into(),
+        timeout: Duration::from_secs(2),
+    };
+    let store: Arc<dyn KvStore> = Arc::new(EtcdKv::connect(&config).await.unwrap());
+    tongban_gateway::store::conformance::run(store.clone(), "three/").await;
+    let snap = Snapshot::follow(store.clone(), b"registry/").await.unwrap();
+    // One member gone (its process killed): the other two are a quorum.
+    drop(cluster.members.remove(0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let rev = loop {
+        match store.commit(Txn::new().put("registry/after", "1")).await {
+            Ok(Committed::Applied(r)) => break r,
+            Ok(c) => panic!("{c:?}"),
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("retrying after the member's loss: {e}");
+            }
+            Err(e) => panic!("two members of three did not take the write: {e}"),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), snap.reach(rev))
+        .await
+        .expect("the snapshot follows through the remaining members");
+}

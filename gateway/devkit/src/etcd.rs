@@ -109,3 +109,70 @@ impl Drop for LocalEtcd {
         let _ = self.child.wait();
     }
 }
+
+/// The three-member example cluster of `deploy/etcd/member-{1,2,3}.yaml`, started from those
+/// files on loopback: their ports replaced by free ones and their data dirs by a temporary
+/// one, everything else as written. Killed on drop.
+pub struct ExampleCluster {
+    pub members: Vec<LocalEtcd>,
+}
+
+impl ExampleCluster {
+    pub async fn start(example_dir: &std::path::Path) -> Result<ExampleCluster, EtcdError> {
+        let texts: Vec<String> = (1..=3)
+            .map(|i| std::fs::read_to_string(example_dir.join(format!("member-{i}.yaml"))))
+            .collect::<Result<_, _>>()
+            .map_err(|e| EtcdError::Start(format!("{}: {e}", example_dir.display())))?;
+        // Every loopback port of the example, mapped to a free one.
+        let mut ports = std::collections::BTreeMap::new();
+        for t in &texts {
+            for part in t.split("127.0.0.1:").skip(1) {
+                let port: String = part.chars().take_while(char::is_ascii_digit).collect();
+                if let std::collections::btree_map::Entry::Vacant(e) = ports.entry(port) {
+                    e.insert(free_port().map_err(|e| EtcdError::Start(e.to_string()))?);
+                }
+            }
+        }
+        let mut members = Vec::new();
+        let mut pending = Vec::new();
+        for (i, t) in texts.iter().enumerate() {
+            let dir = tempfile::tempdir().map_err(|e| EtcdError::Start(e.to_string()))?;
+            let mut text = t.clone();
+            for (from, to) in &ports {
+                text = text.replace(&format!("127.0.0.1:{from}\n"), &format!("127.0.0.1:{to}\n"));
+                text = text.replace(&format!("127.0.0.1:{from},"), &format!("127.0.0.1:{to},"));
+            }
+            let data = format!("data/etcd/member-{}", i + 1);
+            text = text.replace(&data, &dir.path().join("data").display().to_string());
+            let file = dir.path().join("member.yaml");
+            std::fs::write(&file, &text).map_err(|e| EtcdError::Start(e.to_string()))?;
+            let endpoint = text
+                .lines()
+                .find_map(|l| l.strip_prefix("advertise-client-urls: "))
+                .ok_or_else(|| EtcdError::Start("no advertise-client-urls".into()))?
+                .trim()
+                .to_string();
+            let child = Command::new(binary())
+                .arg(format!("--config-file={}", file.display()))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| EtcdError::Missing(format!("{}: {e}", binary().display())))?;
+            pending.push(LocalEtcd {
+                child,
+                endpoint,
+                _dir: dir,
+            });
+        }
+        // A member is healthy once the cluster has a leader: all three started first.
+        for m in pending {
+            m.ready().await?;
+            members.push(m);
+        }
+        Ok(ExampleCluster { members })
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.endpoint.clone()).collect()
+    }
+}

@@ -270,7 +270,9 @@ impl BundleRpc for BundleService {
                     continue;
                 }
                 last = wire.clone();
+                tracing::debug!(bundle = %id, state = ?next.state(), "status sent to a watcher");
                 if tx.send(Ok(wire)).await.is_err() || next.is_final() {
+                    tracing::debug!(bundle = %id, "watcher done");
                     break;
                 }
             }
