@@ -355,7 +355,11 @@ struct RawTls {
 #[serde(deny_unknown_fields)]
 struct RawPeer {
     city: String,
-    address: String,
+    /// One address, or `addresses`: the replicas of the city, tried in turn.
+    #[serde(default)]
+    address: Option<String>,
+    #[serde(default)]
+    addresses: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -560,8 +564,20 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {
     pub city: String,
-    /// `host:port` of the peer's peer listener.
+    /// `host:port` of the peer's peer listener (the first of `addresses`).
     pub address: String,
+    /// The other replicas of the city (`addresses` after the first), tried in turn when the
+    /// one in use cannot be reached.
+    pub alternates: Vec<String>,
+}
+
+impl PeerConfig {
+    /// Every address of the city, the preferred first.
+    pub fn addresses(&self) -> Vec<String> {
+        std::iter::once(self.address.clone())
+            .chain(self.alternates.iter().cloned())
+            .collect()
+    }
 }
 
 /// Bounds that keep one caller or one peer from exhausting the node.
@@ -756,11 +772,34 @@ impl NodeConfig {
                     format!("city `{}` is listed twice", p.city),
                 ));
             }
-            validate_host_port(&p.address)
-                .map_err(|m| ConfigError::key(format!("{key}.address"), m))?;
+            let addresses = match (p.address, p.addresses) {
+                (Some(a), None) => vec![a],
+                (None, Some(list)) if !list.is_empty() => list,
+                (None, _) => {
+                    return Err(ConfigError::key(
+                        format!("{key}.address"),
+                        "is required (or `addresses`, a list of the city's replicas)",
+                    ))
+                }
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::key(
+                        format!("{key}.addresses"),
+                        "give `address` or `addresses`, not both",
+                    ))
+                }
+            };
+            for (j, a) in addresses.iter().enumerate() {
+                let at = if addresses.len() == 1 {
+                    format!("{key}.address")
+                } else {
+                    format!("{key}.addresses[{j}]")
+                };
+                validate_host_port(a).map_err(|m| ConfigError::key(at, m))?;
+            }
             peers.push(PeerConfig {
                 city: p.city,
-                address: p.address,
+                address: addresses[0].clone(),
+                alternates: addresses[1..].to_vec(),
             });
         }
         let l = raw.limits;
@@ -1139,6 +1178,34 @@ address = "127.0.0.1:8100"
             ConfigError::Key { key, .. } => key,
             other => panic!("expected a key error, got {other}"),
         }
+    }
+
+    #[test]
+    fn a_peer_city_lists_one_address_or_its_replicas() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.peers[0].addresses(), vec!["127.0.0.1:8100".to_string()]);
+        let list = GOOD.replacen(
+            "address = \"127.0.0.1:8100\"",
+            "addresses = [\"127.0.0.1:8100\", \"127.0.0.1:8200\"]",
+            1,
+        );
+        let c = parse(&list).unwrap();
+        assert_eq!(c.peers[0].address, "127.0.0.1:8100");
+        assert_eq!(c.peers[0].alternates, vec!["127.0.0.1:8200".to_string()]);
+        let both = GOOD.replacen(
+            "address = \"127.0.0.1:8100\"",
+            "address = \"127.0.0.1:8100\"\naddresses = [\"127.0.0.1:8200\"]",
+            1,
+        );
+        assert_eq!(key_of(parse(&both).unwrap_err()), "peers[0].addresses");
+        let neither = GOOD.replacen("address = \"127.0.0.1:8100\"", "", 1);
+        assert_eq!(key_of(parse(&neither).unwrap_err()), "peers[0].address");
+        let bad = GOOD.replacen(
+            "address = \"127.0.0.1:8100\"",
+            "addresses = [\"127.0.0.1:8100\", \"nowhere\"]",
+            1,
+        );
+        assert_eq!(key_of(parse(&bad).unwrap_err()), "peers[0].addresses[1]");
     }
 
     #[test]

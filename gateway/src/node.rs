@@ -289,7 +289,7 @@ impl PreparedNode {
             let tls = identity.peer_client_config(&bundle, &p.city)?;
             let name = bundle.node_name_of(&p.city)?;
             let connection = || {
-                Endpoint::peer(&p.city, &p.address, tls.clone(), name.clone())
+                Endpoint::peer(&p.city, &p.addresses(), tls.clone(), name.clone())
                     .map(|e| Arc::new(e.with_keepalive(Keepalive::of(&config.limits))))
                     .map_err(|e| NodeError::UnknownPeer(format!("{}: {e}", p.city)))
             };

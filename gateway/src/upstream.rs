@@ -71,7 +71,10 @@ pub enum Security {
 /// One upstream address and its (lazily opened) HTTP/2 connection.
 pub struct Endpoint {
     label: String,
-    addr: String,
+    /// Where it is: one address, or for a peer city the addresses of its replicas, tried in
+    /// turn from the one that last worked.
+    addrs: Vec<String>,
+    preferred: AtomicUsize,
     scheme: Scheme,
     authority: Authority,
     security: Security,
@@ -131,7 +134,7 @@ impl Endpoint {
     /// The peer node of `city` at `addr` (host:port), over mTLS.
     pub fn peer(
         city: &str,
-        addr: &str,
+        addrs: &[String],
         config: Arc<rustls::ClientConfig>,
         name: ServerName<'static>,
     ) -> Result<Endpoint, UpstreamError> {
@@ -139,13 +142,18 @@ impl Endpoint {
             .to_str()
             .parse()
             .map_err(|_| UpstreamError::BadEndpoint(format!("bad node name for {city}")))?;
-        Ok(Endpoint::new(
-            format!("peer {city} ({addr})"),
-            addr.to_string(),
+        if addrs.is_empty() {
+            return Err(UpstreamError::BadEndpoint(format!("no address for {city}")));
+        }
+        let mut e = Endpoint::new(
+            format!("peer {city} ({})", addrs.join(", ")),
+            addrs[0].clone(),
             Scheme::HTTPS,
             authority,
             Security::Tls { config, name },
-        ))
+        );
+        e.addrs = addrs.to_vec();
+        Ok(e)
     }
 
     /// The same endpoint with another keepalive (limits.keepalive_*).
@@ -163,7 +171,8 @@ impl Endpoint {
     ) -> Endpoint {
         Endpoint {
             label,
-            addr,
+            addrs: vec![addr],
+            preferred: AtomicUsize::new(0),
             scheme,
             authority,
             security,
@@ -235,35 +244,54 @@ impl Endpoint {
         if let Some(s) = self.cached() {
             return Ok(s);
         }
-        // Boxed: connecting (a TLS handshake, kilobytes of state) is rare, and inline it
-        // would make the future of every call that much larger to move around.
-        let result = tokio::time::timeout(connect_timeout, Box::pin(self.connect())).await;
-        let sender = match result {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                self.set_down(true);
-                return Err(e);
-            }
-            Err(_) => {
-                self.set_down(true);
-                return Err(UpstreamError::ConnectTimeout {
-                    endpoint: self.label.clone(),
-                });
-            }
+        // Each address in turn, from the one that last worked (after the next one when that
+        // connection died of an error: its replica is likely gone).
+        let n = self.addrs.len();
+        let preferred = self.preferred.load(Ordering::Relaxed) % n;
+        let first = if n > 1 && self.failed.load(Ordering::Relaxed) {
+            (preferred + 1) % n
+        } else {
+            preferred
         };
-        self.set_down(false);
-        if let Ok(mut g) = self.sender.lock() {
-            *g = Some(sender.clone());
+        let mut last = None;
+        for k in 0..n {
+            let i = (first + k) % n;
+            // Boxed: connecting (a TLS handshake, kilobytes of state) is rare, and inline
+            // it would make the future of every call that much larger to move around.
+            let result =
+                tokio::time::timeout(connect_timeout, Box::pin(self.connect(&self.addrs[i]))).await;
+            match result {
+                Ok(Ok(sender)) => {
+                    if i != preferred {
+                        tracing::info!(endpoint = %self.label, addr = %self.addrs[i], "connected to another address of the endpoint");
+                    }
+                    self.preferred.store(i, Ordering::Relaxed);
+                    self.set_down(false);
+                    if let Ok(mut g) = self.sender.lock() {
+                        *g = Some(sender.clone());
+                    }
+                    return Ok(sender);
+                }
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => {
+                    last = Some(UpstreamError::ConnectTimeout {
+                        endpoint: self.label.clone(),
+                    })
+                }
+            }
         }
-        Ok(sender)
+        self.set_down(true);
+        Err(last.unwrap_or_else(|| UpstreamError::ConnectTimeout {
+            endpoint: self.label.clone(),
+        }))
     }
 
-    async fn connect(&self) -> Result<SendRequest<Body>, UpstreamError> {
+    async fn connect(&self, addr: &str) -> Result<SendRequest<Body>, UpstreamError> {
         let fail = |reason: String| UpstreamError::Connect {
             endpoint: self.label.clone(),
             reason,
         };
-        let tcp = TcpStream::connect(&self.addr)
+        let tcp = TcpStream::connect(addr)
             .await
             .map_err(|e| fail(e.to_string()))?;
         let _ = tcp.set_nodelay(true);

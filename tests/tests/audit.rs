@@ -404,7 +404,7 @@ async fn peers_hold_each_others_signed_checkpoints_and_see_a_rewrite() {
     let qd = f.fed.city("qingdao").unwrap();
     let ep = Endpoint::peer(
         "qingdao",
-        &qd.config.peer_addr.to_string(),
+        &[qd.config.peer_addr.to_string()],
         jinan_id.peer_client_config(&bundle, "qingdao").unwrap(),
         bundle.node_name_of("qingdao").unwrap(),
     )

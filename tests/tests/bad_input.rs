@@ -481,7 +481,7 @@ async fn caller_assertion_refusals() {
     let qd = f.fed.city("qingdao").unwrap();
     let ep = Endpoint::peer(
         "qingdao",
-        &qd.config.peer_addr.to_string(),
+        &[qd.config.peer_addr.to_string()],
         jinan_id.peer_client_config(&bundle, "qingdao").unwrap(),
         bundle.node_name_of("qingdao").unwrap(),
     )

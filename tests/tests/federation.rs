@@ -470,6 +470,7 @@ async fn a_peer_that_never_answers_does_not_hang_the_caller() {
         vec![PeerConfig {
             city: "qingdao".into(),
             address: black_hole.local_addr().unwrap().to_string(),
+            alternates: Vec::new(),
         }],
     );
     let node = tongban_gateway::RunningNode::launch(config.clone())
@@ -751,7 +752,7 @@ async fn a_node_certified_outside_the_trust_bundle_is_refused() {
     let tls = rogue_id.peer_client_config(&real_bundle, "jinan").unwrap();
     let ep = Endpoint::peer(
         "jinan",
-        &jinan.config.peer_addr.to_string(),
+        &[jinan.config.peer_addr.to_string()],
         tls,
         real_bundle.node_name_of("jinan").unwrap(),
     )
@@ -803,6 +804,7 @@ async fn a_node_certified_outside_the_trust_bundle_is_refused() {
     cfg.peers = vec![PeerConfig {
         city: "qingdao".into(),
         address: rogue_cfg.peer_addr.to_string(),
+        alternates: Vec::new(),
     }];
     let victim = tongban_gateway::RunningNode::launch(cfg).await.unwrap();
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", victim.caller_addr))
@@ -850,7 +852,9 @@ async fn the_caller_listener_serves_tls_and_can_require_client_certificates() {
 
     // With a client certificate from the configured CA: served.
     let tls = id.peer_client_config(&bundle, "jinan").unwrap();
-    let ep = std::sync::Arc::new(Endpoint::peer("jinan", &addr, tls, name.clone()).unwrap());
+    let ep = std::sync::Arc::new(
+        Endpoint::peer("jinan", std::slice::from_ref(&addr), tls, name.clone()).unwrap(),
+    );
     let channel = EndpointChannel::new(ep, Duration::from_secs(2));
     let mut reg = tonic::Request::new(RegisterServiceRequest {
         registration: Some(ServiceRegistration {
@@ -903,7 +907,13 @@ async fn the_caller_listener_serves_tls_and_can_require_client_certificates() {
     .with_no_client_auth();
     anon.alpn_protocols = vec![b"h2".to_vec()];
     let ep = std::sync::Arc::new(
-        Endpoint::peer("jinan", &addr, std::sync::Arc::new(anon), name).unwrap(),
+        Endpoint::peer(
+            "jinan",
+            std::slice::from_ref(&addr),
+            std::sync::Arc::new(anon),
+            name,
+        )
+        .unwrap(),
     );
     let mut anon_client =
         tongban_proto::crosscity::v1::cross_city_service_client::CrossCityServiceClient::new(

@@ -4,6 +4,7 @@
 //! - a consent granted on A is listed and honoured on B (a call through B with it passes);
 //! - revoked on B, A's published catalog carries the revocation, Qingdao (which checks
 //!   consents) has it within a second, and calls with it through either replica are refused;
+//! - Qingdao lists both replicas' addresses: with A gone, it reaches Jinan through B;
 //! - each replica keeps its own audit chain: B starts beside A without tripping the rollback
 //!   check that A's checkpoints held by Qingdao would otherwise set off.
 
@@ -70,7 +71,29 @@ async fn start() -> Replicas {
     let listeners = Listeners::bind(&b_config).await.unwrap();
     let prepared = PreparedNode::prepare(b_config).await.unwrap();
     let b_url = format!("http://{}", listeners.caller.local_addr().unwrap());
+    let b_peer = listeners.peer.local_addr().unwrap().to_string();
     let b = prepared.start(listeners).await.unwrap();
+    // Qingdao lists both replicas of Jinan.
+    f.fed.stop_node("qingdao").await.unwrap();
+    let q = f
+        .fed
+        .cities
+        .iter_mut()
+        .find(|c| c.city == "qingdao")
+        .unwrap();
+    let jinan = q
+        .config
+        .peers
+        .iter_mut()
+        .find(|p| p.city == "jinan")
+        .unwrap();
+    jinan.alternates = vec![b_peer];
+    f.fed.restart_node("qingdao").await.unwrap();
+    assert!(
+        f.fed
+            .wait_until_federated(Duration::from_secs(10), |_, p| !p.services.is_empty())
+            .await
+    );
     assert!(
         b.wait_for_catalog(Duration::from_secs(10), |s| s
             .peers
@@ -232,6 +255,7 @@ async fn replicas_on_etcd_serve_one_registry_and_one_set_of_consents() {
     // Each replica's own chain: its id in its records and in the checkpoints it signs.
     for (node, replica) in [(a, "a"), (&r.b, "b")] {
         let auditor = node.auditor();
+        auditor.caught_up().await;
         let last = auditor.read(auditor.head().seq).unwrap();
         assert_eq!(last.replica, replica, "{last:?}");
         let signed = auditor.checkpoint_now().unwrap().unwrap();
@@ -241,6 +265,34 @@ async fn replicas_on_etcd_serve_one_registry_and_one_set_of_consents() {
         .unwrap();
         assert_eq!((cp.city.as_str(), cp.replica.as_str()), ("jinan", replica));
     }
+
+    // Replica A goes away: Qingdao reaches Jinan through B, the other address it lists.
+    let mut r = r;
+    r.f.fed.stop_node("jinan").await.unwrap();
+    let started = std::time::Instant::now();
+    let answered = loop {
+        let msg = SubmitRequest {
+            catalog_code: "JQ-07".into(),
+            ..Default::default()
+        };
+        let mut req =
+            r.f.req("qingdao", msg, Some("jinan"), Duration::from_secs(5));
+        req.metadata_mut()
+            .insert("x-tongban-target-org", MetadataValue::from_static("hrss"));
+        match r.f.crosscity("qingdao").await.submit(req).await {
+            Ok(resp) => break resp.into_inner(),
+            Err(s)
+                if s.code() == tonic::Code::Unavailable
+                    && started.elapsed() < Duration::from_secs(15) =>
+            {
+                eprintln!("not yet through B: {:?} {}", s.code(), s.message());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => panic!("qingdao did not reach jinan through replica B: {s:?}"),
+        }
+    };
+    assert_eq!(answered.provider_city, "jinan", "{answered:?}");
+    eprintln!("through replica B after {:?}", started.elapsed());
     r.b.shutdown().await;
     r.f.fed.shutdown().await;
 }

@@ -273,6 +273,7 @@ impl LocalFederation {
                 .map(|(j, c)| PeerConfig {
                     city: c.clone(),
                     address: peer_addrs[j].to_string(),
+                    alternates: Vec::new(),
                 })
                 .collect();
             let mut config = node_config(
