@@ -393,6 +393,9 @@ pub enum ConsentApiError {
     Sign(String),
     #[error("consent storage failed: {0}")]
     Storage(String),
+    /// The city's shared store (etcd) cannot be reached: nothing was written.
+    #[error("consent not written, try again: {0}")]
+    StoreUnavailable(String),
 }
 
 impl ApiError for ConsentApiError {
@@ -400,6 +403,7 @@ impl ApiError for ConsentApiError {
         match self {
             ConsentApiError::NotFound(_) => tonic::Code::NotFound,
             ConsentApiError::Sign(_) | ConsentApiError::Storage(_) => tonic::Code::Internal,
+            ConsentApiError::StoreUnavailable(_) => tonic::Code::Unavailable,
         }
     }
     fn reason(&self) -> &'static str {
@@ -407,6 +411,7 @@ impl ApiError for ConsentApiError {
             ConsentApiError::NotFound(_) => "CONSENT_NOT_FOUND",
             ConsentApiError::Sign(_) => "CONSENT_SIGNING",
             ConsentApiError::Storage(_) => "CONSENT_STORE",
+            ConsentApiError::StoreUnavailable(_) => "STORE_UNAVAILABLE",
         }
     }
 }
@@ -470,7 +475,12 @@ impl ConsentApi {
     }
 }
 
-fn storage(e: impl std::fmt::Display) -> Status {
+fn storage(e: StoreError) -> Status {
+    if let StoreError::Unavailable(why) = &e {
+        // etcd down or partitioned away: the caller may try again; nothing was written.
+        tracing::warn!(error = %why, "consent not written: the shared store is unreachable");
+        return ConsentApiError::StoreUnavailable(why.clone()).into();
+    }
     tracing::error!(error = %e, "consent storage failure");
     ConsentApiError::Storage(e.to_string()).into()
 }

@@ -26,6 +26,8 @@ impl ApiError for RegistryError {
         match self {
             RegistryError::Invalid(_) => Code::InvalidArgument,
             RegistryError::NotFound { .. } => Code::NotFound,
+            // etcd down or partitioned away: nothing was written; the caller may retry.
+            RegistryError::Storage(crate::store::StoreError::Unavailable(_)) => Code::Unavailable,
             RegistryError::Storage(_) | RegistryError::Corrupt(_) => {
                 tracing::error!(error = %self, "registry storage failure");
                 Code::Internal
@@ -36,6 +38,7 @@ impl ApiError for RegistryError {
         match self {
             RegistryError::Invalid(_) => "INVALID_REGISTRATION",
             RegistryError::NotFound { .. } => "SERVICE_NOT_REGISTERED",
+            RegistryError::Storage(crate::store::StoreError::Unavailable(_)) => "STORE_UNAVAILABLE",
             RegistryError::Storage(_) | RegistryError::Corrupt(_) => "REGISTRY_STORE",
         }
     }

@@ -296,3 +296,92 @@ async fn replicas_on_etcd_serve_one_registry_and_one_set_of_consents() {
     r.b.shutdown().await;
     r.f.fed.shutdown().await;
 }
+
+/// etcd stops answering (SIGSTOP: a partition, as the node sees it): the replicas refuse
+/// writes with UNAVAILABLE naming etcd, keep routing and checking from their snapshot, and
+/// write again by themselves once etcd is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_etcd_unreachable_writes_are_refused_and_calls_go_on() {
+    let r = Box::pin(start()).await;
+    let pid = r._etcd.pid().to_string();
+    let signal = |s: &str| {
+        assert!(std::process::Command::new("kill")
+            .args([s, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    signal("-STOP");
+    let e =
+        r.f.fed
+            .register_crosscity("jinan", "gjj", &["JQ-08"], false)
+            .await
+            .unwrap_err();
+    let tongban_devkit::local::LocalError::Registry(status) = e else {
+        panic!("{e}")
+    };
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("etcd at http://127.0.0.1:"),
+        "{status:?}"
+    );
+    let citizen = demo_subject("37010219850312002");
+    let e =
+        r.f.fed
+            .grant_consent(
+                "jinan",
+                &citizen,
+                "jinan/hrss",
+                "qingdao",
+                "case-handling",
+                &["JQ-03"],
+            )
+            .await
+            .unwrap_err();
+    let tongban_devkit::local::LocalError::Registry(status) = e else {
+        panic!("{e}")
+    };
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("etcd at http://127.0.0.1:"),
+        "{status:?}"
+    );
+    // The data path needs no etcd: a call through either replica goes through.
+    for url in [r.f.fed.city("jinan").unwrap().caller_url(), r.b_url.clone()] {
+        let msg = SubmitRequest {
+            catalog_code: "JQ-03".into(),
+            ..Default::default()
+        };
+        let req =
+            r.f.req("jinan", msg, Some("qingdao"), Duration::from_secs(5));
+        CrossCityServiceClient::new(channel(&url).await)
+            .submit(req)
+            .await
+            .unwrap_or_else(|s| panic!("through {url} with etcd away: {s:?}"));
+    }
+    // Back: the registration goes through, and B serves it.
+    signal("-CONT");
+    let started = std::time::Instant::now();
+    let v = loop {
+        match r
+            .f
+            .fed
+            .register_crosscity("jinan", "gjj", &["JQ-08"], false)
+            .await
+        {
+            Ok(v) => break v,
+            Err(e) if started.elapsed() < Duration::from_secs(20) => {
+                eprintln!("etcd not back yet: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("no write after etcd returned: {e}"),
+        }
+    };
+    assert!(
+        r.b.wait_for_catalog(Duration::from_secs(5), |s| s.local_version >= v)
+            .await,
+        "B follows again after etcd returned"
+    );
+    r.b.shutdown().await;
+    r.f.fed.shutdown().await;
+}
