@@ -3,6 +3,7 @@
 //! `127.0.0.1:0` and handed over), clients pointed at a node, and raw gRPC calls for
 //! services that have no stub here.
 
+pub mod balancer;
 pub mod process;
 
 use std::time::Duration;

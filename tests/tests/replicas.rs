@@ -30,6 +30,8 @@ struct Replicas {
     f: Fed,
     b: RunningNode,
     b_url: String,
+    /// B's config with the addresses it got (to restart it on them).
+    b_config: tongban_gateway::config::NodeConfig,
     _etcd: LocalEtcd,
 }
 
@@ -69,7 +71,10 @@ async fn start() -> Replicas {
     b_config.admin_addr = "127.0.0.1:0".parse().unwrap();
     b_config.web = None;
     let listeners = Listeners::bind(&b_config).await.unwrap();
-    let prepared = PreparedNode::prepare(b_config).await.unwrap();
+    b_config.caller_addr = listeners.caller.local_addr().unwrap();
+    b_config.peer_addr = listeners.peer.local_addr().unwrap();
+    b_config.admin_addr = listeners.admin.local_addr().unwrap();
+    let prepared = PreparedNode::prepare(b_config.clone()).await.unwrap();
     let b_url = format!("http://{}", listeners.caller.local_addr().unwrap());
     let b_peer = listeners.peer.local_addr().unwrap().to_string();
     let b = prepared.start(listeners).await.unwrap();
@@ -106,6 +111,7 @@ async fn start() -> Replicas {
         f,
         b,
         b_url,
+        b_config,
         _etcd: etcd,
     }
 }
@@ -384,4 +390,121 @@ async fn with_etcd_unreachable_writes_are_refused_and_calls_go_on() {
     );
     r.b.shutdown().await;
     r.f.fed.shutdown().await;
+}
+
+/// Waits until `node` serves: its audit log confirmed by Qingdao and Qingdao's catalog held
+/// (what a readiness probe waits for).
+async fn ready(node: &RunningNode) {
+    let mut anchor = node.auditor().watch_anchor();
+    tokio::time::timeout(Duration::from_secs(20), anchor.wait_for(|a| a.confirmed()))
+        .await
+        .expect("anchored")
+        .unwrap();
+    assert!(
+        node.wait_for_catalog(Duration::from_secs(20), |s| s
+            .peers
+            .get("qingdao")
+            .is_some_and(|p| !p.services.is_empty()))
+            .await
+    );
+}
+
+/// Both replicas restarted one after the other under a steady load through a TCP balancer:
+/// each is taken out of the balancer, drained (GOAWAY, calls in flight finished), started
+/// again and put back once ready. No call fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_both_replicas_fails_no_call() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let Replicas {
+        mut f,
+        b,
+        b_config,
+        _etcd,
+        ..
+    } = Box::pin(start()).await;
+    let a_addr = f.fed.city("jinan").unwrap().config.caller_addr;
+    let lb = tongban_tests::balancer::Balancer::start(vec![a_addr, b_config.caller_addr])
+        .await
+        .unwrap();
+    let url = format!("http://{}", lb.addr);
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let token = f.fed.token("jinan", "hrss").unwrap();
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (url, stop, failures, token) =
+            (url.clone(), stop.clone(), failures.clone(), token.clone());
+        load.push(tokio::spawn(async move {
+            // Each caller its own connection through the balancer.
+            let mut client = CrossCityServiceClient::new(channel(&url).await);
+            let mut ok = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let mut req = tonic::Request::new(SubmitRequest {
+                    catalog_code: "JQ-03".into(),
+                    ..Default::default()
+                });
+                req.set_timeout(Duration::from_secs(10));
+                for (k, v) in [
+                    ("authorization", format!("Bearer {token}")),
+                    ("x-tongban-target-city", "qingdao".to_string()),
+                    ("x-tongban-purpose", "case-handling".to_string()),
+                ] {
+                    req.metadata_mut()
+                        .insert(k, MetadataValue::try_from(v).unwrap());
+                }
+                match client.submit(req).await {
+                    Ok(_) => ok += 1,
+                    Err(s) => {
+                        failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("{:?}: {}", s.code(), s.message()))
+                    }
+                }
+            }
+            ok
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A: out of the balancer, drained and stopped, started again, back once ready.
+    lb.set_ready(0, false);
+    f.fed.stop_node("jinan").await.unwrap();
+    f.fed.restart_node("jinan").await.unwrap();
+    ready(f.fed.city("jinan").unwrap().node().unwrap()).await;
+    lb.set_ready(0, true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // B, the same.
+    lb.set_ready(1, false);
+    b.shutdown().await;
+    let b = RunningNode::launch(b_config.clone()).await.unwrap();
+    ready(&b).await;
+    lb.set_ready(1, true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    stop.store(true, Ordering::SeqCst);
+    let mut ok = 0;
+    for l in load {
+        ok += l.await.unwrap();
+    }
+    let failures = failures.lock().unwrap().clone();
+    eprintln!(
+        "rolling restart: {ok} calls answered, {} failed",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failed calls: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    assert!(ok >= 50, "only {ok} calls during the restarts");
+    // Both replicas had callers, and took over the other's when it drained.
+    let (to_a, to_b) = (lb.connections(0), lb.connections(1));
+    eprintln!("connections: {to_a} to A, {to_b} to B");
+    assert!(to_a >= 2 && to_b >= 2, "A {to_a}, B {to_b}");
+    b.shutdown().await;
+    f.fed.shutdown().await;
 }

@@ -176,14 +176,18 @@ async fn watches_deliver_every_change_in_order(s: &dyn KvStore, p: &str) {
         .unwrap();
     s.commit(Txn::new().delete(key(p, "a"))).await.unwrap();
     let mut seen = Vec::new();
+    let mut batches = Vec::new();
     while seen.len() < 4 {
-        let e = tokio::time::timeout(WAIT, w.next())
+        let batch = tokio::time::timeout(WAIT, w.next())
             .await
             .expect("a watch event in time")
             .expect("the watch goes on")
             .unwrap();
-        seen.push(e);
+        batches.push(batch.len());
+        seen.extend(batch);
     }
+    // One batch per transaction: the two writes of the second commit come together.
+    assert_eq!(batches, vec![1, 2, 1], "batches of {seen:?}");
     let brief: Vec<(String, Option<String>)> = seen
         .iter()
         .map(|e| match e {

@@ -151,7 +151,7 @@ impl KvStore for EtcdKv {
             .map_err(|e| self.down(e))?;
         let this = self.clone();
         let events = stream.flat_map(move |r| {
-            let out: Vec<Result<Event, StoreError>> = match r {
+            let out: Vec<Result<Vec<Event>, StoreError>> = match r {
                 Err(e) => vec![Err(this.down(e))],
                 Ok(resp) if resp.compact_revision() > 0 => vec![Err(StoreError::Compacted {
                     revision: resp.compact_revision(),
@@ -161,20 +161,19 @@ impl KvStore for EtcdKv {
                     this.endpoints,
                     resp.cancel_reason()
                 )))],
-                Ok(resp) => resp
-                    .events()
-                    .iter()
-                    .filter_map(|e| {
-                        let kv = e.kv()?;
-                        Some(Ok(match e.event_type() {
-                            EventType::Put => Event::Put(this.kv(kv)),
-                            EventType::Delete => Event::Delete {
-                                key: this.strip(kv.key()).to_vec(),
-                                revision: kv.mod_revision(),
-                            },
-                        }))
+                Ok(resp) => super::kv::by_revision(resp.events().iter().filter_map(|e| {
+                    let kv = e.kv()?;
+                    Some(match e.event_type() {
+                        EventType::Put => Event::Put(this.kv(kv)),
+                        EventType::Delete => Event::Delete {
+                            key: this.strip(kv.key()).to_vec(),
+                            revision: kv.mod_revision(),
+                        },
                     })
-                    .collect(),
+                }))
+                .into_iter()
+                .map(Ok)
+                .collect(),
             };
             futures_util::stream::iter(out)
         });

@@ -115,8 +115,23 @@ pub struct Range {
     pub revision: Revision,
 }
 
-/// The changes after a revision, in order; ends with an error when the watch breaks.
-pub type Watch = Pin<Box<dyn Stream<Item = Result<Event, StoreError>> + Send>>;
+/// The changes after a revision, in order, one item per revision (every change of one
+/// transaction under the prefix together); ends with an error when the watch breaks.
+pub type Watch = Pin<Box<dyn Stream<Item = Result<Vec<Event>, StoreError>> + Send>>;
+
+/// Groups events (in revision order) into one batch per revision.
+pub fn by_revision(events: impl IntoIterator<Item = Event>) -> Vec<Vec<Event>> {
+    let mut out: Vec<Vec<Event>> = Vec::new();
+    for e in events {
+        match out.last_mut() {
+            Some(batch) if batch.first().map(Event::revision) == Some(e.revision()) => {
+                batch.push(e)
+            }
+            _ => out.push(vec![e]),
+        }
+    }
+    out
+}
 
 /// The shared store of a city's replicas.
 #[async_trait::async_trait]
@@ -254,19 +269,25 @@ impl SnapshotInner {
         self.seen.send_replace(range.revision);
     }
 
-    fn apply(&self, e: Event) {
-        let rev = e.revision();
+    /// Applies the changes of one revision, then makes that revision visible (a reader who
+    /// waited for it sees all of the transaction, never half).
+    fn apply(&self, batch: Vec<Event>) {
+        let Some(rev) = batch.iter().map(Event::revision).max() else {
+            return;
+        };
         {
             let mut st = self
                 .state
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match e {
-                Event::Put(kv) => {
-                    st.entries.insert(kv.key.clone(), kv);
-                }
-                Event::Delete { key, .. } => {
-                    st.entries.remove(&key);
+            for e in batch {
+                match e {
+                    Event::Put(kv) => {
+                        st.entries.insert(kv.key.clone(), kv);
+                    }
+                    Event::Delete { key, .. } => {
+                        st.entries.remove(&key);
+                    }
                 }
             }
         }

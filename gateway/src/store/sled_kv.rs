@@ -29,7 +29,8 @@ pub struct SledKv {
     tree: ::sled::Tree,
     meta: ::sled::Tree,
     inner: Arc<Mutex<History>>,
-    tx: broadcast::Sender<Event>,
+    /// Each commit's changes, together.
+    tx: broadcast::Sender<Arc<Vec<Event>>>,
 }
 
 struct History {
@@ -217,14 +218,16 @@ impl KvStore for SledKv {
             .map_err(|e| io(format!("{e:?}")))?;
         super::sled::flush(&self.db).await.map_err(io)?;
         h.revision = revision;
-        for e in events {
+        for e in &events {
             if h.events.len() == HISTORY {
                 if let Some(old) = h.events.pop_front() {
                     h.oldest = old.revision();
                 }
             }
             h.events.push_back(e.clone());
-            let _ = self.tx.send(e);
+        }
+        if !events.is_empty() {
+            let _ = self.tx.send(Arc::new(events));
         }
         Ok(Committed::Applied(revision))
     }
@@ -247,15 +250,22 @@ impl KvStore for SledKv {
         drop(h);
         let live = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |r| {
             let out = match r {
-                Ok(e) if e.revision() > last && e.key().starts_with(&prefix) => Some(Ok(e)),
-                Ok(_) => None,
+                Ok(batch) => {
+                    let mine: Vec<Event> = batch
+                        .iter()
+                        .filter(|e| e.revision() > last && e.key().starts_with(&prefix))
+                        .cloned()
+                        .collect();
+                    (!mine.is_empty()).then_some(Ok(mine))
+                }
                 // Fell behind: the watcher reads the prefix again.
                 Err(_) => Some(Err(StoreError::Compacted { revision: last })),
             };
             std::future::ready(out)
         });
         Ok(Box::pin(
-            futures_util::stream::iter(past.into_iter().map(Ok)).chain(live),
+            futures_util::stream::iter(super::kv::by_revision(past).into_iter().map(Ok))
+                .chain(live),
         ))
     }
 }

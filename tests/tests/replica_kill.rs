@@ -1,0 +1,183 @@
+//! Two replicas of Jinan's node as processes on a real etcd, behind a TCP balancer, under
+//! load; one is killed with SIGKILL. The calls in flight on it fail UNAVAILABLE (never a
+//! success without its record), new calls go to the other replica, and every call a client
+//! saw succeed has its audit record in the log of the replica that answered it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tongban_devkit::certs;
+use tongban_devkit::etcd::LocalEtcd;
+use tongban_devkit::local::{dev_token, dev_token_with_roles, RunningProvider};
+use tongban_proto::audit::v1::audit_client::AuditClient;
+use tongban_proto::audit::v1::GetRequest;
+use tongban_proto::crosscity::v1::cross_city_service_client::CrossCityServiceClient;
+use tongban_tests::authorize;
+use tongban_tests::balancer::Balancer;
+use tongban_tests::process::{channel, register_probe, write_node_config, NodeProcess};
+
+/// Jinan's config for replica `id` in `dir`, its shared state in `etcd`.
+fn replica_config(
+    dir: &std::path::Path,
+    g: &certs::Generated,
+    id: &str,
+    etcd: &str,
+) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = write_node_config(dir, g, "jinan", &[], "");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = format!("replica = \"{id}\"\n{text}").replacen(
+        "[storage]\n",
+        "[storage]\nbackend = \"etcd\"\n",
+        1,
+    ) + &format!("[storage.etcd]\nendpoints = [\"{etcd}\"]\n");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_one_replica_under_load_loses_nothing_acknowledged() {
+    let etcd = LocalEtcd::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let g = certs::init(&dir.path().join("certs"), &["jinan".into()], false).unwrap();
+    let config_a = replica_config(&dir.path().join("a"), &g, "a", &etcd.endpoint);
+    let config_b = replica_config(&dir.path().join("b"), &g, "b", &etcd.endpoint);
+    let provider = RunningProvider::start("jinan").await.unwrap();
+    let mut a = NodeProcess::spawn(&config_a, &[]);
+    let b = NodeProcess::spawn(&config_b, &[]);
+    let token = dev_token(&g, "jinan", "hrss").unwrap();
+    // Registered on A; B serves it from etcd.
+    register_probe(&a.caller, &token, &provider.url(), false).await;
+    let mut via_b = CrossCityServiceClient::new(channel(&b.caller).await);
+    let started = Instant::now();
+    while via_b
+        .submit(tongban_tests::case_handling_submit("jinan", &token))
+        .await
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "B never served A's registration"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let lb = Balancer::start(vec![a.caller.parse().unwrap(), b.caller.parse().unwrap()])
+        .await
+        .unwrap();
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let failed = Arc::new(Mutex::new(Vec::<(Instant, tonic::Code, String)>::new()));
+    let killed = Arc::new(Mutex::new(None::<Instant>));
+    let after_kill = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut callers = Vec::new();
+    for _ in 0..8 {
+        let (acked, failed, killed, after_kill, token) = (
+            acked.clone(),
+            failed.clone(),
+            killed.clone(),
+            after_kill.clone(),
+            token.clone(),
+        );
+        let lb_addr = lb.addr.to_string();
+        callers.push(tokio::spawn(async move {
+            let mut client = CrossCityServiceClient::new(channel(&lb_addr).await);
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(2) {
+                match client
+                    .submit(tongban_tests::case_handling_submit("jinan", &token))
+                    .await
+                {
+                    Ok(resp) => {
+                        acked
+                            .lock()
+                            .unwrap()
+                            .push(tongban_tests::request_id_of(&resp));
+                        if killed.lock().unwrap().is_some() {
+                            after_kill.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    }
+                    Err(s) => {
+                        failed.lock().unwrap().push((
+                            Instant::now(),
+                            s.code(),
+                            s.message().to_string(),
+                        ));
+                        // A broken connection: a real client reconnects (through the balancer).
+                        client = CrossCityServiceClient::new(channel(&lb_addr).await);
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    lb.set_ready(0, false); // what the orchestrator does once it sees the replica gone
+    a.child.kill().unwrap(); // SIGKILL
+    a.child.wait().unwrap();
+    *killed.lock().unwrap() = Some(Instant::now());
+    for c in callers {
+        c.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let failed = failed.lock().unwrap().clone();
+    let after = after_kill.load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!(
+        "{} calls acknowledged ({after} after the kill), {} failed: {:?}",
+        acked.len(),
+        failed.len(),
+        failed
+            .iter()
+            .map(|(_, c, m)| format!("{c:?} {m}"))
+            .collect::<Vec<_>>()
+    );
+    assert!(acked.len() >= 100, "too little load: {}", acked.len());
+    assert!(after >= 20, "new calls did not go on through B: {after}");
+    // The calls that failed were in flight on A when it died (at most one per caller
+    // connection), and failed as a broken connection: the killed node sent no status, and
+    // tonic reports its connection's loss as UNKNOWN "transport error" where grpc-go says
+    // UNAVAILABLE; nothing else (no refusal, no answer).
+    assert!(failed.len() <= 8, "{failed:?}");
+    for (_, code, message) in &failed {
+        let broken = *code == tonic::Code::Unavailable
+            || (*code == tonic::Code::Unknown
+                && (message.contains("transport error") || message.contains("h2 protocol error")));
+        assert!(broken, "{code:?} {message}");
+    }
+
+    // A restarted on its data: every acknowledged call has its record in A's or B's log.
+    drop(a);
+    let a = NodeProcess::spawn(&config_a, &[]);
+    let op = dev_token_with_roles(&g, "jinan", "ops", &["audit-operator"]).unwrap();
+    let mut logs = [
+        AuditClient::new(channel(&a.caller).await),
+        AuditClient::new(channel(&b.caller).await),
+    ];
+    let mut missing = Vec::new();
+    let mut found = [0usize; 2];
+    for rid in &acked {
+        let mut hit = false;
+        for (i, api) in logs.iter_mut().enumerate() {
+            let mut get = tonic::Request::new(GetRequest {
+                request_id: rid.clone(),
+            });
+            authorize(&mut get, &op);
+            let got = api.get(get).await.unwrap().into_inner();
+            if got.local.iter().any(|r| r.grpc_status == 0) {
+                found[i] += 1;
+                hit = true;
+            }
+        }
+        if !hit {
+            missing.push(rid.clone());
+        }
+    }
+    eprintln!("records: {} in A's log, {} in B's", found[0], found[1]);
+    assert!(
+        missing.is_empty(),
+        "acknowledged without a record: {missing:?}"
+    );
+    assert!(found[0] > 0 && found[1] > 0, "{found:?}");
+    drop(b);
+    drop(a);
+}
