@@ -24,6 +24,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod registry;
 pub mod registry_api;
+pub mod replicas;
 pub mod server;
 pub mod stats;
 pub mod status_api;

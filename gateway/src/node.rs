@@ -125,6 +125,11 @@ impl Listeners {
 /// A node whose config, certificates and store are loaded, not yet listening.
 pub struct PreparedNode {
     config: NodeConfig,
+    /// The city's shared store and this node's snapshot of it.
+    shared: (
+        Arc<dyn crate::store::kv::KvStore>,
+        crate::store::kv::Snapshot,
+    ),
     bundle: TrustBundle,
     identity: Arc<NodeIdentity>,
     registry: Registry,
@@ -222,7 +227,8 @@ impl PreparedNode {
                 usize::try_from(config.limits.verified_tokens).unwrap_or(usize::MAX),
             ),
         };
-        let consents = ConsentStore::open(shared, snapshot);
+        let snapshot_for_replicas = snapshot.clone();
+        let consents = ConsentStore::open(shared.clone(), snapshot);
         let metrics = Arc::new(NodeMetrics::new());
         checks
             .policy
@@ -241,6 +247,7 @@ impl PreparedNode {
         let auditor = Auditor::open(&config.data_dir.join("audit"), &db, opts, identity.clone())?;
         auditor.set_replica(&config.replica);
         Ok(PreparedNode {
+            shared: (shared, snapshot_for_replicas),
             config,
             bundle,
             identity,
@@ -256,6 +263,7 @@ impl PreparedNode {
     /// Starts serving on `listeners`.
     pub async fn start(self, listeners: Listeners) -> Result<RunningNode, NodeError> {
         let PreparedNode {
+            shared,
             config,
             bundle,
             identity,
@@ -274,6 +282,14 @@ impl PreparedNode {
             _ => None,
         };
         let (shutdown_tx, shutdown) = watch::channel(false);
+        // This replica in the city's directory (for the Audit API's fan-out), reachable at
+        // its caller listener when that is plaintext on a concrete address.
+        let replicas = crate::replicas::Replicas::new(shared.0, shared.1, &config.replica);
+        if caller_tls.is_none() && !caller_addr.ip().is_unspecified() {
+            replicas.announce(&format!("http://{caller_addr}")).await;
+        } else if !config.replica.is_empty() {
+            tracing::warn!(replica = %config.replica, "replica not announced: the audit fan-out reaches plaintext caller listeners on a concrete address only");
+        }
 
         let catalog = Arc::new(Catalog::new(
             identity.clone(),
@@ -363,6 +379,7 @@ impl PreparedNode {
                 .map(|(c, p)| (c.clone(), p.control.clone()))
                 .collect(),
             connect_timeout: config.limits.connect_timeout,
+            replicas: replicas.clone(),
         }))
         .add_service(AdminServer::new(status.clone()))
         .add_service(health_svc.clone())
@@ -602,6 +619,7 @@ impl PreparedNode {
             policy,
             auth,
             auditor,
+            replicas,
         })
     }
 }
@@ -746,6 +764,7 @@ pub struct RunningNode {
     policy: Arc<PolicyStore>,
     auth: Arc<Authenticator>,
     auditor: Arc<Auditor>,
+    replicas: crate::replicas::Replicas,
 }
 
 impl RunningNode {
@@ -815,6 +834,8 @@ impl RunningNode {
 
     /// Stops accepting, lets open calls finish (bounded), and waits for every task.
     pub async fn shutdown(self) {
+        // Out of the city's directory first: the other replicas stop asking this one.
+        self.replicas.withdraw().await;
         self.begin_shutdown();
         for t in self.tasks {
             let _ = t.await;

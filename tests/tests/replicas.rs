@@ -225,6 +225,47 @@ async fn replicas_on_etcd_serve_one_registry_and_one_set_of_consents() {
         tonic::Code::Ok
     );
 
+    // The citizen's access log, asked of A by an operator (no other city asked), has the
+    // exchange B served: A fans out to the replicas in the city's directory.
+    let op = tongban_devkit::local::dev_token_with_roles(
+        &r.f.fed.certs,
+        "jinan",
+        "ops",
+        &["audit-operator"],
+    )
+    .unwrap();
+    let mut log_req = tonic::Request::new(tongban_proto::audit::v1::AccessLogRequest {
+        subject: citizen.clone(),
+        limit: 100,
+        with_proofs: false,
+    });
+    log_req.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(format!("Bearer {op}")).unwrap(),
+    );
+    let log = tongban_proto::audit::v1::audit_client::AuditClient::new(channel(&a_url).await)
+        .access_log(log_req)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(log.unreachable.is_empty(), "{:?}", log.unreachable);
+    let mut from_b = 0;
+    for access in &log.accesses {
+        if !access.request_id.is_empty()
+            && a.auditor()
+                .records_for_request(&access.request_id)
+                .await
+                .is_empty()
+        {
+            from_b += 1;
+        }
+    }
+    assert!(
+        from_b >= 1,
+        "no access from B's log in A's answer: {:?}",
+        log.accesses
+    );
+
     // Revoked on B: A's catalog carries the revocation within a second, and A refuses it.
     b_consents
         .revoke(as_portal(

@@ -38,7 +38,12 @@ pub struct AuditApi {
     /// The peer nodes' endpoints (to fetch their side of an exchange).
     pub peers: BTreeMap<String, Arc<Endpoint>>,
     pub connect_timeout: std::time::Duration,
+    /// The other replicas of this city (an access log covers all of them).
+    pub replicas: crate::replicas::Replicas,
 }
+
+/// Marks a request one replica makes of another for its own records (not fanned out again).
+const FANOUT: &str = "x-tongban-replica-fanout";
 
 /// A failure of the node's own audit store while answering.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +136,34 @@ pub const SUBJECT_ACCESS_LOG: (&str, &str) =
     ("tongban.federation.v1.Federation", "SubjectAccessLog");
 
 impl AuditApi {
+    /// Another replica's records of accesses to `r.subject`, asked at its caller listener
+    /// with the caller's own credentials (it checks them as this replica did).
+    async fn replica_accesses(
+        &self,
+        url: &str,
+        authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+        r: &AccessLogRequest,
+    ) -> Result<Vec<tongban_proto::audit::v1::Access>, String> {
+        let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+            .map_err(|e| e.to_string())?
+            .connect_timeout(self.connect_timeout)
+            .timeout(self.connect_timeout * 5)
+            .connect()
+            .await
+            .map_err(|e| format!("unreachable: {e}"))?;
+        let mut req = Request::new(r.clone());
+        if let Some(a) = authorization {
+            req.metadata_mut().insert("authorization", a);
+        }
+        req.metadata_mut()
+            .insert(FANOUT, tonic::metadata::MetadataValue::from_static("1"));
+        let resp = tongban_proto::audit::v1::audit_client::AuditClient::new(channel)
+            .access_log(req)
+            .await
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+        Ok(resp.into_inner().accesses)
+    }
+
     /// `city`'s records of accesses to the citizen's data, asked with an assertion that
     /// this node signed the citizen in.
     async fn peer_accesses(
@@ -359,6 +392,8 @@ impl Audit for AuditApi {
     ) -> Result<Response<AccessLogResponse>, Status> {
         let caller = crate::auth::principal_of(&req)?;
         caller.require_person()?;
+        let fanned_out = req.metadata().contains_key(FANOUT);
+        let authorization = req.metadata().get("authorization").cloned();
         let r = req.into_inner();
         validate_resident_id(&r.subject).map_err(|m| BadField::new("subject", m))?;
         let pseudonym = self.pseudonyms.pseudonym(&r.subject);
@@ -377,8 +412,18 @@ impl Audit for AuditApi {
         )
         .await;
         let mut unreachable = Vec::new();
+        // The other replicas of this city served some of the exchanges: each is asked with
+        // the caller's own credentials, for its own records only.
+        if !fanned_out {
+            for (id, url) in self.replicas.others() {
+                match self.replica_accesses(&url, authorization.clone(), &r).await {
+                    Ok(mut more) => accesses.append(&mut more),
+                    Err(why) => unreachable.push(format!("{} replica {id}: {why}", self.city)),
+                }
+            }
+        }
         // A citizen sees every city's records: each peer is asked, vouched for by this node.
-        if caller.kind == crate::auth::PersonKind::Citizen {
+        if caller.kind == crate::auth::PersonKind::Citizen && !fanned_out {
             for (city, endpoint) in &self.peers {
                 match self
                     .peer_accesses(city, endpoint, &caller, &r.subject, limit, r.with_proofs)
@@ -396,12 +441,15 @@ impl Audit for AuditApi {
                     Err(why) => unreachable.push(format!("{city}: {why}")),
                 }
             }
-            // One row per exchange (a cross-city exchange is recorded by both nodes).
+            // One row per exchange (a cross-city exchange is recorded by both nodes): the
+            // newer of its two records.
             let mut seen = std::collections::HashSet::new();
             accesses.sort_by_key(|a| std::cmp::Reverse(a.at_ms));
             accesses.retain(|a| a.request_id.is_empty() || seen.insert(a.request_id.clone()));
-            accesses.truncate(limit);
         }
+        // Newest first, across replicas and cities.
+        accesses.sort_by_key(|a| std::cmp::Reverse(a.at_ms));
+        accesses.truncate(limit);
         Ok(Response::new(AccessLogResponse {
             accesses,
             unreachable,
