@@ -67,7 +67,8 @@ def main() -> None:
         if mounts.get(storage.get("data_dir")) != "data":
             errors.append(f"storage.data_dir {storage.get('data_dir')} is not on the replica's own volume")
     node_toml = config_map["data"]["node.toml"] if config_map else ""
-    print(json.dumps({"documents": len(docs), "errors": errors, "node_toml": node_toml}))
+    policy_toml = config_map["data"].get("policy.toml", "") if config_map else ""
+    print(json.dumps({"documents": len(docs), "errors": errors, "node_toml": node_toml, "policy_toml": policy_toml}))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,11 @@ async fn the_kubernetes_manifests_are_valid_and_agree_with_the_node_config() {
         std::path::Path::new("node.toml (ConfigMap tongban-jinan)"),
         |k| (k == "TONGBAN_REPLICA").then(|| "tongban-jinan-1".to_string()),
     );
+    // And the policy, with the node's policy parser.
+    let policy = checked["policy_toml"].as_str().unwrap();
+    if let Err(e) = tongban_gateway::policy::Policy::parse(policy) {
+        panic!("the node does not take the ConfigMap's policy: {e}");
+    }
     match config {
         Ok(c) => {
             assert_eq!(c.replica, "tongban-jinan-1");
