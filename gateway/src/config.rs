@@ -251,6 +251,10 @@ struct RawStorage {
     backend: Option<String>,
     #[serde(default)]
     etcd: Option<RawEtcd>,
+    /// The pseudonym secret, provisioned (e.g. a mounted Kubernetes Secret) rather than
+    /// made in `data_dir` on first start: what the replicas of a city share.
+    #[serde(default)]
+    secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -426,6 +430,9 @@ pub struct NodeConfig {
     pub store_cache_bytes: u64,
     /// Where the city's shared state lives (`storage.backend`, `[storage.etcd]`).
     pub shared_store: crate::store::SharedBackend,
+    /// The provisioned pseudonym secret (`storage.secret_file`); none: `data_dir/subject.key`,
+    /// made on first start.
+    pub secret_file: Option<PathBuf>,
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
     pub trust_bundle_path: PathBuf,
@@ -1002,6 +1009,7 @@ impl NodeConfig {
             data_dir: resolve(&raw.storage.data_dir),
             store_cache_bytes: raw.storage.cache_mib * 1024 * 1024,
             shared_store,
+            secret_file: raw.storage.secret_file.as_deref().map(&resolve),
             cert_path: resolve(&raw.tls.cert),
             key_path: resolve(&raw.tls.key),
             trust_bundle_path: resolve(&raw.tls.trust_bundle),

@@ -198,7 +198,10 @@ impl PreparedNode {
                 return Err(crate::auth::JwksError::Invalid("no jwks source".into()).into())
             }
         };
-        let pseudonyms = Arc::new(Pseudonymizer::open(&config.data_dir)?);
+        let pseudonyms = Arc::new(match &config.secret_file {
+            Some(file) => Pseudonymizer::from_source(&crate::store::ProvisionedSecret::new(file))?,
+            None => Pseudonymizer::open(&config.data_dir)?,
+        });
         let auth = Authenticator::new(
             AuthSettings {
                 city: config.city.clone(),

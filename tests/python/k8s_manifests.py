@@ -50,7 +50,8 @@ def main() -> None:
     secret = find("Secret", "tongban-jinan-tls")
     keys = set((secret or {}).get("stringData", {}))
     for key, path in [("tls.cert", node.get("tls", {}).get("cert")), ("tls.key", node.get("tls", {}).get("key")),
-                      ("tls.trust_bundle", node.get("tls", {}).get("trust_bundle")), ("auth.jwks_file", node.get("auth", {}).get("jwks_file"))]:
+                      ("tls.trust_bundle", node.get("tls", {}).get("trust_bundle")), ("auth.jwks_file", node.get("auth", {}).get("jwks_file")),
+                      ("storage.secret_file", storage.get("secret_file"))]:
         if not path or not path.startswith("/etc/tongban/keys/") or path.rsplit("/", 1)[1] not in keys:
             errors.append(f"node.toml: {key} = {path} is not a key of the Secret ({sorted(keys)})")
     nodes = find("StatefulSet", "tongban-jinan")

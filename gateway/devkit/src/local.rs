@@ -560,6 +560,7 @@ pub fn node_config(
         data_dir: dir.join("data"),
         store_cache_bytes: tongban_gateway::config::DEFAULT_STORE_CACHE_BYTES,
         shared_store: tongban_gateway::store::SharedBackend::Sled,
+        secret_file: None,
         cert_path: files.node_cert.clone(),
         key_path: files.node_key.clone(),
         trust_bundle_path: certs.trust_bundle.clone(),

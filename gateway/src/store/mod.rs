@@ -18,7 +18,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-pub use secret::{FileSecrets, SecretSource};
+pub use secret::{FileSecrets, ProvisionedSecret, SecretSource};
 
 /// A store operation that failed.
 #[derive(Debug, thiserror::Error)]

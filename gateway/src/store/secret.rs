@@ -1,5 +1,7 @@
 //! Node secrets (the subject pseudonym key) behind a small trait: a file per secret in the
-//! data dir (mode 0600), created with random bytes on first start.
+//! data dir (mode 0600), created with random bytes on first start; or a file provisioned by
+//! the operator and never created here (a Kubernetes Secret mounted into every replica of a
+//! city, which must all derive the same pseudonyms).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -71,5 +73,58 @@ impl SecretSource for FileSecrets {
             return Err(SecretError::Length(path.display().to_string()));
         }
         Ok(secret)
+    }
+}
+
+/// One secret in a file the operator provides (every replica of a city mounts the same one).
+/// It is read, never created: a missing file stops the node rather than giving it a key of
+/// its own, whose pseudonyms no other replica would share.
+pub struct ProvisionedSecret {
+    path: PathBuf,
+}
+
+impl ProvisionedSecret {
+    pub fn new(path: &Path) -> Self {
+        ProvisionedSecret {
+            path: path.to_path_buf(),
+        }
+    }
+}
+
+impl SecretSource for ProvisionedSecret {
+    fn secret(&self, _name: &str, len: usize) -> Result<Vec<u8>, SecretError> {
+        let secret = std::fs::read(&self.path).map_err(|source| SecretError::Io {
+            path: self.path.display().to_string(),
+            source,
+        })?;
+        if secret.len() != len {
+            return Err(SecretError::Length(self.path.display().to_string()));
+        }
+        Ok(secret)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_provisioned_secret_is_read_and_never_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = FileSecrets::new(dir.path())
+            .secret("subject.key", 32)
+            .unwrap();
+        let shared = ProvisionedSecret::new(&dir.path().join("subject.key"));
+        assert_eq!(shared.secret("subject.key", 32).unwrap(), made);
+        let missing = ProvisionedSecret::new(&dir.path().join("absent.key"));
+        assert!(matches!(
+            missing.secret("subject.key", 32),
+            Err(SecretError::Io { .. })
+        ));
+        assert!(!dir.path().join("absent.key").exists());
+        assert!(matches!(
+            shared.secret("subject.key", 16),
+            Err(SecretError::Length(_))
+        ));
     }
 }
