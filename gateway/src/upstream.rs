@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::Uri;
+use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
@@ -32,6 +33,18 @@ pub enum UpstreamError {
     #[error("{0}")]
     BadEndpoint(String),
 }
+
+/// Why a request did not get its response headers.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Connect(#[from] UpstreamError),
+    #[error(transparent)]
+    Http(hyper::Error),
+}
+
+/// How many times a request handed back unsent goes again on a new connection.
+const UNSENT_RETRIES: u32 = 2;
 
 /// HTTP/2 keepalive of upstream connections: a PING every `interval` (idle or not); a PING
 /// unanswered for `timeout` closes the connection, failing its streams at once.
@@ -196,6 +209,37 @@ impl Endpoint {
             .path_and_query(path.clone())
             .build()
             .unwrap_or_default()
+    }
+
+    /// Sends `req` on `sender`'s connection. A request the connection hands back unsent (it
+    /// closed, as after a GOAWAY of a draining upstream, before the request left) goes again
+    /// on a fresh connection: gRPC's transparent retry, safe because the upstream never saw
+    /// it. Any other failure is the caller's to report.
+    pub async fn send(
+        &self,
+        mut sender: SendRequest<Body>,
+        mut req: http::Request<Body>,
+        connect_timeout: Duration,
+    ) -> Result<http::Response<Incoming>, SendError> {
+        for attempt in 0..=UNSENT_RETRIES {
+            let last = attempt == UNSENT_RETRIES;
+            match sender.ready().await {
+                // Not sent: the request is still here.
+                Err(e) if last => return Err(SendError::Http(e)),
+                Err(_) => {}
+                Ok(()) => match sender.try_send_request(req).await {
+                    Ok(response) => return Ok(response),
+                    Err(mut e) => match e.take_message() {
+                        Some(back) if !last => req = back,
+                        _ => return Err(SendError::Http(e.into_error())),
+                    },
+                },
+            }
+            tracing::debug!(endpoint = %self.label, attempt, "request handed back unsent, sending on a new connection");
+            // A closed connection is no longer cached: this one is new.
+            sender = self.ready_sender(connect_timeout).await?;
+        }
+        unreachable!("the last attempt returns")
     }
 
     fn cached(&self) -> Option<SendRequest<Body>> {
@@ -413,7 +457,7 @@ impl EndpointChannel {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl tower::Service<http::Request<Body>> for EndpointChannel {
-    type Response = http::Response<hyper::body::Incoming>;
+    type Response = http::Response<Incoming>;
     type Error = BoxError;
     type Future = std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>,
@@ -430,15 +474,14 @@ impl tower::Service<http::Request<Body>> for EndpointChannel {
         let endpoint = self.endpoint.clone();
         let connect_timeout = self.connect_timeout;
         Box::pin(async move {
-            let mut sender = endpoint.ready_sender(connect_timeout).await?;
+            let sender = endpoint.ready_sender(connect_timeout).await?;
             let path = req
                 .uri()
                 .path_and_query()
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/"));
             *req.uri_mut() = endpoint.uri_for(&path);
-            sender.ready().await?;
-            Ok(sender.send_request(req).await?)
+            Ok(endpoint.send(sender, req, connect_timeout).await?)
         })
     }
 }

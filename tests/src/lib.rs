@@ -203,6 +203,22 @@ pub fn case_handling_submit(to: &str, token: &str) -> Request<SubmitRequest> {
     req
 }
 
+/// Whether tonic failed a call that never left the client: hyper handed the request back
+/// because its connection closed (a GOAWAY from a draining node) before sending it. gRPC
+/// clients with transparent retry (grpc-go, grpc-java, C-core) send such a call again by
+/// themselves; tonic reports it as CANCELLED "operation was canceled", and a caller may send
+/// it again with no risk of doing it twice.
+pub fn never_sent(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            return h.is_canceled();
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// The `x-tongban-request-id` a node answered with.
 pub fn request_id_of<T>(r: &tonic::Response<T>) -> String {
     r.metadata()

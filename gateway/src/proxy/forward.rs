@@ -20,7 +20,7 @@ use super::{Proxy, ProxyError, Ready};
 use crate::audit::exchange::{self, Exchange};
 use crate::audit::receipt;
 use crate::grpc::{self, format_timeout, OnEnd, RequestGuard, ResponseGuard, REQUEST_ID};
-use crate::upstream::Endpoint;
+use crate::upstream::{Endpoint, SendError};
 
 /// A call whose upstream answered with headers.
 pub(super) struct Sent {
@@ -69,7 +69,8 @@ impl Proxy {
             let (guarded, violation) =
                 RequestGuard::new(body, self.limits.max_message_bytes, ex.request.clone());
             let req = Request::from_parts(parts, grpc::boxed(guarded));
-            send_within(sender, req, violation, call.deadline, &label)
+            let send = endpoint.send(sender, req, self.limits.connect_timeout);
+            send_within(send, violation, call.deadline, &label)
                 .await
                 .map(|r| (r, label))
         };
@@ -164,16 +165,11 @@ impl Proxy {
 /// Sends the request and waits for the response headers until the deadline; an oversized
 /// request message seen meanwhile is the answer instead.
 async fn send_within(
-    mut sender: SendRequest<Body>,
-    req: Request<Body>,
+    send: impl std::future::Future<Output = Result<Response<Incoming>, SendError>>,
     mut violation: tokio::sync::oneshot::Receiver<Status>,
     deadline: tokio::time::Instant,
     label: &str,
 ) -> Result<Response<Incoming>, ProxyError> {
-    let send = async {
-        sender.ready().await?;
-        sender.send_request(req).await
-    };
     tokio::select! {
         r = tokio::time::timeout_at(deadline, send) => match r {
             Err(_) => Err(ProxyError::Deadline(format!("deadline exceeded waiting for {label}"))),
