@@ -1,13 +1,18 @@
 //! Caller assertions: across the boundary the home node vouches for its caller with a
 //! short-lived token signed by its node key (EdDSA), bound to the request id, service and
-//! method. The providing node verifies it with the public key of the mTLS client certificate
-//! that carried the call, so it never needs the home city's identity provider, and refuses
-//! an assertion id it has seen before (replay cache in the node's store).
+//! method, and to the mTLS connection that carries it (`chb`: a digest of that
+//! connection's TLS exporter, RFC 8446 §7.5 / RFC 5705, which both ends compute and nobody
+//! else can). The providing node verifies it with the public key of the mTLS client
+//! certificate that carried the call, so it never needs the home city's identity provider;
+//! it refuses an assertion made for another connection (so one replayed to another replica
+//! of the city, or after a restart, is refused without any shared state) and an assertion
+//! id it has seen on this node (a replay cache in memory, bounded by the assertions'
+//! lifetime).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::store::{Keyspace, Store, StoreError};
 use crate::trust::{jwt_decoding_key, NodeJwtSigner};
 use jsonwebtoken::Validation;
 use serde::{Deserialize, Serialize};
@@ -55,6 +60,47 @@ pub struct AssertionClaims {
     pub exp: u64,
     /// Unique assertion id.
     pub jti: String,
+    /// Channel binding: the [`ChannelBinding`] of the mTLS connection the assertion was
+    /// made for.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub chb: String,
+}
+
+pub use crate::trust::{ChannelBinding, BINDING_LABEL};
+
+impl AssertionClaims {
+    /// An official `person` of `org` in `iss` calling `svc`/`mth` in `aud` as request `rid`
+    /// for case handling: living [`TTL`] from now, with a fresh id, not yet bound to a
+    /// connection (`chb`). For tools and tests that speak as a node.
+    pub fn official(
+        iss: &str,
+        aud: &str,
+        org: &str,
+        person: &str,
+        rid: &str,
+        svc: &str,
+        mth: &str,
+    ) -> Self {
+        let now = now_s();
+        AssertionClaims {
+            iss: iss.into(),
+            aud: aud.into(),
+            sub: org.into(),
+            roles: vec![],
+            purpose: "case-handling".into(),
+            subj: None,
+            own: false,
+            knd: "official".into(),
+            prs: person.into(),
+            rid: rid.into(),
+            svc: svc.into(),
+            mth: mth.into(),
+            iat: now,
+            exp: now + TTL.as_secs(),
+            jti: tongban_telemetry::trace::unique_id(),
+            chb: String::new(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,8 +115,10 @@ pub enum AssertionError {
     TooLong,
     #[error("caller assertion {0} was already used (replay)")]
     Replayed(String),
-    #[error("replay cache failed: {0}")]
-    Store(String),
+    #[error("caller assertion is not bound to the tls connection that carried it (chb)")]
+    Unbound,
+    #[error("caller assertion was made for another tls connection (replayed?)")]
+    OtherConnection,
 }
 
 pub fn now_s() -> u64 {
@@ -142,51 +190,97 @@ pub fn verify(
     Ok(claims)
 }
 
-/// Assertion ids seen and not yet expired, in the node's store so that a restart does not
-/// reopen the window.
-#[derive(Clone)]
+/// Checks that `claims` were made for the connection whose binding is `binding`.
+pub fn check_binding(
+    claims: &AssertionClaims,
+    binding: Option<&ChannelBinding>,
+) -> Result<(), AssertionError> {
+    match binding {
+        _ if claims.chb.is_empty() => Err(AssertionError::Unbound),
+        Some(b) if b.as_str() == claims.chb => Ok(()),
+        _ => Err(AssertionError::OtherConnection),
+    }
+}
+
+/// Assertion ids seen on this node and not yet expired. In memory: an assertion is bound to
+/// its TLS connection, so after a restart (every connection new) none can be replayed, and
+/// entries live no longer than an assertion (`MAX_TTL` plus leeway).
+#[derive(Clone, Default)]
 pub struct ReplayCache {
-    seen: Arc<dyn Keyspace>,
+    seen: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 impl ReplayCache {
-    pub fn open(store: &dyn Store) -> Result<ReplayCache, StoreError> {
-        Ok(ReplayCache {
-            seen: store.keyspace("assertion.replay")?,
-        })
+    pub fn new() -> ReplayCache {
+        ReplayCache::default()
     }
 
     /// Records `jti` until `exp`; refuses one already recorded.
     pub fn check_and_remember(&self, jti: &str, exp: u64) -> Result<(), AssertionError> {
-        let fresh = self
-            .seen
-            .insert_new(jti.as_bytes(), &exp.to_be_bytes())
-            .map_err(|e| AssertionError::Store(e.to_string()))?;
-        if fresh {
-            Ok(())
-        } else {
-            Err(AssertionError::Replayed(jti.to_string()))
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains_key(jti) {
+            return Err(AssertionError::Replayed(jti.to_string()));
         }
+        seen.insert(jti.to_string(), exp);
+        Ok(())
     }
 
     /// Forgets ids whose assertions have expired (plus leeway).
     pub fn purge(&self) -> usize {
         let cutoff = now_s().saturating_sub(LEEWAY_S);
-        let expired: Vec<Vec<u8>> = self
-            .seen
-            .scan_prefix(b"")
-            .flatten()
-            .filter(|(_, v)| {
-                <[u8; 8]>::try_from(v.as_slice())
-                    .map(u64::from_be_bytes)
-                    .unwrap_or(0)
-                    < cutoff
-            })
-            .map(|(k, _)| k)
-            .collect();
-        expired
-            .iter()
-            .filter(|k| self.seen.remove(k).is_ok())
-            .count()
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let before = seen.len();
+        seen.retain(|_, exp| *exp >= cutoff);
+        before - seen.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_assertion_holds_only_on_the_connection_it_names() {
+        let here = ChannelBinding::for_tests("here");
+        let mut claims =
+            AssertionClaims::official("jinan", "qingdao", "hrss", "zhang.wei", "r", "s.S", "M");
+        // An older node's assertion, bound to nothing.
+        assert!(matches!(
+            check_binding(&claims, Some(&here)),
+            Err(AssertionError::Unbound)
+        ));
+        claims.chb = "here".into();
+        assert!(check_binding(&claims, Some(&here)).is_ok());
+        assert!(matches!(
+            check_binding(&claims, Some(&ChannelBinding::for_tests("there"))),
+            Err(AssertionError::OtherConnection)
+        ));
+        assert!(matches!(
+            check_binding(&claims, None),
+            Err(AssertionError::OtherConnection)
+        ));
+    }
+
+    #[test]
+    fn the_replay_cache_refuses_an_id_twice_and_forgets_expired_ones() {
+        let cache = ReplayCache::new();
+        let now = now_s();
+        cache.check_and_remember("a", now + 30).unwrap();
+        assert!(matches!(
+            cache.check_and_remember("a", now + 30),
+            Err(AssertionError::Replayed(_))
+        ));
+        cache.check_and_remember("old", now - 60).unwrap();
+        assert_eq!(cache.purge(), 1);
+        assert_eq!(cache.len(), 1);
+        assert!(cache.check_and_remember("a", now + 30).is_err());
     }
 }

@@ -219,10 +219,7 @@ impl PreparedNode {
             auth: Arc::new(auth),
             policy: Arc::new(PolicyStore::open(&config.policy_file)?),
             signer: assertion::Signer::new(identity.key_pkcs8()),
-            replay: ReplayCache::open(&db).map_err(|source| NodeError::Store {
-                path: store.display().to_string(),
-                source,
-            })?,
+            replay: ReplayCache::new(),
             pseudonyms,
             rate: RateLimiter::new(config.limits.caller_rate_per_s, config.limits.caller_burst),
             own_key: Arc::new(crate::trust::public_key_of(&identity.chain[0])?),
@@ -720,15 +717,14 @@ async fn record_key_rotations(
     }
 }
 
-/// Forgets expired caller-assertion ids.
+/// Forgets expired caller-assertion ids (often: the cache is in memory).
 async fn purge_replays(replay: ReplayCache, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(30)) => {},
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {},
             _ = shutdown.changed() => return,
         }
-        let r = replay.clone();
-        let _ = tokio::task::spawn_blocking(move || r.purge()).await;
+        replay.purge();
     }
 }
 

@@ -245,9 +245,14 @@ impl Connection {
             .peer_certificates()
             .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
             .unwrap_or_default();
+        let binding = crate::assertion::ChannelBinding::of(stream.get_ref().1);
         let identity = bundle.identify_peer(&chain).and_then(|city| {
             let public_key = Arc::new(crate::trust::public_key_of(&chain[0])?);
-            Ok(PeerIdentity { city, public_key })
+            Ok(PeerIdentity {
+                city,
+                public_key,
+                binding,
+            })
         });
         match identity {
             Ok(peer) => {

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _};
+use base64::Engine as _;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use rustls::client::danger::ServerCertVerifier;
 use rustls::client::WebPkiServerVerifier;
@@ -19,6 +20,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 
 use crate::config::validate_city_id;
 
@@ -731,6 +733,40 @@ pub struct PeerIdentity {
     pub city: String,
     /// Raw public key of the peer's node certificate: verifies its caller assertions.
     pub public_key: Arc<Vec<u8>>,
+    /// The connection's channel binding: the peer's caller assertions must name it.
+    pub binding: Option<ChannelBinding>,
+}
+
+/// The exporter label (RFC 8446 §7.5) of the channel binding.
+pub const BINDING_LABEL: &[u8] = b"EXPORTER-tongban-caller-assertion";
+
+/// What binds an assertion to one TLS connection: base64url (no padding) of the SHA-256 of
+/// 32 bytes exported from the connection with [`BINDING_LABEL`] and no context. Both ends of
+/// the connection compute the same value; no other connection has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelBinding(String);
+
+impl ChannelBinding {
+    /// The binding of a rustls connection (client or server side); `None` before the
+    /// handshake completed.
+    pub fn of<D>(conn: &rustls::ConnectionCommon<D>) -> Option<ChannelBinding> {
+        let exported = conn
+            .export_keying_material([0u8; 32], BINDING_LABEL, None)
+            .ok()?;
+        Some(ChannelBinding(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(exported)),
+        ))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A made-up binding, for tests of the checks.
+    #[cfg(test)]
+    pub(crate) fn for_tests(s: &str) -> ChannelBinding {
+        ChannelBinding(s.to_string())
+    }
 }
 
 /// A fresh Ed25519 node key for unit tests: its signer, its raw public key, its PKCS#8.

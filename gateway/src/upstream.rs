@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::assertion::ChannelBinding;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::Uri;
 use hyper::body::Incoming;
@@ -41,6 +42,15 @@ pub enum SendError {
     Connect(#[from] UpstreamError),
     #[error(transparent)]
     Http(hyper::Error),
+    #[error("{0}")]
+    Prepare(String),
+}
+
+/// A live HTTP/2 connection to an endpoint: its sender, and (over TLS) its channel binding.
+#[derive(Clone)]
+pub struct Conn {
+    pub sender: SendRequest<Body>,
+    pub binding: Option<ChannelBinding>,
 }
 
 /// How many times a request handed back unsent goes again on a new connection.
@@ -92,7 +102,7 @@ pub struct Endpoint {
     authority: Authority,
     security: Security,
     keepalive: Keepalive,
-    sender: Mutex<Option<SendRequest<Body>>>,
+    sender: Mutex<Option<Conn>>,
     connecting: tokio::sync::Mutex<()>,
     down_until: Mutex<Option<Instant>>,
     /// Set when a connection attempt failed or the connection died of an error (a keepalive
@@ -211,23 +221,26 @@ impl Endpoint {
             .unwrap_or_default()
     }
 
-    /// Sends `req` on `sender`'s connection. A request the connection hands back unsent (it
-    /// closed, as after a GOAWAY of a draining upstream, before the request left) goes again
-    /// on a fresh connection: gRPC's transparent retry, safe because the upstream never saw
-    /// it. Any other failure is the caller's to report.
+    /// Sends `req` on `conn`, after `prepare` has bound it to the connection (a caller
+    /// assertion names the connection's channel binding). A request the connection hands
+    /// back unsent (it closed, as after a GOAWAY of a draining upstream, before the request
+    /// left) is prepared again and goes on a fresh connection: gRPC's transparent retry,
+    /// safe because the upstream never saw it. Any other failure is the caller's to report.
     pub async fn send(
         &self,
-        mut sender: SendRequest<Body>,
+        mut conn: Conn,
         mut req: http::Request<Body>,
         connect_timeout: Duration,
+        mut prepare: impl FnMut(&mut http::Request<Body>, &Conn) -> Result<(), String>,
     ) -> Result<http::Response<Incoming>, SendError> {
         for attempt in 0..=UNSENT_RETRIES {
             let last = attempt == UNSENT_RETRIES;
-            match sender.ready().await {
+            prepare(&mut req, &conn).map_err(SendError::Prepare)?;
+            match conn.sender.ready().await {
                 // Not sent: the request is still here.
                 Err(e) if last => return Err(SendError::Http(e)),
                 Err(_) => {}
-                Ok(()) => match sender.try_send_request(req).await {
+                Ok(()) => match conn.sender.try_send_request(req).await {
                     Ok(response) => return Ok(response),
                     Err(mut e) => match e.take_message() {
                         Some(back) if !last => req = back,
@@ -237,14 +250,14 @@ impl Endpoint {
             }
             tracing::debug!(endpoint = %self.label, attempt, "request handed back unsent, sending on a new connection");
             // A closed connection is no longer cached: this one is new.
-            sender = self.ready_sender(connect_timeout).await?;
+            conn = self.ready_conn(connect_timeout).await?;
         }
         unreachable!("the last attempt returns")
     }
 
-    fn cached(&self) -> Option<SendRequest<Body>> {
+    fn cached(&self) -> Option<Conn> {
         let guard = self.sender.lock().ok()?;
-        guard.as_ref().filter(|s| !s.is_closed()).cloned()
+        guard.as_ref().filter(|c| !c.sender.is_closed()).cloned()
     }
 
     /// Whether this endpoint refused a connection recently.
@@ -281,12 +294,17 @@ impl Endpoint {
         &self,
         connect_timeout: Duration,
     ) -> Result<SendRequest<Body>, UpstreamError> {
-        if let Some(s) = self.cached() {
-            return Ok(s);
+        self.ready_conn(connect_timeout).await.map(|c| c.sender)
+    }
+
+    /// A live connection (its sender and channel binding), connecting first if needed.
+    pub async fn ready_conn(&self, connect_timeout: Duration) -> Result<Conn, UpstreamError> {
+        if let Some(c) = self.cached() {
+            return Ok(c);
         }
         let _one_connect_at_a_time = self.connecting.lock().await;
-        if let Some(s) = self.cached() {
-            return Ok(s);
+        if let Some(c) = self.cached() {
+            return Ok(c);
         }
         // Each address in turn, from the one that last worked (after the next one when that
         // connection died of an error: its replica is likely gone).
@@ -305,16 +323,16 @@ impl Endpoint {
             let result =
                 tokio::time::timeout(connect_timeout, Box::pin(self.connect(&self.addrs[i]))).await;
             match result {
-                Ok(Ok(sender)) => {
+                Ok(Ok(conn)) => {
                     if i != preferred {
                         tracing::info!(endpoint = %self.label, addr = %self.addrs[i], "connected to another address of the endpoint");
                     }
                     self.preferred.store(i, Ordering::Relaxed);
                     self.set_down(false);
                     if let Ok(mut g) = self.sender.lock() {
-                        *g = Some(sender.clone());
+                        *g = Some(conn.clone());
                     }
-                    return Ok(sender);
+                    return Ok(conn);
                 }
                 Ok(Err(e)) => last = Some(e),
                 Err(_) => {
@@ -330,7 +348,7 @@ impl Endpoint {
         }))
     }
 
-    async fn connect(&self, addr: &str) -> Result<SendRequest<Body>, UpstreamError> {
+    async fn connect(&self, addr: &str) -> Result<Conn, UpstreamError> {
         let fail = |reason: String| UpstreamError::Connect {
             endpoint: self.label.clone(),
             reason,
@@ -342,14 +360,20 @@ impl Endpoint {
         match &self.security {
             Security::Plain => handshake(tcp, self.keepalive, &self.label, self.failed.clone())
                 .await
+                .map(|sender| Conn {
+                    sender,
+                    binding: None,
+                })
                 .map_err(fail),
             Security::Tls { config, name } => {
                 let tls = tokio_rustls::TlsConnector::from(config.clone())
                     .connect(name.clone(), tcp)
                     .await
                     .map_err(|e| fail(format!("tls: {e}")))?;
+                let binding = ChannelBinding::of(tls.get_ref().1);
                 handshake(tls, self.keepalive, &self.label, self.failed.clone())
                     .await
+                    .map(|sender| Conn { sender, binding })
                     .map_err(fail)
             }
         }
@@ -413,7 +437,7 @@ impl EndpointSet {
     pub async fn pick(
         &self,
         connect_timeout: Duration,
-    ) -> Result<(Arc<Endpoint>, SendRequest<Body>), UpstreamError> {
+    ) -> Result<(Arc<Endpoint>, Conn), UpstreamError> {
         let n = self.endpoints.len();
         if n == 0 {
             return Err(UpstreamError::BadEndpoint("service has no endpoint".into()));
@@ -425,7 +449,7 @@ impl EndpointSet {
         order.sort_by_key(|e| e.is_down());
         let mut last = None;
         for ep in order {
-            match ep.ready_sender(connect_timeout).await {
+            match ep.ready_conn(connect_timeout).await {
                 Ok(s) => return Ok((ep.clone(), s)),
                 Err(e) => {
                     tracing::warn!(endpoint = %ep.label(), error = %e, "endpoint unreachable, trying the next");
@@ -474,14 +498,16 @@ impl tower::Service<http::Request<Body>> for EndpointChannel {
         let endpoint = self.endpoint.clone();
         let connect_timeout = self.connect_timeout;
         Box::pin(async move {
-            let sender = endpoint.ready_sender(connect_timeout).await?;
+            let conn = endpoint.ready_conn(connect_timeout).await?;
             let path = req
                 .uri()
                 .path_and_query()
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/"));
             *req.uri_mut() = endpoint.uri_for(&path);
-            Ok(endpoint.send(sender, req, connect_timeout).await?)
+            Ok(endpoint
+                .send(conn, req, connect_timeout, |_, _| Ok(()))
+                .await?)
         })
     }
 }

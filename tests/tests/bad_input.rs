@@ -486,8 +486,19 @@ async fn caller_assertion_refusals() {
         bundle.node_name_of("qingdao").unwrap(),
     )
     .unwrap();
+    let ep = Arc::new(ep);
+    // The connection the calls go on (the channel uses the endpoint's one connection), whose
+    // channel binding the assertions name.
+    let binding = ep
+        .ready_conn(Duration::from_secs(2))
+        .await
+        .unwrap()
+        .binding
+        .unwrap()
+        .as_str()
+        .to_string();
     let mut client =
-        CrossCityServiceClient::new(EndpointChannel::new(Arc::new(ep), Duration::from_secs(2)));
+        CrossCityServiceClient::new(EndpointChannel::new(ep.clone(), Duration::from_secs(2)));
     let signer = Signer::new(jinan_id.key_pkcs8());
     // Qingdao's node key is not Jinan's: a forgery.
     let qfiles = f.fed.certs.city("qingdao").unwrap();
@@ -498,21 +509,17 @@ async fn caller_assertion_refusals() {
     );
 
     let claims = |rid: &str| AssertionClaims {
-        iss: "jinan".into(),
-        aud: "qingdao".into(),
-        sub: "hrss".into(),
-        roles: vec![],
-        purpose: "case-handling".into(),
-        subj: None,
-        own: false,
-        knd: "official".into(),
-        prs: "zhang.wei".into(),
-        rid: rid.into(),
-        svc: "tongban.crosscity.v1.CrossCityService".into(),
-        mth: "Submit".into(),
-        iat: now(),
-        exp: now() + 30,
         jti: format!("jti-{rid}"),
+        chb: binding.clone(),
+        ..AssertionClaims::official(
+            "jinan",
+            "qingdao",
+            "hrss",
+            "zhang.wei",
+            rid,
+            "tongban.crosscity.v1.CrossCityService",
+            "Submit",
+        )
     };
     let send = |assertion: Option<String>, rid: &str| {
         let mut req = Request::new(submit());
@@ -552,7 +559,25 @@ async fn caller_assertion_refusals() {
         aud: "jinan".into(),
         ..claims("r-aud")
     };
+    let unbound = AssertionClaims {
+        chb: String::new(),
+        ..claims("r-unbound")
+    };
+    let other_connection = AssertionClaims {
+        chb: "bm90LXRoaXMtY29ubmVjdGlvbg".into(),
+        ..claims("r-conn")
+    };
     let cases: Vec<(&str, Option<String>, &str)> = vec![
+        (
+            "assertion bound to no connection",
+            Some(signer.sign(&unbound).unwrap()),
+            "r-unbound",
+        ),
+        (
+            "assertion for another connection",
+            Some(signer.sign(&other_connection).unwrap()),
+            "r-conn",
+        ),
         ("missing assertion", None, "r-missing"),
         ("garbage assertion", Some("x.y.z".into()), "r-garbage"),
         (

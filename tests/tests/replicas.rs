@@ -562,3 +562,113 @@ async fn a_rolling_restart_of_both_replicas_fails_no_call() {
     b.shutdown().await;
     f.fed.shutdown().await;
 }
+
+/// A caller assertion that replica A accepted, sent again: to replica B, to A on a new
+/// connection (as after a restart), and to A on the same connection. Each is refused: the
+/// assertion names the TLS connection it was made for (a digest of its exporter), and a
+/// connection's own replays are in the replica's replay cache. The test acts as Qingdao's
+/// node, with its certificate and key: the only one who can present its assertions at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assertion_accepted_by_one_replica_is_refused_by_the_other() {
+    use http_body_util::BodyExt as _;
+    use tongban_gateway::assertion::{AssertionClaims, Signer, HEADER};
+    use tongban_gateway::trust::{NodeIdentity, TrustBundle};
+    use tongban_gateway::upstream::{Conn, Endpoint};
+
+    let r = Box::pin(start()).await;
+    let q = r.f.fed.city("qingdao").unwrap().config.clone();
+    let a_peer = r.f.fed.city("jinan").unwrap().config.peer_addr.to_string();
+    let b_peer = r.b_config.peer_addr.to_string();
+    let bundle = TrustBundle::load(&q.trust_bundle_path).unwrap();
+    let qingdao = NodeIdentity::load("qingdao", &q.cert_path, &q.key_path, &bundle).unwrap();
+    let signer = Signer::new(qingdao.key_pkcs8());
+    let connect = |addr: String| {
+        let tls = qingdao.peer_client_config(&bundle, "jinan").unwrap();
+        let name = bundle.node_name_of("jinan").unwrap();
+        async move {
+            // An endpoint of its own: a connection of its own.
+            let ep = Endpoint::peer("jinan", &[addr], tls, name).unwrap();
+            ep.ready_conn(Duration::from_secs(5)).await.unwrap()
+        }
+    };
+    let authority = bundle.node_name_of("jinan").unwrap().to_str().to_string();
+    let rid = tongban_telemetry::trace::unique_id();
+    let conn_a = connect(a_peer.clone()).await;
+    let claims = AssertionClaims {
+        chb: conn_a
+            .binding
+            .as_ref()
+            .expect("a tls connection has a binding")
+            .as_str()
+            .to_string(),
+        ..AssertionClaims::official(
+            "qingdao",
+            "jinan",
+            "hrss",
+            "li.na",
+            &rid,
+            "tongban.crosscity.v1.CrossCityService",
+            "Submit",
+        )
+    };
+    let token = signer.sign(&claims).unwrap();
+    // One Submit of JQ-07 as Qingdao's node sends it: its status.
+    let submit = |conn: Conn| {
+        let (token, rid, addr) = (token.clone(), rid.clone(), authority.clone());
+        async move {
+            let msg = prost::Message::encode_to_vec(&SubmitRequest {
+                catalog_code: "JQ-07".into(),
+                ..Default::default()
+            });
+            let mut frame = vec![0u8];
+            frame.extend_from_slice(&u32::try_from(msg.len()).unwrap().to_be_bytes());
+            frame.extend_from_slice(&msg);
+            let req = http::Request::builder()
+                .method("POST")
+                .uri(format!(
+                    "https://{addr}/tongban.crosscity.v1.CrossCityService/Submit"
+                ))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .header("grpc-timeout", "5S")
+                .header("x-tongban-request-id", rid)
+                .header("x-tongban-purpose", "case-handling")
+                .header("x-tongban-target-city", "jinan")
+                .header("x-tongban-target-org", "hrss")
+                .header(HEADER, token)
+                .body(tonic::body::Body::new(http_body_util::Full::new(
+                    bytes::Bytes::from(frame),
+                )))
+                .unwrap();
+            let mut sender = conn.sender;
+            let resp = sender.send_request(req).await.unwrap();
+            let (parts, body) = resp.into_parts();
+            let collected = body.collect().await.unwrap();
+            let trailers = collected.trailers().cloned().unwrap_or(parts.headers);
+            match tonic::Status::from_header_map(&trailers) {
+                Some(s) => (s.code(), s.message().to_string()),
+                None => (tonic::Code::Ok, String::new()),
+            }
+        }
+    };
+    let (status, message) = submit(conn_a.clone()).await;
+    assert_eq!(
+        status,
+        tonic::Code::Ok,
+        "replica A accepts the assertion: {message}"
+    );
+    // To replica B: another connection, another binding.
+    let (status, message) = submit(connect(b_peer).await).await;
+    assert_eq!(status, tonic::Code::Unauthenticated, "{message}");
+    assert!(message.contains("another tls connection"), "{message}");
+    // To replica A on a new connection.
+    let (status, message) = submit(connect(a_peer).await).await;
+    assert_eq!(status, tonic::Code::Unauthenticated, "{message}");
+    assert!(message.contains("another tls connection"), "{message}");
+    // To replica A on the connection it was made for: a replay.
+    let (status, message) = submit(conn_a).await;
+    assert_eq!(status, tonic::Code::Unauthenticated, "{message}");
+    assert!(message.contains("replay"), "{message}");
+    r.b.shutdown().await;
+    r.f.fed.shutdown().await;
+}

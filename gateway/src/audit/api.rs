@@ -193,6 +193,9 @@ impl AuditApi {
             iat: now,
             exp: now + crate::assertion::TTL.as_secs(),
             jti: tongban_telemetry::trace::unique_id(),
+            // A control-plane call (a generated client: the connection is chosen after the
+            // request is made), not bound to its connection.
+            chb: String::new(),
         };
         let token = self.signer.sign(&claims).map_err(|e| e.to_string())?;
         let mut req = Request::new(tongban_proto::federation::v1::SubjectAccessLogRequest {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use http::request::Parts;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::http2::SendRequest;
 use tokio::sync::OwnedSemaphorePermit;
 use tonic::body::Body;
 use tonic::Status;
@@ -16,11 +15,11 @@ use tracing::Instrument as _;
 use super::call::Call;
 use super::headers::set;
 use super::stage::Upstream;
-use super::{Proxy, ProxyError, Ready};
+use super::{home, Proxy, ProxyError, Ready};
 use crate::audit::exchange::{self, Exchange};
 use crate::audit::receipt;
 use crate::grpc::{self, format_timeout, OnEnd, RequestGuard, ResponseGuard, REQUEST_ID};
-use crate::upstream::{Endpoint, SendError};
+use crate::upstream::{Conn, Endpoint, SendError};
 
 /// A call whose upstream answered with headers.
 pub(super) struct Sent {
@@ -44,6 +43,7 @@ impl Proxy {
             mut parts,
             upstream,
             permit,
+            mut assertion,
         } = ready;
         // The hop upstream is a span of its own; the next hop continues the trace from it.
         let span = ex.step(|| match &upstream {
@@ -52,28 +52,39 @@ impl Proxy {
                 tracing::debug_span!("forward_to_peer", otel.kind = "client", tongban.peer = %p.city)
             }
         });
-        let hop = async {
-            let (endpoint, sender) = self.connect(&upstream, &call).await?;
-            let label = endpoint.label().to_string();
-            if call.remaining().is_zero() {
-                return Err(ProxyError::Deadline(format!(
-                    "deadline exceeded before reaching {label}"
-                )));
-            }
-            prepare(&mut parts, &call, endpoint.uri_for(&call.path));
-            tongban_telemetry::trace::inject(
-                &tracing::Span::current(),
-                ex.trace_id(),
-                &mut parts.headers,
-            );
-            let (guarded, violation) =
-                RequestGuard::new(body, self.limits.max_message_bytes, ex.request.clone());
-            let req = Request::from_parts(parts, grpc::boxed(guarded));
-            let send = endpoint.send(sender, req, self.limits.connect_timeout);
-            send_within(send, violation, call.deadline, &label)
-                .await
-                .map(|r| (r, label))
-        };
+        let hop =
+            async {
+                let (endpoint, conn) = self.connect(&upstream, &call).await?;
+                let label = endpoint.label().to_string();
+                if call.remaining().is_zero() {
+                    return Err(ProxyError::Deadline(format!(
+                        "deadline exceeded before reaching {label}"
+                    )));
+                }
+                prepare(&mut parts, &call, endpoint.uri_for(&call.path));
+                tongban_telemetry::trace::inject(
+                    &tracing::Span::current(),
+                    ex.trace_id(),
+                    &mut parts.headers,
+                );
+                let (guarded, violation) =
+                    RequestGuard::new(body, self.limits.max_message_bytes, ex.request.clone());
+                let req = Request::from_parts(parts, grpc::boxed(guarded));
+                // The peer's caller assertion names the connection it goes on (again on a new
+                // connection when the request comes back unsent).
+                let signer = &self.trust.signer;
+                let send = endpoint.send(conn, req, self.limits.connect_timeout, |req, conn| {
+                    match assertion.as_deref_mut() {
+                        Some(claims) => {
+                            home::seal(signer, claims, conn.binding.as_ref(), req.headers_mut())
+                        }
+                        None => Ok(()),
+                    }
+                });
+                send_within(send, violation, call.deadline, &label)
+                    .await
+                    .map(|r| (r, label))
+            };
         let (response, label) = hop.instrument(span).await?;
         if response.status() != http::StatusCode::OK {
             return Err(ProxyError::UpstreamHttp {
@@ -94,7 +105,7 @@ impl Proxy {
         &self,
         upstream: &Upstream,
         call: &Call,
-    ) -> Result<(Arc<Endpoint>, SendRequest<Body>), ProxyError> {
+    ) -> Result<(Arc<Endpoint>, Conn), ProxyError> {
         let budget = self.limits.connect_timeout.min(call.remaining());
         match upstream {
             Upstream::Provider(svc) => svc.endpoints.pick(budget).await.map_err(|e| {
@@ -105,9 +116,9 @@ impl Proxy {
             }),
             Upstream::Peer(peer) => peer
                 .endpoint
-                .ready_sender(budget)
+                .ready_conn(budget)
                 .await
-                .map(|s| (peer.endpoint.clone(), s))
+                .map(|c| (peer.endpoint.clone(), c))
                 .map_err(|e| {
                     ProxyError::Unavailable(format!(
                         "peer city `{}` is unreachable: {e}",

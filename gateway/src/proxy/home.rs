@@ -52,11 +52,7 @@ impl Proxy {
             .step(|| tracing::debug_span!("policy"))
             .in_scope(|| self.authorise(&snapshot, routed))?;
         ex.consent(authorised.consent.clone());
-        Vouch {
-            city: &self.city,
-            signer: &self.trust.signer,
-        }
-        .run(authorised)
+        Vouch { city: &self.city }.run(authorised)
     }
 }
 
@@ -99,11 +95,26 @@ impl Throttle<'_> {
 
 /// The hand-over stage: `Authorised → Ready`. Caller credentials and node-only metadata
 /// go; for a local provider, the authorised metadata and the principal; for the peer, the
-/// authorised metadata and a caller assertion signed by this node, bound to this request.
+/// authorised metadata and the claims of a caller assertion bound to this request (signed
+/// by [`seal`] once the connection it goes on is known).
 pub(super) struct Vouch<'a> {
     /// This node's city.
     pub city: &'a str,
-    pub signer: &'a assertion::Signer,
+}
+
+/// Signs `claims` for the connection with channel binding `binding` into the caller
+/// assertion header.
+pub(super) fn seal(
+    signer: &assertion::Signer,
+    claims: &mut AssertionClaims,
+    binding: Option<&assertion::ChannelBinding>,
+    h: &mut http::HeaderMap,
+) -> Result<(), String> {
+    let binding = binding.ok_or("the connection to the peer has no tls channel binding")?;
+    claims.chb = binding.as_str().to_string();
+    let token = signer.sign(claims).map_err(|e| e.to_string())?;
+    headers::set(h, assertion::HEADER, &token);
+    Ok(())
 }
 
 impl Vouch<'_> {
@@ -118,10 +129,11 @@ impl Vouch<'_> {
         } = a;
         let h = &mut parts.headers;
         headers::strip_from_caller(h);
-        match &upstream {
+        let assertion = match &upstream {
             Upstream::Provider(svc) => {
                 let org = &svc.record.organisation;
                 headers::to_provider(h, &intent, self.city, org, &who.principal);
+                None
             }
             Upstream::Peer(peer) => {
                 headers::pin_authorised(h, &intent, &peer.city, call.target_org.as_deref());
@@ -142,19 +154,17 @@ impl Vouch<'_> {
                     iat: now,
                     exp: now + assertion::TTL.as_secs(),
                     jti: tongban_telemetry::trace::unique_id(),
+                    chb: String::new(),
                 };
-                let token = self
-                    .signer
-                    .sign(&claims)
-                    .map_err(|e| ProxyError::Internal(e.to_string()))?;
-                headers::set(h, assertion::HEADER, &token);
+                Some(Box::new(claims))
             }
-        }
+        };
         Ok(Ready {
             call,
             parts,
             upstream,
             permit: None,
+            assertion,
         })
     }
 }
@@ -231,9 +241,6 @@ mod tests {
 
     #[test]
     fn vouch_hands_a_local_provider_the_principal_and_drops_credentials() {
-        let (signer, _, der) = crate::trust::test_node_key();
-        drop(signer);
-        let signer = assertion::Signer::new(&der);
         let a = accepted(&[
             ("authorization", "Bearer secret"),
             ("cookie", "c=1"),
@@ -256,12 +263,7 @@ mod tests {
             upstream: Upstream::Provider(provider("hrss", &["JQ-03"], true)),
             consent: String::new(),
         };
-        let ready = Vouch {
-            city: "jinan",
-            signer: &signer,
-        }
-        .run(authorised)
-        .unwrap();
+        let ready = Vouch { city: "jinan" }.run(authorised).unwrap();
         let h = &ready.parts.headers;
         assert!(h.get("authorization").is_none());
         assert!(h.get("cookie").is_none());

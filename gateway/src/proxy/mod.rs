@@ -110,6 +110,9 @@ struct Ready {
     upstream: Upstream,
     /// The peer's concurrency slot, held until the response ends.
     permit: Option<OwnedSemaphorePermit>,
+    /// For the peer: the caller assertion, signed once the connection (whose channel
+    /// binding it names) is known.
+    assertion: Option<Box<assertion::AssertionClaims>>,
 }
 
 impl Proxy {

@@ -94,6 +94,7 @@ impl VerifyAssertion<'_> {
             method: &a.call.method,
         };
         let claims = assertion::verify(token, &self.peer.public_key, &expected)
+            .and_then(|c| assertion::check_binding(&c, self.peer.binding.as_ref()).map(|()| c))
             .map_err(|e| ProxyError::Unauthenticated(e.to_string()))?;
         self.replay
             .check_and_remember(&claims.jti, claims.exp)
@@ -168,6 +169,7 @@ impl Admit<'_> {
             parts,
             upstream,
             permit,
+            assertion: None,
         })
     }
 
@@ -193,7 +195,7 @@ mod tests {
     use super::*;
     use crate::federation::Peer;
     use crate::proxy::call::Intent;
-    use crate::proxy::home::Vouch;
+    use crate::proxy::home::{seal, Vouch};
     use crate::proxy::stage::testing::{accepted, provider, who};
     use crate::proxy::stage::Upstream;
     use crate::upstream::Endpoint;
@@ -210,22 +212,43 @@ mod tests {
     /// What Jinan's `Vouch` stage sends Qingdao for `who`: the call's metadata, assertion
     /// included.
     fn vouched_by_jinan(der: &[u8], who: Who, own: bool) -> http::HeaderMap {
+        vouched_on(
+            der,
+            who,
+            own,
+            &assertion::ChannelBinding::for_tests("connection-1"),
+        )
+    }
+
+    /// The same, for the connection whose channel binding is `binding`.
+    fn vouched_on(
+        der: &[u8],
+        who: Who,
+        own: bool,
+        binding: &assertion::ChannelBinding,
+    ) -> http::HeaderMap {
         let signer = assertion::Signer::new(der);
         let ep = Arc::new(Endpoint::provider("http://127.0.0.1:9").unwrap());
         let peer = Arc::new(Peer::new("qingdao".into(), ep.clone(), ep));
         let a = accepted(&[("x-tongban-purpose", "case-handling")]);
-        let ready = Vouch {
-            city: "jinan",
-            signer: &signer,
-        }
-        .run(Authorised {
-            call: a.call,
-            parts: a.parts,
-            who,
-            intent: intent(own),
-            upstream: Upstream::Peer(peer),
-            consent: String::new(),
-        })
+        let mut ready = Vouch { city: "jinan" }
+            .run(Authorised {
+                call: a.call,
+                parts: a.parts,
+                who,
+                intent: intent(own),
+                upstream: Upstream::Peer(peer),
+                consent: String::new(),
+            })
+            .unwrap();
+        assert!(ready.parts.headers.get(assertion::HEADER).is_none());
+        let mut claims = ready.assertion.take().unwrap();
+        seal(
+            &signer,
+            &mut claims,
+            Some(binding),
+            &mut ready.parts.headers,
+        )
         .unwrap();
         ready.parts.headers
     }
@@ -246,11 +269,12 @@ mod tests {
     fn the_assertion_vouch_signs_carries_the_person_once_to_the_providing_node() {
         let (_, public, der) = crate::trust::test_node_key();
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::sled::SledStore::open_now(dir.path()).unwrap();
-        let replay = ReplayCache::open(&store).unwrap();
+        drop(dir);
+        let replay = ReplayCache::new();
         let jinan = PeerIdentity {
             city: "jinan".into(),
             public_key: public,
+            binding: Some(assertion::ChannelBinding::for_tests("connection-1")),
         };
         let verify = VerifyAssertion {
             city: "qingdao",
@@ -269,6 +293,29 @@ mod tests {
         // The same assertion again: a replay.
         let e = verify.run(at_qingdao(&h)).unwrap_err();
         assert!(e.to_string().contains("replay"), "{e}");
+        // An assertion made for another connection (one to another replica of the city, or
+        // before a restart): refused, whatever the replay cache holds.
+        let elsewhere = vouched_on(
+            &der,
+            official.clone(),
+            false,
+            &assertion::ChannelBinding::for_tests("connection-2"),
+        );
+        let e = verify.run(at_qingdao(&elsewhere)).unwrap_err();
+        assert!(e.to_string().contains("another tls connection"), "{e}");
+        // The same claims, on a connection without a binding (not TLS): refused.
+        let unbound = PeerIdentity {
+            binding: None,
+            ..jinan.clone()
+        };
+        let e = VerifyAssertion {
+            city: "qingdao",
+            peer: &unbound,
+            replay: &ReplayCache::new(),
+        }
+        .run(at_qingdao(&vouched_by_jinan(&der, official.clone(), false)))
+        .unwrap_err();
+        assert!(e.to_string().contains("another tls connection"), "{e}");
         // Signed by another key than the certificate's: refused.
         let (_, _, other) = crate::trust::test_node_key();
         let forged = vouched_by_jinan(&other, official, false);
@@ -290,21 +337,10 @@ mod tests {
         let (_, _, der) = crate::trust::test_node_key();
         drop(der);
         let mut claims = AssertionClaims {
-            iss: "jinan".into(),
-            aud: "qingdao".into(),
-            sub: "portal".into(),
             roles: vec!["citizen".into()],
-            purpose: "case-handling".into(),
-            subj: None,
             own: true,
             knd: String::new(),
-            prs: "p".into(),
-            rid: "r".into(),
-            svc: "s.S".into(),
-            mth: "M".into(),
-            iat: 0,
-            exp: 0,
-            jti: "j".into(),
+            ..AssertionClaims::official("jinan", "qingdao", "portal", "p", "r", "s.S", "M")
         };
         assert_eq!(
             vouched_principal("jinan", &claims).kind,

@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, Mutex, Notify};
+use tokio::sync::{broadcast, Mutex, Notify, OwnedMutexGuard};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tongban_catalog::bundle::Bundle;
@@ -69,7 +69,7 @@ pub struct Engine {
     retry: Retry,
     changes: broadcast::Sender<Arc<Record>>,
     /// Serialises read-modify-write of records.
-    lock: Mutex<()>,
+    lock: Arc<Mutex<()>>,
     /// Wakes a bundle's driver when something changed for it.
     wakers: StdMutex<HashMap<String, Arc<Notify>>>,
     stopped: tokio::sync::watch::Sender<bool>,
@@ -90,7 +90,7 @@ impl Engine {
             trust,
             retry,
             changes: broadcast::channel(1024).0,
-            lock: Mutex::new(()),
+            lock: Arc::new(Mutex::new(())),
             wakers: StdMutex::new(HashMap::new()),
             stopped: tokio::sync::watch::channel(false).0,
         })
@@ -127,11 +127,8 @@ impl Engine {
 
     /// Stores a new bundle and starts driving it.
     pub async fn start(self: &Arc<Self>, r: Record) -> Result<Record, BundleError> {
-        {
-            let _g = self.lock.lock().await;
-            self.store.put(&r).await?;
-        }
-        let _ = self.changes.send(Arc::new(r.clone()));
+        let guard = self.lock.clone().lock_owned().await;
+        self.commit(guard, r.clone()).await?;
         self.drive(r.id.clone());
         Ok(r)
     }
@@ -143,7 +140,7 @@ impl Engine {
         id: &str,
         f: impl FnOnce(&mut Record) -> bool,
     ) -> Result<Option<Record>, BundleError> {
-        let _g = self.lock.lock().await;
+        let guard = self.lock.clone().lock_owned().await;
         let Some(mut r) = self.store.get(id)? else {
             return Ok(None);
         };
@@ -166,9 +163,23 @@ impl Engine {
             r.state = state as i32;
             tracing::info!(bundle = %r.id, code = %r.code, state = ?state, "bundle ended");
         }
-        self.store.put(&r).await?;
-        let _ = self.changes.send(Arc::new(r.clone()));
+        self.commit(guard, r.clone()).await?;
         Ok(Some(r))
+    }
+
+    /// Writes `r` and announces it, to the end even when the caller is dropped meanwhile (a
+    /// follower aborted as its bundle ends, a client that hangs up): a change on disk that
+    /// no watcher heard of leaves them waiting for it. `guard` is held until then.
+    async fn commit(&self, guard: OwnedMutexGuard<()>, r: Record) -> Result<(), BundleError> {
+        let (store, changes) = (self.store.clone(), self.changes.clone());
+        tokio::spawn(async move {
+            let _serialised = guard;
+            store.put(&r).await?;
+            let _ = changes.send(Arc::new(r));
+            Ok(())
+        })
+        .await
+        .map_err(|e| BundleError::Store(format!("the bundle's write did not finish: {e}")))?
     }
 
     /// Records what the department says of item `code`'s application.
@@ -635,7 +646,7 @@ impl Engine {
     ) -> Result<Record, BundleError> {
         let mut changes = self.subscribe();
         {
-            let _g = self.lock.lock().await;
+            let guard = self.lock.clone().lock_owned().await;
             let mut r = self
                 .store
                 .get(id)?
@@ -653,8 +664,7 @@ impl Engine {
                 r.withdraw_requested = true;
                 r.withdraw_reason = reason.trim().chars().take(200).collect();
                 r.updated_at_ms = now_ms();
-                self.store.put(&r).await?;
-                let _ = self.changes.send(Arc::new(r));
+                self.commit(guard, r).await?;
             }
         }
         self.wake(id);

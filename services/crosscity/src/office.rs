@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use time::OffsetDateTime;
-use tokio::sync::{broadcast, Mutex};
+use tokio::sync::{broadcast, Mutex, OwnedMutexGuard};
 use tongban_catalog::Catalog;
 use tongban_gateway::trust::NodeIdentity;
 use tongban_proto::crosscity::v2::State;
@@ -29,7 +29,7 @@ pub struct Office {
     pub store: Store,
     changes: broadcast::Sender<Arc<Stored>>,
     /// Serialises read-modify-write of applications (transitions and withdrawals).
-    lock: Mutex<()>,
+    lock: Arc<Mutex<()>>,
     /// Set when the provider stops: the handling tasks end (and let go of the store).
     stopped: tokio::sync::watch::Sender<bool>,
 }
@@ -49,7 +49,7 @@ impl Office {
             step: config.step,
             store,
             changes: broadcast::channel(1024).0,
-            lock: Mutex::new(()),
+            lock: Arc::new(Mutex::new(())),
             stopped: tokio::sync::watch::channel(false).0,
         })
     }
@@ -85,15 +85,18 @@ impl Office {
     /// Takes in a new application (persisted before this returns) and starts its handling.
     /// Holds every read-modify-write of applications off while the guard lives (a keyed
     /// submission claims its key and stores its application under it).
-    pub async fn exclusive(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.lock.lock().await
+    pub async fn exclusive(&self) -> OwnedMutexGuard<()> {
+        self.lock.clone().lock_owned().await
     }
 
-    pub async fn receive(self: &Arc<Self>, s: Stored) -> Result<Stored, CrossCityError> {
-        self.store.put(&s).await?;
-        self.publish(&s);
-        self.handle(s.id.clone());
-        Ok(s)
+    /// Stores, announces and starts handling `s`. `exclusive` (a keyed submission's guard)
+    /// is held until it is stored.
+    pub async fn receive(
+        self: &Arc<Self>,
+        s: Stored,
+        exclusive: Option<OwnedMutexGuard<()>>,
+    ) -> Result<Stored, CrossCityError> {
+        self.commit(s, exclusive, true).await
     }
 
     /// Starts (or resumes) the handling of application `id` in the background.
@@ -203,12 +206,12 @@ impl Office {
 
     /// Withdraws application `id` if `allowed` says the caller may and it is not final.
     pub async fn withdraw(
-        &self,
+        self: &Arc<Self>,
         id: &str,
         reason: &str,
         allowed: impl FnOnce(&Stored) -> bool,
     ) -> Result<Stored, CrossCityError> {
-        let _g = self.lock.lock().await;
+        let guard = self.exclusive().await;
         let mut s = self
             .store
             .get(id)?
@@ -228,9 +231,33 @@ impl Office {
             format!("withdrawn: {}", reason.trim())
         };
         s.enter(State::Withdrawn, now_ms(), note);
-        self.store.put(&s).await?;
-        self.publish(&s);
-        Ok(s)
+        self.commit(s, Some(guard), false).await
+    }
+
+    /// Stores and announces `s` (under `guard`) and, when `start`, starts its handling: to
+    /// the end even when the caller hangs up meanwhile (tonic drops the handler), since an
+    /// application stored but never handled, or a change no watcher heard of, would wait
+    /// for a restart.
+    async fn commit(
+        self: &Arc<Self>,
+        s: Stored,
+        guard: Option<OwnedMutexGuard<()>>,
+        start: bool,
+    ) -> Result<Stored, CrossCityError> {
+        let office = Arc::clone(self);
+        tokio::spawn(async move {
+            let _serialised = guard;
+            office.store.put(&s).await?;
+            office.publish(&s);
+            if start {
+                office.handle(s.id.clone());
+            }
+            Ok(s)
+        })
+        .await
+        .map_err(|e| {
+            CrossCityError::Store(format!("the application's write did not finish: {e}"))
+        })?
     }
 }
 

@@ -112,7 +112,7 @@ impl CrossCityService for Department {
         let mut id = new_application_id(&o.city, &o.org);
         // A keyed submission: claimed and stored under the office's lock, so a retry (even
         // one racing the first) returns the first application and never makes a second.
-        let _exclusive = if key.is_empty() {
+        let exclusive = if key.is_empty() {
             None
         } else {
             let guard = o.exclusive().await;
@@ -177,7 +177,7 @@ impl CrossCityService for Department {
             received,
             format!("received from {}", v.caller),
         );
-        let s = o.receive(s).await?;
+        let s = o.receive(s, exclusive).await?;
         tracing::info!(application = %s.id, code = %s.code, caller = %s.caller, due = %s.due_date, "application received");
         Ok(Response::new(s.to_wire()))
     }
