@@ -179,6 +179,28 @@ impl Endpoint {
         Ok(e)
     }
 
+    /// One endpoint per address (the replicas of a peer city, each asked on its own), each
+    /// with its own connection; this one itself when it has one address.
+    pub fn each_address(self: &Arc<Self>) -> Vec<Arc<Endpoint>> {
+        if self.addrs.len() == 1 {
+            return vec![self.clone()];
+        }
+        self.addrs
+            .iter()
+            .map(|addr| {
+                let mut e = Endpoint::new(
+                    format!("{} at {addr}", self.label),
+                    addr.clone(),
+                    self.scheme.clone(),
+                    self.authority.clone(),
+                    self.security.clone(),
+                );
+                e.keepalive = self.keepalive;
+                Arc::new(e)
+            })
+            .collect()
+    }
+
     /// The same endpoint with another keepalive (limits.keepalive_*).
     pub fn with_keepalive(mut self, keepalive: Keepalive) -> Endpoint {
         self.keepalive = keepalive;

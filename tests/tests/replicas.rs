@@ -672,3 +672,183 @@ async fn an_assertion_accepted_by_one_replica_is_refused_by_the_other() {
     r.b.shutdown().await;
     r.f.fed.shutdown().await;
 }
+
+/// The Audit API of one replica answers for the city's replicas: `Query` pages through the
+/// records of both (oldest first, each record naming its replica), `Get` finds a request B
+/// served, `Verify` verifies B's chain too; and a citizen's access log asked in Qingdao has
+/// what replica B alone recorded (Qingdao asks Jinan at every address it lists).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_api_of_one_replica_answers_for_all_of_them() {
+    use tongban_proto::audit::v1::audit_client::AuditClient;
+    use tongban_proto::audit::v1::{AccessLogRequest, GetRequest, QueryRequest, VerifyRequest};
+    use tongban_proto::consent::v1::GrantRequest;
+
+    let r = Box::pin(start()).await;
+    let a_url = r.f.fed.city("jinan").unwrap().caller_url();
+    let since = tongban_gateway::assertion::now_s() as i64 * 1000 - 1000;
+    // Three calls through each replica.
+    let mut served = Vec::new();
+    for url in [&a_url, &r.b_url, &a_url, &r.b_url, &a_url, &r.b_url] {
+        let msg = SubmitRequest {
+            catalog_code: "JQ-03".into(),
+            ..Default::default()
+        };
+        let req =
+            r.f.req("jinan", msg, Some("qingdao"), Duration::from_secs(5));
+        let resp = CrossCityServiceClient::new(channel(url).await)
+            .submit(req)
+            .await
+            .unwrap();
+        served.push((url.clone(), tongban_tests::request_id_of(&resp)));
+    }
+    let op = tongban_devkit::local::dev_token_with_roles(
+        &r.f.fed.certs,
+        "jinan",
+        "ops",
+        &["audit-operator"],
+    )
+    .unwrap();
+    fn with<T>(token: &str, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        tongban_tests::authorize(&mut req, token);
+        req
+    }
+    let mut audit = AuditClient::new(channel(&a_url).await);
+
+    // Query, two records a page, through both replicas' records.
+    let mut token = String::new();
+    let mut seen: Vec<(String, i64, String)> = Vec::new();
+    for page in 0.. {
+        assert!(page < 100, "the pages never end");
+        let resp = audit
+            .query(with(
+                &op,
+                QueryRequest {
+                    from_ms: since,
+                    service: "tongban.crosscity.v1.CrossCityService".into(),
+                    page_token: token.clone(),
+                    limit: 2,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(resp.unreachable.is_empty(), "{:?}", resp.unreachable);
+        assert!(resp.records.len() <= 2);
+        seen.extend(
+            resp.records
+                .iter()
+                .map(|r| (r.request_id.clone(), r.started_at_ms, r.replica.clone())),
+        );
+        token = resp.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    for (url, rid) in &served {
+        let replica = if *url == a_url { "a" } else { "b" };
+        let found: Vec<_> = seen.iter().filter(|(id, _, _)| id == rid).collect();
+        assert_eq!(found.len(), 1, "{rid} once in the pages: {seen:?}");
+        assert_eq!(found[0].2, replica, "{rid} recorded by replica {replica}");
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0].1 <= w[1].1),
+        "oldest first across pages: {seen:?}"
+    );
+
+    // Get of a request B served, asked of A.
+    let (_, b_rid) = served.iter().find(|(u, _)| *u == r.b_url).unwrap();
+    let got = audit
+        .get(with(
+            &op,
+            GetRequest {
+                request_id: b_rid.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(got.unreachable.is_empty(), "{:?}", got.unreachable);
+    assert!(
+        got.local.iter().any(|x| x.replica == "b"),
+        "B's record of {b_rid}: {:?}",
+        got.local
+    );
+
+    // Verify: A's chain and B's.
+    let v = audit
+        .verify(with(&op, VerifyRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(v.ok, "{v:?}");
+    assert_eq!(v.replicas.len(), 1, "{v:?}");
+    assert_eq!(v.replicas[0].replica, "b");
+    assert!(v.replicas[0].ok && v.replicas[0].records >= 3, "{v:?}");
+
+    // A consent granted through B is recorded by B alone; its citizen, signed in at
+    // Qingdao, sees it in the access log Qingdao gathers.
+    let citizen = demo_subject("37020219900101003");
+    let portal = tongban_devkit::local::dev_token_with_roles(
+        &r.f.fed.certs,
+        "jinan",
+        "portal",
+        &["consent-portal"],
+    )
+    .unwrap();
+    let mut grant = tonic::Request::new(GrantRequest {
+        subject: citizen.clone(),
+        grantee: "jinan/hrss".into(),
+        target_city: "qingdao".into(),
+        service: "tongban.crosscity.v2.CrossCityService".into(),
+        purpose: "case-handling".into(),
+        expires_at_ms: since + 24 * 3600 * 1000,
+        items: vec!["JQ-03".into()],
+    });
+    grant.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(format!("Bearer {portal}")).unwrap(),
+    );
+    let granted = ConsentClient::new(channel(&r.b_url).await)
+        .grant(grant)
+        .await
+        .unwrap()
+        .into_inner();
+    let consent_id = granted.consent.unwrap().id;
+    let me =
+        r.f.fed
+            .idp("qingdao")
+            .unwrap()
+            .issue(
+                "portal",
+                &["citizen".into()],
+                Duration::from_secs(600),
+                &citizen,
+            )
+            .unwrap();
+    let mut ask = tonic::Request::new(AccessLogRequest {
+        subject: citizen.clone(),
+        limit: 100,
+        with_proofs: false,
+    });
+    ask.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(format!("Bearer {me}")).unwrap(),
+    );
+    let log = AuditClient::new(r.f.channel("qingdao").await)
+        .access_log(ask)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(log.unreachable.is_empty(), "{:?}", log.unreachable);
+    assert!(
+        log.accesses
+            .iter()
+            .any(|a| a.change == "consent_granted" && a.consent_id == consent_id),
+        "the grant B recorded: {:?}",
+        log.accesses
+    );
+    r.b.shutdown().await;
+    r.f.fed.shutdown().await;
+}

@@ -423,6 +423,9 @@ async fn run_online(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                 let r = r.into_inner();
                 r.records.iter().for_each(print_record);
                 print_coverage(r.coverage);
+                for why in &r.unreachable {
+                    println!("(missing: {why})");
+                }
                 if !r.next_page_token.is_empty() {
                     println!("(more: next page token {})", r.next_page_token);
                 }
@@ -435,6 +438,9 @@ async fn run_online(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                 println!("this node:");
                 r.local.iter().for_each(print_record);
                 print_coverage(r.coverage);
+                for why in &r.unreachable {
+                    println!("  (missing: {why})");
+                }
                 println!("peer:");
                 r.peer.iter().for_each(print_record);
                 if !r.peer_error.is_empty() {

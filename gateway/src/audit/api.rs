@@ -8,12 +8,14 @@ use std::sync::Arc;
 use prost::Message as _;
 use tongban_proto::audit::v1::audit_server::Audit;
 use tongban_proto::audit::v1::{
-    Access, AccessLogRequest, AccessLogResponse, CheckpointsRequest, CheckpointsResponse,
-    GetRequest, GetResponse, ProveRequest, ProveResponse, QueryRequest, QueryResponse,
-    VerifyRequest, VerifyResponse,
+    Access, AccessLogRequest, AccessLogResponse, AuditRecord, CheckpointsRequest,
+    CheckpointsResponse, GetRequest, GetResponse, ProveRequest, ProveResponse, QueryRequest,
+    QueryResponse, ReplicaVerification, VerifyRequest, VerifyResponse,
 };
 use tongban_proto::federation::v1::federation_client::FederationClient;
 use tongban_proto::federation::v1::GetAuditRecordsRequest;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::index::Filter;
@@ -23,6 +25,7 @@ use crate::auth::{require, Grant};
 use crate::error::{ApiError, BadField};
 use crate::subject::{validate_resident_id, Pseudonymizer};
 use crate::upstream::{Endpoint, EndpointChannel};
+use tongban_proto::audit::v1::audit_client::AuditClient;
 
 /// Role of the operators who read the audit.
 pub const OPERATOR_ROLE: &str = "audit-operator";
@@ -136,32 +139,56 @@ pub const SUBJECT_ACCESS_LOG: (&str, &str) =
     ("tongban.federation.v1.Federation", "SubjectAccessLog");
 
 impl AuditApi {
-    /// Another replica's records of accesses to `r.subject`, asked at its caller listener
-    /// with the caller's own credentials (it checks them as this replica did).
-    async fn replica_accesses(
+    /// Each other replica of the city asked `call`, with the caller's own credentials (it
+    /// checks them as this replica did) and marked as a fan-out (it answers for itself only):
+    /// its id and its answer, or why there is none. Asked all at once.
+    async fn fan_out<M, T, F, Fut>(
         &self,
-        url: &str,
-        authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
-        r: &AccessLogRequest,
-    ) -> Result<Vec<tongban_proto::audit::v1::Access>, String> {
-        let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-            .map_err(|e| e.to_string())?
-            .connect_timeout(self.connect_timeout)
-            .timeout(self.connect_timeout * 5)
-            .connect()
-            .await
-            .map_err(|e| format!("unreachable: {e}"))?;
-        let mut req = Request::new(r.clone());
-        if let Some(a) = authorization {
-            req.metadata_mut().insert("authorization", a);
-        }
-        req.metadata_mut()
-            .insert(FANOUT, tonic::metadata::MetadataValue::from_static("1"));
-        let resp = tongban_proto::audit::v1::audit_client::AuditClient::new(channel)
-            .access_log(req)
-            .await
-            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
-        Ok(resp.into_inner().accesses)
+        authorization: Option<&MetadataValue<Ascii>>,
+        msg: &M,
+        call: F,
+    ) -> Vec<(String, Result<T, String>)>
+    where
+        M: Clone,
+        F: Fn(&str, AuditClient<Channel>, Request<M>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
+        let asks = self.replicas.others().into_iter().map(|(id, url)| {
+            let mut req = Request::new(msg.clone());
+            if let Some(a) = authorization {
+                req.metadata_mut().insert("authorization", a.clone());
+            }
+            req.metadata_mut()
+                .insert(FANOUT, MetadataValue::from_static("1"));
+            let call = &call;
+            async move {
+                let answer = async {
+                    let channel = tonic::transport::Endpoint::from_shared(url)
+                        .map_err(|e| e.to_string())?
+                        .connect_timeout(self.connect_timeout)
+                        .timeout(self.connect_timeout * 5)
+                        .connect()
+                        .await
+                        .map_err(|e| format!("unreachable: {e}"))?;
+                    call(&id, AuditClient::new(channel), req)
+                        .await
+                        .map(Response::into_inner)
+                        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+                }
+                .await;
+                (id, answer)
+            }
+        });
+        futures_util::future::join_all(asks).await
+    }
+
+    /// Whether `req` is another replica's fan-out (answered for this replica only), and the
+    /// caller's credentials to fan out with.
+    fn fan_out_of<T>(req: &Request<T>) -> (bool, Option<MetadataValue<Ascii>>) {
+        (
+            req.metadata().contains_key(FANOUT),
+            req.metadata().get("authorization").cloned(),
+        )
     }
 
     /// `city`'s records of accesses to the citizen's data, asked with an assertion that
@@ -177,6 +204,15 @@ impl AuditApi {
     ) -> Result<(Vec<Access>, Option<tongban_proto::audit::v1::Coverage>), String> {
         let rid = tongban_telemetry::trace::unique_id();
         let now = crate::assertion::now_s();
+        // The connection the channel will use (the endpoint's one), whose binding the
+        // assertion names.
+        let chb = endpoint
+            .ready_conn(self.connect_timeout)
+            .await
+            .map_err(|e| e.to_string())?
+            .binding
+            .map(|b| b.as_str().to_string())
+            .unwrap_or_default();
         let claims = crate::assertion::AssertionClaims {
             iss: self.city.clone(),
             aud: city.to_string(),
@@ -193,9 +229,7 @@ impl AuditApi {
             iat: now,
             exp: now + crate::assertion::TTL.as_secs(),
             jti: tongban_telemetry::trace::unique_id(),
-            // A control-plane call (a generated client: the connection is chosen after the
-            // request is made), not bound to its connection.
-            chb: String::new(),
+            chb,
         };
         let token = self.signer.sign(&claims).map_err(|e| e.to_string())?;
         let mut req = Request::new(tongban_proto::federation::v1::SubjectAccessLogRequest {
@@ -217,12 +251,92 @@ impl AuditApi {
             .map_err(|s| s.message().to_string())
     }
 
+    /// This replica's page of `q` after `after`.
+    async fn query_own(
+        &self,
+        q: &QueryRequest,
+        after: Option<(i64, u64)>,
+        limit: usize,
+    ) -> (Vec<AuditRecord>, Option<(i64, u64)>, super::Coverage) {
+        let filter = Filter {
+            from_ms: q.from_ms,
+            to_ms: q.to_ms,
+            caller: Some(q.caller.clone()).filter(|c| !c.is_empty()),
+            service: Some(q.service.clone()).filter(|s| !s.is_empty()),
+            after,
+            limit,
+        };
+        let (mut records, next, coverage) = self.auditor.query_covered(&filter).await;
+        // The index used the most selective filter; apply the others.
+        if filter.caller.is_some() && !q.service.is_empty() {
+            records.retain(|r| r.service == q.service);
+        }
+        (records, next, coverage)
+    }
+
     /// An operator, named: the audit is about people, so whoever reads it is recorded.
     async fn operator<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
         let c = crate::auth::principal_of(req)?;
         c.require_person()?;
         require(&c, "read the audit", &[Grant::Role(OPERATOR_ROLE)])?;
         Ok(c)
+    }
+}
+
+/// Where each replica's part of a query across the replicas stopped: the page token of
+/// such a query, `<replica>~<ts hex>.<seq hex>` (or `<replica>~end`) for each replica that
+/// has been asked, joined by `,`.
+#[derive(Debug, Default)]
+struct ReplicaCursors(BTreeMap<String, Option<(i64, u64)>>);
+
+impl ReplicaCursors {
+    fn parse(token: &str) -> Result<ReplicaCursors, Status> {
+        let mut out = BTreeMap::new();
+        if token.is_empty() {
+            return Ok(ReplicaCursors(out));
+        }
+        let bad = || Status::from(BadField::new("page_token", "not one this node returned"));
+        for part in token.split(',') {
+            let (id, at) = part.split_once('~').ok_or_else(bad)?;
+            let cursor = match at {
+                "end" => None,
+                t => Some(parse_page_token(t)?.ok_or_else(bad)?),
+            };
+            out.insert(id.to_string(), cursor);
+        }
+        Ok(ReplicaCursors(out))
+    }
+
+    /// Where to start `replica`'s part: `None` when it has given everything.
+    fn start_of(&self, replica: &str) -> Option<Option<(i64, u64)>> {
+        match self.0.get(replica) {
+            None => Some(None),
+            Some(None) => None,
+            Some(Some(c)) => Some(Some(*c)),
+        }
+    }
+
+    fn set(&mut self, replica: &str, cursor: Option<(i64, u64)>) {
+        self.0.insert(replica.to_string(), cursor);
+    }
+
+    fn end(&mut self, replica: &str) {
+        self.0.insert(replica.to_string(), None);
+    }
+
+    /// The next page's token: empty when every replica has given everything.
+    fn token(&self) -> String {
+        if self.0.values().all(Option::is_none) {
+            return String::new();
+        }
+        self.0
+            .iter()
+            .map(|(id, c)| match c {
+                None => format!("{id}~end"),
+                Some(c) => format!("{id}~{}", page_token(Some(*c))),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -246,39 +360,132 @@ fn parse_page_token(t: &str) -> Result<Option<(i64, u64)>, Status> {
 impl Audit for AuditApi {
     async fn query(&self, req: Request<QueryRequest>) -> Result<Response<QueryResponse>, Status> {
         self.operator(&req).await?;
+        let (fanned_out, authorization) = Self::fan_out_of(&req);
         let q = req.into_inner();
         if q.to_ms != 0 && q.to_ms < q.from_ms {
             return Err(BadField::new("to_ms", "to_ms is before from_ms").into());
         }
-        let filter = Filter {
-            from_ms: q.from_ms,
-            to_ms: q.to_ms,
-            caller: Some(q.caller).filter(|c| !c.is_empty()),
-            service: Some(q.service.clone()).filter(|s| !s.is_empty()),
-            after: parse_page_token(&q.page_token)?,
-            limit: q.limit.clamp(1, MAX_PAGE) as usize,
-        };
-        let (mut records, next, coverage) = self.auditor.query_covered(&filter).await;
-        // The index used the most selective filter; apply the others.
-        if filter.caller.is_some() && !q.service.is_empty() {
-            records.retain(|r| r.service == q.service);
+        let limit = q.limit.clamp(1, MAX_PAGE) as usize;
+        if fanned_out || self.replicas.others().is_empty() {
+            let (records, next, coverage) = self
+                .query_own(&q, parse_page_token(&q.page_token)?, limit)
+                .await;
+            return Ok(Response::new(QueryResponse {
+                records,
+                next_page_token: page_token(next),
+                coverage: Some(coverage.to_proto()),
+                unreachable: Vec::new(),
+            }));
+        }
+        // Across the replicas: each one's page from where the token says it stopped, merged
+        // oldest first; the token says where each stopped in what was returned.
+        let mut cursors = ReplicaCursors::parse(&q.page_token)?;
+        let own = self.replicas.own.clone();
+        let mut pages: Vec<(String, Vec<AuditRecord>, bool)> = Vec::new();
+        let mut coverage = None;
+        if let Some(after) = cursors.start_of(&own) {
+            let (records, next, cov) = self.query_own(&q, after, limit).await;
+            coverage = Some(cov.to_proto());
+            pages.push((own.clone(), records, next.is_some()));
+        }
+        let asked: Vec<String> = self
+            .replicas
+            .others()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let mut unreachable = Vec::new();
+        let mut msgs = Vec::new();
+        for id in &asked {
+            if let Some(after) = cursors.start_of(id) {
+                msgs.push((id.clone(), page_token(after)));
+            }
+        }
+        let answers = self
+            .fan_out(authorization.as_ref(), &q, |id, mut c, mut r| {
+                let token = msgs
+                    .iter()
+                    .find(|(asked, _)| asked == id)
+                    .map(|(_, t)| t.clone());
+                async move {
+                    match token {
+                        Some(t) => {
+                            r.get_mut().page_token = t;
+                            c.query(r).await
+                        }
+                        None => Ok(Response::new(QueryResponse::default())),
+                    }
+                }
+            })
+            .await;
+        for (id, answer) in answers {
+            match answer {
+                Ok(r) if cursors.start_of(&id).is_some() => {
+                    pages.push((id, r.records, !r.next_page_token.is_empty()))
+                }
+                Ok(_) => {}
+                Err(why) => unreachable.push(format!("{} replica {id}: {why}", self.city)),
+            }
+        }
+        let mut merged: Vec<(String, AuditRecord)> = pages
+            .iter()
+            .flat_map(|(id, records, _)| records.iter().map(move |r| (id.clone(), r.clone())))
+            .collect();
+        merged.sort_by(|a, b| {
+            (a.1.started_at_ms, &a.0, a.1.seq).cmp(&(b.1.started_at_ms, &b.0, b.1.seq))
+        });
+        merged.truncate(limit);
+        for (id, records, more) in &pages {
+            let taken: Vec<&AuditRecord> = merged
+                .iter()
+                .filter(|(r, _)| r == id)
+                .map(|(_, rec)| rec)
+                .collect();
+            match taken.last() {
+                Some(last) if taken.len() < records.len() || *more => {
+                    cursors.set(id, Some((last.started_at_ms, last.seq)))
+                }
+                Some(_) => cursors.end(id),
+                None if records.is_empty() => cursors.end(id),
+                None => {}
+            }
         }
         Ok(Response::new(QueryResponse {
-            records,
-            next_page_token: page_token(next),
-            coverage: Some(coverage.to_proto()),
+            records: merged.into_iter().map(|(_, r)| r).collect(),
+            next_page_token: cursors.token(),
+            coverage,
+            unreachable,
         }))
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         self.operator(&req).await?;
+        let (fanned_out, authorization) = Self::fan_out_of(&req);
         let rid = req.into_inner().request_id;
         if rid.is_empty() || rid.len() > 64 {
             return Err(
                 BadField::new("request_id", "request_id must be 1 to 64 characters").into(),
             );
         }
-        let (local, coverage) = self.auditor.records_for_request_covered(&rid).await;
+        let (mut local, coverage) = self.auditor.records_for_request_covered(&rid).await;
+        // The replica that served the exchange has its records: ask the others too.
+        let mut unreachable = Vec::new();
+        if !fanned_out {
+            let ask = GetRequest {
+                request_id: rid.clone(),
+            };
+            for (id, answer) in self
+                .fan_out(authorization.as_ref(), &ask, |_, mut c, r| async move {
+                    c.get(r).await
+                })
+                .await
+            {
+                match answer {
+                    Ok(mut r) => local.append(&mut r.local),
+                    Err(why) => unreachable.push(format!("{} replica {id}: {why}", self.city)),
+                }
+            }
+        }
         let mut peer = Vec::new();
         let mut peer_error = String::new();
         let peer_cities: Vec<String> = local
@@ -308,6 +515,7 @@ impl Audit for AuditApi {
             peer,
             peer_error,
             coverage: Some(coverage.to_proto()),
+            unreachable,
         }))
     }
 
@@ -316,6 +524,7 @@ impl Audit for AuditApi {
         req: Request<VerifyRequest>,
     ) -> Result<Response<VerifyResponse>, Status> {
         self.operator(&req).await?;
+        let (fanned_out, authorization) = Self::fan_out_of(&req);
         let r = req.into_inner();
         if r.to_seq != 0 && r.to_seq < r.from_seq {
             return Err(BadField::new("to_seq", "to_seq is before from_seq").into());
@@ -327,13 +536,42 @@ impl Audit for AuditApi {
                 .map_err(internal)?
                 .map_err(internal)?;
         let (first_bad_seq, reason) = report.first_bad.clone().unwrap_or((0, String::new()));
+        // Each other replica verifies its own chain (the same range of its own sequence).
+        let mut replicas = Vec::new();
+        if !fanned_out {
+            for (id, answer) in self
+                .fan_out(authorization.as_ref(), &r, |_, mut c, r| async move {
+                    c.verify(r).await
+                })
+                .await
+            {
+                replicas.push(match answer {
+                    Ok(v) => ReplicaVerification {
+                        replica: id,
+                        ok: v.ok,
+                        records: v.records,
+                        head_seq: v.head_seq,
+                        head_hash: v.head_hash,
+                        first_bad_seq: v.first_bad_seq,
+                        reason: v.reason,
+                        unreachable: String::new(),
+                    },
+                    Err(why) => ReplicaVerification {
+                        replica: id,
+                        unreachable: why,
+                        ..Default::default()
+                    },
+                });
+            }
+        }
         Ok(Response::new(VerifyResponse {
-            ok: report.first_bad.is_none(),
+            ok: report.first_bad.is_none() && replicas.iter().all(|v| v.ok),
             records: report.records,
             head_seq: report.head.seq,
             head_hash: report.head.hash.to_vec(),
             first_bad_seq,
             reason,
+            replicas,
         }))
     }
 
@@ -395,8 +633,7 @@ impl Audit for AuditApi {
     ) -> Result<Response<AccessLogResponse>, Status> {
         let caller = crate::auth::principal_of(&req)?;
         caller.require_person()?;
-        let fanned_out = req.metadata().contains_key(FANOUT);
-        let authorization = req.metadata().get("authorization").cloned();
+        let (fanned_out, authorization) = Self::fan_out_of(&req);
         let r = req.into_inner();
         validate_resident_id(&r.subject).map_err(|m| BadField::new("subject", m))?;
         let pseudonym = self.pseudonyms.pseudonym(&r.subject);
@@ -418,30 +655,45 @@ impl Audit for AuditApi {
         // The other replicas of this city served some of the exchanges: each is asked with
         // the caller's own credentials, for its own records only.
         if !fanned_out {
-            for (id, url) in self.replicas.others() {
-                match self.replica_accesses(&url, authorization.clone(), &r).await {
-                    Ok(mut more) => accesses.append(&mut more),
+            for (id, answer) in self
+                .fan_out(authorization.as_ref(), &r, |_, mut c, r| async move {
+                    c.access_log(r).await
+                })
+                .await
+            {
+                match answer {
+                    Ok(mut more) => accesses.append(&mut more.accesses),
                     Err(why) => unreachable.push(format!("{} replica {id}: {why}", self.city)),
                 }
             }
         }
         // A citizen sees every city's records: each peer is asked, vouched for by this node.
+        // A peer city of several replicas is asked at every address it is listed with: each
+        // replica answers for the exchanges it served.
         if caller.kind == crate::auth::PersonKind::Citizen && !fanned_out {
-            for (city, endpoint) in &self.peers {
-                match self
-                    .peer_accesses(city, endpoint, &caller, &r.subject, limit, r.with_proofs)
-                    .await
-                {
-                    Ok((mut more, cov)) => {
-                        accesses.append(&mut more);
-                        if let Some(c) = cov.filter(|c| !c.complete) {
-                            unreachable.push(format!(
-                                "{city}: answered before its index caught up (records up to seq {} of {})",
-                                c.indexed_seq, c.head_seq
-                            ));
+            for (city, endpoints) in &self.peers {
+                let each = endpoints.each_address();
+                for endpoint in &each {
+                    let at = if each.len() > 1 {
+                        format!("{city} ({})", endpoint.label())
+                    } else {
+                        city.clone()
+                    };
+                    match self
+                        .peer_accesses(city, endpoint, &caller, &r.subject, limit, r.with_proofs)
+                        .await
+                    {
+                        Ok((mut more, cov)) => {
+                            accesses.append(&mut more);
+                            if let Some(c) = cov.filter(|c| !c.complete) {
+                                unreachable.push(format!(
+                                    "{at}: answered before its index caught up (records up to seq {} of {})",
+                                    c.indexed_seq, c.head_seq
+                                ));
+                            }
                         }
+                        Err(why) => unreachable.push(format!("{at}: {why}")),
                     }
-                    Err(why) => unreachable.push(format!("{city}: {why}")),
                 }
             }
             // One row per exchange (a cross-city exchange is recorded by both nodes): the
@@ -458,5 +710,33 @@ impl Audit for AuditApi {
             unreachable,
             coverage: Some(coverage.to_proto()),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_token_across_replicas_says_where_each_stopped() {
+        let mut c = ReplicaCursors::parse("").unwrap();
+        assert_eq!(c.start_of("a"), Some(None), "not asked yet: from the start");
+        c.set("a", Some((1_700_000_000_000, 42)));
+        c.end("b");
+        let token = c.token();
+        let back = ReplicaCursors::parse(&token).unwrap();
+        assert_eq!(back.start_of("a"), Some(Some((1_700_000_000_000, 42))));
+        assert_eq!(back.start_of("b"), None, "b gave everything");
+        assert_eq!(
+            back.start_of("c"),
+            Some(None),
+            "a replica that joined since"
+        );
+        let mut done = back;
+        done.end("a");
+        assert_eq!(done.token(), "", "every replica gave everything");
+        for bad in ["a", "a~", "a~zz", "a~1", "a~1.2,b"] {
+            assert!(ReplicaCursors::parse(bad).is_err(), "{bad}");
+        }
     }
 }
