@@ -112,6 +112,18 @@ async fn start() -> Replicas {
     }
 }
 
+/// A token of Jinan's identity provider for `org` with `roles`.
+fn jinan_token(r: &Replicas, org: &str, roles: &[&str]) -> String {
+    tongban_devkit::local::dev_token_with_roles(&r.f.fed.certs, "jinan", org, roles).unwrap()
+}
+
+/// `msg` with `authorization: Bearer <token>`.
+fn with<T>(token: &str, msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    tongban_tests::authorize(&mut req, token);
+    req
+}
+
 async fn channel(url: &str) -> Channel {
     Channel::from_shared(url.to_string())
         .unwrap()
@@ -189,24 +201,10 @@ async fn replicas_on_etcd_serve_one_registry_and_one_set_of_consents() {
             )
             .await
             .unwrap();
-    let portal = tongban_devkit::local::dev_token_with_roles(
-        &r.f.fed.certs,
-        "jinan",
-        "portal",
-        &["consent-portal"],
-    )
-    .unwrap();
-    fn as_portal<T>(portal: &str, msg: T) -> tonic::Request<T> {
-        let mut req = tonic::Request::new(msg);
-        req.metadata_mut().insert(
-            "authorization",
-            MetadataValue::try_from(format!("Bearer {portal}")).unwrap(),
-        );
-        req
-    }
+    let portal = jinan_token(&r, "portal", &["consent-portal"]);
     let mut b_consents = ConsentClient::new(channel(&r.b_url).await);
     let listed = b_consents
-        .list(as_portal(
+        .list(with(
             &portal,
             ListRequest {
                 subject: citizen.clone(),
@@ -223,21 +221,14 @@ async fn replicas_on_etcd_serve_one_registry_and_one_set_of_consents() {
 
     // The citizen's access log, asked of A by an operator (no other city asked), has the
     // exchange B served: A fans out to the replicas in the city's directory.
-    let op = tongban_devkit::local::dev_token_with_roles(
-        &r.f.fed.certs,
-        "jinan",
-        "ops",
-        &["audit-operator"],
-    )
-    .unwrap();
-    let mut log_req = tonic::Request::new(tongban_proto::audit::v1::AccessLogRequest {
-        subject: citizen.clone(),
-        limit: 100,
-        with_proofs: false,
-    });
-    log_req.metadata_mut().insert(
-        "authorization",
-        MetadataValue::try_from(format!("Bearer {op}")).unwrap(),
+    let op = jinan_token(&r, "ops", &["audit-operator"]);
+    let log_req = with(
+        &op,
+        tongban_proto::audit::v1::AccessLogRequest {
+            subject: citizen.clone(),
+            limit: 100,
+            with_proofs: false,
+        },
     );
     let log = tongban_proto::audit::v1::audit_client::AuditClient::new(channel(&a_url).await)
         .access_log(log_req)
@@ -264,7 +255,7 @@ async fn replicas_on_etcd_serve_one_registry_and_one_set_of_consents() {
 
     // Revoked on B: A's catalog carries the revocation within a second, and A refuses it.
     b_consents
-        .revoke(as_portal(
+        .revoke(with(
             &portal,
             RevokeRequest {
                 subject: citizen.clone(),
@@ -701,18 +692,7 @@ async fn the_audit_api_of_one_replica_answers_for_all_of_them() {
             .unwrap();
         served.push((url.clone(), tongban_tests::request_id_of(&resp)));
     }
-    let op = tongban_devkit::local::dev_token_with_roles(
-        &r.f.fed.certs,
-        "jinan",
-        "ops",
-        &["audit-operator"],
-    )
-    .unwrap();
-    fn with<T>(token: &str, msg: T) -> tonic::Request<T> {
-        let mut req = tonic::Request::new(msg);
-        tongban_tests::authorize(&mut req, token);
-        req
-    }
+    let op = jinan_token(&r, "ops", &["audit-operator"]);
     let mut audit = AuditClient::new(channel(&a_url).await);
 
     // Query, two records a page, through both replicas' records.
@@ -790,25 +770,18 @@ async fn the_audit_api_of_one_replica_answers_for_all_of_them() {
     // A consent granted through B is recorded by B alone; its citizen, signed in at
     // Qingdao, sees it in the access log Qingdao gathers.
     let citizen = demo_subject("37020219900101003");
-    let portal = tongban_devkit::local::dev_token_with_roles(
-        &r.f.fed.certs,
-        "jinan",
-        "portal",
-        &["consent-portal"],
-    )
-    .unwrap();
-    let mut grant = tonic::Request::new(GrantRequest {
-        subject: citizen.clone(),
-        grantee: "jinan/hrss".into(),
-        target_city: "qingdao".into(),
-        service: "tongban.crosscity.v2.CrossCityService".into(),
-        purpose: "case-handling".into(),
-        expires_at_ms: since + 24 * 3600 * 1000,
-        items: vec!["JQ-03".into()],
-    });
-    grant.metadata_mut().insert(
-        "authorization",
-        MetadataValue::try_from(format!("Bearer {portal}")).unwrap(),
+    let portal = jinan_token(&r, "portal", &["consent-portal"]);
+    let grant = with(
+        &portal,
+        GrantRequest {
+            subject: citizen.clone(),
+            grantee: "jinan/hrss".into(),
+            target_city: "qingdao".into(),
+            service: "tongban.crosscity.v2.CrossCityService".into(),
+            purpose: "case-handling".into(),
+            expires_at_ms: since + 24 * 3600 * 1000,
+            items: vec!["JQ-03".into()],
+        },
     );
     let granted = ConsentClient::new(channel(&r.b_url).await)
         .grant(grant)
@@ -827,14 +800,13 @@ async fn the_audit_api_of_one_replica_answers_for_all_of_them() {
                 &citizen,
             )
             .unwrap();
-    let mut ask = tonic::Request::new(AccessLogRequest {
-        subject: citizen.clone(),
-        limit: 100,
-        with_proofs: false,
-    });
-    ask.metadata_mut().insert(
-        "authorization",
-        MetadataValue::try_from(format!("Bearer {me}")).unwrap(),
+    let ask = with(
+        &me,
+        AccessLogRequest {
+            subject: citizen.clone(),
+            limit: 100,
+            with_proofs: false,
+        },
     );
     let log = AuditClient::new(r.f.channel("qingdao").await)
         .access_log(ask)
