@@ -266,6 +266,14 @@ struct RawEtcd {
     prefix: Option<String>,
     #[serde(default = "default_etcd_timeout_ms")]
     timeout_ms: u64,
+    /// TLS to etcd (`https://` endpoints): the CA that issued etcd's certificate.
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    /// This node's client certificate and key, for an etcd that requires one.
+    #[serde(default)]
+    cert_file: Option<PathBuf>,
+    #[serde(default)]
+    key_file: Option<PathBuf>,
 }
 
 fn default_etcd_timeout_ms() -> u64 {
@@ -276,6 +284,7 @@ fn default_etcd_timeout_ms() -> u64 {
 fn shared_backend(
     city: &str,
     storage: &RawStorage,
+    resolve: &dyn Fn(&Path) -> PathBuf,
 ) -> Result<crate::store::SharedBackend, ConfigError> {
     match (storage.backend.as_deref().unwrap_or("sled"), &storage.etcd) {
         ("sled", None) => Ok(crate::store::SharedBackend::Sled),
@@ -300,13 +309,19 @@ fn shared_backend(
                     "must list at least one endpoint",
                 ));
             }
+            let tls = etcd_tls(e, resolve)?;
+            let scheme = if tls.is_some() { "https://" } else { "http://" };
             for (i, ep) in e.endpoints.iter().enumerate() {
-                let rest = ep.strip_prefix("http://").ok_or_else(|| {
+                let rest = ep.strip_prefix(scheme).ok_or_else(|| {
                     ConfigError::key(
                         format!("storage.etcd.endpoints[{i}]"),
-                        format!(
-                            "`{ep}` must be http://host:port (TLS to etcd is not supported yet)"
-                        ),
+                        if tls.is_some() {
+                            format!("`{ep}` must be https://host:port (ca_file is set: TLS)")
+                        } else if ep.starts_with("https://") {
+                            format!("`{ep}` is TLS: set ca_file (the CA that issued etcd's certificate)")
+                        } else {
+                            format!("`{ep}` must be http://host:port, or https:// with ca_file")
+                        },
                     )
                 })?;
                 validate_host_port(rest)
@@ -332,12 +347,61 @@ fn shared_backend(
                 endpoints: e.endpoints.clone(),
                 prefix,
                 timeout: Duration::from_millis(e.timeout_ms),
+                tls,
             })
         }
         (other, _) => Err(ConfigError::key(
             "storage.backend",
             format!("`{other}` is not a backend: sled or etcd"),
         )),
+    }
+}
+
+/// `[storage.etcd] ca_file, cert_file, key_file`: each a readable PEM file.
+fn etcd_tls(
+    e: &RawEtcd,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<Option<crate::store::EtcdTls>, ConfigError> {
+    let pem = |key: &str, p: &Path| {
+        let path = resolve(p);
+        match std::fs::read_to_string(&path) {
+            Ok(text) if text.contains("-----BEGIN ") => Ok(path),
+            Ok(_) => Err(ConfigError::key(
+                format!("storage.etcd.{key}"),
+                format!("{} is not a PEM file", path.display()),
+            )),
+            Err(err) => Err(ConfigError::key(
+                format!("storage.etcd.{key}"),
+                format!("cannot read {}: {err}", path.display()),
+            )),
+        }
+    };
+    let client = match (&e.cert_file, &e.key_file) {
+        (None, None) => None,
+        (Some(c), Some(k)) => Some((pem("cert_file", c)?, pem("key_file", k)?)),
+        (Some(_), None) => {
+            return Err(ConfigError::key(
+                "storage.etcd.key_file",
+                "cert_file is set: set key_file too",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::key(
+                "storage.etcd.cert_file",
+                "key_file is set: set cert_file too",
+            ))
+        }
+    };
+    match &e.ca_file {
+        Some(ca) => Ok(Some(crate::store::EtcdTls {
+            ca: pem("ca_file", ca)?,
+            client,
+        })),
+        None if client.is_some() => Err(ConfigError::key(
+            "storage.etcd.ca_file",
+            "a client certificate is for TLS: set ca_file (the CA that issued etcd's certificate)",
+        )),
+        None => Ok(None),
     }
 }
 
@@ -762,7 +826,7 @@ impl NodeConfig {
         if raw.storage.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::key("storage.data_dir", "must not be empty"));
         }
-        let shared_store = shared_backend(&raw.city, &raw.storage)?;
+        let shared_store = shared_backend(&raw.city, &raw.storage, &resolve)?;
         let mut peers: Vec<PeerConfig> = Vec::new();
         for (i, p) in raw.peers.into_iter().enumerate() {
             let key = format!("peers[{i}]");
@@ -1248,6 +1312,7 @@ address = "127.0.0.1:8100"
                 endpoints,
                 prefix,
                 timeout,
+                tls,
             } = parse(&etcd("")).unwrap().shared_store
             else {
                 panic!("not etcd")
@@ -1255,10 +1320,71 @@ address = "127.0.0.1:8100"
             assert_eq!(endpoints, vec!["http://127.0.0.1:2379".to_string()]);
             assert_eq!(prefix, "/tongban/jinan/");
             assert_eq!(timeout, Duration::from_secs(2));
+            assert_eq!(tls, None);
             assert_eq!(
                 key_of(parse(&etcd("prefix = \"/tongban/jinan\"")).unwrap_err()),
                 "storage.etcd.prefix"
             );
+            // TLS: https endpoints with the CA's file, and a client certificate with its key.
+            let dir = tempfile::tempdir().unwrap();
+            let pem = dir.path().join("ca.pem");
+            std::fs::write(
+                &pem,
+                "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n",
+            )
+            .unwrap();
+            let text = dir.path().join("text.txt");
+            std::fs::write(&text, "not a certificate").unwrap();
+            let tls_with = |endpoint: &str, rest: &str| {
+                with(&format!(
+                    "backend = \"etcd\"\n[storage.etcd]\nendpoints = [\"{endpoint}\"]\n{rest}"
+                ))
+            };
+            let p = pem.display().to_string();
+            let both = format!("ca_file = \"{p}\"\ncert_file = \"{p}\"\nkey_file = \"{p}\"");
+            let SharedBackend::Etcd { tls, .. } = parse(&tls_with("https://127.0.0.1:2379", &both))
+                .unwrap()
+                .shared_store
+            else {
+                panic!("not etcd")
+            };
+            assert_eq!(
+                tls,
+                Some(crate::store::EtcdTls {
+                    ca: pem.clone(),
+                    client: Some((pem.clone(), pem.clone())),
+                })
+            );
+            for (endpoint, rest, key) in [
+                (
+                    "http://127.0.0.1:2379",
+                    format!("ca_file = \"{p}\""),
+                    "storage.etcd.endpoints[0]",
+                ),
+                (
+                    "https://127.0.0.1:2379",
+                    format!("ca_file = \"{p}\"\ncert_file = \"{p}\""),
+                    "storage.etcd.key_file",
+                ),
+                (
+                    "https://127.0.0.1:2379",
+                    format!("cert_file = \"{p}\"\nkey_file = \"{p}\""),
+                    "storage.etcd.ca_file",
+                ),
+                (
+                    "https://127.0.0.1:2379",
+                    "ca_file = \"/nowhere/ca.pem\"".to_string(),
+                    "storage.etcd.ca_file",
+                ),
+                (
+                    "https://127.0.0.1:2379",
+                    format!("ca_file = \"{}\"", text.display()),
+                    "storage.etcd.ca_file",
+                ),
+            ] {
+                let e = parse(&tls_with(endpoint, &rest)).unwrap_err();
+                assert_eq!(key_of(e), key, "{endpoint} {rest}");
+            }
             let https = with(
                 "backend = \"etcd\"\n[storage.etcd]\nendpoints = [\"https://127.0.0.1:2379\"]",
             );

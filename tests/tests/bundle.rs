@@ -39,9 +39,10 @@ impl World {
             .with_test_writer()
             .with_env_filter("warn,tongban_bundle=debug")
             .try_init();
-        let f = Fed::start(&["jinan", "qingdao"]).await;
-        let departments = Departments::start(&f.fed, step).await.unwrap();
-        let bundles = Bundles::start(&f.fed, retry).await.unwrap();
+        // Boxed: starting a federation is a large future.
+        let f = Box::pin(Fed::start(&["jinan", "qingdao"])).await;
+        let departments = Box::pin(Departments::start(&f.fed, step)).await.unwrap();
+        let bundles = Box::pin(Bundles::start(&f.fed, retry)).await.unwrap();
         World {
             f,
             departments,

@@ -1,5 +1,6 @@
-//! Two replicas of Jinan's node on one real etcd (Debian's etcd-server on loopback), with
-//! Qingdao beside them: what one replica writes, the other serves within a second.
+//! Two replicas of Jinan's node on one real etcd (Debian's etcd-server on loopback, over TLS
+//! with a client certificate), with Qingdao beside them: what one replica writes, the other
+//! serves within a second.
 //! - a service registered on replica A is in replica B's catalog, at the same version;
 //! - a consent granted on A is listed and honoured on B (a call through B with it passes);
 //! - revoked on B, A's published catalog carries the revocation, Qingdao (which checks
@@ -38,12 +39,18 @@ struct Replicas {
 /// Jinan's node (A) moved onto etcd, a second Jinan replica (B) beside it with its own data
 /// dir and listeners and the same pseudonym secret, and Qingdao.
 async fn start() -> Replicas {
-    let etcd = LocalEtcd::start().await.unwrap();
+    // etcd over TLS, requiring a client certificate, as a city would run it.
+    let etcd = LocalEtcd::start_tls().await.unwrap();
+    let files = etcd.tls.clone().unwrap();
     let mut f = Fed::start(&["jinan", "qingdao"]).await;
     let backend = SharedBackend::Etcd {
         endpoints: vec![etcd.endpoint.clone()],
         prefix: "/tongban/jinan/".into(),
         timeout: Duration::from_secs(2),
+        tls: Some(tongban_gateway::store::EtcdTls {
+            ca: files.ca,
+            client: Some((files.client_cert, files.client_key)),
+        }),
     };
     f.fed.stop_node("jinan").await.unwrap();
     let a = f.fed.cities.iter_mut().find(|c| c.city == "jinan").unwrap();
@@ -337,15 +344,7 @@ async fn replicas_on_etcd_serve_one_registry_and_one_set_of_consents() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_etcd_unreachable_writes_are_refused_and_calls_go_on() {
     let r = Box::pin(start()).await;
-    let pid = r._etcd.pid().to_string();
-    let signal = |s: &str| {
-        assert!(std::process::Command::new("kill")
-            .args([s, &pid])
-            .status()
-            .unwrap()
-            .success())
-    };
-    signal("-STOP");
+    r._etcd.freeze().await.unwrap();
     let e =
         r.f.fed
             .register_crosscity("jinan", "gjj", &["JQ-08"], false)
@@ -356,7 +355,7 @@ async fn with_etcd_unreachable_writes_are_refused_and_calls_go_on() {
     };
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(
-        status.message().contains("etcd at http://127.0.0.1:"),
+        status.message().contains("etcd at https://127.0.0.1:"),
         "{status:?}"
     );
     let citizen = demo_subject("37010219850312002");
@@ -377,7 +376,7 @@ async fn with_etcd_unreachable_writes_are_refused_and_calls_go_on() {
     };
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(
-        status.message().contains("etcd at http://127.0.0.1:"),
+        status.message().contains("etcd at https://127.0.0.1:"),
         "{status:?}"
     );
     // The data path needs no etcd: a call through either replica goes through.
@@ -394,7 +393,7 @@ async fn with_etcd_unreachable_writes_are_refused_and_calls_go_on() {
             .unwrap_or_else(|s| panic!("through {url} with etcd away: {s:?}"));
     }
     // Back: the registration goes through, and B serves it.
-    signal("-CONT");
+    r._etcd.thaw().unwrap();
     let started = std::time::Instant::now();
     let v = loop {
         match r

@@ -1,6 +1,7 @@
 //! The shared-store conformance suite against a real etcd (Debian's etcd-server, started
 //! on loopback with a temporary data dir), plainly and through the failure-injecting
-//! wrapper; and an etcd that goes away for real (SIGSTOP, as a partition looks to a client).
+//! wrapper, and over TLS with a client certificate; and an etcd that goes away for real
+//! (SIGSTOP, as a partition looks to a client).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,13 +11,14 @@ use std::time::Duration;
 use tongban_devkit::etcd::LocalEtcd;
 use tongban_gateway::store::etcd::{EtcdConfig, EtcdKv};
 use tongban_gateway::store::kv::{Committed, KvStore, Snapshot, Txn};
-use tongban_gateway::store::StoreError;
+use tongban_gateway::store::{EtcdTls, StoreError};
 
 async fn connect(etcd: &LocalEtcd, prefix: &str) -> EtcdKv {
     EtcdKv::connect(&EtcdConfig {
         endpoints: vec![etcd.endpoint.clone()],
         prefix: prefix.into(),
         timeout: Duration::from_secs(1),
+        tls: None,
     })
     .await
     .unwrap()
@@ -32,6 +34,51 @@ async fn etcd_passes_the_conformance_suite() {
     assert!(qingdao.range(b"").await.unwrap().entries.is_empty());
 }
 
+/// etcd serving clients over TLS only and requiring a client certificate of its CA: the
+/// suite passes through a client with the CA and a certificate; without the certificate, or
+/// without TLS, a request fails `Unavailable` naming etcd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_tls_with_a_client_certificate_passes_the_suite() {
+    let etcd = LocalEtcd::start_tls().await.unwrap();
+    let files = etcd.tls.clone().unwrap();
+    assert!(etcd.endpoint.starts_with("https://"), "{}", etcd.endpoint);
+    let with = |tls: Option<EtcdTls>, endpoint: String| EtcdConfig {
+        endpoints: vec![endpoint],
+        prefix: "/tongban/jinan/".into(),
+        timeout: Duration::from_secs(1),
+        tls,
+    };
+    let full = EtcdTls {
+        ca: files.ca.clone(),
+        client: Some((files.client_cert.clone(), files.client_key.clone())),
+    };
+    let store: Arc<dyn KvStore> = Arc::new(
+        EtcdKv::connect(&with(Some(full), etcd.endpoint.clone()))
+            .await
+            .unwrap(),
+    );
+    tongban_gateway::store::conformance::run(store, "conformance/").await;
+
+    // A client without a certificate: etcd refuses it.
+    let anonymous = EtcdTls {
+        ca: files.ca.clone(),
+        client: None,
+    };
+    let refused = match EtcdKv::connect(&with(Some(anonymous), etcd.endpoint.clone())).await {
+        Err(e) => e,
+        Ok(kv) => kv.range(b"").await.unwrap_err(),
+    };
+    assert!(matches!(refused, StoreError::Unavailable(_)), "{refused:?}");
+    assert!(refused.to_string().contains("etcd"), "{refused}");
+    // Plaintext to a TLS etcd.
+    let plain = etcd.endpoint.replacen("https://", "http://", 1);
+    let refused = match EtcdKv::connect(&with(None, plain)).await {
+        Err(e) => e,
+        Ok(kv) => kv.range(b"").await.unwrap_err(),
+    };
+    assert!(matches!(refused, StoreError::Unavailable(_)), "{refused:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_etcd_fails_writes_naming_it_and_snapshots_recover() {
     let etcd = LocalEtcd::start().await.unwrap();
@@ -42,12 +89,7 @@ async fn a_stopped_etcd_fails_writes_naming_it_and_snapshots_recover() {
     assert_eq!(snap.get(b"registry/x").unwrap().value, b"1");
 
     // etcd stops answering (SIGSTOP: its sockets stay open, as with a partition).
-    let pid = etcd.pid().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    etcd.freeze().await.unwrap();
     let started = std::time::Instant::now();
     let e = a
         .commit(Txn::new().put("registry/y", "2"))
@@ -64,11 +106,7 @@ async fn a_stopped_etcd_fails_writes_naming_it_and_snapshots_recover() {
     assert_eq!(snap.get(b"registry/x").unwrap().value, b"1");
 
     // Back: writes work again and the snapshot catches up by itself.
-    assert!(std::process::Command::new("kill")
-        .args(["-CONT", &pid])
-        .status()
-        .unwrap()
-        .success());
+    etcd.thaw().unwrap();
     let rev = loop {
         match a.commit(Txn::new().put("registry/y", "2")).await {
             Ok(Committed::Applied(r)) => break r,
@@ -95,6 +133,7 @@ async fn the_three_member_example_keeps_working_without_one_member() {
         endpoints: cluster.endpoints(),
         prefix: "/tongban/jinan/".into(),
         timeout: Duration::from_secs(2),
+        tls: None,
     };
     let store: Arc<dyn KvStore> = Arc::new(EtcdKv::connect(&config).await.unwrap());
     tongban_gateway::store::conformance::run(store.clone(), "three/").await;

@@ -9,9 +9,65 @@ use std::time::Duration;
 /// A running etcd; killed (and its data dir removed) on drop.
 pub struct LocalEtcd {
     child: Child,
-    /// `http://127.0.0.1:<port>`
+    /// `http://127.0.0.1:<port>` (`https://` with TLS)
     pub endpoint: String,
+    /// Where `/health` answers over plain HTTP (host:port).
+    health_addr: String,
+    /// With TLS: the CA that issued etcd's certificate and a client certificate it accepts.
+    pub tls: Option<EtcdTlsFiles>,
     _dir: tempfile::TempDir,
+}
+
+/// The files a client of a TLS etcd needs (PEM): the CA, and a client certificate and key.
+#[derive(Debug, Clone)]
+pub struct EtcdTlsFiles {
+    pub ca: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, written into `dir`:
+/// (server cert, server key, what a client needs).
+fn write_tls(dir: &std::path::Path) -> Result<(PathBuf, PathBuf, EtcdTlsFiles), rcgen::Error> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, PKCS_ECDSA_P256_SHA256,
+    };
+    let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name
+        .push(DnType::CommonName, "tongban test etcd ca");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca, ca_key);
+    let issue = |names: Vec<String>, usage: ExtendedKeyUsagePurpose, cn: &str| {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut p = CertificateParams::new(names)?;
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.extended_key_usages = vec![usage];
+        let cert = p.signed_by(&key, &issuer)?;
+        Ok::<_, rcgen::Error>((cert.pem(), key.serialize_pem()))
+    };
+    let server = issue(
+        vec!["127.0.0.1".into(), "localhost".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+        "etcd",
+    )?;
+    let client = issue(vec![], ExtendedKeyUsagePurpose::ClientAuth, "tongban-node")?;
+    let write = |name: &str, pem: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).map(|()| path)
+    };
+    let io = |e: std::io::Error| rcgen::Error::PemError(e.to_string());
+    Ok((
+        write("server.pem", &server.0).map_err(io)?,
+        write("server-key.pem", &server.1).map_err(io)?,
+        EtcdTlsFiles {
+            ca: write("ca.pem", &ca_cert.pem()).map_err(io)?,
+            client_cert: write("client.pem", &client.0).map_err(io)?,
+            client_key: write("client-key.pem", &client.1).map_err(io)?,
+        },
+    ))
 }
 
 /// Why etcd did not start.
@@ -36,15 +92,38 @@ fn binary() -> PathBuf {
 impl LocalEtcd {
     /// Starts etcd and waits until it answers (up to 20 s).
     pub async fn start() -> Result<LocalEtcd, EtcdError> {
+        Self::start_with(false).await
+    }
+
+    /// Starts etcd serving clients over TLS only, and requiring a client certificate of its
+    /// CA (`tls` names the files a client needs).
+    pub async fn start_tls() -> Result<LocalEtcd, EtcdError> {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> Result<LocalEtcd, EtcdError> {
         let dir = tempfile::tempdir().map_err(|e| EtcdError::Start(e.to_string()))?;
-        let (client, peer) = (
-            free_port().map_err(|e| EtcdError::Start(e.to_string()))?,
-            free_port().map_err(|e| EtcdError::Start(e.to_string()))?,
-        );
-        let endpoint = format!("http://127.0.0.1:{client}");
+        let port = || free_port().map_err(|e| EtcdError::Start(e.to_string()));
+        let (client, peer, metrics) = (port()?, port()?, port()?);
+        let scheme = if tls { "https" } else { "http" };
+        let endpoint = format!("{scheme}://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new(binary())
+        let health_addr = format!("127.0.0.1:{metrics}");
+        let mut cmd = Command::new(binary());
+        let files = if tls {
+            let (cert, key, files) =
+                write_tls(dir.path()).map_err(|e| EtcdError::Start(e.to_string()))?;
+            cmd.arg(format!("--cert-file={}", cert.display()))
+                .arg(format!("--key-file={}", key.display()))
+                .arg(format!("--trusted-ca-file={}", files.ca.display()))
+                .arg("--client-cert-auth");
+            Some(files)
+        } else {
+            None
+        };
+        let child = cmd
             .arg("--name=tongban-test")
+            .arg(format!("--listen-metrics-urls=http://{health_addr}"))
             .arg(format!("--data-dir={}", dir.path().join("etcd").display()))
             .arg(format!("--listen-client-urls={endpoint}"))
             .arg(format!("--advertise-client-urls={endpoint}"))
@@ -59,6 +138,8 @@ impl LocalEtcd {
         let etcd = LocalEtcd {
             child,
             endpoint,
+            health_addr,
+            tls: files,
             _dir: dir,
         };
         etcd.ready().await?;
@@ -67,7 +148,7 @@ impl LocalEtcd {
 
     /// Waits until `GET /health` answers healthy.
     async fn ready(&self) -> Result<(), EtcdError> {
-        let addr = self.endpoint.trim_start_matches("http://").to_string();
+        let addr = self.health_addr.clone();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(body) = health(&addr).await {
@@ -88,6 +169,47 @@ impl LocalEtcd {
     /// The process id (to stop it with a signal, as a partition or crash would).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Stops etcd with SIGSTOP (its sockets stay open: a partition, as a client sees it)
+    /// and returns once every thread of it has stopped; `kill` only queues the signal, and a
+    /// request could still be answered meanwhile.
+    pub async fn freeze(&self) -> std::io::Result<()> {
+        self.signal("-STOP")?;
+        let tasks = format!("/proc/{}/task", self.pid());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut all = true;
+            for task in std::fs::read_dir(&tasks)? {
+                let stat = std::fs::read_to_string(task?.path().join("stat"))?;
+                // `tid (comm) state ...`: the state follows the last `)`.
+                let state = stat.rsplit_once(')').and_then(|(_, r)| r.trim().chars().next());
+                all &= state == Some('T');
+            }
+            if all {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(std::io::Error::other("etcd did not stop within 5 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Lets a frozen etcd run again (SIGCONT).
+    pub fn thaw(&self) -> std::io::Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, which: &str) -> std::io::Result<()> {
+        let status = Command::new("kill")
+            .args([which, &self.pid().to_string()])
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!("kill {which} failed")))
+        }
     }
 }
 
@@ -160,7 +282,9 @@ impl ExampleCluster {
                 .map_err(|e| EtcdError::Missing(format!("{}: {e}", binary().display())))?;
             pending.push(LocalEtcd {
                 child,
+                health_addr: endpoint.trim_start_matches("http://").to_string(),
                 endpoint,
+                tls: None,
                 _dir: dir,
             });
         }

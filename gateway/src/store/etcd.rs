@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, TxnOp, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    TxnOp, WatchOptions,
 };
 use futures_util::StreamExt;
 
@@ -22,6 +23,7 @@ pub struct EtcdConfig {
     pub prefix: String,
     /// Each request's limit; an etcd that does not answer within it is unavailable.
     pub timeout: Duration,
+    pub tls: Option<super::EtcdTls>,
 }
 
 /// The shared store in etcd.
@@ -35,12 +37,25 @@ pub struct EtcdKv {
 impl EtcdKv {
     /// Connects (lazily: an etcd down at start is retried by each request).
     pub async fn connect(config: &EtcdConfig) -> Result<EtcdKv, StoreError> {
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(config.timeout)
             .with_timeout(config.timeout)
             .with_keep_alive(Duration::from_secs(2), config.timeout)
             .with_keep_alive_while_idle(true);
         let endpoints = config.endpoints.join(",");
+        if let Some(tls) = &config.tls {
+            let read = |p: &std::path::Path| {
+                std::fs::read(p).map_err(|e| {
+                    StoreError::Unavailable(format!("etcd tls: cannot read {}: {e}", p.display()))
+                })
+            };
+            let mut options_tls = etcd_client::TlsOptions::new()
+                .ca_certificate(Certificate::from_pem(read(&tls.ca)?));
+            if let Some((cert, key)) = &tls.client {
+                options_tls = options_tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+            }
+            options = options.with_tls(options_tls);
+        }
         let client = Client::connect(&config.endpoints, Some(options))
             .await
             .map_err(|e| StoreError::Unavailable(format!("etcd at {endpoints}: {e}")))?;

@@ -84,7 +84,17 @@ pub enum SharedBackend {
         /// Every key of the city under it (`/tongban/<city>/` by default).
         prefix: String,
         timeout: std::time::Duration,
+        /// TLS to etcd (`https://` endpoints).
+        tls: Option<EtcdTls>,
     },
+}
+
+/// TLS to etcd: the CA that issued etcd's certificate and, for an etcd that requires one,
+/// this node's client certificate and key (PEM files, read when connecting).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdTls {
+    pub ca: std::path::PathBuf,
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// Whether this build has the etcd backend (the `etcd` feature).
@@ -102,11 +112,13 @@ pub async fn open_shared(
             endpoints,
             prefix,
             timeout,
+            tls,
         } => Ok(Arc::new(
             etcd::EtcdKv::connect(&etcd::EtcdConfig {
                 endpoints: endpoints.clone(),
                 prefix: prefix.clone(),
                 timeout: *timeout,
+                tls: tls.clone(),
             })
             .await?,
         )),
