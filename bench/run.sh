@@ -11,6 +11,8 @@
 #   - closed loop with 64 calls in flight (the saturated rate),
 #   - closed loop with 1,000 calls in flight (every grpc-status must be OK),
 # with the CPU time of each process per call (utime+stime from /proc) and its peak RSS.
+# Then, every process above stopped, the replicas rows (bench/replicas.sh: one node on sled,
+# on etcd, and two replicas behind haproxy).
 # It writes bench/RESULTS.md.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,6 +32,9 @@ missing=()
 command -v nginx >/dev/null || missing+=(nginx)
 command -v haproxy >/dev/null || missing+=(haproxy)
 command -v h2load >/dev/null || missing+=(nghttp2-client)
+# The replicas rows (bench/replicas.sh): etcd, and protoc for the etcd client's build.
+command -v etcd >/dev/null || missing+=(etcd-server)
+command -v protoc >/dev/null || missing+=(protobuf-compiler)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" != 0 ] && sudo=sudo
   $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -581,4 +586,43 @@ PY
   echo "thread above 60% of a core). Where a target is missed, the profile above says where the"
   echo "CPU goes, and bench/README.md explains the misses."
 } > bench/RESULTS.md
+
+# Replicas (issue 22), once every process above has stopped: bench/replicas.sh uses some of
+# the same ports.
+for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+wait 2>/dev/null || true
+pids=()
+replica_seconds=$(( seconds < 5 ? seconds : 5 ))
+if bash "$root/bench/replicas.sh" "$replica_seconds" >"$work/replicas.md" 2>"$work/replicas.err"; then
+  {
+    echo
+    echo "## Replicas"
+    echo
+    echo "\`bash bench/replicas.sh $replica_seconds\`: Jinan's node alone on sled, alone on etcd (a local"
+    echo "single-member etcd), and as two replicas on etcd behind haproxy (TCP, round robin); local"
+    echo "calls to the probe provider, 64 in flight on 4 connections; the servers on core 0, the"
+    echo "load generator on core 1."
+    echo
+    cat "$work/replicas.md"
+    echo
+    python3 - "$work/replicas.md" <<'PY'
+import sys
+rows = {}
+for line in open(sys.argv[1]):
+    f = [c.strip() for c in line.strip().strip("|").split("|")]
+    if len(f) == 6 and f[1] in ("saturation", "1000/s"):
+        rows[(f[0], f[1])] = (float(f[2].replace(",", "")), float(f[5]))
+sled, etcd = rows.get(("one node, sled", "saturation")), rows.get(("one node, etcd", "saturation"))
+two = rows.get(("two replicas, etcd, haproxy (tcp)", "saturation"))
+if sled and etcd and two:
+    print(f"A node on etcd costs {etcd[1]:.0f} µs of CPU per call at saturation against {sled[1]:.0f} on sled:")
+    print("no call touches etcd, the node reads its snapshot. Two replicas sharing the one server")
+    print(f"core give {two[0] / sled[0]:.2f}× one node's calls/s at {two[1]:.0f} µs per call: two runtimes, two")
+    print("audit writers and haproxy's copy share the core. This measures the cost of the shape;")
+    print("the point of replicas is a second machine, which this VM does not have.")
+PY
+  } >> bench/RESULTS.md
+else
+  printf '\n## Replicas\n\n(bench/replicas.sh failed: %s)\n' "$(tail -n 3 "$work/replicas.err" | tr '\n' ' ')" >> bench/RESULTS.md
+fi
 cat bench/RESULTS.md

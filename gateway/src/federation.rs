@@ -543,9 +543,10 @@ impl PeerSync {
                         }
                     }
                 };
-                if let Err(error) =
-                    self.auditor
-                        .store_peer_checkpoint(city, cert, &signed, proof.as_deref())
+                if let Err(error) = self
+                    .auditor
+                    .store_peer_checkpoint(city, cert, &signed, proof.as_deref())
+                    .await
                 {
                     tracing::error!(peer = %city, %error, "peer audit checkpoint refused");
                 }

@@ -246,6 +246,15 @@ impl PreparedNode {
         };
         let auditor = Auditor::open(&config.data_dir.join("audit"), &db, opts, identity.clone())?;
         auditor.set_replica(&config.replica);
+        // The checkpoints held of peers are shared state: every replica checks a peer
+        // against the newest any of them received.
+        auditor
+            .share_peer_checkpoints(shared.clone(), snapshot_for_replicas.clone())
+            .await
+            .map_err(|source| NodeError::Store {
+                path: store.display().to_string(),
+                source,
+            })?;
         Ok(PreparedNode {
             shared: (shared, snapshot_for_replicas),
             config,

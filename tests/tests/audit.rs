@@ -453,6 +453,7 @@ async fn peers_hold_each_others_signed_checkpoints_and_see_a_rewrite() {
     };
     j_auditor
         .store_peer_checkpoint("qingdao", &q_cert, &signed, first_proof.as_deref())
+        .await
         .unwrap();
     let mut rewritten = cp.clone();
     rewritten.head_hash = vec![7; 32];
@@ -465,6 +466,7 @@ async fn peers_hold_each_others_signed_checkpoints_and_see_a_rewrite() {
     };
     let e = j_auditor
         .store_peer_checkpoint("qingdao", &q_cert, &lie, None)
+        .await
         .unwrap_err();
     assert!(e.contains("rewritten"), "{e}");
     assert_eq!(j_auditor.conflicts(), 1);
@@ -473,6 +475,7 @@ async fn peers_hold_each_others_signed_checkpoints_and_see_a_rewrite() {
     forged.signature[0] ^= 1;
     assert!(j_auditor
         .store_peer_checkpoint("qingdao", &q_cert, &forged, None)
+        .await
         .is_err());
 
     // Qingdao's log grows; its newer checkpoint is kept only with a consistency proof from
@@ -493,6 +496,7 @@ async fn peers_hold_each_others_signed_checkpoints_and_see_a_rewrite() {
     );
     let e = j_auditor
         .store_peer_checkpoint("qingdao", &q_cert, &newer, None)
+        .await
         .unwrap_err();
     assert!(e.contains("needs a consistency proof"), "{e}");
     let proof = fed_client
@@ -515,12 +519,14 @@ async fn peers_hold_each_others_signed_checkpoints_and_see_a_rewrite() {
     };
     let e = j_auditor
         .store_peer_checkpoint("qingdao", &q_cert, &forked, Some(&proof.hashes))
+        .await
         .unwrap_err();
     assert!(e.contains("forked"), "{e}");
     assert_eq!(j_auditor.conflicts(), 2);
     // The genuine one, with its proof: kept.
     j_auditor
         .store_peer_checkpoint("qingdao", &q_cert, &newer, Some(&proof.hashes))
+        .await
         .unwrap();
     // Qingdao's own chain still verifies against its checkpoints.
     let report = q_auditor.verify().unwrap();

@@ -33,6 +33,8 @@ struct Replicas {
     b_url: String,
     /// B's config with the addresses it got (to restart it on them).
     b_config: tongban_gateway::config::NodeConfig,
+    /// How the replicas reach etcd over TLS.
+    backend_tls: Option<tongban_gateway::store::EtcdTls>,
     _etcd: LocalEtcd,
 }
 
@@ -43,14 +45,15 @@ async fn start() -> Replicas {
     let etcd = LocalEtcd::start_tls().await.unwrap();
     let files = etcd.tls.clone().unwrap();
     let mut f = Fed::start(&["jinan", "qingdao"]).await;
+    let backend_tls = Some(tongban_gateway::store::EtcdTls {
+        ca: files.ca,
+        client: Some((files.client_cert, files.client_key)),
+    });
     let backend = SharedBackend::Etcd {
         endpoints: vec![etcd.endpoint.clone()],
         prefix: "/tongban/jinan/".into(),
         timeout: Duration::from_secs(2),
-        tls: Some(tongban_gateway::store::EtcdTls {
-            ca: files.ca,
-            client: Some((files.client_cert, files.client_key)),
-        }),
+        tls: backend_tls.clone(),
     };
     f.fed.stop_node("jinan").await.unwrap();
     let a = f.fed.cities.iter_mut().find(|c| c.city == "jinan").unwrap();
@@ -115,6 +118,7 @@ async fn start() -> Replicas {
         b,
         b_url,
         b_config,
+        backend_tls,
         _etcd: etcd,
     }
 }
@@ -305,6 +309,43 @@ async fn replicas_on_etcd_serve_one_registry_and_one_set_of_consents() {
         )
         .unwrap();
         assert_eq!((cp.city.as_str(), cp.replica.as_str()), ("jinan", replica));
+    }
+
+    // The checkpoints held of Qingdao are the city's, in etcd: both replicas read the
+    // newest either of them received.
+    let held = |node: &RunningNode| {
+        node.auditor()
+            .peer_checkpoint("qingdao")
+            .map(|s| prost::Message::encode_to_vec(&s))
+    };
+    let etcd_kv =
+        tongban_gateway::store::etcd::EtcdKv::connect(&tongban_gateway::store::etcd::EtcdConfig {
+            endpoints: vec![r._etcd.endpoint.clone()],
+            prefix: "/tongban/jinan/".into(),
+            timeout: Duration::from_secs(2),
+            tls: r.backend_tls.clone(),
+        })
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        use tongban_gateway::store::kv::KvStore as _;
+        let in_etcd = etcd_kv
+            .get(b"audit/peer_checkpoints/qingdao")
+            .await
+            .unwrap()
+            .map(|kv| kv.value);
+        if in_etcd.is_some() && in_etcd == held(a) && in_etcd == held(&r.b) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the checkpoint held of qingdao: etcd {:?}, A {:?}, B {:?}",
+            in_etcd.map(|v| v.len()),
+            held(a).map(|v| v.len()),
+            held(&r.b).map(|v| v.len())
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     // Replica A goes away: Qingdao reaches Jinan through B, the other address it lists.

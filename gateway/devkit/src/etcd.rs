@@ -183,7 +183,9 @@ impl LocalEtcd {
             for task in std::fs::read_dir(&tasks)? {
                 let stat = std::fs::read_to_string(task?.path().join("stat"))?;
                 // `tid (comm) state ...`: the state follows the last `)`.
-                let state = stat.rsplit_once(')').and_then(|(_, r)| r.trim().chars().next());
+                let state = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, r)| r.trim().chars().next());
                 all &= state == Some('T');
             }
             if all {

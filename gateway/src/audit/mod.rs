@@ -24,6 +24,7 @@ use tongban_proto::audit::v1::{
     AuditRecord, Checkpoint, ConsistencyProof, InclusionProof, SignedCheckpoint,
 };
 
+use crate::store::kv::{KvStore, Snapshot};
 use crate::store::sled::SledStore;
 use crate::store::{Keyspace, Store};
 use crate::trust::{self, NodeIdentity};
@@ -48,8 +49,12 @@ pub struct Auditor {
     receipt_key: trust::NodeJwtSigner,
     /// seq → SignedCheckpoint (this node's)
     checkpoints: Arc<dyn Keyspace>,
-    /// city → latest SignedCheckpoint received from that peer
+    /// city → latest SignedCheckpoint received from that peer: here until the node shares
+    /// them with its replicas ([`Self::share_peer_checkpoints`]).
     peer_checkpoints: Arc<dyn Keyspace>,
+    /// The store the city's replicas share, and its snapshot, once the node set it: where
+    /// the checkpoints held of peers are then.
+    shared: std::sync::OnceLock<(Arc<dyn KvStore>, Snapshot)>,
     /// city → evidence of a peer contradicting an earlier checkpoint
     conflicts: Arc<dyn Keyspace>,
     /// The last seq the index thread has indexed.
@@ -71,6 +76,13 @@ pub struct Auditor {
 
 /// Where a peer replica's checkpoints are kept: `city` for a single node (as before replicas),
 /// `city#replica` for a replica with an id.
+/// Where the checkpoints held of peers are in the shared store (the key: [`peer_key`]).
+const HELD_PREFIX: &str = "audit/peer_checkpoints/";
+
+fn held_key(key: &[u8]) -> Vec<u8> {
+    [HELD_PREFIX.as_bytes(), key].concat()
+}
+
 fn peer_key(city: &str, replica: &str) -> Vec<u8> {
     if replica.is_empty() {
         city.as_bytes().to_vec()
@@ -330,6 +342,7 @@ impl Auditor {
             identity,
             checkpoints,
             peer_checkpoints: store.keyspace("audit.peer_checkpoints").map_err(storage)?,
+            shared: std::sync::OnceLock::new(),
             conflicts: store
                 .keyspace("audit.checkpoint_conflicts")
                 .map_err(storage)?,
@@ -845,7 +858,7 @@ impl Auditor {
     /// that contradicts the one held (same seq, other hash; a lower seq; a tree that does
     /// not extend the held tree) is kept as evidence and reported: the peer rewrote, rolled
     /// back or forked its history.
-    pub fn store_peer_checkpoint(
+    pub async fn store_peer_checkpoint(
         &self,
         city: &str,
         node_cert: &CertificateDer<'_>,
@@ -858,9 +871,73 @@ impl Auditor {
         if cp.city != city {
             return Err(format!("checkpoint of `{}` from peer `{city}`", cp.city));
         }
-        let previous = self
-            .peer_checkpoint_of(city, &cp.replica)
-            .and_then(|s| Checkpoint::decode(s.checkpoint.as_slice()).ok());
+        let key = peer_key(city, &cp.replica);
+        // Checked against the one held and written only if that is still the one held: the
+        // city's replicas fetch the same peers' checkpoints.
+        for _ in 0..5 {
+            let (held, revision) = self.held_now(&key).await?;
+            let previous = held.and_then(|s| Checkpoint::decode(s.checkpoint.as_slice()).ok());
+            self.extends(city, signed, &cp, previous.as_ref(), consistency)?;
+            match self.shared.get() {
+                None => {
+                    self.peer_checkpoints
+                        .insert(&key, &signed.encode_to_vec())
+                        .map_err(|e| e.to_string())?;
+                    return Ok(cp);
+                }
+                Some((store, _)) => {
+                    let txn = crate::store::kv::Txn::new()
+                        .when(crate::store::kv::Cond::Unchanged(held_key(&key), revision))
+                        .put(held_key(&key), signed.encode_to_vec());
+                    match store.commit(txn).await.map_err(|e| e.to_string())? {
+                        crate::store::kv::Committed::Applied(_) => return Ok(cp),
+                        crate::store::kv::Committed::Conflict => continue,
+                    }
+                }
+            }
+        }
+        Err(format!(
+            "the checkpoint held of `{city}` kept changing under this one (another replica)"
+        ))
+    }
+
+    /// The checkpoint held under `key` as the store has it now, with its revision (0: none).
+    async fn held_now(
+        &self,
+        key: &[u8],
+    ) -> Result<(Option<SignedCheckpoint>, crate::store::kv::Revision), String> {
+        match self.shared.get() {
+            None => Ok((
+                self.peer_checkpoints
+                    .get(key)
+                    .ok()
+                    .flatten()
+                    .and_then(|v| SignedCheckpoint::decode(v.as_slice()).ok()),
+                0,
+            )),
+            Some((store, _)) => {
+                let kv = store.get(&held_key(key)).await.map_err(|e| e.to_string())?;
+                Ok(match kv {
+                    None => (None, 0),
+                    Some(kv) => (
+                        SignedCheckpoint::decode(kv.value.as_slice()).ok(),
+                        kv.revision,
+                    ),
+                })
+            }
+        }
+    }
+
+    /// That `cp` (signed as `signed`) extends `previous`, the checkpoint held of `city`; a
+    /// contradiction is kept as evidence.
+    fn extends(
+        &self,
+        city: &str,
+        signed: &SignedCheckpoint,
+        cp: &Checkpoint,
+        previous: Option<&Checkpoint>,
+        consistency: Option<&[Vec<u8>]>,
+    ) -> Result<(), String> {
         let evidence = |why: String| {
             let _ = self.conflicts.insert(
                 format!("{city}/{}", now_ms()).as_bytes(),
@@ -868,17 +945,18 @@ impl Auditor {
             );
             why
         };
-        if let Some(prev) = &previous {
-            let rewritten = prev.seq == cp.seq && prev.head_hash != cp.head_hash;
-            if rewritten || cp.seq < prev.seq {
-                return Err(evidence(format!(
-                    "peer `{city}` contradicts its earlier checkpoint (seq {} then {}): its audit history was rewritten or rolled back",
-                    prev.seq, cp.seq
-                )));
-            }
+        let Some(prev) = previous else {
+            return Ok(());
+        };
+        let rewritten = prev.seq == cp.seq && prev.head_hash != cp.head_hash;
+        if rewritten || cp.seq < prev.seq {
+            return Err(evidence(format!(
+                "peer `{city}` contradicts its earlier checkpoint (seq {} then {}): its audit history was rewritten or rolled back",
+                prev.seq, cp.seq
+            )));
         }
-        if let Some((from, to)) = self.consistency_needed(city, signed) {
-            let prev = previous.as_ref().ok_or("no held checkpoint")?;
+        if prev.seq < cp.seq && !prev.tree_root.is_empty() && !cp.tree_root.is_empty() {
+            let (from, to) = (prev.seq, cp.seq);
             let proof = consistency.ok_or_else(|| {
                 format!("peer `{city}`'s checkpoint at seq {to} needs a consistency proof from seq {from}")
             })?;
@@ -900,10 +978,25 @@ impl Auditor {
                 )));
             }
         }
-        self.peer_checkpoints
-            .insert(&peer_key(city, &cp.replica), &signed.encode_to_vec())
-            .map_err(|e| e.to_string())?;
-        Ok(cp)
+        Ok(())
+    }
+
+    /// From now on the checkpoints held of peers are in `store`, the store the city's
+    /// replicas share (read from `snapshot`), so that every replica checks a peer against
+    /// the newest any of them received. Those held here so far are moved there.
+    pub async fn share_peer_checkpoints(
+        &self,
+        store: Arc<dyn KvStore>,
+        snapshot: Snapshot,
+    ) -> Result<(), crate::store::StoreError> {
+        for (key, value) in self.peer_checkpoints.scan_prefix(b"").flatten() {
+            let txn = crate::store::kv::Txn::new()
+                .when(crate::store::kv::Cond::Absent(held_key(&key)))
+                .put(held_key(&key), value);
+            store.commit(txn).await?;
+        }
+        let _ = self.shared.set((store, snapshot));
+        Ok(())
     }
 
     /// The newest checkpoint of `city`'s log that this node holds (of the city's single
@@ -914,7 +1007,11 @@ impl Auditor {
 
     /// The newest checkpoint of the log of `city`'s replica `replica` held here.
     pub fn peer_checkpoint_of(&self, city: &str, replica: &str) -> Option<SignedCheckpoint> {
-        let v = self.peer_checkpoints.get(&peer_key(city, replica)).ok()??;
+        let key = peer_key(city, replica);
+        let v = match self.shared.get() {
+            Some((_, snap)) => snap.get(&held_key(&key))?.value,
+            None => self.peer_checkpoints.get(&key).ok()??,
+        };
         SignedCheckpoint::decode(v.as_slice()).ok()
     }
 
@@ -944,7 +1041,14 @@ impl Auditor {
     }
 
     pub fn peer_checkpoints(&self) -> Vec<SignedCheckpoint> {
-        decoded(self.peer_checkpoints.as_ref())
+        match self.shared.get() {
+            Some((_, snap)) => snap
+                .scan(HELD_PREFIX.as_bytes())
+                .into_iter()
+                .filter_map(|kv| SignedCheckpoint::decode(kv.value.as_slice()).ok())
+                .collect(),
+            None => decoded(self.peer_checkpoints.as_ref()),
+        }
     }
 
     /// Evidence of peers contradicting their checkpoints.
