@@ -41,8 +41,15 @@ struct Replicas {
 /// Jinan's node (A) moved onto etcd, a second Jinan replica (B) beside it with its own data
 /// dir and listeners and the same pseudonym secret, and Qingdao.
 async fn start() -> Replicas {
+    Box::pin(start_with(LocalEtcd::start_tls())).await
+}
+
+/// The same, with etcd started by `etcd`.
+async fn start_with(
+    etcd: impl std::future::Future<Output = Result<LocalEtcd, tongban_devkit::etcd::EtcdError>>,
+) -> Replicas {
     // etcd over TLS, requiring a client certificate, as a city would run it.
-    let etcd = LocalEtcd::start_tls().await.unwrap();
+    let etcd = etcd.await.unwrap();
     let files = etcd.tls.clone().unwrap();
     let mut f = Fed::start(&["jinan", "qingdao"]).await;
     let backend_tls = Some(tongban_gateway::store::EtcdTls {
@@ -379,13 +386,30 @@ async fn replicas_on_etcd_serve_one_registry_and_one_set_of_consents() {
     r.f.fed.shutdown().await;
 }
 
-/// etcd stops answering (SIGSTOP: a partition, as the node sees it): the replicas refuse
-/// writes with UNAVAILABLE naming etcd, keep routing and checking from their snapshot, and
-/// write again by themselves once etcd is back.
+/// etcd stops answering (SIGSTOP: its sockets stay open, as in a partition): the replicas
+/// refuse writes with UNAVAILABLE naming etcd, keep routing and checking from their
+/// snapshot, and write again by themselves once etcd is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_etcd_unreachable_writes_are_refused_and_calls_go_on() {
     let r = Box::pin(start()).await;
     r._etcd.freeze().await.unwrap();
+    etcd_away_then_back(r, |r| r._etcd.thaw().unwrap()).await;
+}
+
+/// The same with a real partition: etcd on a host of its own (a network namespace), the
+/// network to it cut (its route black-holed, packets lost silently) and restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_etcd_partitioned_away_writes_are_refused_and_calls_go_on() {
+    let r = Box::pin(start_with(LocalEtcd::start_tls_elsewhere())).await;
+    let host = r._etcd.netns.as_ref().expect("etcd on a host of its own");
+    host.partition().unwrap();
+    etcd_away_then_back(r, |r| r._etcd.netns.as_ref().unwrap().heal().unwrap()).await;
+}
+
+/// With etcd away (`r` as the test left it): writes refused naming etcd, calls through both
+/// replicas served; then `back`, and writes go through again and B follows.
+async fn etcd_away_then_back(r: Replicas, back: impl FnOnce(&Replicas)) {
+    let at = r._etcd.endpoint.clone();
     let e =
         r.f.fed
             .register_crosscity("jinan", "gjj", &["JQ-08"], false)
@@ -396,7 +420,7 @@ async fn with_etcd_unreachable_writes_are_refused_and_calls_go_on() {
     };
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(
-        status.message().contains("etcd at https://127.0.0.1:"),
+        status.message().contains(&format!("etcd at {at}")),
         "{status:?}"
     );
     let citizen = demo_subject("37010219850312002");
@@ -417,7 +441,7 @@ async fn with_etcd_unreachable_writes_are_refused_and_calls_go_on() {
     };
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(
-        status.message().contains("etcd at https://127.0.0.1:"),
+        status.message().contains(&format!("etcd at {at}")),
         "{status:?}"
     );
     // The data path needs no etcd: a call through either replica goes through.
@@ -434,7 +458,7 @@ async fn with_etcd_unreachable_writes_are_refused_and_calls_go_on() {
             .unwrap_or_else(|s| panic!("through {url} with etcd away: {s:?}"));
     }
     // Back: the registration goes through, and B serves it.
-    r._etcd.thaw().unwrap();
+    back(&r);
     let started = std::time::Instant::now();
     let v = loop {
         match r

@@ -15,6 +15,8 @@ pub struct LocalEtcd {
     health_addr: String,
     /// With TLS: the CA that issued etcd's certificate and a client certificate it accepts.
     pub tls: Option<EtcdTlsFiles>,
+    /// The host of its own etcd runs on, when it has one (removed after etcd stops).
+    pub netns: Option<crate::netns::NetnsHost>,
     _dir: tempfile::TempDir,
 }
 
@@ -28,7 +30,10 @@ pub struct EtcdTlsFiles {
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, written into `dir`:
 /// (server cert, server key, what a client needs).
-fn write_tls(dir: &std::path::Path) -> Result<(PathBuf, PathBuf, EtcdTlsFiles), rcgen::Error> {
+fn write_tls(
+    dir: &std::path::Path,
+    ip: &str,
+) -> Result<(PathBuf, PathBuf, EtcdTlsFiles), rcgen::Error> {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, PKCS_ECDSA_P256_SHA256,
@@ -49,7 +54,7 @@ fn write_tls(dir: &std::path::Path) -> Result<(PathBuf, PathBuf, EtcdTlsFiles), 
         Ok::<_, rcgen::Error>((cert.pem(), key.serialize_pem()))
     };
     let server = issue(
-        vec!["127.0.0.1".into(), "localhost".into()],
+        vec![ip.to_string(), "localhost".into()],
         ExtendedKeyUsagePurpose::ServerAuth,
         "etcd",
     )?;
@@ -92,27 +97,45 @@ fn binary() -> PathBuf {
 impl LocalEtcd {
     /// Starts etcd and waits until it answers (up to 20 s).
     pub async fn start() -> Result<LocalEtcd, EtcdError> {
-        Self::start_with(false).await
+        Self::start_with(false, None).await
     }
 
     /// Starts etcd serving clients over TLS only, and requiring a client certificate of its
     /// CA (`tls` names the files a client needs).
     pub async fn start_tls() -> Result<LocalEtcd, EtcdError> {
-        Self::start_with(true).await
+        Self::start_with(true, None).await
     }
 
-    async fn start_with(tls: bool) -> Result<LocalEtcd, EtcdError> {
+    /// Starts etcd over TLS on a host of its own (a network namespace, see
+    /// [`crate::netns`]), so that the network to it can be cut (`netns`).
+    pub async fn start_tls_elsewhere() -> Result<LocalEtcd, EtcdError> {
+        let host = crate::netns::NetnsHost::create()
+            .map_err(|e| EtcdError::Start(format!("network namespace: {e}")))?;
+        Self::start_with(true, Some(host)).await
+    }
+
+    async fn start_with(
+        tls: bool,
+        netns: Option<crate::netns::NetnsHost>,
+    ) -> Result<LocalEtcd, EtcdError> {
         let dir = tempfile::tempdir().map_err(|e| EtcdError::Start(e.to_string()))?;
         let port = || free_port().map_err(|e| EtcdError::Start(e.to_string()));
-        let (client, peer, metrics) = (port()?, port()?, port()?);
+        // On a host of its own, its own ports; on loopback, free ones.
+        let (ip, client, peer, metrics) = match &netns {
+            Some(h) => (h.ns_ip.clone(), 2379, 2380, 2381),
+            None => ("127.0.0.1".to_string(), port()?, port()?, port()?),
+        };
         let scheme = if tls { "https" } else { "http" };
-        let endpoint = format!("{scheme}://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let health_addr = format!("127.0.0.1:{metrics}");
-        let mut cmd = Command::new(binary());
+        let endpoint = format!("{scheme}://{ip}:{client}");
+        let peer_url = format!("http://{ip}:{peer}");
+        let health_addr = format!("{ip}:{metrics}");
+        let mut cmd = match &netns {
+            Some(h) => h.command(&binary()),
+            None => Command::new(binary()),
+        };
         let files = if tls {
             let (cert, key, files) =
-                write_tls(dir.path()).map_err(|e| EtcdError::Start(e.to_string()))?;
+                write_tls(dir.path(), &ip).map_err(|e| EtcdError::Start(e.to_string()))?;
             cmd.arg(format!("--cert-file={}", cert.display()))
                 .arg(format!("--key-file={}", key.display()))
                 .arg(format!("--trusted-ca-file={}", files.ca.display()))
@@ -140,6 +163,7 @@ impl LocalEtcd {
             endpoint,
             health_addr,
             tls: files,
+            netns,
             _dir: dir,
         };
         etcd.ready().await?;
@@ -287,6 +311,7 @@ impl ExampleCluster {
                 health_addr: endpoint.trim_start_matches("http://").to_string(),
                 endpoint,
                 tls: None,
+                netns: None,
                 _dir: dir,
             });
         }

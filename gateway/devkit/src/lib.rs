@@ -13,6 +13,7 @@ pub mod etcd;
 pub mod idp;
 pub mod local;
 pub mod medical;
+pub mod netns;
 pub mod oidc;
 pub mod portal;
 pub mod probe;
