@@ -5,24 +5,19 @@ usage: crosscity_client.py PROTO_ROOT NODE_ADDR TARGET_CITY TOKEN
 """
 import json
 import sys
-import tempfile
 
 import grpc
-from grpc_tools import protoc
+import stubs
 
 
 def main() -> int:
     proto_root, addr, target, token = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
     auth = [("authorization", f"Bearer {token}"), ("x-tongban-purpose", "case-handling")]
-    out = tempfile.mkdtemp(prefix="tongban-py-")
-    rc = protoc.main([
-        "protoc", f"-I{proto_root}", f"--python_out={out}", f"--grpc_python_out={out}",
-        "tongban/crosscity/v1/crosscity.proto",
-    ])
-    if rc != 0:
-        print(json.dumps({"error": f"protoc failed with {rc}"}))
+    try:
+        stubs.generate(proto_root, "tongban/crosscity/v1/crosscity.proto")
+    except RuntimeError as e:
+        print(json.dumps({"error": str(e)}))
         return 1
-    sys.path.insert(0, out)
     from tongban.crosscity.v1 import crosscity_pb2 as pb, crosscity_pb2_grpc as pbg
 
     result = {}

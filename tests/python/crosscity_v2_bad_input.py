@@ -7,25 +7,20 @@ prints JSON: {"code": ..., "reason": ..., "fields": {field: description}, "messa
 """
 import json
 import sys
-import tempfile
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from grpc_tools import protoc
+import stubs
 
 
 def main() -> int:
     proto_root, addr, token, subject, consent = sys.argv[1:6]
-    out = tempfile.mkdtemp(prefix="tongban-py-")
-    rc = protoc.main([
-        "protoc", f"-I{proto_root}", f"--python_out={out}", f"--grpc_python_out={out}",
-        "tongban/crosscity/v2/crosscity.proto",
-    ])
-    if rc != 0:
-        print(json.dumps({"error": f"protoc failed with {rc}"}))
+    try:
+        stubs.generate(proto_root, "tongban/crosscity/v2/crosscity.proto")
+    except RuntimeError as e:
+        print(json.dumps({"error": str(e)}))
         return 1
-    sys.path.insert(0, out)
     from tongban.crosscity.v2 import crosscity_pb2 as pb, crosscity_pb2_grpc as pbg
 
     metadata = [

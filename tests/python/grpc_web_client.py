@@ -9,11 +9,10 @@ import base64
 import json
 import struct
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 
-from grpc_tools import protoc
+import stubs
 
 
 def frames(body):
@@ -74,13 +73,11 @@ def preflight(addr, path, origin):
 
 def main() -> int:
     proto_root, addr, token, origin = sys.argv[1:5]
-    out = tempfile.mkdtemp(prefix="tongban-web-")
-    rc = protoc.main(["protoc", f"-I{proto_root}", f"--python_out={out}",
-                      "tongban/registry/v1/registry.proto", "tongban/crosscity/v1/crosscity.proto"])
-    if rc != 0:
-        print(json.dumps({"error": f"protoc failed with {rc}"}))
+    try:
+        stubs.generate(proto_root, "tongban/registry/v1/registry.proto", "tongban/crosscity/v1/crosscity.proto", grpc=False)
+    except RuntimeError as e:
+        print(json.dumps({"error": str(e)}))
         return 1
-    sys.path.insert(0, out)
     from tongban.registry.v1 import registry_pb2 as reg
     from tongban.crosscity.v1 import crosscity_pb2 as cc
 
