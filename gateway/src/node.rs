@@ -33,7 +33,7 @@ use crate::ratelimit::RateLimiter;
 use crate::registry::{Registry, RegistryError};
 use crate::registry_api::RegistryApi;
 use crate::server::{self, Side};
-use crate::store::sled::SledStore;
+use crate::store::LocalStore;
 use crate::subject::Pseudonymizer;
 use crate::trust::{NodeIdentity, TrustBundle, TrustError};
 use crate::upstream::{Endpoint, Keepalive};
@@ -738,8 +738,8 @@ async fn purge_replays(replay: ReplayCache, mut shutdown: watch::Receiver<bool>)
 }
 
 /// Opens the node's store; a previous instance still closing it gets a bounded wait.
-async fn open_store(path: &std::path::Path, cache_bytes: u64) -> Result<SledStore, NodeError> {
-    SledStore::open_with_cache(path, cache_bytes)
+async fn open_store(path: &std::path::Path, cache_bytes: u64) -> Result<LocalStore, NodeError> {
+    LocalStore::open_with_cache(path, cache_bytes)
         .await
         .map_err(|source| NodeError::Store {
             path: path.display().to_string(),

@@ -303,9 +303,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rec = ServiceRecord::try_from(reg()).unwrap();
         let open = || async {
-            let store = crate::store::sled::SledStore::open(dir.path())
-                .await
-                .unwrap();
+            let store = crate::store::LocalStore::open(dir.path()).await.unwrap();
             let shared: Arc<dyn KvStore> = Arc::new(store.shared().unwrap());
             let snap = Snapshot::follow(shared.clone(), b"").await.unwrap();
             Registry::open(shared, snap)

@@ -57,7 +57,7 @@ fn sha_hex(b: &[u8]) -> String {
 
 /// The node's own signed checkpoints (the node stopped: its store is opened here).
 fn own_checkpoints(data_dir: &Path) -> Result<Vec<(Checkpoint, SignedCheckpoint)>, String> {
-    let store = crate::store::sled::SledStore::open_now(&data_dir.join("state"))
+    let store = crate::store::LocalStore::open_now(&data_dir.join("state"))
         .map_err(|e| format!("cannot open the node's store (is the node stopped?): {e}"))?;
     let ks = store
         .keyspace("audit.checkpoints")

@@ -25,7 +25,6 @@ use tongban_proto::audit::v1::{
 };
 
 use crate::store::kv::{KvStore, Snapshot};
-use crate::store::sled::SledStore;
 use crate::store::{Keyspace, Store};
 use crate::trust::{self, NodeIdentity};
 use index::{AuditIndex, Filter};
@@ -1117,10 +1116,11 @@ pub fn verify_offline(data_dir: &Path) -> Result<(VerifyReport, bool), AuditErro
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no audit log here"),
         });
     }
-    let checkpoints: Option<Vec<(u64, Hash)>> = SledStore::open_now(&data_dir.join("state"))
-        .ok()
-        .and_then(|store| store.keyspace("audit.checkpoints").ok())
-        .map(|ks| checkpoint_hashes(&ks));
+    let checkpoints: Option<Vec<(u64, Hash)>> =
+        crate::store::LocalStore::open_now(&data_dir.join("state"))
+            .ok()
+            .and_then(|store| store.keyspace("audit.checkpoints").ok())
+            .map(|ks| checkpoint_hashes(&ks));
     let used = checkpoints.is_some();
     let report = log::verify_chain(&dir, &checkpoints.unwrap_or_default())?;
     Ok((report, used))

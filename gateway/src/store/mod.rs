@@ -97,13 +97,17 @@ pub struct EtcdTls {
     pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
+/// The replica's own store, for what stays per replica (its audit checkpoints), and the
+/// shared store of a city that runs one node: sled, in `data_dir`.
+pub type LocalStore = sled::SledStore;
+
 /// Whether this build has the etcd backend (the `etcd` feature).
 pub const ETCD_BUILT_IN: bool = cfg!(feature = "etcd");
 
 /// Opens the shared store the config names; `local` is the node's own database.
 pub async fn open_shared(
     backend: &SharedBackend,
-    local: &sled::SledStore,
+    local: &LocalStore,
 ) -> Result<Arc<dyn kv::KvStore>, StoreError> {
     match backend {
         SharedBackend::Sled => Ok(Arc::new(local.shared()?)),
