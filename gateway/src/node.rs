@@ -292,13 +292,25 @@ impl PreparedNode {
         };
         let (shutdown_tx, shutdown) = watch::channel(false);
         // This replica in the city's directory (for the Audit API's fan-out), reachable at
-        // its caller listener when that is plaintext on a concrete address.
+        // its caller listener on a concrete address (over TLS when it has TLS: the replicas
+        // share the caller certificate and pin it).
         let replicas = crate::replicas::Replicas::new(shared.0, shared.1, &config.replica);
-        if caller_tls.is_none() && !caller_addr.ip().is_unspecified() {
-            replicas.announce(&format!("http://{caller_addr}")).await;
+        let scheme = if caller_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        if !caller_addr.ip().is_unspecified() {
+            replicas
+                .announce(&format!("{scheme}://{caller_addr}"))
+                .await;
         } else if !config.replica.is_empty() {
-            tracing::warn!(replica = %config.replica, "replica not announced: the audit fan-out reaches plaintext caller listeners on a concrete address only");
+            tracing::warn!(replica = %config.replica, "replica not announced: its caller listener has no concrete address (listen on the replica's own address for the audit fan-out)");
         }
+        let replica_tls = match &config.caller_tls {
+            Some(t) => Some(NodeIdentity::replica_client_config(&t.cert, &t.key)?),
+            None => None,
+        };
 
         let catalog = Arc::new(Catalog::new(
             identity.clone(),
@@ -389,6 +401,7 @@ impl PreparedNode {
                 .collect(),
             connect_timeout: config.limits.connect_timeout,
             replicas: replicas.clone(),
+            replica_tls,
         }))
         .add_service(AdminServer::new(status.clone()))
         .add_service(health_svc.clone())

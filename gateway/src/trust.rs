@@ -645,6 +645,37 @@ impl NodeIdentity {
         Ok(Arc::new(cfg))
     }
 
+    /// The client side of a call to another replica of this city at its TLS caller
+    /// listener. The replicas of a city share the caller certificate (`cert`, `key`), so the
+    /// other replica is accepted with exactly that certificate (pinned: no CA is involved),
+    /// and a listener that asks for a client certificate is given the same one.
+    pub fn replica_client_config(
+        cert: &Path,
+        key: &Path,
+    ) -> Result<Arc<rustls::ClientConfig>, TrustError> {
+        let chain = CertificateDer::pem_slice_iter(&read_file("caller tls certificate", cert)?)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid("caller tls certificate", e.to_string()))?;
+        let key = PrivateKeyDer::from_pem_slice(&read_file("caller tls key", key)?)
+            .map_err(|e| invalid("caller tls key", e.to_string()))?;
+        let own = chain
+            .first()
+            .cloned()
+            .ok_or_else(|| invalid("caller tls certificate", "no certificate"))?;
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid("tls", e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedServer {
+                cert: own,
+                provider: provider(),
+            }))
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| invalid("caller tls certificate", e.to_string()))?;
+        cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+        Ok(Arc::new(cfg))
+    }
+
     /// The node key (PKCS#8 DER), for signing caller assertions.
     pub fn key_pkcs8(&self) -> &[u8] {
         &self.key_der
@@ -664,6 +695,66 @@ impl NodeIdentity {
             .map_err(|e| invalid("node certificate", e.to_string()))?;
         cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
         Ok(Arc::new(cfg))
+    }
+}
+
+/// Accepts a server with exactly one certificate (its handshake signature still checked).
+#[derive(Debug)]
+struct PinnedServer {
+    cert: CertificateDer<'static>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.cert.as_ref() {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

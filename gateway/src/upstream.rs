@@ -179,6 +179,26 @@ impl Endpoint {
         Ok(e)
     }
 
+    /// Another replica of this city at its TLS caller listener (`host:port`), with the
+    /// client config of [`crate::trust::NodeIdentity::replica_client_config`].
+    pub fn replica(
+        addr: &str,
+        config: Arc<rustls::ClientConfig>,
+    ) -> Result<Endpoint, UpstreamError> {
+        let name = ServerName::try_from("replica.tongban.invalid")
+            .map_err(|e| UpstreamError::BadEndpoint(e.to_string()))?;
+        let authority: Authority = addr
+            .parse()
+            .map_err(|_| UpstreamError::BadEndpoint(format!("`{addr}` is not host:port")))?;
+        Ok(Endpoint::new(
+            format!("replica at {addr}"),
+            addr.to_string(),
+            Scheme::HTTPS,
+            authority,
+            Security::Tls { config, name },
+        ))
+    }
+
     /// One endpoint per address (the replicas of a peer city, each asked on its own), each
     /// with its own connection; this one itself when it has one address.
     pub fn each_address(self: &Arc<Self>) -> Vec<Arc<Endpoint>> {

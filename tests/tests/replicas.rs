@@ -131,8 +131,8 @@ async fn start_with(
 }
 
 /// A token of Jinan's identity provider for `org` with `roles`.
-fn jinan_token(r: &Replicas, org: &str, roles: &[&str]) -> String {
-    tongban_devkit::local::dev_token_with_roles(&r.f.fed.certs, "jinan", org, roles).unwrap()
+fn jinan_token(f: &Fed, org: &str, roles: &[&str]) -> String {
+    tongban_devkit::local::dev_token_with_roles(&f.fed.certs, "jinan", org, roles).unwrap()
 }
 
 /// `msg` with `authorization: Bearer <token>`.
@@ -219,7 +219,7 @@ async fn replicas_on_etcd_serve_one_registry_and_one_set_of_consents() {
             )
             .await
             .unwrap();
-    let portal = jinan_token(&r, "portal", &["consent-portal"]);
+    let portal = jinan_token(&r.f, "portal", &["consent-portal"]);
     let mut b_consents = ConsentClient::new(channel(&r.b_url).await);
     let listed = b_consents
         .list(with(
@@ -239,7 +239,7 @@ async fn replicas_on_etcd_serve_one_registry_and_one_set_of_consents() {
 
     // The citizen's access log, asked of A by an operator (no other city asked), has the
     // exchange B served: A fans out to the replicas in the city's directory.
-    let op = jinan_token(&r, "ops", &["audit-operator"]);
+    let op = jinan_token(&r.f, "ops", &["audit-operator"]);
     let log_req = with(
         &op,
         tongban_proto::audit::v1::AccessLogRequest {
@@ -756,7 +756,7 @@ async fn the_audit_api_of_one_replica_answers_for_all_of_them() {
             .unwrap();
         served.push((url.clone(), tongban_tests::request_id_of(&resp)));
     }
-    let op = jinan_token(&r, "ops", &["audit-operator"]);
+    let op = jinan_token(&r.f, "ops", &["audit-operator"]);
     let mut audit = AuditClient::new(channel(&a_url).await);
 
     // Query, two records a page, through both replicas' records.
@@ -834,7 +834,7 @@ async fn the_audit_api_of_one_replica_answers_for_all_of_them() {
     // A consent granted through B is recorded by B alone; its citizen, signed in at
     // Qingdao, sees it in the access log Qingdao gathers.
     let citizen = demo_subject("37020219900101003");
-    let portal = jinan_token(&r, "portal", &["consent-portal"]);
+    let portal = jinan_token(&r.f, "portal", &["consent-portal"]);
     let grant = with(
         &portal,
         GrantRequest {
@@ -887,4 +887,102 @@ async fn the_audit_api_of_one_replica_answers_for_all_of_them() {
     );
     r.b.shutdown().await;
     r.f.fed.shutdown().await;
+}
+
+/// Replicas whose caller listeners serve TLS (the caller certificate shared by the city's
+/// replicas): the Audit API of A still answers for B, reaching B's TLS listener with the
+/// shared certificate pinned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_fan_out_reaches_replicas_behind_tls() {
+    use tongban_gateway::trust::{NodeIdentity, TrustBundle};
+    use tongban_gateway::upstream::{Endpoint, EndpointChannel};
+    use tongban_proto::audit::v1::audit_client::AuditClient;
+    use tongban_proto::audit::v1::QueryRequest;
+
+    let Replicas {
+        mut f,
+        b,
+        mut b_config,
+        _etcd,
+        ..
+    } = Box::pin(start()).await;
+    let files = f.fed.certs.city("jinan").unwrap().clone();
+    let caller_tls = tongban_gateway::config::CallerTls {
+        cert: files.node_cert.clone(),
+        key: files.node_key.clone(),
+        client_ca: None,
+    };
+    f.fed.stop_node("jinan").await.unwrap();
+    f.fed
+        .cities
+        .iter_mut()
+        .find(|c| c.city == "jinan")
+        .unwrap()
+        .config
+        .caller_tls = Some(caller_tls.clone());
+    f.fed.restart_node("jinan").await.unwrap();
+    b.shutdown().await;
+    b_config.caller_tls = Some(caller_tls);
+    let b = RunningNode::launch(b_config.clone()).await.unwrap();
+    ready(&b).await;
+
+    // A city system with a certificate of Jinan's CA (here the node's own), over TLS.
+    let bundle = TrustBundle::load(&f.fed.certs.trust_bundle).unwrap();
+    let id = NodeIdentity::load("jinan", &files.node_cert, &files.node_key, &bundle).unwrap();
+    let over_tls = |addr: std::net::SocketAddr| {
+        let ep = Endpoint::peer(
+            "jinan",
+            &[addr.to_string()],
+            id.peer_client_config(&bundle, "jinan").unwrap(),
+            bundle.node_name_of("jinan").unwrap(),
+        )
+        .unwrap();
+        EndpointChannel::new(std::sync::Arc::new(ep), Duration::from_secs(2))
+    };
+    let since = tongban_gateway::assertion::now_s() as i64 * 1000 - 1000;
+    let token = f.fed.token("jinan", "hrss").unwrap();
+    let mut req = with(
+        &token,
+        SubmitRequest {
+            catalog_code: "JQ-03".into(),
+            ..Default::default()
+        },
+    );
+    for (k, v) in [
+        ("x-tongban-target-city", "qingdao"),
+        ("x-tongban-purpose", "case-handling"),
+    ] {
+        req.metadata_mut().insert(k, MetadataValue::from_static(v));
+    }
+    let via_b = CrossCityServiceClient::new(over_tls(b_config.caller_addr))
+        .submit(req)
+        .await
+        .unwrap();
+    let b_rid = tongban_tests::request_id_of(&via_b);
+
+    let op = jinan_token(&f, "ops", &["audit-operator"]);
+    let a_addr = f.fed.city("jinan").unwrap().config.caller_addr;
+    let page = AuditClient::new(over_tls(a_addr))
+        .query(with(
+            &op,
+            QueryRequest {
+                from_ms: since,
+                service: "tongban.crosscity.v1.CrossCityService".into(),
+                limit: 100,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(page.unreachable.is_empty(), "{:?}", page.unreachable);
+    assert!(
+        page.records
+            .iter()
+            .any(|r| r.request_id == b_rid && r.replica == "b"),
+        "B's record of {b_rid} in A's answer: {:?}",
+        page.records
+    );
+    b.shutdown().await;
+    f.fed.shutdown().await;
 }

@@ -15,7 +15,6 @@ use tongban_proto::audit::v1::{
 use tongban_proto::federation::v1::federation_client::FederationClient;
 use tongban_proto::federation::v1::GetAuditRecordsRequest;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::index::Filter;
@@ -43,6 +42,9 @@ pub struct AuditApi {
     pub connect_timeout: std::time::Duration,
     /// The other replicas of this city (an access log covers all of them).
     pub replicas: crate::replicas::Replicas,
+    /// How to reach another replica's TLS caller listener (this node's caller TLS: the
+    /// replicas share its certificate); none when the caller listener is plaintext.
+    pub replica_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Marks a request one replica makes of another for its own records (not fanned out again).
@@ -150,7 +152,7 @@ impl AuditApi {
     ) -> Vec<(String, Result<T, String>)>
     where
         M: Clone,
-        F: Fn(&str, AuditClient<Channel>, Request<M>) -> Fut,
+        F: Fn(&str, AuditClient<EndpointChannel>, Request<M>) -> Fut,
         Fut: std::future::Future<Output = Result<Response<T>, Status>>,
     {
         let asks = self.replicas.others().into_iter().map(|(id, url)| {
@@ -163,17 +165,22 @@ impl AuditApi {
             let call = &call;
             async move {
                 let answer = async {
-                    let channel = tonic::transport::Endpoint::from_shared(url)
-                        .map_err(|e| e.to_string())?
-                        .connect_timeout(self.connect_timeout)
-                        .timeout(self.connect_timeout * 5)
-                        .connect()
-                        .await
-                        .map_err(|e| format!("unreachable: {e}"))?;
-                    call(&id, AuditClient::new(channel), req)
-                        .await
-                        .map(Response::into_inner)
-                        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+                    let endpoint = match (url.strip_prefix("https://"), &self.replica_tls) {
+                        (Some(addr), Some(tls)) => Endpoint::replica(addr, tls.clone()),
+                        (Some(_), None) => {
+                            return Err("its caller listener is TLS, this one's is not".into())
+                        }
+                        (None, _) => Endpoint::provider(&url),
+                    }
+                    .map_err(|e| e.to_string())?;
+                    let channel = EndpointChannel::new(Arc::new(endpoint), self.connect_timeout);
+                    let asked = call(&id, AuditClient::new(channel), req);
+                    match tokio::time::timeout(self.connect_timeout * 5, asked).await {
+                        Err(_) => Err("no answer in time".to_string()),
+                        Ok(r) => r
+                            .map(Response::into_inner)
+                            .map_err(|s| format!("{:?}: {}", s.code(), s.message())),
+                    }
                 }
                 .await;
                 (id, answer)
