@@ -40,7 +40,7 @@ pub enum UpstreamError {
 pub enum SendError {
     #[error(transparent)]
     Connect(#[from] UpstreamError),
-    #[error(transparent)]
+    #[error("{}", with_sources(.0))]
     Http(hyper::Error),
     #[error("{0}")]
     Prepare(String),
@@ -53,8 +53,129 @@ pub struct Conn {
     pub binding: Option<ChannelBinding>,
 }
 
-/// How many times a request handed back unsent goes again on a new connection.
+/// An error and what caused it, as one line ("http2 error: stream no longer needed").
+fn with_sources(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// How many times a request that never left goes again on a new connection.
 const UNSENT_RETRIES: u32 = 2;
+
+/// Whether HTTP/2 refused the request's stream: the connection was going away (a GOAWAY)
+/// or the peer refused the stream, so the upstream did not process it.
+fn refused(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<::h2::Error>() {
+            return h2.is_go_away() || h2.reason() == Some(::h2::Reason::REFUSED_STREAM);
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// What a request is without its body, to make it again.
+struct Head {
+    method: http::Method,
+    uri: Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+}
+
+impl Head {
+    fn of(parts: &http::request::Parts) -> Head {
+        Head {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+        }
+    }
+
+    fn with(self, body: Body) -> http::Request<Body> {
+        let mut req = http::Request::new(body);
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers;
+        req
+    }
+}
+
+/// A request body that comes back ([`Unread::take`]) when it is dropped before anything
+/// read it: a request whose stream HTTP/2 refused can go again, whole.
+struct Reclaimable {
+    inner: Option<Body>,
+    read: bool,
+    back: Arc<Mutex<Option<Body>>>,
+}
+
+/// Where a [`Reclaimable`] body comes back to.
+struct Unread(Arc<Mutex<Option<Body>>>);
+
+impl Unread {
+    fn take(&self) -> Option<Body> {
+        self.0.lock().ok()?.take()
+    }
+}
+
+impl Reclaimable {
+    fn wrap(body: Body) -> (Body, Unread) {
+        let back = Arc::new(Mutex::new(None));
+        let body = Body::new(Reclaimable {
+            inner: Some(body),
+            read: false,
+            back: back.clone(),
+        });
+        (body, Unread(back))
+    }
+}
+
+impl http_body::Body for Reclaimable {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+        self.read = true;
+        match self.inner.as_mut() {
+            Some(b) => std::pin::Pin::new(b).poll_frame(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner
+            .as_ref()
+            .is_none_or(http_body::Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner
+            .as_ref()
+            .map(http_body::Body::size_hint)
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Reclaimable {
+    fn drop(&mut self) {
+        if !self.read {
+            if let (Some(body), Ok(mut back)) = (self.inner.take(), self.back.lock()) {
+                *back = Some(body);
+            }
+        }
+    }
+}
 
 /// HTTP/2 keepalive of upstream connections: a PING every `interval` (idle or not); a PING
 /// unanswered for `timeout` closes the connection, failing its streams at once.
@@ -264,10 +385,12 @@ impl Endpoint {
     }
 
     /// Sends `req` on `conn`, after `prepare` has bound it to the connection (a caller
-    /// assertion names the connection's channel binding). A request the connection hands
-    /// back unsent (it closed, as after a GOAWAY of a draining upstream, before the request
-    /// left) is prepared again and goes on a fresh connection: gRPC's transparent retry,
-    /// safe because the upstream never saw it. Any other failure is the caller's to report.
+    /// assertion names the connection's channel binding). A request that never left is
+    /// prepared again and goes on a fresh connection: gRPC's transparent retry, safe because
+    /// the upstream never saw it. It never left when the connection handed it back (it
+    /// closed, as after a GOAWAY of a draining upstream, before the request was taken) or
+    /// when HTTP/2 refused its stream (the connection was going away) before reading any of
+    /// its body. Any other failure is the caller's to report.
     pub async fn send(
         &self,
         mut conn: Conn,
@@ -282,15 +405,28 @@ impl Endpoint {
                 // Not sent: the request is still here.
                 Err(e) if last => return Err(SendError::Http(e)),
                 Err(_) => {}
-                Ok(()) => match conn.sender.try_send_request(req).await {
-                    Ok(response) => return Ok(response),
-                    Err(mut e) => match e.take_message() {
-                        Some(back) if !last => req = back,
-                        _ => return Err(SendError::Http(e.into_error())),
-                    },
-                },
+                Ok(()) => {
+                    let (parts, body) = req.into_parts();
+                    let head = Head::of(&parts);
+                    let (body, unread) = Reclaimable::wrap(body);
+                    match conn
+                        .sender
+                        .try_send_request(http::Request::from_parts(parts, body))
+                        .await
+                    {
+                        Ok(response) => return Ok(response),
+                        Err(mut e) => match e.take_message() {
+                            Some(back) if !last => req = back,
+                            _ if !last && refused(e.error()) => match unread.take() {
+                                Some(body) => req = head.with(body),
+                                None => return Err(SendError::Http(e.into_error())),
+                            },
+                            _ => return Err(SendError::Http(e.into_error())),
+                        },
+                    }
+                }
             }
-            tracing::debug!(endpoint = %self.label, attempt, "request handed back unsent, sending on a new connection");
+            tracing::debug!(endpoint = %self.label, attempt, "request never sent, sending on a new connection");
             // A closed connection is no longer cached: this one is new.
             conn = self.ready_conn(connect_timeout).await?;
         }
