@@ -68,17 +68,25 @@ fn with_sources(e: &(dyn std::error::Error + 'static)) -> String {
 /// How many times a request that never left goes again on a new connection.
 const UNSENT_RETRIES: u32 = 2;
 
-/// Whether HTTP/2 refused the request's stream: the connection was going away (a GOAWAY)
-/// or the peer refused the stream, so the upstream did not process it.
-fn refused(e: &hyper::Error) -> bool {
+/// How far HTTP/2 says a request went, from its error: `Some(true)` when the peer said it
+/// did not process it (its stream above the last one of the peer's GOAWAY, or refused),
+/// `Some(false)` when the connection went away under it in another way (it may have been
+/// processed unless nothing of it was read), `None` for any other failure.
+fn refused(e: &hyper::Error) -> Option<bool> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
         if let Some(h2) = err.downcast_ref::<::h2::Error>() {
-            return h2.is_go_away() || h2.reason() == Some(::h2::Reason::REFUSED_STREAM);
+            let reason = h2.reason();
+            if reason == Some(::h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.is_remote() && reason == Some(::h2::Reason::NO_ERROR))
+            {
+                return Some(true);
+            }
+            return h2.is_go_away().then_some(false);
         }
         source = err.source();
     }
-    false
+    None
 }
 
 /// What a request is without its body, to make it again.
@@ -109,32 +117,64 @@ impl Head {
     }
 }
 
-/// A request body that comes back ([`Unread::take`]) when it is dropped before anything
-/// read it: a request whose stream HTTP/2 refused can go again, whole.
+/// The most of a request body kept to send it again (a unary call's message is far less;
+/// a large upload is not sent again).
+const REPLAY_LIMIT: usize = 256 * 1024;
+
+/// A request body that can be had again: whole when nothing read it before it was dropped
+/// (a stream HTTP/2 refused at once), or as what it gave (its frames, shared rather than
+/// copied, up to [`REPLAY_LIMIT`]) when it was read to its end.
 struct Reclaimable {
     inner: Option<Body>,
-    read: bool,
-    back: Arc<Mutex<Option<Body>>>,
+    kept: Arc<Mutex<Kept>>,
 }
 
-/// Where a [`Reclaimable`] body comes back to.
-struct Unread(Arc<Mutex<Option<Body>>>);
+#[derive(Default)]
+struct Kept {
+    read: bool,
+    unread: Option<Body>,
+    frames: Vec<bytes::Bytes>,
+    trailers: Option<http::HeaderMap>,
+    size: usize,
+    ended: bool,
+    over: bool,
+}
+
+/// Where a [`Reclaimable`] body is had again.
+struct Unread(Arc<Mutex<Kept>>);
 
 impl Unread {
-    fn take(&self) -> Option<Body> {
-        self.0.lock().ok()?.take()
+    /// The body again, when the request is known not to have been processed
+    /// (`unprocessed`), or when nothing of it was read.
+    fn take(&self, unprocessed: bool) -> Option<Body> {
+        let mut kept = self.0.lock().ok()?;
+        if let Some(body) = kept.unread.take() {
+            return Some(body);
+        }
+        if !unprocessed || !kept.ended || kept.over {
+            return None;
+        }
+        let frames = std::mem::take(&mut kept.frames);
+        let trailers = kept.trailers.take();
+        let mut stream: Vec<Result<http_body::Frame<bytes::Bytes>, tonic::Status>> = frames
+            .into_iter()
+            .map(|d| Ok(http_body::Frame::data(d)))
+            .collect();
+        stream.extend(trailers.map(|t| Ok(http_body::Frame::trailers(t))));
+        Some(Body::new(http_body_util::StreamBody::new(
+            futures_util::stream::iter(stream),
+        )))
     }
 }
 
 impl Reclaimable {
     fn wrap(body: Body) -> (Body, Unread) {
-        let back = Arc::new(Mutex::new(None));
+        let kept = Arc::new(Mutex::new(Kept::default()));
         let body = Body::new(Reclaimable {
             inner: Some(body),
-            read: false,
-            back: back.clone(),
+            kept: kept.clone(),
         });
-        (body, Unread(back))
+        (body, Unread(kept))
     }
 }
 
@@ -146,17 +186,46 @@ impl http_body::Body for Reclaimable {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
-        self.read = true;
-        match self.inner.as_mut() {
+        let polled = match self.inner.as_mut() {
             Some(b) => std::pin::Pin::new(b).poll_frame(cx),
             None => std::task::Poll::Ready(None),
+        };
+        if let Ok(mut kept) = self.kept.lock() {
+            kept.read = true;
+            match &polled {
+                std::task::Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        kept.size += data.len();
+                        if kept.size > REPLAY_LIMIT {
+                            kept.over = true;
+                            kept.frames = Vec::new();
+                        } else if !kept.over {
+                            kept.frames.push(data.clone());
+                        }
+                    } else if let Some(t) = frame.trailers_ref() {
+                        kept.trailers = Some(t.clone());
+                    }
+                }
+                std::task::Poll::Ready(Some(Err(_))) => kept.over = true,
+                std::task::Poll::Ready(None) => kept.ended = true,
+                std::task::Poll::Pending => {}
+            }
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner
+        // HTTP/2 stops reading once the body says it ended: that is its end too.
+        let end = self
+            .inner
             .as_ref()
-            .is_none_or(http_body::Body::is_end_stream)
+            .is_none_or(http_body::Body::is_end_stream);
+        if end {
+            if let Ok(mut kept) = self.kept.lock() {
+                kept.ended |= kept.read;
+            }
+        }
+        end
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
@@ -169,9 +238,9 @@ impl http_body::Body for Reclaimable {
 
 impl Drop for Reclaimable {
     fn drop(&mut self) {
-        if !self.read {
-            if let (Some(body), Ok(mut back)) = (self.inner.take(), self.back.lock()) {
-                *back = Some(body);
+        if let Ok(mut kept) = self.kept.lock() {
+            if !kept.read {
+                kept.unread = self.inner.take();
             }
         }
     }
@@ -385,12 +454,13 @@ impl Endpoint {
     }
 
     /// Sends `req` on `conn`, after `prepare` has bound it to the connection (a caller
-    /// assertion names the connection's channel binding). A request that never left is
-    /// prepared again and goes on a fresh connection: gRPC's transparent retry, safe because
-    /// the upstream never saw it. It never left when the connection handed it back (it
-    /// closed, as after a GOAWAY of a draining upstream, before the request was taken) or
-    /// when HTTP/2 refused its stream (the connection was going away) before reading any of
-    /// its body. Any other failure is the caller's to report.
+    /// assertion names the connection's channel binding). A request the upstream did not
+    /// process is prepared again and goes on a fresh connection: gRPC's transparent retry.
+    /// That is a request the connection handed back (it closed, as after a GOAWAY of a
+    /// draining upstream, before the request was taken); one whose stream HTTP/2 refused
+    /// before reading any of its body; and one the upstream refused or left above the last
+    /// stream of its GOAWAY (RFC 9113 §6.8, §8.7), sent again from what its body gave when
+    /// it was read to its end. Any other failure is the caller's to report.
     pub async fn send(
         &self,
         mut conn: Conn,
@@ -415,9 +485,9 @@ impl Endpoint {
                         .await
                     {
                         Ok(response) => return Ok(response),
-                        Err(mut e) => match e.take_message() {
-                            Some(back) if !last => req = back,
-                            _ if !last && refused(e.error()) => match unread.take() {
+                        Err(mut e) => match (e.take_message(), refused(e.error())) {
+                            (Some(back), _) if !last => req = back,
+                            (None, Some(unprocessed)) if !last => match unread.take(unprocessed) {
                                 Some(body) => req = head.with(body),
                                 None => return Err(SendError::Http(e.into_error())),
                             },
@@ -687,5 +757,45 @@ impl tower::Service<http::Request<Body>> for EndpointChannel {
                 .send(conn, req, connect_timeout, |_, _| Ok(()))
                 .await?)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use http_body_util::BodyExt as _;
+
+    fn two_frames() -> Body {
+        let frames: Vec<Result<http_body::Frame<bytes::Bytes>, tonic::Status>> = vec![
+            Ok(http_body::Frame::data(bytes::Bytes::from_static(b"ab"))),
+            Ok(http_body::Frame::data(bytes::Bytes::from_static(b"cd"))),
+        ];
+        Body::new(http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames,
+        )))
+    }
+
+    #[tokio::test]
+    async fn a_body_comes_back_whole_unread_or_as_read_when_unprocessed() {
+        // Dropped unread: back whole, whatever the error said.
+        let (body, unread) = Reclaimable::wrap(two_frames());
+        drop(body);
+        let again = unread.take(false).unwrap();
+        assert_eq!(&again.collect().await.unwrap().to_bytes()[..], b"abcd");
+
+        // Read to its end: back as what it gave, only when known unprocessed.
+        let (body, unread) = Reclaimable::wrap(two_frames());
+        assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"abcd");
+        assert!(unread.take(false).is_none(), "maybe processed: not again");
+        let again = unread.take(true).unwrap();
+        assert_eq!(&again.collect().await.unwrap().to_bytes()[..], b"abcd");
+
+        // Read only in part: never again.
+        let (mut body, unread) = Reclaimable::wrap(two_frames());
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.data_ref().unwrap(), &bytes::Bytes::from_static(b"ab"));
+        drop(body);
+        assert!(unread.take(true).is_none());
     }
 }
