@@ -135,6 +135,23 @@ fn jinan_token(f: &Fed, org: &str, roles: &[&str]) -> String {
     tongban_devkit::local::dev_token_with_roles(&f.fed.certs, "jinan", org, roles).unwrap()
 }
 
+/// `citizen`'s consent for jinan/hrss towards Qingdao, case handling, JQ-03: (id, token).
+async fn grant_jq03(
+    f: &Fed,
+    citizen: &str,
+) -> Result<(String, String), tongban_devkit::local::LocalError> {
+    f.fed
+        .grant_consent(
+            "jinan",
+            citizen,
+            "jinan/hrss",
+            "qingdao",
+            "case-handling",
+            &["JQ-03"],
+        )
+        .await
+}
+
 /// `msg` with `authorization: Bearer <token>`.
 fn with<T>(token: &str, msg: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
@@ -207,18 +224,7 @@ async fn replicas_on_etcd_serve_one_registry_and_one_set_of_consents() {
 
     // A consent granted on A: B lists it and a call through B with it passes.
     let citizen = demo_subject("37010219850312002");
-    let (id, token) =
-        r.f.fed
-            .grant_consent(
-                "jinan",
-                &citizen,
-                "jinan/hrss",
-                "qingdao",
-                "case-handling",
-                &["JQ-03"],
-            )
-            .await
-            .unwrap();
+    let (id, token) = grant_jq03(&r.f, &citizen).await.unwrap();
     let portal = jinan_token(&r.f, "portal", &["consent-portal"]);
     let mut b_consents = ConsentClient::new(channel(&r.b_url).await);
     let listed = b_consents
@@ -409,41 +415,22 @@ async fn with_etcd_partitioned_away_writes_are_refused_and_calls_go_on() {
 /// With etcd away (`r` as the test left it): writes refused naming etcd, calls through both
 /// replicas served; then `back`, and writes go through again and B follows.
 async fn etcd_away_then_back(r: Replicas, back: impl FnOnce(&Replicas)) {
-    let at = r._etcd.endpoint.clone();
-    let e =
+    let at = format!("etcd at {}", r._etcd.endpoint);
+    let unavailable = |e: tongban_devkit::local::LocalError| {
+        let tongban_devkit::local::LocalError::Registry(status) = e else {
+            panic!("{e}")
+        };
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(status.message().contains(&at), "{status:?}");
+    };
+    unavailable(
         r.f.fed
             .register_crosscity("jinan", "gjj", &["JQ-08"], false)
             .await
-            .unwrap_err();
-    let tongban_devkit::local::LocalError::Registry(status) = e else {
-        panic!("{e}")
-    };
-    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-    assert!(
-        status.message().contains(&format!("etcd at {at}")),
-        "{status:?}"
+            .unwrap_err(),
     );
     let citizen = demo_subject("37010219850312002");
-    let e =
-        r.f.fed
-            .grant_consent(
-                "jinan",
-                &citizen,
-                "jinan/hrss",
-                "qingdao",
-                "case-handling",
-                &["JQ-03"],
-            )
-            .await
-            .unwrap_err();
-    let tongban_devkit::local::LocalError::Registry(status) = e else {
-        panic!("{e}")
-    };
-    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-    assert!(
-        status.message().contains(&format!("etcd at {at}")),
-        "{status:?}"
-    );
+    unavailable(grant_jq03(&r.f, &citizen).await.unwrap_err());
     // The data path needs no etcd: a call through either replica goes through.
     for url in [r.f.fed.city("jinan").unwrap().caller_url(), r.b_url.clone()] {
         let msg = SubmitRequest {
