@@ -331,3 +331,83 @@ async fn an_unsampled_exchange_exports_nothing_and_keeps_one_trace_id() {
     let _ = stop.send(());
     let _ = server.await;
 }
+
+/// At a ratio between 0 and 1 the decision is made once per trace, at its head: a share of
+/// new traces is exported whole (the home node's call span and the providing node's, one
+/// trace id), the rest not at all; a caller's `traceparent` decides for its own call
+/// whatever the ratio (sampled flag set: exported; clear: not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_of_traces_is_exported_whole_and_a_callers_decision_is_followed() {
+    let (receiver, otlp, stop, server) = Receiver::start().await;
+    let two = TwoCities::start(&format!(
+        "[telemetry]\nendpoint = \"http://{otlp}\"\nsample_ratio = 0.5\n"
+    ))
+    .await;
+    two.wait_until_federated().await;
+    let token = dev_token(&two.certs, "jinan", "hrss").unwrap();
+    let mut client = CrossCityServiceClient::new(channel(&two.jinan.caller).await);
+    // 60 calls that start their trace at Jinan, 10 that bring a sampled traceparent and 10
+    // an unsampled one.
+    let (roots, flagged) = (60, 10);
+    let mut root_ids = Vec::new();
+    let trace_of = |i: usize| format!("{:032x}", 0xabc0_0000_u64 + i as u64);
+    for i in 0..roots + 2 * flagged {
+        let mut req = tongban_tests::case_handling_submit("qingdao", &token);
+        let rid = format!("share-{i}");
+        req.metadata_mut()
+            .insert("x-tongban-request-id", rid.parse().unwrap());
+        if i >= roots {
+            let flags = if i < roots + flagged { "01" } else { "00" };
+            let tp = format!("00-{}-{CALLER_SPAN}-{flags}", trace_of(i));
+            req.metadata_mut().insert("traceparent", tp.parse().unwrap());
+        } else {
+            root_ids.push(rid);
+        }
+        client.submit(req).await.unwrap();
+    }
+    // Give the last batch time to leave (500 ms), then read what arrived.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let spans = receiver.spans.lock().unwrap().clone();
+    let calls = |svc: &str| -> HashMap<String, String> {
+        spans
+            .iter()
+            .filter(|s| s.service == svc && s.name == "call")
+            .map(|s| (s.attrs.get("request_id").cloned().unwrap_or_default(), s.trace_id.clone()))
+            .collect()
+    };
+    let (jinan, qingdao) = (calls("tongban-jinan"), calls("tongban-qingdao"));
+    let exported: Vec<&String> = root_ids.iter().filter(|r| jinan.contains_key(*r)).collect();
+    // Binomial(60, 0.5): outside 15..=45 with a probability below 1e-4.
+    assert!(
+        (15..=45).contains(&exported.len()),
+        "{} of {roots} new traces exported at a ratio of 0.5",
+        exported.len()
+    );
+    // Each exported trace is whole: Qingdao recorded the same exchange in the same trace;
+    // each unexported one is absent on both sides.
+    let qingdao_traces: std::collections::HashSet<&String> = qingdao.values().collect();
+    for r in &root_ids {
+        match jinan.get(r) {
+            Some(trace) => assert!(
+                qingdao_traces.contains(trace),
+                "{r}: jinan exported trace {trace}, qingdao did not"
+            ),
+            None => assert!(!qingdao.contains_key(r), "{r}: only qingdao exported it"),
+        }
+    }
+    for i in roots..roots + 2 * flagged {
+        let sampled = i < roots + flagged;
+        let rid = format!("share-{i}");
+        assert_eq!(jinan.contains_key(&rid), sampled, "{rid} at jinan");
+        assert_eq!(
+            spans
+                .iter()
+                .any(|s| s.service == "tongban-qingdao" && s.trace_id == trace_of(i)),
+            sampled,
+            "{rid} at qingdao"
+        );
+    }
+    two.stop().await;
+    let _ = stop.send(());
+    let _ = server.await;
+}

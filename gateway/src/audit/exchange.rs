@@ -73,17 +73,17 @@ impl Drop for Exchange {
 
 impl Exchange {
     /// A new exchange on this node, in the trace `trace_id` (the caller's, or one the node
-    /// started), followed by the call's `span`. The provider side gives a receipt at the
-    /// end; the home side takes one once [`Self::routed_to_peer`] says from whom.
+    /// started), followed by the call's `span` (an exported one when `sampled`). The
+    /// provider side gives a receipt at the end; the home side takes one once
+    /// [`Self::routed_to_peer`] says from whom.
     pub fn new(
         auditor: Arc<Auditor>,
         metrics: Arc<NodeMetrics>,
         node_city: &str,
         (request_id, trace_id): (&str, String),
         side: Side,
-        span: tracing::Span,
+        (span, sampled): (tracing::Span, bool),
     ) -> Exchange {
-        let sampled = tongban_telemetry::trace::sampled(&span);
         Exchange {
             auditor: Some(auditor),
             metrics,
@@ -233,7 +233,7 @@ impl Exchange {
         );
         // The span's attributes for the trace: who, what and the outcome, never the subject
         // (only when spans are exported: the call's log lines are written by now).
-        if tongban_telemetry::trace::exporting() {
+        if self.sampled {
             record_attributes(&self.span, r, side, code);
         }
         std::mem::take(&mut self.record)

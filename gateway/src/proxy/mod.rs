@@ -206,9 +206,11 @@ impl Proxy {
         } else {
             "home"
         };
-        // Exported spans carry the exchange's attributes (filled when it ends); a span only
-        // for the logs carries just what every line of the call needs, formatted once.
-        let span = if tongban_telemetry::trace::exporting() {
+        // A recorded trace's span carries the exchange's attributes (filled when it ends);
+        // any other call's span is only for the logs: just what every line of the call needs,
+        // formatted once, and never seen by the span exporter.
+        let sampled = tongban_telemetry::trace::head_sampled(h);
+        let span = if sampled {
             tracing::info_span!(
                 "call",
                 otel.kind = "server",
@@ -230,20 +232,21 @@ impl Proxy {
             )
         } else {
             tracing::info_span!(
+                target: tongban_telemetry::trace::LOG_ONLY,
                 "call",
                 request_id = %request_id,
                 trace_id = tracing::field::Empty,
                 side = side_name,
             )
         };
-        let trace_id = tongban_telemetry::trace::continue_trace(&span, h);
+        let trace_id = tongban_telemetry::trace::continue_trace(&span, h, sampled);
         let ex = Exchange::new(
             self.auditor.clone(),
             self.metrics.clone(),
             &self.city,
             (&request_id, trace_id),
             side,
-            span,
+            (span, sampled),
         );
         (ex, bad)
     }

@@ -108,15 +108,19 @@ pub fn init(
     let (processor, task) = trace::start_export(exporter, &resource, settings, stopped);
     let provider = SdkTracerProvider::builder()
         .with_span_processor(processor)
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            settings.sample_ratio,
-        ))))
+        .with_sampler(trace::CallSampler {
+            others: Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                settings.sample_ratio,
+            ))),
+        })
         .with_resource(resource)
         .build();
     let tracer = provider.tracer("tongban");
-    // Spans only (no log events), of the node's own crates, down to the steps of a call.
-    let spans =
-        tracing_subscriber::filter::filter_fn(|m| m.is_span() && m.target().starts_with("tongban"));
+    // Spans only (no log events), of the node's own crates, down to the steps of a call; not
+    // the log-only span of a call whose trace is not recorded.
+    let spans = tracing_subscriber::filter::filter_fn(|m| {
+        m.is_span() && m.target().starts_with("tongban") && m.target() != trace::LOG_ONLY
+    });
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_location(false)
@@ -129,7 +133,7 @@ pub fn init(
         .with(otel)
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
-    trace::set_exporting(true);
+    trace::set_exporting(true, settings.sample_ratio);
     Ok(Telemetry {
         export: Some(Export {
             provider,

@@ -8,7 +8,7 @@
 //! the parent of the node's `call` span, and the next hop gets the context of the span that
 //! forwards to it, so the providing node's spans are children of the home node's.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
@@ -50,9 +50,63 @@ const BATCH_DELAY: Duration = Duration::from_millis(500);
 
 /// Whether this process exports spans (set once, by [`crate::init`]).
 static EXPORTING: AtomicBool = AtomicBool::new(false);
+/// The share of new traces recorded (`f64` bits; set once, by [`crate::init`]).
+static RATIO: AtomicU64 = AtomicU64::new(0);
 
-pub(crate) fn set_exporting(on: bool) {
+pub(crate) fn set_exporting(on: bool, sample_ratio: f64) {
+    RATIO.store(sample_ratio.to_bits(), Ordering::Relaxed);
     EXPORTING.store(on, Ordering::Relaxed);
+}
+
+/// The target of a call's span when its trace is not recorded: the logs see it (every line
+/// of the call carries its request and trace ids), the span exporter never does, so an
+/// unsampled call pays for no OpenTelemetry span, attribute or export. Under the gateway's
+/// crate name, so that a log directive for the gateway covers it.
+pub const LOG_ONLY: &str = "tongban_gateway::call";
+
+/// The name of a call's root span on a node; [`CallSampler`] records every one that
+/// [`head_sampled`] let through.
+pub const CALL_SPAN: &str = "call";
+
+/// Whether the call arriving with `headers` is recorded, decided before any span is made
+/// (head sampling): a valid `traceparent` decides by its sampled flag (parent-based);
+/// otherwise a share [`TraceSettings::sample_ratio`] of new traces is. Never with export
+/// off.
+pub fn head_sampled(headers: &HeaderMap) -> bool {
+    if !exporting() {
+        return false;
+    }
+    match traceparent(headers) {
+        Some((_, _, flags)) => flags & 1 == 1,
+        None => fastrand::f64() < f64::from_bits(RATIO.load(Ordering::Relaxed)),
+    }
+}
+
+/// The exporter's sampler: a call's root span (made only when [`head_sampled`] said so) is
+/// recorded; every other span follows its parent, or the ratio when it starts a trace.
+#[derive(Debug, Clone)]
+pub(crate) struct CallSampler {
+    pub(crate) others: opentelemetry_sdk::trace::Sampler,
+}
+
+impl opentelemetry_sdk::trace::ShouldSample for CallSampler {
+    fn should_sample(
+        &self,
+        parent: Option<&opentelemetry::Context>,
+        trace_id: TraceId,
+        name: &str,
+        kind: &opentelemetry::trace::SpanKind,
+        attributes: &[opentelemetry::KeyValue],
+        links: &[opentelemetry::trace::Link],
+    ) -> opentelemetry_sdk::trace::SamplingResult {
+        let root = !parent.is_some_and(|cx| cx.span().span_context().is_valid());
+        let sampler = if name == CALL_SPAN && root {
+            &opentelemetry_sdk::trace::Sampler::AlwaysOn
+        } else {
+            &self.others
+        };
+        sampler.should_sample(parent, trace_id, name, kind, attributes, links)
+    }
 }
 
 /// Whether spans of this process are exported.
@@ -69,10 +123,11 @@ pub fn dropped_spans() -> &'static Counter {
 /// Makes `span` (a call's root span on this node, not yet entered) continue the caller's
 /// trace, and returns the trace id to record: the caller's (from a valid `traceparent`), the
 /// exported span's, or a new one. The id is also recorded as the span's `trace_id` field, so
-/// every log line of the call carries it.
-pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) -> String {
+/// every log line of the call carries it. `sampled` is [`head_sampled`]'s answer: only then
+/// is `span` an OpenTelemetry span.
+pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap, sampled: bool) -> String {
     let mut id = None;
-    if exporting() {
+    if sampled && exporting() {
         let parent = TraceContextPropagator::new().extract(&Headers(headers));
         if span.set_parent(parent).is_ok() {
             let tid = span.context().span().span_context().trace_id();
@@ -86,13 +141,6 @@ pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) -> String {
         .unwrap_or_else(|| TraceId::from_bytes(random_bytes()).to_string());
     span.record("trace_id", id.as_str());
     id
-}
-
-/// Whether `span` (a call's root span, after [`continue_trace`]) is recorded and exported:
-/// the steps of an unsampled call need no spans of their own (most calls, at a ratio
-/// below 1).
-pub fn sampled(span: &tracing::Span) -> bool {
-    exporting() && span.context().span().span_context().is_sampled()
 }
 
 /// Sets the trace context the next hop gets. With export on, the context of `span` (the span
@@ -120,6 +168,11 @@ pub fn inject(span: &tracing::Span, trace_id: &str, headers: &mut HeaderMap) {
 /// The trace and parent span ids of a valid W3C `traceparent` (version 00 layout; all-zero
 /// ids are invalid).
 pub fn parse_traceparent(headers: &HeaderMap) -> Option<(TraceId, SpanId)> {
+    traceparent(headers).map(|(t, s, _)| (t, s))
+}
+
+/// [`parse_traceparent`] with the trace flags.
+fn traceparent(headers: &HeaderMap) -> Option<(TraceId, SpanId, u8)> {
     let v = headers.get("traceparent")?.to_str().ok()?;
     let mut parts = v.split('-');
     let version = parts.next()?;
@@ -133,7 +186,8 @@ pub fn parse_traceparent(headers: &HeaderMap) -> Option<(TraceId, SpanId)> {
     }
     let t = TraceId::from_hex(trace).ok()?;
     let s = SpanId::from_hex(parent).ok()?;
-    (t != TraceId::INVALID && s != SpanId::INVALID).then_some((t, s))
+    let f = u8::from_str_radix(flags, 16).ok()?;
+    (t != TraceId::INVALID && s != SpanId::INVALID).then_some((t, s, f))
 }
 
 fn random_bytes<const N: usize>() -> [u8; N] {
@@ -314,13 +368,13 @@ mod tests {
     fn without_export_the_trace_id_is_kept_or_made_and_passed_on() {
         let span = tracing::Span::none();
         let caller = with("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
-        let id = continue_trace(&span, &caller);
+        let id = continue_trace(&span, &caller, false);
         assert_eq!(id, "4bf92f3577b34da6a3ce929d0e0e4736");
         let mut next = caller.clone();
         inject(&span, &id, &mut next);
         assert_eq!(next.get("traceparent"), caller.get("traceparent"));
 
-        let made = continue_trace(&span, &HeaderMap::new());
+        let made = continue_trace(&span, &HeaderMap::new(), false);
         assert_eq!(made.len(), 32);
         assert_ne!(made, "0".repeat(32));
         let mut next = HeaderMap::new();
