@@ -70,6 +70,68 @@ struct RawConfig {
     catalog: Option<RawCatalog>,
     telemetry: Option<RawTelemetry>,
     web: Option<RawWeb>,
+    #[serde(default)]
+    runtime: RawRuntime,
+}
+
+/// `[runtime]`: the shape of the node's async runtime.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuntime {
+    #[serde(default)]
+    flavor: Option<String>,
+    #[serde(default)]
+    worker_threads: Option<usize>,
+}
+
+/// The node's async runtime (`[runtime]`). By default (`flavor = "auto"`) a process that
+/// may run on one core only (its CPU affinity or cgroup quota) runs every task on one
+/// thread, and otherwise a work-stealing pool of one worker per core: on one core a pool
+/// only adds hand-offs between its threads (`bench/ab.sh`, `bench/README.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RuntimeShape {
+    /// `flavor = "multi_thread"`: a work-stealing pool of `worker_threads` (none: one per
+    /// core).
+    MultiThread { worker_threads: Option<usize> },
+    /// `flavor = "current_thread"`: every task on the thread that runs the node.
+    CurrentThread,
+    /// `flavor = "auto"`: `CurrentThread` on one core, else `MultiThread` with one worker
+    /// per core.
+    #[default]
+    Auto,
+}
+
+impl RuntimeShape {
+    /// What `Auto` is on a machine where the process may run on `cores` cores.
+    pub fn resolve(self, cores: usize) -> RuntimeShape {
+        match self {
+            RuntimeShape::Auto if cores <= 1 => RuntimeShape::CurrentThread,
+            RuntimeShape::Auto => RuntimeShape::MultiThread {
+                worker_threads: None,
+            },
+            other => other,
+        }
+    }
+}
+
+fn runtime_shape(r: RawRuntime) -> Result<RuntimeShape, ConfigError> {
+    match (r.flavor.as_deref(), r.worker_threads) {
+        (None | Some("auto"), None) => Ok(RuntimeShape::Auto),
+        (None | Some("auto") | Some("current_thread"), Some(_)) => Err(ConfigError::key(
+            "runtime.worker_threads",
+            "applies only to flavor = \"multi_thread\"",
+        )),
+        (Some("multi_thread"), Some(0)) => Err(ConfigError::key(
+            "runtime.worker_threads",
+            "must be at least 1 (leave it out for one per core)",
+        )),
+        (Some("multi_thread"), n) => Ok(RuntimeShape::MultiThread { worker_threads: n }),
+        (Some("current_thread"), None) => Ok(RuntimeShape::CurrentThread),
+        (Some(other), _) => Err(ConfigError::key(
+            "runtime.flavor",
+            format!("`{other}`: expected \"auto\", \"multi_thread\" or \"current_thread\""),
+        )),
+    }
 }
 
 /// `[web]`: who may call the web listener from a browser.
@@ -516,6 +578,8 @@ pub struct NodeConfig {
     pub telemetry: Option<TraceSettings>,
     /// The web listener for browsers (`listen.web`, `[web]`); none unless configured.
     pub web: Option<WebConfig>,
+    /// The async runtime's shape (`[runtime]`).
+    pub runtime: RuntimeShape,
 }
 
 /// The web listener: gRPC-Web (binary and text) and HTTP/1.1 for browsers, with CORS.
@@ -783,6 +847,7 @@ impl NodeConfig {
             .telemetry
             .map(|t| telemetry_settings(t, &raw.city))
             .transpose()?;
+        let runtime = runtime_shape(raw.runtime)?;
         let web = match (&raw.listen.web, raw.web) {
             (None, None) => None,
             (None, Some(_)) => {
@@ -1089,6 +1154,7 @@ impl NodeConfig {
             )?),
             telemetry,
             web,
+            runtime,
         })
     }
 }
@@ -1250,6 +1316,50 @@ address = "127.0.0.1:8100"
             ConfigError::Key { key, .. } => key,
             other => panic!("expected a key error, got {other}"),
         }
+    }
+
+    #[test]
+    fn the_runtime_shape_is_read_and_checked() {
+        assert_eq!(parse(GOOD).unwrap().runtime, RuntimeShape::Auto);
+        let with = |body: &str| parse(&format!("{GOOD}\n[runtime]\n{body}\n"));
+        assert_eq!(
+            with("flavor = \"current_thread\"").unwrap().runtime,
+            RuntimeShape::CurrentThread
+        );
+        assert_eq!(
+            with("flavor = \"multi_thread\"\nworker_threads = 3")
+                .unwrap()
+                .runtime,
+            RuntimeShape::MultiThread {
+                worker_threads: Some(3)
+            }
+        );
+        for (body, key) in [
+            (
+                "flavor = \"multi_thread\"\nworker_threads = 0",
+                "runtime.worker_threads",
+            ),
+            ("worker_threads = 2", "runtime.worker_threads"),
+            (
+                "flavor = \"current_thread\"\nworker_threads = 2",
+                "runtime.worker_threads",
+            ),
+            ("flavor = \"fibers\"", "runtime.flavor"),
+        ] {
+            assert_eq!(key_of(with(body).unwrap_err()), key, "{body}");
+        }
+        // Auto: one thread on one core, a pool of one worker per core on more.
+        assert_eq!(RuntimeShape::Auto.resolve(1), RuntimeShape::CurrentThread);
+        assert_eq!(
+            RuntimeShape::Auto.resolve(4),
+            RuntimeShape::MultiThread {
+                worker_threads: None
+            }
+        );
+        assert_eq!(
+            RuntimeShape::CurrentThread.resolve(4),
+            RuntimeShape::CurrentThread
+        );
     }
 
     #[test]

@@ -626,6 +626,10 @@ impl PreparedNode {
             admin = %admin_addr,
             web = %web_addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
             peers = peers.len(),
+            runtime = %match tokio::runtime::Handle::current().runtime_flavor() {
+                tokio::runtime::RuntimeFlavor::CurrentThread => "current_thread",
+                _ => "multi_thread",
+            },
             "node started"
         );
         Ok(RunningNode {

@@ -336,14 +336,26 @@ async fn an_unsampled_exchange_exports_nothing_and_keeps_one_trace_id() {
 /// new traces is exported whole (the home node's call span and the providing node's, one
 /// trace id), the rest not at all; a caller's `traceparent` decides for its own call
 /// whatever the ratio (sampled flag set: exported; clear: not).
+/// Both nodes run on a current-thread runtime (`[runtime]`, what `auto` picks on one core).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_share_of_traces_is_exported_whole_and_a_callers_decision_is_followed() {
     let (receiver, otlp, stop, server) = Receiver::start().await;
     let two = TwoCities::start(&format!(
-        "[telemetry]\nendpoint = \"http://{otlp}\"\nsample_ratio = 0.5\n"
+        "[telemetry]\nendpoint = \"http://{otlp}\"\nsample_ratio = 0.5\n\n[runtime]\nflavor = \"current_thread\"\n"
     ))
     .await;
     two.wait_until_federated().await;
+    // Each node says which runtime it runs on.
+    for node in [&two.jinan, &two.qingdao] {
+        assert!(
+            node.wait_for_line(
+                |l| l.contains("node started") && l.contains("runtime=current_thread")
+            )
+            .await,
+            "{:?}",
+            node.lines.lock().unwrap()
+        );
+    }
     let token = dev_token(&two.certs, "jinan", "hrss").unwrap();
     let mut client = CrossCityServiceClient::new(channel(&two.jinan.caller).await);
     // 60 calls that start their trace at Jinan, 10 that bring a sampled traceparent and 10
@@ -359,7 +371,8 @@ async fn a_share_of_traces_is_exported_whole_and_a_callers_decision_is_followed(
         if i >= roots {
             let flags = if i < roots + flagged { "01" } else { "00" };
             let tp = format!("00-{}-{CALLER_SPAN}-{flags}", trace_of(i));
-            req.metadata_mut().insert("traceparent", tp.parse().unwrap());
+            req.metadata_mut()
+                .insert("traceparent", tp.parse().unwrap());
         } else {
             root_ids.push(rid);
         }
@@ -372,7 +385,12 @@ async fn a_share_of_traces_is_exported_whole_and_a_callers_decision_is_followed(
         spans
             .iter()
             .filter(|s| s.service == svc && s.name == "call")
-            .map(|s| (s.attrs.get("request_id").cloned().unwrap_or_default(), s.trace_id.clone()))
+            .map(|s| {
+                (
+                    s.attrs.get("request_id").cloned().unwrap_or_default(),
+                    s.trace_id.clone(),
+                )
+            })
             .collect()
     };
     let (jinan, qingdao) = (calls("tongban-jinan"), calls("tongban-qingdao"));

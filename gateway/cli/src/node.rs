@@ -18,7 +18,7 @@ pub fn run(path: PathBuf, logging: crate::Logging) -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
-    let rt = match crate::runtime() {
+    let rt = match runtime(config.runtime) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tongban: {e:#}");
@@ -42,6 +42,26 @@ pub fn run(path: PathBuf, logging: crate::Logging) -> ExitCode {
         telemetry.shutdown().await;
         code
     })
+}
+
+/// The node's runtime, shaped by `[runtime]` (`auto`: by the cores this process may use).
+fn runtime(
+    shape: tongban_gateway::config::RuntimeShape,
+) -> anyhow::Result<tokio::runtime::Runtime> {
+    use tongban_gateway::config::RuntimeShape;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut b = match shape.resolve(cores) {
+        RuntimeShape::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+        RuntimeShape::MultiThread { worker_threads } => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = worker_threads {
+                b.worker_threads(n);
+            }
+            b
+        }
+        RuntimeShape::Auto => tokio::runtime::Builder::new_multi_thread(),
+    };
+    anyhow::Context::context(b.enable_all().build(), "cannot start the async runtime")
 }
 
 async fn run_node(config: NodeConfig) -> ExitCode {

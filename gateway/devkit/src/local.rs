@@ -588,6 +588,7 @@ pub fn node_config(
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             allowed_origins: Vec::new(),
         }),
+        runtime: tongban_gateway::config::RuntimeShape::Auto,
     })
 }
 

@@ -110,6 +110,11 @@ impl Exchange {
         &self.record.request_id
     }
 
+    /// Whether this exchange's trace is recorded (decided at its head).
+    pub fn sampled(&self) -> bool {
+        self.sampled
+    }
+
     /// The trace this exchange belongs to.
     pub fn trace_id(&self) -> &str {
         &self.record.trace_id

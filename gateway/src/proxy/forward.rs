@@ -64,6 +64,7 @@ impl Proxy {
                 prepare(&mut parts, &call, endpoint.uri_for(&call.path));
                 tongban_telemetry::trace::inject(
                     &tracing::Span::current(),
+                    ex.sampled(),
                     ex.trace_id(),
                     &mut parts.headers,
                 );

@@ -143,11 +143,12 @@ pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap, sampled: bool) 
     id
 }
 
-/// Sets the trace context the next hop gets. With export on, the context of `span` (the span
-/// that sends the request); otherwise the caller's `traceparent` goes on unchanged, or, if
-/// it had none, one carrying `trace_id` (unsampled: nothing upstream of here recorded it).
-pub fn inject(span: &tracing::Span, trace_id: &str, headers: &mut HeaderMap) {
-    if exporting() {
+/// Sets the trace context the next hop gets. In a recorded trace (`sampled`), the context of
+/// `span` (the span that sends the request); otherwise the caller's `traceparent` goes on
+/// unchanged, or, if it had none, one carrying `trace_id` (unsampled: nothing upstream of
+/// here recorded it).
+pub fn inject(span: &tracing::Span, sampled: bool, trace_id: &str, headers: &mut HeaderMap) {
+    if sampled && exporting() {
         let cx = span.context();
         if cx.span().span_context().is_valid() {
             TraceContextPropagator::new().inject_context(&cx, &mut HeadersMut(headers));
@@ -371,14 +372,14 @@ mod tests {
         let id = continue_trace(&span, &caller, false);
         assert_eq!(id, "4bf92f3577b34da6a3ce929d0e0e4736");
         let mut next = caller.clone();
-        inject(&span, &id, &mut next);
+        inject(&span, false, &id, &mut next);
         assert_eq!(next.get("traceparent"), caller.get("traceparent"));
 
         let made = continue_trace(&span, &HeaderMap::new(), false);
         assert_eq!(made.len(), 32);
         assert_ne!(made, "0".repeat(32));
         let mut next = HeaderMap::new();
-        inject(&span, &made, &mut next);
+        inject(&span, false, &made, &mut next);
         let (t, _) = parse_traceparent(&next).unwrap_or((TraceId::INVALID, SpanId::INVALID));
         assert_eq!(t.to_string(), made);
     }
