@@ -9,9 +9,10 @@
 # with 64 in flight. Servers on core 0, the load generator on core 1, as in bench/run.sh.
 #
 # The variants:
-#   base            the release build as it is (mimalloc; `[runtime]` auto, which on the
-#                   one server core is a current-thread runtime)
-#   glibc           built with `--no-default-features`: glibc's malloc
+#   base            the release build as it is (glibc's malloc; `[runtime]` auto, which on
+#                   the one server core is a current-thread runtime)
+#   mimalloc        built with `--features mimalloc`: mimalloc as the global allocator
+#   jemalloc        built with `--features jemalloc`: jemalloc as the global allocator
 #   multi_thread    `[runtime] flavor = "multi_thread"`: a work-stealing pool (one worker
 #                   on the one core)
 #   export off      no `[telemetry]`: no span export
@@ -30,14 +31,16 @@ rounds=${AB_ROUNDS:-2}
 . "$root/bench/lib.sh"
 bench_workdir ab
 
-# The binaries: the release build, the same with glibc's malloc, and optionally a baseline
-# commit.
+# The binaries: the release build, the same with mimalloc and with jemalloc, and
+# optionally a baseline commit.
 mkdir -p "$work/bin"
-cargo build --release --quiet -p tongban --no-default-features
-cp target/release/tongban "$work/bin/tongban-glibc"
+for alloc in mimalloc jemalloc; do
+  cargo build --release --quiet -p tongban --features "$alloc"
+  cp target/release/tongban "$work/bin/tongban-$alloc"
+done
 cargo build --release --quiet -p tongban -p tongban-loadgen   # target/release as it was
 cp target/release/tongban target/release/tongban-loadgen target/release/tongban-otlp-sink "$work/bin/"
-variants=(base glibc multi_thread "export off" "export all")
+variants=(base mimalloc jemalloc multi_thread "export off" "export all")
 if [ -n "${AB_BASELINE:-}" ]; then
   src="$root/target/ab-baseline-src"
   [ -d "$src" ] || git worktree add -f "$src" "$AB_BASELINE" >/dev/null
@@ -57,7 +60,7 @@ client_cpu="taskset -c 1"
 if ! command -v taskset >/dev/null || [ "$(nproc)" -lt 2 ]; then server_cpu=""; client_cpu=""; fi
 
 bench_configs
-binary_of() { case $1 in glibc) echo "$bin/tongban-glibc" ;; baseline) echo "$bin/tongban-baseline" ;; *) echo "$bin/tongban" ;; esac; }
+binary_of() { case $1 in mimalloc | jemalloc) echo "$bin/tongban-$1" ;; baseline) echo "$bin/tongban-baseline" ;; *) echo "$bin/tongban" ;; esac; }
 config_of() { # variant, city: writes the variant's config and prints its path
   local f="$work/$2-${1// /_}.toml"
   case $1 in
@@ -117,6 +120,7 @@ print("\t".join([v, rnd, row, str(o["rps"]), str(o["latency_us"]["p99"]),
                  str(sum(o["failed"].values()))]))
 PY
     done
+    echo -e "$v\t$round\trss\t$(awk '/VmRSS/ {print $2}' "/proc/$(cat "$work/node-jinan.pid")/status")" >>"$work/ab.tsv"
   done
 done
 stop_nodes
@@ -126,8 +130,13 @@ import statistics, sys, datetime
 path, seconds, rounds, cores = sys.argv[1:]
 runs = {}
 order = []
+rss = {}
 for line in open(path):
-    v, rnd, row, rps, p99, cj, cq, failed = line.rstrip("\n").split("\t")
+    f = line.rstrip("\n").split("\t")
+    if f[2] == "rss":
+        rss.setdefault(f[0], []).append(int(f[3]))
+        continue
+    v, rnd, row, rps, p99, cj, cq, failed = f
     runs.setdefault((v, row), []).append((float(rps), float(p99), float(cj), float(cq), int(failed)))
     if v not in order:
         order.append(v)
@@ -158,5 +167,13 @@ for row in rows:
             return f" ({val / b:.2f})" if b else ""
         q = f"{cq:.0f}{rel(cq, 3)}" if row.startswith("cross") else "-"
         print(f"| {v} | {row} | {rps:,.0f}{rel(rps, 0) if 'saturated' in row else ''} | {p99:,.0f}{rel(p99, 1)} | {cj:.0f}{rel(cj, 2)} | {q} | {failed} |")
+print()
+print("Resident memory of Jinan's node after each variant's rows (VmRSS, MiB, median of the rounds):")
+print()
+print("| variant | RSS |")
+print("| --- | ---: |")
+for v in order:
+    if v in rss:
+        print(f"| {v} | {med(rss[v]) / 1024:.1f} |")
 PY
 cat bench/AB-RESULTS.md
