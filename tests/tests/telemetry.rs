@@ -413,6 +413,17 @@ async fn a_share_of_traces_is_exported_whole_and_a_callers_decision_is_followed(
             None => assert!(!qingdao.contains_key(r), "{r}: only qingdao exported it"),
         }
     }
+    // No span of an unrecorded call leaks out on its own (a step's span would otherwise
+    // start a trace of its own): every exported span is in the trace of an exported call.
+    let traced: std::collections::HashSet<&String> = jinan.values().collect();
+    let strays: Vec<&Got> = spans
+        .iter()
+        .filter(|s| !traced.contains(&s.trace_id))
+        .collect();
+    assert!(
+        strays.is_empty(),
+        "spans outside any exported call: {strays:#?}"
+    );
     for i in roots..roots + 2 * flagged {
         let sampled = i < roots + flagged;
         let rid = format!("share-{i}");

@@ -38,8 +38,9 @@ impl Proxy {
         let i = &intended.intent;
         ex.intent(&i.purpose, i.catalog_code.as_deref(), i.subject.as_deref());
         let snapshot = self.catalog.snapshot();
-        let routed =
-            tracing::debug_span!("route").in_scope(|| self.route(&snapshot).run(intended))?;
+        let routed = ex
+            .step(|| tracing::debug_span!("route"))
+            .in_scope(|| self.route(&snapshot).run(intended))?;
         match &routed.upstream {
             Upstream::Provider(svc) => ex.routed_local(&self.city, &svc.record.organisation),
             Upstream::Peer(p) => {
