@@ -17,12 +17,15 @@
 #                   on the one core)
 #   export off      no `[telemetry]`: no span export
 #   export all      `sample_ratio = 1.0`: every trace exported
+#   batch audit     `[audit] durability = "batch"`: records fsynced every 10 ms, not before
+#                   the answer (not a shape to keep: it gives up "nothing acknowledged
+#                   without its durable record"; it measures what the fsync per call costs)
 #   baseline        (only with AB_BASELINE=<commit>) that commit's build, in a worktree
 #
 # It writes bench/AB-RESULTS.md: the median of the rounds for each variant and row, and
 # each figure against the base variant's. Knobs: AB_SECONDS (per row, default 5),
 # AB_ROUNDS (default 2), AB_BASELINE, AB_ONLY (space-separated variant names to run, the
-# base always included), BENCH_KEEP=1.
+# base always included), AB_OUT (another file to write), BENCH_KEEP=1.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -31,16 +34,22 @@ rounds=${AB_ROUNDS:-2}
 . "$root/bench/lib.sh"
 bench_workdir ab
 
-# The binaries: the release build, the same with mimalloc and with jemalloc, and
-# optionally a baseline commit.
+variants=(base mimalloc jemalloc multi_thread "export off" "export all" "batch audit")
+if [ -n "${AB_ONLY:-}" ]; then
+  keep=(base)
+  for v in "${variants[@]}"; do [[ " $AB_ONLY " == *" $v "* ]] && [ "$v" != base ] && keep+=("$v"); done
+  variants=("${keep[@]}")
+fi
+# The binaries: the release build, the same with mimalloc and with jemalloc (when those
+# variants run), and optionally a baseline commit.
 mkdir -p "$work/bin"
 for alloc in mimalloc jemalloc; do
+  [[ " ${variants[*]} " == *" $alloc "* ]] || continue
   cargo build --release --quiet -p tongban --features "$alloc"
   cp target/release/tongban "$work/bin/tongban-$alloc"
 done
 cargo build --release --quiet -p tongban -p tongban-loadgen   # target/release as it was
 cp target/release/tongban target/release/tongban-loadgen target/release/tongban-otlp-sink "$work/bin/"
-variants=(base mimalloc jemalloc multi_thread "export off" "export all")
 if [ -n "${AB_BASELINE:-}" ]; then
   src="$root/target/ab-baseline-src"
   [ -d "$src" ] || git worktree add -f "$src" "$AB_BASELINE" >/dev/null
@@ -48,11 +57,6 @@ if [ -n "${AB_BASELINE:-}" ]; then
   (cd "$src" && CARGO_TARGET_DIR="$root/target/ab-baseline" cargo build --release --quiet -p tongban)
   cp "$root/target/ab-baseline/release/tongban" "$work/bin/tongban-baseline"
   variants+=(baseline)
-fi
-if [ -n "${AB_ONLY:-}" ]; then
-  keep=(base)
-  for v in "${variants[@]}"; do [[ " $AB_ONLY " == *" $v "* ]] && [ "$v" != base ] && keep+=("$v"); done
-  variants=("${keep[@]}")
 fi
 bin="$work/bin"
 server_cpu="taskset -c 0"
@@ -67,6 +71,7 @@ config_of() { # variant, city: writes the variant's config and prints its path
     multi_thread) { cat "$work/$2.toml"; printf '\n[runtime]\nflavor = "multi_thread"\n'; } >"$f" ;;
     "export off") sed '/^\[telemetry\]/,$d' "$work/$2.toml" >"$f" ;;
     "export all") sed 's/^sample_ratio = .*/sample_ratio = 1.0/' "$work/$2.toml" >"$f" ;;
+    "batch audit") sed 's/^durability = .*/durability = "batch"/' "$work/$2.toml" >"$f" ;;
     *) cp "$work/$2.toml" "$f" ;;
   esac
   echo "$f"
@@ -125,7 +130,8 @@ PY
 done
 stop_nodes
 
-python3 - "$work/ab.tsv" "$seconds" "$rounds" "$(nproc)" >bench/AB-RESULTS.md <<'PY'
+out=${AB_OUT:-bench/AB-RESULTS.md}
+python3 - "$work/ab.tsv" "$seconds" "$rounds" "$(nproc)" >"$out" <<'PY'
 import statistics, sys, datetime
 path, seconds, rounds, cores = sys.argv[1:]
 runs = {}
@@ -176,4 +182,4 @@ for v in order:
     if v in rss:
         print(f"| {v} | {med(rss[v]) / 1024:.1f} |")
 PY
-cat bench/AB-RESULTS.md
+cat "$out"

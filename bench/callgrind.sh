@@ -55,9 +55,10 @@ measure() { # label, to
   local ok; ok=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['ok'])" "$out")
   [ "$ok" = "$calls" ] || { echo "callgrind: $ok of $calls calls succeeded" >&2; exit 1; }
 }
-# A dump's total instructions (the "summary:" line of the newest file for the label).
+# A dump's total instructions (the "summary:" line of the file of the dump with the label:
+# callgrind writes "desc: Trigger: dump <label>").
 total() { # city, label
-  local f; f=$(grep -l "^desc: Trigger: Client Request: $2\$" "$work"/cg-"$1".out* | tail -n1)
+  local f; f=$(grep -l "^desc: Trigger: .*dump $2\$" "$work"/cg-"$1".out* | tail -n1)
   awk '/^(summary|totals):/ {print $2; exit}' "$f"
 }
 measure local jinan
