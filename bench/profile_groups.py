@@ -51,7 +51,7 @@ def main() -> None:
     if not totals:
         print(f"\nNo samples for {label} (perf could not record).\n")
         return
-    print(f"\n{label}, saturated (share of the node's CPU samples):\n")
+    print(f"\n{label} (share of the node's CPU samples):\n")
     print("| group | share | top symbols |")
     print("| --- | ---: | --- |")
     for name, total in sorted(totals.items(), key=lambda kv: -kv[1]):

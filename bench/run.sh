@@ -337,8 +337,8 @@ profile() { # label, target city, [rate (0: closed loop, 64 in flight)]
   perf report -i "$work/perf.data" --no-children --sort dso,sym --stdio 2>/dev/null |
     python3 bench/profile_groups.py "$1" >>"$work/profile.md" || true
 }
-profile "local" jinan
-profile "cross-city" qingdao
+profile "local, saturated" jinan
+profile "cross-city, saturated" qingdao
 # And at 1,000 calls/s, the rate of a city's working day (issue 25's CPU-per-call targets).
 profile "local, 1,000/s open loop" jinan 1000
 profile "cross-city, 1,000/s open loop" qingdao 1000
