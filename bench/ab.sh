@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A/B trials of the data path's shapes (issue 25), all in one run so that the machine's
-# drift does not pass for a difference: `bash bench/ab.sh` (about 10 minutes).
+# drift does not pass for a difference: `bash bench/ab.sh` (about 15 minutes with its builds).
 #
 # Each variant is a Jinan and a Qingdao node (both restarted with it) in front of the probe
 # providers, everything on (JWT, purpose, subject, consent, sync audit, the deploy

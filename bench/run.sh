@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The project's benchmark, one command: `bash bench/run.sh` (about 3 minutes).
+# The project's benchmark, one command: `bash bench/run.sh` (about 15 minutes on 2 cores, its builds aside).
 #
 # What it runs: release builds of the node, the reference provider and `tongban-loadgen`; a Jinan
 # and a Qingdao node with their providers as separate processes on core 0 (taskset), the
@@ -12,7 +12,7 @@
 #   - closed loop with 1,000 calls in flight (every grpc-status must be OK),
 # with the CPU time of each process per call (utime+stime from /proc) and its peak RSS.
 # Then, every process above stopped, the replicas rows (bench/replicas.sh: one node on sled,
-# on etcd, and two replicas behind haproxy).
+# on etcd, and two replicas behind haproxy) and instructions per call (bench/callgrind.sh).
 # It writes bench/RESULTS.md.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
