@@ -50,17 +50,17 @@ fn runtime(
 ) -> anyhow::Result<tokio::runtime::Runtime> {
     use tongban_gateway::config::RuntimeShape;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut b = match shape.resolve(cores) {
-        RuntimeShape::CurrentThread => tokio::runtime::Builder::new_current_thread(),
-        RuntimeShape::MultiThread { worker_threads } => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            if let Some(n) = worker_threads {
-                b.worker_threads(n);
-            }
-            b
-        }
-        RuntimeShape::Auto => tokio::runtime::Builder::new_multi_thread(),
+    let mut b = if shape.resolve(cores) == RuntimeShape::CurrentThread {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
     };
+    if let RuntimeShape::MultiThread {
+        worker_threads: Some(n),
+    } = shape
+    {
+        b.worker_threads(n);
+    }
     anyhow::Context::context(b.enable_all().build(), "cannot start the async runtime")
 }
 
