@@ -20,6 +20,8 @@
 #   batch audit     `[audit] durability = "batch"`: records fsynced every 10 ms, not before
 #                   the answer (not a shape to keep: it gives up "nothing acknowledged
 #                   without its durable record"; it measures what the fsync per call costs)
+#   leader audit    `[audit] handoff = "leader"`: the first waiting call writes and fsyncs
+#                   the group commit itself instead of waking the writer thread
 #   baseline        (only with AB_BASELINE=<commit>) that commit's build, in a worktree
 #
 # It writes bench/AB-RESULTS.md: the median of the rounds for each variant and row, and
@@ -34,7 +36,7 @@ rounds=${AB_ROUNDS:-2}
 . "$root/bench/lib.sh"
 bench_workdir ab
 
-variants=(base mimalloc jemalloc multi_thread "export off" "export all" "batch audit")
+variants=(base mimalloc jemalloc multi_thread "export off" "export all" "batch audit" "leader audit")
 if [ -n "${AB_ONLY:-}" ]; then
   keep=(base)
   for v in "${variants[@]}"; do [[ " $AB_ONLY " == *" $v "* ]] && [ "$v" != base ] && keep+=("$v"); done
@@ -72,6 +74,7 @@ config_of() { # variant, city: writes the variant's config and prints its path
     "export off") sed '/^\[telemetry\]/,$d' "$work/$2.toml" >"$f" ;;
     "export all") sed 's/^sample_ratio = .*/sample_ratio = 1.0/' "$work/$2.toml" >"$f" ;;
     "batch audit") sed 's/^durability = .*/durability = "batch"/' "$work/$2.toml" >"$f" ;;
+    "leader audit") sed 's/^durability = .*/durability = "sync"\nhandoff = "leader"/' "$work/$2.toml" >"$f" ;;
     *) cp "$work/$2.toml" "$f" ;;
   esac
   echo "$f"

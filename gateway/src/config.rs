@@ -179,6 +179,7 @@ struct RawCatalog {
 #[serde(deny_unknown_fields, default)]
 struct RawAudit {
     durability: String,
+    handoff: String,
     batch_window_ms: u64,
     segment_bytes: u64,
     checkpoint_every: u64,
@@ -226,6 +227,7 @@ impl Default for RawAudit {
     fn default() -> Self {
         RawAudit {
             durability: "sync".into(),
+            handoff: "writer".into(),
             batch_window_ms: 10,
             segment_bytes: 64 * 1024 * 1024,
             checkpoint_every: 1000,
@@ -596,6 +598,10 @@ pub struct WebConfig {
 pub struct AuditConfig {
     /// `None`: sync (fsync before the response is released); `Some(w)`: batch, synced every w.
     pub batch_window: Option<Duration>,
+    /// `[audit] handoff = "leader"`: the first waiting call writes the group commit itself
+    /// instead of waking the writer thread (sync durability only; an A/B shape, see
+    /// `bench/README.md`).
+    pub leader_handoff: bool,
     pub segment_bytes: u64,
     /// Sign a checkpoint every this many records ...
     pub checkpoint_every: u64,
@@ -662,6 +668,7 @@ impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
             batch_window: None,
+            leader_handoff: false,
             segment_bytes: 64 * 1024 * 1024,
             checkpoint_every: 1000,
             checkpoint_interval: Duration::from_secs(10),
@@ -1056,6 +1063,22 @@ impl NodeConfig {
                 ))
             }
         };
+        let leader_handoff = match (a.handoff.as_str(), batch_window) {
+            ("writer", _) => false,
+            ("leader", None) => true,
+            ("leader", Some(_)) => {
+                return Err(ConfigError::key(
+                    "audit.handoff",
+                    "\"leader\" needs durability = \"sync\" (a batch window needs the writer thread's timer)",
+                ))
+            }
+            (other, _) => {
+                return Err(ConfigError::key(
+                    "audit.handoff",
+                    format!("`{other}` is not \"writer\" or \"leader\""),
+                ))
+            }
+        };
         if a.segment_bytes < 4096 {
             return Err(ConfigError::key(
                 "audit.segment_bytes",
@@ -1064,6 +1087,7 @@ impl NodeConfig {
         }
         let audit = AuditConfig {
             batch_window,
+            leader_handoff,
             segment_bytes: a.segment_bytes,
             checkpoint_every: positive("checkpoint_every", a.checkpoint_every).map_err(|_| {
                 ConfigError::key("audit.checkpoint_every", "must be greater than 0")
@@ -1624,10 +1648,18 @@ address = "127.0.0.1:8100"
         for (audit, key) in [
             ("anchor = \"maybe\"", "audit.anchor"),
             ("anchor_wait_s = 0", "audit.anchor_wait_s"),
+            ("handoff = \"thread\"", "audit.handoff"),
+            (
+                "durability = \"batch\"\nhandoff = \"leader\"",
+                "audit.handoff",
+            ),
         ] {
             let text = format!("{GOOD}\n[audit]\n{audit}\n");
             assert_eq!(key_of(parse(&text).unwrap_err()), key, "{audit}");
         }
+        assert!(!parse(GOOD).unwrap().audit.leader_handoff);
+        let leader = parse(&format!("{GOOD}\n[audit]\nhandoff = \"leader\"\n")).unwrap();
+        assert!(leader.audit.leader_handoff);
         let serve = parse(&format!("{GOOD}\n[audit]\nanchor = \"serve\"\n")).unwrap();
         assert_eq!(serve.audit.anchor, AnchorPolicy::Serve);
         assert_eq!(

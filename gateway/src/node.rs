@@ -18,7 +18,7 @@ use tonic::service::Routes;
 
 use crate::assertion::{self, ReplayCache};
 use crate::audit::api::AuditApi;
-use crate::audit::log::{Durability, LogOptions};
+use crate::audit::log::{Durability, Handoff, LogOptions};
 use crate::audit::Auditor;
 use crate::auth::{AuthSettings, Authenticator, JwksSource};
 use crate::catalog::{Catalog, Publisher, Snapshot};
@@ -240,6 +240,11 @@ impl PreparedNode {
             durability: match config.audit.batch_window {
                 None => Durability::Sync,
                 Some(w) => Durability::Batch(w),
+            },
+            handoff: if config.audit.leader_handoff {
+                Handoff::Leader
+            } else {
+                Handoff::Writer
             },
             segment_bytes: config.audit.segment_bytes,
             metrics: metrics.audit.clone(),

@@ -179,3 +179,56 @@ async fn the_verify_command_names_the_broken_sequence() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("BROKEN at seq 4"), "{stdout}");
 }
+
+/// `[audit] handoff = "leader"`: the calls that wait write the group commits themselves. On
+/// either runtime every append is acknowledged once, with the sequences 1..=n in one chain
+/// that verifies, and a log written this way reopens under the writer thread and continues.
+async fn a_leader_among_the_waiting_calls_writes_each_record_once() {
+    use tongban_gateway::audit::log::Handoff;
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, _) = std::sync::mpsc::sync_channel(1); // no index here
+    let opts = LogOptions {
+        handoff: Handoff::Leader,
+        ..LogOptions::default()
+    };
+    let log = AuditLog::open(dir.path(), opts, tx).unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..16 {
+        let log = log.clone();
+        tasks.spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..25 {
+                let a = log
+                    .append(AuditRecord {
+                        request_id: format!("req-{t}-{i}"),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(a.record.request_id, format!("req-{t}-{i}"));
+                seqs.push(a.seq);
+            }
+            seqs
+        });
+    }
+    let mut seqs: Vec<u64> = tasks.join_all().await.into_iter().flatten().collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=400).collect::<Vec<u64>>());
+    assert_eq!(log.head().seq, 400);
+    drop(log);
+    let report = verify_dir(dir.path(), &[], |_| {}).unwrap();
+    assert_eq!((report.records, report.first_bad), (400, None));
+    let (tx, _) = std::sync::mpsc::sync_channel(1);
+    let log = AuditLog::open(dir.path(), LogOptions::default(), tx).unwrap();
+    assert_eq!(log.append(AuditRecord::default()).await.unwrap().seq, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_writes_the_groups_on_a_work_stealing_runtime() {
+    a_leader_among_the_waiting_calls_writes_each_record_once().await
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_leader_writes_the_groups_on_a_current_thread_runtime() {
+    a_leader_among_the_waiting_calls_writes_each_record_once().await
+}

@@ -25,7 +25,7 @@ fn now_ms() -> i64 {
 }
 
 async fn personal_data_federation() -> Fed {
-    let f = Fed::start(&["jinan", "qingdao"]).await;
+    let f = Box::pin(Fed::start(&["jinan", "qingdao"])).await;
     // Qingdao's provider now handles personal data: calls need a consent.
     f.fed
         .register_crosscity("qingdao", "hrss", &["JQ-03"], true)

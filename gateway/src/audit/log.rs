@@ -65,9 +65,23 @@ pub enum Durability {
     Batch(Duration),
 }
 
+/// Who writes a group commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Handoff {
+    /// A dedicated writer thread that every append wakes (the default).
+    #[default]
+    Writer,
+    /// The first waiting append becomes the leader and writes and fsyncs the group itself
+    /// (the group-commit leader of RocksDB and MySQL): no thread hand-off per group, but the
+    /// leader's runtime thread is blocked for the fsync. Sync durability only.
+    Leader,
+}
+
 #[derive(Debug, Clone)]
 pub struct LogOptions {
     pub durability: Durability,
+    /// Who writes a group commit (`[audit] handoff`).
+    pub handoff: Handoff,
     pub segment_bytes: u64,
     /// Queue depth, group-commit size and latency, writability (registered in the node's
     /// metrics by the node; unregistered by default).
@@ -78,6 +92,7 @@ impl Default for LogOptions {
     fn default() -> Self {
         LogOptions {
             durability: Durability::Sync,
+            handoff: Handoff::Writer,
             segment_bytes: 64 * 1024 * 1024,
             metrics: AuditMetrics::default(),
         }
@@ -691,10 +706,68 @@ struct Pending {
     done: oneshot::Sender<Result<Appended, AuditError>>,
 }
 
+/// How an append reaches the writer.
+#[derive(Clone)]
+enum Submit {
+    /// To the writer thread.
+    Thread(mpsc::Sender<Pending>),
+    /// Into a queue that a leader among the appending calls writes.
+    Leader(Arc<LeaderState>),
+}
+
+struct LeaderState {
+    queue: std::sync::Mutex<Vec<Pending>>,
+    writer: std::sync::Mutex<Writer>,
+}
+
+fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl LeaderState {
+    /// Writes the queued groups while the queue is not empty. The writer lock is released
+    /// while the queue's lock is held, so an append that queued after the last check finds
+    /// the writer free and leads itself.
+    fn lead(&self, mut w: std::sync::MutexGuard<'_, Writer>) {
+        loop {
+            let batch = {
+                let mut q = locked(&self.queue);
+                if q.is_empty() {
+                    drop(w);
+                    return;
+                }
+                let n = q.len().min(MAX_BATCH);
+                q.drain(..n).collect::<Vec<_>>()
+            };
+            let m = w.opts.metrics.clone();
+            m.group_commit_records.observe(batch.len() as f64);
+            let started = Instant::now();
+            w.commit(batch);
+            m.commit_seconds.observe(started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Leads if no other call does. On a work-stealing runtime the blocking write is done
+    /// in `block_in_place`, so the thread's other tasks move on; on a current-thread
+    /// runtime it blocks the thread (every other call waits for the group anyway).
+    fn try_lead(&self) {
+        let Ok(w) = self.writer.try_lock() else {
+            return;
+        };
+        let multi = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi {
+            tokio::task::block_in_place(|| self.lead(w));
+        } else {
+            self.lead(w);
+        }
+    }
+}
+
 /// Handle of the audit log; cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<Pending>,
+    submit: Submit,
     head: watch::Receiver<Head>,
     durable: watch::Receiver<Head>,
     dir: PathBuf,
@@ -757,7 +830,6 @@ impl AuditLog {
             .open(&path)
             .map_err(io(&path))?;
         sync_dir(dir)?;
-        let (tx, rx) = mpsc::channel::<Pending>(8192);
         let (head_tx, head_rx) = watch::channel(report.head);
         let (durable_tx, durable_rx) = watch::channel(report.head);
         let writer = Writer {
@@ -774,12 +846,23 @@ impl AuditLog {
             last_sync: Instant::now(),
             dirty: false,
         };
-        std::thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || writer.run(rx))
-            .map_err(io(dir))?;
+        let submit = if writer.opts.handoff == Handoff::Leader
+            && writer.opts.durability == Durability::Sync
+        {
+            Submit::Leader(Arc::new(LeaderState {
+                queue: std::sync::Mutex::new(Vec::new()),
+                writer: std::sync::Mutex::new(writer),
+            }))
+        } else {
+            let (tx, rx) = mpsc::channel::<Pending>(8192);
+            std::thread::Builder::new()
+                .name("audit-writer".into())
+                .spawn(move || writer.run(rx))
+                .map_err(io(dir))?;
+            Submit::Thread(tx)
+        };
         Ok(AuditLog {
-            tx,
+            submit,
             head: head_rx,
             durable: durable_rx,
             dir: dir.to_path_buf(),
@@ -802,10 +885,16 @@ impl AuditLog {
     /// Appends a record; resolves once it is durable (per the durability mode).
     pub async fn append(&self, record: AuditRecord) -> Result<Appended, AuditError> {
         let (done, rx) = oneshot::channel();
-        self.tx
-            .send(Pending { record, done })
-            .await
-            .map_err(|_| AuditError::Stopped)?;
+        match &self.submit {
+            Submit::Thread(tx) => tx
+                .send(Pending { record, done })
+                .await
+                .map_err(|_| AuditError::Stopped)?,
+            Submit::Leader(l) => {
+                locked(&l.queue).push(Pending { record, done });
+                l.try_lead();
+            }
+        }
         rx.await.map_err(|_| AuditError::Stopped)?
     }
 
