@@ -8,6 +8,12 @@
 //! of the city, or after a restart, is refused without any shared state) and an assertion
 //! id it has seen on this node (a replay cache in memory, bounded by the assertions'
 //! lifetime).
+//!
+//! Two forms cross the boundary (`docs/audit-format.md`, "The caller assertion"): a JWT
+//! signed with the node key (the default, `[tls] caller_assertion = "jwt"`), or
+//! `mac1.<claims>.<tag>`, the same claims authenticated with HMAC-SHA256 under a key both
+//! ends export from the TLS connection (`"mac"`): no signature per call, and bound to the
+//! connection by its key. A providing node accepts both.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -128,24 +134,122 @@ pub fn now_s() -> u64 {
         .unwrap_or(0)
 }
 
+/// The prefix of an assertion's MAC form.
+pub const MAC_PREFIX: &str = "mac1.";
+
+/// Which form of assertion the home node sends its peers (`[tls] caller_assertion`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Form {
+    /// A JWT signed with the node key.
+    #[default]
+    Jwt,
+    /// `mac1.<claims>.<tag>`: HMAC-SHA256 under the connection's exported key.
+    Mac,
+}
+
 /// Signs assertions with the node key.
 pub struct Signer {
     key: NodeJwtSigner,
+    form: Form,
 }
 
 impl Signer {
     /// `pkcs8` is the node's key (Ed25519: EdDSA; P-256: ES256).
     pub fn new(pkcs8: &[u8]) -> Self {
+        Self::with_form(pkcs8, Form::Jwt)
+    }
+
+    /// A signer whose [`Self::seal`] makes assertions of `form`.
+    pub fn with_form(pkcs8: &[u8], form: Form) -> Self {
         Signer {
             key: NodeJwtSigner::from_pkcs8(pkcs8),
+            form,
         }
     }
 
+    /// The assertion as a JWT signed with the node key.
     pub fn sign(&self, claims: &AssertionClaims) -> Result<String, AssertionError> {
         self.key
             .sign(claims)
             .map_err(|e| AssertionError::Invalid(e.to_string()))
     }
+
+    /// The assertion for the connection of `binding`, in this signer's form (`claims.chb`
+    /// must already name it).
+    pub fn seal(
+        &self,
+        claims: &AssertionClaims,
+        binding: &ChannelBinding,
+    ) -> Result<String, AssertionError> {
+        match self.form {
+            Form::Jwt => self.sign(claims),
+            Form::Mac => mac(claims, binding),
+        }
+    }
+}
+
+/// `mac1.<claims>.<tag>`: the claims' JSON in base64url (no padding), and the HMAC-SHA256
+/// under the connection's MAC key of the ASCII bytes `mac1.<claims>`, in base64url.
+fn mac(claims: &AssertionClaims, binding: &ChannelBinding) -> Result<String, AssertionError> {
+    use base64::Engine as _;
+    let json = serde_json::to_vec(claims).map_err(|e| AssertionError::Invalid(e.to_string()))?;
+    let mut out = String::with_capacity(MAC_PREFIX.len() + json.len() * 4 / 3 + 48);
+    out.push_str(MAC_PREFIX);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(&json, &mut out);
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, binding.mac_key());
+    let tag = aws_lc_rs::hmac::sign(&key, out.as_bytes());
+    out.push('.');
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(tag.as_ref(), &mut out);
+    Ok(out)
+}
+
+/// The claims of an assertion in the MAC form, if its tag verifies under the connection's
+/// key; the issuer, audience and expiry checked as the JWT form's are.
+fn verify_mac(
+    token: &str,
+    binding: Option<&ChannelBinding>,
+    expected: &Expected<'_>,
+) -> Result<AssertionClaims, AssertionError> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let binding = binding.ok_or_else(|| {
+        AssertionError::Invalid(
+            "a mac assertion holds only on the tls connection it was made for, and this is not a tls connection (made for another tls connection?)".into(),
+        )
+    })?;
+    let (signed, tag) = token
+        .rsplit_once('.')
+        .ok_or_else(|| AssertionError::Invalid("a mac assertion has no tag".into()))?;
+    let tag = b64
+        .decode(tag)
+        .map_err(|_| AssertionError::Invalid("the mac assertion's tag is not base64url".into()))?;
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, binding.mac_key());
+    aws_lc_rs::hmac::verify(&key, signed.as_bytes(), &tag).map_err(|_| {
+        AssertionError::Invalid(
+            "the mac assertion's tag does not verify with this tls connection's key (made for another tls connection, or altered)".into(),
+        )
+    })?;
+    let json = b64.decode(&signed[MAC_PREFIX.len()..]).map_err(|_| {
+        AssertionError::Invalid("the mac assertion's claims are not base64url".into())
+    })?;
+    let claims: AssertionClaims = serde_json::from_slice(&json)
+        .map_err(|e| AssertionError::Invalid(format!("the mac assertion's claims: {e}")))?;
+    if claims.iss != expected.peer_city {
+        return Err(AssertionError::Invalid(format!(
+            "issuer `{}` is not the peer's city `{}`",
+            claims.iss, expected.peer_city
+        )));
+    }
+    if claims.aud != expected.own_city {
+        return Err(AssertionError::Invalid(format!(
+            "audience `{}` is not this city `{}`",
+            claims.aud, expected.own_city
+        )));
+    }
+    if claims.exp.saturating_add(LEEWAY_S) < now_s() {
+        return Err(AssertionError::Invalid("expired".into()));
+    }
+    Ok(claims)
 }
 
 /// What the providing node expects the assertion to say.
@@ -157,22 +261,28 @@ pub struct Expected<'a> {
     pub method: &'a str,
 }
 
-/// Verifies an assertion with the peer node's raw public key (its type pins the algorithm).
+/// Verifies an assertion: a JWT with the peer node's raw public key (its type pins the
+/// algorithm), the MAC form with the key of the connection that carried it (`binding`).
 pub fn verify(
     token: Option<&str>,
     peer_public_key: &[u8],
+    binding: Option<&ChannelBinding>,
     expected: &Expected<'_>,
 ) -> Result<AssertionClaims, AssertionError> {
     let token = token.ok_or(AssertionError::Missing)?;
-    let (key, alg) = jwt_decoding_key(peer_public_key);
-    let mut v = Validation::new(alg);
-    v.leeway = LEEWAY_S;
-    v.set_required_spec_claims(&["exp", "iss", "aud"]);
-    v.set_issuer(&[expected.peer_city]);
-    v.set_audience(&[expected.own_city]);
-    let claims = jsonwebtoken::decode::<AssertionClaims>(token, &key, &v)
-        .map_err(|e| AssertionError::Invalid(e.to_string()))?
-        .claims;
+    let claims = if token.starts_with(MAC_PREFIX) {
+        verify_mac(token, binding, expected)?
+    } else {
+        let (key, alg) = jwt_decoding_key(peer_public_key);
+        let mut v = Validation::new(alg);
+        v.leeway = LEEWAY_S;
+        v.set_required_spec_claims(&["exp", "iss", "aud"]);
+        v.set_issuer(&[expected.peer_city]);
+        v.set_audience(&[expected.own_city]);
+        jsonwebtoken::decode::<AssertionClaims>(token, &key, &v)
+            .map_err(|e| AssertionError::Invalid(e.to_string()))?
+            .claims
+    };
     if claims.exp.saturating_sub(claims.iat) > MAX_TTL.as_secs() {
         return Err(AssertionError::TooLong);
     }
@@ -267,6 +377,82 @@ mod tests {
             check_binding(&claims, None),
             Err(AssertionError::OtherConnection)
         ));
+    }
+
+    #[test]
+    fn the_mac_form_checks_its_issuer_audience_expiry_and_shape() {
+        let (_, public, der) = crate::trust::test_node_key();
+        let signer = Signer::with_form(&der, Form::Mac);
+        let here = ChannelBinding::for_tests("here");
+        let expected = Expected {
+            peer_city: "jinan",
+            own_city: "qingdao",
+            request_id: "r",
+            service: "s.S",
+            method: "M",
+        };
+        let mut base =
+            AssertionClaims::official("jinan", "qingdao", "hrss", "zhang.wei", "r", "s.S", "M");
+        base.chb = "here".into();
+        let claims = || base.clone();
+        let verify_with = |c: &AssertionClaims| {
+            let token = signer.seal(c, &here).unwrap();
+            assert!(token.starts_with(MAC_PREFIX));
+            verify(Some(&token), &public, Some(&here), &expected)
+        };
+        assert_eq!(verify_with(&claims()).unwrap(), claims());
+        for (what, c) in [
+            (
+                "issuer",
+                AssertionClaims {
+                    iss: "zibo".into(),
+                    ..claims()
+                },
+            ),
+            (
+                "audience",
+                AssertionClaims {
+                    aud: "zibo".into(),
+                    ..claims()
+                },
+            ),
+            (
+                "expired",
+                AssertionClaims {
+                    iat: 1,
+                    exp: 2,
+                    ..claims()
+                },
+            ),
+            (
+                "request id",
+                AssertionClaims {
+                    rid: "other".into(),
+                    ..claims()
+                },
+            ),
+        ] {
+            let e = verify_with(&c).unwrap_err().to_string();
+            assert!(e.contains(what), "{what}: {e}");
+        }
+        let token = signer.seal(&claims(), &here).unwrap();
+        for bad in [
+            MAC_PREFIX.to_string(),
+            format!("{MAC_PREFIX}e30"),
+            format!("{MAC_PREFIX}e30.***"),
+            token.replace('.', ""),
+        ] {
+            assert!(
+                verify(Some(&bad), &public, Some(&here), &expected).is_err(),
+                "{bad}"
+            );
+        }
+        // The signed form still verifies with the node key, and needs no binding.
+        let jwt = signer.sign(&claims()).unwrap();
+        assert_eq!(
+            verify(Some(&jwt), &public, None, &expected).unwrap(),
+            claims()
+        );
     }
 
     #[test]

@@ -481,6 +481,9 @@ struct RawTls {
     cert: PathBuf,
     key: PathBuf,
     trust_bundle: PathBuf,
+    /// `"jwt"` (default) or `"mac"`: the form of the caller assertions sent to peers.
+    #[serde(default)]
+    caller_assertion: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -564,6 +567,10 @@ pub struct NodeConfig {
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
     pub trust_bundle_path: PathBuf,
+    /// `[tls] caller_assertion = "mac"`: the caller assertions this node sends its peers are
+    /// MACed with a key exported from the TLS connection instead of signed (a providing
+    /// node accepts both forms; only for peers that run a node that knows the MAC form).
+    pub mac_assertions: bool,
     pub peers: Vec<PeerConfig>,
     pub limits: Limits,
     /// TLS of the caller listener; `None` only with `listen.caller_plaintext = true`.
@@ -1153,6 +1160,16 @@ impl NodeConfig {
                 "must not exceed limits.max_timeout_ms",
             ));
         }
+        let mac_assertions = match raw.tls.caller_assertion.as_deref() {
+            None | Some("jwt") => false,
+            Some("mac") => true,
+            Some(other) => {
+                return Err(ConfigError::key(
+                    "tls.caller_assertion",
+                    format!("`{other}` is not \"jwt\" or \"mac\""),
+                ))
+            }
+        };
         Ok(NodeConfig {
             city: raw.city,
             replica: raw.replica,
@@ -1166,6 +1183,7 @@ impl NodeConfig {
             cert_path: resolve(&raw.tls.cert),
             key_path: resolve(&raw.tls.key),
             trust_bundle_path: resolve(&raw.tls.trust_bundle),
+            mac_assertions,
             peers,
             limits,
             caller_tls,

@@ -284,9 +284,14 @@ impl Federation for FederationApi {
         };
         let unauthenticated =
             |why: String| Status::unauthenticated(format!("subject access log: {why}"));
-        let claims = crate::assertion::verify(token.as_deref(), &peer.public_key, &expected)
-            .and_then(|c| crate::assertion::check_binding(&c, peer.binding.as_ref()).map(|()| c))
-            .map_err(|e| unauthenticated(e.to_string()))?;
+        let claims = crate::assertion::verify(
+            token.as_deref(),
+            &peer.public_key,
+            peer.binding.as_ref(),
+            &expected,
+        )
+        .and_then(|c| crate::assertion::check_binding(&c, peer.binding.as_ref()).map(|()| c))
+        .map_err(|e| unauthenticated(e.to_string()))?;
         let citizen = claims.roles.iter().any(|x| x == crate::auth::CITIZEN_ROLE);
         if !(claims.own && citizen && claims.subj.as_deref() == Some(&subject_binding(&r.subject)))
         {

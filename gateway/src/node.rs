@@ -218,7 +218,14 @@ impl PreparedNode {
         let checks = TrustChecks {
             auth: Arc::new(auth),
             policy: Arc::new(PolicyStore::open(&config.policy_file)?),
-            signer: assertion::Signer::new(identity.key_pkcs8()),
+            signer: assertion::Signer::with_form(
+                identity.key_pkcs8(),
+                if config.mac_assertions {
+                    assertion::Form::Mac
+                } else {
+                    assertion::Form::Jwt
+                },
+            ),
             replay: ReplayCache::new(),
             pseudonyms,
             rate: RateLimiter::new(config.limits.caller_rate_per_s, config.limits.caller_burst),
@@ -635,6 +642,7 @@ impl PreparedNode {
                 tokio::runtime::RuntimeFlavor::CurrentThread => "current_thread",
                 _ => "multi_thread",
             },
+            caller_assertion = %if config.mac_assertions { "mac" } else { "jwt" },
             "node started"
         );
         Ok(RunningNode {

@@ -831,11 +831,35 @@ pub struct PeerIdentity {
 /// The exporter label (RFC 8446 §7.5) of the channel binding.
 pub const BINDING_LABEL: &[u8] = b"EXPORTER-tongban-caller-assertion";
 
+/// The exporter label (RFC 8446 §7.5) of the key of the caller assertions' MAC form.
+pub const MAC_LABEL: &[u8] = b"EXPORTER-tongban-assertion-mac";
+
 /// What binds an assertion to one TLS connection: base64url (no padding) of the SHA-256 of
 /// 32 bytes exported from the connection with [`BINDING_LABEL`] and no context. Both ends of
-/// the connection compute the same value; no other connection has it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChannelBinding(String);
+/// the connection compute the same value; no other connection has it. With it, the key of
+/// the assertions' MAC form: 32 bytes exported with [`MAC_LABEL`], known to the two ends of
+/// the connection only.
+#[derive(Clone)]
+pub struct ChannelBinding {
+    chb: String,
+    mac_key: Arc<[u8; 32]>,
+}
+
+impl std::fmt::Debug for ChannelBinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelBinding")
+            .field("chb", &self.chb)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for ChannelBinding {
+    fn eq(&self, other: &Self) -> bool {
+        self.chb == other.chb
+    }
+}
+
+impl Eq for ChannelBinding {}
 
 impl ChannelBinding {
     /// The binding of a rustls connection (client or server side); `None` before the
@@ -844,19 +868,32 @@ impl ChannelBinding {
         let exported = conn
             .export_keying_material([0u8; 32], BINDING_LABEL, None)
             .ok()?;
-        Some(ChannelBinding(
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(exported)),
-        ))
+        let mac_key = conn
+            .export_keying_material([0u8; 32], MAC_LABEL, None)
+            .ok()?;
+        Some(ChannelBinding {
+            chb: base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(sha2::Sha256::digest(exported)),
+            mac_key: Arc::new(mac_key),
+        })
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.chb
     }
 
-    /// A made-up binding, for tests of the checks.
+    /// The key of the assertions' MAC form on this connection.
+    pub fn mac_key(&self) -> &[u8; 32] {
+        &self.mac_key
+    }
+
+    /// A made-up binding (its key derived from `s`), for tests of the checks.
     #[cfg(test)]
     pub(crate) fn for_tests(s: &str) -> ChannelBinding {
-        ChannelBinding(s.to_string())
+        ChannelBinding {
+            chb: s.to_string(),
+            mac_key: Arc::new(sha2::Sha256::digest(s.as_bytes()).into()),
+        }
     }
 }
 

@@ -12,7 +12,8 @@ use tongban_devkit::local::open_policy;
 
 /// Writes the config of `city`'s node under `dir`: plaintext caller listener, loopback ports
 /// chosen at start, the open policy of every city in `g`, `peers` as (city, peer address),
-/// and `extra` TOML appended (a `[telemetry]` section, say).
+/// and `extra` TOML appended (a `[telemetry]` section, say); lines of `extra` that begin
+/// with `tls.` (`tls.caller_assertion = "mac"`) go into the `[tls]` table instead.
 pub fn write_node_config(
     dir: &Path,
     g: &certs::Generated,
@@ -24,6 +25,13 @@ pub fn write_node_config(
     let cities: Vec<String> = g.cities.iter().map(|c| c.city.clone()).collect();
     let policy = dir.join(format!("{city}-policy.toml"));
     std::fs::write(&policy, open_policy(&cities)).unwrap();
+    let (tls_extra, extra): (Vec<&str>, Vec<&str>) = extra
+        .split_inclusive('\n')
+        .partition(|l| l.starts_with("tls."));
+    let tls_extra: String = tls_extra
+        .iter()
+        .map(|l| l.trim_start_matches("tls.").trim_end().to_string() + "\n")
+        .collect();
     let mut text = format!(
         r#"city = "{city}"
 [listen]
@@ -38,7 +46,7 @@ data_dir = "{data}"
 cert = "{cert}"
 key = "{key}"
 trust_bundle = "{bundle}"
-[auth]
+{tls_extra}[auth]
 jwks_file = "{jwks}"
 issuer = "https://idp.{city}.tongban"
 audience = "tongban:{city}"
@@ -65,7 +73,7 @@ catalog_retry_ms = 200
             "[[peers]]\ncity = \"{c}\"\naddress = \"{addr}\"\n"
         ));
     }
-    text.push_str(extra);
+    text.push_str(&extra.concat());
     let path = dir.join(format!("{city}.toml"));
     std::fs::write(&path, text).unwrap();
     path

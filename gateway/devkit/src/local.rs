@@ -564,6 +564,7 @@ pub fn node_config(
         cert_path: files.node_cert.clone(),
         key_path: files.node_key.clone(),
         trust_bundle_path: certs.trust_bundle.clone(),
+        mac_assertions: false,
         peers,
         limits,
         caller_tls: None,

@@ -113,7 +113,7 @@ pub(super) fn seal(
 ) -> Result<(), String> {
     let binding = binding.ok_or("the connection to the peer has no tls channel binding")?;
     claims.chb = binding.as_str().to_string();
-    let token = signer.sign(claims).map_err(|e| e.to_string())?;
+    let token = signer.seal(claims, binding).map_err(|e| e.to_string())?;
     headers::set(h, assertion::HEADER, &token);
     Ok(())
 }

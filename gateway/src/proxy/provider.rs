@@ -93,9 +93,14 @@ impl VerifyAssertion<'_> {
             service: &a.call.service,
             method: &a.call.method,
         };
-        let claims = assertion::verify(token, &self.peer.public_key, &expected)
-            .and_then(|c| assertion::check_binding(&c, self.peer.binding.as_ref()).map(|()| c))
-            .map_err(|e| ProxyError::Unauthenticated(e.to_string()))?;
+        let claims = assertion::verify(
+            token,
+            &self.peer.public_key,
+            self.peer.binding.as_ref(),
+            &expected,
+        )
+        .and_then(|c| assertion::check_binding(&c, self.peer.binding.as_ref()).map(|()| c))
+        .map_err(|e| ProxyError::Unauthenticated(e.to_string()))?;
         self.replay
             .check_and_remember(&claims.jti, claims.exp)
             .map_err(|e| ProxyError::Unauthenticated(e.to_string()))?;
@@ -193,12 +198,15 @@ mod tests {
     use tongban_proto::metadata::PRINCIPAL;
 
     use super::*;
+    use crate::assertion::Form;
     use crate::federation::Peer;
     use crate::proxy::call::Intent;
     use crate::proxy::home::{seal, Vouch};
     use crate::proxy::stage::testing::{accepted, provider, who};
     use crate::proxy::stage::Upstream;
     use crate::upstream::Endpoint;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
 
     fn intent(own: bool) -> Intent {
         Intent {
@@ -211,9 +219,10 @@ mod tests {
 
     /// What Jinan's `Vouch` stage sends Qingdao for `who`: the call's metadata, assertion
     /// included.
-    fn vouched_by_jinan(der: &[u8], who: Who, own: bool) -> http::HeaderMap {
+    fn vouched_by_jinan(der: &[u8], form: Form, who: Who, own: bool) -> http::HeaderMap {
         vouched_on(
             der,
+            form,
             who,
             own,
             &assertion::ChannelBinding::for_tests("connection-1"),
@@ -223,11 +232,12 @@ mod tests {
     /// The same, for the connection whose channel binding is `binding`.
     fn vouched_on(
         der: &[u8],
+        form: Form,
         who: Who,
         own: bool,
         binding: &assertion::ChannelBinding,
     ) -> http::HeaderMap {
-        let signer = assertion::Signer::new(der);
+        let signer = assertion::Signer::with_form(der, form);
         let ep = Arc::new(Endpoint::provider("http://127.0.0.1:9").unwrap());
         let peer = Arc::new(Peer::new("qingdao".into(), ep.clone(), ep));
         let a = accepted(&[("x-tongban-purpose", "case-handling")]);
@@ -267,6 +277,15 @@ mod tests {
 
     #[test]
     fn the_assertion_vouch_signs_carries_the_person_once_to_the_providing_node() {
+        the_assertion_carries_the_person_once(Form::Jwt);
+    }
+
+    #[test]
+    fn the_mac_form_of_the_assertion_carries_the_person_once_on_its_connection_only() {
+        the_assertion_carries_the_person_once(Form::Mac);
+    }
+
+    fn the_assertion_carries_the_person_once(form: Form) {
         let (_, public, der) = crate::trust::test_node_key();
         let dir = tempfile::tempdir().unwrap();
         drop(dir);
@@ -282,7 +301,9 @@ mod tests {
             replay: &replay,
         };
         let official = who(PersonKind::Official, "jinan", "hrss", "zhang.wei");
-        let h = vouched_by_jinan(&der, official.clone(), false);
+        let h = vouched_by_jinan(&der, form, official.clone(), false);
+        let sent = h.get(assertion::HEADER).unwrap().to_str().unwrap();
+        assert_eq!(sent.starts_with(assertion::MAC_PREFIX), form == Form::Mac);
         assert!(
             h.get(PRINCIPAL).is_none(),
             "the provider's metadata is set at qingdao"
@@ -297,6 +318,7 @@ mod tests {
         // before a restart): refused, whatever the replay cache holds.
         let elsewhere = vouched_on(
             &der,
+            form,
             official.clone(),
             false,
             &assertion::ChannelBinding::for_tests("connection-2"),
@@ -313,20 +335,46 @@ mod tests {
             peer: &unbound,
             replay: &ReplayCache::new(),
         }
-        .run(at_qingdao(&vouched_by_jinan(&der, official.clone(), false)))
+        .run(at_qingdao(&vouched_by_jinan(
+            &der,
+            form,
+            official.clone(),
+            false,
+        )))
         .unwrap_err();
         assert!(e.to_string().contains("another tls connection"), "{e}");
-        // Signed by another key than the certificate's: refused.
-        let (_, _, other) = crate::trust::test_node_key();
-        let forged = vouched_by_jinan(&other, official, false);
-        assert!(matches!(
-            verify.run(at_qingdao(&forged)),
-            Err(ProxyError::Unauthenticated(_))
-        ));
+        match form {
+            // Signed by another key than the certificate's: refused.
+            Form::Jwt => {
+                let (_, _, other) = crate::trust::test_node_key();
+                let forged = vouched_by_jinan(&other, form, official, false);
+                assert!(matches!(
+                    verify.run(at_qingdao(&forged)),
+                    Err(ProxyError::Unauthenticated(_))
+                ));
+            }
+            // The claims altered (another person) under the tag: refused.
+            Form::Mac => {
+                let mut h = vouched_by_jinan(&der, form, official, false);
+                let sent = h.get(assertion::HEADER).unwrap().to_str().unwrap();
+                let (claims, tag) = sent[assertion::MAC_PREFIX.len()..].split_once('.').unwrap();
+                let json = String::from_utf8(URL_SAFE_NO_PAD.decode(claims).unwrap()).unwrap();
+                let altered = json.replace("zhang.wei", "li.na");
+                assert_ne!(altered, json);
+                let forged = format!(
+                    "{}{}.{tag}",
+                    assertion::MAC_PREFIX,
+                    URL_SAFE_NO_PAD.encode(altered)
+                );
+                h.insert(assertion::HEADER, forged.parse().unwrap());
+                let e = verify.run(at_qingdao(&h)).unwrap_err();
+                assert!(e.to_string().contains("does not verify"), "{e}");
+            }
+        }
         // A citizen crosses as the home node's pseudonym, with the home node's word on own
         // data.
         let citizen = who(PersonKind::Citizen, "jinan", "portal", "pseudonym-a");
-        let h = vouched_by_jinan(&der, citizen.clone(), true);
+        let h = vouched_by_jinan(&der, form, citizen.clone(), true);
         let (got, claims) = verify.run(at_qingdao(&h)).unwrap();
         assert_eq!(got.who, citizen);
         assert!(claims.own);

@@ -91,7 +91,7 @@ pub fn tokens(data: &[u8]) {
         service: "s.S",
         method: "M",
     };
-    let _ = tongban_gateway::assertion::verify(Some(text), &key, &expected);
+    let _ = tongban_gateway::assertion::verify(Some(text), &key, None, &expected);
     let mut headers = http::HeaderMap::new();
     if let Ok(v) = http::HeaderValue::from_str(text) {
         headers.insert(tongban_proto::metadata::CONSENT, v);
