@@ -22,6 +22,8 @@
 #                   without its durable record"; it measures what the fsync per call costs)
 #   leader audit    `[audit] handoff = "leader"`: the first waiting call writes and fsyncs
 #                   the group commit itself instead of waking the writer thread
+#   mac assertion   `[tls] caller_assertion = "mac"`: caller assertions MACed under a key
+#                   exported from the TLS connection instead of signed with the node key
 #   baseline        (only with AB_BASELINE=<commit>) that commit's build, in a worktree
 #
 # It writes bench/AB-RESULTS.md: the median of the rounds for each variant and row, and
@@ -36,7 +38,7 @@ rounds=${AB_ROUNDS:-2}
 . "$root/bench/lib.sh"
 bench_workdir ab
 
-variants=(base mimalloc jemalloc multi_thread "export off" "export all" "batch audit" "leader audit")
+variants=(base mimalloc jemalloc multi_thread "export off" "export all" "batch audit" "leader audit" "mac assertion")
 if [ -n "${AB_ONLY:-}" ]; then
   keep=(base)
   for v in "${variants[@]}"; do [[ " $AB_ONLY " == *" $v "* ]] && [ "$v" != base ] && keep+=("$v"); done
@@ -74,7 +76,8 @@ config_of() { # variant, city: writes the variant's config and prints its path
     "export off") sed '/^\[telemetry\]/,$d' "$work/$2.toml" >"$f" ;;
     "export all") sed 's/^sample_ratio = .*/sample_ratio = 1.0/' "$work/$2.toml" >"$f" ;;
     "batch audit") sed 's/^durability = .*/durability = "batch"/' "$work/$2.toml" >"$f" ;;
-    "leader audit") sed 's/^durability = .*/durability = "sync"\nhandoff = "leader"/' "$work/$2.toml" >"$f" ;;
+    "mac assertion") sed 's/^caller_assertion = .*/caller_assertion = "mac"/' "$work/$2.toml" >"$f" ;;
+    "leader audit") sed 's/^handoff = .*/handoff = "leader"/' "$work/$2.toml" >"$f" ;;
     *) cp "$work/$2.toml" "$f" ;;
   esac
   echo "$f"
