@@ -95,6 +95,9 @@ pub enum RuntimeShape {
     MultiThread { worker_threads: Option<usize> },
     /// `flavor = "current_thread"`: every task on the thread that runs the node.
     CurrentThread,
+    /// `flavor = "per_core"`: a current-thread runtime per core, the connections of the
+    /// caller and peer listeners spread over them (the node's own tasks on the first).
+    PerCore,
     /// `flavor = "auto"`: `CurrentThread` on one core, else `MultiThread` with one worker
     /// per core.
     #[default]
@@ -105,7 +108,7 @@ impl RuntimeShape {
     /// What `Auto` is on a machine where the process may run on `cores` cores.
     pub fn resolve(self, cores: usize) -> RuntimeShape {
         match self {
-            RuntimeShape::Auto if cores <= 1 => RuntimeShape::CurrentThread,
+            RuntimeShape::Auto | RuntimeShape::PerCore if cores <= 1 => RuntimeShape::CurrentThread,
             RuntimeShape::Auto => RuntimeShape::MultiThread {
                 worker_threads: None,
             },
@@ -117,7 +120,7 @@ impl RuntimeShape {
 fn runtime_shape(r: RawRuntime) -> Result<RuntimeShape, ConfigError> {
     match (r.flavor.as_deref(), r.worker_threads) {
         (None | Some("auto"), None) => Ok(RuntimeShape::Auto),
-        (None | Some("auto") | Some("current_thread"), Some(_)) => Err(ConfigError::key(
+        (None | Some("auto") | Some("current_thread") | Some("per_core"), Some(_)) => Err(ConfigError::key(
             "runtime.worker_threads",
             "applies only to flavor = \"multi_thread\"",
         )),
@@ -127,9 +130,10 @@ fn runtime_shape(r: RawRuntime) -> Result<RuntimeShape, ConfigError> {
         )),
         (Some("multi_thread"), n) => Ok(RuntimeShape::MultiThread { worker_threads: n }),
         (Some("current_thread"), None) => Ok(RuntimeShape::CurrentThread),
+        (Some("per_core"), None) => Ok(RuntimeShape::PerCore),
         (Some(other), _) => Err(ConfigError::key(
             "runtime.flavor",
-            format!("`{other}`: expected \"auto\", \"multi_thread\" or \"current_thread\""),
+            format!("`{other}`: expected \"auto\", \"multi_thread\", \"current_thread\" or \"per_core\""),
         )),
     }
 }
@@ -1387,6 +1391,10 @@ address = "127.0.0.1:8100"
                 "runtime.worker_threads",
             ),
             ("flavor = \"fibers\"", "runtime.flavor"),
+            (
+                "flavor = \"per_core\"\nworker_threads = 2",
+                "runtime.worker_threads",
+            ),
         ] {
             assert_eq!(key_of(with(body).unwrap_err()), key, "{body}");
         }
@@ -1400,6 +1408,15 @@ address = "127.0.0.1:8100"
         );
         assert_eq!(
             RuntimeShape::CurrentThread.resolve(4),
+            RuntimeShape::CurrentThread
+        );
+        assert_eq!(
+            with("flavor = \"per_core\"").unwrap().runtime,
+            RuntimeShape::PerCore
+        );
+        assert_eq!(RuntimeShape::PerCore.resolve(4), RuntimeShape::PerCore);
+        assert_eq!(
+            RuntimeShape::PerCore.resolve(1),
             RuntimeShape::CurrentThread
         );
     }

@@ -138,9 +138,17 @@ pub struct PreparedNode {
     caller_tls: Option<Arc<rustls::ServerConfig>>,
     auditor: Arc<Auditor>,
     metrics: Arc<NodeMetrics>,
+    spread: server::Spread,
 }
 
 impl PreparedNode {
+    /// Spreads the connections of the caller and peer listeners over `runtimes` (one
+    /// current-thread runtime per core: `[runtime] flavor = "per_core"`).
+    pub fn with_connection_runtimes(mut self, runtimes: Vec<tokio::runtime::Handle>) -> Self {
+        self.spread = server::Spread::new(runtimes);
+        self
+    }
+
     /// Loads the trust bundle and node identity and opens the store. Nothing is bound yet,
     /// so a bad certificate or data dir is reported before any port is taken.
     pub async fn prepare(config: NodeConfig) -> Result<PreparedNode, NodeError> {
@@ -278,6 +286,7 @@ impl PreparedNode {
             caller_tls,
             auditor,
             metrics,
+            spread: server::Spread::default(),
         })
     }
 
@@ -294,7 +303,16 @@ impl PreparedNode {
             caller_tls,
             auditor,
             metrics,
+            spread,
         } = self;
+        let runtime = match (
+            spread.runtimes(),
+            tokio::runtime::Handle::current().runtime_flavor(),
+        ) {
+            (n, _) if n > 1 => format!("per_core({n})"),
+            (_, tokio::runtime::RuntimeFlavor::CurrentThread) => "current_thread".to_string(),
+            _ => "multi_thread".to_string(),
+        };
         let caller_addr = local_addr(&listeners.caller, "listen.caller", config.caller_addr)?;
         let peer_addr = local_addr(&listeners.peer, "listen.peer", config.peer_addr)?;
         let admin_addr = local_addr(&listeners.admin, "listen.admin", config.admin_addr)?;
@@ -607,6 +625,7 @@ impl PreparedNode {
             caller_routes,
             proxy.clone(),
             config.limits.clone(),
+            spread.clone(),
             shutdown.clone(),
         )));
         tasks.push(tokio::spawn(server::serve(
@@ -615,6 +634,7 @@ impl PreparedNode {
             peer_routes,
             proxy,
             config.limits.clone(),
+            spread,
             shutdown.clone(),
         )));
         for peer in peers.values() {
@@ -638,10 +658,7 @@ impl PreparedNode {
             admin = %admin_addr,
             web = %web_addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
             peers = peers.len(),
-            runtime = %match tokio::runtime::Handle::current().runtime_flavor() {
-                tokio::runtime::RuntimeFlavor::CurrentThread => "current_thread",
-                _ => "multi_thread",
-            },
+            runtime = %runtime,
             caller_assertion = %if config.mac_assertions { "mac" } else { "jwt" },
             "node started"
         );

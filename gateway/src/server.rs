@@ -146,14 +146,66 @@ fn http2_builder(
     builder
 }
 
+/// The runtimes the accepted connections of the caller and peer listeners are spread over
+/// (`[runtime] flavor = "per_core"`: one current-thread runtime per core), round-robin. Empty
+/// (the default): each connection runs on the runtime that accepted it.
+#[derive(Clone, Default)]
+pub struct Spread {
+    handles: Arc<[tokio::runtime::Handle]>,
+    next: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Spread {
+    pub fn new(handles: Vec<tokio::runtime::Handle>) -> Spread {
+        Spread {
+            handles: handles.into(),
+            next: Arc::default(),
+        }
+    }
+
+    /// How many runtimes the connections are spread over (0: none, each on its own).
+    pub fn runtimes(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// Runs `conn` on the next runtime. Its socket moves there (it is registered with that
+    /// runtime's reactor, so its wake-ups stay on that runtime's thread).
+    fn spawn(&self, conn: Connection, side: Side, tcp: tokio::net::TcpStream) {
+        let n = self.handles.len();
+        let target = (n > 0).then(|| {
+            &self.handles[self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n]
+        });
+        let here = tokio::runtime::Handle::try_current().ok();
+        match target {
+            Some(h) if here.as_ref().is_none_or(|c| c.id() != h.id()) => {
+                match tcp.into_std() {
+                    Ok(std) => {
+                        h.spawn(async move {
+                            match tokio::net::TcpStream::from_std(std) {
+                                Ok(tcp) => conn.run(side, tcp).await,
+                                Err(error) => tracing::warn!(%error, "cannot move a connection to its runtime"),
+                            }
+                        });
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot move a connection to its runtime"),
+                }
+            }
+            _ => {
+                tokio::spawn(conn.run(side, tcp));
+            }
+        }
+    }
+}
+
 /// Serves `listener` until `shutdown` turns true, then lets open calls finish for a grace
-/// period.
+/// period. Each connection runs on a runtime of `spread`.
 pub async fn serve(
     listener: TcpListener,
     side: Side,
     routes: Routes,
     proxy: Arc<Proxy>,
     limits: Limits,
+    spread: Spread,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -188,7 +240,7 @@ pub async fn serve(
             dispatch,
             remote,
         };
-        tokio::spawn(conn.run(side.clone(), tcp));
+        spread.spawn(conn, side.clone(), tcp);
     }
     drop(listener);
     if tokio::time::timeout(GRACE, graceful.shutdown())

@@ -39,7 +39,7 @@ impl Fed {
 
     pub async fn start_with(cities: &[&str], limits: Limits) -> Fed {
         let dir = tempfile::tempdir().expect("tempdir");
-        let fed = LocalFederation::start(dir.path(), cities, limits)
+        let fed = Box::pin(LocalFederation::start(dir.path(), cities, limits))
             .await
             .expect("federation starts");
         for c in cities {

@@ -76,3 +76,60 @@ async fn cross_city_calls_on_mac_assertions_and_a_leader_written_audit() {
     }
     two.stop().await;
 }
+
+/// `[runtime] flavor = "per_core"`: a current-thread runtime per core, the connections
+/// spread over them. Calls on several caller connections (Jinan's across the boundary,
+/// Qingdao's to its own provider) all succeed; the node says how many runtimes it spreads
+/// over and runs a thread for each other core.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_current_thread_runtime_per_core_serves_every_connection() {
+    let two = TwoCities::start("[runtime]\nflavor = \"per_core\"\n").await;
+    two.wait_until_federated().await;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runtime = if cores > 1 {
+        format!("runtime=per_core({cores})")
+    } else {
+        "runtime=current_thread".to_string()
+    };
+    for node in [&two.jinan, &two.qingdao] {
+        assert!(
+            node.wait_for_line(|l| l.contains("node started") && l.contains(&runtime))
+                .await,
+            "{runtime}: {:?}",
+            node.lines.lock().unwrap()
+        );
+    }
+    if cores > 1 {
+        let pid = two.jinan.child.id();
+        let names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .collect();
+        assert!(
+            names.iter().any(|n| n.trim() == "tongban-core-1"),
+            "{names:?}"
+        );
+    }
+    // Qingdao's provider serves Jinan's callers; Jinan has none registered, so Qingdao's
+    // callers reach Qingdao's own provider through their node (a local call).
+    let mut calls = tokio::task::JoinSet::new();
+    for (city, node) in [("jinan", &two.jinan), ("qingdao", &two.qingdao)] {
+        let token = dev_token(&two.certs, city, "hrss").unwrap();
+        for _ in 0..3 {
+            let mut client = CrossCityServiceClient::new(channel(&node.caller).await);
+            let token = token.clone();
+            calls.spawn(async move {
+                for _ in 0..20 {
+                    client
+                        .submit(tongban_tests::case_handling_submit("qingdao", &token))
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+    }
+    while let Some(r) = calls.join_next().await {
+        r.unwrap();
+    }
+    two.stop().await;
+}

@@ -18,14 +18,15 @@ pub fn run(path: PathBuf, logging: crate::Logging) -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
-    let rt = match runtime(config.runtime) {
+    let (rt, cores) = match runtime(config.runtime) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tongban: {e:#}");
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(async move {
+    let handles = cores.handles.clone();
+    let code = rt.block_on(async move {
         // Logs and span export (`[telemetry]`) start before anything else is loaded.
         let telemetry = match tongban_telemetry::init(
             &logging.filter,
@@ -38,19 +39,73 @@ pub fn run(path: PathBuf, logging: crate::Logging) -> ExitCode {
                 return ExitCode::from(EX_CONFIG);
             }
         };
-        let code = run_node(config).await;
+        let mut runtimes = vec![tokio::runtime::Handle::current()];
+        runtimes.extend(handles);
+        let code = run_node(config, runtimes).await;
         telemetry.shutdown().await;
         code
-    })
+    });
+    cores.stop();
+    code
 }
 
-/// The node's runtime, shaped by `[runtime]` (`auto`: by the cores this process may use).
+/// The current-thread runtimes of `flavor = "per_core"` beside the main one, each on its
+/// own thread until stopped.
+#[derive(Default)]
+struct CoreRuntimes {
+    handles: Vec<tokio::runtime::Handle>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+}
+
+impl CoreRuntimes {
+    fn start(n: usize) -> anyhow::Result<CoreRuntimes> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut out = CoreRuntimes {
+            stop: Some(stop),
+            ..CoreRuntimes::default()
+        };
+        for i in 1..=n {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            out.handles.push(rt.handle().clone());
+            let mut stopped = stopped.clone();
+            out.threads.push(
+                std::thread::Builder::new()
+                    .name(format!("tongban-core-{i}"))
+                    .spawn(move || {
+                        rt.block_on(async move {
+                            let _ = stopped.wait_for(|s| *s).await;
+                        })
+                    })?,
+            );
+        }
+        Ok(out)
+    }
+
+    fn stop(self) {
+        if let Some(stop) = self.stop {
+            let _ = stop.send(true);
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The node's runtime, shaped by `[runtime]` (`auto`: by the cores this process may use),
+/// and for `per_core` the current-thread runtimes of the other cores.
 fn runtime(
     shape: tongban_gateway::config::RuntimeShape,
-) -> anyhow::Result<tokio::runtime::Runtime> {
+) -> anyhow::Result<(tokio::runtime::Runtime, CoreRuntimes)> {
     use tongban_gateway::config::RuntimeShape;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut b = if shape.resolve(cores) == RuntimeShape::CurrentThread {
+    let resolved = shape.resolve(cores);
+    let mut b = if matches!(
+        resolved,
+        RuntimeShape::CurrentThread | RuntimeShape::PerCore
+    ) {
         tokio::runtime::Builder::new_current_thread()
     } else {
         tokio::runtime::Builder::new_multi_thread()
@@ -61,12 +116,22 @@ fn runtime(
     {
         b.worker_threads(n);
     }
-    anyhow::Context::context(b.enable_all().build(), "cannot start the async runtime")
+    let rt = anyhow::Context::context(b.enable_all().build(), "cannot start the async runtime")?;
+    let others = if resolved == RuntimeShape::PerCore {
+        anyhow::Context::context(
+            CoreRuntimes::start(cores - 1),
+            "cannot start the runtimes of the other cores",
+        )?
+    } else {
+        CoreRuntimes::default()
+    };
+    Ok((rt, others))
 }
 
-async fn run_node(config: NodeConfig) -> ExitCode {
+async fn run_node(config: NodeConfig, runtimes: Vec<tokio::runtime::Handle>) -> ExitCode {
     // Certificates, keys, JWKS, policy and store, all before any port is bound.
     let prepared = match tongban_gateway::PreparedNode::prepare(config.clone()).await {
+        Ok(p) if runtimes.len() > 1 => p.with_connection_runtimes(runtimes),
         Ok(p) => p,
         Err(e) => {
             eprintln!("tongban: {e}");
