@@ -24,6 +24,13 @@
 #                   the group commit itself instead of waking the writer thread
 #   mac assertion   `[tls] caller_assertion = "mac"`: caller assertions MACed under a key
 #                   exported from the TLS connection instead of signed with the node key
+#   no lifo slot    `[runtime] flavor = "multi_thread"`, `lifo_slot = false`, in a build with
+#                   `--cfg tokio_unstable` (compare with multi_thread)
+#   pool 2 cores    the work-stealing pool with both cores for each node (the load
+#                   generator's core too)
+#   per_core 2 cores `[runtime] flavor = "per_core"`: a current-thread runtime per core, the
+#                   connections spread over them, both cores for each node (compare with
+#                   pool 2 cores)
 #   baseline        (only with AB_BASELINE=<commit>) that commit's build, in a worktree
 #
 # It writes bench/AB-RESULTS.md: the median of the rounds for each variant and row, and
@@ -38,7 +45,8 @@ rounds=${AB_ROUNDS:-2}
 . "$root/bench/lib.sh"
 bench_workdir ab
 
-variants=(base mimalloc jemalloc multi_thread "export off" "export all" "batch audit" "leader audit" "mac assertion")
+variants=(base mimalloc jemalloc multi_thread "export off" "export all" "batch audit" "leader audit" "mac assertion"
+  "no lifo slot" "pool 2 cores" "per_core 2 cores")
 if [ -n "${AB_ONLY:-}" ]; then
   keep=(base)
   for v in "${variants[@]}"; do [[ " $AB_ONLY " == *" $v "* ]] && [ "$v" != base ] && keep+=("$v"); done
@@ -52,6 +60,12 @@ for alloc in mimalloc jemalloc; do
   cargo build --release --quiet -p tongban --features "$alloc"
   cp target/release/tongban "$work/bin/tongban-$alloc"
 done
+if [[ " ${variants[*]} " == *" no lifo slot "* ]]; then
+  # tokio's switch for the LIFO slot is unstable: a build of its own, in its own target dir.
+  RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR=target/tokio-unstable \
+    cargo build --release --quiet -p tongban
+  cp target/tokio-unstable/release/tongban "$work/bin/tongban-unstable"
+fi
 cargo build --release --quiet -p tongban -p tongban-loadgen   # target/release as it was
 cp target/release/tongban target/release/tongban-loadgen target/release/tongban-otlp-sink "$work/bin/"
 if [ -n "${AB_BASELINE:-}" ]; then
@@ -68,11 +82,20 @@ client_cpu="taskset -c 1"
 if ! command -v taskset >/dev/null || [ "$(nproc)" -lt 2 ]; then server_cpu=""; client_cpu=""; fi
 
 bench_configs
-binary_of() { case $1 in mimalloc | jemalloc) echo "$bin/tongban-$1" ;; baseline) echo "$bin/tongban-baseline" ;; *) echo "$bin/tongban" ;; esac; }
+binary_of() {
+  case $1 in
+    mimalloc | jemalloc) echo "$bin/tongban-$1" ;;
+    baseline) echo "$bin/tongban-baseline" ;;
+    "no lifo slot") echo "$bin/tongban-unstable" ;;
+    *) echo "$bin/tongban" ;;
+  esac
+}
 config_of() { # variant, city: writes the variant's config and prints its path
   local f="$work/$2-${1// /_}.toml"
   case $1 in
-    multi_thread) { cat "$work/$2.toml"; printf '\n[runtime]\nflavor = "multi_thread"\n'; } >"$f" ;;
+    multi_thread | "pool 2 cores") { cat "$work/$2.toml"; printf '\n[runtime]\nflavor = "multi_thread"\n'; } >"$f" ;;
+    "no lifo slot") { cat "$work/$2.toml"; printf '\n[runtime]\nflavor = "multi_thread"\nlifo_slot = false\n'; } >"$f" ;;
+    "per_core 2 cores") { cat "$work/$2.toml"; printf '\n[runtime]\nflavor = "per_core"\n'; } >"$f" ;;
     "export off") sed '/^\[telemetry\]/,$d' "$work/$2.toml" >"$f" ;;
     "export all") sed 's/^sample_ratio = .*/sample_ratio = 1.0/' "$work/$2.toml" >"$f" ;;
     "batch audit") sed 's/^durability = .*/durability = "batch"/' "$work/$2.toml" >"$f" ;;
@@ -92,8 +115,12 @@ stop_nodes() {
 }
 start_nodes() { # variant
   stop_nodes
+  local cpu=$server_cpu
+  # The "2 cores" variants give each node both cores (the load generator's too).
+  if [[ $1 == *"2 cores" ]] && [ -n "$server_cpu" ]; then server_cpu="taskset -c 0,1"; fi
   start node-jinan "$(binary_of "$1")" node --config "$(config_of "$1" jinan)"
   start node-qingdao "$(binary_of "$1")" node --config "$(config_of "$1" qingdao)"
+  server_cpu=$cpu
 }
 
 start otlp-sink "$bin/tongban-otlp-sink" 127.0.0.1:4317

@@ -82,6 +82,8 @@ struct RawRuntime {
     flavor: Option<String>,
     #[serde(default)]
     worker_threads: Option<usize>,
+    #[serde(default)]
+    lifo_slot: Option<bool>,
 }
 
 /// The node's async runtime (`[runtime]`). By default (`flavor = "auto"`) a process that
@@ -118,6 +120,20 @@ impl RuntimeShape {
 }
 
 fn runtime_shape(r: RawRuntime) -> Result<RuntimeShape, ConfigError> {
+    if r.lifo_slot == Some(false) {
+        if r.flavor.as_deref() != Some("multi_thread") {
+            return Err(ConfigError::key(
+                "runtime.lifo_slot",
+                "applies only to flavor = \"multi_thread\" (the only scheduler with the slot)",
+            ));
+        }
+        if !cfg!(tokio_unstable) {
+            return Err(ConfigError::key(
+                "runtime.lifo_slot",
+                "= false needs a build with RUSTFLAGS=\"--cfg tokio_unstable\" (tokio's switch is unstable)",
+            ));
+        }
+    }
     match (r.flavor.as_deref(), r.worker_threads) {
         (None | Some("auto"), None) => Ok(RuntimeShape::Auto),
         (None | Some("auto") | Some("current_thread") | Some("per_core"), Some(_)) => Err(ConfigError::key(
@@ -593,6 +609,9 @@ pub struct NodeConfig {
     pub web: Option<WebConfig>,
     /// The async runtime's shape (`[runtime]`).
     pub runtime: RuntimeShape,
+    /// `[runtime] lifo_slot` (default true): the work-stealing pool's LIFO slot, which runs
+    /// the task a task just woke next. Off only in a build with `--cfg tokio_unstable`.
+    pub runtime_lifo_slot: bool,
 }
 
 /// The web listener: gRPC-Web (binary and text) and HTTP/1.1 for browsers, with CORS.
@@ -865,6 +884,7 @@ impl NodeConfig {
             .telemetry
             .map(|t| telemetry_settings(t, &raw.city))
             .transpose()?;
+        let runtime_lifo_slot = raw.runtime.lifo_slot.unwrap_or(true);
         let runtime = runtime_shape(raw.runtime)?;
         let web = match (&raw.listen.web, raw.web) {
             (None, None) => None,
@@ -1201,6 +1221,7 @@ impl NodeConfig {
             telemetry,
             web,
             runtime,
+            runtime_lifo_slot,
         })
     }
 }
@@ -1391,6 +1412,7 @@ address = "127.0.0.1:8100"
                 "runtime.worker_threads",
             ),
             ("flavor = \"fibers\"", "runtime.flavor"),
+            ("lifo_slot = false", "runtime.lifo_slot"),
             (
                 "flavor = \"per_core\"\nworker_threads = 2",
                 "runtime.worker_threads",

@@ -311,6 +311,7 @@ impl PreparedNode {
         ) {
             (n, _) if n > 1 => format!("per_core({n})"),
             (_, tokio::runtime::RuntimeFlavor::CurrentThread) => "current_thread".to_string(),
+            _ if !config.runtime_lifo_slot => "multi_thread(no_lifo_slot)".to_string(),
             _ => "multi_thread".to_string(),
         };
         let caller_addr = local_addr(&listeners.caller, "listen.caller", config.caller_addr)?;

@@ -18,7 +18,7 @@ pub fn run(path: PathBuf, logging: crate::Logging) -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
-    let (rt, cores) = match runtime(config.runtime) {
+    let (rt, cores) = match runtime(config.runtime, config.runtime_lifo_slot) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tongban: {e:#}");
@@ -98,6 +98,7 @@ impl CoreRuntimes {
 /// and for `per_core` the current-thread runtimes of the other cores.
 fn runtime(
     shape: tongban_gateway::config::RuntimeShape,
+    lifo_slot: bool,
 ) -> anyhow::Result<(tokio::runtime::Runtime, CoreRuntimes)> {
     use tongban_gateway::config::RuntimeShape;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -116,6 +117,12 @@ fn runtime(
     {
         b.worker_threads(n);
     }
+    #[cfg(tokio_unstable)]
+    if !lifo_slot && matches!(resolved, RuntimeShape::MultiThread { .. }) {
+        b.disable_lifo_slot();
+    }
+    #[cfg(not(tokio_unstable))]
+    let _ = lifo_slot; // refused when the config is read
     let rt = anyhow::Context::context(b.enable_all().build(), "cannot start the async runtime")?;
     let others = if resolved == RuntimeShape::PerCore {
         anyhow::Context::context(

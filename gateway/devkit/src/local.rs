@@ -590,6 +590,7 @@ pub fn node_config(
             allowed_origins: Vec::new(),
         }),
         runtime: tongban_gateway::config::RuntimeShape::Auto,
+        runtime_lifo_slot: true,
     })
 }
 
