@@ -261,6 +261,22 @@ pub struct Expected<'a> {
     pub method: &'a str,
 }
 
+/// SHA-256 of the claims an assertion carries: the base64url-decoded bytes of a JWT's
+/// payload, or of the MAC form's claims segment (what both records of the exchange keep as
+/// `assertion_digest`). `None` for a token of neither shape.
+pub fn claims_digest(token: &str) -> Option<[u8; 32]> {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let segment = match token.strip_prefix(MAC_PREFIX) {
+        Some(rest) => rest.split('.').next()?,
+        None => token.split('.').nth(1)?,
+    };
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment)
+        .ok()?;
+    Some(sha2::Sha256::digest(claims).into())
+}
+
 /// Verifies an assertion: a JWT with the peer node's raw public key (its type pins the
 /// algorithm), the MAC form with the key of the connection that carried it (`binding`).
 pub fn verify(
@@ -447,8 +463,17 @@ mod tests {
                 "{bad}"
             );
         }
-        // The signed form still verifies with the node key, and needs no binding.
+        // Both forms carry the same claims bytes, so the same digest.
         let jwt = signer.sign(&claims()).unwrap();
+        let digest = claims_digest(&token).unwrap();
+        assert_eq!(claims_digest(&jwt), Some(digest));
+        let json = serde_json::to_vec(&claims()).unwrap();
+        assert_eq!(
+            digest,
+            <[u8; 32]>::from(<sha2::Sha256 as sha2::Digest>::digest(&json))
+        );
+        assert_eq!(claims_digest("not a token"), None);
+        // The signed form still verifies with the node key, and needs no binding.
         assert_eq!(
             verify(Some(&jwt), &public, None, &expected).unwrap(),
             claims()

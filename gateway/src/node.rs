@@ -292,6 +292,11 @@ impl PreparedNode {
 
     /// Starts serving on `listeners`.
     pub async fn start(self, listeners: Listeners) -> Result<RunningNode, NodeError> {
+        // Boxed: starting holds every part of the node at once (a large future).
+        Box::pin(self.start_boxed(listeners)).await
+    }
+
+    async fn start_boxed(self, listeners: Listeners) -> Result<RunningNode, NodeError> {
         let PreparedNode {
             shared,
             config,

@@ -117,7 +117,9 @@ impl tower::Service<Request<Incoming>> for Dispatch {
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let d = self.clone();
-        Box::pin(async move { Ok(Dispatch::call(d, req).await) })
+        // One box for the whole call (its future is large: the exchange's record and every
+        // stage's state), not one around another.
+        Box::pin(futures_util::FutureExt::map(Dispatch::call(d, req), Ok))
     }
 }
 

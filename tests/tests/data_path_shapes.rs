@@ -2,7 +2,8 @@
 //! in their MAC form (`[tls] caller_assertion = "mac"`) and the audit's group commit written
 //! by a leader among the waiting calls (`[audit] handoff = "leader"`). Cross-city calls
 //! work both ways, the providing node records the principal the MAC form vouched for, the
-//! home node keeps a receipt that verified, and both logs verify.
+//! home node keeps a receipt that verified, both records keep the digest of the same
+//! assertion claims, and both logs verify.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -55,6 +56,12 @@ async fn cross_city_calls_on_mac_assertions_and_a_leader_written_audit() {
         );
         assert_eq!(provider.caller_kind, home.caller_kind);
         assert_eq!(provider.caller_person, home.caller_person);
+        assert_eq!(
+            home.assertion_digest.len(),
+            32,
+            "the home node kept what it vouched for"
+        );
+        assert_eq!(provider.assertion_digest, home.assertion_digest);
     }
     // Each log verifies: the leader's groups made one chain.
     for city in ["jinan", "qingdao"] {

@@ -317,6 +317,9 @@ async fn an_unsampled_exchange_exports_nothing_and_keeps_one_trace_id() {
     let trace = got.local[0].trace_id.clone();
     assert_eq!(trace.len(), 32, "the home node started a trace: {trace:?}");
     assert_eq!(got.peer[0].trace_id, trace, "qingdao kept jinan's trace id");
+    // Both records keep the digest of the (signed) assertion's claims.
+    assert_eq!(got.local[0].assertion_digest.len(), 32);
+    assert_eq!(got.peer[0].assertion_digest, got.local[0].assertion_digest);
     // Give a batch time to leave (500 ms), then: nothing of that trace was exported.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let exported = receiver

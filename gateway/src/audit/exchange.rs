@@ -159,6 +159,11 @@ impl Exchange {
         self.record.caller_person = person.to_string();
     }
 
+    /// The digest of the caller assertion's claims, as sent (home) or received (provider).
+    pub fn assertion(&mut self, digest: [u8; 32]) {
+        self.record.assertion_digest = digest.to_vec();
+    }
+
     /// Provider side: the call came from `peer`'s node, for this city.
     pub fn from_peer(&mut self, peer: &str, own_city: &str) {
         self.record.peer_city = peer.to_string();

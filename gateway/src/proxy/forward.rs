@@ -36,7 +36,7 @@ impl Proxy {
         &self,
         ready: Ready,
         body: B,
-        ex: &Exchange,
+        ex: &mut Exchange,
     ) -> Result<Sent, ProxyError> {
         let Ready {
             call,
@@ -52,6 +52,7 @@ impl Proxy {
                 tracing::debug_span!("forward_to_peer", otel.kind = "client", tongban.peer = %p.city)
             }
         });
+        let mut sealed: Option<[u8; 32]> = None;
         let hop =
             async {
                 let (endpoint, conn) = self.connect(&upstream, &call).await?;
@@ -74,10 +75,12 @@ impl Proxy {
                 // The peer's caller assertion names the connection it goes on (again on a new
                 // connection when the request comes back unsent).
                 let signer = &self.trust.signer;
+                let sealed = &mut sealed;
                 let send = endpoint.send(conn, req, self.limits.connect_timeout, |req, conn| {
                     match assertion.as_deref_mut() {
                         Some(claims) => {
                             home::seal(signer, claims, conn.binding.as_ref(), req.headers_mut())
+                                .map(|digest| *sealed = Some(digest))
                         }
                         None => Ok(()),
                     }
@@ -86,7 +89,12 @@ impl Proxy {
                     .await
                     .map(|r| (r, label))
             };
-        let (response, label) = hop.instrument(span).await?;
+        let sent = hop.instrument(span).await;
+        // The digest of the assertion that went (on the last connection tried).
+        if let Some(digest) = sealed {
+            ex.assertion(digest);
+        }
+        let (response, label) = sent?;
         if response.status() != http::StatusCode::OK {
             return Err(ProxyError::UpstreamHttp {
                 upstream: label,

@@ -104,18 +104,19 @@ pub(super) struct Vouch<'a> {
 }
 
 /// Signs `claims` for the connection with channel binding `binding` into the caller
-/// assertion header.
+/// assertion header; the digest of the claims as sent.
 pub(super) fn seal(
     signer: &assertion::Signer,
     claims: &mut AssertionClaims,
     binding: Option<&assertion::ChannelBinding>,
     h: &mut http::HeaderMap,
-) -> Result<(), String> {
+) -> Result<[u8; 32], String> {
     let binding = binding.ok_or("the connection to the peer has no tls channel binding")?;
     claims.chb = binding.as_str().to_string();
     let token = signer.seal(claims, binding).map_err(|e| e.to_string())?;
+    let digest = assertion::claims_digest(&token).ok_or("the assertion made has no claims")?;
     headers::set(h, assertion::HEADER, &token);
-    Ok(())
+    Ok(digest)
 }
 
 impl Vouch<'_> {

@@ -257,10 +257,10 @@ impl Proxy {
         &self,
         ready: Result<Ready, ProxyError>,
         body: B,
-        ex: Exchange,
+        mut ex: Exchange,
     ) -> Response<Body> {
         let sent = match ready {
-            Ok(ready) => self.send(ready, body, &ex).await,
+            Ok(ready) => self.send(ready, body, &mut ex).await,
             Err(e) => Err(e),
         };
         match sent {

@@ -36,6 +36,15 @@ impl Proxy {
                 }
                 .run(accepted)
             })?;
+        if let Some(digest) = authenticated
+            .parts
+            .headers
+            .get(assertion::HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(assertion::claims_digest)
+        {
+            ex.assertion(digest);
+        }
         let who = &authenticated.who.principal;
         ex.caller(&who.city, &who.org);
         ex.person(who.kind.as_str(), &who.person);
