@@ -564,7 +564,8 @@ pub fn node_config(
         cert_path: files.node_cert.clone(),
         key_path: files.node_key.clone(),
         trust_bundle_path: certs.trust_bundle.clone(),
-        mac_assertions: false,
+        // Both cities run this node: the MAC form, as the deploy configs choose.
+        mac_assertions: true,
         peers,
         limits,
         caller_tls: None,

@@ -13,7 +13,7 @@ use tonic::Status;
 use tracing::Instrument as _;
 
 use super::call::Call;
-use super::headers::set;
+use super::headers::set_unique;
 use super::stage::Upstream;
 use super::{home, Proxy, ProxyError, Ready};
 use crate::audit::exchange::{self, Exchange};
@@ -147,7 +147,7 @@ impl Proxy {
             permit,
         } = sent;
         let (mut parts, body) = response.into_parts();
-        set(&mut parts.headers, REQUEST_ID, &call.request_id);
+        set_unique(&mut parts.headers, REQUEST_ID, &call.request_id);
         tracing::debug!(
             request_id = %call.request_id,
             service = %call.service,
@@ -206,12 +206,12 @@ async fn send_within(
 /// The request as it leaves: the upstream's URI, the remaining deadline, the request id.
 fn prepare(parts: &mut Parts, call: &Call, uri: http::Uri) {
     parts.uri = uri;
-    set(
+    set_unique(
         &mut parts.headers,
         "grpc-timeout",
         &format_timeout(call.remaining()),
     );
-    set(&mut parts.headers, REQUEST_ID, &call.request_id);
+    set_unique(&mut parts.headers, REQUEST_ID, &call.request_id);
 }
 
 /// Makes the exchange's record durable; the provider side's receipt goes into the trailers.
@@ -219,9 +219,7 @@ pub(super) async fn complete(ex: Exchange, end: grpc::End) -> Result<http::Heade
     let receipt = exchange::complete(ex, end).await?;
     let mut extra = http::HeaderMap::new();
     if let Some(r) = receipt {
-        if let Ok(v) = http::HeaderValue::from_str(&r) {
-            extra.insert(receipt::TRAILER, v);
-        }
+        set_unique(&mut extra, receipt::TRAILER, &r);
     }
     Ok(extra)
 }

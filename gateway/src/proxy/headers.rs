@@ -97,3 +97,16 @@ pub(super) fn set(h: &mut HeaderMap, name: &'static str, value: &str) {
         h.insert(HeaderName::from_static(name), v);
     }
 }
+
+/// Sets a value that is new on every call (a request id, a deadline, an assertion, a
+/// receipt) as never indexed (RFC 7541 §7.1.3): HPACK sends it as a literal instead of
+/// adding it to the connection's dynamic table, where it would only push out the values
+/// that repeat from call to call (purpose, target, subject, consent), which then go as
+/// one-byte indexes instead of being Huffman-coded again. A credential kept out of the
+/// table is also out of reach of compression side channels.
+pub(crate) fn set_unique(h: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(mut v) = HeaderValue::from_str(value) {
+        v.set_sensitive(true);
+        h.insert(HeaderName::from_static(name), v);
+    }
+}

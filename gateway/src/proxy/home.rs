@@ -115,7 +115,7 @@ pub(super) fn seal(
     claims.chb = binding.as_str().to_string();
     let token = signer.seal(claims, binding).map_err(|e| e.to_string())?;
     let digest = assertion::claims_digest(&token).ok_or("the assertion made has no claims")?;
-    headers::set(h, assertion::HEADER, &token);
+    headers::set_unique(h, assertion::HEADER, &token);
     Ok(digest)
 }
 

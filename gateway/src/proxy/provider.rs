@@ -311,7 +311,12 @@ mod tests {
         };
         let official = who(PersonKind::Official, "jinan", "hrss", "zhang.wei");
         let h = vouched_by_jinan(&der, form, official.clone(), false);
-        let sent = h.get(assertion::HEADER).unwrap().to_str().unwrap();
+        let sent = h.get(assertion::HEADER).unwrap();
+        assert!(
+            sent.is_sensitive(),
+            "new on every call: never indexed by HPACK"
+        );
+        let sent = sent.to_str().unwrap();
         assert_eq!(sent.starts_with(assertion::MAC_PREFIX), form == Form::Mac);
         assert!(
             h.get(PRINCIPAL).is_none(),

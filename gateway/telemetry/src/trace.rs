@@ -160,7 +160,10 @@ pub fn inject(span: &tracing::Span, sampled: bool, trace_id: &str, headers: &mut
     }
     let span_id = SpanId::from_bytes(random_bytes());
     let value = format!("00-{trace_id}-{span_id}-00");
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    if let Ok(mut v) = HeaderValue::from_str(&value) {
+        // New on every call: never indexed by HPACK (it would only push repeating values
+        // out of the connection's table).
+        v.set_sensitive(true);
         headers.insert("traceparent", v);
         headers.remove("tracestate");
     }
