@@ -175,14 +175,19 @@ impl Signer {
     }
 
     /// The assertion for the connection of `binding`, in this signer's form (`claims.chb`
-    /// must already name it).
+    /// must already name it), and the digest of its claims ([`claims_digest`]).
     pub fn seal(
         &self,
         claims: &AssertionClaims,
         binding: &ChannelBinding,
-    ) -> Result<String, AssertionError> {
+    ) -> Result<(String, [u8; 32]), AssertionError> {
         match self.form {
-            Form::Jwt => self.sign(claims),
+            Form::Jwt => {
+                let token = self.sign(claims)?;
+                let digest = claims_digest(&token)
+                    .ok_or_else(|| AssertionError::Invalid("a jwt without claims".into()))?;
+                Ok((token, digest))
+            }
             Form::Mac => mac(claims, binding),
         }
     }
@@ -190,7 +195,10 @@ impl Signer {
 
 /// `mac1.<claims>.<tag>`: the claims' JSON in base64url (no padding), and the HMAC-SHA256
 /// under the connection's MAC key of the ASCII bytes `mac1.<claims>`, in base64url.
-fn mac(claims: &AssertionClaims, binding: &ChannelBinding) -> Result<String, AssertionError> {
+fn mac(
+    claims: &AssertionClaims,
+    binding: &ChannelBinding,
+) -> Result<(String, [u8; 32]), AssertionError> {
     use base64::Engine as _;
     let json = serde_json::to_vec(claims).map_err(|e| AssertionError::Invalid(e.to_string()))?;
     let mut out = String::with_capacity(MAC_PREFIX.len() + json.len() * 4 / 3 + 48);
@@ -200,16 +208,21 @@ fn mac(claims: &AssertionClaims, binding: &ChannelBinding) -> Result<String, Ass
     let tag = aws_lc_rs::hmac::sign(&key, out.as_bytes());
     out.push('.');
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(tag.as_ref(), &mut out);
-    Ok(out)
+    Ok((out, sha256(&json)))
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).into()
 }
 
 /// The claims of an assertion in the MAC form, if its tag verifies under the connection's
-/// key; the issuer, audience and expiry checked as the JWT form's are.
+/// key (and their digest); the issuer, audience and expiry checked as the JWT form's are.
 fn verify_mac(
     token: &str,
     binding: Option<&ChannelBinding>,
     expected: &Expected<'_>,
-) -> Result<AssertionClaims, AssertionError> {
+) -> Result<(AssertionClaims, [u8; 32]), AssertionError> {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let binding = binding.ok_or_else(|| {
@@ -249,7 +262,7 @@ fn verify_mac(
     if claims.exp.saturating_add(LEEWAY_S) < now_s() {
         return Err(AssertionError::Invalid("expired".into()));
     }
-    Ok(claims)
+    Ok((claims, sha256(&json)))
 }
 
 /// What the providing node expects the assertion to say.
@@ -266,7 +279,6 @@ pub struct Expected<'a> {
 /// `assertion_digest`). `None` for a token of neither shape.
 pub fn claims_digest(token: &str) -> Option<[u8; 32]> {
     use base64::Engine as _;
-    use sha2::Digest as _;
     let segment = match token.strip_prefix(MAC_PREFIX) {
         Some(rest) => rest.split('.').next()?,
         None => token.split('.').nth(1)?,
@@ -274,7 +286,7 @@ pub fn claims_digest(token: &str) -> Option<[u8; 32]> {
     let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(segment)
         .ok()?;
-    Some(sha2::Sha256::digest(claims).into())
+    Some(sha256(&claims))
 }
 
 /// Verifies an assertion: a JWT with the peer node's raw public key (its type pins the
@@ -285,8 +297,19 @@ pub fn verify(
     binding: Option<&ChannelBinding>,
     expected: &Expected<'_>,
 ) -> Result<AssertionClaims, AssertionError> {
+    verify_digested(token, peer_public_key, binding, expected).map(|(claims, _)| claims)
+}
+
+/// [`verify`], with the digest of the claims ([`claims_digest`]; the MAC form's from the
+/// bytes its check decoded).
+pub fn verify_digested(
+    token: Option<&str>,
+    peer_public_key: &[u8],
+    binding: Option<&ChannelBinding>,
+    expected: &Expected<'_>,
+) -> Result<(AssertionClaims, [u8; 32]), AssertionError> {
     let token = token.ok_or(AssertionError::Missing)?;
-    let claims = if token.starts_with(MAC_PREFIX) {
+    let (claims, digest) = if token.starts_with(MAC_PREFIX) {
         verify_mac(token, binding, expected)?
     } else {
         let (key, alg) = jwt_decoding_key(peer_public_key);
@@ -295,9 +318,12 @@ pub fn verify(
         v.set_required_spec_claims(&["exp", "iss", "aud"]);
         v.set_issuer(&[expected.peer_city]);
         v.set_audience(&[expected.own_city]);
-        jsonwebtoken::decode::<AssertionClaims>(token, &key, &v)
+        let claims = jsonwebtoken::decode::<AssertionClaims>(token, &key, &v)
             .map_err(|e| AssertionError::Invalid(e.to_string()))?
-            .claims
+            .claims;
+        let digest = claims_digest(token)
+            .ok_or_else(|| AssertionError::Invalid("a jwt without claims".into()))?;
+        (claims, digest)
     };
     if claims.exp.saturating_sub(claims.iat) > MAX_TTL.as_secs() {
         return Err(AssertionError::TooLong);
@@ -313,7 +339,7 @@ pub fn verify(
             )));
         }
     }
-    Ok(claims)
+    Ok((claims, digest))
 }
 
 /// Checks that `claims` were made for the connection whose binding is `binding`.
@@ -412,7 +438,7 @@ mod tests {
         base.chb = "here".into();
         let claims = || base.clone();
         let verify_with = |c: &AssertionClaims| {
-            let token = signer.seal(c, &here).unwrap();
+            let (token, _) = signer.seal(c, &here).unwrap();
             assert!(token.starts_with(MAC_PREFIX));
             verify(Some(&token), &public, Some(&here), &expected)
         };
@@ -451,7 +477,7 @@ mod tests {
             let e = verify_with(&c).unwrap_err().to_string();
             assert!(e.contains(what), "{what}: {e}");
         }
-        let token = signer.seal(&claims(), &here).unwrap();
+        let (token, _) = signer.seal(&claims(), &here).unwrap();
         for bad in [
             MAC_PREFIX.to_string(),
             format!("{MAC_PREFIX}e30"),

@@ -113,8 +113,7 @@ pub(super) fn seal(
 ) -> Result<[u8; 32], String> {
     let binding = binding.ok_or("the connection to the peer has no tls channel binding")?;
     claims.chb = binding.as_str().to_string();
-    let token = signer.seal(claims, binding).map_err(|e| e.to_string())?;
-    let digest = assertion::claims_digest(&token).ok_or("the assertion made has no claims")?;
+    let (token, digest) = signer.seal(claims, binding).map_err(|e| e.to_string())?;
     headers::set_unique(h, assertion::HEADER, &token);
     Ok(digest)
 }

@@ -26,7 +26,7 @@ impl Proxy {
         parts: http::request::Parts,
     ) -> Result<Ready, ProxyError> {
         let accepted = self.accept(ex, parts)?;
-        let (authenticated, claims) = ex
+        let (authenticated, claims, digest) = ex
             .step(|| tracing::debug_span!("authenticate", tongban.peer = %peer.city))
             .in_scope(|| {
                 VerifyAssertion {
@@ -36,15 +36,7 @@ impl Proxy {
                 }
                 .run(accepted)
             })?;
-        if let Some(digest) = authenticated
-            .parts
-            .headers
-            .get(assertion::HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(assertion::claims_digest)
-        {
-            ex.assertion(digest);
-        }
+        ex.assertion(digest);
         let who = &authenticated.who.principal;
         ex.caller(&who.city, &who.org);
         ex.person(who.kind.as_str(), &who.person);
@@ -89,7 +81,11 @@ pub(super) struct VerifyAssertion<'a> {
 }
 
 impl VerifyAssertion<'_> {
-    pub fn run(&self, a: Accepted) -> Result<(Authenticated, AssertionClaims), ProxyError> {
+    /// The caller authenticated, the claims vouched for, and their digest.
+    pub fn run(
+        &self,
+        a: Accepted,
+    ) -> Result<(Authenticated, AssertionClaims, [u8; 32]), ProxyError> {
         let token = a
             .parts
             .headers
@@ -102,13 +98,15 @@ impl VerifyAssertion<'_> {
             service: &a.call.service,
             method: &a.call.method,
         };
-        let claims = assertion::verify(
+        let (claims, digest) = assertion::verify_digested(
             token,
             &self.peer.public_key,
             self.peer.binding.as_ref(),
             &expected,
         )
-        .and_then(|c| assertion::check_binding(&c, self.peer.binding.as_ref()).map(|()| c))
+        .and_then(|(c, d)| {
+            assertion::check_binding(&c, self.peer.binding.as_ref()).map(|()| (c, d))
+        })
         .map_err(|e| ProxyError::Unauthenticated(e.to_string()))?;
         self.replay
             .check_and_remember(&claims.jti, claims.exp)
@@ -124,6 +122,7 @@ impl VerifyAssertion<'_> {
                 who,
             },
             claims,
+            digest,
         ))
     }
 }
@@ -322,7 +321,7 @@ mod tests {
             h.get(PRINCIPAL).is_none(),
             "the provider's metadata is set at qingdao"
         );
-        let (got, claims) = verify.run(at_qingdao(&h)).unwrap();
+        let (got, claims, _) = verify.run(at_qingdao(&h)).unwrap();
         assert_eq!(got.who, official);
         assert_eq!(claims.purpose, "case-handling");
         // The same assertion again: a replay.
@@ -389,7 +388,7 @@ mod tests {
         // data.
         let citizen = who(PersonKind::Citizen, "jinan", "portal", "pseudonym-a");
         let h = vouched_by_jinan(&der, form, citizen.clone(), true);
-        let (got, claims) = verify.run(at_qingdao(&h)).unwrap();
+        let (got, claims, _) = verify.run(at_qingdao(&h)).unwrap();
         assert_eq!(got.who, citizen);
         assert!(claims.own);
     }
