@@ -31,6 +31,11 @@
 #   per_core 2 cores `[runtime] flavor = "per_core"`: a current-thread runtime per core, the
 #                   connections spread over them, both cores for each node (compare with
 #                   pool 2 cores)
+#   raw hpack       the nodes built against h2 with its HPACK encoder patched to send every
+#                   string as a raw literal instead of Huffman-coding it (h2 has no switch
+#                   for it: hyperium/h2#780); the receiving node then takes each value as a
+#                   slice of the frame instead of decoding it into a new buffer. A build of
+#                   its own: the patch given on cargo's command line, Cargo.lock put back
 #   baseline        (only with AB_BASELINE=<commit>) that commit's build, in a worktree
 #
 # It writes bench/AB-RESULTS.md: the median of the rounds for each variant and row, and
@@ -46,7 +51,7 @@ rounds=${AB_ROUNDS:-2}
 bench_workdir ab
 
 variants=(base mimalloc jemalloc multi_thread "export off" "export all" "batch audit" "leader audit" "mac assertion"
-  "no lifo slot" "pool 2 cores" "per_core 2 cores")
+  "no lifo slot" "pool 2 cores" "per_core 2 cores" "raw hpack")
 if [ -n "${AB_ONLY:-}" ]; then
   keep=(base)
   for v in "${variants[@]}"; do [[ " $AB_ONLY " == *" $v "* ]] && [ "$v" != base ] && keep+=("$v"); done
@@ -65,6 +70,24 @@ if [[ " ${variants[*]} " == *" no lifo slot "* ]]; then
   RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR=target/tokio-unstable \
     cargo build --release --quiet -p tongban
   cp target/tokio-unstable/release/tongban "$work/bin/tongban-unstable"
+fi
+if [[ " ${variants[*]} " == *" raw hpack "* ]]; then
+  # h2 as locked, copied out of cargo's registry, its `encode_str` made to write raw
+  # literals (bench/h2-raw-literals.py), built in a target dir of its own.
+  h2_dir=$(cargo metadata --format-version 1 | python3 -c '
+import json, sys
+m = json.load(sys.stdin)
+print(next(p["manifest_path"] for p in m["packages"] if p["name"] == "h2").rsplit("/", 1)[0])')
+  rm -rf target/ab-h2-raw && cp -r "$h2_dir" target/ab-h2-raw
+  python3 bench/h2-raw-literals.py target/ab-h2-raw/src/hpack/encoder.rs
+  cp Cargo.lock "$work/Cargo.lock"   # the patch rewrites h2's entry; put back below
+  if ! CARGO_TARGET_DIR=target/ab-raw-hpack cargo build --release --quiet -p tongban \
+    --config "patch.crates-io.h2.path=\"$root/target/ab-h2-raw\""; then
+    cp "$work/Cargo.lock" Cargo.lock
+    exit 1
+  fi
+  cp "$work/Cargo.lock" Cargo.lock
+  cp target/ab-raw-hpack/release/tongban "$work/bin/tongban-raw-hpack"
 fi
 cargo build --release --quiet -p tongban -p tongban-loadgen   # target/release as it was
 cp target/release/tongban target/release/tongban-loadgen target/release/tongban-otlp-sink "$work/bin/"
@@ -87,6 +110,7 @@ binary_of() {
     mimalloc | jemalloc) echo "$bin/tongban-$1" ;;
     baseline) echo "$bin/tongban-baseline" ;;
     "no lifo slot") echo "$bin/tongban-unstable" ;;
+    "raw hpack") echo "$bin/tongban-raw-hpack" ;;
     *) echo "$bin/tongban" ;;
   esac
 }
