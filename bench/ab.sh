@@ -17,6 +17,8 @@
 #                   on the one core)
 #   export off      no `[telemetry]`: no span export
 #   export all      `sample_ratio = 1.0`: every trace exported
+#   export, none sampled `sample_ratio = 0.0`: the exporter and its subscriber layer in
+#                   place, no trace recorded (what the layer costs an unsampled call)
 #   batch audit     `[audit] durability = "batch"`: records fsynced every 10 ms, not before
 #                   the answer (not a shape to keep: it gives up "nothing acknowledged
 #                   without its durable record"; it measures what the fsync per call costs)
@@ -50,7 +52,7 @@ rounds=${AB_ROUNDS:-2}
 . "$root/bench/lib.sh"
 bench_workdir ab
 
-variants=(base mimalloc jemalloc multi_thread "export off" "export all" "batch audit" "leader audit" "mac assertion"
+variants=(base mimalloc jemalloc multi_thread "export off" "export all" "export, none sampled" "batch audit" "leader audit" "mac assertion"
   "no lifo slot" "pool 2 cores" "per_core 2 cores" "raw hpack")
 if [ -n "${AB_ONLY:-}" ]; then
   keep=(base)
@@ -122,6 +124,7 @@ config_of() { # variant, city: writes the variant's config and prints its path
     "per_core 2 cores") { cat "$work/$2.toml"; printf '\n[runtime]\nflavor = "per_core"\n'; } >"$f" ;;
     "export off") sed '/^\[telemetry\]/,$d' "$work/$2.toml" >"$f" ;;
     "export all") sed 's/^sample_ratio = .*/sample_ratio = 1.0/' "$work/$2.toml" >"$f" ;;
+    "export, none sampled") sed 's/^sample_ratio = .*/sample_ratio = 0.0/' "$work/$2.toml" >"$f" ;;
     "batch audit") sed 's/^durability = .*/durability = "batch"/' "$work/$2.toml" >"$f" ;;
     "mac assertion") sed 's/^caller_assertion = .*/caller_assertion = "mac"/' "$work/$2.toml" >"$f" ;;
     "leader audit") sed 's/^handoff = .*/handoff = "leader"/' "$work/$2.toml" >"$f" ;;
