@@ -105,8 +105,7 @@ pub fn init(
         .with_service_name(settings.service_name.clone())
         .build();
     let (stop, stopped) = tokio::sync::oneshot::channel();
-    let (processor, task) =
-        trace::start_export(exporter, &resource, settings, trace::BATCH_DELAY, stopped);
+    let (processor, task) = trace::start_export(exporter, &resource, settings, stopped);
     let provider = SdkTracerProvider::builder()
         .with_span_processor(processor)
         .with_sampler(trace::CallSampler {

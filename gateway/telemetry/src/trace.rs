@@ -9,7 +9,6 @@
 //! forwards to it, so the providing node's spans are children of the home node's.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
@@ -19,7 +18,7 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter as _, SpanProcessor};
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// `[telemetry]` of a node's config: where and how much to export.
@@ -47,7 +46,7 @@ impl TraceSettings {
 /// Spans sent to the collector in one export.
 const MAX_BATCH: usize = 512;
 /// How long a started batch waits for more spans before it is sent.
-pub(crate) const BATCH_DELAY: Duration = Duration::from_millis(500);
+const BATCH_DELAY: Duration = Duration::from_millis(500);
 
 /// Whether this process exports spans (set once, by [`crate::init`]).
 static EXPORTING: AtomicBool = AtomicBool::new(false);
@@ -235,24 +234,10 @@ impl Injector for HeadersMut<'_> {
 }
 
 /// Hands finished, sampled spans to the export task through a bounded queue: `on_end` never
-/// waits; a full queue drops the span and counts it ([`dropped_spans`]). The task is woken
-/// by the first span of a batch and then only when a batch's worth waits
-/// ([`QueueProcessor::wake_at`]), not by every span: at a low sample ratio a wake-up and a
-/// timer per span cost more than the span itself.
+/// waits; a full queue drops the span and counts it ([`dropped_spans`]).
 #[derive(Debug)]
 pub(crate) struct QueueProcessor {
     tx: mpsc::Sender<SpanData>,
-    batch_waiting: Arc<Notify>,
-    wake_at: usize,
-}
-
-impl QueueProcessor {
-    /// Spans queued at which the export task is woken before its batch delay is over: a
-    /// full batch, or half the queue when the queue is smaller than two batches (so that it
-    /// is emptied before it overflows).
-    fn wake_at(queue_spans: usize) -> usize {
-        MAX_BATCH.min(queue_spans / 2).max(1)
-    }
 }
 
 impl SpanProcessor for QueueProcessor {
@@ -264,11 +249,6 @@ impl SpanProcessor for QueueProcessor {
         }
         if self.tx.try_send(span).is_err() {
             dropped_spans().inc();
-        } else if self.tx.max_capacity() - self.tx.capacity() + 1 >= self.wake_at {
-            // A batch's worth: the spans queued and the one the sleeping task holds. Wakes
-            // the task only if it sleeps on a batch (no permit is stored for later, which
-            // would send the next batch early).
-            self.batch_waiting.notify_waiters();
         }
     }
 
@@ -281,53 +261,33 @@ impl SpanProcessor for QueueProcessor {
     }
 }
 
-/// The queue and the task that empties it into `exporter`: a batch starts with the first
-/// span that waits, and goes `batch_delay` later ([`BATCH_DELAY`] in a node), or as soon as
-/// a batch's worth waits (up to [`MAX_BATCH`] spans per export). Returns the processor for
-/// the tracer provider; the task ends (after a last export) when `stop` fires or the queue
-/// closes.
+/// The queue and the task that empties it into `exporter`, in batches of up to
+/// [`MAX_BATCH`] spans or every [`BATCH_DELAY`]. Returns the processor for the tracer
+/// provider; the task ends (after a last export) when `stop` fires or the queue closes.
 pub(crate) fn start_export(
     mut exporter: opentelemetry_otlp::SpanExporter,
     resource: &opentelemetry_sdk::Resource,
     settings: &TraceSettings,
-    batch_delay: Duration,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) -> (QueueProcessor, tokio::task::JoinHandle<()>) {
-    let queue_spans = settings.queue_spans.max(1);
-    let (tx, mut rx) = mpsc::channel::<SpanData>(queue_spans);
-    let batch_waiting = Arc::new(Notify::new());
-    let waiting = batch_waiting.clone();
-    let wake_at = QueueProcessor::wake_at(queue_spans);
+    let (tx, mut rx) = mpsc::channel::<SpanData>(settings.queue_spans.max(1));
     exporter.set_resource(resource);
     let timeout = settings.export_timeout;
     let endpoint = settings.endpoint.clone();
     let task = tokio::spawn(async move {
         let mut failing = false;
-        let mut stopping = false;
-        while !stopping {
+        loop {
             let first = tokio::select! {
                 s = rx.recv() => s,
                 _ = &mut stop => None,
             };
             let Some(first) = first else { break };
-            // The batch fills while the task sleeps: no wake-up per span (unless a batch's
-            // worth is already waiting). Listening before looking, so that a batch's worth
-            // that arrives in between still wakes it.
-            let batch = waiting.notified();
-            tokio::pin!(batch);
-            batch.as_mut().enable();
-            if rx.len() + 1 < wake_at {
-                tokio::select! {
-                    _ = tokio::time::sleep(batch_delay) => {}
-                    _ = batch => {}
-                    _ = &mut stop => stopping = true,
-                }
-            }
             let mut batch = vec![first];
+            let until = tokio::time::Instant::now() + BATCH_DELAY;
             while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(s) => batch.push(s),
-                    Err(_) => break,
+                match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Some(s)) => batch.push(s),
+                    _ => break,
                 }
             }
             failing = export(&exporter, batch, timeout, &endpoint, failing).await;
@@ -342,12 +302,7 @@ pub(crate) fn start_export(
             export(&exporter, rest, timeout, &endpoint, failing).await;
         }
     });
-    let processor = QueueProcessor {
-        tx,
-        batch_waiting,
-        wake_at,
-    };
-    (processor, task)
+    (QueueProcessor { tx }, task)
 }
 
 /// One export; returns whether it failed. A failing collector is logged when it starts and
@@ -430,123 +385,5 @@ mod tests {
         inject(&span, false, &made, &mut next);
         let (t, _) = parse_traceparent(&next).unwrap_or((TraceId::INVALID, SpanId::INVALID));
         assert_eq!(t.to_string(), made);
-    }
-
-    mod export {
-        use super::super::*;
-        use opentelemetry::trace::{SpanContext, SpanKind, Status, TraceFlags, TraceState};
-        use opentelemetry_otlp::WithExportConfig as _;
-        use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-            TraceService, TraceServiceServer,
-        };
-        use opentelemetry_proto::tonic::collector::trace::v1::{
-            ExportTraceServiceRequest, ExportTraceServiceResponse,
-        };
-        use std::time::SystemTime;
-
-        /// An OTLP receiver that reports how many spans each export brought.
-        struct Receiver(mpsc::UnboundedSender<usize>);
-
-        #[tonic::async_trait]
-        impl TraceService for Receiver {
-            async fn export(
-                &self,
-                req: tonic::Request<ExportTraceServiceRequest>,
-            ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-                let spans = req
-                    .into_inner()
-                    .resource_spans
-                    .iter()
-                    .flat_map(|r| &r.scope_spans)
-                    .map(|s| s.spans.len())
-                    .sum();
-                let _ = self.0.send(spans);
-                Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-            }
-        }
-
-        fn span(i: u64) -> SpanData {
-            SpanData {
-                span_context: SpanContext::new(
-                    TraceId::from(u128::from(i) + 1),
-                    SpanId::from(i + 1),
-                    TraceFlags::SAMPLED,
-                    false,
-                    TraceState::default(),
-                ),
-                parent_span_id: SpanId::INVALID,
-                parent_span_is_remote: false,
-                span_kind: SpanKind::Internal,
-                name: "step".into(),
-                start_time: SystemTime::now(),
-                end_time: SystemTime::now(),
-                attributes: Vec::new(),
-                dropped_attributes_count: 0,
-                events: Default::default(),
-                links: Default::default(),
-                status: Status::Unset,
-                instrumentation_scope: Default::default(),
-            }
-        }
-
-        /// A bound on a wait that should end at once, so that a failing test fails rather
-        /// than hangs.
-        async fn within<T>(
-            f: impl std::future::Future<Output = T>,
-        ) -> Result<T, tokio::time::error::Elapsed> {
-            tokio::time::timeout(Duration::from_secs(30), f).await
-        }
-
-        /// The export task sleeps while a batch fills: it sends one as soon as a batch's
-        /// worth waits (half of this 16-span queue), and what is left when it stops; with a
-        /// batch delay no test waits for, an export that arrives at all was sent for one of
-        /// those two reasons.
-        #[tokio::test]
-        async fn a_batch_goes_when_a_batchs_worth_waits_and_the_rest_at_stop() {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let (got, mut batches) = mpsc::unbounded_channel();
-            let server = tokio::spawn(
-                tonic::transport::Server::builder()
-                    .add_service(TraceServiceServer::new(Receiver(got)))
-                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-            );
-            let settings = TraceSettings {
-                endpoint: format!("http://{addr}"),
-                sample_ratio: 1.0,
-                service_name: "test".into(),
-                queue_spans: 16,
-                export_timeout: Duration::from_secs(10),
-            };
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(settings.endpoint.clone())
-                .build()
-                .unwrap();
-            let (stop, stopped) = tokio::sync::oneshot::channel();
-            let resource = opentelemetry_sdk::Resource::builder().build();
-            let hour = Duration::from_secs(3600);
-            let (processor, task) = start_export(exporter, &resource, &settings, hour, stopped);
-            assert_eq!(processor.wake_at, 8);
-
-            // Seven spans, then the eighth: one export of eight.
-            for i in 0..7 {
-                processor.on_end(span(i));
-            }
-            tokio::task::yield_now().await;
-            processor.on_end(span(7));
-            assert_eq!(within(batches.recv()).await, Ok(Some(8)));
-
-            // Three more wait for the delay; stopping sends them, together.
-            for i in 8..11 {
-                processor.on_end(span(i));
-            }
-            tokio::task::yield_now().await;
-            let _ = stop.send(());
-            assert_eq!(within(batches.recv()).await, Ok(Some(3)));
-            assert!(task.await.is_ok());
-            assert!(batches.try_recv().is_err(), "no other export");
-            server.abort();
-        }
     }
 }
